@@ -1,0 +1,149 @@
+//! The CPU backend: the reference decoder behind the backend contract.
+//! "Device" memory is host memory.
+
+use std::any::Any;
+use std::sync::Mutex;
+
+use crate::codec::{self, BlockIndex, EncodedView, TensorParams};
+use crate::error::Result;
+
+use super::{
+    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, backend_error, check_jobs,
+    downcast,
+};
+
+const NAME: &str = "cpu";
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+struct CpuTensor {
+    params: TensorParams,
+    head: Vec<u8>,
+    rest: Vec<u8>,
+    index_bytes: Vec<u8>,
+    index: BlockIndex,
+}
+
+impl DeviceTensor for CpuTensor {
+    fn decoded_bytes(&self) -> u64 {
+        self.params.decoded_bytes()
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+struct CpuBuffer {
+    bytes: Mutex<Vec<u8>>,
+    len: u64,
+}
+
+impl DeviceBuffer for CpuBuffer {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            backend: NAME,
+            device: format!("{} threads", rayon::current_num_threads()),
+            driver: "reference decoder".to_string(),
+            limits: Vec::new(),
+        }
+    }
+
+    fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>> {
+        Ok(Box::new(CpuTensor {
+            params: tensor.params.clone(),
+            head: tensor.head.to_vec(),
+            rest: tensor.rest.to_vec(),
+            index_bytes: tensor.index.to_vec(),
+            index: index.clone(),
+        }))
+    }
+
+    fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>> {
+        let mut buffer = Vec::new();
+        buffer
+            .try_reserve_exact(bytes as usize)
+            .map_err(|_| backend_error(NAME, format!("cannot allocate {bytes} bytes")))?;
+        buffer.resize(bytes as usize, 0);
+        Ok(Box::new(CpuBuffer {
+            bytes: Mutex::new(buffer),
+            len: bytes,
+        }))
+    }
+
+    fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
+        check_jobs(NAME, jobs, out.len())?;
+        let out = downcast::<CpuBuffer>(NAME, out.as_any())?;
+        let mut bytes = out.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        for job in jobs {
+            let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
+            let view = EncodedView {
+                params: &tensor.params,
+                head: &tensor.head,
+                rest: &tensor.rest,
+                index: &tensor.index_bytes,
+            };
+            let start = job.offset as usize;
+            let end = start + tensor.decoded_bytes() as usize;
+            codec::decode_blocks(
+                &view,
+                &tensor.index,
+                0..tensor.index.blocks.len(),
+                &mut bytes[start..end],
+            )
+            .map_err(|e| backend_error(NAME, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {
+        use rayon::prelude::*;
+        const PIECE: usize = 1 << 20;
+        let source = vec![0x5Au8; bytes as usize];
+        let mut target = vec![0u8; bytes as usize];
+        let mut copy = || {
+            let started = std::time::Instant::now();
+            target
+                .par_chunks_mut(PIECE)
+                .zip(source.par_chunks(PIECE))
+                .for_each(|(to, from)| to.copy_from_slice(from));
+            std::hint::black_box(&target);
+            started.elapsed().as_secs_f64()
+        };
+        copy();
+        Ok((0..repeats).map(|_| copy()).collect())
+    }
+
+    fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
+        let buffer = downcast::<CpuBuffer>(NAME, buffer.as_any())?;
+        let bytes = buffer.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let range = (offset as usize)
+            .checked_add(out.len())
+            .filter(|&end| end as u64 <= buffer.len);
+        let end =
+            range.ok_or_else(|| backend_error(NAME, "download past the end of the buffer"))?;
+        out.copy_from_slice(&bytes[offset as usize..end]);
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Backends decode coded tensors on a device: the CPU, a GPU through wgpu,
+//! or an NVIDIA GPU through CUDA. All of them implement [`Backend`], and all
+//! of them must return exactly the bytes the CPU reference decoder does.
+//!
+//! The contract is small: upload a coded tensor once, decode it (or several
+//! at once) into a device buffer, download. Handles are opaque boxes that
+//! each backend downcasts to its own types.
+
+use std::any::Any;
+
+use crate::codec::{BlockIndex, EncodedView};
+use crate::error::{Error, Result};
+
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+/// What `ecf backends` prints about a device.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackendInfo {
+    pub backend: &'static str,
+    pub device: String,
+    pub driver: String,
+    /// Limits that bound what one decode can do, as (name, value).
+    pub limits: Vec<(String, String)>,
+}
+
+/// A coded tensor resident on a device.
+pub trait DeviceTensor: Any + Send + Sync {
+    fn decoded_bytes(&self) -> u64;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A device buffer that decoded bytes are written to.
+pub trait DeviceBuffer: Any + Send + Sync {
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Decode `tensor` into the output buffer starting at byte `offset`.
+#[derive(Clone, Copy)]
+pub struct DecodeJob<'a> {
+    pub tensor: &'a dyn DeviceTensor,
+    pub offset: u64,
+}
+
+pub trait Backend: Send + Sync {
+    /// `cpu`, `wgpu` or `cuda`.
+    fn name(&self) -> &'static str;
+    fn info(&self) -> BackendInfo;
+    /// Copies a coded tensor, whose index was parsed (and so validated)
+    /// from `tensor`, to the device.
+    fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>>;
+    fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>>;
+    /// Decodes every job into `out`; the jobs' output ranges must lie in
+    /// `out` and must not overlap. Returns once the device has finished.
+    fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()>;
+    /// Copies `out.len()` bytes starting at `offset` back to the host.
+    fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()>;
+
+    /// Seconds each of `repeats` runs of `decode(jobs, out)` takes, after a
+    /// warm-up run; device-timed where the backend can.
+    fn time_decode(
+        &self,
+        jobs: &[DecodeJob],
+        out: &dyn DeviceBuffer,
+        repeats: usize,
+    ) -> Result<Vec<f64>> {
+        self.decode(jobs, out)?;
+        (0..repeats)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                self.decode(jobs, out)?;
+                Ok(started.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
+
+    /// Seconds each of `repeats` device-to-device copies of `bytes` bytes
+    /// takes: the memory-bound reference decode speed is reported against.
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>>;
+}
+
+/// Checks that jobs fit their buffer and do not overlap; every backend calls
+/// this before its device sees the jobs.
+pub fn check_jobs(backend: &str, jobs: &[DecodeJob], buffer_len: u64) -> Result<()> {
+    let mut ranges: Vec<(u64, u64)> = jobs
+        .iter()
+        .map(|job| {
+            (
+                job.offset,
+                job.offset.saturating_add(job.tensor.decoded_bytes()),
+            )
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut previous_end = 0;
+    for &(start, end) in &ranges {
+        if end > buffer_len {
+            return Err(backend_error(
+                backend,
+                format!("decode into bytes {start}..{end} of a {buffer_len}-byte buffer"),
+            ));
+        }
+        if start < previous_end {
+            return Err(backend_error(backend, "decode jobs overlap in the output"));
+        }
+        previous_end = end;
+    }
+    Ok(())
+}
+
+pub fn backend_error(backend: &str, message: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: backend.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Downcasts a handle to the backend's own type.
+pub fn downcast<'a, T: 'static>(backend: &str, any: &'a dyn Any) -> Result<&'a T> {
+    any.downcast_ref::<T>()
+        .ok_or_else(|| backend_error(backend, "handle belongs to another backend"))
+}
+
+/// Backends that can be asked for by name.
+pub const BACKEND_NAMES: [&str; 3] = ["cpu", "wgpu", "cuda"];
+
+/// Opens a backend by name: `cpu`, `wgpu`, `cuda`, or `auto` (the best one
+/// present: CUDA, then wgpu, then the CPU).
+pub fn open(name: &str) -> Result<Box<dyn Backend>> {
+    match name {
+        "cpu" => Ok(Box::new(CpuBackend::new())),
+        "wgpu" | "cuda" => Err(backend_error(name, "not available in this build")),
+        "auto" => Ok(Box::new(CpuBackend::new())),
+        other => Err(Error::Usage(format!(
+            "unknown backend {other:?}; choose one of cpu, wgpu, cuda, auto"
+        ))),
+    }
+}
+
+/// Uploads, decodes and downloads one tensor: the round trip every
+/// conformance check and `verify` makes.
+pub fn decode_to_host(
+    backend: &dyn Backend,
+    tensor: &EncodedView,
+    index: &BlockIndex,
+) -> Result<Vec<u8>> {
+    let uploaded = backend.upload(tensor, index)?;
+    let len = uploaded.decoded_bytes();
+    let out = backend.alloc(len)?;
+    backend.decode(
+        &[DecodeJob {
+            tensor: uploaded.as_ref(),
+            offset: 0,
+        }],
+        out.as_ref(),
+    )?;
+    let mut host = Vec::new();
+    host.try_reserve_exact(len as usize)
+        .map_err(|_| backend_error(backend.name(), format!("cannot allocate {len} host bytes")))?;
+    host.resize(len as usize, 0);
+    backend.download(out.as_ref(), 0, &mut host)?;
+    Ok(host)
+}

@@ -1,0 +1,240 @@
+//! Floating-point element layouts and the split of an element into a coded
+//! *head* and a raw *rest*.
+//!
+//! The head is the top `head_bits` bits of the element rotated left by one
+//! (sign moved from the top to the bottom), so it always starts with the
+//! exponent; the rest is the sign followed by the remaining low mantissa
+//! bits:
+//!
+//! ```text
+//! element  s eeeeeeee mmmmmmm        (BF16, head_bits = 8)
+//! head       eeeeeeee                exponent (and top mantissa bits
+//!                                    when head_bits is larger)
+//! rest     s          mmmmmmm        sign, then the low mantissa bits
+//! ```
+//!
+//! A head of the full element width (FP8, 8 bits) is the rotated element
+//! itself and leaves no rest. Heads are at most 8 bits, so every dtype
+//! shares one 256-symbol alphabet. Keeping the low mantissa bits at the
+//! bottom of the rest lets low bits that never vary — the zero low half of
+//! FP32 weights that were once BF16 — be stored once per tensor.
+
+use std::fmt;
+
+/// The floating-point formats the codec entropy-codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FloatKind {
+    Bf16,
+    F16,
+    F8E4M3,
+    F8E5M2,
+    F32,
+}
+
+impl FloatKind {
+    pub const ALL: [FloatKind; 5] = [
+        FloatKind::Bf16,
+        FloatKind::F16,
+        FloatKind::F8E4M3,
+        FloatKind::F8E5M2,
+        FloatKind::F32,
+    ];
+
+    /// Element width in bits.
+    pub const fn width_bits(self) -> u32 {
+        match self {
+            FloatKind::F8E4M3 | FloatKind::F8E5M2 => 8,
+            FloatKind::Bf16 | FloatKind::F16 => 16,
+            FloatKind::F32 => 32,
+        }
+    }
+
+    pub const fn width_bytes(self) -> usize {
+        self.width_bits() as usize / 8
+    }
+
+    pub const fn exponent_bits(self) -> u32 {
+        match self {
+            FloatKind::F8E4M3 => 4,
+            FloatKind::F8E5M2 | FloatKind::F16 => 5,
+            FloatKind::Bf16 | FloatKind::F32 => 8,
+        }
+    }
+
+    /// The dtype string safetensors uses for this format.
+    pub const fn safetensors_name(self) -> &'static str {
+        match self {
+            FloatKind::Bf16 => "BF16",
+            FloatKind::F16 => "F16",
+            FloatKind::F8E4M3 => "F8_E4M3",
+            FloatKind::F8E5M2 => "F8_E5M2",
+            FloatKind::F32 => "F32",
+        }
+    }
+
+    pub fn from_safetensors_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.safetensors_name() == name)
+    }
+
+    /// Widths the head may take: from the exponent alone up to 8 bits.
+    pub fn head_bits_range(self) -> std::ops::RangeInclusive<u32> {
+        self.exponent_bits()..=8.min(self.width_bits())
+    }
+
+    /// Reads element `index` of a little-endian byte slice.
+    #[inline(always)]
+    pub fn load(self, bytes: &[u8], index: usize) -> u32 {
+        match self.width_bytes() {
+            1 => bytes[index] as u32,
+            2 => u16::from_le_bytes([bytes[2 * index], bytes[2 * index + 1]]) as u32,
+            _ => u32::from_le_bytes(bytes[4 * index..4 * index + 4].try_into().unwrap()),
+        }
+    }
+}
+
+impl fmt::Display for FloatKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.safetensors_name())
+    }
+}
+
+/// How the elements of one tensor are cut into head and rest.
+///
+/// The lowest `rest_const_bits` bits of every rest are equal across the
+/// whole tensor; they are stored once, as `rest_const_value`, instead of per
+/// element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldSplit {
+    pub kind: FloatKind,
+    pub head_bits: u32,
+    pub rest_const_bits: u32,
+    pub rest_const_value: u32,
+}
+
+impl FieldSplit {
+    /// Bits of the element outside the head: sign and low mantissa bits.
+    #[inline(always)]
+    pub const fn rest_bits(&self) -> u32 {
+        self.kind.width_bits() - self.head_bits
+    }
+
+    /// Bits stored per element in the rest plane.
+    #[inline(always)]
+    pub const fn stored_rest_bits(&self) -> u32 {
+        self.rest_bits() - self.rest_const_bits
+    }
+
+    /// The head symbol of an element.
+    #[inline(always)]
+    pub fn head(&self, element: u32) -> u32 {
+        let width = self.kind.width_bits();
+        let rotated = ((element << 1) | (element >> (width - 1))) & width_mask(width);
+        rotated >> self.rest_bits()
+    }
+
+    /// The rest of an element, constant bits included: sign on top of the
+    /// low `rest_bits - 1` bits.
+    #[inline(always)]
+    pub fn full_rest(&self, element: u32) -> u32 {
+        let rest_bits = self.rest_bits();
+        if rest_bits == 0 {
+            return 0;
+        }
+        let sign = element >> (self.kind.width_bits() - 1);
+        sign << (rest_bits - 1) | element & width_mask(rest_bits - 1)
+    }
+
+    /// Splits an element into (head symbol, stored rest bits).
+    #[inline(always)]
+    pub fn split(&self, element: u32) -> (u32, u32) {
+        (
+            self.head(element),
+            self.full_rest(element) >> self.rest_const_bits,
+        )
+    }
+
+    /// Joins a head symbol and stored rest bits back into the element.
+    #[inline(always)]
+    pub fn join(&self, head: u32, stored_rest: u32) -> u32 {
+        let width = self.kind.width_bits();
+        let rest_bits = self.rest_bits();
+        if rest_bits == 0 {
+            return ((head >> 1) | (head << (width - 1))) & width_mask(width);
+        }
+        let rest = stored_rest << self.rest_const_bits | self.rest_const_value;
+        let sign = rest >> (rest_bits - 1);
+        sign << (width - 1) | head << (rest_bits - 1) | rest & width_mask(rest_bits - 1)
+    }
+}
+
+/// A mask of the low `bits` bits; `bits` may be 0..=32.
+#[inline(always)]
+pub const fn width_mask(bits: u32) -> u32 {
+    if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn splits(kind: FloatKind) -> impl Iterator<Item = FieldSplit> {
+        kind.head_bits_range().flat_map(move |head_bits| {
+            let rest_bits = kind.width_bits() - head_bits;
+            (0..=rest_bits.min(3)).map(move |rest_const_bits| FieldSplit {
+                kind,
+                head_bits,
+                rest_const_bits,
+                rest_const_value: 0,
+            })
+        })
+    }
+
+    #[test]
+    fn split_and_join_are_inverse_for_every_narrow_pattern() {
+        for kind in [
+            FloatKind::Bf16,
+            FloatKind::F16,
+            FloatKind::F8E4M3,
+            FloatKind::F8E5M2,
+        ] {
+            for split in splits(kind) {
+                for element in 0..(1u32 << kind.width_bits()) {
+                    let low = split.full_rest(element) & width_mask(split.rest_const_bits);
+                    let split = FieldSplit {
+                        rest_const_value: low,
+                        ..split
+                    };
+                    let (head, rest) = split.split(element);
+                    assert!(head < 256);
+                    assert_eq!(split.join(head, rest), element, "{kind} {split:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn head_starts_with_the_exponent() {
+        let split = FieldSplit {
+            kind: FloatKind::Bf16,
+            head_bits: 8,
+            rest_const_bits: 0,
+            rest_const_value: 0,
+        };
+        // -1.5 in BF16: sign 1, exponent 127, mantissa 0b1000000.
+        let (head, rest) = split.split(0xBFC0);
+        assert_eq!(head, 127);
+        assert_eq!(rest, 0b1100_0000);
+        let f32_split = FieldSplit {
+            kind: FloatKind::F32,
+            ..split
+        };
+        let (head, rest) = f32_split.split(f32::to_bits(-0.0));
+        assert_eq!((head, rest), (0, 1 << 23));
+    }
+}

@@ -1,0 +1,269 @@
+//! Canonical, length-limited Huffman codes over the head alphabet.
+//!
+//! Code lengths are optimal under the length limit (package-merge), codes are
+//! assigned canonically (shorter codes first, then by symbol), and written
+//! bit-reversed so an LSB-first stream can be decoded by indexing a table
+//! with the next `max_len` bits.
+
+use super::CodecError;
+
+/// The longest codeword the format allows; decode tables have at most
+/// 2^12 entries so they fit in GPU workgroup memory.
+pub const MAX_CODE_BITS: u32 = 12;
+
+/// Number of head symbols (heads are at most 8 bits wide).
+pub const ALPHABET: usize = 256;
+
+/// Optimal code lengths no longer than `limit` for the symbol `counts`
+/// (package-merge). Symbols with a zero count get length 0. At least two
+/// symbols must occur and `2^limit` must cover them all.
+pub fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
+    let mut leaves: Vec<(u64, u16)> = counts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &count)| count > 0)
+        .map(|(symbol, &count)| (count, symbol as u16))
+        .collect();
+    assert!(leaves.len() >= 2, "a code needs at least two symbols");
+    assert!(leaves.len() <= 1 << limit, "length limit too small");
+    leaves.sort_unstable();
+
+    // Arena of package nodes: a node id below LEAF_BASE is a package whose
+    // children are packages[id]; an id at or above it is a leaf.
+    const LEAF_BASE: u32 = 1 << 16;
+    let mut packages: Vec<(u32, u32)> = Vec::with_capacity(leaves.len() * limit as usize);
+    let leaf_items: Vec<(u64, u32)> = leaves
+        .iter()
+        .enumerate()
+        .map(|(rank, &(count, _))| (count, LEAF_BASE + rank as u32))
+        .collect();
+
+    let mut list = leaf_items.clone();
+    for _ in 1..limit {
+        let paired: Vec<(u64, u32)> = list
+            .chunks_exact(2)
+            .map(|pair| {
+                packages.push((pair[0].1, pair[1].1));
+                (pair[0].0 + pair[1].0, packages.len() as u32 - 1)
+            })
+            .collect();
+        list = merge_by_weight(&leaf_items, &paired);
+    }
+
+    let mut rank_lengths = vec![0u8; leaves.len()];
+    let mut stack = Vec::with_capacity(2 * limit as usize);
+    for &(_, root) in &list[..2 * leaves.len() - 2] {
+        stack.push(root);
+        while let Some(node) = stack.pop() {
+            if node >= LEAF_BASE {
+                rank_lengths[(node - LEAF_BASE) as usize] += 1;
+            } else {
+                let (left, right) = packages[node as usize];
+                stack.push(left);
+                stack.push(right);
+            }
+        }
+    }
+
+    let mut lengths = [0u8; ALPHABET];
+    for (rank, &(_, symbol)) in leaves.iter().enumerate() {
+        lengths[symbol as usize] = rank_lengths[rank];
+    }
+    lengths
+}
+
+fn merge_by_weight(leaves: &[(u64, u32)], packages: &[(u64, u32)]) -> Vec<(u64, u32)> {
+    let mut merged = Vec::with_capacity(leaves.len() + packages.len());
+    let (mut i, mut j) = (0, 0);
+    while i < leaves.len() && j < packages.len() {
+        if leaves[i].0 <= packages[j].0 {
+            merged.push(leaves[i]);
+            i += 1;
+        } else {
+            merged.push(packages[j]);
+            j += 1;
+        }
+    }
+    merged.extend_from_slice(&leaves[i..]);
+    merged.extend_from_slice(&packages[j..]);
+    merged
+}
+
+/// Checks that `lengths` form a complete prefix code within the limit, and
+/// returns its longest length. Completeness matters to the decoders: every
+/// bit pattern then decodes to some symbol, so no table entry is undefined.
+pub fn validate_lengths(lengths: &[u8; ALPHABET]) -> Result<u32, CodecError> {
+    let mut kraft: u32 = 0;
+    let mut used = 0;
+    let mut max_len = 0;
+    for &len in lengths {
+        if len as u32 > MAX_CODE_BITS {
+            return Err(CodecError::InvalidTable(format!(
+                "code length {len} exceeds the limit of {MAX_CODE_BITS}"
+            )));
+        }
+        if len > 0 {
+            used += 1;
+            kraft += 1 << (MAX_CODE_BITS - len as u32);
+            max_len = max_len.max(len as u32);
+        }
+    }
+    if used < 2 {
+        return Err(CodecError::InvalidTable(format!(
+            "a code table needs at least two symbols, found {used}"
+        )));
+    }
+    if kraft != 1 << MAX_CODE_BITS {
+        let state = if kraft > 1 << MAX_CODE_BITS {
+            "oversubscribed"
+        } else {
+            "incomplete"
+        };
+        return Err(CodecError::InvalidTable(format!(
+            "code lengths are not a complete prefix code ({state})"
+        )));
+    }
+    Ok(max_len)
+}
+
+/// Canonical codewords, bit-reversed for LSB-first streams.
+pub fn canonical_codes(lengths: &[u8; ALPHABET]) -> [u32; ALPHABET] {
+    let mut count_per_length = [0u32; MAX_CODE_BITS as usize + 1];
+    for &len in lengths {
+        count_per_length[len as usize] += 1;
+    }
+    count_per_length[0] = 0;
+    let mut next_code = [0u32; MAX_CODE_BITS as usize + 1];
+    let mut code = 0u32;
+    for len in 1..=MAX_CODE_BITS as usize {
+        code = (code + count_per_length[len - 1]) << 1;
+        next_code[len] = code;
+    }
+    let mut codes = [0u32; ALPHABET];
+    for (symbol, &len) in lengths.iter().enumerate() {
+        if len > 0 {
+            let code = next_code[len as usize];
+            next_code[len as usize] += 1;
+            codes[symbol] = code.reverse_bits() >> (32 - len as u32);
+        }
+    }
+    codes
+}
+
+/// A flat decode table: entry `i` holds the symbol and length of the
+/// codeword that the `max_len` bits `i` begin with.
+pub struct DecodeTable {
+    pub max_len: u32,
+    /// `symbol | length << 8`
+    pub entries: Vec<u16>,
+}
+
+impl DecodeTable {
+    /// Builds the table for lengths already checked by [`validate_lengths`].
+    pub fn new(lengths: &[u8; ALPHABET], max_len: u32) -> Self {
+        let codes = canonical_codes(lengths);
+        let mut entries = vec![0u16; 1 << max_len];
+        for (symbol, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                continue;
+            }
+            let entry = symbol as u16 | (len as u16) << 8;
+            let step = 1usize << len;
+            let mut index = codes[symbol] as usize;
+            while index < entries.len() {
+                entries[index] = entry;
+                index += step;
+            }
+        }
+        DecodeTable { max_len, entries }
+    }
+
+    #[inline(always)]
+    pub fn lookup(&self, bits: u32) -> (u32, u32) {
+        let entry = self.entries[(bits & ((1 << self.max_len) - 1)) as usize];
+        ((entry & 0xFF) as u32, (entry >> 8) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts_of(pairs: &[(usize, u64)]) -> [u64; ALPHABET] {
+        let mut counts = [0u64; ALPHABET];
+        for &(symbol, count) in pairs {
+            counts[symbol] = count;
+        }
+        counts
+    }
+
+    fn cost(counts: &[u64; ALPHABET], lengths: &[u8; ALPHABET]) -> u64 {
+        counts
+            .iter()
+            .zip(lengths)
+            .map(|(&c, &l)| c * l as u64)
+            .sum()
+    }
+
+    #[test]
+    fn matches_plain_huffman_when_the_limit_does_not_bind() {
+        // Huffman for 5,5,4,3,2,1 gives lengths 2,2,2,3,4,4 (cost 49).
+        let counts = counts_of(&[(0, 5), (1, 5), (2, 4), (3, 3), (4, 2), (5, 1)]);
+        let lengths = limited_code_lengths(&counts, 12);
+        assert_eq!(cost(&counts, &lengths), 49);
+        assert_eq!(validate_lengths(&lengths).unwrap(), 4);
+    }
+
+    #[test]
+    fn respects_the_length_limit_on_fibonacci_counts() {
+        // Fibonacci weights make unrestricted Huffman codes maximally deep.
+        let mut counts = [0u64; ALPHABET];
+        let (mut a, mut b) = (1u64, 1u64);
+        for count in counts.iter_mut().take(40) {
+            *count = a;
+            (a, b) = (b, a + b);
+        }
+        for limit in [6, 8, 12] {
+            let lengths = limited_code_lengths(&counts, limit);
+            let max_len = validate_lengths(&lengths).unwrap();
+            assert_eq!(max_len, limit);
+        }
+    }
+
+    #[test]
+    fn all_256_symbols_fit_a_full_table() {
+        let counts = [1u64; ALPHABET];
+        let lengths = limited_code_lengths(&counts, 8);
+        assert!(lengths.iter().all(|&l| l == 8));
+        assert_eq!(validate_lengths(&lengths).unwrap(), 8);
+    }
+
+    #[test]
+    fn rejects_lengths_that_are_not_a_complete_prefix_code() {
+        let mut lengths = [0u8; ALPHABET];
+        lengths[0] = 1;
+        lengths[1] = 2;
+        assert!(validate_lengths(&lengths).is_err(), "incomplete");
+        lengths[2] = 1;
+        assert!(validate_lengths(&lengths).is_err(), "oversubscribed");
+        let mut single = [0u8; ALPHABET];
+        single[7] = 1;
+        assert!(validate_lengths(&single).is_err(), "one symbol");
+        let mut too_long = [0u8; ALPHABET];
+        too_long[0] = 13;
+        assert!(validate_lengths(&too_long).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn decode_table_inverts_the_codes() {
+        let counts = counts_of(&[(3, 100), (9, 40), (10, 30), (200, 7), (255, 1)]);
+        let lengths = limited_code_lengths(&counts, 12);
+        let max_len = validate_lengths(&lengths).unwrap();
+        let codes = canonical_codes(&lengths);
+        let table = DecodeTable::new(&lengths, max_len);
+        for symbol in [3usize, 9, 10, 200, 255] {
+            let (decoded, len) = table.lookup(codes[symbol] | (u32::MAX << lengths[symbol]));
+            assert_eq!((decoded as usize, len), (symbol, lengths[symbol] as u32));
+        }
+    }
+}

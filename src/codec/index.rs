@@ -1,0 +1,333 @@
+//! The block index: one record per block, saying how its heads are stored.
+//!
+//! ```text
+//! record := mode:u8 body
+//! mode 0  raw       heads stored at head_bits each; no body
+//! mode 1  constant  value:u8; every head equals value, no stream
+//! mode 2  coded     table stream_bits:varint exceptions
+//! mode 3  coded     stream_bits:varint exceptions      (reuses the last table)
+//! exceptions := count:varint { chunk_delta:varint first_boundary:u8 }*count
+//! ```
+//!
+//! Varints are unsigned LEB128. Each block's stream starts on a byte in the
+//! head plane, right after the previous block's; a raw block's stream is
+//! `elements * head_bits` bits. Exception chunk numbers are stored as the
+//! distance from the previous exception's chunk plus one (from chunk 0 for
+//! the first), so they strictly increase and never name chunk 0.
+//!
+//! [`BlockIndex::parse`] validates everything a decoder relies on, so that
+//! no backend ever reads outside the planes or meets an undefined code.
+
+use std::ops::Range;
+
+use super::huffman::{self, MAX_CODE_BITS};
+use super::table::{self, CodeLengths};
+use super::{CodecError, EncodedView};
+
+const MODE_RAW: u8 = 0;
+const MODE_CONSTANT: u8 = 1;
+const MODE_CODED_NEW_TABLE: u8 = 2;
+const MODE_CODED_LAST_TABLE: u8 = 3;
+
+/// How one block's heads are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockMode {
+    Raw,
+    Constant(u8),
+    Coded { table: u32 },
+}
+
+/// A chunk whose warm-up decode does not resynchronise: its first codeword
+/// starts `first_boundary` bits into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkException {
+    pub chunk: u32,
+    pub first_boundary: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockEntry {
+    pub mode: BlockMode,
+    /// Byte offset of the block's stream in the head plane.
+    pub stream_offset: u64,
+    pub stream_bits: u64,
+    /// This block's entries in [`BlockIndex::exceptions`].
+    pub exceptions: Range<u32>,
+}
+
+/// The parsed, validated block index of one tensor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockIndex {
+    pub blocks: Vec<BlockEntry>,
+    pub tables: Vec<CodeLengths>,
+    /// Longest code of each table.
+    pub table_max_len: Vec<u8>,
+    pub exceptions: Vec<ChunkException>,
+}
+
+/// What the encoder writes for one block.
+pub enum BlockRecord<'a> {
+    Raw,
+    Constant(u8),
+    Coded {
+        new_table: Option<&'a CodeLengths>,
+        stream_bits: u64,
+        exceptions: &'a [ChunkException],
+    },
+}
+
+pub fn write_record(record: &BlockRecord, out: &mut Vec<u8>) {
+    match *record {
+        BlockRecord::Raw => out.push(MODE_RAW),
+        BlockRecord::Constant(value) => out.extend_from_slice(&[MODE_CONSTANT, value]),
+        BlockRecord::Coded {
+            new_table,
+            stream_bits,
+            exceptions,
+        } => {
+            match new_table {
+                Some(lengths) => {
+                    out.push(MODE_CODED_NEW_TABLE);
+                    table::write_table(lengths, out);
+                }
+                None => out.push(MODE_CODED_LAST_TABLE),
+            }
+            write_varint(stream_bits, out);
+            write_varint(exceptions.len() as u64, out);
+            let mut next_chunk = 0;
+            for exception in exceptions {
+                write_varint((exception.chunk - next_chunk) as u64, out);
+                out.push(exception.first_boundary);
+                next_chunk = exception.chunk + 1;
+            }
+        }
+    }
+}
+
+pub fn write_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads bytes and varints from an untrusted buffer; running out is an
+/// error, never a panic.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, position: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    pub fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+        let bytes = self
+            .bytes
+            .get(self.position..)
+            .and_then(|rest| rest.get(..len))
+            .ok_or("data ends inside a record")?;
+        self.position += len;
+        Ok(bytes)
+    }
+
+    pub fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= ((byte & 0x7F) as u64) << shift;
+            if byte & 0x80 == 0 {
+                if shift == 63 && byte > 1 {
+                    break;
+                }
+                return Ok(value);
+            }
+        }
+        Err("varint overflows 64 bits".to_string())
+    }
+}
+
+impl BlockIndex {
+    /// Parses and validates the index of `view` against its planes.
+    pub fn parse(view: &EncodedView) -> Result<Self, CodecError> {
+        let params = view.params;
+        params.validate()?;
+        let block_count = params.block_count();
+        // Every record takes at least one byte: this bounds the allocation.
+        if block_count > view.index.len() as u64 {
+            return Err(CodecError::InvalidIndex(format!(
+                "{} blocks need at least {} index bytes, found {}",
+                block_count,
+                block_count,
+                view.index.len()
+            )));
+        }
+        let expected_rest = params.rest_bytes();
+        if view.rest.len() as u64 != expected_rest {
+            return Err(CodecError::LengthMismatch(format!(
+                "rest plane holds {} bytes, {} elements of {} bits need {}",
+                view.rest.len(),
+                params.elements,
+                params.split.stored_rest_bits(),
+                expected_rest
+            )));
+        }
+
+        let mut parsed = BlockIndex {
+            blocks: Vec::with_capacity(block_count as usize),
+            ..BlockIndex::default()
+        };
+        let mut reader = Reader::new(view.index);
+        let mut stream_offset = 0u64;
+        let head_len = view.head.len() as u64;
+        for block in 0..block_count {
+            let in_block =
+                |message: String| CodecError::InvalidIndex(format!("block {block}: {message}"));
+            let elements = params.block_len(block);
+            let (mode, stream_bits, exceptions) = parsed
+                .read_record(&mut reader, params.alphabet(), elements, params)
+                .map_err(in_block)?;
+            let stream_bytes = stream_bits.div_ceil(8);
+            if stream_offset + stream_bytes > head_len {
+                return Err(in_block(format!(
+                    "stream of {stream_bytes} bytes at offset {stream_offset} passes the end of the {head_len}-byte head plane"
+                )));
+            }
+            parsed.blocks.push(BlockEntry {
+                mode,
+                stream_offset,
+                stream_bits,
+                exceptions,
+            });
+            stream_offset += stream_bytes;
+        }
+        if reader.position != view.index.len() {
+            return Err(CodecError::InvalidIndex(format!(
+                "{} bytes left over after the last block",
+                view.index.len() - reader.position
+            )));
+        }
+        if stream_offset != head_len {
+            return Err(CodecError::LengthMismatch(format!(
+                "head plane holds {head_len} bytes but the blocks' streams take {stream_offset}"
+            )));
+        }
+        Ok(parsed)
+    }
+
+    fn read_record(
+        &mut self,
+        reader: &mut Reader,
+        alphabet: usize,
+        elements: u64,
+        params: &super::TensorParams,
+    ) -> Result<(BlockMode, u64, Range<u32>), String> {
+        let no_exceptions = self.exceptions.len() as u32..self.exceptions.len() as u32;
+        let table = match reader.byte()? {
+            MODE_RAW => {
+                let bits = elements * params.split.head_bits as u64;
+                return Ok((BlockMode::Raw, bits, no_exceptions));
+            }
+            MODE_CONSTANT => {
+                let value = reader.byte()?;
+                if value as usize >= alphabet {
+                    return Err(format!(
+                        "constant head {value} is outside the alphabet of {alphabet}"
+                    ));
+                }
+                return Ok((BlockMode::Constant(value), 0, no_exceptions));
+            }
+            MODE_CODED_NEW_TABLE => {
+                let (lengths, used) = table::read_table(&reader.bytes[reader.position..], alphabet)
+                    .map_err(|e| e.to_string())?;
+                reader.position += used;
+                let max_len = huffman::validate_lengths(&lengths).map_err(|e| e.to_string())?;
+                self.tables.push(lengths);
+                self.table_max_len.push(max_len as u8);
+                self.tables.len() as u32 - 1
+            }
+            MODE_CODED_LAST_TABLE => {
+                if self.tables.is_empty() {
+                    return Err("reuses the last code table, but none came before".to_string());
+                }
+                self.tables.len() as u32 - 1
+            }
+            other => return Err(format!("mode {other} is not defined")),
+        };
+        let max_len = self.table_max_len[table as usize] as u64;
+        let stream_bits = reader.varint()?;
+        // Each head takes between one bit and the longest code.
+        if stream_bits < elements || stream_bits > elements * max_len {
+            return Err(format!(
+                "stream of {stream_bits} bits cannot hold {elements} codes of 1..={max_len} bits"
+            ));
+        }
+        let chunk_count = params.geometry.chunk_count(stream_bits);
+        let exception_count = reader.varint()?;
+        if exception_count >= chunk_count.max(1) {
+            return Err(format!(
+                "{exception_count} exceptions for {chunk_count} chunks (chunk 0 needs none)"
+            ));
+        }
+        let first = self.exceptions.len() as u32;
+        let mut next_chunk = 0u64;
+        for _ in 0..exception_count {
+            let chunk = next_chunk
+                .checked_add(reader.varint()?)
+                .filter(|&c| c >= 1 && c < chunk_count)
+                .ok_or_else(|| format!("exception names a chunk outside 1..{chunk_count}"))?;
+            let first_boundary = reader.byte()?;
+            let chunk_begin = chunk * params.geometry.chunk_bits as u64;
+            if first_boundary as u32 >= MAX_CODE_BITS
+                || chunk_begin + first_boundary as u64 > stream_bits
+            {
+                return Err(format!(
+                    "exception of chunk {chunk} starts {first_boundary} bits in, past its code or stream"
+                ));
+            }
+            self.exceptions.push(ChunkException {
+                chunk: chunk as u32,
+                first_boundary,
+            });
+            next_chunk = chunk + 1;
+        }
+        let exceptions = first..self.exceptions.len() as u32;
+        Ok((BlockMode::Coded { table }, stream_bits, exceptions))
+    }
+
+    /// Exceptions of `block` in chunk order.
+    pub fn block_exceptions(&self, block: usize) -> &[ChunkException] {
+        let range = &self.blocks[block].exceptions;
+        &self.exceptions[range.start as usize..range.end as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_and_reject_overflow() {
+        for value in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut bytes = Vec::new();
+            write_varint(value, &mut bytes);
+            let mut reader = Reader::new(&bytes);
+            assert_eq!(reader.varint().unwrap(), value);
+            assert_eq!(reader.position, bytes.len());
+        }
+        let overflow = [0xFFu8; 10];
+        let mut reader = Reader::new(&overflow);
+        assert!(reader.varint().is_err());
+    }
+}

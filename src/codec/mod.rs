@@ -1,0 +1,197 @@
+//! The codec: one tensor of floats in, a coded head stream, a raw rest plane
+//! and a block index out — and back, bit for bit.
+//!
+//! * [`float`] cuts elements into head (exponent first) and rest.
+//! * [`huffman`] builds the length-limited canonical codes.
+//! * [`encode`] chooses the split, the per-block codes and the sync metadata.
+//! * [`index`] reads and validates the block index of untrusted input.
+//! * [`sync`] defines where each chunk's decoder starts (CPU and GPU alike).
+//! * [`decode`] is the CPU decoder, the oracle every backend is held to.
+//!
+//! The codec knows nothing of files or devices. `docs/FORMAT.md` specifies
+//! every byte it produces.
+
+pub mod bits;
+pub mod decode;
+pub mod encode;
+pub mod float;
+pub mod huffman;
+pub mod index;
+pub mod stats;
+pub mod sync;
+pub mod table;
+
+pub use decode::{decode, decode_blocks};
+pub use encode::{EncodeOptions, encode};
+pub use float::{FieldSplit, FloatKind};
+pub use index::{BlockIndex, BlockMode};
+pub use sync::ChunkGeometry;
+
+use thiserror::Error;
+
+/// What can be wrong with coded data. The container adds the file and
+/// tensor names.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("invalid code table: {0}")]
+    InvalidTable(String),
+    #[error("invalid block index: {0}")]
+    InvalidIndex(String),
+    #[error("invalid tensor parameters: {0}")]
+    InvalidParameters(String),
+    #[error("corrupt coded stream in block {block}: {message}")]
+    CorruptStream { block: usize, message: String },
+    #[error("{0}")]
+    LengthMismatch(String),
+}
+
+/// Everything about a coded tensor that is not a byte plane: the parameters
+/// stored in the container's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorParams {
+    pub split: FieldSplit,
+    pub elements: u64,
+    /// Elements per block; every block but the last holds exactly this many.
+    pub block_elements: u32,
+    pub geometry: ChunkGeometry,
+}
+
+impl TensorParams {
+    pub fn kind(&self) -> FloatKind {
+        self.split.kind
+    }
+
+    pub fn block_count(&self) -> u64 {
+        self.elements.div_ceil(self.block_elements as u64)
+    }
+
+    pub fn block_len(&self, block: u64) -> u64 {
+        let start = block * self.block_elements as u64;
+        (self.elements - start).min(self.block_elements as u64)
+    }
+
+    pub fn decoded_bytes(&self) -> u64 {
+        self.elements * self.kind().width_bytes() as u64
+    }
+
+    /// Decoded bytes of the blocks in `blocks`.
+    pub fn block_range_bytes(&self, blocks: std::ops::Range<usize>) -> u64 {
+        let first = (blocks.start as u64 * self.block_elements as u64).min(self.elements);
+        let end = (blocks.end as u64 * self.block_elements as u64).min(self.elements);
+        (end - first) * self.kind().width_bytes() as u64
+    }
+
+    /// Exact byte length of the rest plane.
+    pub fn rest_bytes(&self) -> u64 {
+        (self.elements * self.split.stored_rest_bits() as u64).div_ceil(8)
+    }
+
+    /// Alphabet of head symbols: 2^head_bits.
+    pub fn alphabet(&self) -> usize {
+        1 << self.split.head_bits
+    }
+
+    /// Rejects parameters no encoder produces and no decoder must accept.
+    pub fn validate(&self) -> Result<(), CodecError> {
+        let bad = |msg: String| Err(CodecError::InvalidParameters(msg));
+        let kind = self.kind();
+        let split = &self.split;
+        if !kind.head_bits_range().contains(&split.head_bits) {
+            return bad(format!(
+                "head_bits {} is outside {:?} for {kind}",
+                split.head_bits,
+                kind.head_bits_range()
+            ));
+        }
+        if split.rest_const_bits > split.rest_bits() {
+            return bad(format!(
+                "rest_const_bits {} exceeds the {} rest bits",
+                split.rest_const_bits,
+                split.rest_bits()
+            ));
+        }
+        if split.rest_const_value >> split.rest_const_bits != 0 {
+            return bad(format!(
+                "rest_const_value {:#x} does not fit in {} bits",
+                split.rest_const_value, split.rest_const_bits
+            ));
+        }
+        if !self.block_elements.is_power_of_two()
+            || !(MIN_BLOCK_ELEMENTS..=MAX_BLOCK_ELEMENTS).contains(&self.block_elements)
+        {
+            return bad(format!(
+                "block_elements {} is not a power of two in {MIN_BLOCK_ELEMENTS}..={MAX_BLOCK_ELEMENTS}",
+                self.block_elements
+            ));
+        }
+        let geometry = self.geometry;
+        if !geometry.chunk_bits.is_power_of_two()
+            || !(MIN_CHUNK_BITS..=MAX_CHUNK_BITS).contains(&geometry.chunk_bits)
+        {
+            return bad(format!(
+                "chunk_bits {} is not a power of two in {MIN_CHUNK_BITS}..={MAX_CHUNK_BITS}",
+                geometry.chunk_bits
+            ));
+        }
+        if geometry.warmup_bits > MAX_WARMUP_BITS {
+            return bad(format!(
+                "warmup_bits {} exceeds {MAX_WARMUP_BITS}",
+                geometry.warmup_bits
+            ));
+        }
+        if self.elements > MAX_ELEMENTS {
+            return bad(format!(
+                "{} elements exceed the limit of {MAX_ELEMENTS}",
+                self.elements
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub const MIN_BLOCK_ELEMENTS: u32 = 1 << 10;
+pub const MAX_BLOCK_ELEMENTS: u32 = 1 << 20;
+pub const MIN_CHUNK_BITS: u32 = 1 << 6;
+pub const MAX_CHUNK_BITS: u32 = 1 << 16;
+pub const MAX_WARMUP_BITS: u32 = 1 << 12;
+/// 2^48 elements: far beyond any tensor, small enough that no byte or bit
+/// count derived from it overflows a u64.
+pub const MAX_ELEMENTS: u64 = 1 << 48;
+
+/// A coded tensor: parameters plus its three byte planes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedTensor {
+    pub params: TensorParams,
+    /// Concatenated head streams of all blocks, each starting on a byte.
+    pub head: Vec<u8>,
+    /// Rest values, `stored_rest_bits` each, LSB-first.
+    pub rest: Vec<u8>,
+    /// Per-block modes, tables, stream lengths and sync exceptions.
+    pub index: Vec<u8>,
+}
+
+impl EncodedTensor {
+    pub fn stored_bytes(&self) -> u64 {
+        (self.head.len() + self.rest.len() + self.index.len()) as u64
+    }
+}
+
+/// Borrowed byte planes of a coded tensor, as read from a file.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedView<'a> {
+    pub params: &'a TensorParams,
+    pub head: &'a [u8],
+    pub rest: &'a [u8],
+    pub index: &'a [u8],
+}
+
+impl EncodedTensor {
+    pub fn view(&self) -> EncodedView<'_> {
+        EncodedView {
+            params: &self.params,
+            head: &self.head,
+            rest: &self.rest,
+            index: &self.index,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Chunked, gapless parallel decoding of one block's head stream.
+//!
+//! A block's coded head stream is cut into *chunks* of `chunk_bits` bits. A
+//! chunk owns every codeword that *starts* inside it. To decode a chunk
+//! without knowing where its first codeword starts, a decoder begins
+//! `warmup_bits` before the chunk and discards what it decodes there:
+//! Huffman codes resynchronise within a few symbols, so by the time the
+//! decoder reaches the chunk it stands on a true codeword boundary. The
+//! encoder replays exactly this for every chunk; for the rare chunk where
+//! the warm-up does not resynchronise in time it stores an *exception*: the
+//! offset of the chunk's first true boundary, where the decoder then starts
+//! directly. Chunk 0 always starts at the block's first bit.
+//!
+//! This module is the single definition of that rule: the encoder checks it,
+//! the CPU chunked decoder follows it, and the GPU kernels implement it.
+
+use super::bits::peek_bits;
+use super::huffman::DecodeTable;
+
+/// Per-tensor parameters of the chunked decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkGeometry {
+    pub chunk_bits: u32,
+    pub warmup_bits: u32,
+}
+
+impl ChunkGeometry {
+    pub fn chunk_count(&self, stream_bits: u64) -> u64 {
+        stream_bits.div_ceil(self.chunk_bits as u64)
+    }
+
+    /// Where the decoder of `chunk` begins reading.
+    pub fn decode_start(&self, chunk: u64, exception_first_boundary: Option<u32>) -> u64 {
+        let chunk_begin = chunk * self.chunk_bits as u64;
+        match exception_first_boundary {
+            Some(offset) => chunk_begin + offset as u64,
+            None => chunk_begin.saturating_sub(self.warmup_bits as u64),
+        }
+    }
+
+    /// Decodes the symbols `chunk` owns, calling `emit` for each in order.
+    /// Always terminates: every step advances by at least one bit.
+    pub fn decode_chunk(
+        &self,
+        stream: &[u8],
+        stream_bits: u64,
+        table: &DecodeTable,
+        chunk: u64,
+        exception_first_boundary: Option<u32>,
+        mut emit: impl FnMut(u8),
+    ) {
+        let chunk_begin = chunk * self.chunk_bits as u64;
+        let chunk_end = (chunk_begin + self.chunk_bits as u64).min(stream_bits);
+        let mut position = self.decode_start(chunk, exception_first_boundary);
+        while position < chunk_end {
+            let (symbol, len) = table.lookup(peek_bits(stream, position, table.max_len));
+            if position >= chunk_begin {
+                emit(symbol as u8);
+            }
+            position += len as u64;
+        }
+    }
+
+    /// The first position at or after `chunk`'s beginning that a warm-up
+    /// decode lands on (`stream_bits` if it runs past the end).
+    pub fn warmup_landing(
+        &self,
+        stream: &[u8],
+        stream_bits: u64,
+        table: &DecodeTable,
+        chunk: u64,
+    ) -> u64 {
+        let chunk_begin = chunk * self.chunk_bits as u64;
+        let mut position = self.decode_start(chunk, None);
+        while position < chunk_begin {
+            let (_, len) = table.lookup(peek_bits(stream, position, table.max_len));
+            position += len as u64;
+        }
+        position.min(stream_bits)
+    }
+}

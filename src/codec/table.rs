@@ -1,0 +1,176 @@
+//! Compact serialisation of code-length tables inside the block index.
+//!
+//! A table lists the code length of every symbol of the head alphabet. Used
+//! symbols cluster (neighbouring exponents have similar frequencies), so the
+//! lengths are written as a bit sequence over the symbols `lo..=hi` that
+//! contains every used symbol, each coded relative to the previous length:
+//!
+//! ```text
+//! byte lo, byte hi, then for each symbol in lo..=hi (LSB-first bits):
+//!   0          same length as the previous symbol (the first compares with 0)
+//!   10 s       previous length + 1 (s = 0) or - 1 (s = 1)
+//!   110 llll   the length l (0..=12), 0 meaning the symbol is unused
+//!   111 nnnnn  n + 2 unused symbols (a run of 2..=33); the length becomes 0
+//! ```
+//!
+//! The bit sequence is padded with zero bits to a whole byte.
+
+use super::CodecError;
+use super::bits::{BitWriter, peek_bits};
+use super::huffman::{ALPHABET, MAX_CODE_BITS};
+
+const MAX_ZERO_RUN: usize = 33;
+
+pub type CodeLengths = [u8; ALPHABET];
+
+/// Appends the encoding of `lengths` to `out`.
+pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
+    let used = |s: &usize| lengths[*s] > 0;
+    let lo = (0..ALPHABET).find(used).expect("a table has used symbols");
+    let hi = (0..ALPHABET).rev().find(used).unwrap();
+    out.push(lo as u8);
+    out.push(hi as u8);
+    let mut bits = BitWriter::with_capacity(64);
+    let mut previous = 0u8;
+    let mut symbol = lo;
+    while symbol <= hi {
+        let len = lengths[symbol];
+        let zero_run = lengths[symbol..=hi]
+            .iter()
+            .take(MAX_ZERO_RUN)
+            .take_while(|&&l| l == 0)
+            .count();
+        if zero_run >= 2 {
+            bits.put(0b111, 3);
+            bits.put((zero_run - 2) as u32, 5);
+            previous = 0;
+            symbol += zero_run;
+            continue;
+        }
+        if len == previous {
+            bits.put(0b0, 1);
+        } else if len == previous + 1 {
+            bits.put(0b001, 3);
+        } else if len + 1 == previous {
+            bits.put(0b101, 3);
+        } else {
+            bits.put(0b011, 3);
+            bits.put(len as u32, 4);
+        }
+        previous = len;
+        symbol += 1;
+    }
+    bits.finish_into(out);
+}
+
+/// Bytes [`write_table`] will use for `lengths`.
+pub fn table_size(lengths: &CodeLengths) -> usize {
+    let mut scratch = Vec::with_capacity(64);
+    write_table(lengths, &mut scratch);
+    scratch.len()
+}
+
+/// Reads a table from the front of `bytes`; returns it and the bytes used.
+/// `alphabet` is the number of head symbols of the tensor (2^head_bits).
+pub fn read_table(bytes: &[u8], alphabet: usize) -> Result<(CodeLengths, usize), CodecError> {
+    let corrupt = |what: &str| CodecError::InvalidTable(what.to_string());
+    let [lo, hi] = bytes
+        .get(..2)
+        .ok_or_else(|| corrupt("table truncated"))?
+        .try_into()
+        .unwrap();
+    let (lo, hi) = (lo as usize, hi as usize);
+    if lo > hi || hi >= alphabet {
+        return Err(corrupt(&format!(
+            "symbol range {lo}..={hi} is outside the alphabet of {alphabet}"
+        )));
+    }
+    let body = &bytes[2..];
+    let body_bits = body.len() as u64 * 8;
+    let mut position = 0u64;
+    let mut take = |bits: u32| -> Result<u32, CodecError> {
+        if position + bits as u64 > body_bits {
+            return Err(corrupt("table truncated"));
+        }
+        let value = peek_bits(body, position, bits);
+        position += bits as u64;
+        Ok(value)
+    };
+    let mut lengths = [0u8; ALPHABET];
+    let mut previous = 0u8;
+    let mut symbol = lo;
+    while symbol <= hi {
+        let len = if take(1)? == 0 {
+            previous
+        } else if take(1)? == 0 {
+            if take(1)? == 0 {
+                previous.checked_add(1)
+            } else {
+                previous.checked_sub(1)
+            }
+            .ok_or_else(|| corrupt("code length steps below zero"))?
+        } else if take(1)? == 0 {
+            take(4)? as u8
+        } else {
+            let run = take(5)? as usize + 2;
+            if symbol + run > hi + 1 {
+                return Err(corrupt("run of unused symbols passes the table's end"));
+            }
+            symbol += run;
+            previous = 0;
+            continue;
+        };
+        if len as u32 > MAX_CODE_BITS {
+            return Err(corrupt(&format!(
+                "code length {len} exceeds the limit of {MAX_CODE_BITS}"
+            )));
+        }
+        lengths[symbol] = len;
+        previous = len;
+        symbol += 1;
+    }
+    Ok((lengths, 2 + position.div_ceil(8) as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(lengths: &CodeLengths) {
+        let mut bytes = vec![0xAA];
+        write_table(lengths, &mut bytes);
+        bytes.push(0x55);
+        let (decoded, used) = read_table(&bytes[1..], ALPHABET).unwrap();
+        assert_eq!(&decoded, lengths);
+        assert_eq!(used, bytes.len() - 2);
+        assert_eq!(table_size(lengths), used);
+    }
+
+    #[test]
+    fn tables_round_trip() {
+        let mut bf16_like = [0u8; ALPHABET];
+        bf16_like[0] = 11;
+        for (i, symbol) in (100..128).enumerate() {
+            bf16_like[symbol] = [12, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 3, 2, 2][i % 14];
+        }
+        bf16_like[200] = 12;
+        round_trip(&bf16_like);
+        round_trip(&[8u8; ALPHABET]);
+        let mut two = [0u8; ALPHABET];
+        two[0] = 1;
+        two[255] = 1;
+        round_trip(&two);
+    }
+
+    #[test]
+    fn rejects_range_outside_alphabet() {
+        let mut lengths = [0u8; ALPHABET];
+        lengths[3] = 1;
+        lengths[40] = 1;
+        let mut bytes = Vec::new();
+        write_table(&lengths, &mut bytes);
+        assert!(read_table(&bytes, 16).is_err());
+        assert!(read_table(&bytes, 64).is_ok());
+        assert!(read_table(&bytes[..2], 64).is_err());
+    }
+}

@@ -1,0 +1,283 @@
+//! The conformance cases every backend must pass bit for bit: synthetic
+//! heavy-tailed weights in every dtype, adversarial tensors, and real
+//! weight files. `tests/` instantiates them per backend and `ecf selftest`
+//! runs them from the shipped binary.
+
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+use crate::backend::{self, Backend};
+use crate::codec::{self, BlockIndex, EncodeOptions, FloatKind};
+use crate::container::SourceFile;
+use crate::error::Result;
+use crate::synth;
+
+/// One tensor to encode and decode.
+pub struct Case {
+    pub name: String,
+    pub kind: FloatKind,
+    pub bytes: Vec<u8>,
+    pub options: EncodeOptions,
+}
+
+impl Case {
+    fn new(name: impl Into<String>, kind: FloatKind, bytes: Vec<u8>) -> Self {
+        Case {
+            name: name.into(),
+            kind,
+            bytes,
+            options: EncodeOptions::default(),
+        }
+    }
+
+    fn with_options(mut self, options: EncodeOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// Elements built from sign, exponent and mantissa fields.
+fn compose(kind: FloatKind, sign: u32, exponent: u32, mantissa: u32) -> u32 {
+    let width = kind.width_bits();
+    let mantissa_bits = width - 1 - kind.exponent_bits();
+    sign << (width - 1) | exponent << mantissa_bits | mantissa & ((1 << mantissa_bits) - 1)
+}
+
+fn element_bytes(kind: FloatKind, elements: impl IntoIterator<Item = u32>) -> Vec<u8> {
+    let width = kind.width_bytes();
+    elements
+        .into_iter()
+        .flat_map(|e| e.to_le_bytes().into_iter().take(width))
+        .collect()
+}
+
+/// Every synthetic and adversarial case, for every dtype.
+pub fn synthetic_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for kind in FloatKind::ALL {
+        cases.extend(cases_for(kind));
+    }
+    cases
+}
+
+fn cases_for(kind: FloatKind) -> Vec<Case> {
+    let tag = kind.safetensors_name().to_lowercase();
+    let seed = kind.width_bits() as u64 * 1000 + kind.exponent_bits() as u64;
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let exponents = 1u32 << kind.exponent_bits();
+    let bias = exponents / 2 - 1;
+    let mut cases = vec![Case::new(
+        format!("heavy_tailed_{tag}"),
+        kind,
+        synth::heavy_tailed_bytes(kind, 200_003, seed),
+    )];
+
+    let single: Vec<u32> = (0..70_000)
+        .map(|_| compose(kind, rng.random_range(0..2), bias, rng.random()))
+        .collect();
+    cases.push(Case::new(
+        format!("single_exponent_{tag}"),
+        kind,
+        element_bytes(kind, single),
+    ));
+
+    // Every bit pattern for narrow types; every exponent, Inf/NaN included,
+    // with random sign and mantissa for FP32.
+    let mut every: Vec<u32> = if kind.width_bits() <= 16 {
+        (0..1u32 << kind.width_bits())
+            .cycle()
+            .take(3 << kind.width_bits())
+            .collect()
+    } else {
+        (0..65_536)
+            .map(|i| compose(kind, rng.random_range(0..2), i % exponents, rng.random()))
+            .collect()
+    };
+    every.shuffle(&mut rng);
+    cases.push(Case::new(
+        format!("all_exponents_{tag}"),
+        kind,
+        element_bytes(kind, every),
+    ));
+
+    let mantissa_max = (1u32 << (kind.width_bits() - 1 - kind.exponent_bits())) - 1;
+    let specials = [
+        compose(kind, 0, 0, 0),            // +0
+        compose(kind, 1, 0, 0),            // -0
+        compose(kind, 0, 0, 1),            // smallest subnormal
+        compose(kind, 1, 0, mantissa_max), // largest subnormal, negative
+        compose(kind, 0, 1, 0),            // smallest normal
+        // The top exponent holds Inf and NaN (E4M3: only NaN, at the
+        // largest mantissa; the others are finite).
+        compose(kind, 0, exponents - 1, 0),
+        compose(kind, 1, exponents - 1, 0),
+        compose(kind, 0, exponents - 1, mantissa_max),
+        compose(kind, 1, exponents - 1, 1),
+        compose(kind, 0, exponents - 2, mantissa_max),
+    ];
+    let special: Vec<u32> = (0..10_001)
+        .map(|_| specials[rng.random_range(0..specials.len())])
+        .collect();
+    cases.push(Case::new(
+        format!("special_values_{tag}"),
+        kind,
+        element_bytes(kind, special),
+    ));
+
+    // Fibonacci frequencies make the optimal code deeper than the 12-bit
+    // limit, so the limited code's longest codewords are exercised.
+    let mut fibonacci = Vec::new();
+    let (mut a, mut b) = (1u32, 1u32);
+    for exponent in 0..exponents.min(22) {
+        fibonacci.extend(std::iter::repeat_n(exponent, a as usize).map(|e| compose(kind, 0, e, 0)));
+        (a, b) = (b, a + b);
+    }
+    fibonacci.shuffle(&mut rng);
+    cases.push(
+        Case::new(
+            format!("longest_codes_{tag}"),
+            kind,
+            element_bytes(kind, fibonacci),
+        )
+        .with_options(EncodeOptions {
+            head_bits: Some(kind.exponent_bits()),
+            ..EncodeOptions::default()
+        }),
+    );
+
+    cases.push(Case::new(format!("empty_{tag}"), kind, Vec::new()));
+    for len in [1usize, 3, 1023, 65_537] {
+        cases.push(Case::new(
+            format!("length_{len}_{tag}"),
+            kind,
+            synth::heavy_tailed_bytes(kind, len, seed + len as u64),
+        ));
+    }
+    cases.push(Case::new(
+        format!("random_bits_{tag}"),
+        kind,
+        synth::random_bytes(30_000 * kind.width_bytes(), seed),
+    ));
+
+    // Blocks of 1024 elements that are heavy-tailed, constant, random and
+    // heavy-tailed again: constant, raw, new-table and reused-table blocks.
+    let block = 1024 * kind.width_bytes();
+    let mut mixed = synth::heavy_tailed_bytes(kind, 2048, seed + 1);
+    mixed.extend(std::iter::repeat_n(mixed[..kind.width_bytes()].to_vec(), 1024).flatten());
+    mixed.extend(synth::random_bytes(block, seed + 2));
+    mixed.extend(synth::heavy_tailed_bytes(kind, 3000, seed + 1));
+    cases.push(
+        Case::new(format!("mixed_block_modes_{tag}"), kind, mixed).with_options(EncodeOptions {
+            block_elements: 1024,
+            ..EncodeOptions::default()
+        }),
+    );
+
+    // No warm-up: nearly every chunk needs a stored sync exception.
+    for warmup_bits in [0, 8] {
+        cases.push(
+            Case::new(
+                format!("tiny_chunks_warmup_{warmup_bits}_{tag}"),
+                kind,
+                synth::heavy_tailed_bytes(kind, 40_000, seed + 3),
+            )
+            .with_options(EncodeOptions {
+                chunk_bits: 64,
+                warmup_bits,
+                block_elements: 4096,
+                ..EncodeOptions::default()
+            }),
+        );
+    }
+
+    // Low bits that never vary: FP32 weights that were once BF16, and
+    // weights that are all positive.
+    let values = synth::heavy_tailed(50_000, 1000, 0.02, seed + 4);
+    let positive: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+    cases.push(Case::new(
+        format!("all_positive_{tag}"),
+        kind,
+        synth::to_bytes(&positive, kind),
+    ));
+    if kind == FloatKind::F32 {
+        let once_bf16: Vec<u8> = synth::to_bytes(&values, FloatKind::Bf16)
+            .chunks_exact(2)
+            .flat_map(|b| [0, 0, b[0], b[1]])
+            .collect();
+        cases.push(Case::new("upcast_from_bf16_f32", kind, once_bf16));
+    }
+    cases
+}
+
+/// Encodes `case` with the CPU encoder, decodes it on `backend`, and
+/// compares every byte. The error says where the first difference is.
+pub fn check_case(backend: &dyn Backend, case: &Case) -> Result<(), String> {
+    let encoded =
+        codec::encode(case.kind, &case.bytes, &case.options).map_err(|e| e.to_string())?;
+    let index = BlockIndex::parse(&encoded.view()).map_err(|e| e.to_string())?;
+    let decoded =
+        backend::decode_to_host(backend, &encoded.view(), &index).map_err(|e| e.to_string())?;
+    compare(case.kind, &case.bytes, &decoded)
+}
+
+/// `Ok` when `actual` equals `expected`, else where they first differ.
+pub fn compare(kind: FloatKind, expected: &[u8], actual: &[u8]) -> Result<(), String> {
+    if expected.len() != actual.len() {
+        return Err(format!(
+            "decoded {} bytes, expected {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    let width = kind.width_bytes();
+    match expected
+        .chunks(width)
+        .zip(actual.chunks(width))
+        .position(|(e, a)| e != a)
+    {
+        None => Ok(()),
+        Some(element) => {
+            let mismatches = expected
+                .chunks(width)
+                .zip(actual.chunks(width))
+                .filter(|(e, a)| e != a)
+                .count();
+            Err(format!(
+                "{mismatches} elements differ; the first, element {element}, is {:02x?} instead of {:02x?}",
+                &actual[element * width..][..width],
+                &expected[element * width..][..width]
+            ))
+        }
+    }
+}
+
+/// One conformance check of a real file's tensor.
+pub struct FileTensorCase {
+    pub name: String,
+    pub result: Result<(), String>,
+}
+
+/// Encodes every float tensor of a plain safetensors file in memory and
+/// checks that `backend` decodes each back exactly.
+pub fn check_file(backend: &dyn Backend, path: &Path) -> Result<Vec<FileTensorCase>> {
+    let source = SourceFile::open(path)?;
+    let mut results = Vec::new();
+    for tensor in source.tensors() {
+        let Some(kind) = FloatKind::from_safetensors_name(&format!("{:?}", tensor.dtype)) else {
+            continue;
+        };
+        let case = Case::new(
+            tensor.name.clone(),
+            kind,
+            source.data()[tensor.range.clone()].to_vec(),
+        );
+        results.push(FileTensorCase {
+            name: tensor.name,
+            result: check_case(backend, &case),
+        });
+    }
+    Ok(results)
+}

@@ -1,0 +1,162 @@
+//! `decompress` and `verify`: rebuild the source file from a compressed one,
+//! tensor by tensor in the source's data order, checking every tensor's
+//! checksum and the whole file's.
+
+use std::path::Path;
+use std::time::Instant;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::backend::{self, Backend, CpuBackend};
+use crate::error::{Error, Result};
+
+use super::read::{CodedTensor, CompressedFile, Storage};
+use super::write::AtomicOutput;
+
+/// The outcome of checking one tensor.
+#[derive(Debug)]
+pub struct TensorCheck {
+    pub name: String,
+    pub coded: bool,
+    pub bytes: u64,
+    /// `None` when the tensor decoded to its recorded checksum.
+    pub error: Option<Error>,
+}
+
+/// What decoding a whole file found.
+#[derive(Debug)]
+pub struct DecodeChecks {
+    pub tensors: Vec<TensorCheck>,
+    /// XXH3-64 of the rebuilt file, and the source file's recorded one.
+    pub file_checksum: u64,
+    pub expected_file_checksum: u64,
+    pub source_bytes: u64,
+    pub decoded_bytes: u64,
+    pub seconds: f64,
+}
+
+impl DecodeChecks {
+    pub fn file_matches(&self) -> bool {
+        self.file_checksum == self.expected_file_checksum
+    }
+
+    pub fn all_ok(&self) -> bool {
+        self.file_matches() && self.tensors.iter().all(|t| t.error.is_none())
+    }
+}
+
+/// Rebuilds the source file at `output`; fails, leaving no output, on the
+/// first tensor that does not decode to its checksum.
+pub fn decompress_file(input: &Path, output: &Path, force: bool) -> Result<DecodeChecks> {
+    let file = CompressedFile::open(input)?;
+    let mut out = AtomicOutput::create(output, force, &[input])?;
+    let checks = rebuild(&file, &CpuBackend::new(), true, |bytes| {
+        out.write_all(bytes)
+    })?;
+    if !checks.file_matches() {
+        return Err(Error::ChecksumMismatch {
+            path: input.to_path_buf(),
+            tensor: None,
+            expected: checks.expected_file_checksum,
+            actual: checks.file_checksum,
+        });
+    }
+    out.commit()?;
+    Ok(checks)
+}
+
+/// Decodes everything on the CPU and checks every checksum, reporting each
+/// tensor.
+pub fn verify_file(input: &Path) -> Result<DecodeChecks> {
+    verify_file_on(input, &CpuBackend::new())
+}
+
+/// Decodes everything on `backend` and checks every checksum.
+pub fn verify_file_on(input: &Path, backend: &dyn Backend) -> Result<DecodeChecks> {
+    let file = CompressedFile::open(input)?;
+    rebuild(&file, backend, false, |_| Ok(()))
+}
+
+/// Streams the source file's bytes into `sink`. With `stop_on_error`, the
+/// first failing tensor ends it with that error; otherwise failures are
+/// recorded and the rest still checked.
+fn rebuild(
+    file: &CompressedFile,
+    backend: &dyn Backend,
+    stop_on_error: bool,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<DecodeChecks> {
+    let started = Instant::now();
+    let mut file_hash = Xxh3::new();
+    let mut emit = |bytes: &[u8]| -> Result<()> {
+        file_hash.update(bytes);
+        sink(bytes)
+    };
+    emit(&(file.source_header.len() as u64).to_le_bytes())?;
+    emit(&file.source_header)?;
+
+    let mut tensors = Vec::with_capacity(file.tensors.len());
+    let mut decoded_bytes = 0;
+    for tensor in &file.tensors {
+        let name = &tensor.source.name;
+        let (coded, error) = match &tensor.storage {
+            Storage::Raw => {
+                emit(file.stored_bytes(tensor))?;
+                (false, None)
+            }
+            Storage::Coded(coded) => {
+                decoded_bytes += coded.params.decoded_bytes();
+                (
+                    true,
+                    decode_tensor(file, backend, name, coded, &mut emit).err(),
+                )
+            }
+        };
+        let error = match error {
+            Some(error) if stop_on_error => return Err(error),
+            error => error,
+        };
+        tensors.push(TensorCheck {
+            name: name.clone(),
+            coded,
+            bytes: tensor.source.len() as u64,
+            error,
+        });
+    }
+    Ok(DecodeChecks {
+        tensors,
+        file_checksum: file_hash.digest(),
+        expected_file_checksum: file.source_checksum,
+        source_bytes: file.source_len(),
+        decoded_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Decodes one coded tensor on `backend`, checks its checksum, and only
+/// then emits it.
+fn decode_tensor(
+    file: &CompressedFile,
+    backend: &dyn Backend,
+    name: &str,
+    coded: &CodedTensor,
+    emit: &mut impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let decoded =
+        backend::decode_to_host(backend, &file.view(coded), &coded.index).map_err(|e| match e {
+            Error::Backend { backend, message } => {
+                Error::corrupt(file.path(), Some(name), format!("{backend}: {message}"))
+            }
+            other => other,
+        })?;
+    let actual = xxhash_rust::xxh3::xxh3_64(&decoded);
+    if actual != coded.checksum {
+        return Err(Error::ChecksumMismatch {
+            path: file.path().to_path_buf(),
+            tensor: Some(name.to_string()),
+            expected: coded.checksum,
+            actual,
+        });
+    }
+    emit(&decoded)
+}

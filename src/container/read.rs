@@ -1,0 +1,240 @@
+//! Opening a compressed file: every name, offset, length and table is
+//! checked here, before any decoder — CPU or GPU — sees a byte of it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, Metadata};
+
+use crate::codec::{BlockIndex, EncodedView, FloatKind, TensorParams};
+use crate::error::{Error, Result};
+
+use super::schema::{self, CodedHeader};
+use super::source::{SourceFile, TensorEntry, tensor_entries};
+
+/// A compressed file, mapped and validated.
+pub struct CompressedFile {
+    file: SourceFile,
+    /// The source file's header JSON, byte for byte.
+    pub source_header: Vec<u8>,
+    pub source_metadata: Metadata,
+    /// XXH3-64 of the whole source file.
+    pub source_checksum: u64,
+    /// Every tensor of the source file, in the source's data order.
+    pub tensors: Vec<StoredTensor>,
+}
+
+pub struct StoredTensor {
+    /// Name, dtype, shape and byte range in the source file.
+    pub source: TensorEntry,
+    /// Bytes the tensor occupies in the compressed file.
+    pub stored_range: Range<usize>,
+    pub storage: Storage,
+}
+
+pub enum Storage {
+    /// The bytes are stored unchanged at `stored_range`.
+    Raw,
+    Coded(Box<CodedTensor>),
+}
+
+pub struct CodedTensor {
+    pub params: TensorParams,
+    /// XXH3-64 of the decoded bytes.
+    pub checksum: u64,
+    /// Ranges of the planes in the data section.
+    pub index_range: Range<usize>,
+    pub head_range: Range<usize>,
+    pub rest_range: Range<usize>,
+    /// The parsed, validated block index.
+    pub index: BlockIndex,
+}
+
+impl CompressedFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = SourceFile::open(path)?;
+        let version = file.ecf_version().ok_or_else(|| Error::NotCompressed {
+            path: path.to_path_buf(),
+        })?;
+        if version.parse::<u32>().ok() != Some(schema::FORMAT_VERSION) {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version.to_string(),
+                supported: schema::FORMAT_VERSION,
+            });
+        }
+        let corrupt = |message: String| Error::corrupt(path, None, message);
+        let checksum_text = file
+            .metadata_value(schema::SOURCE_CHECKSUM_KEY)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "metadata key {} is missing",
+                    schema::SOURCE_CHECKSUM_KEY
+                ))
+            })?;
+        let source_checksum = schema::parse_checksum(checksum_text)
+            .map_err(|e| corrupt(format!("{}: {e}", schema::SOURCE_CHECKSUM_KEY)))?;
+
+        let mut stored: HashMap<String, TensorEntry> = file
+            .tensors()
+            .into_iter()
+            .map(|entry| (entry.name.clone(), entry))
+            .collect();
+        let header_entry = stored
+            .remove(schema::SOURCE_HEADER_TENSOR)
+            .filter(|e| e.dtype == Dtype::U8)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "the U8 tensor {} is missing",
+                    schema::SOURCE_HEADER_TENSOR
+                ))
+            })?;
+        let source_header = miniz_oxide::inflate::decompress_to_vec_with_limit(
+            &file.data()[header_entry.range.clone()],
+            schema::MAX_HEADER_BYTES,
+        )
+        .map_err(|e| corrupt(format!("the recorded source header does not inflate: {e}")))?;
+        let source_metadata: Metadata = std::str::from_utf8(&source_header)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()))
+            .map_err(|e| corrupt(format!("the recorded source header is invalid: {e}")))?;
+
+        let mut tensors = Vec::new();
+        for source in tensor_entries(&source_metadata) {
+            let entry = stored.remove(&source.name).ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    Some(&source.name),
+                    "is in the source header but not stored",
+                )
+            })?;
+            let storage = resolve(&file, &source, &entry)
+                .map_err(|message| Error::corrupt(path, Some(&source.name), message))?;
+            let storage = match storage {
+                Resolved::Raw => Storage::Raw,
+                Resolved::Coded(coded) => {
+                    let view = view_of(file.data(), &coded);
+                    let index = BlockIndex::parse(&view)
+                        .map_err(|e| Error::codec(path, &source.name, e))?;
+                    Storage::Coded(Box::new(CodedTensor { index, ..coded }))
+                }
+            };
+            tensors.push(StoredTensor {
+                source,
+                stored_range: entry.range,
+                storage,
+            });
+        }
+        if let Some(name) = stored.keys().next() {
+            return Err(Error::corrupt(
+                path,
+                Some(name),
+                "is stored but is not in the source header",
+            ));
+        }
+        Ok(CompressedFile {
+            file,
+            source_header,
+            source_metadata,
+            source_checksum,
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// The data section of the compressed file.
+    pub fn data(&self) -> &[u8] {
+        self.file.data()
+    }
+
+    /// Bytes of the compressed file.
+    pub fn stored_len(&self) -> u64 {
+        self.file.bytes().len() as u64
+    }
+
+    /// Bytes of the source file it decompresses to.
+    pub fn source_len(&self) -> u64 {
+        8 + self.source_header.len() as u64 + self.source_metadata.data_len() as u64
+    }
+
+    pub fn view<'a>(&'a self, coded: &'a CodedTensor) -> EncodedView<'a> {
+        view_of(self.data(), coded)
+    }
+
+    /// The stored bytes of a tensor: its data if raw, its header and planes
+    /// if coded.
+    pub fn stored_bytes(&self, tensor: &StoredTensor) -> &[u8] {
+        &self.data()[tensor.stored_range.clone()]
+    }
+}
+
+fn view_of<'a>(data: &'a [u8], coded: &'a CodedTensor) -> EncodedView<'a> {
+    EncodedView {
+        params: &coded.params,
+        head: &data[coded.head_range.clone()],
+        rest: &data[coded.rest_range.clone()],
+        index: &data[coded.index_range.clone()],
+    }
+}
+
+enum Resolved {
+    Raw,
+    Coded(CodedTensor),
+}
+
+/// Decides how a source tensor is stored and checks its stored form.
+fn resolve(
+    file: &SourceFile,
+    source: &TensorEntry,
+    entry: &TensorEntry,
+) -> std::result::Result<Resolved, String> {
+    if entry.dtype == source.dtype && entry.shape == source.shape {
+        return Ok(Resolved::Raw);
+    }
+    let source_dtype = format!("{:?}", source.dtype);
+    let kind = FloatKind::from_safetensors_name(&source_dtype)
+        .filter(|_| entry.dtype == Dtype::U8 && entry.shape.len() == 1)
+        .ok_or_else(|| {
+            format!(
+                "stored as {:?} {:?}, which is neither its source form {source_dtype} {:?} nor a coded tensor",
+                entry.dtype, entry.shape, source.shape
+            )
+        })?;
+    let elements = source
+        .shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .ok_or("shape overflows the element count")?;
+    let bytes = &file.data()[entry.range.clone()];
+    let (header, header_len) = CodedHeader::read(bytes, kind, elements)?;
+    let planes = [header.index_len, header.head_len, header.rest_len];
+    let total = planes
+        .iter()
+        .try_fold(header_len as u64, |sum, &len| sum.checked_add(len))
+        .filter(|&sum| sum == bytes.len() as u64)
+        .ok_or_else(|| {
+            format!(
+                "planes of {planes:?} bytes after a {header_len}-byte header do not fill its {} bytes",
+                bytes.len()
+            )
+        })?;
+    debug_assert_eq!(total, bytes.len() as u64);
+    let mut start = entry.range.start + header_len;
+    let [index_range, head_range, rest_range] = planes.map(|len| {
+        let range = start..start + len as usize;
+        start = range.end;
+        range
+    });
+    Ok(Resolved::Coded(CodedTensor {
+        params: header.params,
+        checksum: header.checksum,
+        index_range,
+        head_range,
+        rest_range,
+        index: BlockIndex::default(),
+    }))
+}

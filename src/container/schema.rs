@@ -1,0 +1,156 @@
+//! What a compressed file's safetensors header and tensors carry.
+//!
+//! * `__metadata__` keeps the source file's entries and adds
+//!   [`FORMAT_KEY`], [`VERSION_KEY`] and [`SOURCE_CHECKSUM_KEY`].
+//! * [`SOURCE_HEADER_TENSOR`] (U8) is the source file's header JSON, byte
+//!   for byte, compressed with raw DEFLATE.
+//! * A tensor kept as it was appears under its name with its dtype and shape.
+//! * A coded tensor appears under its name as a 1-D U8 tensor: a
+//!   [`CodedHeader`] followed by its block index, head and rest planes.
+
+use crate::codec::index::write_varint;
+use crate::codec::{ChunkGeometry, FieldSplit, FloatKind, TensorParams};
+
+/// `__metadata__` key whose value marks an ecfloat file.
+pub const FORMAT_KEY: &str = "ecf.format";
+pub const FORMAT_NAME: &str = "ecfloat";
+/// `__metadata__` key of the format version (a decimal integer).
+pub const VERSION_KEY: &str = "ecf.version";
+pub const FORMAT_VERSION: u32 = 1;
+/// XXH3-64 of the whole source file, 16 lowercase hex digits.
+pub const SOURCE_CHECKSUM_KEY: &str = "ecf.source_xxh3";
+/// The tensor holding the deflated source header.
+pub const SOURCE_HEADER_TENSOR: &str = "ecf.source_header";
+/// safetensors' own limit on a header.
+pub const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// The fixed part of a coded tensor's bytes: codec parameters, the
+/// checksum of the decoded bytes, and the lengths of the three planes.
+///
+/// ```text
+/// head_bits:u8 rest_const_bits:u8 log2(block_elements):u8 log2(chunk_bits):u8
+/// warmup_bits:varint rest_const_value:varint xxh3:u64le
+/// index_len:varint head_len:varint rest_len:varint
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodedHeader {
+    pub params: TensorParams,
+    /// XXH3-64 of the decoded bytes.
+    pub checksum: u64,
+    pub index_len: u64,
+    pub head_len: u64,
+    pub rest_len: u64,
+}
+
+impl CodedHeader {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let params = &self.params;
+        out.extend_from_slice(&[
+            params.split.head_bits as u8,
+            params.split.rest_const_bits as u8,
+            params.block_elements.trailing_zeros() as u8,
+            params.geometry.chunk_bits.trailing_zeros() as u8,
+        ]);
+        write_varint(params.geometry.warmup_bits as u64, out);
+        write_varint(params.split.rest_const_value as u64, out);
+        out.extend_from_slice(&self.checksum.to_le_bytes());
+        for len in [self.index_len, self.head_len, self.rest_len] {
+            write_varint(len, out);
+        }
+    }
+
+    /// Parses the header at the front of a coded tensor's bytes; returns it
+    /// and its length. `kind` and `elements` come from the source header.
+    pub fn read(bytes: &[u8], kind: FloatKind, elements: u64) -> Result<(Self, usize), String> {
+        let mut reader = crate::codec::index::Reader::new(bytes);
+        let fixed: Vec<u32> = (0..4)
+            .map(|_| reader.byte().map(u32::from))
+            .collect::<Result<_, _>>()?;
+        let [head_bits, rest_const_bits, block_log2, chunk_log2] = fixed[..] else {
+            unreachable!("four bytes were read")
+        };
+        if block_log2 >= 32 || chunk_log2 >= 32 {
+            return Err("block or chunk size is out of range".to_string());
+        }
+        let small = |value: u64, what: &str| {
+            u32::try_from(value).map_err(|_| format!("{what} {value} is out of range"))
+        };
+        let warmup_bits = small(reader.varint()?, "warmup_bits")?;
+        let rest_const_value = small(reader.varint()?, "rest_const_value")?;
+        let checksum =
+            u64::from_le_bytes(reader.take(8)?.try_into().expect("eight bytes were taken"));
+        let index_len = reader.varint()?;
+        let head_len = reader.varint()?;
+        let rest_len = reader.varint()?;
+        let params = TensorParams {
+            split: FieldSplit {
+                kind,
+                head_bits,
+                rest_const_bits,
+                rest_const_value,
+            },
+            elements,
+            block_elements: 1 << block_log2,
+            geometry: ChunkGeometry {
+                chunk_bits: 1 << chunk_log2,
+                warmup_bits,
+            },
+        };
+        params.validate().map_err(|e| e.to_string())?;
+        let header = CodedHeader {
+            params,
+            checksum,
+            index_len,
+            head_len,
+            rest_len,
+        };
+        Ok((header, reader.position()))
+    }
+}
+
+pub fn format_checksum(checksum: u64) -> String {
+    format!("{checksum:016x}")
+}
+
+pub fn parse_checksum(text: &str) -> Result<u64, String> {
+    if text.len() != 16 {
+        return Err(format!("checksum {text:?} is not 16 hex digits"));
+    }
+    u64::from_str_radix(text, 16).map_err(|_| format!("checksum {text:?} is not 16 hex digits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coded_header_round_trips() {
+        let header = CodedHeader {
+            params: TensorParams {
+                split: FieldSplit {
+                    kind: FloatKind::F32,
+                    head_bits: 8,
+                    rest_const_bits: 16,
+                    rest_const_value: 0x1234,
+                },
+                elements: 1_000_000,
+                block_elements: 1 << 16,
+                geometry: ChunkGeometry {
+                    chunk_bits: 1024,
+                    warmup_bits: 64,
+                },
+            },
+            checksum: 0x0123_4567_89ab_cdef,
+            index_len: 300,
+            head_len: 1 << 40,
+            rest_len: 7,
+        };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        bytes.push(0xEE);
+        let (read, used) = CodedHeader::read(&bytes, FloatKind::F32, 1_000_000).unwrap();
+        assert_eq!(read, header);
+        assert_eq!(used, bytes.len() - 1);
+        assert!(CodedHeader::read(&bytes[..5], FloatKind::F32, 1_000_000).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Writing safetensors files: the header, and an output that appears under
+//! its name only once it is complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+
+/// One tensor of a file being written; tensors are laid out in the order
+/// given, back to back.
+pub struct OutputTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub len: u64,
+}
+
+/// The length prefix and header JSON of a safetensors file, padded with
+/// spaces so the data section starts on an 8-byte boundary.
+pub fn header_bytes(metadata: &[(&str, String)], tensors: &[OutputTensor]) -> Vec<u8> {
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        let entries: Map<String, Value> = metadata
+            .iter()
+            .map(|(key, value)| (key.to_string(), Value::String(value.clone())))
+            .collect();
+        header.insert("__metadata__".to_string(), Value::Object(entries));
+    }
+    let mut offset = 0u64;
+    for tensor in tensors {
+        header.insert(
+            tensor.name.clone(),
+            json!({
+                "dtype": tensor.dtype,
+                "shape": tensor.shape,
+                "data_offsets": [offset, offset + tensor.len],
+            }),
+        );
+        offset += tensor.len;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header)).expect("JSON of strings and numbers");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut bytes = Vec::with_capacity(8 + json.len());
+    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    bytes
+}
+
+/// An output file written under a temporary name in the target's directory
+/// and renamed into place by [`AtomicOutput::commit`]; dropped uncommitted,
+/// it leaves nothing behind.
+pub struct AtomicOutput {
+    writer: BufWriter<NamedTempFile>,
+    target: PathBuf,
+    force: bool,
+}
+
+impl AtomicOutput {
+    /// Refuses, before any work is done, to replace an input or an existing
+    /// file without `force`.
+    pub fn create(target: &Path, force: bool, inputs: &[&Path]) -> Result<Self> {
+        check_target(target, force, inputs)?;
+        let directory = match target.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".ecf-partial-")
+            .tempfile_in(directory)
+            .map_err(|e| Error::io(directory, e))?;
+        Ok(AtomicOutput {
+            writer: BufWriter::with_capacity(1 << 20, temp),
+            target: target.to_path_buf(),
+            force,
+        })
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.target, e))
+    }
+
+    /// The underlying file, flushed, for bulk copies.
+    pub fn file(&mut self) -> Result<&mut File> {
+        self.writer
+            .flush()
+            .map_err(|e| Error::io(&self.target, e))?;
+        Ok(self.writer.get_mut().as_file_mut())
+    }
+
+    /// Makes the file durable and gives it its name.
+    pub fn commit(self) -> Result<()> {
+        let target = self.target;
+        let temp = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::io(&target, e.into_error()))?;
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&target, e))?;
+        let persisted = if self.force {
+            temp.persist(&target)
+        } else {
+            temp.persist_noclobber(&target)
+        };
+        persisted.map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::OutputExists {
+                    path: target.clone(),
+                }
+            } else {
+                Error::io(&target, e.error)
+            }
+        })?;
+        Ok(())
+    }
+}
+
+fn check_target(target: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    let Ok(existing) = target.canonicalize() else {
+        return Ok(());
+    };
+    for input in inputs {
+        if input.canonicalize().is_ok_and(|input| input == existing) {
+            return Err(Error::OutputIsInput {
+                path: target.to_path_buf(),
+            });
+        }
+    }
+    if !force {
+        return Err(Error::OutputExists {
+            path: target.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_padded_and_parsable() {
+        let tensors = [
+            OutputTensor {
+                name: "a".into(),
+                dtype: "F32".into(),
+                shape: vec![3],
+                len: 12,
+            },
+            OutputTensor {
+                name: "b".into(),
+                dtype: "U8".into(),
+                shape: vec![5],
+                len: 5,
+            },
+        ];
+        let bytes = header_bytes(&[("k", "v".to_string())], &tensors);
+        let json_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(json_len % 8, 0);
+        assert_eq!(bytes.len(), 8 + json_len);
+        let mut file = bytes.clone();
+        file.extend_from_slice(&[0u8; 17]);
+        let parsed = safetensors::SafeTensors::deserialize(&file).unwrap();
+        assert_eq!(parsed.tensor("b").unwrap().data().len(), 5);
+    }
+}

@@ -1,0 +1,105 @@
+//! The library's error type: every variant names the file, and the tensor
+//! where there is one, so the CLI can print one line that says what is wrong
+//! and where.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::codec::CodecError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not a readable safetensors file at all.
+    #[error("{}: not a safetensors file: {reason}", path.display())]
+    NotSafetensors { path: PathBuf, reason: String },
+    /// A safetensors file that ecfloat did not write, given where a
+    /// compressed one is needed.
+    #[error("{}: not an ecfloat-compressed file (no ecf.format in its metadata); compress it with `ecf compress` first", path.display())]
+    NotCompressed { path: PathBuf },
+    #[error("{}: already compressed by ecfloat (format version {version})", path.display())]
+    AlreadyCompressed { path: PathBuf, version: String },
+    #[error("{}: format version {found} is not supported; this build reads version {supported}", path.display())]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: String,
+        supported: u32,
+    },
+    /// Metadata or planes that contradict each other.
+    #[error("{}: {}{message}", path.display(), TensorPrefix(tensor))]
+    Corrupt {
+        path: PathBuf,
+        tensor: Option<String>,
+        message: String,
+    },
+    #[error("{}: {}{source}", path.display(), TensorPrefix(tensor))]
+    Codec {
+        path: PathBuf,
+        tensor: Option<String>,
+        source: CodecError,
+    },
+    #[error("{}: {}decoded bytes do not match the checksum recorded at compression (expected {expected:016x}, got {actual:016x})", path.display(), TensorPrefix(tensor))]
+    ChecksumMismatch {
+        path: PathBuf,
+        tensor: Option<String>,
+        expected: u64,
+        actual: u64,
+    },
+    /// Valid input that ecfloat cannot handle.
+    #[error("{}: {}{message}", path.display(), TensorPrefix(tensor))]
+    Unsupported {
+        path: PathBuf,
+        tensor: Option<String>,
+        message: String,
+    },
+    #[error("{}: refusing to overwrite an existing file (pass --force to replace it)", path.display())]
+    OutputExists { path: PathBuf },
+    #[error("{}: the output would replace the input", path.display())]
+    OutputIsInput { path: PathBuf },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{backend}: {message}")]
+    Backend { backend: String, message: String },
+}
+
+struct TensorPrefix<'a>(&'a Option<String>);
+
+impl fmt::Display for TensorPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(name) => write!(f, "tensor {name}: "),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: &Path, tensor: Option<&str>, message: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            tensor: tensor.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    pub fn codec(path: &Path, tensor: &str, source: CodecError) -> Self {
+        Error::Codec {
+            path: path.to_path_buf(),
+            tensor: Some(tensor.to_string()),
+            source,
+        }
+    }
+}

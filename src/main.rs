@@ -1,0 +1,395 @@
+//! `ecf`: the command line. Parses arguments, calls the library, prints the
+//! report; every error becomes one line on stderr and exit status 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use ecfloat::backend;
+use ecfloat::container::{self, CompressOptions, DecodeChecks};
+use ecfloat::tools::{bench, demo, inspect};
+use ecfloat::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "ecf",
+    version,
+    about = "Lossless compression of model weights, decoded on the CPU or GPU"
+)]
+struct Cli {
+    /// Worker threads for encoding and CPU decoding (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress a safetensors file (default output: NAME.ecf.safetensors beside it).
+    Compress {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the original file byte for byte (default output drops `.ecf`).
+    Decompress {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-tensor dtype, shape, exponent entropy, bits per element and the bound.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode everything and check every checksum; exit 1 on any mismatch.
+    Verify {
+        file: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Encode and decode throughput, against a copy of the same bytes.
+    Bench {
+        file: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Timed runs of each operation; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compress a built-in sample model, decode it on every backend, check every bit.
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ecf: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build_global()
+            .map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+    }
+    match cli.command {
+        Command::Compress {
+            input,
+            output,
+            force,
+            json,
+        } => {
+            let output = output.unwrap_or_else(|| compressed_name(&input));
+            let options = CompressOptions {
+                force,
+                ..CompressOptions::default()
+            };
+            let report = container::compress_file(&input, &output, &options)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "input": input,
+                    "output": output,
+                    "source_bytes": report.source_bytes,
+                    "compressed_bytes": report.compressed_bytes,
+                    "ratio": report.ratio(),
+                    "coded_tensors": report.tensors.iter().filter(|t| t.coded).count(),
+                    "raw_tensors": report.tensors.iter().filter(|t| !t.coded).count(),
+                    "seconds": report.seconds,
+                }));
+            } else {
+                println!(
+                    "{} -> {}: {} -> {} ({:.2}% of the original), {} of {} tensors coded, {:.2} s ({:.0} MB/s)",
+                    input.display(),
+                    output.display(),
+                    megabytes(report.source_bytes),
+                    megabytes(report.compressed_bytes),
+                    100.0 * report.ratio(),
+                    report.tensors.iter().filter(|t| t.coded).count(),
+                    report.tensors.len(),
+                    report.seconds,
+                    report.source_bytes as f64 / report.seconds / 1e6,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decompress {
+            input,
+            output,
+            force,
+            json,
+        } => {
+            let output = match output {
+                Some(output) => output,
+                None => decompressed_name(&input)?,
+            };
+            let checks = container::decompress_file(&input, &output, force)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "input": input,
+                    "output": output,
+                    "bytes": checks.source_bytes,
+                    "seconds": checks.seconds,
+                }));
+            } else {
+                println!(
+                    "{} -> {}: {} rebuilt and checked in {:.2} s ({:.0} MB/s)",
+                    input.display(),
+                    output.display(),
+                    megabytes(checks.source_bytes),
+                    checks.seconds,
+                    checks.source_bytes as f64 / checks.seconds / 1e6
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { file, json } => {
+            let inspection = inspect::inspect(&file)?;
+            if json {
+                print_json(&inspection);
+            } else {
+                print_inspection(&inspection);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            file,
+            backend,
+            json,
+        } => {
+            let backend = backend::open(&backend)?;
+            let checks = container::verify_file_on(&file, backend.as_ref())?;
+            if json {
+                print_json(&verify_json(&file, backend.name(), &checks));
+            } else {
+                print_verify(&file, backend.name(), &checks);
+            }
+            Ok(if checks.all_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench {
+            file,
+            backend,
+            repeats,
+            json,
+        } => {
+            let backend = backend::open(&backend)?;
+            let report = bench::bench(&file, backend.as_ref(), repeats)?;
+            if json {
+                print_json(&report);
+            } else {
+                print_bench(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { repeats, json } => {
+            let report = demo::run(repeats)?;
+            if json {
+                print_json(&report);
+            } else {
+                print_demo(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `model.safetensors` → `model.ecf.safetensors`.
+fn compressed_name(input: &Path) -> PathBuf {
+    let name = input.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
+    input.with_file_name(format!("{stem}.ecf.safetensors"))
+}
+
+/// `model.ecf.safetensors` → `model.safetensors`.
+fn decompressed_name(input: &Path) -> Result<PathBuf> {
+    let name = input.file_name().unwrap_or_default().to_string_lossy();
+    match name.strip_suffix(".ecf.safetensors") {
+        Some(stem) if !stem.is_empty() => Ok(input.with_file_name(format!("{stem}.safetensors"))),
+        _ => Err(Error::Usage(format!(
+            "{}: cannot derive an output name (expected NAME.ecf.safetensors); pass -o OUT",
+            input.display()
+        ))),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1e6)
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("reports serialise")
+    );
+}
+
+fn optional(value: Option<f64>, precision: usize) -> String {
+    value.map_or("-".to_string(), |v| format!("{v:.precision$}"))
+}
+
+fn print_inspection(inspection: &inspect::FileInspection) {
+    println!(
+        "{}: {}",
+        inspection.path,
+        match inspection.format_version {
+            Some(version) => format!("ecfloat-compressed (format version {version})"),
+            None => "plain safetensors (not compressed)".to_string(),
+        }
+    );
+    println!(
+        "{:<48} {:<8} {:>16} {:>10} {:>5} {:>8} {:>8} {:>8}",
+        "tensor", "dtype", "shape", "elements", "coded", "H(exp)", "bits/el", "bound"
+    );
+    for t in &inspection.tensors {
+        let shape = format!("{:?}", t.shape);
+        println!(
+            "{:<48} {:<8} {:>16} {:>10} {:>5} {:>8} {:>8.3} {:>8}",
+            t.name,
+            t.dtype,
+            shape,
+            t.elements,
+            if t.coded { "yes" } else { "no" },
+            optional(t.exponent_entropy, 3),
+            t.bits_per_element,
+            optional(t.bound_bits_per_element, 3),
+        );
+    }
+    println!(
+        "total: {} tensors, {} source, {} on disk, ratio {:.4} (exponent-entropy bound {:.4})",
+        inspection.tensors.len(),
+        megabytes(inspection.source_bytes),
+        megabytes(inspection.file_bytes),
+        inspection.ratio,
+        inspection.bound_ratio
+    );
+}
+
+fn print_verify(file: &Path, backend: &str, checks: &DecodeChecks) {
+    for tensor in &checks.tensors {
+        if let Some(error) = &tensor.error {
+            println!("FAIL {}: {error}", tensor.name);
+        }
+    }
+    let failed = checks.tensors.iter().filter(|t| t.error.is_some()).count();
+    let coded = checks.tensors.iter().filter(|t| t.coded).count();
+    println!(
+        "{}: {} ({} tensors, {} coded, decoded on {backend}; {} failed; file checksum {}) in {:.2} s",
+        file.display(),
+        if checks.all_ok() { "OK" } else { "FAILED" },
+        checks.tensors.len(),
+        coded,
+        failed,
+        if checks.file_matches() {
+            "matches"
+        } else {
+            "DIFFERS"
+        },
+        checks.seconds
+    );
+}
+
+fn verify_json(file: &Path, backend: &str, checks: &DecodeChecks) -> serde_json::Value {
+    serde_json::json!({
+        "file": file,
+        "backend": backend,
+        "ok": checks.all_ok(),
+        "file_checksum_matches": checks.file_matches(),
+        "seconds": checks.seconds,
+        "tensors": checks.tensors.iter().map(|t| serde_json::json!({
+            "name": t.name,
+            "coded": t.coded,
+            "bytes": t.bytes,
+            "ok": t.error.is_none(),
+            "error": t.error.as_ref().map(|e| e.to_string()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_bench(report: &bench::BenchReport) {
+    println!(
+        "{}: {} float tensors, {} decoded, {} coded (ratio {:.4})",
+        report.file,
+        report.tensors,
+        megabytes(report.decoded_bytes),
+        megabytes(report.coded_bytes),
+        report.coded_bytes as f64 / report.decoded_bytes.max(1) as f64
+    );
+    println!(
+        "backend {} on {} ({} threads), median of {} runs:",
+        report.backend, report.device, report.threads, report.decode.runs
+    );
+    for (what, timing) in [
+        ("encode", &report.encode),
+        ("decode", &report.decode),
+        ("copy", &report.copy),
+    ] {
+        println!(
+            "  {what:<7} {:>8.3} GB/s  ({:.2} ms)",
+            timing.gb_per_s,
+            timing.median_seconds * 1e3
+        );
+    }
+    println!("  decode / copy = {:.3}", report.decode_vs_copy);
+}
+
+fn print_demo(report: &demo::DemoReport) {
+    let inspection = &report.inspection;
+    println!(
+        "ecfloat demo: a heavy-tailed sample model, {:.1} M parameters in BF16, FP16, FP8 E4M3, FP8 E5M2 and FP32",
+        report.parameters as f64 / 1e6
+    );
+    println!(
+        "compressed {} -> {}: ratio {:.4}, exponent-entropy bound {:.4}, in {:.2} s",
+        megabytes(inspection.source_bytes),
+        megabytes(inspection.file_bytes),
+        inspection.ratio,
+        inspection.bound_ratio,
+        report.compress_seconds
+    );
+    for run in &report.backends {
+        match &run.result {
+            Ok(bench) => println!(
+                "  {:<5} {:<40} every bit identical; decode {:.2} GB/s = {:.2} x copy ({:.2} GB/s); encode {:.2} GB/s",
+                run.backend,
+                bench.device,
+                bench.decode.gb_per_s,
+                bench.decode_vs_copy,
+                bench.copy.gb_per_s,
+                bench.encode.gb_per_s
+            ),
+            Err(reason) => println!("  {:<5} skipped: {reason}", run.backend),
+        }
+    }
+}

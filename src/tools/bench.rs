@@ -1,0 +1,194 @@
+//! `bench`: encode and decode throughput on a real file, reported against a
+//! copy of the same bytes on the same device in the same run.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::{Backend, DecodeJob};
+use crate::codec::{self, BlockIndex, EncodeOptions, EncodedTensor, FloatKind};
+use crate::conformance;
+use crate::container::{CompressedFile, SourceFile, Storage};
+use crate::error::{Error, Result};
+
+/// The original bytes of one float tensor.
+pub struct FloatTensor {
+    pub name: String,
+    pub kind: FloatKind,
+    pub bytes: Vec<u8>,
+}
+
+/// Timings of one measured operation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    pub runs: usize,
+    pub median_seconds: f64,
+    pub min_seconds: f64,
+    /// Decoded (original) bytes per second of the median run, in GB/s (1e9).
+    pub gb_per_s: f64,
+}
+
+impl Timing {
+    pub fn from_runs(mut seconds: Vec<f64>, bytes: u64) -> Self {
+        seconds.sort_by(f64::total_cmp);
+        let median = seconds.get(seconds.len() / 2).copied().unwrap_or(f64::NAN);
+        Timing {
+            runs: seconds.len(),
+            median_seconds: median,
+            min_seconds: seconds.first().copied().unwrap_or(f64::NAN),
+            gb_per_s: bytes as f64 / median / 1e9,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub file: String,
+    pub backend: String,
+    pub device: String,
+    pub threads: usize,
+    pub tensors: usize,
+    /// Bytes of the float tensors as stored in the source file.
+    pub decoded_bytes: u64,
+    /// Bytes of their coded planes.
+    pub coded_bytes: u64,
+    pub encode: Timing,
+    pub decode: Timing,
+    /// A plain copy of `decoded_bytes` on the same device.
+    pub copy: Timing,
+    /// Decode throughput as a fraction of the copy's.
+    pub decode_vs_copy: f64,
+}
+
+/// Reads the original bytes of every non-empty float tensor of a plain or
+/// compressed file (decoding the latter on the CPU).
+pub fn load_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
+    let plain = SourceFile::open(path)?;
+    let mut tensors = Vec::new();
+    if plain.ecf_version().is_none() {
+        for entry in plain.tensors() {
+            let dtype = format!("{:?}", entry.dtype);
+            if let Some(kind) =
+                FloatKind::from_safetensors_name(&dtype).filter(|_| !entry.is_empty())
+            {
+                tensors.push(FloatTensor {
+                    name: entry.name.clone(),
+                    kind,
+                    bytes: plain.data()[entry.range.clone()].to_vec(),
+                });
+            }
+        }
+        return Ok(tensors);
+    }
+    drop(plain);
+    let file = CompressedFile::open(path)?;
+    for tensor in &file.tensors {
+        let dtype = format!("{:?}", tensor.source.dtype);
+        let Some(kind) = FloatKind::from_safetensors_name(&dtype) else {
+            continue;
+        };
+        let bytes = match &tensor.storage {
+            Storage::Raw => file.stored_bytes(tensor).to_vec(),
+            Storage::Coded(coded) => {
+                let mut bytes = vec![0u8; coded.params.decoded_bytes() as usize];
+                codec::decode_blocks(
+                    &file.view(coded),
+                    &coded.index,
+                    0..coded.index.blocks.len(),
+                    &mut bytes,
+                )
+                .map_err(|e| Error::codec(path, &tensor.source.name, e))?;
+                bytes
+            }
+        };
+        if !bytes.is_empty() {
+            tensors.push(FloatTensor {
+                name: tensor.source.name.clone(),
+                kind,
+                bytes,
+            });
+        }
+    }
+    Ok(tensors)
+}
+
+/// Encodes every float tensor of `path` `repeats` times, decodes them all
+/// on `backend` in one call `repeats` times, checks the result bit for bit,
+/// and times a copy of the same bytes.
+pub fn bench(path: &Path, backend: &dyn Backend, repeats: usize) -> Result<BenchReport> {
+    let tensors = load_float_tensors(path)?;
+    let decoded_bytes: u64 = tensors.iter().map(|t| t.bytes.len() as u64).sum();
+    let options = EncodeOptions::default();
+    let encode_all = || -> Result<Vec<EncodedTensor>> {
+        tensors
+            .iter()
+            .map(|t| {
+                codec::encode(t.kind, &t.bytes, &options)
+                    .map_err(|e| Error::codec(path, &t.name, e))
+            })
+            .collect()
+    };
+    let mut encode_runs = Vec::with_capacity(repeats);
+    let mut encoded = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        encoded = encode_all()?;
+        encode_runs.push(started.elapsed().as_secs_f64());
+    }
+
+    let mut uploaded = Vec::with_capacity(encoded.len());
+    for (tensor, coded) in tensors.iter().zip(&encoded) {
+        let index =
+            BlockIndex::parse(&coded.view()).map_err(|e| Error::codec(path, &tensor.name, e))?;
+        uploaded.push(backend.upload(&coded.view(), &index)?);
+    }
+    let out = backend.alloc(decoded_bytes)?;
+    let mut offset = 0;
+    let jobs: Vec<DecodeJob> = uploaded
+        .iter()
+        .map(|tensor| {
+            let job = DecodeJob {
+                tensor: tensor.as_ref(),
+                offset,
+            };
+            offset += tensor.decoded_bytes();
+            job
+        })
+        .collect();
+    let decode_runs = backend.time_decode(&jobs, out.as_ref(), repeats.max(1))?;
+
+    let mut decoded = vec![0u8; decoded_bytes as usize];
+    backend.download(out.as_ref(), 0, &mut decoded)?;
+    let mut offset = 0;
+    for tensor in &tensors {
+        let end = offset + tensor.bytes.len();
+        conformance::compare(tensor.kind, &tensor.bytes, &decoded[offset..end]).map_err(
+            |message| {
+                Error::corrupt(
+                    path,
+                    Some(&tensor.name),
+                    format!("{} decoded wrongly: {message}", backend.name()),
+                )
+            },
+        )?;
+        offset = end;
+    }
+    let copy_runs = backend.time_copy(decoded_bytes, repeats.max(1))?;
+
+    let decode = Timing::from_runs(decode_runs, decoded_bytes);
+    let copy = Timing::from_runs(copy_runs, decoded_bytes);
+    Ok(BenchReport {
+        file: path.display().to_string(),
+        backend: backend.name().to_string(),
+        device: backend.info().device,
+        threads: rayon::current_num_threads(),
+        tensors: tensors.len(),
+        decoded_bytes,
+        coded_bytes: encoded.iter().map(EncodedTensor::stored_bytes).sum(),
+        encode: Timing::from_runs(encode_runs, decoded_bytes),
+        decode_vs_copy: decode.gb_per_s / copy.gb_per_s,
+        decode,
+        copy,
+    })
+}

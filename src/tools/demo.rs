@@ -1,0 +1,167 @@
+//! `demo`: the whole job on a built-in model. Builds a heavy-tailed sample
+//! model, writes it as a safetensors file, compresses it, decodes every
+//! coded tensor on every backend present, checks every bit, and reports
+//! the ratio, the entropy bound and the throughput.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::backend::{self, BACKEND_NAMES};
+use crate::codec::FloatKind;
+use crate::container::write::{OutputTensor, header_bytes};
+use crate::container::{self, CompressOptions};
+use crate::error::{Error, Result};
+use crate::synth;
+use crate::tools::bench::{self, BenchReport};
+use crate::tools::inspect::{self, FileInspection};
+
+#[derive(Debug, Serialize)]
+pub struct DemoReport {
+    pub parameters: u64,
+    pub compress_seconds: f64,
+    pub inspection: FileInspection,
+    pub backends: Vec<BackendRun>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendRun {
+    pub backend: String,
+    /// The bench of this backend, or why it did not run.
+    pub result: std::result::Result<BenchReport, String>,
+}
+
+struct SampleTensor {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<u64>,
+    bytes: Vec<u8>,
+}
+
+/// A small transformer-shaped model: BF16 embedding and layers, F32 norms,
+/// one projection each in FP16, FP8 E4M3, FP8 E5M2 and FP32, and an
+/// integer tensor that stays raw.
+fn sample_model() -> Vec<SampleTensor> {
+    let hidden = 512u64;
+    let mlp = 1536u64;
+    let mut seed = 0;
+    let mut tensor = |name: String, kind: FloatKind, rows: u64, cols: u64, scale: f32| {
+        seed += 1;
+        let values = synth::heavy_tailed((rows * cols) as usize, cols as usize, scale, seed);
+        SampleTensor {
+            name,
+            dtype: kind.safetensors_name(),
+            shape: vec![rows, cols],
+            bytes: synth::to_bytes(&values, kind),
+        }
+    };
+    let mut tensors = vec![tensor(
+        "embed.weight".into(),
+        FloatKind::Bf16,
+        4096,
+        hidden,
+        0.05,
+    )];
+    for layer in 0..4 {
+        for projection in ["q", "k", "v", "o"] {
+            let name = format!("layers.{layer}.attn.{projection}.weight");
+            tensors.push(tensor(name, FloatKind::Bf16, hidden, hidden, 0.02));
+        }
+        tensors.push(tensor(
+            format!("layers.{layer}.mlp.up.weight"),
+            FloatKind::Bf16,
+            mlp,
+            hidden,
+            0.02,
+        ));
+        tensors.push(tensor(
+            format!("layers.{layer}.mlp.down.weight"),
+            FloatKind::Bf16,
+            hidden,
+            mlp,
+            0.02,
+        ));
+        let norm: Vec<f32> =
+            synth::heavy_tailed(hidden as usize, hidden as usize, 0.05, 100 + layer)
+                .iter()
+                .map(|v| 1.0 + v)
+                .collect();
+        tensors.push(SampleTensor {
+            name: format!("layers.{layer}.norm.weight"),
+            dtype: "F32",
+            shape: vec![hidden],
+            bytes: synth::to_bytes(&norm, FloatKind::F32),
+        });
+    }
+    for kind in [
+        FloatKind::F16,
+        FloatKind::F8E4M3,
+        FloatKind::F8E5M2,
+        FloatKind::F32,
+    ] {
+        let name = format!("{}.mlp.up.weight", kind.safetensors_name().to_lowercase());
+        tensors.push(tensor(name, kind, mlp, hidden, 0.02));
+    }
+    tensors.push(SampleTensor {
+        name: "position_ids".into(),
+        dtype: "I64",
+        shape: vec![1, hidden],
+        bytes: (0..hidden as i64).flat_map(i64::to_le_bytes).collect(),
+    });
+    tensors
+}
+
+fn write_sample(path: &Path, tensors: &[SampleTensor]) -> Result<()> {
+    let layout: Vec<OutputTensor> = tensors
+        .iter()
+        .map(|t| OutputTensor {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            len: t.bytes.len() as u64,
+        })
+        .collect();
+    let mut bytes = header_bytes(&[], &layout);
+    for tensor in tensors {
+        bytes.extend_from_slice(&tensor.bytes);
+    }
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+pub fn run(repeats: usize) -> Result<DemoReport> {
+    let directory = tempfile::tempdir().map_err(|e| Error::io(Path::new("."), e))?;
+    let source = directory.path().join("sample.safetensors");
+    let compressed = directory.path().join("sample.ecf.safetensors");
+    let tensors = sample_model();
+    let parameters = tensors
+        .iter()
+        .filter(|t| t.dtype != "I64")
+        .map(|t| t.shape.iter().product::<u64>())
+        .sum();
+    write_sample(&source, &tensors)?;
+    let report = container::compress_file(&source, &compressed, &CompressOptions::default())?;
+    let checks = container::verify_file(&compressed)?;
+    if !checks.all_ok() {
+        return Err(Error::corrupt(
+            &compressed,
+            None,
+            "the CPU decoder did not reproduce the sample model",
+        ));
+    }
+    let inspection = inspect::inspect(&compressed)?;
+    let backends = BACKEND_NAMES
+        .iter()
+        .map(|&name| BackendRun {
+            backend: name.to_string(),
+            result: backend::open(name)
+                .and_then(|backend| bench::bench(&compressed, backend.as_ref(), repeats))
+                .map_err(|e| e.to_string()),
+        })
+        .collect();
+    Ok(DemoReport {
+        parameters,
+        compress_seconds: report.seconds,
+        inspection,
+        backends,
+    })
+}

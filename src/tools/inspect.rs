@@ -1,0 +1,230 @@
+//! `inspect`: what a file holds and how well it codes, per tensor and in
+//! total, against the exponent-entropy bound.
+//!
+//! The bound is the size with sign and mantissa stored raw and the exponent
+//! at its per-tensor Shannon entropy, with no metadata: what one ideal code
+//! per tensor for the exponent alone would reach.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::codec::{self, FieldSplit, FloatKind, stats};
+use crate::container::{CompressedFile, SourceFile, Storage};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorInspection {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub elements: u64,
+    pub source_bytes: u64,
+    /// Bytes the tensor takes in the compressed file (its planes, or its raw
+    /// data); equal to `source_bytes` for a file not yet compressed.
+    pub stored_bytes: u64,
+    pub coded: bool,
+    /// Shannon entropy of the exponent field in bits, for float tensors.
+    pub exponent_entropy: Option<f64>,
+    pub distinct_exponents: Option<u32>,
+    /// Stored bits per element.
+    pub bits_per_element: f64,
+    /// The exponent-entropy bound in bits per element, for float tensors.
+    pub bound_bits_per_element: Option<f64>,
+    /// Coding parameters of a coded tensor.
+    pub head_bits: Option<u32>,
+    pub blocks: Option<u64>,
+    pub code_tables: Option<u64>,
+    pub sync_exceptions: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileInspection {
+    pub path: String,
+    pub compressed: bool,
+    pub format_version: Option<u32>,
+    pub source_bytes: u64,
+    /// Bytes of the file as it is on disk.
+    pub file_bytes: u64,
+    /// `file_bytes / source_bytes`.
+    pub ratio: f64,
+    /// The exponent-entropy bound for the whole file (non-float tensors and
+    /// the source header counted at their size) over `source_bytes`.
+    pub bound_ratio: f64,
+    pub tensors: Vec<TensorInspection>,
+}
+
+/// Inspects a compressed file, or a plain safetensors file (reporting what
+/// its exponents would allow).
+pub fn inspect(path: &Path) -> Result<FileInspection> {
+    let plain = SourceFile::open(path)?;
+    if plain.ecf_version().is_none() {
+        return inspect_plain(path, &plain);
+    }
+    drop(plain);
+    let file = CompressedFile::open(path)?;
+    let mut tensors = Vec::with_capacity(file.tensors.len());
+    for tensor in &file.tensors {
+        let source = &tensor.source;
+        let dtype = format!("{:?}", source.dtype);
+        let mut inspection =
+            base_inspection(&source.name, &dtype, &source.shape, source.len() as u64);
+        match &tensor.storage {
+            Storage::Raw => {
+                let bytes = file.stored_bytes(tensor);
+                if let Some(kind) = FloatKind::from_safetensors_name(&dtype) {
+                    add_exponent_stats(&mut inspection, kind, &exponent_histogram(kind, bytes));
+                }
+            }
+            Storage::Coded(coded) => {
+                let view = file.view(coded);
+                let heads = codec::decode::head_histogram(&view, &coded.index)
+                    .map_err(|e| Error::codec(path, &source.name, e))?;
+                let split = coded.params.split;
+                let exponents = stats::fold_top_bits(
+                    &shift_to_top(&heads, split.head_bits),
+                    split.kind.exponent_bits(),
+                );
+                add_exponent_stats(&mut inspection, split.kind, &exponents);
+                inspection.coded = true;
+                inspection.stored_bytes = tensor.stored_range.len() as u64;
+                inspection.head_bits = Some(split.head_bits);
+                inspection.blocks = Some(coded.index.blocks.len() as u64);
+                inspection.code_tables = Some(coded.index.tables.len() as u64);
+                inspection.sync_exceptions = Some(coded.index.exceptions.len() as u64);
+            }
+        }
+        finish(&mut inspection);
+        tensors.push(inspection);
+    }
+    let header_bytes = 8 + file.source_header.len() as u64;
+    Ok(summarise(
+        path,
+        true,
+        Some(crate::container::schema::FORMAT_VERSION),
+        file.source_len(),
+        file.stored_len(),
+        header_bytes,
+        tensors,
+    ))
+}
+
+fn inspect_plain(path: &Path, file: &SourceFile) -> Result<FileInspection> {
+    let mut tensors = Vec::new();
+    for source in file.tensors() {
+        let dtype = format!("{:?}", source.dtype);
+        let mut inspection =
+            base_inspection(&source.name, &dtype, &source.shape, source.len() as u64);
+        if let Some(kind) = FloatKind::from_safetensors_name(&dtype) {
+            let bytes = &file.data()[source.range.clone()];
+            add_exponent_stats(&mut inspection, kind, &exponent_histogram(kind, bytes));
+        }
+        finish(&mut inspection);
+        tensors.push(inspection);
+    }
+    let len = file.bytes().len() as u64;
+    let header_bytes = len - file.data().len() as u64;
+    Ok(summarise(
+        path,
+        false,
+        None,
+        len,
+        len,
+        header_bytes,
+        tensors,
+    ))
+}
+
+fn base_inspection(name: &str, dtype: &str, shape: &[usize], bytes: u64) -> TensorInspection {
+    TensorInspection {
+        name: name.to_string(),
+        dtype: dtype.to_string(),
+        shape: shape.iter().map(|&d| d as u64).collect(),
+        elements: shape.iter().map(|&d| d as u64).product(),
+        source_bytes: bytes,
+        stored_bytes: bytes,
+        coded: false,
+        exponent_entropy: None,
+        distinct_exponents: None,
+        bits_per_element: 0.0,
+        bound_bits_per_element: None,
+        head_bits: None,
+        blocks: None,
+        code_tables: None,
+        sync_exceptions: None,
+    }
+}
+
+/// Moves a histogram of `bits`-wide symbols into the top of 8-bit symbols,
+/// so folding to the exponent's width keeps the exponent.
+fn shift_to_top(histogram: &stats::Histogram, bits: u32) -> stats::Histogram {
+    let mut shifted = [0u64; 256];
+    for (symbol, &count) in histogram.iter().enumerate().take(1 << bits) {
+        shifted[symbol << (8 - bits)] += count;
+    }
+    shifted
+}
+
+fn exponent_histogram(kind: FloatKind, bytes: &[u8]) -> stats::Histogram {
+    let split = FieldSplit {
+        kind,
+        head_bits: kind.exponent_bits(),
+        rest_const_bits: 0,
+        rest_const_value: 0,
+    };
+    let mut histogram = [0u64; 256];
+    for index in 0..bytes.len() / kind.width_bytes() {
+        histogram[split.head(kind.load(bytes, index)) as usize] += 1;
+    }
+    histogram
+}
+
+fn add_exponent_stats(
+    inspection: &mut TensorInspection,
+    kind: FloatKind,
+    exponents: &stats::Histogram,
+) {
+    let entropy = stats::entropy(exponents);
+    inspection.exponent_entropy = Some(entropy);
+    inspection.distinct_exponents = Some(stats::distinct(exponents) as u32);
+    let raw_bits = (kind.width_bits() - kind.exponent_bits()) as f64;
+    inspection.bound_bits_per_element = Some(raw_bits + entropy);
+}
+
+fn finish(inspection: &mut TensorInspection) {
+    inspection.bits_per_element = if inspection.elements == 0 {
+        0.0
+    } else {
+        inspection.stored_bytes as f64 * 8.0 / inspection.elements as f64
+    };
+}
+
+fn summarise(
+    path: &Path,
+    compressed: bool,
+    format_version: Option<u32>,
+    source_bytes: u64,
+    file_bytes: u64,
+    header_bytes: u64,
+    tensors: Vec<TensorInspection>,
+) -> FileInspection {
+    let bound_bytes: f64 = header_bytes as f64
+        + tensors
+            .iter()
+            .map(|t| match t.bound_bits_per_element {
+                Some(bits) => bits * t.elements as f64 / 8.0,
+                None => t.source_bytes as f64,
+            })
+            .sum::<f64>();
+    let source = source_bytes.max(1) as f64;
+    FileInspection {
+        path: path.display().to_string(),
+        compressed,
+        format_version,
+        source_bytes,
+        file_bytes,
+        ratio: file_bytes as f64 / source,
+        bound_ratio: bound_bytes / source,
+        tensors,
+    }
+}
