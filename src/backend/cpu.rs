@@ -117,6 +117,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn decode_to_host(
+        &self,
+        tensor: &EncodedView,
+        index: &BlockIndex,
+        out: &mut [u8],
+    ) -> Result<()> {
+        codec::decode_blocks(tensor, index, 0..index.blocks.len(), out)
+            .map_err(|e| backend_error(NAME, e.to_string()))
+    }
+
     fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {
         use rayon::prelude::*;
         const PIECE: usize = 1 << 20;

@@ -61,6 +61,33 @@ pub trait Backend: Send + Sync {
     /// Copies `out.len()` bytes starting at `offset` back to the host.
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()>;
 
+    /// Decodes one tensor into host memory: upload, decode, download.
+    /// `out` must hold exactly the tensor's decoded bytes. Backends whose
+    /// memory is the host's decode in place.
+    fn decode_to_host(
+        &self,
+        tensor: &EncodedView,
+        index: &BlockIndex,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let uploaded = self.upload(tensor, index)?;
+        if uploaded.decoded_bytes() != out.len() as u64 {
+            return Err(backend_error(
+                self.name(),
+                "host buffer does not match the tensor's size",
+            ));
+        }
+        let buffer = self.alloc(out.len() as u64)?;
+        self.decode(
+            &[DecodeJob {
+                tensor: uploaded.as_ref(),
+                offset: 0,
+            }],
+            buffer.as_ref(),
+        )?;
+        self.download(buffer.as_ref(), 0, out)
+    }
+
     /// Seconds each of `repeats` runs of `decode(jobs, out)` takes, after a
     /// warm-up run; device-timed where the backend can.
     fn time_decode(
@@ -142,27 +169,18 @@ pub fn open(name: &str) -> Result<Box<dyn Backend>> {
     }
 }
 
-/// Uploads, decodes and downloads one tensor: the round trip every
-/// conformance check and `verify` makes.
+/// Decodes one tensor into a new host vector: the round trip every
+/// conformance check makes.
 pub fn decode_to_host(
     backend: &dyn Backend,
     tensor: &EncodedView,
     index: &BlockIndex,
 ) -> Result<Vec<u8>> {
-    let uploaded = backend.upload(tensor, index)?;
-    let len = uploaded.decoded_bytes();
-    let out = backend.alloc(len)?;
-    backend.decode(
-        &[DecodeJob {
-            tensor: uploaded.as_ref(),
-            offset: 0,
-        }],
-        out.as_ref(),
-    )?;
+    let len = tensor.params.decoded_bytes();
     let mut host = Vec::new();
     host.try_reserve_exact(len as usize)
         .map_err(|_| backend_error(backend.name(), format!("cannot allocate {len} host bytes")))?;
     host.resize(len as usize, 0);
-    backend.download(out.as_ref(), 0, &mut host)?;
+    backend.decode_to_host(tensor, index, &mut host)?;
     Ok(host)
 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::bits::{load_le_u64_padded, peek_bits};
 use super::float::{FieldSplit, width_mask};
-use super::huffman::DecodeTable;
+use super::huffman::{DecodeTable, MAX_CODE_BITS, TABLE_ENTRIES, TABLE_MASK};
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
 use super::sync::ChunkGeometry;
@@ -60,7 +60,10 @@ pub fn decode_blocks(
 /// Per-thread buffers, reused across blocks.
 struct BlockScratch {
     heads: Vec<u8>,
-    lane_heads: Vec<Vec<u8>>,
+    /// One buffer per decode lane. They only grow: their contents are
+    /// always written before being read.
+    lane_heads: [Vec<u8>; LANES],
+    /// The decode table last built, and its number in the block index.
     table: Option<(u32, DecodeTable)>,
 }
 
@@ -68,19 +71,26 @@ impl BlockScratch {
     fn new(block_elements: usize) -> Self {
         BlockScratch {
             heads: vec![0; block_elements],
-            lane_heads: vec![Vec::new(); LANES - 1],
+            lane_heads: Default::default(),
             table: None,
         }
     }
+}
 
-    fn table(&mut self, index: &BlockIndex, table: u32) -> &DecodeTable {
-        if self.table.as_ref().map(|(id, _)| *id) != Some(table) {
-            let t = table as usize;
-            let built = DecodeTable::new(&index.tables[t], index.table_max_len[t] as u32);
-            self.table = Some((table, built));
-        }
-        &self.table.as_ref().unwrap().1
+/// The decode table of code `table`, rebuilt only when it changes.
+fn cached_table<'a>(
+    cache: &'a mut Option<(u32, DecodeTable)>,
+    index: &BlockIndex,
+    table: u32,
+) -> &'a DecodeTable {
+    if cache.as_ref().map(|(id, _)| *id) != Some(table) {
+        let t = table as usize;
+        *cache = Some((
+            table,
+            DecodeTable::new(&index.tables[t], index.table_max_len[t] as u32),
+        ));
     }
+    &cache.as_ref().expect("filled above").1
 }
 
 fn decode_block(
@@ -123,28 +133,25 @@ fn decode_heads(
         BlockMode::Coded { table } => {
             let exceptions = index.block_exceptions(block);
             let geometry = view.params.geometry;
-            let mut lane_heads = std::mem::take(&mut scratch.lane_heads);
-            let table = scratch.table(index, table);
-            let result = decode_coded_lanes(
+            let table = cached_table(&mut scratch.table, index, table);
+            decode_coded_lanes(
                 stream,
                 entry.stream_bits,
                 table,
                 geometry,
                 exceptions,
                 heads,
-                &mut lane_heads,
+                &mut scratch.lane_heads,
             )
-            .map_err(|message| CodecError::CorruptStream { block, message });
-            scratch.lane_heads = lane_heads;
-            result?;
+            .map_err(|message| CodecError::CorruptStream { block, message })?;
         }
     }
     Ok(())
 }
 
 /// Decodes a coded block in `LANES` interleaved lanes. Lane `l` covers the
-/// chunks from `l * chunks / LANES` on; lane 0 writes straight into `heads`,
-/// the others into `lane_heads[l - 1]`, appended afterwards.
+/// chunks from `l * chunks / LANES` on and writes into `lane_heads[l]`;
+/// the lanes are then concatenated into `heads`.
 fn decode_coded_lanes(
     stream: &[u8],
     stream_bits: u64,
@@ -152,64 +159,88 @@ fn decode_coded_lanes(
     geometry: ChunkGeometry,
     exceptions: &[ChunkException],
     heads: &mut [u8],
-    lane_heads: &mut [Vec<u8>],
+    lane_heads: &mut [Vec<u8>; LANES],
 ) -> Result<(), String> {
     let chunk_count = geometry.chunk_count(stream_bits);
     let chunk_bits = geometry.chunk_bits as u64;
-    let mask = (1u64 << table.max_len) - 1;
-    let entries = &table.entries[..];
-    let next_bits = |position: u64| {
-        load_le_u64_padded(stream, (position / 8) as usize) >> (position % 8) & mask
+    let entries: &[u16; TABLE_ENTRIES] = &table.entries;
+    let length_at = |position: u64| -> u64 {
+        (entries[(next_bits(stream, position) & TABLE_MASK) as usize] >> 8) as u64
     };
 
-    // Lane `l` owns the codewords starting in bits end[l - 1]..end[l].
-    let mut position = [0u64; LANES];
+    // Lane `l` owns the codewords starting in bits begin[l]..end[l].
+    let mut begin = [0u64; LANES];
     let mut end = [stream_bits; LANES];
+    let mut position = [0u64; LANES];
     for lane in 1..LANES {
         let chunk = chunk_count * lane as u64 / LANES as u64;
-        let begin = (chunk * chunk_bits).min(stream_bits);
-        end[lane - 1] = begin;
+        begin[lane] = (chunk * chunk_bits).min(stream_bits);
+        end[lane - 1] = begin[lane];
         let exception = exceptions
             .iter()
             .find(|e| e.chunk as u64 == chunk)
             .map(|e| e.first_boundary as u32);
         position[lane] = geometry.decode_start(chunk, exception);
         // Warm-up: skip codewords that begin before the lane's first chunk.
-        while position[lane] < begin {
-            position[lane] += (entries[next_bits(position[lane]) as usize] >> 8) as u64;
+        while position[lane] < begin[lane] {
+            position[lane] += length_at(position[lane]);
         }
     }
     // Where each lane landed: the lane before must end exactly there.
     let landing = position;
-
-    let mut written = [0usize; LANES];
-    for buffer in lane_heads.iter_mut() {
-        buffer.resize(heads.len(), 0);
+    // A lane of n bits holds at most n codewords, so these never overflow.
+    // They only grow: their contents are always written before being read.
+    for (lane, buffer) in lane_heads.iter_mut().enumerate() {
+        let capacity = (end[lane].saturating_sub(begin[lane]) + 1) as usize;
+        if buffer.len() < capacity {
+            buffer.resize(capacity, 0);
+        }
     }
-    loop {
-        let mut active = false;
-        for lane in 0..LANES {
-            if position[lane] >= end[lane] {
-                continue;
+
+    // Fast path: all lanes decode `SYMBOLS_PER_REFILL` codewords at a time
+    // from 64-bit bit buffers, for as long as the lane closest to its end
+    // (or to the end of the stream, for whole-word loads) surely has them.
+    let load_limit = (stream.len() as u64).saturating_sub(16) * 8;
+    let round_bits = MAX_CODE_BITS as u64 * SYMBOLS_PER_REFILL as u64;
+    // A lane may start another round while it stands at or before this.
+    let last_round_start = std::array::from_fn::<u64, LANES, _>(|lane| {
+        end[lane].min(load_limit).saturating_sub(round_bits)
+    });
+    let mut done = 0;
+    if (0..LANES).all(|lane| position[lane] <= last_round_start[lane] && end[lane] >= round_bits) {
+        let [out0, out1, out2, out3] = lane_heads.each_mut();
+        let [mut l0, mut l1, mut l2, mut l3] = position.map(|at| LaneReader::new(stream, at));
+        loop {
+            l0.refill(stream);
+            l1.refill(stream);
+            l2.refill(stream);
+            l3.refill(stream);
+            for k in done..done + SYMBOLS_PER_REFILL {
+                out0[k] = l0.decode(entries);
+                out1[k] = l1.decode(entries);
+                out2[k] = l2.decode(entries);
+                out3[k] = l3.decode(entries);
             }
-            active = true;
-            let target = match lane {
-                0 => &mut heads[..],
-                _ => &mut lane_heads[lane - 1][..],
-            };
-            let Some(slot) = target.get_mut(written[lane]) else {
-                return Err("more codewords than elements".to_string());
-            };
-            let entry = entries[next_bits(position[lane]) as usize];
-            *slot = entry as u8;
+            done += SYMBOLS_PER_REFILL;
+            if l0.position() > last_round_start[0]
+                || l1.position() > last_round_start[1]
+                || l2.position() > last_round_start[2]
+                || l3.position() > last_round_start[3]
+            {
+                break;
+            }
+        }
+        position = [l0.position(), l1.position(), l2.position(), l3.position()];
+    }
+    let mut written = [done; LANES];
+    // Each lane's tail, one codeword at a time.
+    for lane in 0..LANES {
+        while position[lane] < end[lane] {
+            let entry = entries[(next_bits(stream, position[lane]) & TABLE_MASK) as usize];
+            lane_heads[lane][written[lane]] = entry as u8;
             written[lane] += 1;
             position[lane] += (entry >> 8) as u64;
         }
-        if !active {
-            break;
-        }
-    }
-    for lane in 0..LANES {
         let expected = if lane + 1 < LANES {
             landing[lane + 1]
         } else {
@@ -229,13 +260,67 @@ fn decode_coded_lanes(
             heads.len()
         ));
     }
-    let mut offset = written[0];
-    for lane in 1..LANES {
-        heads[offset..offset + written[lane]]
-            .copy_from_slice(&lane_heads[lane - 1][..written[lane]]);
+    let mut offset = 0;
+    for lane in 0..LANES {
+        heads[offset..offset + written[lane]].copy_from_slice(&lane_heads[lane][..written[lane]]);
         offset += written[lane];
     }
     Ok(())
+}
+
+/// Codewords each lane decodes between refills: four of at most 12 bits
+/// fit in the 56 bits a refill guarantees.
+const SYMBOLS_PER_REFILL: usize = 4;
+
+/// One lane's 64-bit bit buffer: `count` valid bits at the bottom of `bits`,
+/// which are the stream bits just before byte `next_byte`.
+struct LaneReader {
+    bits: u64,
+    count: u32,
+    next_byte: usize,
+}
+
+impl LaneReader {
+    fn new(stream: &[u8], position: u64) -> Self {
+        let mut reader = LaneReader {
+            bits: 0,
+            count: 0,
+            next_byte: (position / 8) as usize,
+        };
+        reader.refill(stream);
+        reader.bits >>= position % 8;
+        reader.count -= (position % 8) as u32;
+        reader
+    }
+
+    /// Tops the buffer up to at least 56 bits; `next_byte` must be at least
+    /// 8 bytes before the end of `stream`.
+    #[inline(always)]
+    fn refill(&mut self, stream: &[u8]) {
+        let word = u64::from_le_bytes(*stream[self.next_byte..].first_chunk::<8>().unwrap());
+        self.bits |= word << self.count;
+        self.next_byte += ((63 - self.count) >> 3) as usize;
+        self.count |= 56;
+    }
+
+    #[inline(always)]
+    fn decode(&mut self, entries: &[u16; TABLE_ENTRIES]) -> u8 {
+        let entry = entries[(self.bits & TABLE_MASK) as usize];
+        let len = (entry >> 8) as u32;
+        self.bits >>= len;
+        self.count -= len;
+        entry as u8
+    }
+
+    fn position(&self) -> u64 {
+        self.next_byte as u64 * 8 - self.count as u64
+    }
+}
+
+/// The stream bits from `position` on, zero past the end of `stream`.
+#[inline(always)]
+fn next_bits(stream: &[u8], position: u64) -> u64 {
+    load_le_u64_padded(stream, (position / 8) as usize) >> (position % 8)
 }
 
 /// Rebuilds the elements of one block from its heads and the rest plane.

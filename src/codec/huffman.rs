@@ -150,37 +150,41 @@ pub fn canonical_codes(lengths: &[u8; ALPHABET]) -> [u32; ALPHABET] {
     codes
 }
 
+/// Entries of a CPU decode table: indexed by the next `MAX_CODE_BITS` bits.
+pub const TABLE_ENTRIES: usize = 1 << MAX_CODE_BITS;
+/// Mask selecting a decode table index from the next stream bits.
+pub const TABLE_MASK: u64 = TABLE_ENTRIES as u64 - 1;
+
 /// A flat decode table: entry `i` holds the symbol and length of the
-/// codeword that the `max_len` bits `i` begin with.
+/// codeword that the bits `i` (the next `MAX_CODE_BITS` of the stream)
+/// begin with. Its fixed size keeps the index mask a constant.
 pub struct DecodeTable {
     pub max_len: u32,
     /// `symbol | length << 8`
-    pub entries: Vec<u16>,
+    pub entries: Box<[u16; TABLE_ENTRIES]>,
 }
 
 impl DecodeTable {
     /// Builds the table for lengths already checked by [`validate_lengths`].
     pub fn new(lengths: &[u8; ALPHABET], max_len: u32) -> Self {
         let codes = canonical_codes(lengths);
-        let mut entries = vec![0u16; 1 << max_len];
+        let mut entries = Box::new([0u16; TABLE_ENTRIES]);
         for (symbol, &len) in lengths.iter().enumerate() {
             if len == 0 {
                 continue;
             }
             let entry = symbol as u16 | (len as u16) << 8;
-            let step = 1usize << len;
-            let mut index = codes[symbol] as usize;
-            while index < entries.len() {
+            for index in (codes[symbol] as usize..TABLE_ENTRIES).step_by(1 << len) {
                 entries[index] = entry;
-                index += step;
             }
         }
         DecodeTable { max_len, entries }
     }
 
+    /// (symbol, length) of the codeword the low bits of `bits` begin with.
     #[inline(always)]
-    pub fn lookup(&self, bits: u32) -> (u32, u32) {
-        let entry = self.entries[(bits & ((1 << self.max_len) - 1)) as usize];
+    pub fn lookup(&self, bits: u64) -> (u32, u32) {
+        let entry = self.entries[(bits & TABLE_MASK) as usize];
         ((entry & 0xFF) as u32, (entry >> 8) as u32)
     }
 }
@@ -262,7 +266,8 @@ mod tests {
         let codes = canonical_codes(&lengths);
         let table = DecodeTable::new(&lengths, max_len);
         for symbol in [3usize, 9, 10, 200, 255] {
-            let (decoded, len) = table.lookup(codes[symbol] | (u32::MAX << lengths[symbol]));
+            let (decoded, len) =
+                table.lookup((codes[symbol] | (u32::MAX << lengths[symbol])) as u64);
             assert_eq!((decoded as usize, len), (symbol, lengths[symbol] as u32));
         }
     }

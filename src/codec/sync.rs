@@ -15,7 +15,7 @@
 //! the CPU chunked decoder follows it, and the GPU kernels implement it.
 
 use super::bits::peek_bits;
-use super::huffman::DecodeTable;
+use super::huffman::{DecodeTable, MAX_CODE_BITS};
 
 /// Per-tensor parameters of the chunked decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl ChunkGeometry {
         let chunk_end = (chunk_begin + self.chunk_bits as u64).min(stream_bits);
         let mut position = self.decode_start(chunk, exception_first_boundary);
         while position < chunk_end {
-            let (symbol, len) = table.lookup(peek_bits(stream, position, table.max_len));
+            let (symbol, len) = table.lookup(peek_bits(stream, position, MAX_CODE_BITS) as u64);
             if position >= chunk_begin {
                 emit(symbol as u8);
             }
@@ -73,7 +73,7 @@ impl ChunkGeometry {
         let chunk_begin = chunk * self.chunk_bits as u64;
         let mut position = self.decode_start(chunk, None);
         while position < chunk_begin {
-            let (_, len) = table.lookup(peek_bits(stream, position, table.max_len));
+            let (_, len) = table.lookup(peek_bits(stream, position, MAX_CODE_BITS) as u64);
             position += len as u64;
         }
         position.min(stream_bits)

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::backend::{self, Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend};
 use crate::error::{Error, Result};
 
 use super::read::{CodedTensor, CompressedFile, Storage};
@@ -97,6 +97,8 @@ fn rebuild(
 
     let mut tensors = Vec::with_capacity(file.tensors.len());
     let mut decoded_bytes = 0;
+    // One buffer, grown to the largest tensor, serves them all.
+    let mut buffer = Vec::new();
     for tensor in &file.tensors {
         let name = &tensor.source.name;
         let (coded, error) = match &tensor.storage {
@@ -108,7 +110,7 @@ fn rebuild(
                 decoded_bytes += coded.params.decoded_bytes();
                 (
                     true,
-                    decode_tensor(file, backend, name, coded, &mut emit).err(),
+                    decode_tensor(file, backend, name, coded, &mut buffer, &mut emit).err(),
                 )
             }
         };
@@ -140,16 +142,30 @@ fn decode_tensor(
     backend: &dyn Backend,
     name: &str,
     coded: &CodedTensor,
+    buffer: &mut Vec<u8>,
     emit: &mut impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    let decoded =
-        backend::decode_to_host(backend, &file.view(coded), &coded.index).map_err(|e| match e {
+    let len = coded.params.decoded_bytes() as usize;
+    if buffer.len() < len {
+        buffer.try_reserve_exact(len - buffer.len()).map_err(|_| {
+            Error::corrupt(
+                file.path(),
+                Some(name),
+                format!("cannot allocate {len} bytes to decode into"),
+            )
+        })?;
+        buffer.resize(len, 0);
+    }
+    let decoded = &mut buffer[..len];
+    backend
+        .decode_to_host(&file.view(coded), &coded.index, decoded)
+        .map_err(|e| match e {
             Error::Backend { backend, message } => {
                 Error::corrupt(file.path(), Some(name), format!("{backend}: {message}"))
             }
             other => other,
         })?;
-    let actual = xxhash_rust::xxh3::xxh3_64(&decoded);
+    let actual = xxhash_rust::xxh3::xxh3_64(decoded);
     if actual != coded.checksum {
         return Err(Error::ChecksumMismatch {
             path: file.path().to_path_buf(),
@@ -158,5 +174,5 @@ fn decode_tensor(
             actual,
         });
     }
-    emit(&decoded)
+    emit(decoded)
 }
