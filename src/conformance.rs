@@ -54,162 +54,210 @@ fn element_bytes(kind: FloatKind, elements: impl IntoIterator<Item = u32>) -> Ve
         .collect()
 }
 
-/// Every synthetic and adversarial case, for every dtype.
-pub fn synthetic_cases() -> Vec<Case> {
-    let mut cases = Vec::new();
-    for kind in FloatKind::ALL {
-        cases.extend(cases_for(kind));
-    }
-    cases
+/// Families of cases; each holds one case or a few per dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Weights shaped like trained ones: a Student-t draw per row scale.
+    HeavyTailed,
+    /// Every element has the same exponent: constant-head blocks.
+    SingleExponent,
+    /// Every exponent value, Inf and NaN included (every bit pattern of the
+    /// narrow types).
+    AllExponents,
+    /// ±0, subnormals, Inf, NaN with payloads, the largest finite value.
+    SpecialValues,
+    /// Frequencies that push the code to the 12-bit length limit.
+    LongestCodes,
+    /// Empty, one element, odd lengths, one element past a block.
+    Lengths,
+    /// Uniformly random bits, which no code shrinks: raw blocks.
+    RandomBits,
+    /// Constant, raw, new-code and reused-code blocks in one tensor.
+    MixedBlockModes,
+    /// Tiny chunks without warm-up: nearly every chunk has a sync exception.
+    SyncExceptions,
+    /// Low bits that never vary: upcasts, and all-positive tensors.
+    ConstantRestBits,
 }
 
-fn cases_for(kind: FloatKind) -> Vec<Case> {
+impl Family {
+    pub const ALL: [Family; 10] = [
+        Family::HeavyTailed,
+        Family::SingleExponent,
+        Family::AllExponents,
+        Family::SpecialValues,
+        Family::LongestCodes,
+        Family::Lengths,
+        Family::RandomBits,
+        Family::MixedBlockModes,
+        Family::SyncExceptions,
+        Family::ConstantRestBits,
+    ];
+
+    /// The family's cases for every dtype.
+    pub fn cases(self) -> Vec<Case> {
+        FloatKind::ALL
+            .into_iter()
+            .flat_map(|kind| family_cases(self, kind))
+            .collect()
+    }
+}
+
+/// Every synthetic and adversarial case, for every dtype.
+pub fn synthetic_cases() -> Vec<Case> {
+    Family::ALL.into_iter().flat_map(Family::cases).collect()
+}
+
+fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
     let tag = kind.safetensors_name().to_lowercase();
     let seed = kind.width_bits() as u64 * 1000 + kind.exponent_bits() as u64;
-    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut rng = Pcg64Mcg::seed_from_u64(seed + family as u64);
     let exponents = 1u32 << kind.exponent_bits();
-    let bias = exponents / 2 - 1;
-    let mut cases = vec![Case::new(
-        format!("heavy_tailed_{tag}"),
-        kind,
-        synth::heavy_tailed_bytes(kind, 200_003, seed),
-    )];
-
-    let single: Vec<u32> = (0..70_000)
-        .map(|_| compose(kind, rng.random_range(0..2), bias, rng.random()))
-        .collect();
-    cases.push(Case::new(
-        format!("single_exponent_{tag}"),
-        kind,
-        element_bytes(kind, single),
-    ));
-
-    // Every bit pattern for narrow types; every exponent, Inf/NaN included,
-    // with random sign and mantissa for FP32.
-    let mut every: Vec<u32> = if kind.width_bits() <= 16 {
-        (0..1u32 << kind.width_bits())
-            .cycle()
-            .take(3 << kind.width_bits())
-            .collect()
-    } else {
-        (0..65_536)
-            .map(|i| compose(kind, rng.random_range(0..2), i % exponents, rng.random()))
-            .collect()
-    };
-    every.shuffle(&mut rng);
-    cases.push(Case::new(
-        format!("all_exponents_{tag}"),
-        kind,
-        element_bytes(kind, every),
-    ));
-
     let mantissa_max = (1u32 << (kind.width_bits() - 1 - kind.exponent_bits())) - 1;
-    let specials = [
-        compose(kind, 0, 0, 0),            // +0
-        compose(kind, 1, 0, 0),            // -0
-        compose(kind, 0, 0, 1),            // smallest subnormal
-        compose(kind, 1, 0, mantissa_max), // largest subnormal, negative
-        compose(kind, 0, 1, 0),            // smallest normal
-        // The top exponent holds Inf and NaN (E4M3: only NaN, at the
-        // largest mantissa; the others are finite).
-        compose(kind, 0, exponents - 1, 0),
-        compose(kind, 1, exponents - 1, 0),
-        compose(kind, 0, exponents - 1, mantissa_max),
-        compose(kind, 1, exponents - 1, 1),
-        compose(kind, 0, exponents - 2, mantissa_max),
-    ];
-    let special: Vec<u32> = (0..10_001)
-        .map(|_| specials[rng.random_range(0..specials.len())])
-        .collect();
-    cases.push(Case::new(
-        format!("special_values_{tag}"),
-        kind,
-        element_bytes(kind, special),
-    ));
-
-    // Fibonacci frequencies make the optimal code deeper than the 12-bit
-    // limit, so the limited code's longest codewords are exercised.
-    let mut fibonacci = Vec::new();
-    let (mut a, mut b) = (1u32, 1u32);
-    for exponent in 0..exponents.min(22) {
-        fibonacci.extend(std::iter::repeat_n(exponent, a as usize).map(|e| compose(kind, 0, e, 0)));
-        (a, b) = (b, a + b);
-    }
-    fibonacci.shuffle(&mut rng);
-    cases.push(
-        Case::new(
-            format!("longest_codes_{tag}"),
+    match family {
+        Family::HeavyTailed => vec![Case::new(
+            format!("heavy_tailed_{tag}"),
             kind,
-            element_bytes(kind, fibonacci),
-        )
-        .with_options(EncodeOptions {
-            head_bits: Some(kind.exponent_bits()),
-            ..EncodeOptions::default()
-        }),
-    );
-
-    cases.push(Case::new(format!("empty_{tag}"), kind, Vec::new()));
-    for len in [1usize, 3, 1023, 65_537] {
-        cases.push(Case::new(
-            format!("length_{len}_{tag}"),
-            kind,
-            synth::heavy_tailed_bytes(kind, len, seed + len as u64),
-        ));
-    }
-    cases.push(Case::new(
-        format!("random_bits_{tag}"),
-        kind,
-        synth::random_bytes(30_000 * kind.width_bytes(), seed),
-    ));
-
-    // Blocks of 1024 elements that are heavy-tailed, constant, random and
-    // heavy-tailed again: constant, raw, new-table and reused-table blocks.
-    let block = 1024 * kind.width_bytes();
-    let mut mixed = synth::heavy_tailed_bytes(kind, 2048, seed + 1);
-    mixed.extend(std::iter::repeat_n(mixed[..kind.width_bytes()].to_vec(), 1024).flatten());
-    mixed.extend(synth::random_bytes(block, seed + 2));
-    mixed.extend(synth::heavy_tailed_bytes(kind, 3000, seed + 1));
-    cases.push(
-        Case::new(format!("mixed_block_modes_{tag}"), kind, mixed).with_options(EncodeOptions {
-            block_elements: 1024,
-            ..EncodeOptions::default()
-        }),
-    );
-
-    // No warm-up: nearly every chunk needs a stored sync exception.
-    for warmup_bits in [0, 8] {
-        cases.push(
-            Case::new(
-                format!("tiny_chunks_warmup_{warmup_bits}_{tag}"),
+            synth::heavy_tailed_bytes(kind, 200_003, seed),
+        )],
+        Family::SingleExponent => {
+            let bias = exponents / 2 - 1;
+            let elements =
+                (0..70_000).map(|_| compose(kind, rng.random_range(0..2), bias, rng.random()));
+            vec![Case::new(
+                format!("single_exponent_{tag}"),
                 kind,
-                synth::heavy_tailed_bytes(kind, 40_000, seed + 3),
-            )
-            .with_options(EncodeOptions {
-                chunk_bits: 64,
-                warmup_bits,
-                block_elements: 4096,
+                element_bytes(kind, elements),
+            )]
+        }
+        Family::AllExponents => {
+            let mut every: Vec<u32> = if kind.width_bits() <= 16 {
+                (0..1u32 << kind.width_bits())
+                    .cycle()
+                    .take(3 << kind.width_bits())
+                    .collect()
+            } else {
+                (0..65_536)
+                    .map(|i| compose(kind, rng.random_range(0..2), i % exponents, rng.random()))
+                    .collect()
+            };
+            every.shuffle(&mut rng);
+            vec![Case::new(
+                format!("all_exponents_{tag}"),
+                kind,
+                element_bytes(kind, every),
+            )]
+        }
+        Family::SpecialValues => {
+            let specials = [
+                compose(kind, 0, 0, 0),
+                compose(kind, 1, 0, 0),
+                compose(kind, 0, 0, 1),
+                compose(kind, 1, 0, mantissa_max),
+                compose(kind, 0, 1, 0),
+                // The top exponent holds Inf and NaN (E4M3: only NaN, at
+                // the largest mantissa; the others are finite).
+                compose(kind, 0, exponents - 1, 0),
+                compose(kind, 1, exponents - 1, 0),
+                compose(kind, 0, exponents - 1, mantissa_max),
+                compose(kind, 1, exponents - 1, 1),
+                compose(kind, 0, exponents - 2, mantissa_max),
+            ];
+            let elements = (0..10_001).map(|_| specials[rng.random_range(0..specials.len())]);
+            vec![Case::new(
+                format!("special_values_{tag}"),
+                kind,
+                element_bytes(kind, elements),
+            )]
+        }
+        Family::LongestCodes => {
+            // Fibonacci frequencies make the optimal code deeper than the
+            // limit, so the limited code's longest codewords are exercised.
+            let mut fibonacci = Vec::new();
+            let (mut a, mut b) = (1usize, 1usize);
+            for exponent in 0..exponents.min(22) {
+                fibonacci.extend(std::iter::repeat_n(compose(kind, 0, exponent, 0), a));
+                (a, b) = (b, a + b);
+            }
+            fibonacci.shuffle(&mut rng);
+            let options = EncodeOptions {
+                head_bits: Some(kind.exponent_bits()),
                 ..EncodeOptions::default()
-            }),
-        );
+            };
+            vec![
+                Case::new(
+                    format!("longest_codes_{tag}"),
+                    kind,
+                    element_bytes(kind, fibonacci),
+                )
+                .with_options(options),
+            ]
+        }
+        Family::Lengths => [0usize, 1, 3, 1023, 65_537]
+            .into_iter()
+            .map(|len| {
+                Case::new(
+                    format!("length_{len}_{tag}"),
+                    kind,
+                    synth::heavy_tailed_bytes(kind, len, seed + len as u64),
+                )
+            })
+            .collect(),
+        Family::RandomBits => vec![Case::new(
+            format!("random_bits_{tag}"),
+            kind,
+            synth::random_bytes(30_000 * kind.width_bytes(), seed),
+        )],
+        Family::MixedBlockModes => {
+            // Blocks of 1024 elements: heavy-tailed, constant, random, then
+            // heavy-tailed again.
+            let width = kind.width_bytes();
+            let mut mixed = synth::heavy_tailed_bytes(kind, 2048, seed + 1);
+            let first = mixed[..width].to_vec();
+            mixed.extend(std::iter::repeat_n(first, 1024).flatten());
+            mixed.extend(synth::random_bytes(1024 * width, seed + 2));
+            mixed.extend(synth::heavy_tailed_bytes(kind, 3000, seed + 1));
+            let options = EncodeOptions {
+                block_elements: 1024,
+                ..EncodeOptions::default()
+            };
+            vec![Case::new(format!("mixed_block_modes_{tag}"), kind, mixed).with_options(options)]
+        }
+        Family::SyncExceptions => [0, 8]
+            .into_iter()
+            .map(|warmup_bits| {
+                let options = EncodeOptions {
+                    chunk_bits: 64,
+                    warmup_bits,
+                    block_elements: 4096,
+                    ..EncodeOptions::default()
+                };
+                Case::new(
+                    format!("tiny_chunks_warmup_{warmup_bits}_{tag}"),
+                    kind,
+                    synth::heavy_tailed_bytes(kind, 40_000, seed + 3),
+                )
+                .with_options(options)
+            })
+            .collect(),
+        Family::ConstantRestBits => {
+            let values = synth::heavy_tailed(50_000, 1000, 0.02, seed + 4);
+            let positive: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+            let mut cases = vec![Case::new(
+                format!("all_positive_{tag}"),
+                kind,
+                synth::to_bytes(&positive, kind),
+            )];
+            if kind == FloatKind::F32 {
+                let once_bf16: Vec<u8> = synth::to_bytes(&values, FloatKind::Bf16)
+                    .chunks_exact(2)
+                    .flat_map(|b| [0, 0, b[0], b[1]])
+                    .collect();
+                cases.push(Case::new("upcast_from_bf16_f32", kind, once_bf16));
+            }
+            cases
+        }
     }
-
-    // Low bits that never vary: FP32 weights that were once BF16, and
-    // weights that are all positive.
-    let values = synth::heavy_tailed(50_000, 1000, 0.02, seed + 4);
-    let positive: Vec<f32> = values.iter().map(|v| v.abs()).collect();
-    cases.push(Case::new(
-        format!("all_positive_{tag}"),
-        kind,
-        synth::to_bytes(&positive, kind),
-    ));
-    if kind == FloatKind::F32 {
-        let once_bf16: Vec<u8> = synth::to_bytes(&values, FloatKind::Bf16)
-            .chunks_exact(2)
-            .flat_map(|b| [0, 0, b[0], b[1]])
-            .collect();
-        cases.push(Case::new("upcast_from_bf16_f32", kind, once_bf16));
-    }
-    cases
 }
 
 /// Encodes `case` with the CPU encoder, decodes it on `backend`, and

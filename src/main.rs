@@ -299,7 +299,7 @@ fn print_inspection(inspection: &inspect::FileInspection) {
 fn print_verify(file: &Path, backend: &str, checks: &DecodeChecks) {
     for tensor in &checks.tensors {
         if let Some(error) = &tensor.error {
-            println!("FAIL {}: {error}", tensor.name);
+            println!("FAIL {error}");
         }
     }
     let failed = checks.tensors.iter().filter(|t| t.error.is_some()).count();

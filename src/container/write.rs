@@ -68,8 +68,13 @@ impl AtomicOutput {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
         };
-        let temp = tempfile::Builder::new()
-            .prefix(".ecf-partial-")
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".ecf-partial-");
+        // A new output gets the permissions any new file would (0666 less
+        // the umask), not the temporary file's private 0600.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let temp = builder
             .tempfile_in(directory)
             .map_err(|e| Error::io(directory, e))?;
         Ok(AtomicOutput {

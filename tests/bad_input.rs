@@ -1,0 +1,237 @@
+//! Every kind of bad input gets one clear line naming the file (and the
+//! tensor, where there is one) and exit status 1: never a panic, a hang or
+//! a half-written output.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{ecf_path, read_header, stderr, stdout, with_header, write_sample};
+use ecfloat::codec::FloatKind;
+use ecfloat::codec::huffman::{self, ALPHABET};
+use ecfloat::codec::table;
+use ecfloat::container::schema::CodedHeader;
+
+/// A compressed sample in a fresh directory: (directory, compressed path).
+fn compressed_sample() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let output = ecf_path(&["compress"], &source);
+    assert!(output.status.success(), "{}", stderr(&output));
+    std::fs::remove_file(&source).unwrap();
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    (dir, compressed)
+}
+
+/// Runs `decompress` and `verify` on `path`: `decompress` must fail with
+/// one line of stderr naming the file and containing every one of
+/// `needles`, and leave no output; `verify` must report the same and exit 1.
+fn assert_rejected(path: &Path, needles: &[&str]) {
+    let output = ecf_path(&["decompress", "--force"], path);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "one line: {message}");
+    assert!(message.starts_with("ecf: error: "), "{message}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "should mention {needle:?}: {message}"
+        );
+    }
+    let decompressed = path.with_file_name("sample.safetensors");
+    assert!(!decompressed.exists(), "no output is left behind");
+
+    let output = ecf_path(&["verify"], path);
+    let report = format!("{}{}", stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for needle in needles {
+        assert!(
+            report.contains(needle),
+            "verify should mention {needle:?}: {report}"
+        );
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Where the coded tensor `name`'s bytes lie in the file.
+fn coded_range(bytes: &[u8], name: &str) -> std::ops::Range<usize> {
+    let (header, data_start) = read_header(bytes);
+    let offsets = &header[name]["data_offsets"];
+    data_start + offsets[0].as_u64().unwrap() as usize
+        ..data_start + offsets[1].as_u64().unwrap() as usize
+}
+
+/// The coded header of the BF16 sample tensor and where its planes start.
+fn bf16_planes(bytes: &[u8]) -> (CodedHeader, usize) {
+    let range = coded_range(bytes, "layers.0.attn.weight");
+    let (header, len) =
+        CodedHeader::read(&bytes[range.clone()], FloatKind::Bf16, 300 * 128).unwrap();
+    (header, range.start + len)
+}
+
+#[test]
+fn rejects_a_file_that_is_not_safetensors() {
+    let (dir, path) = compressed_sample();
+    let _ = dir;
+    write(
+        &path,
+        b"#!/bin/sh\necho this is a shell script, not a model\n",
+    );
+    assert_rejected(&path, &["not a safetensors file"]);
+}
+
+#[test]
+fn rejects_an_empty_file() {
+    let (_dir, path) = compressed_sample();
+    write(&path, b"");
+    assert_rejected(&path, &["empty"]);
+}
+
+#[test]
+fn rejects_a_truncated_file() {
+    let (_dir, path) = compressed_sample();
+    let bytes = std::fs::read(&path).unwrap();
+    write(&path, &bytes[..bytes.len() - 1000]);
+    assert_rejected(&path, &["truncated"]);
+    write(&path, &bytes[..20]);
+    assert_rejected(&path, &["past the end"]);
+}
+
+#[test]
+fn rejects_corrupt_header_json() {
+    let (_dir, path) = compressed_sample();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8] = b'[';
+    write(&path, &bytes);
+    assert_rejected(&path, &["not a valid safetensors JSON header"]);
+}
+
+#[test]
+fn rejects_offsets_past_the_end() {
+    let (_dir, path) = compressed_sample();
+    let bytes = std::fs::read(&path).unwrap();
+    let (mut header, _) = read_header(&bytes);
+    let offsets = header["position_ids"]["data_offsets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let end = offsets[1].as_u64().unwrap();
+    header["position_ids"]["data_offsets"] = serde_json::json!([offsets[0], end + (1 << 40)]);
+    write(&path, &with_header(&bytes, &header));
+    assert_rejected(&path, &["not a safetensors file"]);
+}
+
+#[test]
+fn rejects_planes_whose_lengths_disagree() {
+    let (_dir, path) = compressed_sample();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let range = coded_range(&bytes, "layers.0.attn.weight");
+    let (mut header, len) =
+        CodedHeader::read(&bytes[range.clone()], FloatKind::Bf16, 300 * 128).unwrap();
+    header.rest_len += 1;
+    let mut rewritten = Vec::new();
+    header.write(&mut rewritten);
+    assert_eq!(rewritten.len(), len, "same varint widths");
+    bytes[range.start..range.start + len].copy_from_slice(&rewritten);
+    write(&path, &bytes);
+    assert_rejected(&path, &["tensor layers.0.attn.weight", "do not fill"]);
+}
+
+#[test]
+fn rejects_code_lengths_that_are_not_a_prefix_code() {
+    let (_dir, path) = compressed_sample();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (header, planes) = bf16_planes(&bytes);
+    let index = planes..planes + header.index_len as usize;
+    assert_eq!(bytes[index.start], 2, "the first block sends a new table");
+    let table_start = index.start + 1;
+    let (lengths, used) = table::read_table(&bytes[table_start..index.end], ALPHABET).unwrap();
+    // Lengthen one code by a bit: the code is then incomplete. Pick one
+    // whose table still takes the same number of bytes.
+    let broken = (0..ALPHABET)
+        .filter(|&s| lengths[s] > 0 && lengths[s] < 12)
+        .find_map(|symbol| {
+            let mut changed = lengths;
+            changed[symbol] += 1;
+            let mut encoded = Vec::new();
+            table::write_table(&changed, &mut encoded);
+            (encoded.len() == used).then_some(encoded)
+        })
+        .expect("some one-bit change keeps the table's size");
+    assert!(huffman::validate_lengths(&table::read_table(&broken, ALPHABET).unwrap().0).is_err());
+    bytes[table_start..table_start + used].copy_from_slice(&broken);
+    write(&path, &bytes);
+    assert_rejected(
+        &path,
+        &["tensor layers.0.attn.weight", "not a complete prefix code"],
+    );
+}
+
+#[test]
+fn rejects_an_unknown_format_version() {
+    let (_dir, path) = compressed_sample();
+    let bytes = std::fs::read(&path).unwrap();
+    let (mut header, _) = read_header(&bytes);
+    header["__metadata__"]["ecf.version"] = serde_json::json!("99");
+    write(&path, &with_header(&bytes, &header));
+    assert_rejected(&path, &["format version 99 is not supported"]);
+}
+
+#[test]
+fn flipped_bits_in_the_coded_stream_are_caught() {
+    let (_dir, path) = compressed_sample();
+    let original = std::fs::read(&path).unwrap();
+    let (header, planes) = bf16_planes(&original);
+    let head = planes + header.index_len as usize;
+    let rest = head + header.head_len as usize;
+    // A flip in the rest plane always survives decoding: only the checksum
+    // can catch it. A flip in the head stream may also break its framing.
+    for (offset, needles) in [
+        (rest + 100, &["tensor layers.0.attn.weight", "checksum"][..]),
+        (head + 100, &["tensor layers.0.attn.weight"][..]),
+    ] {
+        let mut bytes = original.clone();
+        bytes[offset] ^= 0x10;
+        write(&path, &bytes);
+        assert_rejected(&path, needles);
+    }
+}
+
+#[test]
+fn rejects_an_uncompressed_file_given_to_decompress() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let renamed = dir.path().join("plain.ecf.safetensors");
+    std::fs::rename(&source, &renamed).unwrap();
+    assert_rejected(&renamed, &["not an ecfloat-compressed file"]);
+}
+
+#[test]
+fn rejects_compressing_a_compressed_file() {
+    let (_dir, path) = compressed_sample();
+    let output = ecf_path(&["compress", "--force"], &path);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("already compressed"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn rejects_a_missing_file() {
+    let output = ecf_path(&["compress"], Path::new("/nonexistent/model.safetensors"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("/nonexistent/model.safetensors"),
+        "{}",
+        stderr(&output)
+    );
+}

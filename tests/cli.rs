@@ -1,0 +1,195 @@
+//! The `ecf` command line, end to end.
+
+mod common;
+
+use common::{ecf, ecf_path, stderr, stdout, write_sample};
+
+#[test]
+fn compress_then_decompress_rebuilds_the_file_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let original = std::fs::read(&source).unwrap();
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    let output = ecf_path(&["compress"], &source);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        compressed.exists(),
+        "default output is NAME.ecf.safetensors"
+    );
+    assert!(std::fs::metadata(&compressed).unwrap().len() < original.len() as u64);
+
+    std::fs::remove_file(&source).unwrap();
+    let output = ecf_path(&["decompress"], &compressed);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read(&source).unwrap(),
+        original,
+        "default output drops .ecf"
+    );
+}
+
+#[test]
+fn real_files_round_trip_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in common::testdata_files() {
+        let compressed = dir.path().join("model.ecf.safetensors");
+        let rebuilt = dir.path().join("model.safetensors");
+        let output = ecf(&[
+            "compress",
+            file.to_str().unwrap(),
+            "-o",
+            compressed.to_str().unwrap(),
+            "--force",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let output = ecf(&["decompress", compressed.to_str().unwrap(), "--force"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(
+            std::fs::read(&rebuilt).unwrap() == std::fs::read(&file).unwrap(),
+            "{} did not round-trip",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn compressed_file_is_a_valid_safetensors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    assert!(ecf_path(&["compress"], &source).status.success());
+    let bytes = std::fs::read(dir.path().join("sample.ecf.safetensors")).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let position_ids = parsed.tensor("position_ids").unwrap();
+    assert_eq!(
+        position_ids.dtype(),
+        safetensors::Dtype::I64,
+        "raw tensors keep their dtype"
+    );
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = metadata.metadata().clone().unwrap();
+    assert_eq!(metadata["ecf.format"], "ecfloat");
+    assert_eq!(metadata["ecf.version"], "1");
+    assert_eq!(metadata["format"], "pt", "source metadata is kept");
+}
+
+#[test]
+fn refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let target = dir.path().join("sample.ecf.safetensors");
+    std::fs::write(&target, b"precious").unwrap();
+    let output = ecf_path(&["compress"], &source);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("--force"), "{}", stderr(&output));
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    let output = ecf_path(&["compress", "--force"], &source);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_ne!(std::fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn never_writes_over_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let original = std::fs::read(&source).unwrap();
+    let path = source.to_str().unwrap();
+    let output = ecf(&["compress", path, "-o", path, "--force"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("replace the input"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read(&source).unwrap(), original);
+}
+
+#[test]
+fn leaves_no_partial_file_behind_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.ecf.safetensors");
+    std::fs::write(&bogus, b"not a safetensors file at all").unwrap();
+    let output = ecf_path(&["decompress"], &bogus);
+    assert_eq!(output.status.code(), Some(1));
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries.len(), 1, "only the input remains: {entries:?}");
+}
+
+#[test]
+fn inspect_reports_every_tensor_and_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    assert!(ecf_path(&["compress"], &source).status.success());
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    let output = ecf_path(&["inspect", "--json"], &compressed);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["compressed"], true);
+    let tensors = report["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 6);
+    let bf16 = tensors.iter().find(|t| t["dtype"] == "BF16").unwrap();
+    assert_eq!(bf16["coded"], true);
+    let entropy = bf16["exponent_entropy"].as_f64().unwrap();
+    assert!(entropy > 1.0 && entropy < 4.0, "{entropy}");
+    assert!(bf16["bits_per_element"].as_f64().unwrap() < 16.0);
+    let integer = tensors.iter().find(|t| t["dtype"] == "I64").unwrap();
+    assert_eq!(integer["coded"], false);
+    assert!(report["ratio"].as_f64().unwrap() < 1.0);
+    assert!(report["bound_ratio"].as_f64().unwrap() < 1.0);
+
+    let text = ecf_path(&["inspect"], &compressed);
+    assert!(stdout(&text).contains("layers.0.attn.weight"));
+    let plain = ecf_path(&["inspect"], &source);
+    assert!(plain.status.success());
+    assert!(stdout(&plain).contains("not compressed"));
+}
+
+#[test]
+fn verify_and_bench_report_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    assert!(ecf_path(&["compress"], &source).status.success());
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    let output = ecf_path(&["verify", "--backend", "cpu", "--json"], &compressed);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["ok"], true);
+
+    let output = ecf_path(
+        &["--threads", "1", "bench", "--repeats", "2", "--json"],
+        &compressed,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert!(report["decode"]["gb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["copy"]["gb_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["threads"], 1);
+}
+
+#[test]
+fn demo_checks_every_bit_and_reports_the_ratio() {
+    let output = ecf(&["demo", "--repeats", "1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("every bit identical"), "{text}");
+    assert!(text.contains("exponent-entropy bound"), "{text}");
+}
+
+#[test]
+fn unknown_backend_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    assert!(ecf_path(&["compress"], &source).status.success());
+    let output = ecf_path(
+        &["verify", "--backend", "quantum"],
+        &dir.path().join("sample.ecf.safetensors"),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("unknown backend"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -1,0 +1,79 @@
+//! Properties of the codec itself, beyond decoding back exactly: sync
+//! metadata that lets every chunk decode alone, deterministic output, and
+//! sizes on real weights.
+
+mod common;
+
+use ecfloat::codec::{self, BlockIndex, decode::decode_block_by_chunks};
+use ecfloat::conformance::synthetic_cases;
+use ecfloat::container::{self, CompressOptions};
+
+#[test]
+fn every_chunk_decodes_alone_from_its_sync_metadata() {
+    for case in synthetic_cases() {
+        let encoded = codec::encode(case.kind, &case.bytes, &case.options).unwrap();
+        let index = BlockIndex::parse(&encoded.view()).unwrap();
+        let mut heads = Vec::new();
+        for block in 0..index.blocks.len() {
+            heads.extend(decode_block_by_chunks(&encoded.view(), &index, block).unwrap());
+        }
+        let split = encoded.params.split;
+        let expected: Vec<u8> = (0..case.bytes.len() / case.kind.width_bytes())
+            .map(|i| split.head(case.kind.load(&case.bytes, i)) as u8)
+            .collect();
+        assert_eq!(heads, expected, "{}", case.name);
+    }
+}
+
+#[test]
+fn encoding_is_deterministic() {
+    for case in synthetic_cases().into_iter().step_by(7) {
+        let first = codec::encode(case.kind, &case.bytes, &case.options).unwrap();
+        let second = codec::encode(case.kind, &case.bytes, &case.options).unwrap();
+        assert_eq!(first, second, "{}", case.name);
+    }
+}
+
+#[test]
+fn rejects_a_byte_count_that_is_not_whole_elements() {
+    let error = codec::encode(codec::FloatKind::Bf16, &[1, 2, 3], &Default::default()).unwrap_err();
+    assert!(error.to_string().contains("not a whole number"), "{error}");
+}
+
+/// ZipNN 0.5.4's ratios and the per-tensor exponent-entropy bound on the
+/// test weights, as measured in `../shared/testdata/README.md`. The same
+/// comparison, run live, is `scripts/compare_zipnn.py` (see BENCHMARKS.md).
+const REFERENCE_RATIOS: [(&str, f64, f64); 6] = [
+    ("all-MiniLM-L6-v2.bf16.safetensors", 0.6652, 0.6661),
+    ("all-MiniLM-L6-v2.e4m3.safetensors", 0.8292, 0.8317),
+    ("easyocr-english-g2.f32.safetensors", 0.8318, 0.8318),
+    ("easyocr-english-g2.bf16.safetensors", 0.6636, 0.6637),
+    ("easyocr-english-g2.f16.safetensors", 0.8467, 0.8500),
+    ("easyocr-english-g2.e4m3.safetensors", 0.8271, 0.8260),
+];
+
+#[test]
+fn real_weights_compress_below_zipnn_and_near_the_entropy_bound() {
+    let Some(testdata) = common::testdata() else {
+        return;
+    };
+    let directory = tempfile::tempdir().unwrap();
+    for (name, zipnn, bound) in REFERENCE_RATIOS {
+        let input = testdata.join(name);
+        let output = directory.path().join(name);
+        let report =
+            container::compress_file(&input, &output, &CompressOptions::default()).unwrap();
+        let ratio = report.ratio();
+        assert!(
+            ratio <= zipnn,
+            "{name}: ratio {ratio:.4} is above ZipNN's {zipnn}"
+        );
+        if name.contains("bf16") {
+            assert!(
+                ratio <= bound + 0.003,
+                "{name}: ratio {ratio:.4} is over 0.3 points above the bound {bound}"
+            );
+        }
+        eprintln!("{name}: {ratio:.4} (ZipNN {zipnn}, bound {bound})");
+    }
+}

@@ -1,0 +1,151 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ecfloat::backend::{self, Backend};
+use ecfloat::codec::FloatKind;
+use ecfloat::container::write::{OutputTensor, header_bytes};
+use ecfloat::synth;
+
+/// `../shared/testdata`, or `None` (with the reason printed) where absent.
+pub fn testdata() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: {} is absent", dir.display());
+        None
+    }
+}
+
+/// The `.safetensors` files of the test data, sorted.
+pub fn testdata_files() -> Vec<PathBuf> {
+    let Some(dir) = testdata() else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Opens a backend, or prints why it is skipped; `ECF_REQUIRE_<NAME>=1`
+/// turns the skip into a failure.
+pub fn backend_or_skip(name: &str) -> Option<Box<dyn Backend>> {
+    match backend::open(name) {
+        Ok(backend) => Some(backend),
+        Err(error) => {
+            let variable = format!("ECF_REQUIRE_{}", name.to_uppercase());
+            if std::env::var(&variable).is_ok_and(|v| v == "1") {
+                panic!("{name} is required ({variable}=1) but unavailable: {error}");
+            }
+            eprintln!("{name}: skipped, {error}");
+            None
+        }
+    }
+}
+
+pub struct SampleTensor {
+    pub name: &'static str,
+    pub dtype: &'static str,
+    pub shape: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// A small safetensors file with a tensor of every coded dtype, an integer
+/// tensor and metadata.
+pub fn sample_tensors() -> Vec<SampleTensor> {
+    let mut tensors: Vec<SampleTensor> = [
+        ("layers.0.attn.weight", FloatKind::Bf16, 300u64, 128u64),
+        ("layers.0.mlp.weight", FloatKind::F16, 200, 100),
+        ("layers.1.attn.weight", FloatKind::F8E4M3, 128, 128),
+        ("layers.1.mlp.weight", FloatKind::F8E5M2, 100, 100),
+        ("head.weight", FloatKind::F32, 64, 200),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (name, kind, rows, cols))| SampleTensor {
+        name,
+        dtype: kind.safetensors_name(),
+        shape: vec![rows, cols],
+        bytes: synth::to_bytes(
+            &synth::heavy_tailed((rows * cols) as usize, cols as usize, 0.02, i as u64),
+            kind,
+        ),
+    })
+    .collect();
+    tensors.push(SampleTensor {
+        name: "position_ids",
+        dtype: "I64",
+        shape: vec![1, 7],
+        bytes: (0..7i64).flat_map(i64::to_le_bytes).collect(),
+    });
+    tensors
+}
+
+pub fn write_safetensors(path: &Path, tensors: &[SampleTensor], metadata: &[(&str, String)]) {
+    let layout: Vec<OutputTensor> = tensors
+        .iter()
+        .map(|t| OutputTensor {
+            name: t.name.to_string(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            len: t.bytes.len() as u64,
+        })
+        .collect();
+    let mut bytes = header_bytes(metadata, &layout);
+    for tensor in tensors {
+        bytes.extend_from_slice(&tensor.bytes);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Writes the sample model to `dir/sample.safetensors`.
+pub fn write_sample(dir: &Path) -> PathBuf {
+    let path = dir.join("sample.safetensors");
+    write_safetensors(&path, &sample_tensors(), &[("format", "pt".to_string())]);
+    path
+}
+
+pub fn ecf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ecf"))
+        .args(args)
+        .output()
+        .expect("the ecf binary runs")
+}
+
+pub fn ecf_path(args: &[&str], path: &Path) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(path.to_str().unwrap());
+    ecf(&all)
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The safetensors header of `bytes` as JSON, and where the data starts.
+pub fn read_header(bytes: &[u8]) -> (serde_json::Value, usize) {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + len]).unwrap(), 8 + len)
+}
+
+/// `bytes` with its header replaced by `header` (data unchanged).
+pub fn with_header(bytes: &[u8], header: &serde_json::Value) -> Vec<u8> {
+    let (_, data_start) = read_header(bytes);
+    let mut json = serde_json::to_vec(header).unwrap();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[data_start..]);
+    out
+}
