@@ -2,32 +2,39 @@
 //! so a little-endian load of any word puts the next bits at its bottom.
 //! The GPU decoders read the same layout with 32-bit loads.
 
-/// Appends bit fields to a byte vector.
-#[derive(Default)]
+/// Writes bit fields into a buffer sized up front for the most bits that
+/// will be written, so the hot path is a shift, an or and, every 32 bits,
+/// one store: no reallocation that would keep the state out of registers.
 pub struct BitWriter {
     bytes: Vec<u8>,
+    /// Whole bytes written to `bytes`.
+    flushed: usize,
     pending: u64,
     pending_bits: u32,
 }
 
 impl BitWriter {
-    pub fn with_capacity(bytes: usize) -> Self {
+    /// A writer for at most `max_bits` bits.
+    pub fn with_max_bits(max_bits: u64) -> Self {
         BitWriter {
-            bytes: Vec::with_capacity(bytes),
+            bytes: vec![0; (max_bits.div_ceil(32) * 4) as usize + 4],
+            flushed: 0,
             pending: 0,
             pending_bits: 0,
         }
     }
 
-    /// Appends the low `bits` bits of `value` (`bits` ≤ 32).
+    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); more than the
+    /// `max_bits` promised is a bug and panics.
     #[inline(always)]
     pub fn put(&mut self, value: u32, bits: u32) {
         debug_assert!(bits <= 32 && (bits == 32 || value >> bits == 0));
         self.pending |= (value as u64) << self.pending_bits;
         self.pending_bits += bits;
         if self.pending_bits >= 32 {
-            self.bytes
-                .extend_from_slice(&(self.pending as u32).to_le_bytes());
+            self.bytes[self.flushed..self.flushed + 4]
+                .copy_from_slice(&(self.pending as u32).to_le_bytes());
+            self.flushed += 4;
             self.pending >>= 32;
             self.pending_bits -= 32;
         }
@@ -35,20 +42,60 @@ impl BitWriter {
 
     /// Bits written so far.
     pub fn bit_len(&self) -> u64 {
-        self.bytes.len() as u64 * 8 + self.pending_bits as u64
+        self.flushed as u64 * 8 + self.pending_bits as u64
     }
 
     /// Pads with zero bits to a whole byte and returns the bytes.
     pub fn finish(mut self) -> Vec<u8> {
-        let tail_bytes = self.pending_bits.div_ceil(8) as usize;
-        self.bytes
-            .extend_from_slice(&self.pending.to_le_bytes()[..tail_bytes]);
+        let len = self.bit_len().div_ceil(8) as usize;
+        self.bytes[self.flushed..self.flushed + 4]
+            .copy_from_slice(&(self.pending as u32).to_le_bytes());
+        self.bytes.truncate(len);
         self.bytes
     }
 
     /// Pads to a whole byte and appends the result to `out`.
     pub fn finish_into(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.finish());
+    }
+}
+
+/// Reads consecutive bit fields of up to 32 bits from the front of a
+/// stream; past its end, bits read as zero.
+pub struct FieldReader<'a> {
+    bytes: &'a [u8],
+    next_byte: usize,
+    bits: u64,
+    count: u32,
+}
+
+impl<'a> FieldReader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        FieldReader {
+            bytes,
+            next_byte: 0,
+            bits: 0,
+            count: 0,
+        }
+    }
+
+    /// The next `width` (≤ 32) bits.
+    #[inline(always)]
+    pub fn take(&mut self, width: u32) -> u32 {
+        debug_assert!(width <= 32);
+        if self.count < width {
+            let word = match self.bytes.get(self.next_byte..self.next_byte + 4) {
+                Some(word) => u32::from_le_bytes(word.try_into().unwrap()),
+                None => load_le_u64_padded(self.bytes, self.next_byte) as u32,
+            };
+            self.bits |= (word as u64) << self.count;
+            self.count += 32;
+            self.next_byte += 4;
+        }
+        let field = (self.bits & ((1u64 << width) - 1)) as u32;
+        self.bits >>= width;
+        self.count -= width;
+        field
     }
 }
 
@@ -95,7 +142,7 @@ mod tests {
                 (value, bits)
             })
             .collect();
-        let mut writer = BitWriter::default();
+        let mut writer = BitWriter::with_max_bits(fields.iter().map(|f| f.1 as u64).sum());
         for &(value, bits) in &fields {
             writer.put(value, bits);
         }
@@ -108,5 +155,25 @@ mod tests {
             position += bits as u64;
         }
         assert_eq!(peek_bits(&bytes, position + 1000, 32), 0);
+    }
+
+    #[test]
+    fn field_reader_reads_what_the_writer_wrote() {
+        let fields: Vec<(u32, u32)> = (0..700u32)
+            .map(|i| {
+                let bits = i % 25;
+                (i.wrapping_mul(2_654_435_761) & ((1u32 << bits) - 1), bits)
+            })
+            .collect();
+        let mut writer = BitWriter::with_max_bits(fields.iter().map(|f| f.1 as u64).sum());
+        for &(value, bits) in &fields {
+            writer.put(value, bits);
+        }
+        let bytes = writer.finish();
+        let mut reader = FieldReader::new(&bytes);
+        for &(value, bits) in &fields {
+            assert_eq!(reader.take(bits), value);
+        }
+        assert_eq!(reader.take(24), 0, "past the end reads zero");
     }
 }

@@ -12,8 +12,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::bits::{load_le_u64_padded, peek_bits};
-use super::float::{FieldSplit, width_mask};
+use super::bits::{FieldReader, load_le_u64_padded, peek_bits};
+use super::float::FieldSplit;
 use super::huffman::{DecodeTable, MAX_CODE_BITS, TABLE_ENTRIES, TABLE_MASK};
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
@@ -47,6 +47,19 @@ pub fn decode_blocks(
     }
     let block_elements = params.block_elements as usize;
     let block_bytes = block_elements * params.kind().width_bytes();
+    if blocks.len() <= 1 {
+        // One block: no hand-over to the thread pool.
+        return match blocks.len() {
+            0 => Ok(()),
+            _ => decode_block(
+                view,
+                index,
+                blocks.start,
+                &mut BlockScratch::new(block_elements),
+                out,
+            ),
+        };
+    }
     out.par_chunks_mut(block_bytes)
         .enumerate()
         .try_for_each_init(
@@ -324,6 +337,8 @@ fn next_bits(stream: &[u8], position: u64) -> u64 {
 }
 
 /// Rebuilds the elements of one block from its heads and the rest plane.
+/// The common splits (a whole-byte rest of 8 or 24 bits, no rest at all)
+/// have their own loops; the others read the rest bits as a stream.
 fn join_block(split: &FieldSplit, heads: &[u8], rest: &[u8], first_element: u64, out: &mut [u8]) {
     let stored_bits = split.stored_rest_bits();
     let kind = split.kind;
@@ -344,32 +359,95 @@ fn join_block(split: &FieldSplit, heads: &[u8], rest: &[u8], first_element: u64,
                 let element = (rest >> 23) << 31 | (head as u32) << 23 | rest & 0x7F_FFFF;
                 quad.copy_from_slice(&element.to_le_bytes());
             }
-            // A last element whose 3 rest bytes end the plane.
-            let whole = rest.len() / 3;
-            if whole < heads.len() {
-                join_generic(
-                    split,
-                    &heads[whole..],
-                    &rest[whole * 3..],
-                    &mut out[whole * 4..],
-                );
+        }
+        (1, 0, 0) => {
+            // The head is the whole rotated byte.
+            for (element, &head) in out.iter_mut().zip(heads) {
+                *element = head.rotate_right(1);
             }
         }
-        _ => join_generic(split, heads, rest, out),
+        (1, ..) => join_bytes(split, heads, rest, out),
+        (2, ..) => join_packed::<2>(split, heads, rest, out),
+        _ => join_packed::<4>(split, heads, rest, out),
     }
 }
 
-fn join_generic(split: &FieldSplit, heads: &[u8], rest: &[u8], out: &mut [u8]) {
-    let kind = split.kind;
-    let width = kind.width_bytes();
+/// The join for one-byte elements with a rest: every (rest field, head)
+/// pair maps to its byte through a table of at most 2^4 × 256 entries.
+fn join_bytes(split: &FieldSplit, heads: &[u8], rest: &[u8], out: &mut [u8]) {
     let stored_bits = split.stored_rest_bits();
-    let mask = width_mask(stored_bits) as u64;
-    let mut position = 0u64;
-    for (element, &head) in out.chunks_exact_mut(width).zip(heads) {
-        let stored = (load_le_u64_padded(rest, (position / 8) as usize) >> (position % 8)) & mask;
-        position += stored_bits as u64;
-        let value = split.join(head as u32, stored as u32);
-        element.copy_from_slice(&value.to_le_bytes()[..width]);
+    let table: Vec<u8> = (0..256u32 << stored_bits)
+        .map(|key| split.join(key & 0xFF, key >> 8) as u8)
+        .collect();
+    let field_mask = (1u32 << stored_bits) - 1;
+    let mut fields = FieldReader::new(rest);
+    let groups = heads.len() / 8;
+    for (elements, heads) in out.chunks_exact_mut(8).zip(heads.chunks_exact(8)) {
+        let mut group = fields.take(8 * stored_bits);
+        for (element, &head) in elements.iter_mut().zip(heads) {
+            *element = table[((group & field_mask) << 8 | head as u32) as usize];
+            group >>= stored_bits;
+        }
+    }
+    for (element, &head) in out[groups * 8..].iter_mut().zip(&heads[groups * 8..]) {
+        *element = table[(fields.take(stored_bits) << 8 | head as u32) as usize];
+    }
+}
+
+/// The general join, for elements of `WIDTH` bytes. Eight elements' rest
+/// fields fill exactly `stored_bits` bytes, so up to 16 bits they are read
+/// eight at a time from one 128-bit word; wider fields and a last partial
+/// group are read as a stream.
+fn join_packed<const WIDTH: usize>(split: &FieldSplit, heads: &[u8], rest: &[u8], out: &mut [u8]) {
+    // FieldSplit::join with its parameters hoisted out of the loop; the
+    // rest holds at least the sign here.
+    let stored_bits = split.stored_rest_bits();
+    let low_bits = split.rest_bits() - 1;
+    let low_mask = (1u32 << low_bits) - 1;
+    let (const_bits, const_value) = (split.rest_const_bits, split.rest_const_value);
+    let sign_shift = WIDTH as u32 * 8 - 1;
+    let join = |head: u8, field: u32| {
+        let rest = field << const_bits | const_value;
+        (rest >> low_bits) << sign_shift | (head as u32) << low_bits | rest & low_mask
+    };
+    let grouped = if (1..=16).contains(&stored_bits) {
+        heads.len() / 8
+    } else {
+        0
+    };
+    let group_bytes = stored_bits as usize;
+    let (grouped_out, tail_out) = out.split_at_mut(grouped * 8 * WIDTH);
+    let groups = grouped_out
+        .chunks_exact_mut(8 * WIDTH)
+        .zip(heads.chunks_exact(8))
+        .enumerate();
+    macro_rules! join_groups {
+        ($word:ty, $load:expr) => {
+            let field_mask: $word = (1 << stored_bits) - 1;
+            for (group, (elements, heads)) in groups {
+                let mut fields: $word = $load(group * group_bytes);
+                for (element, &head) in elements.chunks_exact_mut(WIDTH).zip(heads) {
+                    let value = join(head, (fields & field_mask) as u32);
+                    element.copy_from_slice(&value.to_le_bytes()[..WIDTH]);
+                    fields >>= stored_bits;
+                }
+            }
+        };
+    }
+    // Eight fields of up to 8 bits fit a u64, which shifts far cheaper.
+    // Bits past a group's fields are shifted out unused.
+    if stored_bits <= 8 {
+        join_groups!(u64, |offset| load_le_u64_padded(rest, offset));
+    } else {
+        join_groups!(u128, |offset| {
+            load_le_u64_padded(rest, offset) as u128
+                | (load_le_u64_padded(rest, offset + 8) as u128) << 64
+        });
+    }
+    let mut fields = FieldReader::new(&rest[grouped * group_bytes..]);
+    for (element, &head) in tail_out.chunks_exact_mut(WIDTH).zip(&heads[grouped * 8..]) {
+        let value = join(head, fields.take(stored_bits));
+        element.copy_from_slice(&value.to_le_bytes()[..WIDTH]);
     }
 }
 

@@ -90,16 +90,26 @@ pub fn encode(
     params.validate()?;
 
     let block_bytes = block_elements as usize * width;
-    let histograms: Vec<Histogram> = bytes
-        .par_chunks(block_bytes)
-        .map(|block| head_histogram(&split, block))
-        .collect();
+    let histograms: Vec<Histogram> = if block_elements as usize % SURVEY_SPAN == 0 {
+        // Blocks are whole survey spans: fold their 8-bit histograms.
+        survey
+            .spans
+            .chunks(block_elements as usize / SURVEY_SPAN)
+            .map(|spans| {
+                let mut block = [0u64; 256];
+                for span in spans {
+                    stats::add_into(&mut block, &stats::fold_top_bits(span, head_bits));
+                }
+                block
+            })
+            .collect()
+    } else {
+        map_chunks(bytes, block_bytes, |_, block| head_histogram(&split, block))
+    };
     let decisions = decide_blocks(&histograms, head_bits);
-    let outputs: Vec<BlockOutput> = bytes
-        .par_chunks(block_bytes)
-        .zip(decisions.par_iter())
-        .map(|(block, decision)| encode_block(&split, params.geometry, block, decision))
-        .collect();
+    let outputs = map_chunks(bytes, block_bytes, |block, bytes| {
+        encode_block(&split, params.geometry, bytes, &decisions[block])
+    });
 
     let mut encoded = EncodedTensor {
         params,
@@ -113,6 +123,28 @@ pub fn encode(
         encoded.index.extend_from_slice(&output.record);
     }
     Ok(encoded)
+}
+
+/// `map(chunk number, chunk)` over the chunks of `bytes`, in parallel when
+/// there is more than one (a single chunk skips the hand-over to the pool).
+fn map_chunks<T: Send>(
+    bytes: &[u8],
+    chunk_bytes: usize,
+    map: impl Fn(usize, &[u8]) -> T + Sync,
+) -> Vec<T> {
+    if bytes.len() <= chunk_bytes {
+        bytes
+            .chunks(chunk_bytes.max(1))
+            .enumerate()
+            .map(|(i, c)| map(i, c))
+            .collect()
+    } else {
+        bytes
+            .par_chunks(chunk_bytes)
+            .enumerate()
+            .map(|(i, c)| map(i, c))
+            .collect()
+    }
 }
 
 /// What one pass over the tensor learns.
@@ -133,20 +165,15 @@ impl Survey {
             rest_const_bits: 0,
             rest_const_value: 0,
         };
-        let parts: Vec<(Histogram, u32, u32)> = bytes
-            .par_chunks(SURVEY_SPAN * width)
-            .map(|span| {
-                let mut histogram = [0u64; 256];
-                let (mut and, mut or) = (u32::MAX, 0u32);
-                for index in 0..span.len() / width {
-                    let element = kind.load(span, index);
-                    histogram[split.head(element) as usize] += 1;
-                    and &= element;
-                    or |= element;
-                }
-                (histogram, and, or)
-            })
-            .collect();
+        let parts = map_chunks(bytes, SURVEY_SPAN * width, |_, span| {
+            let (mut and, mut or) = (u32::MAX, 0u32);
+            let histogram = interleaved_histogram(kind, span, |element| {
+                and &= element;
+                or |= element;
+                split.head(element)
+            });
+            (histogram, and, or)
+        });
         let mut survey = Survey {
             spans: Vec::with_capacity(parts.len()),
             and: u32::MAX,
@@ -214,11 +241,32 @@ impl Survey {
 const ESTIMATED_TABLE_BITS_PER_SYMBOL: f64 = 2.5;
 
 fn head_histogram(split: &FieldSplit, block: &[u8]) -> Histogram {
-    let kind = split.kind;
+    interleaved_histogram(split.kind, block, |element| split.head(element))
+}
+
+/// Histogram of `symbol(element)` over the elements of `bytes`. Four
+/// sub-histograms take turns, so runs of one symbol do not serialise on a
+/// single counter.
+fn interleaved_histogram(
+    kind: FloatKind,
+    bytes: &[u8],
+    mut symbol: impl FnMut(u32) -> u32,
+) -> Histogram {
+    let mut counts = [[0u32; 256]; 4];
+    let mut turn = 0;
+    kind.for_each_element(
+        bytes,
+        #[inline(always)]
+        |element| {
+            counts[turn & 3][symbol(element) as usize & 0xFF] += 1;
+            turn += 1;
+        },
+    );
     let mut histogram = [0u64; 256];
-    for index in 0..block.len() / kind.width_bytes() {
-        let (head, _) = split.split(kind.load(block, index));
-        histogram[head as usize] += 1;
+    for part in &counts {
+        for (total, &count) in histogram.iter_mut().zip(part) {
+            *total += count as u64;
+        }
     }
     histogram
 }
@@ -300,45 +348,45 @@ fn encode_block(
 ) -> BlockOutput {
     let kind = split.kind;
     let elements = block.len() / kind.width_bytes();
-    let mut rest = BitWriter::with_capacity(elements * split.stored_rest_bits() as usize / 8 + 8);
-    let mut record_bytes = Vec::new();
+    let mut record = Vec::new();
     let stream = match decision {
         BlockDecision::Constant(value) => {
-            for index in 0..elements {
-                let (_, rest_bits) = split.split(kind.load(block, index));
-                rest.put(rest_bits, split.stored_rest_bits());
-            }
-            index::write_record(&BlockRecord::Constant(*value), &mut record_bytes);
+            index::write_record(&BlockRecord::Constant(*value), &mut record);
             Vec::new()
         }
         BlockDecision::Raw => {
-            let mut heads = BitWriter::with_capacity(elements);
-            for index in 0..elements {
-                let (head, rest_bits) = split.split(kind.load(block, index));
-                heads.put(head, split.head_bits);
-                rest.put(rest_bits, split.stored_rest_bits());
-            }
-            index::write_record(&BlockRecord::Raw, &mut record_bytes);
+            let mut heads = BitWriter::with_max_bits(elements as u64 * split.head_bits as u64);
+            kind.for_each_element(
+                block,
+                #[inline(always)]
+                |element| heads.put(split.head(element), split.head_bits),
+            );
+            index::write_record(&BlockRecord::Raw, &mut record);
             heads.finish()
         }
         BlockDecision::Coded { lengths, new_table } => {
             let codes = huffman::canonical_codes(lengths);
             let chunk_bits = geometry.chunk_bits as u64;
-            let mut heads = BitWriter::with_capacity(elements);
+            let mut heads = BitWriter::with_max_bits(elements as u64 * MAX_CODE_BITS as u64);
             // First codeword boundary at or after each chunk's beginning.
             let mut first_boundaries = Vec::new();
             let mut next_chunk_begin = 0u64;
-            for index in 0..elements {
-                let (head, rest_bits) = split.split(kind.load(block, index));
-                let position = heads.bit_len();
-                while position >= next_chunk_begin {
-                    first_boundaries.push(position);
-                    next_chunk_begin += chunk_bits;
-                }
-                heads.put(codes[head as usize], lengths[head as usize] as u32);
-                rest.put(rest_bits, split.stored_rest_bits());
-            }
-            let stream_bits = heads.bit_len();
+            let mut position = 0u64;
+            kind.for_each_element(
+                block,
+                #[inline(always)]
+                |element| {
+                    let head = split.head(element) as usize;
+                    // Codewords are shorter than chunks: at most one begins here.
+                    if position >= next_chunk_begin {
+                        first_boundaries.push(position);
+                        next_chunk_begin += chunk_bits;
+                    }
+                    heads.put(codes[head], lengths[head] as u32);
+                    position += lengths[head] as u64;
+                },
+            );
+            let stream_bits = position;
             while next_chunk_begin < stream_bits {
                 first_boundaries.push(stream_bits);
                 next_chunk_begin += chunk_bits;
@@ -346,20 +394,77 @@ fn encode_block(
             let stream = heads.finish();
             let exceptions =
                 sync_exceptions(geometry, &stream, stream_bits, lengths, &first_boundaries);
-            let record = BlockRecord::Coded {
+            let coded = BlockRecord::Coded {
                 new_table: new_table.then_some(&**lengths),
                 stream_bits,
                 exceptions: &exceptions,
             };
-            index::write_record(&record, &mut record_bytes);
+            index::write_record(&coded, &mut record);
             stream
         }
     };
     BlockOutput {
-        record: record_bytes,
+        record,
         stream,
-        rest: rest.finish(),
+        rest: pack_rest(split, block),
     }
+}
+
+/// The stored rest bits of a block's elements, packed LSB-first. Whole-byte
+/// widths are written byte by byte.
+fn pack_rest(split: &FieldSplit, block: &[u8]) -> Vec<u8> {
+    let kind = split.kind;
+    let bits = split.stored_rest_bits();
+    let elements = block.len() / kind.width_bytes();
+    let mut rest = Vec::with_capacity((elements * bits as usize).div_ceil(8));
+    let stored = |element: u32| split.full_rest(element) >> split.rest_const_bits;
+    match bits {
+        0 => {}
+        8 => kind.for_each_element(
+            block,
+            #[inline(always)]
+            |element| rest.push(stored(element) as u8),
+        ),
+        16 => kind.for_each_element(
+            block,
+            #[inline(always)]
+            |element| rest.extend_from_slice(&(stored(element) as u16).to_le_bytes()),
+        ),
+        24 => kind.for_each_element(
+            block,
+            #[inline(always)]
+            |element| rest.extend_from_slice(&stored(element).to_le_bytes()[..3]),
+        ),
+        1..8 => {
+            // Eight fields of fewer than 8 bits fill `bits` whole bytes.
+            let mut group = 0u64;
+            let mut filled = 0;
+            kind.for_each_element(
+                block,
+                #[inline(always)]
+                |element| {
+                    group |= (stored(element) as u64) << (filled * bits);
+                    filled += 1;
+                    if filled == 8 {
+                        rest.extend_from_slice(&group.to_le_bytes()[..bits as usize]);
+                        (group, filled) = (0, 0);
+                    }
+                },
+            );
+            let tail_bytes = (filled * bits).div_ceil(8) as usize;
+            rest.extend_from_slice(&group.to_le_bytes()[..tail_bytes]);
+        }
+        _ => {
+            let mut writer = BitWriter::with_max_bits(elements as u64 * bits as u64);
+            kind.for_each_element(
+                block,
+                #[inline(always)]
+                |element| writer.put(stored(element), bits),
+            );
+            rest = writer.finish();
+        }
+    }
+    rest
 }
 
 /// Replays the chunk decoders' warm-up (see [`super::sync`]) and lists the

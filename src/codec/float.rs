@@ -83,6 +83,23 @@ impl FloatKind {
         self.exponent_bits()..=8.min(self.width_bits())
     }
 
+    /// Calls `visit` with every element of little-endian `bytes`, in order;
+    /// the loop is compiled once per element width. `visit` is called from
+    /// three loops, so LLVM may not inline it: hot callers mark it
+    /// `#[inline(always)]`.
+    #[inline(always)]
+    pub fn for_each_element(self, bytes: &[u8], mut visit: impl FnMut(u32)) {
+        match self.width_bytes() {
+            1 => bytes.iter().for_each(|&b| visit(b as u32)),
+            2 => bytes
+                .chunks_exact(2)
+                .for_each(|c| visit(u16::from_le_bytes([c[0], c[1]]) as u32)),
+            _ => bytes
+                .chunks_exact(4)
+                .for_each(|c| visit(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        }
+    }
+
     /// Reads element `index` of a little-endian byte slice.
     #[inline(always)]
     pub fn load(self, bytes: &[u8], index: usize) -> u32 {

@@ -30,7 +30,8 @@ pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
     let hi = (0..ALPHABET).rev().find(used).unwrap();
     out.push(lo as u8);
     out.push(hi as u8);
-    let mut bits = BitWriter::with_capacity(64);
+    // At most 8 bits per symbol of the range.
+    let mut bits = BitWriter::with_max_bits(8 * (hi - lo + 1) as u64);
     let mut previous = 0u8;
     let mut symbol = lo;
     while symbol <= hi {
