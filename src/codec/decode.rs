@@ -8,6 +8,7 @@
 //! independent, so the core overlaps the table lookups. The lanes' outputs
 //! are stitched together, then every head is joined with its rest bits.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -18,6 +19,7 @@ use super::huffman::{DecodeTable, MAX_CODE_BITS, TABLE_ENTRIES, TABLE_MASK};
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
 use super::sync::ChunkGeometry;
+use super::table::CodeLengths;
 use super::{CodecError, EncodedView};
 
 /// Independent decode lanes per block.
@@ -47,60 +49,53 @@ pub fn decode_blocks(
     }
     let block_elements = params.block_elements as usize;
     let block_bytes = block_elements * params.kind().width_bytes();
+    let decode_one = |offset: usize, out_block: &mut [u8]| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            decode_block(view, index, blocks.start + offset, scratch, out_block)
+        })
+    };
     if blocks.len() <= 1 {
         // One block: no hand-over to the thread pool.
         return match blocks.len() {
             0 => Ok(()),
-            _ => decode_block(
-                view,
-                index,
-                blocks.start,
-                &mut BlockScratch::new(block_elements),
-                out,
-            ),
+            _ => decode_one(0, out),
         };
     }
     out.par_chunks_mut(block_bytes)
         .enumerate()
-        .try_for_each_init(
-            || BlockScratch::new(block_elements),
-            |scratch, (offset, out_block)| {
-                decode_block(view, index, blocks.start + offset, scratch, out_block)
-            },
-        )
+        .try_for_each(|(offset, out_block)| decode_one(offset, out_block))
 }
 
-/// Per-thread buffers, reused across blocks.
+thread_local! {
+    /// Each thread's decode buffers, kept across blocks and tensors.
+    static SCRATCH: RefCell<BlockScratch> = RefCell::new(BlockScratch::default());
+}
+
+/// Per-thread buffers, reused across blocks. They only grow.
+#[derive(Default)]
 struct BlockScratch {
     heads: Vec<u8>,
     /// One buffer per decode lane. They only grow: their contents are
     /// always written before being read.
     lane_heads: [Vec<u8>; LANES],
-    /// The decode table last built, and its number in the block index.
-    table: Option<(u32, DecodeTable)>,
+    /// The decode table last built, and the code it was built for.
+    table: Option<(CodeLengths, DecodeTable)>,
+    /// The join table of one-byte elements last built, and its split.
+    join_table: Option<(FieldSplit, Vec<u8>)>,
 }
 
-impl BlockScratch {
-    fn new(block_elements: usize) -> Self {
-        BlockScratch {
-            heads: vec![0; block_elements],
-            lane_heads: Default::default(),
-            table: None,
-        }
-    }
-}
-
-/// The decode table of code `table`, rebuilt only when it changes.
+/// The decode table of code `table`, rebuilt only when the code changes.
 fn cached_table<'a>(
-    cache: &'a mut Option<(u32, DecodeTable)>,
+    cache: &'a mut Option<(CodeLengths, DecodeTable)>,
     index: &BlockIndex,
     table: u32,
 ) -> &'a DecodeTable {
-    if cache.as_ref().map(|(id, _)| *id) != Some(table) {
-        let t = table as usize;
+    let t = table as usize;
+    let lengths = &index.tables[t];
+    if cache.as_ref().is_none_or(|(cached, _)| cached != lengths) {
         *cache = Some((
-            table,
-            DecodeTable::new(&index.tables[t], index.table_max_len[t] as u32),
+            *lengths,
+            DecodeTable::new(lengths, index.table_max_len[t] as u32),
         ));
     }
     &cache.as_ref().expect("filled above").1
@@ -115,11 +110,22 @@ fn decode_block(
 ) -> Result<(), CodecError> {
     let split = view.params.split;
     let elements = out.len() / split.kind.width_bytes();
+    if scratch.heads.len() < elements {
+        scratch.heads.resize(elements, 0);
+    }
     let mut heads = std::mem::take(&mut scratch.heads);
     let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
     if result.is_ok() {
         let first_element = block as u64 * view.params.block_elements as u64;
-        join_block(&split, &heads[..elements], view.rest, first_element, out);
+        let heads = &heads[..elements];
+        join_block(
+            &split,
+            heads,
+            view.rest,
+            first_element,
+            &mut scratch.join_table,
+            out,
+        );
     }
     scratch.heads = heads;
     result
@@ -339,7 +345,14 @@ fn next_bits(stream: &[u8], position: u64) -> u64 {
 /// Rebuilds the elements of one block from its heads and the rest plane.
 /// The common splits (a whole-byte rest of 8 or 24 bits, no rest at all)
 /// have their own loops; the others read the rest bits as a stream.
-fn join_block(split: &FieldSplit, heads: &[u8], rest: &[u8], first_element: u64, out: &mut [u8]) {
+fn join_block(
+    split: &FieldSplit,
+    heads: &[u8],
+    rest: &[u8],
+    first_element: u64,
+    join_table: &mut Option<(FieldSplit, Vec<u8>)>,
+    out: &mut [u8],
+) {
     let stored_bits = split.stored_rest_bits();
     let kind = split.kind;
     // Blocks hold a multiple of 8 elements, so a block's rest starts on a byte.
@@ -366,19 +379,31 @@ fn join_block(split: &FieldSplit, heads: &[u8], rest: &[u8], first_element: u64,
                 *element = head.rotate_right(1);
             }
         }
-        (1, ..) => join_bytes(split, heads, rest, out),
+        (1, ..) => {
+            if join_table
+                .as_ref()
+                .is_none_or(|(cached, _)| cached != split)
+            {
+                *join_table = Some((*split, byte_join_table(split)));
+            }
+            let table = &join_table.as_ref().expect("filled above").1;
+            join_bytes(split.stored_rest_bits(), table, heads, rest, out);
+        }
         (2, ..) => join_packed::<2>(split, heads, rest, out),
         _ => join_packed::<4>(split, heads, rest, out),
     }
 }
 
-/// The join for one-byte elements with a rest: every (rest field, head)
-/// pair maps to its byte through a table of at most 2^4 × 256 entries.
-fn join_bytes(split: &FieldSplit, heads: &[u8], rest: &[u8], out: &mut [u8]) {
-    let stored_bits = split.stored_rest_bits();
-    let table: Vec<u8> = (0..256u32 << stored_bits)
+/// Every one-byte element, indexed by `rest field << 8 | head`: at most
+/// 2^4 × 256 entries.
+fn byte_join_table(split: &FieldSplit) -> Vec<u8> {
+    (0..256u32 << split.stored_rest_bits())
         .map(|key| split.join(key & 0xFF, key >> 8) as u8)
-        .collect();
+        .collect()
+}
+
+/// The join for one-byte elements with a rest, through their join table.
+fn join_bytes(stored_bits: u32, table: &[u8], heads: &[u8], rest: &[u8], out: &mut [u8]) {
     let field_mask = (1u32 << stored_bits) - 1;
     let mut fields = FieldReader::new(rest);
     let groups = heads.len() / 8;
@@ -462,7 +487,7 @@ pub fn decode_block_by_chunks(
     let entry = &index.blocks[block];
     let elements = view.params.block_len(block as u64) as usize;
     let BlockMode::Coded { table } = entry.mode else {
-        let mut scratch = BlockScratch::new(elements);
+        let mut scratch = BlockScratch::default();
         let mut heads = vec![0; elements];
         decode_heads(view, index, block, &mut scratch, &mut heads)?;
         return Ok(heads);
@@ -504,13 +529,14 @@ pub fn decode_block_by_chunks(
 
 /// Histogram of every head of a tensor, decoding only the heads.
 pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogram, CodecError> {
-    let block_elements = view.params.block_elements as usize;
     (0..index.blocks.len())
         .into_par_iter()
-        .map_init(
-            || BlockScratch::new(block_elements),
-            |scratch, block| {
+        .map(|block| {
+            SCRATCH.with_borrow_mut(|scratch| {
                 let elements = view.params.block_len(block as u64) as usize;
+                if scratch.heads.len() < elements {
+                    scratch.heads.resize(elements, 0);
+                }
                 let mut heads = std::mem::take(&mut scratch.heads);
                 let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
                 let mut histogram = [0u64; 256];
@@ -519,8 +545,8 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
                 }
                 scratch.heads = heads;
                 result.map(|()| histogram)
-            },
-        )
+            })
+        })
         .try_reduce(
             || [0u64; 256],
             |mut total, part| {
