@@ -271,6 +271,48 @@ pub fn check_case(backend: &dyn Backend, case: &Case) -> Result<(), String> {
     compare(case.kind, &case.bytes, &decoded)
 }
 
+/// Decodes several cases in one call into one buffer, each at its own
+/// 4-byte aligned offset, as a model runtime does with a layer's tensors.
+pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> {
+    let mut uploaded = Vec::with_capacity(cases.len());
+    for case in cases {
+        let encoded =
+            codec::encode(case.kind, &case.bytes, &case.options).map_err(|e| e.to_string())?;
+        let index = BlockIndex::parse(&encoded.view()).map_err(|e| e.to_string())?;
+        uploaded.push(
+            backend
+                .upload(&encoded.view(), &index)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let mut offsets = Vec::with_capacity(cases.len());
+    let mut end = 0u64;
+    for tensor in &uploaded {
+        offsets.push(end);
+        end = (end + tensor.decoded_bytes()).next_multiple_of(4);
+    }
+    let out = backend.alloc(end).map_err(|e| e.to_string())?;
+    let jobs: Vec<backend::DecodeJob> = uploaded
+        .iter()
+        .zip(&offsets)
+        .map(|(tensor, &offset)| backend::DecodeJob {
+            tensor: tensor.as_ref(),
+            offset,
+        })
+        .collect();
+    backend
+        .decode(&jobs, out.as_ref())
+        .map_err(|e| e.to_string())?;
+    for (case, &offset) in cases.iter().zip(&offsets) {
+        let mut decoded = vec![0u8; case.bytes.len()];
+        backend
+            .download(out.as_ref(), offset, &mut decoded)
+            .map_err(|e| e.to_string())?;
+        compare(case.kind, &case.bytes, &decoded).map_err(|e| format!("{}: {e}", case.name))?;
+    }
+    Ok(())
+}
+
 /// `Ok` when `actual` equals `expected`, else where they first differ.
 pub fn compare(kind: FloatKind, expected: &[u8], actual: &[u8]) -> Result<(), String> {
     if expected.len() != actual.len() {

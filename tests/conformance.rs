@@ -66,13 +66,36 @@ fn check_vectors(backend: &dyn Backend) {
     assert!(checked > 0, "no vectors in {}", directory.display());
 }
 
+/// The wgpu backend with limits far below any device's, so that tensors
+/// split into several bindings and dispatches, as large ones do on real
+/// hardware.
+fn wgpu_with_small_limits() -> Option<Box<dyn Backend>> {
+    #[cfg(feature = "wgpu")]
+    {
+        use ecfloat::backend::wgpu::{LimitOverrides, WgpuBackend};
+        let limits = LimitOverrides {
+            // One default block of FP32 output (256 KiB) must still fit.
+            max_binding_bytes: Some(300_000),
+            max_workgroups: Some(3),
+        };
+        match WgpuBackend::with_limits(limits) {
+            Ok(backend) => return Some(Box::new(backend)),
+            Err(error) => common::backend_or_skip_because("wgpu", &error.to_string()),
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    common::backend_or_skip_because("wgpu", "not compiled in");
+    None
+}
+
 macro_rules! conformance_tests {
-    ($backend:ident) => {
-        mod $backend {
+    ($module:ident, $open:expr) => {
+        mod $module {
             use super::*;
 
             fn with_backend(check: impl FnOnce(&dyn Backend)) {
-                if let Some(backend) = common::backend_or_skip(stringify!($backend)) {
+                let open: fn() -> Option<Box<dyn Backend>> = $open;
+                if let Some(backend) = open() {
                     check(backend.as_ref());
                 }
             }
@@ -128,6 +151,16 @@ macro_rules! conformance_tests {
             }
 
             #[test]
+            fn decodes_many_tensors_into_one_buffer() {
+                with_backend(|b| {
+                    let mut cases = Family::Lengths.cases();
+                    cases.extend(Family::MixedBlockModes.cases());
+                    cases.extend(Family::SpecialValues.cases());
+                    conformance::check_batch(b, &cases).unwrap();
+                });
+            }
+
+            #[test]
             fn decodes_real_weights() {
                 with_backend(check_real_weights);
             }
@@ -140,6 +173,7 @@ macro_rules! conformance_tests {
     };
 }
 
-conformance_tests!(cpu);
-conformance_tests!(wgpu);
-conformance_tests!(cuda);
+conformance_tests!(cpu, || common::backend_or_skip("cpu"));
+conformance_tests!(wgpu, || common::backend_or_skip("wgpu"));
+conformance_tests!(wgpu_split_dispatches, wgpu_with_small_limits);
+conformance_tests!(cuda, || common::backend_or_skip("cuda"));

@@ -93,7 +93,7 @@ impl Backend for CpuBackend {
     }
 
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
-        check_jobs(NAME, jobs, out.len())?;
+        check_jobs(NAME, jobs, out.len(), 1)?;
         let out = downcast::<CpuBuffer>(NAME, out.as_any())?;
         let mut bytes = out.bytes.lock().unwrap_or_else(|e| e.into_inner());
         for job in jobs {

@@ -12,6 +12,9 @@ use crate::codec::{BlockIndex, EncodedView};
 use crate::error::{Error, Result};
 
 pub mod cpu;
+pub mod gpu_layout;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use cpu::CpuBackend;
 
@@ -111,9 +114,25 @@ pub trait Backend: Send + Sync {
     fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>>;
 }
 
-/// Checks that jobs fit their buffer and do not overlap; every backend calls
-/// this before its device sees the jobs.
-pub fn check_jobs(backend: &str, jobs: &[DecodeJob], buffer_len: u64) -> Result<()> {
+/// Checks that jobs start on multiples of `alignment`, fit their buffer and
+/// do not overlap; every backend calls this before its device sees the jobs.
+/// (GPU backends write whole 4-byte words: a job may also write zeros up to
+/// the next multiple of 4.)
+pub fn check_jobs(
+    backend: &str,
+    jobs: &[DecodeJob],
+    buffer_len: u64,
+    alignment: u64,
+) -> Result<()> {
+    if let Some(job) = jobs.iter().find(|job| job.offset % alignment != 0) {
+        return Err(backend_error(
+            backend,
+            format!(
+                "decode offset {} is not a multiple of {alignment}",
+                job.offset
+            ),
+        ));
+    }
     let mut ranges: Vec<(u64, u64)> = jobs
         .iter()
         .map(|job| {
@@ -161,12 +180,26 @@ pub const BACKEND_NAMES: [&str; 3] = ["cpu", "wgpu", "cuda"];
 pub fn open(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "cpu" => Ok(Box::new(CpuBackend::new())),
-        "wgpu" | "cuda" => Err(backend_error(name, "not available in this build")),
-        "auto" => Ok(Box::new(CpuBackend::new())),
+        "wgpu" => open_wgpu(),
+        "cuda" => Err(backend_error(name, "not available in this build")),
+        "auto" => open_wgpu().or_else(|_| Ok(Box::new(CpuBackend::new()))),
         other => Err(Error::Usage(format!(
             "unknown backend {other:?}; choose one of cpu, wgpu, cuda, auto"
         ))),
     }
+}
+
+#[cfg(feature = "wgpu")]
+fn open_wgpu() -> Result<Box<dyn Backend>> {
+    Ok(Box::new(wgpu::WgpuBackend::new()?))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn open_wgpu() -> Result<Box<dyn Backend>> {
+    Err(backend_error(
+        "wgpu",
+        "not compiled in (build with the `wgpu` feature)",
+    ))
 }
 
 /// Decodes one tensor into a new host vector: the round trip every

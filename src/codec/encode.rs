@@ -53,7 +53,7 @@ pub fn encode(
     options: &EncodeOptions,
 ) -> Result<EncodedTensor, CodecError> {
     let width = kind.width_bytes();
-    if bytes.len() % width != 0 {
+    if !bytes.len().is_multiple_of(width) {
         return Err(CodecError::LengthMismatch(format!(
             "{} bytes are not a whole number of {width}-byte {kind} elements",
             bytes.len()
@@ -90,7 +90,7 @@ pub fn encode(
     params.validate()?;
 
     let block_bytes = block_elements as usize * width;
-    let histograms: Vec<Histogram> = if block_elements as usize % SURVEY_SPAN == 0 {
+    let histograms: Vec<Histogram> = if (block_elements as usize).is_multiple_of(SURVEY_SPAN) {
         // Blocks are whole survey spans: fold their 8-bit histograms.
         survey
             .spans

@@ -40,14 +40,19 @@ pub fn backend_or_skip(name: &str) -> Option<Box<dyn Backend>> {
     match backend::open(name) {
         Ok(backend) => Some(backend),
         Err(error) => {
-            let variable = format!("ECF_REQUIRE_{}", name.to_uppercase());
-            if std::env::var(&variable).is_ok_and(|v| v == "1") {
-                panic!("{name} is required ({variable}=1) but unavailable: {error}");
-            }
-            eprintln!("{name}: skipped, {error}");
+            backend_or_skip_because(name, &error.to_string());
             None
         }
     }
+}
+
+/// Prints why backend `name` is skipped, or fails if `ECF_REQUIRE_<NAME>=1`.
+pub fn backend_or_skip_because(name: &str, reason: &str) {
+    let variable = format!("ECF_REQUIRE_{}", name.to_uppercase());
+    if std::env::var(&variable).is_ok_and(|v| v == "1") {
+        panic!("{name} is required ({variable}=1) but unavailable: {reason}");
+    }
+    eprintln!("{name}: skipped, {reason}");
 }
 
 pub struct SampleTensor {

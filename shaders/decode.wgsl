@@ -1,0 +1,377 @@
+// decode.wgsl — rebuilds ecfloat-coded tensors on the GPU, bit for bit.
+//
+// Each element was split on the host into a *head* (its exponent, maybe a
+// few more top bits; at most 8 bits) and a *rest* (sign and low mantissa
+// bits). Rests are stored raw at a fixed width, so element k's rest is just
+// bits k*S.. of the rest plane. Heads are Huffman-coded per *block* of 64K
+// elements, one code table per block; one workgroup decodes one block.
+//
+// The hard part of decoding Huffman in parallel is that codewords have
+// different lengths: nobody knows where the k-th codeword starts without
+// decoding the ones before it. We cut each block's bit stream into *chunks*
+// of `chunk_bits` bits and give each thread a chunk. A chunk owns the
+// codewords that *start* inside it. Its thread starts decoding
+// `warmup_bits` before the chunk and throws away what it decodes there:
+// Huffman codes resynchronise within a few codewords, so by the time the
+// thread reaches its chunk it stands on a true codeword boundary. Where the
+// encoder found that this would not happen, it stored an *exception*: the
+// exact offset of the chunk's first codeword, where the thread starts
+// instead. (Chunk 0 starts at bit 0.) This is the rule of
+// src/codec/sync.rs; the CPU decoder checks it on every test.
+//
+// Each round of 256 chunks then goes:
+//   1. count pass: every thread decodes its chunk and counts its codewords;
+//   2. a workgroup prefix sum turns counts into each chunk's first element;
+//   3. write pass: every thread decodes its chunk again and writes its
+//      elements, joining each head with its rest.
+//
+// WGSL has no 8- or 16-bit stores, so elements are assembled into whole
+// u32 words. A word that holds elements of two chunks (a *seam* word) is
+// first zeroed by the chunk that owns its first element, then, after a
+// barrier, each chunk ORs in its part atomically. Words wholly inside one
+// chunk are stored plainly. Blocks start on word boundaries, and a tensor's
+// output is padded to a whole word, so no word is shared by two
+// workgroups.
+//
+// Raw and constant blocks need no decoding: every thread builds whole
+// words directly.
+//
+// The code table arrives in canonical form (symbols sorted by code length,
+// plus the first code and first symbol index of each length) and is expanded
+// here into a 4096-entry lookup table indexed by the next 12 stream bits.
+// Everything the shader reads was validated on the host.
+
+struct Params {
+    block_count: u32,
+    width_bytes: u32,
+    head_bits: u32,
+    rest_bits: u32,
+    stored_rest_bits: u32,
+    rest_const_bits: u32,
+    rest_const_value: u32,
+    chunk_bits: u32,
+    warmup_bits: u32,
+    // Word index in `output` of the segment's first element.
+    out_word: u32,
+    reserved0: u32,
+    reserved1: u32,
+}
+
+struct Block {
+    // Byte offset of the block's head stream in `head`.
+    stream_byte: u32,
+    stream_bits: u32,
+    mode: u32,
+    // Coded: table number in `tables`; constant: the head value.
+    table_or_value: u32,
+    exceptions_start: u32,
+    exceptions_count: u32,
+    elements: u32,
+    // Index of the block's first element in the segment.
+    first_element: u32,
+    // Byte offset of the block's rest bits in `rest`.
+    rest_byte: u32,
+    reserved0: u32,
+    reserved1: u32,
+    reserved2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> blocks: array<Block>;
+@group(0) @binding(2) var<storage, read> tables: array<u32>;
+@group(0) @binding(3) var<storage, read> exceptions: array<u32>;
+@group(0) @binding(4) var<storage, read> head: array<u32>;
+@group(0) @binding(5) var<storage, read> rest: array<u32>;
+@group(0) @binding(6) var<storage, read_write> output: array<atomic<u32>>;
+
+const WORKGROUP_SIZE: u32 = 256u;
+const BLOCK_RAW: u32 = 0u;
+const BLOCK_CONSTANT: u32 = 1u;
+const BLOCK_CODED: u32 = 2u;
+const MAX_CODE_BITS: u32 = 12u;
+const TABLE_MASK: u32 = 0xFFFu;
+// Per table: 64 words of symbols in canonical order, then one word per
+// code length 1..=12: first_code | first_index << 12 | count << 21.
+const TABLE_WORDS: u32 = 76u;
+const TABLE_LENGTHS: u32 = 64u;
+const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
+
+// The expanded decode table: entry i (two per word) is `symbol | length <<
+// 8` of the codeword the 12 bits i begin with.
+var<workgroup> decode_table: array<u32, 2048>;
+// Per-thread codeword counts, then their inclusive prefix sums.
+var<workgroup> chunk_counts: array<u32, 256>;
+// Block fields that steer control flow, shared so they are uniform.
+var<workgroup> shared_mode: u32;
+var<workgroup> shared_chunks: u32;
+
+@compute @workgroup_size(256)
+fn decode(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_index) thread: u32,
+) {
+    let block_index = workgroup.x;
+    if (block_index >= params.block_count) {
+        return;
+    }
+    let block = blocks[block_index];
+    if (thread == 0u) {
+        shared_mode = block.mode;
+        shared_chunks = (block.stream_bits + params.chunk_bits - 1u) / params.chunk_bits;
+    }
+    let mode = workgroupUniformLoad(&shared_mode);
+    if (mode != BLOCK_CODED) {
+        write_uncoded(block, thread);
+        return;
+    }
+    build_decode_table(block.table_or_value * TABLE_WORDS, thread);
+    let chunks = workgroupUniformLoad(&shared_chunks);
+    let rounds = (chunks + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
+    var round_base = 0u;
+    for (var round_index = 0u; round_index < rounds; round_index++) {
+        let chunk = round_index * WORKGROUP_SIZE + thread;
+        var count = 0u;
+        if (chunk < chunks) {
+            count = decode_chunk(block, chunk, 0u, 0u, false);
+        }
+        let inclusive = inclusive_prefix_sum(thread, count);
+        let first = round_base + inclusive - count;
+        // Zero the seam word this chunk owns before anyone ORs into it.
+        zero_owned_seam(block, first, first + count);
+        storageBarrier();
+        workgroupBarrier();
+        if (chunk < chunks) {
+            decode_chunk(block, chunk, first, first + count, true);
+        }
+        round_base += chunk_counts[WORKGROUP_SIZE - 1u];
+        // chunk_counts is rewritten by the next round's prefix sum.
+        workgroupBarrier();
+    }
+}
+
+// Expands the canonical table at `base` into `decode_table`: each thread
+// fills 16 entries.
+fn build_decode_table(base: u32, thread: u32) {
+    for (var k = 0u; k < 2048u / WORKGROUP_SIZE; k++) {
+        let word = thread + k * WORKGROUP_SIZE;
+        let low = canonical_lookup(base, word * 2u);
+        let high = canonical_lookup(base, word * 2u + 1u);
+        decode_table[word] = low | (high << 16u);
+    }
+    workgroupBarrier();
+}
+
+// `symbol | length << 8` of the codeword that the stream bits `bits` (first
+// bit in bit 0) begin with. Codewords are read most significant bit first.
+fn canonical_lookup(base: u32, bits: u32) -> u32 {
+    var code = 0u;
+    for (var len = 1u; len <= MAX_CODE_BITS; len++) {
+        code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
+        let info = tables[base + TABLE_LENGTHS + len - 1u];
+        let offset = code - (info & 0xFFFu);
+        if (offset < (info >> 21u)) {
+            let slot = ((info >> 12u) & 0x1FFu) + offset;
+            let symbol = (tables[base + slot / 4u] >> (8u * (slot % 4u))) & 0xFFu;
+            return symbol | (len << 8u);
+        }
+    }
+    // Unreachable for the complete codes the host validated; length 1
+    // keeps every decoder advancing regardless.
+    return 1u << 8u;
+}
+
+fn table_entry(bits: u32) -> u32 {
+    let index = bits & TABLE_MASK;
+    return (decode_table[index >> 1u] >> ((index & 1u) * 16u)) & 0xFFFFu;
+}
+
+// The 12 stream bits from bit `position` of the block's stream.
+fn peek_head(block: Block, position: u32) -> u32 {
+    let bit = (block.stream_byte & 3u) * 8u + position;
+    let word = (block.stream_byte >> 2u) + (bit >> 5u);
+    let shift = bit & 31u;
+    let high = select(0u, head[word + 1u] << ((32u - shift) & 31u), shift != 0u);
+    return (head[word] >> shift) | high;
+}
+
+// The stored rest bits of the block's element `element`.
+fn rest_field(block: Block, element: u32) -> u32 {
+    let width = params.stored_rest_bits;
+    if (width == 0u) {
+        return 0u;
+    }
+    let bit = (block.rest_byte & 3u) * 8u + element * width;
+    let word = (block.rest_byte >> 2u) + (bit >> 5u);
+    let shift = bit & 31u;
+    let high = select(0u, rest[word + 1u] << ((32u - shift) & 31u), shift != 0u);
+    return ((rest[word] >> shift) | high) & ((1u << width) - 1u);
+}
+
+// The element a head and its stored rest bits make (FieldSplit::join).
+fn join(head_symbol: u32, field: u32) -> u32 {
+    let rest_bits = params.rest_bits;
+    if (rest_bits == 0u) {
+        // The head is the whole FP8 element, rotated left by one.
+        return ((head_symbol >> 1u) | (head_symbol << 7u)) & 0xFFu;
+    }
+    let rest_value = (field << params.rest_const_bits) | params.rest_const_value;
+    let low_bits = rest_bits - 1u;
+    let sign = rest_value >> low_bits;
+    let low = rest_value & ((1u << low_bits) - 1u);
+    return (sign << (params.width_bytes * 8u - 1u)) | (head_symbol << low_bits) | low;
+}
+
+// The element of `block` at `element`, for heads that are not coded.
+fn uncoded_element(block: Block, element: u32) -> u32 {
+    var head_symbol = block.table_or_value;
+    if (block.mode == BLOCK_RAW) {
+        let bits = params.head_bits;
+        let bit = (block.stream_byte & 3u) * 8u + element * bits;
+        let word = (block.stream_byte >> 2u) + (bit >> 5u);
+        let shift = bit & 31u;
+        let high = select(0u, head[word + 1u] << ((32u - shift) & 31u), shift != 0u);
+        head_symbol = ((head[word] >> shift) | high) & ((1u << bits) - 1u);
+    }
+    return join(head_symbol, rest_field(block, element));
+}
+
+fn elements_per_word() -> u32 {
+    return 4u / params.width_bytes;
+}
+
+// Output word holding the block's element `element`.
+fn output_word(block: Block, element: u32) -> u32 {
+    return params.out_word + (block.first_element + element) / elements_per_word();
+}
+
+// Raw and constant blocks: each thread builds whole words.
+fn write_uncoded(block: Block, thread: u32) {
+    let per_word = elements_per_word();
+    let words = (block.elements + per_word - 1u) / per_word;
+    for (var word = thread; word < words; word += WORKGROUP_SIZE) {
+        var value = 0u;
+        for (var k = 0u; k < per_word; k++) {
+            let element = word * per_word + k;
+            if (element < block.elements) {
+                value |= uncoded_element(block, element) << (k * params.width_bytes * 8u);
+            }
+        }
+        atomicStore(&output[output_word(block, word * per_word)], value);
+    }
+}
+
+// Inclusive prefix sum of `value` over the workgroup (Hillis-Steele).
+fn inclusive_prefix_sum(thread: u32, value: u32) -> u32 {
+    chunk_counts[thread] = value;
+    for (var offset = 1u; offset < WORKGROUP_SIZE; offset *= 2u) {
+        workgroupBarrier();
+        var sum = chunk_counts[thread];
+        if (thread >= offset) {
+            sum += chunk_counts[thread - offset];
+        }
+        workgroupBarrier();
+        chunk_counts[thread] = sum;
+    }
+    workgroupBarrier();
+    return chunk_counts[thread];
+}
+
+// A chunk writing elements `first..end` owns the word holding element
+// end - 1 if that word starts inside the range; if the word also holds
+// elements past the range (a seam), it is zeroed here, before the write
+// pass ORs into it. Past the block's last element there is only padding.
+fn zero_owned_seam(block: Block, first: u32, end: u32) {
+    let per_word = elements_per_word();
+    if (end == first || per_word == 1u || end > block.elements) {
+        return;
+    }
+    let word_start = ((end - 1u) / per_word) * per_word;
+    let word_end = min(word_start + per_word, block.elements);
+    if (word_start >= first && word_end > end) {
+        atomicStore(&output[output_word(block, word_start)], 0u);
+    }
+}
+
+// Chunk `chunk`'s first decoding position (see the header comment).
+fn decode_start(block: Block, chunk: u32) -> u32 {
+    let begin = chunk * params.chunk_bits;
+    if (chunk == 0u) {
+        return 0u;
+    }
+    let boundary = find_exception(block, chunk);
+    if (boundary != NO_EXCEPTION) {
+        return begin + boundary;
+    }
+    return select(0u, begin - params.warmup_bits, begin > params.warmup_bits);
+}
+
+// Binary search of the block's exceptions, stored `chunk << 8 | boundary`
+// in chunk order.
+fn find_exception(block: Block, chunk: u32) -> u32 {
+    var low = block.exceptions_start;
+    var high = block.exceptions_start + block.exceptions_count;
+    while (low < high) {
+        let middle = (low + high) / 2u;
+        let entry = exceptions[middle];
+        let entry_chunk = entry >> 8u;
+        if (entry_chunk == chunk) {
+            return entry & 0xFFu;
+        }
+        if (entry_chunk < chunk) {
+            low = middle + 1u;
+        } else {
+            high = middle;
+        }
+    }
+    return NO_EXCEPTION;
+}
+
+// Decodes the codewords chunk `chunk` owns. Without `write`, returns how
+// many there are; with it, writes them as the block's elements
+// `first..end`. Every step advances at least one bit, so it always ends.
+fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> u32 {
+    let begin = chunk * params.chunk_bits;
+    let stop = min(begin + params.chunk_bits, block.stream_bits);
+    let per_word = elements_per_word();
+    let element_bits = params.width_bytes * 8u;
+    var position = decode_start(block, chunk);
+    var count = 0u;
+    var word_value = 0u;
+    var word_start = (first / per_word) * per_word;
+    loop {
+        if (position >= stop) {
+            break;
+        }
+        let entry = table_entry(peek_head(block, position));
+        if (position >= begin) {
+            let element = first + count;
+            count += 1u;
+            if (write && element < block.elements) {
+                if (element >= word_start + per_word) {
+                    flush_word(block, word_start, word_value, first, end);
+                    word_start = (element / per_word) * per_word;
+                    word_value = 0u;
+                }
+                let value = join(entry & 0xFFu, rest_field(block, element));
+                word_value |= value << ((element - word_start) * element_bits);
+            }
+        }
+        position += max(entry >> 8u, 1u);
+    }
+    if (write && count > 0u && first < block.elements) {
+        flush_word(block, word_start, word_value, first, end);
+    }
+    return count;
+}
+
+// Stores a word of elements `word_start..` that this chunk assembled: plainly
+// if the chunk owns all of it, else by OR into the zeroed seam word.
+fn flush_word(block: Block, word_start: u32, value: u32, first: u32, end: u32) {
+    let word_end = min(word_start + elements_per_word(), block.elements);
+    let index = output_word(block, word_start);
+    if (word_start >= first && word_end <= end) {
+        atomicStore(&output[index], value);
+    } else {
+        atomicOr(&output[index], value);
+    }
+}

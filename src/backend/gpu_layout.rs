@@ -1,0 +1,352 @@
+//! What the GPU decoders read, built on the host from a validated block
+//! index: fixed-size block descriptors, code tables in canonical form, sync
+//! exceptions, and the cutting of a large tensor into *segments* that each
+//! fit the device's limits. The WGSL shader and the CUDA kernel read exactly
+//! these layouts; every offset in them has been checked here against the
+//! planes' real sizes, so no kernel can read or write out of bounds.
+
+use std::ops::Range;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::codec::huffman::{ALPHABET, MAX_CODE_BITS};
+use crate::codec::index::{BlockIndex, BlockMode};
+use crate::codec::table::CodeLengths;
+use crate::codec::{EncodedView, TensorParams};
+
+/// Threads per workgroup (CUDA: per thread block). One workgroup decodes
+/// one block.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+pub const BLOCK_RAW: u32 = 0;
+pub const BLOCK_CONSTANT: u32 = 1;
+pub const BLOCK_CODED: u32 = 2;
+
+/// u32 words per code table: the symbols in canonical order (four per
+/// word), then per code length 1..=12 `first_code | first_index << 12 |
+/// count << 21`.
+pub const TABLE_WORDS: usize = ALPHABET / 4 + MAX_CODE_BITS as usize;
+
+/// Words of zero padding after the head and rest planes, so a decoder may
+/// always read the word after the one it needs.
+pub const PLANE_PADDING_WORDS: usize = 2;
+
+/// One block, as a workgroup sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BlockDescriptor {
+    /// Byte offset of the block's head stream in the segment's head plane.
+    pub stream_byte: u32,
+    pub stream_bits: u32,
+    /// `BLOCK_RAW`, `BLOCK_CONSTANT` or `BLOCK_CODED`.
+    pub mode: u32,
+    /// Coded: the table's number in the segment; constant: the head.
+    pub table_or_value: u32,
+    /// The block's exceptions in the segment's list.
+    pub exceptions_start: u32,
+    pub exceptions_count: u32,
+    /// Elements in the block, and the first one's index in the segment.
+    pub elements: u32,
+    pub first_element: u32,
+    /// Byte offset of the block's rest bits in the segment's rest plane.
+    pub rest_byte: u32,
+    pub reserved: [u32; 3],
+}
+
+/// Per-dispatch parameters: the tensor's split and geometry, and where the
+/// segment's output starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DispatchParams {
+    pub block_count: u32,
+    pub width_bytes: u32,
+    pub head_bits: u32,
+    pub rest_bits: u32,
+    pub stored_rest_bits: u32,
+    pub rest_const_bits: u32,
+    pub rest_const_value: u32,
+    pub chunk_bits: u32,
+    pub warmup_bits: u32,
+    /// Word index, in the bound output, of the segment's first element.
+    pub out_word: u32,
+    pub reserved: [u32; 2],
+}
+
+/// A run of blocks decoded by one dispatch, with its own slices of the
+/// planes.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub blocks: Range<usize>,
+    /// Byte ranges of the tensor's head and rest planes this segment reads.
+    pub head_bytes: Range<usize>,
+    pub rest_bytes: Range<usize>,
+    /// Elements before the segment in the tensor, and in it.
+    pub first_element: u64,
+    pub elements: u64,
+    pub descriptors: Vec<BlockDescriptor>,
+    /// The tables its coded blocks use, `TABLE_WORDS` each.
+    pub tables: Vec<u32>,
+    /// `chunk << 8 | first_boundary`, grouped by block in chunk order.
+    pub exceptions: Vec<u32>,
+}
+
+impl Segment {
+    /// Decoded bytes of the segment.
+    pub fn output_bytes(&self, params: &TensorParams) -> u64 {
+        self.elements * params.kind().width_bytes() as u64
+    }
+
+    /// Dispatch parameters, with the output starting at word `out_word`.
+    pub fn dispatch_params(&self, params: &TensorParams, out_word: u32) -> DispatchParams {
+        let split = params.split;
+        DispatchParams {
+            block_count: self.descriptors.len() as u32,
+            width_bytes: split.kind.width_bytes() as u32,
+            head_bits: split.head_bits,
+            rest_bits: split.rest_bits(),
+            stored_rest_bits: split.stored_rest_bits(),
+            rest_const_bits: split.rest_const_bits,
+            rest_const_value: split.rest_const_value,
+            chunk_bits: params.geometry.chunk_bits,
+            warmup_bits: params.geometry.warmup_bits,
+            out_word,
+            reserved: [0; 2],
+        }
+    }
+}
+
+/// How large one dispatch may be on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchLimits {
+    /// Largest byte size of one bound buffer range.
+    pub max_binding_bytes: u64,
+    /// Most workgroups in one dispatch.
+    pub max_workgroups: u32,
+}
+
+impl DispatchLimits {
+    /// No binding limit (CUDA): only the 32-bit offsets inside a dispatch
+    /// bound it.
+    pub const UNBOUNDED: DispatchLimits = DispatchLimits {
+        max_binding_bytes: 1 << 31,
+        max_workgroups: 1 << 30,
+    };
+}
+
+/// Code tables in the canonical form the kernels expand into decode
+/// tables.
+pub fn table_words(lengths: &CodeLengths) -> [u32; TABLE_WORDS] {
+    let mut words = [0u32; TABLE_WORDS];
+    let mut count = [0u32; MAX_CODE_BITS as usize + 1];
+    for &len in lengths {
+        count[len as usize] += 1;
+    }
+    // Codes of length L are `first_code[L]`, `first_code[L] + 1`, … (as in
+    // DEFLATE), and their symbols sit from `first_index[L]` in the list.
+    let mut first_index = [0u32; MAX_CODE_BITS as usize + 2];
+    let mut first_code = [0u32; MAX_CODE_BITS as usize + 1];
+    let mut next_code = 0u32;
+    for len in 1..=MAX_CODE_BITS as usize {
+        first_code[len] = next_code;
+        next_code = (next_code + count[len]) << 1;
+        first_index[len + 1] = first_index[len] + count[len];
+    }
+    let mut cursor = first_index;
+    for (symbol, &len) in lengths.iter().enumerate() {
+        if len > 0 {
+            let slot = cursor[len as usize] as usize;
+            cursor[len as usize] += 1;
+            words[slot / 4] |= (symbol as u32) << (8 * (slot % 4));
+        }
+    }
+    for len in 1..=MAX_CODE_BITS as usize {
+        words[ALPHABET / 4 + len - 1] = first_code[len] | first_index[len] << 12 | count[len] << 21;
+    }
+    words
+}
+
+/// Cuts a tensor into segments that fit `limits` and builds their
+/// descriptors. `index` must have been parsed from `view`.
+pub fn segments(view: &EncodedView, index: &BlockIndex, limits: DispatchLimits) -> Vec<Segment> {
+    let params = view.params;
+    let width = params.kind().width_bytes() as u64;
+    let stored_bits = params.split.stored_rest_bits() as u64;
+    let block_count = index.blocks.len();
+    // Room for the padding words and a binding offset rounded down.
+    let budget = limits.max_binding_bytes.saturating_sub(1024);
+    let mut segments = Vec::new();
+    let mut first = 0;
+    while first < block_count {
+        let head_start = index.blocks[first].stream_offset;
+        let first_element = first as u64 * params.block_elements as u64;
+        let mut end = first;
+        while end < block_count && end - first < limits.max_workgroups as usize {
+            let entry = &index.blocks[end];
+            let head_end = entry.stream_offset + entry.stream_bits.div_ceil(8);
+            let last_element = first_element
+                + (end - first) as u64 * params.block_elements as u64
+                + params.block_len(end as u64);
+            let elements = last_element - first_element;
+            let fits = head_end - head_start <= budget
+                && (elements * stored_bits).div_ceil(8) <= budget
+                && elements * width <= budget;
+            if !fits && end > first {
+                break;
+            }
+            end += 1;
+        }
+        segments.push(build_segment(view, index, first..end));
+        first = end;
+    }
+    segments
+}
+
+fn build_segment(view: &EncodedView, index: &BlockIndex, blocks: Range<usize>) -> Segment {
+    let params = view.params;
+    let stored_bits = params.split.stored_rest_bits() as u64;
+    let first_element = blocks.start as u64 * params.block_elements as u64;
+    let head_start = index.blocks[blocks.start].stream_offset;
+    let rest_start = first_element * stored_bits / 8;
+    let mut segment = Segment {
+        blocks: blocks.clone(),
+        head_bytes: 0..0,
+        rest_bytes: 0..0,
+        first_element,
+        elements: 0,
+        descriptors: Vec::with_capacity(blocks.len()),
+        tables: Vec::new(),
+        exceptions: Vec::new(),
+    };
+    let mut first_table: Option<u32> = None;
+    let mut head_end = head_start;
+    for block in blocks.clone() {
+        let entry = &index.blocks[block];
+        let elements = params.block_len(block as u64);
+        let block_first = block as u64 * params.block_elements as u64 - first_element;
+        let (mode, table_or_value) = match entry.mode {
+            BlockMode::Raw => (BLOCK_RAW, 0),
+            BlockMode::Constant(value) => (BLOCK_CONSTANT, value as u32),
+            BlockMode::Coded { table } => {
+                let first = *first_table.get_or_insert(table);
+                (BLOCK_CODED, table - first)
+            }
+        };
+        let exceptions_start = segment.exceptions.len() as u32;
+        segment.exceptions.extend(
+            index
+                .block_exceptions(block)
+                .iter()
+                .map(|e| e.chunk << 8 | e.first_boundary as u32),
+        );
+        segment.descriptors.push(BlockDescriptor {
+            stream_byte: (entry.stream_offset - head_start) as u32,
+            stream_bits: entry.stream_bits as u32,
+            mode,
+            table_or_value,
+            exceptions_start,
+            exceptions_count: segment.exceptions.len() as u32 - exceptions_start,
+            elements: elements as u32,
+            first_element: block_first as u32,
+            rest_byte: ((first_element + block_first) * stored_bits / 8 - rest_start) as u32,
+            reserved: [0; 3],
+        });
+        segment.elements += elements;
+        head_end = entry.stream_offset + entry.stream_bits.div_ceil(8);
+    }
+    if let Some(first) = first_table {
+        let last = segment
+            .descriptors
+            .iter()
+            .filter(|d| d.mode == BLOCK_CODED)
+            .map(|d| d.table_or_value + first)
+            .max()
+            .unwrap_or(first);
+        for table in first..=last {
+            segment
+                .tables
+                .extend_from_slice(&table_words(&index.tables[table as usize]));
+        }
+    }
+    segment.head_bytes = head_start as usize..head_end as usize;
+    let rest_end = (first_element + segment.elements) * stored_bits;
+    segment.rest_bytes = rest_start as usize..rest_end.div_ceil(8) as usize;
+    segment
+}
+
+/// `bytes` padded with zeros to whole words plus `PLANE_PADDING_WORDS`.
+pub fn padded_words(bytes: &[u8]) -> Vec<u32> {
+    let mut words = vec![0u32; bytes.len().div_ceil(4) + PLANE_PADDING_WORDS];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks(4)) {
+        let mut buf = [0u8; 4];
+        buf[..chunk.len()].copy_from_slice(chunk);
+        *word = u32::from_le_bytes(buf);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::huffman::{canonical_codes, limited_code_lengths};
+    use crate::codec::{EncodeOptions, FloatKind, encode};
+
+    #[test]
+    fn segments_cover_every_block_within_the_limits() {
+        let bytes = crate::synth::heavy_tailed_bytes(FloatKind::Bf16, 50_000, 1);
+        let options = EncodeOptions {
+            block_elements: 4096,
+            ..EncodeOptions::default()
+        };
+        let encoded = encode(FloatKind::Bf16, &bytes, &options).unwrap();
+        let index = BlockIndex::parse(&encoded.view()).unwrap();
+        let limits = DispatchLimits {
+            max_binding_bytes: 20_000,
+            max_workgroups: 2,
+        };
+        let segments = segments(&encoded.view(), &index, limits);
+        assert!(segments.len() >= 7, "13 blocks, at most 2 per dispatch");
+        let mut next_block = 0;
+        let mut next_element = 0;
+        for segment in &segments {
+            assert_eq!(segment.blocks.start, next_block);
+            assert_eq!(segment.first_element, next_element);
+            assert!(segment.descriptors.len() <= 2);
+            assert!(segment.output_bytes(&encoded.params) <= limits.max_binding_bytes);
+            assert!(segment.head_bytes.len() as u64 <= limits.max_binding_bytes);
+            let elements: u64 = segment.descriptors.iter().map(|d| d.elements as u64).sum();
+            assert_eq!(elements, segment.elements);
+            next_block = segment.blocks.end;
+            next_element += segment.elements;
+        }
+        assert_eq!(next_block, index.blocks.len());
+        assert_eq!(next_element, 50_000);
+    }
+
+    #[test]
+    fn table_words_describe_the_canonical_code() {
+        let mut counts = [0u64; ALPHABET];
+        for (symbol, count) in [
+            (3usize, 100u64),
+            (9, 40),
+            (10, 30),
+            (200, 7),
+            (255, 1),
+            (7, 1),
+        ] {
+            counts[symbol] = count;
+        }
+        let lengths = limited_code_lengths(&counts, MAX_CODE_BITS);
+        let codes = canonical_codes(&lengths);
+        let words = table_words(&lengths);
+        let symbol_at = |slot: u32| (words[slot as usize / 4] >> (8 * (slot % 4))) & 0xFF;
+        for symbol in [3usize, 9, 10, 200, 255, 7] {
+            let len = lengths[symbol] as usize;
+            // The codeword, MSB first, as the kernels rebuild it.
+            let code = codes[symbol].reverse_bits() >> (32 - len);
+            let info = words[ALPHABET / 4 + len - 1];
+            let (first_code, first_index, count) = (info & 0xFFF, info >> 12 & 0x1FF, info >> 21);
+            assert!(code - first_code < count, "symbol {symbol}");
+            assert_eq!(symbol_at(first_index + code - first_code), symbol as u32);
+        }
+    }
+}
