@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use ecfloat::backend;
+use ecfloat::codec::FloatKind;
 use ecfloat::container::{self, CompressOptions, DecodeChecks};
-use ecfloat::tools::{bench, demo, inspect};
+use ecfloat::tools::{bench, demo, inspect, selftest};
 use ecfloat::{Error, Result};
 
 #[derive(Parser)]
@@ -65,12 +66,37 @@ enum Command {
     },
     /// Encode and decode throughput, against a copy of the same bytes.
     Bench {
-        file: PathBuf,
+        /// A safetensors file (plain or compressed); omit with --synthetic.
+        #[arg(required_unless_present = "synthetic")]
+        file: Option<PathBuf>,
+        /// Only the file's largest float tensor.
+        #[arg(long, requires = "file")]
+        largest: bool,
+        /// Heavy-tailed synthetic weights of this dtype (BF16, F16, F8_E4M3, F8_E5M2, F32).
+        #[arg(long, conflicts_with = "file", value_name = "DTYPE")]
+        synthetic: Option<String>,
+        /// Size of the synthetic tensor, e.g. 1GiB, 256MiB or 1000000.
+        #[arg(long, default_value = "256MiB", requires = "synthetic")]
+        size: String,
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// Timed runs of each operation; the median is reported.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the conformance cases on a backend (or all), comparing every bit.
+    Selftest {
+        #[arg(long, default_value = "all")]
+        backend: String,
+        /// Also check every float tensor of these safetensors files.
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backends this build can use, with their devices and limits.
+    Backends {
         #[arg(long)]
         json: bool,
     },
@@ -200,16 +226,103 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench {
             file,
+            largest,
+            synthetic,
+            size,
             backend,
             repeats,
             json,
         } => {
+            let workload = match (&file, synthetic) {
+                (Some(file), _) if largest => bench::Workload::LargestTensor(file),
+                (Some(file), _) => bench::Workload::File(file),
+                (None, Some(dtype)) => bench::Workload::Synthetic {
+                    kind: FloatKind::from_safetensors_name(&dtype.to_uppercase()).ok_or_else(
+                        || {
+                            Error::Usage(format!(
+                                "unknown dtype {dtype:?}; choose BF16, F16, F8_E4M3, F8_E5M2 or F32"
+                            ))
+                        },
+                    )?,
+                    bytes: parse_size(&size)?,
+                },
+                (None, None) => unreachable!("clap requires a file or --synthetic"),
+            };
             let backend = backend::open(&backend)?;
-            let report = bench::bench(&file, backend.as_ref(), repeats)?;
+            let report = bench::bench(&workload, backend.as_ref(), repeats)?;
             if json {
                 print_json(&report);
             } else {
                 print_bench(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Selftest {
+            backend,
+            files,
+            json,
+        } => {
+            let report = selftest::run(&backend, &files, |result| {
+                if !json {
+                    match &result.error {
+                        None => println!("PASS {:<5} {}", result.backend, result.case),
+                        Some(error) => {
+                            println!("FAIL {:<5} {}: {error}", result.backend, result.case)
+                        }
+                    }
+                }
+            })?;
+            if json {
+                print_json(&report);
+            } else {
+                for (name, reason) in &report.skipped {
+                    println!("SKIP {name:<5} {reason}");
+                }
+                println!(
+                    "{} cases passed, {} failed, {} backends skipped",
+                    report.results.len() - report.failures(),
+                    report.failures(),
+                    report.skipped.len()
+                );
+            }
+            Ok(if report.failures() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Backends { json } => {
+            let listing: Vec<serde_json::Value> = backend::BACKEND_NAMES
+                .iter()
+                .map(|&name| match backend::open(name) {
+                    Ok(backend) => serde_json::json!({"backend": name, "available": true, "info": backend.info()}),
+                    Err(Error::Backend { message, .. }) => serde_json::json!({"backend": name, "available": false, "reason": message}),
+                    Err(error) => serde_json::json!({"backend": name, "available": false, "reason": error.to_string()}),
+                })
+                .collect();
+            if json {
+                print_json(&listing);
+            } else {
+                for entry in &listing {
+                    let name = entry["backend"].as_str().unwrap_or_default();
+                    if entry["available"] == true {
+                        let info = &entry["info"];
+                        println!("{name}: {}", info["device"].as_str().unwrap_or_default());
+                        println!(
+                            "    driver: {}",
+                            info["driver"].as_str().unwrap_or_default()
+                        );
+                        for limit in info["limits"].as_array().into_iter().flatten() {
+                            println!(
+                                "    {}: {}",
+                                limit[0].as_str().unwrap_or_default(),
+                                limit[1].as_str().unwrap_or_default()
+                            );
+                        }
+                    } else {
+                        println!("{name}: {}", entry["reason"].as_str().unwrap_or_default());
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -242,6 +355,30 @@ fn decompressed_name(input: &Path) -> Result<PathBuf> {
             input.display()
         ))),
     }
+}
+
+/// `1GiB`, `256MiB`, `64KiB`, `1GB`, `1000000` → bytes.
+fn parse_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(Error::Usage(format!("cannot read the size {text:?}"))),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| Error::Usage(format!("cannot read the size {text:?}")))
 }
 
 fn megabytes(bytes: u64) -> String {

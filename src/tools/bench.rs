@@ -113,11 +113,75 @@ pub fn load_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
     Ok(tensors)
 }
 
-/// Encodes every float tensor of `path` `repeats` times, decodes them all
-/// on `backend` in one call `repeats` times, checks the result bit for bit,
-/// and times a copy of the same bytes.
-pub fn bench(path: &Path, backend: &dyn Backend, repeats: usize) -> Result<BenchReport> {
-    let tensors = load_float_tensors(path)?;
+/// What a bench decodes.
+pub enum Workload<'a> {
+    /// Every float tensor of a file.
+    File(&'a Path),
+    /// The largest float tensor of a file.
+    LargestTensor(&'a Path),
+    /// Heavy-tailed synthetic weights of one dtype.
+    Synthetic { kind: FloatKind, bytes: u64 },
+}
+
+impl Workload<'_> {
+    pub fn describe(&self) -> String {
+        match self {
+            Workload::File(path) => path.display().to_string(),
+            Workload::LargestTensor(path) => format!("{} (largest tensor)", path.display()),
+            Workload::Synthetic { kind, bytes } => {
+                format!(
+                    "synthetic heavy-tailed {kind}, {:.2} GiB",
+                    *bytes as f64 / (1u64 << 30) as f64
+                )
+            }
+        }
+    }
+
+    fn tensors(&self) -> Result<Vec<FloatTensor>> {
+        match *self {
+            Workload::File(path) => load_float_tensors(path),
+            Workload::LargestTensor(path) => {
+                let mut tensors = load_float_tensors(path)?;
+                let largest = (0..tensors.len()).max_by_key(|&i| tensors[i].bytes.len());
+                Ok(largest
+                    .map(|i| tensors.swap_remove(i))
+                    .into_iter()
+                    .collect())
+            }
+            Workload::Synthetic { kind, bytes } => {
+                let elements = (bytes / kind.width_bytes() as u64) as usize;
+                Ok(vec![FloatTensor {
+                    name: format!("synthetic.{kind}"),
+                    kind,
+                    bytes: synthetic_weights(kind, elements),
+                }])
+            }
+        }
+    }
+}
+
+/// Heavy-tailed weights generated in parallel, 4 Mi elements per piece.
+fn synthetic_weights(kind: FloatKind, elements: usize) -> Vec<u8> {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 22;
+    let pieces: Vec<Vec<u8>> = (0..elements.div_ceil(PIECE))
+        .into_par_iter()
+        .map(|piece| {
+            let len = PIECE.min(elements - piece * PIECE);
+            crate::synth::heavy_tailed_bytes(kind, len, piece as u64)
+        })
+        .collect();
+    pieces.concat()
+}
+
+/// Encodes every tensor of `workload` `repeats` times, decodes them all on
+/// `backend` in one call `repeats` times, checks the result bit for bit,
+/// and times a copy of the same bytes on the same device.
+pub fn bench(workload: &Workload, backend: &dyn Backend, repeats: usize) -> Result<BenchReport> {
+    let tensors = workload.tensors()?;
+    // Errors name the workload where they would name a file.
+    let label = std::path::PathBuf::from(workload.describe());
+    let path = label.as_path();
     let decoded_bytes: u64 = tensors.iter().map(|t| t.bytes.len() as u64).sum();
     let options = EncodeOptions::default();
     let encode_all = || -> Result<Vec<EncodedTensor>> {
@@ -179,7 +243,7 @@ pub fn bench(path: &Path, backend: &dyn Backend, repeats: usize) -> Result<Bench
     let decode = Timing::from_runs(decode_runs, decoded_bytes);
     let copy = Timing::from_runs(copy_runs, decoded_bytes);
     Ok(BenchReport {
-        file: path.display().to_string(),
+        file: workload.describe(),
         backend: backend.name().to_string(),
         device: backend.info().device,
         threads: rayon::current_num_threads(),

@@ -154,7 +154,13 @@ pub fn run(repeats: usize) -> Result<DemoReport> {
         .map(|&name| BackendRun {
             backend: name.to_string(),
             result: backend::open(name)
-                .and_then(|backend| bench::bench(&compressed, backend.as_ref(), repeats))
+                .and_then(|backend| {
+                    bench::bench(
+                        &bench::Workload::File(&compressed),
+                        backend.as_ref(),
+                        repeats,
+                    )
+                })
                 .map_err(|e| e.to_string()),
         })
         .collect();

@@ -1,0 +1,137 @@
+//! `selftest`: the conformance cases of the test suite, run from the shipped
+//! binary on every backend present, each compared bit for bit with the
+//! original. This is how a user trusts a GPU, and how a machine without a
+//! Rust toolchain is checked.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::backend::{self, BACKEND_NAMES, Backend};
+use crate::conformance::{self, Family};
+use crate::error::{Error, Result};
+
+/// The checked-in test vectors, shipped in the binary.
+const VECTORS: [(&str, &[u8]); 2] = [
+    (
+        "defaults.ecf.safetensors",
+        include_bytes!("../../tests/vectors/defaults.ecf.safetensors"),
+    ),
+    (
+        "small_blocks.ecf.safetensors",
+        include_bytes!("../../tests/vectors/small_blocks.ecf.safetensors"),
+    ),
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    pub backend: String,
+    pub case: String,
+    /// `None` when every bit matched.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SelftestReport {
+    pub results: Vec<CaseResult>,
+    /// Backends that could not be opened, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl SelftestReport {
+    pub fn failures(&self) -> usize {
+        self.results.iter().filter(|r| r.error.is_some()).count()
+    }
+}
+
+/// Which backends `--backend` names: one, or `all` of them.
+pub fn backend_names(choice: &str) -> Vec<&str> {
+    match choice {
+        "all" => BACKEND_NAMES.to_vec(),
+        one => vec![one],
+    }
+}
+
+/// Runs every case on each backend of `choice`, calling `report` as each
+/// result arrives. A backend asked for by name must open; with `all`, one
+/// that cannot is skipped unless `ECF_REQUIRE_<NAME>=1`.
+pub fn run(
+    choice: &str,
+    files: &[PathBuf],
+    mut report: impl FnMut(&CaseResult),
+) -> Result<SelftestReport> {
+    let mut outcome = SelftestReport::default();
+    for name in backend_names(choice) {
+        let backend = match backend::open(name) {
+            Ok(backend) => backend,
+            Err(error) => {
+                let required = std::env::var(format!("ECF_REQUIRE_{}", name.to_uppercase()))
+                    .is_ok_and(|v| v == "1");
+                if choice != "all" || required {
+                    return Err(error);
+                }
+                let reason = match error {
+                    Error::Backend { message, .. } => message,
+                    other => other.to_string(),
+                };
+                outcome.skipped.push((name.to_string(), reason));
+                continue;
+            }
+        };
+        run_backend(backend.as_ref(), files, &mut |result| {
+            report(&result);
+            outcome.results.push(result);
+        })?;
+    }
+    Ok(outcome)
+}
+
+fn run_backend(
+    backend: &dyn Backend,
+    files: &[PathBuf],
+    record: &mut dyn FnMut(CaseResult),
+) -> Result<()> {
+    let name = backend.name().to_string();
+    let mut result = |case: String, outcome: std::result::Result<(), String>| {
+        record(CaseResult {
+            backend: name.clone(),
+            case,
+            error: outcome.err(),
+        })
+    };
+    for family in Family::ALL {
+        for case in family.cases() {
+            result(case.name.clone(), conformance::check_case(backend, &case));
+        }
+    }
+    let mut batch = Family::Lengths.cases();
+    batch.extend(Family::MixedBlockModes.cases());
+    result(
+        "many_tensors_in_one_buffer".to_string(),
+        conformance::check_batch(backend, &batch),
+    );
+    let directory = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    for (file_name, bytes) in VECTORS {
+        let path = directory.path().join(file_name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        let outcome = crate::container::verify_file_on(&path, backend)
+            .map_err(|e| e.to_string())
+            .and_then(
+                |checks| match checks.tensors.iter().find_map(|t| t.error.as_ref()) {
+                    Some(error) => Err(error.to_string()),
+                    None if !checks.file_matches() => Err("file checksum differs".to_string()),
+                    None => Ok(()),
+                },
+            );
+        result(format!("vector {file_name}"), outcome);
+    }
+    for file in files {
+        for tensor in conformance::check_file(backend, file)? {
+            result(
+                format!("{}: {}", file.display(), tensor.name),
+                tensor.result,
+            );
+        }
+    }
+    Ok(())
+}
