@@ -45,14 +45,21 @@ fn assert_rejected(path: &Path, needles: &[&str]) {
     let decompressed = path.with_file_name("sample.safetensors");
     assert!(!decompressed.exists(), "no output is left behind");
 
-    let output = ecf_path(&["verify"], path);
-    let report = format!("{}{}", stdout(&output), stderr(&output));
-    assert_eq!(output.status.code(), Some(1), "{report}");
-    for needle in needles {
-        assert!(
-            report.contains(needle),
-            "verify should mention {needle:?}: {report}"
-        );
+    // Every backend sees only what the host validated: a malformed file is
+    // refused, or caught by its checksums, the same way on each.
+    for backend in ["cpu", "wgpu", "cuda"] {
+        if ecfloat::backend::open(backend).is_err() {
+            continue;
+        }
+        let output = ecf_path(&["verify", "--backend", backend], path);
+        let report = format!("{}{}", stdout(&output), stderr(&output));
+        assert_eq!(output.status.code(), Some(1), "{backend}: {report}");
+        for needle in needles {
+            assert!(
+                report.contains(needle),
+                "{backend}: verify should mention {needle:?}: {report}"
+            );
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use crate::codec::{BlockIndex, EncodedView};
 use crate::error::{Error, Result};
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod gpu_layout;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
@@ -181,12 +183,27 @@ pub fn open(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "cpu" => Ok(Box::new(CpuBackend::new())),
         "wgpu" => open_wgpu(),
-        "cuda" => Err(backend_error(name, "not available in this build")),
-        "auto" => open_wgpu().or_else(|_| Ok(Box::new(CpuBackend::new()))),
+        "cuda" => open_cuda(),
+        "auto" => open_cuda()
+            .or_else(|_| open_wgpu())
+            .or_else(|_| Ok(Box::new(CpuBackend::new()))),
         other => Err(Error::Usage(format!(
             "unknown backend {other:?}; choose one of cpu, wgpu, cuda, auto"
         ))),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Box<dyn Backend>> {
+    Ok(Box::new(cuda::CudaBackend::new()?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Box<dyn Backend>> {
+    Err(backend_error(
+        "cuda",
+        "not compiled in (build with the `cuda` feature)",
+    ))
 }
 
 #[cfg(feature = "wgpu")]

@@ -1,0 +1,334 @@
+// decode.cu — rebuilds ecfloat-coded tensors on NVIDIA GPUs, bit for bit.
+//
+// This is the algorithm of shaders/decode.wgsl, with the same names for the
+// same things (block, chunk, warm-up, exception, seam word, table); read
+// that file's header for the whole story. In short: one thread block
+// decodes one coded block of 64K elements. The canonical code table is
+// expanded into a 4096-entry lookup table in shared memory. The block's
+// bit stream is cut into chunks; each thread decodes one chunk, starting
+// `warmup_bits` early (or at the chunk's stored exception) so that it
+// resynchronises onto true codeword boundaries. Per round of 256 chunks:
+// a count pass, a block-wide prefix sum, and a write pass that joins each
+// head with its raw rest bits.
+//
+// Where CUDA differs from WGSL:
+//   * CUDA has 8- and 16-bit stores, which never race, so a seam word (one
+//     shared by two chunks) is written element by element instead of being
+//     zeroed and ORed atomically; whole words are still stored as words.
+//   * One launch decodes many tensors: each thread block reads which
+//     dispatch (tensor segment) and which block of it to decode from a
+//     work list, so a model layer's tensors go out in one launch.
+//
+// The kernel is compiled at run time by NVRTC for the device's own
+// architecture; it includes no headers. Every offset it reads was
+// validated on the host (src/backend/gpu_layout.rs).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+#define WORKGROUP_SIZE 256u
+#define BLOCK_RAW 0u
+#define BLOCK_CONSTANT 1u
+#define BLOCK_CODED 2u
+#define MAX_CODE_BITS 12u
+#define TABLE_MASK 0xFFFu
+// Per table: 64 words of symbols in canonical order, then one word per
+// code length 1..=12: first_code | first_index << 12 | count << 21.
+#define TABLE_WORDS 76u
+#define TABLE_LENGTHS 64u
+#define NO_EXCEPTION 0xFFFFFFFFu
+
+struct Params {
+    u32 block_count;
+    u32 width_bytes;
+    u32 head_bits;
+    u32 rest_bits;
+    u32 stored_rest_bits;
+    u32 rest_const_bits;
+    u32 rest_const_value;
+    u32 chunk_bits;
+    u32 warmup_bits;
+    // Unused here: `output` below already points at the segment's start.
+    u32 out_word;
+    u32 reserved0;
+    u32 reserved1;
+};
+
+struct Block {
+    u32 stream_byte;
+    u32 stream_bits;
+    u32 mode;
+    u32 table_or_value;
+    u32 exceptions_start;
+    u32 exceptions_count;
+    u32 elements;
+    u32 first_element;
+    u32 rest_byte;
+    u32 reserved0;
+    u32 reserved1;
+    u32 reserved2;
+};
+
+// One tensor segment of a launch: its parameters and device addresses.
+struct Dispatch {
+    Params params;
+    const Block* blocks;
+    const u32* tables;
+    const u32* exceptions;
+    const u32* head;
+    const u32* rest;
+    // The segment's first output word.
+    u32* output;
+};
+
+struct Segment {
+    const Params* params;
+    const Dispatch* dispatch;
+    Block block;
+};
+
+__device__ __forceinline__ u32 canonical_lookup(const u32* table, u32 bits) {
+    u32 code = 0u;
+    for (u32 len = 1u; len <= MAX_CODE_BITS; len++) {
+        code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
+        u32 info = table[TABLE_LENGTHS + len - 1u];
+        u32 offset = code - (info & 0xFFFu);
+        if (offset < (info >> 21u)) {
+            u32 slot = ((info >> 12u) & 0x1FFu) + offset;
+            u32 symbol = (table[slot / 4u] >> (8u * (slot % 4u))) & 0xFFu;
+            return symbol | (len << 8u);
+        }
+    }
+    // Unreachable for the complete codes the host validated; length 1
+    // keeps every decoder advancing regardless.
+    return 1u << 8u;
+}
+
+__device__ __forceinline__ void build_decode_table(u16* decode_table, const u32* table, u32 thread) {
+    for (u32 index = thread; index < 4096u; index += WORKGROUP_SIZE) {
+        decode_table[index] = (u16)canonical_lookup(table, index);
+    }
+    __syncthreads();
+}
+
+// The 12+ stream bits from bit `position` of the block's stream.
+__device__ __forceinline__ u32 peek_head(const Segment& s, u32 position) {
+    u32 bit = (s.block.stream_byte & 3u) * 8u + position;
+    u32 word = (s.block.stream_byte >> 2u) + (bit >> 5u);
+    u32 shift = bit & 31u;
+    return __funnelshift_r(s.dispatch->head[word], s.dispatch->head[word + 1u], shift);
+}
+
+__device__ __forceinline__ u32 rest_field(const Segment& s, u32 element) {
+    u32 width = s.params->stored_rest_bits;
+    if (width == 0u) {
+        return 0u;
+    }
+    u32 bit = (s.block.rest_byte & 3u) * 8u + element * width;
+    u32 word = (s.block.rest_byte >> 2u) + (bit >> 5u);
+    u32 shift = bit & 31u;
+    u32 bits = __funnelshift_r(s.dispatch->rest[word], s.dispatch->rest[word + 1u], shift);
+    return bits & ((1u << width) - 1u);
+}
+
+// The element a head and its stored rest bits make (FieldSplit::join).
+__device__ __forceinline__ u32 join(const Params* p, u32 head_symbol, u32 field) {
+    u32 rest_bits = p->rest_bits;
+    if (rest_bits == 0u) {
+        // The head is the whole FP8 element, rotated left by one.
+        return ((head_symbol >> 1u) | (head_symbol << 7u)) & 0xFFu;
+    }
+    u32 rest_value = (field << p->rest_const_bits) | p->rest_const_value;
+    u32 low_bits = rest_bits - 1u;
+    u32 sign = rest_value >> low_bits;
+    u32 low = rest_value & ((1u << low_bits) - 1u);
+    return (sign << (p->width_bytes * 8u - 1u)) | (head_symbol << low_bits) | low;
+}
+
+__device__ __forceinline__ u32 uncoded_element(const Segment& s, u32 element) {
+    u32 head_symbol = s.block.table_or_value;
+    if (s.block.mode == BLOCK_RAW) {
+        u32 bits = s.params->head_bits;
+        u32 bit = (s.block.stream_byte & 3u) * 8u + element * bits;
+        u32 word = (s.block.stream_byte >> 2u) + (bit >> 5u);
+        u32 value = __funnelshift_r(s.dispatch->head[word], s.dispatch->head[word + 1u], bit & 31u);
+        head_symbol = value & ((1u << bits) - 1u);
+    }
+    return join(s.params, head_symbol, rest_field(s, element));
+}
+
+__device__ __forceinline__ u32 elements_per_word(const Params* p) {
+    return 4u / p->width_bytes;
+}
+
+// Index, from the segment's first output word, of the word holding the
+// block's element `element`.
+__device__ __forceinline__ u32 output_word(const Segment& s, u32 element) {
+    return (s.block.first_element + element) / elements_per_word(s.params);
+}
+
+// Raw and constant blocks: each thread builds whole words.
+__device__ void write_uncoded(const Segment& s, u32 thread) {
+    u32 per_word = elements_per_word(s.params);
+    u32 words = (s.block.elements + per_word - 1u) / per_word;
+    for (u32 word = thread; word < words; word += WORKGROUP_SIZE) {
+        u32 value = 0u;
+        for (u32 k = 0u; k < per_word; k++) {
+            u32 element = word * per_word + k;
+            if (element < s.block.elements) {
+                value |= uncoded_element(s, element) << (k * s.params->width_bytes * 8u);
+            }
+        }
+        s.dispatch->output[output_word(s, word * per_word)] = value;
+    }
+}
+
+// Inclusive prefix sum of `value` over the thread block (Hillis-Steele).
+__device__ __forceinline__ u32 inclusive_prefix_sum(u32* chunk_counts, u32 thread, u32 value) {
+    chunk_counts[thread] = value;
+    for (u32 offset = 1u; offset < WORKGROUP_SIZE; offset *= 2u) {
+        __syncthreads();
+        u32 sum = chunk_counts[thread];
+        if (thread >= offset) {
+            sum += chunk_counts[thread - offset];
+        }
+        __syncthreads();
+        chunk_counts[thread] = sum;
+    }
+    __syncthreads();
+    return chunk_counts[thread];
+}
+
+// Binary search of the block's exceptions, stored `chunk << 8 | boundary`.
+__device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk) {
+    u32 low = s.block.exceptions_start;
+    u32 high = s.block.exceptions_start + s.block.exceptions_count;
+    while (low < high) {
+        u32 middle = (low + high) / 2u;
+        u32 entry = s.dispatch->exceptions[middle];
+        u32 entry_chunk = entry >> 8u;
+        if (entry_chunk == chunk) {
+            return entry & 0xFFu;
+        }
+        if (entry_chunk < chunk) {
+            low = middle + 1u;
+        } else {
+            high = middle;
+        }
+    }
+    return NO_EXCEPTION;
+}
+
+__device__ __forceinline__ u32 decode_start(const Segment& s, u32 chunk) {
+    u32 begin = chunk * s.params->chunk_bits;
+    if (chunk == 0u) {
+        return 0u;
+    }
+    u32 boundary = find_exception(s, chunk);
+    if (boundary != NO_EXCEPTION) {
+        return begin + boundary;
+    }
+    u32 warmup = s.params->warmup_bits;
+    return begin > warmup ? begin - warmup : 0u;
+}
+
+// Stores a word of elements `word_start..` that this chunk assembled:
+// whole if the chunk owns all of it; else, a seam word, element by element
+// with narrow stores for the elements in `first..end`.
+__device__ __forceinline__ void flush_word(const Segment& s, u32 word_start, u32 value, u32 first, u32 end) {
+    u32 per_word = elements_per_word(s.params);
+    u32 word_end = min(word_start + per_word, s.block.elements);
+    u32 index = output_word(s, word_start);
+    if (word_start >= first && word_end <= end) {
+        s.dispatch->output[index] = value;
+        return;
+    }
+    u32 width = s.params->width_bytes;
+    for (u32 element = max(word_start, first); element < min(word_end, end); element++) {
+        u32 k = element - word_start;
+        u32 part = value >> (k * width * 8u);
+        u8* byte = (u8*)(s.dispatch->output + index) + k * width;
+        if (width == 1u) {
+            *byte = (u8)part;
+        } else {
+            *(u16*)byte = (u16)part;
+        }
+    }
+}
+
+// Decodes the codewords chunk `chunk` owns. Without `write`, returns how
+// many there are; with it, writes them as the block's elements
+// `first..end`. Every step advances at least one bit, so it always ends.
+__device__ u32 decode_chunk(const Segment& s, const u16* decode_table, u32 chunk, u32 first, u32 end, bool write) {
+    const Params* p = s.params;
+    u32 begin = chunk * p->chunk_bits;
+    u32 stop = min(begin + p->chunk_bits, s.block.stream_bits);
+    u32 per_word = elements_per_word(p);
+    u32 element_bits = p->width_bytes * 8u;
+    u32 position = decode_start(s, chunk);
+    u32 count = 0u;
+    u32 word_value = 0u;
+    u32 word_start = (first / per_word) * per_word;
+    while (position < stop) {
+        u32 entry = decode_table[peek_head(s, position) & TABLE_MASK];
+        if (position >= begin) {
+            u32 element = first + count;
+            count += 1u;
+            if (write && element < s.block.elements) {
+                if (element >= word_start + per_word) {
+                    flush_word(s, word_start, word_value, first, end);
+                    word_start = (element / per_word) * per_word;
+                    word_value = 0u;
+                }
+                u32 value = join(p, entry & 0xFFu, rest_field(s, element));
+                word_value |= value << ((element - word_start) * element_bits);
+            }
+        }
+        position += max(entry >> 8u, 1u);
+    }
+    if (write && count > 0u && first < s.block.elements) {
+        flush_word(s, word_start, word_value, first, end);
+    }
+    return count;
+}
+
+// `work[2 * i]` is the dispatch and `work[2 * i + 1]` the block that thread
+// block `i` decodes.
+extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatches, const u32* work) {
+    __shared__ u16 decode_table[4096];
+    __shared__ u32 chunk_counts[WORKGROUP_SIZE];
+    u32 thread = threadIdx.x;
+    const Dispatch* dispatch = &dispatches[work[2u * blockIdx.x]];
+    u32 block_index = work[2u * blockIdx.x + 1u];
+    if (block_index >= dispatch->params.block_count) {
+        return;
+    }
+    Segment s;
+    s.params = &dispatch->params;
+    s.dispatch = dispatch;
+    s.block = dispatch->blocks[block_index];
+    if (s.block.mode != BLOCK_CODED) {
+        write_uncoded(s, thread);
+        return;
+    }
+    build_decode_table(decode_table, dispatch->tables + s.block.table_or_value * TABLE_WORDS, thread);
+    u32 chunks = (s.block.stream_bits + s.params->chunk_bits - 1u) / s.params->chunk_bits;
+    u32 rounds = (chunks + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
+    u32 round_base = 0u;
+    for (u32 round_index = 0u; round_index < rounds; round_index++) {
+        u32 chunk = round_index * WORKGROUP_SIZE + thread;
+        u32 count = 0u;
+        if (chunk < chunks) {
+            count = decode_chunk(s, decode_table, chunk, 0u, 0u, false);
+        }
+        u32 inclusive = inclusive_prefix_sum(chunk_counts, thread, count);
+        u32 first = round_base + inclusive - count;
+        if (chunk < chunks) {
+            decode_chunk(s, decode_table, chunk, first, first + count, true);
+        }
+        round_base += chunk_counts[WORKGROUP_SIZE - 1u];
+        // chunk_counts is rewritten by the next round's prefix sum.
+        __syncthreads();
+    }
+}
