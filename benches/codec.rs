@@ -38,18 +38,11 @@ fn report(label: &str, tensors: &[(FloatKind, Vec<u8>)]) {
         .map(|e| BlockIndex::parse(&e.view()).unwrap())
         .collect();
     let mut out: Vec<Vec<u8>> = tensors.iter().map(|(_, b)| vec![0; b.len()]).collect();
-    let (encode, _) = time_runs(
-        if std::env::var("SKIP_ENCODE").is_ok() {
-            1
-        } else {
-            3
-        },
-        || {
-            for (kind, b) in tensors {
-                std::hint::black_box(codec::encode(*kind, b, &options).unwrap());
-            }
-        },
-    );
+    let (encode, _) = time_runs(3, || {
+        for (kind, b) in tensors {
+            std::hint::black_box(codec::encode(*kind, b, &options).unwrap());
+        }
+    });
     let (decode, decode_best) = time_runs(41, || {
         for ((e, index), out) in encoded.iter().zip(&indexes).zip(&mut out) {
             codec::decode_blocks(&e.view(), index, 0..index.blocks.len(), out).unwrap();

@@ -368,8 +368,12 @@ fn encode_block(
             let codes = huffman::canonical_codes(lengths);
             let chunk_bits = geometry.chunk_bits as u64;
             let mut heads = BitWriter::with_max_bits(elements as u64 * MAX_CODE_BITS as u64);
-            // First codeword boundary at or after each chunk's beginning.
-            let mut first_boundaries = Vec::new();
+            // First codeword boundary at or after each chunk's beginning,
+            // in a list sized up front so the loop makes no calls.
+            let max_chunks =
+                (elements as u64 * MAX_CODE_BITS as u64).div_ceil(chunk_bits) as usize + 1;
+            let mut first_boundaries = vec![0u64; max_chunks];
+            let mut chunks = 0;
             let mut next_chunk_begin = 0u64;
             let mut position = 0u64;
             kind.for_each_element(
@@ -379,7 +383,8 @@ fn encode_block(
                     let head = split.head(element) as usize;
                     // Codewords are shorter than chunks: at most one begins here.
                     if position >= next_chunk_begin {
-                        first_boundaries.push(position);
+                        first_boundaries[chunks] = position;
+                        chunks += 1;
                         next_chunk_begin += chunk_bits;
                     }
                     heads.put(codes[head], lengths[head] as u32);
@@ -388,9 +393,11 @@ fn encode_block(
             );
             let stream_bits = position;
             while next_chunk_begin < stream_bits {
-                first_boundaries.push(stream_bits);
+                first_boundaries[chunks] = stream_bits;
+                chunks += 1;
                 next_chunk_begin += chunk_bits;
             }
+            first_boundaries.truncate(chunks);
             let stream = heads.finish();
             let exceptions =
                 sync_exceptions(geometry, &stream, stream_bits, lengths, &first_boundaries);

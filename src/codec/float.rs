@@ -143,12 +143,17 @@ impl FieldSplit {
         self.rest_bits() - self.rest_const_bits
     }
 
-    /// The head symbol of an element.
+    /// The head symbol of an element: the top `head_bits` bits below the
+    /// sign, or the whole element rotated left by one when there is no rest.
     #[inline(always)]
     pub fn head(&self, element: u32) -> u32 {
-        let width = self.kind.width_bits();
-        let rotated = ((element << 1) | (element >> (width - 1))) & width_mask(width);
-        rotated >> self.rest_bits()
+        match self.rest_bits() {
+            0 => {
+                let width = self.kind.width_bits();
+                ((element << 1) | (element >> (width - 1))) & width_mask(width)
+            }
+            rest_bits => (element >> (rest_bits - 1)) & width_mask(self.head_bits),
+        }
     }
 
     /// The rest of an element, constant bits included: sign on top of the
