@@ -271,23 +271,30 @@ pub fn check_case(backend: &dyn Backend, case: &Case) -> Result<(), String> {
     compare(case.kind, &case.bytes, &decoded)
 }
 
-/// Decodes several cases in one call into one buffer, each at its own
-/// 4-byte aligned offset, as a model runtime does with a layer's tensors.
+/// Decodes several cases, and tensors stored raw between them, in one call
+/// into one buffer, each at its own 4-byte aligned offset, as a model
+/// runtime does with a layer's tensors.
 pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> {
-    let mut uploaded = Vec::with_capacity(cases.len());
-    for case in cases {
+    // (what it is, its original bytes, the uploaded tensor)
+    let mut uploaded = Vec::with_capacity(cases.len() * 2);
+    for (number, case) in cases.iter().enumerate() {
         let encoded =
             codec::encode(case.kind, &case.bytes, &case.options).map_err(|e| e.to_string())?;
         let index = BlockIndex::parse(&encoded.view()).map_err(|e| e.to_string())?;
-        uploaded.push(
-            backend
-                .upload(&encoded.view(), &index)
-                .map_err(|e| e.to_string())?,
-        );
+        let tensor = backend
+            .upload(&encoded.view(), &index)
+            .map_err(|e| e.to_string())?;
+        uploaded.push((case.name.clone(), case.bytes.clone(), tensor));
+        // An odd-length raw tensor after every other coded one.
+        if number % 2 == 0 {
+            let raw = synth::random_bytes(2 * number + 7, number as u64);
+            let tensor = backend.upload_raw(&raw).map_err(|e| e.to_string())?;
+            uploaded.push((format!("raw after {}", case.name), raw, tensor));
+        }
     }
-    let mut offsets = Vec::with_capacity(cases.len());
+    let mut offsets = Vec::with_capacity(uploaded.len());
     let mut end = 0u64;
-    for tensor in &uploaded {
+    for (_, _, tensor) in &uploaded {
         offsets.push(end);
         end = (end + tensor.decoded_bytes()).next_multiple_of(4);
     }
@@ -295,7 +302,7 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
     let jobs: Vec<backend::DecodeJob> = uploaded
         .iter()
         .zip(&offsets)
-        .map(|(tensor, &offset)| backend::DecodeJob {
+        .map(|((_, _, tensor), &offset)| backend::DecodeJob {
             tensor: tensor.as_ref(),
             offset,
         })
@@ -303,12 +310,19 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
     backend
         .decode(&jobs, out.as_ref())
         .map_err(|e| e.to_string())?;
-    for (case, &offset) in cases.iter().zip(&offsets) {
-        let mut decoded = vec![0u8; case.bytes.len()];
+    for ((name, original, _), &offset) in uploaded.iter().zip(&offsets) {
+        let mut decoded = vec![0u8; original.len()];
         backend
             .download(out.as_ref(), offset, &mut decoded)
             .map_err(|e| e.to_string())?;
-        compare(case.kind, &case.bytes, &decoded).map_err(|e| format!("{}: {e}", case.name))?;
+        if &decoded != original {
+            let first = decoded
+                .iter()
+                .zip(original)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(format!("{name}: byte {first} differs"));
+        }
     }
     Ok(())
 }

@@ -8,6 +8,8 @@
 //!   behind one small trait.
 //! * [`container`] — the compressed file: a safetensors file whose tensors
 //!   are the coded planes, validated before anything decodes it.
+//! * [`runtime`] — a compressed model resident on a device, decoded a layer
+//!   at a time just before it runs.
 //!
 //! [`conformance`] holds the cases every backend must pass bit for bit;
 //! [`synth`] makes the synthetic weights they and the demo use; [`tools`]
@@ -18,6 +20,7 @@ pub mod codec;
 pub mod conformance;
 pub mod container;
 pub mod error;
+pub mod runtime;
 pub mod synth;
 pub mod tools;
 

@@ -23,17 +23,35 @@ impl CpuBackend {
     }
 }
 
-struct CpuTensor {
-    params: TensorParams,
-    head: Vec<u8>,
-    rest: Vec<u8>,
-    index_bytes: Vec<u8>,
-    index: BlockIndex,
+enum CpuTensor {
+    Coded {
+        params: TensorParams,
+        head: Vec<u8>,
+        rest: Vec<u8>,
+        index_bytes: Vec<u8>,
+        index: BlockIndex,
+    },
+    Raw(Vec<u8>),
 }
 
 impl DeviceTensor for CpuTensor {
     fn decoded_bytes(&self) -> u64 {
-        self.params.decoded_bytes()
+        match self {
+            CpuTensor::Coded { params, .. } => params.decoded_bytes(),
+            CpuTensor::Raw(bytes) => bytes.len() as u64,
+        }
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        match self {
+            CpuTensor::Coded {
+                head,
+                rest,
+                index_bytes,
+                ..
+            } => (head.len() + rest.len() + index_bytes.len()) as u64,
+            CpuTensor::Raw(bytes) => bytes.len() as u64,
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -71,13 +89,17 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>> {
-        Ok(Box::new(CpuTensor {
+        Ok(Box::new(CpuTensor::Coded {
             params: tensor.params.clone(),
             head: tensor.head.to_vec(),
             rest: tensor.rest.to_vec(),
             index_bytes: tensor.index.to_vec(),
             index: index.clone(),
         }))
+    }
+
+    fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>> {
+        Ok(Box::new(CpuTensor::Raw(bytes.to_vec())))
     }
 
     fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>> {
@@ -98,21 +120,27 @@ impl Backend for CpuBackend {
         let mut bytes = out.bytes.lock().unwrap_or_else(|e| e.into_inner());
         for job in jobs {
             let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
-            let view = EncodedView {
-                params: &tensor.params,
-                head: &tensor.head,
-                rest: &tensor.rest,
-                index: &tensor.index_bytes,
-            };
             let start = job.offset as usize;
-            let end = start + tensor.decoded_bytes() as usize;
-            codec::decode_blocks(
-                &view,
-                &tensor.index,
-                0..tensor.index.blocks.len(),
-                &mut bytes[start..end],
-            )
-            .map_err(|e| backend_error(NAME, e.to_string()))?;
+            let out = &mut bytes[start..start + tensor.decoded_bytes() as usize];
+            match tensor {
+                CpuTensor::Coded {
+                    params,
+                    head,
+                    rest,
+                    index_bytes,
+                    index,
+                } => {
+                    let view = EncodedView {
+                        params,
+                        head,
+                        rest,
+                        index: index_bytes,
+                    };
+                    codec::decode_blocks(&view, index, 0..index.blocks.len(), out)
+                        .map_err(|e| backend_error(NAME, e.to_string()))?;
+                }
+                CpuTensor::Raw(raw) => out.copy_from_slice(raw),
+            }
         }
         Ok(())
     }

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 
 use super::gpu_layout::{self, DispatchLimits, DispatchParams, Segment};
 use super::{
-    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, backend_error, check_jobs,
-    downcast,
+    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, PendingDecode, backend_error,
+    check_jobs, downcast,
 };
 
 const NAME: &str = "cuda";
@@ -177,9 +177,13 @@ pub struct CudaBackend {
     total_memory: usize,
 }
 
-struct CudaTensor {
-    params: TensorParams,
-    segments: Vec<CudaSegment>,
+enum CudaTensor {
+    Coded {
+        params: TensorParams,
+        segments: Vec<CudaSegment>,
+    },
+    /// A tensor stored raw; decoding copies it.
+    Raw { bytes: CudaSlice<u8>, len: u64 },
 }
 
 struct CudaSegment {
@@ -198,7 +202,26 @@ struct CudaBuffer {
 
 impl DeviceTensor for CudaTensor {
     fn decoded_bytes(&self) -> u64 {
-        self.params.decoded_bytes()
+        match self {
+            CudaTensor::Coded { params, .. } => params.decoded_bytes(),
+            CudaTensor::Raw { len, .. } => *len,
+        }
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        match self {
+            CudaTensor::Coded { segments, .. } => segments
+                .iter()
+                .map(|s| {
+                    (s.blocks.num_bytes()
+                        + s.tables.num_bytes()
+                        + s.exceptions.num_bytes()
+                        + s.head.num_bytes()
+                        + s.rest.num_bytes()) as u64
+                })
+                .sum(),
+            CudaTensor::Raw { bytes, .. } => bytes.num_bytes() as u64,
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -271,24 +294,28 @@ impl CudaBackend {
             .map_err(driver_error(&format!("uploading {what}")))
     }
 
-    /// The work of a decode: one record per (job, segment), and the
-    /// (record, block) pair of every thread block.
-    fn prepare(
-        &self,
-        jobs: &[DecodeJob],
-        out: &CudaBuffer,
-    ) -> Result<(CudaSlice<u8>, CudaSlice<u32>, u32)> {
+    /// The work of a decode: raw tensors to copy, one record per (job,
+    /// segment), and the (record, block) pair of every thread block.
+    fn prepare(&self, jobs: &[DecodeJob], out: &CudaBuffer) -> Result<Launch> {
         let (output_base, _output_guard) = out.bytes.device_ptr(&self.stream);
         let mut records = Vec::new();
         let mut work = Vec::new();
+        let mut copies = Vec::new();
         for job in jobs {
-            let tensor = downcast::<CudaTensor>(NAME, job.tensor.as_any())?;
-            let width = tensor.params.kind().width_bytes() as u64;
-            for segment in &tensor.segments {
+            let (params, segments) = match downcast::<CudaTensor>(NAME, job.tensor.as_any())? {
+                CudaTensor::Coded { params, segments } => (params, segments),
+                CudaTensor::Raw { bytes, len } => {
+                    let (source, _guard) = bytes.device_ptr(&self.stream);
+                    copies.push((output_base + job.offset, source, *len as usize));
+                    continue;
+                }
+            };
+            let width = params.kind().width_bytes() as u64;
+            for segment in segments {
                 let pointer = |slice: &CudaSlice<u32>| slice.device_ptr(&self.stream).0;
                 let record = records.len() as u32;
                 records.push(DispatchRecord {
-                    params: segment.segment.dispatch_params(&tensor.params, 0),
+                    params: segment.segment.dispatch_params(params, 0),
                     blocks: segment.blocks.device_ptr(&self.stream).0,
                     tables: pointer(&segment.tables),
                     exceptions: pointer(&segment.exceptions),
@@ -313,30 +340,53 @@ impl CudaBackend {
             })
             .map_err(driver_error("uploading the dispatch records"))?;
         let work = self.upload_words("the work list", &work)?;
-        Ok((records, work, thread_blocks))
+        Ok(Launch {
+            stream: self.stream.clone(),
+            records,
+            work,
+            thread_blocks,
+            copies,
+        })
     }
 
-    fn launch(
-        &self,
-        records: &CudaSlice<u8>,
-        work: &CudaSlice<u32>,
-        thread_blocks: u32,
-    ) -> Result<()> {
-        if thread_blocks == 0 {
+    /// Queues a prepared decode on the stream: the copies, then one launch.
+    fn queue(&self, launch: &Launch) -> Result<()> {
+        for &(destination, source, len) in &launch.copies {
+            // Safety: both addresses come from live allocations of at least
+            // `len` bytes (check_jobs bounded the destination range).
+            unsafe { sys::cuMemcpyDtoDAsync_v2(destination, source, len, self.stream.cu_stream()) }
+                .result()
+                .map_err(driver_error("copying a raw tensor"))?;
+        }
+        if launch.thread_blocks == 0 {
             return Ok(());
         }
         let config = LaunchConfig {
-            grid_dim: (thread_blocks, 1, 1),
+            grid_dim: (launch.thread_blocks, 1, 1),
             block_dim: (gpu_layout::WORKGROUP_SIZE, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self.stream.launch_builder(&self.decode);
-        launch.arg(records).arg(work);
+        let mut builder = self.stream.launch_builder(&self.decode);
+        builder.arg(&launch.records).arg(&launch.work);
         // Safety: the kernel's parameters are these two device pointers;
         // every address in the records was built from live allocations and
         // every offset in the descriptors was validated on the host.
-        unsafe { launch.launch(config) }.map_err(driver_error("launching the decoder"))?;
+        unsafe { builder.launch(config) }.map_err(driver_error("launching the decoder"))?;
         Ok(())
+    }
+
+    /// The stream every decode runs on, for clients that compute on
+    /// decoded buffers (work queued after a decode sees its output).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device bytes behind a buffer this backend allocated.
+    pub fn slice_of(buffer: &dyn DeviceBuffer) -> Option<&CudaSlice<u8>> {
+        buffer
+            .as_any()
+            .downcast_ref::<CudaBuffer>()
+            .map(|b| &b.bytes)
     }
 
     fn check_fits(&self, bytes: u64, what: &str) -> Result<()> {
@@ -381,6 +431,25 @@ impl CudaBackend {
             seconds.push(ms as f64 * 1e-3);
         }
         Ok(seconds)
+    }
+}
+
+/// A prepared decode: what it copies and launches, and the device buffers
+/// the launch reads, kept alive until the stream has run it.
+struct Launch {
+    stream: Arc<CudaStream>,
+    records: CudaSlice<u8>,
+    work: CudaSlice<u32>,
+    thread_blocks: u32,
+    /// (destination, source, bytes) of raw tensors.
+    copies: Vec<(u64, u64, usize)>,
+}
+
+impl PendingDecode for Launch {
+    fn wait(self: Box<Self>) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_error("running the decoder"))
     }
 }
 
@@ -431,9 +500,21 @@ impl Backend for CudaBackend {
                 segment,
             });
         }
-        Ok(Box::new(CudaTensor {
+        Ok(Box::new(CudaTensor::Coded {
             params: tensor.params.clone(),
             segments: uploaded,
+        }))
+    }
+
+    fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>> {
+        self.check_fits(bytes.len() as u64, "a raw tensor")?;
+        let stored = self
+            .stream
+            .clone_htod(if bytes.is_empty() { &[0u8][..] } else { bytes })
+            .map_err(driver_error("uploading a raw tensor"))?;
+        Ok(Box::new(CudaTensor::Raw {
+            bytes: stored,
+            len: bytes.len() as u64,
         }))
     }
 
@@ -451,13 +532,19 @@ impl Backend for CudaBackend {
     }
 
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
+        self.decode_async(jobs, out)?.wait()
+    }
+
+    fn decode_async(
+        &self,
+        jobs: &[DecodeJob],
+        out: &dyn DeviceBuffer,
+    ) -> Result<Box<dyn PendingDecode>> {
         check_jobs(NAME, jobs, out.len(), 4)?;
         let out = downcast::<CudaBuffer>(NAME, out.as_any())?;
-        let (records, work, thread_blocks) = self.prepare(jobs, out)?;
-        self.launch(&records, &work, thread_blocks)?;
-        self.stream
-            .synchronize()
-            .map_err(driver_error("running the decoder"))
+        let launch = self.prepare(jobs, out)?;
+        self.queue(&launch)?;
+        Ok(Box::new(launch))
     }
 
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
@@ -486,8 +573,8 @@ impl Backend for CudaBackend {
     ) -> Result<Vec<f64>> {
         check_jobs(NAME, jobs, out.len(), 4)?;
         let out = downcast::<CudaBuffer>(NAME, out.as_any())?;
-        let (records, work, thread_blocks) = self.prepare(jobs, out)?;
-        self.timed(repeats, || self.launch(&records, &work, thread_blocks))
+        let launch = self.prepare(jobs, out)?;
+        self.timed(repeats, || self.queue(&launch))
     }
 
     fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {

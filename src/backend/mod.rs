@@ -3,8 +3,10 @@
 //! of them must return exactly the bytes the CPU reference decoder does.
 //!
 //! The contract is small: upload a coded tensor once, decode it (or several
-//! at once) into a device buffer, download. Handles are opaque boxes that
-//! each backend downcasts to its own types.
+//! at once) into a device buffer, download. A tensor stored raw can be
+//! uploaded too; decoding it is a copy, so a model's layer decodes in one
+//! call whatever its tensors are. Handles are opaque boxes that each backend
+//! downcasts to its own types.
 
 use std::any::Any;
 
@@ -30,10 +32,26 @@ pub struct BackendInfo {
     pub limits: Vec<(String, String)>,
 }
 
-/// A coded tensor resident on a device.
+/// A tensor resident on a device, coded or raw.
 pub trait DeviceTensor: Any + Send + Sync {
     fn decoded_bytes(&self) -> u64;
+    /// Device bytes it occupies.
+    fn resident_bytes(&self) -> u64;
     fn as_any(&self) -> &dyn Any;
+}
+
+/// A decode the device is still running; `wait` returns when it is done.
+pub trait PendingDecode {
+    fn wait(self: Box<Self>) -> Result<()>;
+}
+
+/// A decode that finished before its handle was returned.
+pub struct Finished;
+
+impl PendingDecode for Finished {
+    fn wait(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A device buffer that decoded bytes are written to.
@@ -59,10 +77,24 @@ pub trait Backend: Send + Sync {
     /// Copies a coded tensor, whose index was parsed (and so validated)
     /// from `tensor`, to the device.
     fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>>;
+    /// Copies a tensor stored raw to the device; decoding it copies it.
+    fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>>;
     fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>>;
     /// Decodes every job into `out`; the jobs' output ranges must lie in
     /// `out` and must not overlap. Returns once the device has finished.
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()>;
+    /// Starts decoding every job into `out` and returns without waiting
+    /// where the device can run it alongside other work (the caller must
+    /// not read `out` before `wait` returns). Backends that cannot decode
+    /// asynchronously finish the decode first.
+    fn decode_async(
+        &self,
+        jobs: &[DecodeJob],
+        out: &dyn DeviceBuffer,
+    ) -> Result<Box<dyn PendingDecode>> {
+        self.decode(jobs, out)?;
+        Ok(Box::new(Finished))
+    }
     /// Copies `out.len()` bytes starting at `offset` back to the host.
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()>;
 

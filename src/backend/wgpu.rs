@@ -18,8 +18,8 @@ use crate::error::Result;
 
 use super::gpu_layout::{self, DispatchLimits, DispatchParams, Segment};
 use super::{
-    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, backend_error, check_jobs,
-    downcast,
+    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, PendingDecode, backend_error,
+    check_jobs, downcast,
 };
 
 const NAME: &str = "wgpu";
@@ -54,9 +54,13 @@ pub struct WgpuBackend {
     lost: Arc<Mutex<Option<String>>>,
 }
 
-struct WgpuTensor {
-    params: TensorParams,
-    segments: Vec<SegmentBuffers>,
+enum WgpuTensor {
+    Coded {
+        params: TensorParams,
+        segments: Vec<SegmentBuffers>,
+    },
+    /// A tensor stored raw, padded to whole words; decoding copies it.
+    Raw { buffer: wgpu::Buffer, len: u64 },
 }
 
 /// One segment's planes and descriptors on the device.
@@ -76,7 +80,21 @@ struct WgpuBuffer {
 
 impl DeviceTensor for WgpuTensor {
     fn decoded_bytes(&self) -> u64 {
-        self.params.decoded_bytes()
+        match self {
+            WgpuTensor::Coded { params, .. } => params.decoded_bytes(),
+            WgpuTensor::Raw { len, .. } => *len,
+        }
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        match self {
+            WgpuTensor::Coded { segments, .. } => segments
+                .iter()
+                .flat_map(|s| [&s.blocks, &s.tables, &s.exceptions, &s.head, &s.rest])
+                .map(|buffer| buffer.size())
+                .sum(),
+            WgpuTensor::Raw { buffer, .. } => buffer.size(),
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -268,16 +286,30 @@ impl WgpuBackend {
         let mut params_bytes = Vec::new();
         let mut dispatches = Vec::new();
         for job in jobs {
-            let tensor = downcast::<WgpuTensor>(NAME, job.tensor.as_any())?;
-            let width = tensor.params.kind().width_bytes() as u64;
-            for segment in &tensor.segments {
+            let (params, segments) = match downcast::<WgpuTensor>(NAME, job.tensor.as_any())? {
+                WgpuTensor::Coded { params, segments } => (params, segments),
+                WgpuTensor::Raw { buffer, len } => {
+                    // Recorded before the compute pass, which begins below.
+                    if *len > 0 {
+                        encoder.copy_buffer_to_buffer(
+                            buffer,
+                            0,
+                            &out.buffer,
+                            job.offset,
+                            len.next_multiple_of(4),
+                        );
+                    }
+                    continue;
+                }
+            };
+            let width = params.kind().width_bytes() as u64;
+            for segment in segments {
                 let start = job.offset + segment.segment.first_element * width;
                 let binding_offset = start / storage_alignment * storage_alignment;
-                let end =
-                    (start + segment.segment.output_bytes(&tensor.params)).next_multiple_of(4);
+                let end = (start + segment.segment.output_bytes(params)).next_multiple_of(4);
                 let out_word = ((start - binding_offset) / 4) as u32;
-                let params = segment.segment.dispatch_params(&tensor.params, out_word);
-                params_bytes.extend_from_slice(bytemuck::bytes_of(&params));
+                let dispatch_params = segment.segment.dispatch_params(params, out_word);
+                params_bytes.extend_from_slice(bytemuck::bytes_of(&dispatch_params));
                 params_bytes.resize(
                     params_bytes.len().next_multiple_of(uniform_stride as usize),
                     0,
@@ -431,6 +463,43 @@ impl WgpuBackend {
     }
 }
 
+/// A submitted decode; later submissions on the same queue see its output.
+struct WgpuPending {
+    device: wgpu::Device,
+    submission: wgpu::SubmissionIndex,
+}
+
+impl PendingDecode for WgpuPending {
+    fn wait(self: Box<Self>) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(self.submission),
+                timeout: None,
+            })
+            .map(|_| ())
+            .map_err(|e| backend_error(NAME, format!("waiting for the device: {e}")))
+    }
+}
+
+impl WgpuBackend {
+    /// The device and queue, for clients that compute on decoded buffers.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The wgpu buffer behind a buffer this backend allocated.
+    pub fn buffer_of(buffer: &dyn DeviceBuffer) -> Option<&wgpu::Buffer> {
+        buffer
+            .as_any()
+            .downcast_ref::<WgpuBuffer>()
+            .map(|b| &b.buffer)
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Binding {
     Uniform,
@@ -567,9 +636,35 @@ impl Backend for WgpuBackend {
                 })
                 .collect::<Result<Vec<_>>>()
         })??;
-        Ok(Box::new(WgpuTensor {
+        Ok(Box::new(WgpuTensor::Coded {
             params: tensor.params.clone(),
             segments: uploaded,
+        }))
+    }
+
+    fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>> {
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().next_multiple_of(4).max(4), 0);
+        if padded.len() as u64 > self.limits.max_buffer_size {
+            return Err(backend_error(
+                NAME,
+                format!(
+                    "a raw tensor of {} bytes exceeds the device's largest buffer",
+                    bytes.len()
+                ),
+            ));
+        }
+        let buffer = self.scoped("uploading a raw tensor", || {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("raw tensor"),
+                    contents: &padded,
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                })
+        })?;
+        Ok(Box::new(WgpuTensor::Raw {
+            buffer,
+            len: bytes.len() as u64,
         }))
     }
 
@@ -605,6 +700,25 @@ impl Backend for WgpuBackend {
             self.record_decode(&mut encoder, jobs, out, None)
         })??;
         self.submit_and_wait(encoder)
+    }
+
+    fn decode_async(
+        &self,
+        jobs: &[DecodeJob],
+        out: &dyn DeviceBuffer,
+    ) -> Result<Box<dyn PendingDecode>> {
+        check_jobs(NAME, jobs, out.len(), 4)?;
+        let out = downcast::<WgpuBuffer>(NAME, out.as_any())?;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.scoped("decode", || {
+            self.record_decode(&mut encoder, jobs, out, None)
+        })??;
+        let submission =
+            self.scoped("submitting work", || self.queue.submit([encoder.finish()]))?;
+        Ok(Box::new(WgpuPending {
+            device: self.device.clone(),
+            submission,
+        }))
     }
 
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {

@@ -1,0 +1,369 @@
+//! Keep a compressed model on the device and decode each block of it just
+//! before it runs.
+//!
+//! [`Model::open`] reads a compressed file (or every compressed file of a
+//! directory, as sharded checkpoints are), uploads every tensor once — coded
+//! tensors as their planes, the others as they are — and groups the tensors
+//! by layer from their names. [`Model::decode_group`] then decodes a whole
+//! group in one call into a [`GroupBuffer`] sized for the largest group,
+//! and hands out a view of each tensor in it. A decode takes its buffer and
+//! the decoded group keeps it until [`DecodedGroup::into_buffer`] gives it
+//! back, so no buffer can be decoded into while its views are in use. With
+//! two buffers, [`Model::start_decode`] decodes the next group while the
+//! caller computes on the current one.
+//!
+//! ```
+//! use ecfloat::backend::CpuBackend;
+//! use ecfloat::runtime::{Model, ModelOptions};
+//! # use ecfloat::container::{compress_file, write::{header_bytes, OutputTensor}};
+//! # let directory = tempfile::tempdir().unwrap();
+//! # let source = directory.path().join("model.safetensors");
+//! # let tensors: Vec<(String, Vec<u8>)> = (0..2).flat_map(|layer| ["q", "v"].map(|p| {
+//! #     let values = ecfloat::synth::heavy_tailed(4096, 64, 0.02, layer);
+//! #     (format!("layers.{layer}.{p}.weight"), ecfloat::synth::to_bytes(&values, ecfloat::codec::FloatKind::Bf16))
+//! # })).collect();
+//! # let layout: Vec<OutputTensor> = tensors.iter().map(|(name, bytes)| OutputTensor {
+//! #     name: name.clone(), dtype: "BF16".into(), shape: vec![64, 64], len: bytes.len() as u64 }).collect();
+//! # let mut file = header_bytes(&[], &layout);
+//! # for (_, bytes) in &tensors { file.extend_from_slice(bytes); }
+//! # std::fs::write(&source, file).unwrap();
+//! # let path = directory.path().join("model.ecf.safetensors");
+//! # compress_file(&source, &path, &Default::default()).unwrap();
+//! let backend = CpuBackend::new();
+//! let model = Model::open(&path, &backend, ModelOptions::default())?;
+//! // Two buffers: the next group decodes while this one is used.
+//! let groups = model.groups().len();
+//! let mut spare = Some(model.group_buffer()?);
+//! let mut pending = Some(model.start_decode(0, model.group_buffer()?)?);
+//! for group in 0..groups {
+//!     let decoded = pending.take().unwrap().wait()?;
+//!     if group + 1 < groups {
+//!         pending = Some(model.start_decode(group + 1, spare.take().unwrap())?);
+//!     }
+//!     for view in decoded.views() {
+//!         // Bytes view.offset..view.offset + view.bytes of decoded.buffer().
+//!         assert_eq!(view.dtype, "BF16");
+//!     }
+//!     spare = Some(decoded.into_buffer());
+//! }
+//! let memory = model.memory();
+//! assert!(memory.resident_bytes < memory.uncompressed_bytes);
+//! # Ok::<(), ecfloat::Error>(())
+//! ```
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend::{Backend, DecodeJob, DeviceBuffer, DeviceTensor, PendingDecode};
+use crate::container::{CompressedFile, Storage};
+use crate::error::{Error, Result};
+
+mod grouping;
+
+pub use grouping::{Grouping, layer_group};
+
+/// How to open a model.
+#[derive(Default)]
+pub struct ModelOptions {
+    pub grouping: Grouping,
+}
+
+/// One tensor of the model, resident on the device.
+pub struct ModelTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub decoded_bytes: u64,
+    /// Index of its group in [`Model::groups`].
+    pub group: usize,
+    device: Box<dyn DeviceTensor>,
+}
+
+/// Tensors decoded together, and where each lands in a group buffer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    pub name: String,
+    /// Indices into [`Model::tensors`], in buffer order.
+    pub tensors: Vec<usize>,
+    /// Byte offset of each tensor in the buffer (4-byte aligned).
+    pub offsets: Vec<u64>,
+    /// Bytes of the buffer the group fills.
+    pub bytes: u64,
+}
+
+/// Where a decoded tensor is in its group buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [u64],
+    /// Byte offset in the group buffer.
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// A device buffer sized for the model's largest group.
+pub struct GroupBuffer {
+    buffer: Box<dyn DeviceBuffer>,
+}
+
+impl GroupBuffer {
+    pub fn device_buffer(&self) -> &dyn DeviceBuffer {
+        self.buffer.as_ref()
+    }
+}
+
+/// A group decoded into a buffer, which it holds until
+/// [`DecodedGroup::into_buffer`].
+pub struct DecodedGroup<'a> {
+    model: &'a Model<'a>,
+    group: usize,
+    buffer: GroupBuffer,
+}
+
+impl<'a> DecodedGroup<'a> {
+    pub fn group(&self) -> &'a Group {
+        &self.model.groups[self.group]
+    }
+
+    pub fn buffer(&self) -> &dyn DeviceBuffer {
+        self.buffer.buffer.as_ref()
+    }
+
+    /// Gives the buffer back for the next decode; the views end here.
+    pub fn into_buffer(self) -> GroupBuffer {
+        self.buffer
+    }
+
+    /// Each tensor of the group, in buffer order.
+    pub fn views(&self) -> impl Iterator<Item = TensorView<'a>> + 'a {
+        let model = self.model;
+        let group = &model.groups[self.group];
+        group
+            .tensors
+            .iter()
+            .zip(&group.offsets)
+            .map(move |(&t, &offset)| {
+                let tensor = &model.tensors[t];
+                TensorView {
+                    name: &tensor.name,
+                    dtype: &tensor.dtype,
+                    shape: &tensor.shape,
+                    offset,
+                    bytes: tensor.decoded_bytes,
+                }
+            })
+    }
+}
+
+/// A group decode still running on the device.
+pub struct PendingGroup<'a> {
+    decoded: DecodedGroup<'a>,
+    pending: Box<dyn PendingDecode>,
+}
+
+impl<'a> PendingGroup<'a> {
+    /// Waits for the decode; only then are its views available.
+    pub fn wait(self) -> Result<DecodedGroup<'a>> {
+        self.pending.wait()?;
+        Ok(self.decoded)
+    }
+}
+
+/// Device memory the model uses, in bytes.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MemoryReport {
+    /// The uploaded tensors: coded planes and raw tensors.
+    pub resident_bytes: u64,
+    /// Group buffers allocated so far.
+    pub scratch_bytes: u64,
+    /// Resident plus scratch: everything the model holds at once.
+    pub peak_bytes: u64,
+    /// The same model decoded.
+    pub uncompressed_bytes: u64,
+    /// The largest group, which sizes each group buffer.
+    pub largest_group_bytes: u64,
+}
+
+pub struct Model<'b> {
+    backend: &'b dyn Backend,
+    tensors: Vec<ModelTensor>,
+    groups: Vec<Group>,
+    largest_group: u64,
+    scratch_bytes: Cell<u64>,
+}
+
+impl<'b> Model<'b> {
+    /// Opens a compressed file, or every compressed `.safetensors` file of
+    /// a directory, and uploads every tensor to `backend`.
+    pub fn open(path: &Path, backend: &'b dyn Backend, options: ModelOptions) -> Result<Self> {
+        let files = model_files(path)?;
+        let mut tensors = Vec::new();
+        for file_path in &files {
+            let file = CompressedFile::open(file_path)?;
+            for stored in &file.tensors {
+                let source = &stored.source;
+                let device = match &stored.storage {
+                    Storage::Raw => backend.upload_raw(file.stored_bytes(stored)),
+                    Storage::Coded(coded) => backend.upload(&file.view(coded), &coded.index),
+                }
+                .map_err(|e| in_tensor(file_path, &source.name, e))?;
+                tensors.push(ModelTensor {
+                    name: source.name.clone(),
+                    dtype: format!("{:?}", source.dtype),
+                    shape: source.shape.iter().map(|&d| d as u64).collect(),
+                    decoded_bytes: source.len() as u64,
+                    group: 0,
+                    device,
+                });
+            }
+        }
+        let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        let groups = options.grouping.groups(&names);
+        let groups: Vec<Group> = groups
+            .into_iter()
+            .map(|(name, members)| {
+                let mut offsets = Vec::with_capacity(members.len());
+                let mut bytes = 0;
+                for &t in &members {
+                    offsets.push(bytes);
+                    bytes = (bytes + tensors[t].decoded_bytes).next_multiple_of(4);
+                }
+                Group {
+                    name,
+                    tensors: members,
+                    offsets,
+                    bytes,
+                }
+            })
+            .collect();
+        for (index, group) in groups.iter().enumerate() {
+            for &t in &group.tensors {
+                tensors[t].group = index;
+            }
+        }
+        let largest_group = groups.iter().map(|g| g.bytes).max().unwrap_or(0);
+        Ok(Model {
+            backend,
+            tensors,
+            groups,
+            largest_group,
+            scratch_bytes: Cell::new(0),
+        })
+    }
+
+    pub fn backend(&self) -> &'b dyn Backend {
+        self.backend
+    }
+
+    pub fn tensors(&self) -> &[ModelTensor] {
+        &self.tensors
+    }
+
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The group a tensor belongs to, by the tensor's name.
+    pub fn group_of(&self, tensor: &str) -> Option<usize> {
+        self.tensors
+            .iter()
+            .find(|t| t.name == tensor)
+            .map(|t| t.group)
+    }
+
+    /// A buffer any group decodes into. Two allow decoding one group while
+    /// computing on another.
+    pub fn group_buffer(&self) -> Result<GroupBuffer> {
+        let buffer = self.backend.alloc(self.largest_group.max(4))?;
+        self.scratch_bytes
+            .set(self.scratch_bytes.get() + buffer.len().next_multiple_of(4));
+        Ok(GroupBuffer { buffer })
+    }
+
+    /// Decodes group `group` into `buffer` and waits for it.
+    pub fn decode_group(&self, group: usize, buffer: GroupBuffer) -> Result<DecodedGroup<'_>> {
+        self.start_decode(group, buffer)?.wait()
+    }
+
+    /// Starts decoding group `group` into `buffer`; its views are available
+    /// once [`PendingGroup::wait`] returns.
+    pub fn start_decode(&self, group: usize, buffer: GroupBuffer) -> Result<PendingGroup<'_>> {
+        let jobs = self.jobs(group)?;
+        let pending = self.backend.decode_async(&jobs, buffer.buffer.as_ref())?;
+        Ok(PendingGroup {
+            decoded: DecodedGroup {
+                model: self,
+                group,
+                buffer,
+            },
+            pending,
+        })
+    }
+
+    /// The decode jobs of a group.
+    pub fn jobs(&self, group: usize) -> Result<Vec<DecodeJob<'_>>> {
+        let group = self.groups.get(group).ok_or_else(|| {
+            Error::Usage(format!(
+                "group {group} does not exist; the model has {}",
+                self.groups.len()
+            ))
+        })?;
+        Ok(group
+            .tensors
+            .iter()
+            .zip(&group.offsets)
+            .map(|(&t, &offset)| DecodeJob {
+                tensor: self.tensors[t].device.as_ref(),
+                offset,
+            })
+            .collect())
+    }
+
+    pub fn memory(&self) -> MemoryReport {
+        let resident_bytes = self.tensors.iter().map(|t| t.device.resident_bytes()).sum();
+        let scratch_bytes = self.scratch_bytes.get();
+        MemoryReport {
+            resident_bytes,
+            scratch_bytes,
+            peak_bytes: resident_bytes + scratch_bytes,
+            uncompressed_bytes: self.tensors.iter().map(|t| t.decoded_bytes).sum(),
+            largest_group_bytes: self.largest_group,
+        }
+    }
+}
+
+fn in_tensor(path: &Path, tensor: &str, error: Error) -> Error {
+    match error {
+        Error::Backend { backend, message } => Error::Corrupt {
+            path: path.to_path_buf(),
+            tensor: Some(tensor.to_string()),
+            message: format!("{backend}: {message}"),
+        },
+        other => other,
+    }
+}
+
+/// The compressed files of a model: the file itself, or each ecfloat file
+/// in a directory, sorted by name.
+fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| crate::container::SourceFile::open(p).is_ok_and(|f| f.ecf_version().is_some()))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no ecfloat-compressed .safetensors files in this directory",
+            path.display()
+        )));
+    }
+    Ok(files)
+}

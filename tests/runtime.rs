@@ -1,0 +1,157 @@
+//! The model runtime: every group decodes to exactly the source tensors,
+//! two buffers alternate, and memory stays at the compressed model plus two
+//! groups.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ecfloat::backend::Backend;
+use ecfloat::container::{self, CompressOptions, SourceFile};
+use ecfloat::runtime::{Grouping, Model, ModelOptions};
+
+/// Compresses the real MiniLM (or, without the test data, the sample
+/// model) into `dir`: (source, compressed).
+fn compressed_model(dir: &Path) -> (PathBuf, PathBuf) {
+    let source = match common::testdata() {
+        Some(testdata) => testdata.join("all-MiniLM-L6-v2.bf16.safetensors"),
+        None => common::write_sample(dir),
+    };
+    let compressed = dir.join("model.ecf.safetensors");
+    container::compress_file(&source, &compressed, &CompressOptions::default()).unwrap();
+    (source, compressed)
+}
+
+fn decodes_every_group_exactly_with_two_buffers(backend: &dyn Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (source_path, compressed) = compressed_model(dir.path());
+    let source = SourceFile::open(&source_path).unwrap();
+    let entries = source.tensors();
+    let model = Model::open(&compressed, backend, ModelOptions::default()).unwrap();
+    let groups = model.groups().len();
+    let grouped: usize = model.groups().iter().map(|g| g.tensors.len()).sum();
+    assert_eq!(grouped, entries.len());
+
+    let mut spare = Some(model.group_buffer().unwrap());
+    let mut pending = Some(
+        model
+            .start_decode(0, model.group_buffer().unwrap())
+            .unwrap(),
+    );
+    let mut checked = 0;
+    for group in 0..groups {
+        let decoded = pending.take().unwrap().wait().unwrap();
+        if group + 1 < groups {
+            pending = Some(
+                model
+                    .start_decode(group + 1, spare.take().unwrap())
+                    .unwrap(),
+            );
+        }
+        for view in decoded.views() {
+            let entry = entries.iter().find(|t| t.name == view.name).unwrap();
+            let mut bytes = vec![0u8; view.bytes as usize];
+            backend
+                .download(decoded.buffer(), view.offset, &mut bytes)
+                .unwrap();
+            assert!(
+                bytes == source.data()[entry.range.clone()],
+                "{}: {} differs",
+                backend.name(),
+                view.name
+            );
+            checked += 1;
+        }
+        spare = Some(decoded.into_buffer());
+    }
+    assert_eq!(checked, entries.len());
+
+    let memory = model.memory();
+    let two_groups = 2 * memory.largest_group_bytes.next_multiple_of(4);
+    assert_eq!(
+        memory.scratch_bytes, two_groups,
+        "exactly two group buffers"
+    );
+    assert!(memory.peak_bytes <= memory.resident_bytes + two_groups + 64);
+    assert!(memory.resident_bytes < memory.uncompressed_bytes);
+    eprintln!("{}: {memory:?}", backend.name());
+}
+
+macro_rules! runtime_tests {
+    ($backend:ident) => {
+        mod $backend {
+            use super::*;
+
+            #[test]
+            fn decodes_every_group_exactly_with_two_buffers() {
+                if let Some(backend) = common::backend_or_skip(stringify!($backend)) {
+                    super::decodes_every_group_exactly_with_two_buffers(backend.as_ref());
+                }
+            }
+        }
+    };
+}
+
+runtime_tests!(cpu);
+runtime_tests!(wgpu);
+runtime_tests!(cuda);
+
+#[test]
+fn groups_the_real_model_by_layer() {
+    let Some(testdata) = common::testdata() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let compressed = dir.path().join("minilm.ecf.safetensors");
+    let source = testdata.join("all-MiniLM-L6-v2.bf16.safetensors");
+    container::compress_file(&source, &compressed, &CompressOptions::default()).unwrap();
+    let backend = ecfloat::backend::CpuBackend::new();
+    let model = Model::open(&compressed, &backend, ModelOptions::default()).unwrap();
+    let layers: Vec<&str> = model
+        .groups()
+        .iter()
+        .map(|g| g.name.as_str())
+        .filter(|name| name.starts_with("encoder.layer."))
+        .collect();
+    assert_eq!(
+        layers,
+        (0..6)
+            .map(|i| format!("encoder.layer.{i}"))
+            .collect::<Vec<_>>()
+    );
+    let layer = model
+        .group_of("encoder.layer.3.attention.self.query.weight")
+        .unwrap();
+    assert_eq!(model.groups()[layer].name, "encoder.layer.3");
+
+    // A caller's grouping: everything in one group.
+    let options = ModelOptions {
+        grouping: Grouping::Custom(Box::new(|_| "all".to_string())),
+    };
+    let model = Model::open(&compressed, &backend, options).unwrap();
+    assert_eq!(model.groups().len(), 1);
+}
+
+#[test]
+fn opens_a_directory_of_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = common::sample_tensors();
+    let (first, second) = tensors.split_at(3);
+    for (number, part) in [first, second].into_iter().enumerate() {
+        let source = dir.path().join(format!("part{number}.safetensors"));
+        common::write_safetensors(&source, part, &[]);
+        let output = dir
+            .path()
+            .join(format!("shards/part{number}.ecf.safetensors"));
+        std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+        container::compress_file(&source, &output, &CompressOptions::default()).unwrap();
+    }
+    let backend = ecfloat::backend::CpuBackend::new();
+    let model = Model::open(
+        &dir.path().join("shards"),
+        &backend,
+        ModelOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(model.tensors().len(), tensors.len());
+}
