@@ -6,20 +6,16 @@ use std::collections::HashMap;
 const LAYER_WORDS: [&str; 4] = ["layers", "h", "blocks", "layer"];
 
 /// How tensors are grouped.
+#[derive(Default)]
 pub enum Grouping {
     /// By layer from the name: `…layers.N.…`, `…h.N.…`, `…blocks.N.…` or
     /// `…layer.N.…` form group `….N`; every other tensor is a group of its
     /// own. Layers come in numeric order.
+    #[default]
     ByLayer,
     /// The caller's key: tensors with equal keys form a group, in order of
     /// first appearance.
     Custom(Box<dyn Fn(&str) -> String + Send + Sync>),
-}
-
-impl Default for Grouping {
-    fn default() -> Self {
-        Grouping::ByLayer
-    }
 }
 
 /// The layer group of a tensor name, `(group name, prefix, layer number)`:
