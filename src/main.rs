@@ -72,6 +72,11 @@ enum Command {
         /// Only the file's largest float tensor.
         #[arg(long, requires = "file")]
         largest: bool,
+        /// Per-group decode latency of a compressed model (FILE or a
+        /// directory of shards) kept on the device; with --synthetic, of one
+        /// 7B-shaped layer of that dtype.
+        #[arg(long, conflicts_with = "largest")]
+        model: bool,
         /// Heavy-tailed synthetic weights of this dtype (BF16, F16, F8_E4M3, F8_E5M2, F32).
         #[arg(long, conflicts_with = "file", value_name = "DTYPE")]
         synthetic: Option<String>,
@@ -227,12 +232,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             file,
             largest,
+            model,
             synthetic,
             size,
             backend,
             repeats,
             json,
         } => {
+            if model {
+                let backend = backend::open(&backend)?;
+                let scratch = tempfile::tempdir().map_err(|e| Error::io(Path::new("."), e))?;
+                let path = match (&file, &synthetic) {
+                    (Some(file), _) => file.clone(),
+                    (None, Some(dtype)) => {
+                        let kind = parse_dtype(dtype)?;
+                        let source = scratch.path().join("layer.safetensors");
+                        bench::write_synthetic_layer(&source, kind)?;
+                        let compressed = scratch.path().join("layer.ecf.safetensors");
+                        container::compress_file(
+                            &source,
+                            &compressed,
+                            &CompressOptions::default(),
+                        )?;
+                        compressed
+                    }
+                    (None, None) => unreachable!("clap requires a file or --synthetic"),
+                };
+                let report = bench::bench_model(&path, backend.as_ref(), repeats)?;
+                if json {
+                    print_json(&report);
+                } else {
+                    print_model_bench(&report);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let workload = match (&file, synthetic) {
                 (Some(file), _) if largest => bench::Workload::LargestTensor(file),
                 (Some(file), _) => bench::Workload::File(file),
@@ -355,6 +388,14 @@ fn decompressed_name(input: &Path) -> Result<PathBuf> {
             input.display()
         ))),
     }
+}
+
+fn parse_dtype(dtype: &str) -> Result<FloatKind> {
+    FloatKind::from_safetensors_name(&dtype.to_uppercase()).ok_or_else(|| {
+        Error::Usage(format!(
+            "unknown dtype {dtype:?}; choose BF16, F16, F8_E4M3, F8_E5M2 or F32"
+        ))
+    })
 }
 
 /// `1GiB`, `256MiB`, `64KiB`, `1GB`, `1000000` → bytes.
@@ -499,6 +540,45 @@ fn print_bench(report: &bench::BenchReport) {
         );
     }
     println!("  decode / copy = {:.3}", report.decode_vs_copy);
+}
+
+fn print_model_bench(report: &bench::ModelBenchReport) {
+    println!(
+        "{} on {} ({}), {} runs per group:",
+        report.model, report.backend, report.device, report.runs
+    );
+    println!(
+        "  {:<40} {:>8} {:>12} {:>11} {:>11} {:>9}",
+        "group", "tensors", "decoded", "median ms", "p99 ms", "GB/s"
+    );
+    for group in &report.groups {
+        println!(
+            "  {:<40} {:>8} {:>12} {:>11.3} {:>11.3} {:>9.2}",
+            group.group,
+            group.tensors,
+            megabytes(group.decoded_bytes),
+            group.median_ms,
+            group.p99_ms,
+            group.gb_per_s
+        );
+    }
+    let memory = &report.memory;
+    let verdict = if report.saved_bytes >= 0 {
+        format!("{} saved", megabytes(report.saved_bytes as u64))
+    } else {
+        format!(
+            "{} more: its largest group is too large a part of it",
+            megabytes(report.saved_bytes.unsigned_abs())
+        )
+    };
+    println!(
+        "  memory: {} resident (compressed) + {} scratch (two groups of {}) = {} peak, against {} uncompressed: {verdict}",
+        megabytes(memory.resident_bytes),
+        megabytes(memory.scratch_bytes),
+        megabytes(memory.largest_group_bytes),
+        megabytes(memory.peak_bytes),
+        megabytes(memory.uncompressed_bytes),
+    );
 }
 
 fn print_demo(report: &demo::DemoReport) {

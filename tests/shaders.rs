@@ -6,10 +6,13 @@ use std::path::Path;
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
+/// The library's shaders and the example client's.
 fn shaders() -> Vec<(String, String)> {
-    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut shaders: Vec<(String, String)> = std::fs::read_dir(&directory)
-        .unwrap()
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let directory = root.join("shaders");
+    let mut shaders: Vec<(String, String)> = [directory.clone(), root.join("examples")]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "wgsl"))
         .map(|path| {

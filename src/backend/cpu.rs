@@ -79,6 +79,10 @@ impl Backend for CpuBackend {
         NAME
     }
 
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             backend: NAME,

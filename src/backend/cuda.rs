@@ -461,6 +461,10 @@ impl Backend for CudaBackend {
         NAME
     }
 
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn info(&self) -> BackendInfo {
         let nvrtc = nvrtc_version()
             .map(|(major, minor)| format!("NVRTC {major}.{minor}"))

@@ -74,6 +74,9 @@ pub trait Backend: Send + Sync {
     /// `cpu`, `wgpu` or `cuda`.
     fn name(&self) -> &'static str;
     fn info(&self) -> BackendInfo;
+    /// The backend itself, for clients that work on its device directly
+    /// (downcast to `WgpuBackend`, `CudaBackend`, …).
+    fn as_any(&self) -> &dyn Any;
     /// Copies a coded tensor, whose index was parsed (and so validated)
     /// from `tensor`, to the device.
     fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>>;

@@ -570,6 +570,10 @@ impl Backend for WgpuBackend {
         NAME
     }
 
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn info(&self) -> BackendInfo {
         let limits = &self.limits;
         BackendInfo {

@@ -256,3 +256,118 @@ pub fn bench(workload: &Workload, backend: &dyn Backend, repeats: usize) -> Resu
         copy,
     })
 }
+
+/// Decode latency of one group of a model.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupTiming {
+    pub group: String,
+    pub tensors: usize,
+    pub decoded_bytes: u64,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub gb_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelBenchReport {
+    pub model: String,
+    pub backend: String,
+    pub device: String,
+    pub runs: usize,
+    pub groups: Vec<GroupTiming>,
+    pub memory: crate::runtime::MemoryReport,
+    /// Device bytes saved against holding the model uncompressed: the
+    /// uncompressed size minus everything the runtime holds.
+    pub saved_bytes: i64,
+}
+
+/// Per-group decode latency of a compressed model (a file or a directory
+/// of shards) resident on `backend`: each group decoded `repeats` times
+/// into a buffer sized for the largest, after a warm-up.
+pub fn bench_model(path: &Path, backend: &dyn Backend, repeats: usize) -> Result<ModelBenchReport> {
+    use crate::runtime::{Model, ModelOptions};
+    let model = Model::open(path, backend, ModelOptions::default())?;
+    let buffers = [model.group_buffer()?, model.group_buffer()?];
+    let mut groups = Vec::with_capacity(model.groups().len());
+    for (index, group) in model.groups().iter().enumerate() {
+        let jobs = model.jobs(index)?;
+        let mut runs =
+            backend.time_decode(&jobs, buffers[index % 2].device_buffer(), repeats.max(1))?;
+        runs.sort_by(f64::total_cmp);
+        let median = runs[runs.len() / 2];
+        let p99 = runs[((runs.len() * 99).div_ceil(100)).saturating_sub(1)];
+        groups.push(GroupTiming {
+            group: group.name.clone(),
+            tensors: group.tensors.len(),
+            decoded_bytes: group.bytes,
+            median_ms: median * 1e3,
+            p99_ms: p99 * 1e3,
+            gb_per_s: group.bytes as f64 / median / 1e9,
+        });
+    }
+    let memory = model.memory();
+    Ok(ModelBenchReport {
+        model: path.display().to_string(),
+        backend: backend.name().to_string(),
+        device: backend.info().device,
+        runs: repeats.max(1),
+        groups,
+        memory,
+        saved_bytes: memory.uncompressed_bytes as i64 - memory.peak_bytes as i64,
+    })
+}
+
+/// Writes one transformer layer shaped like a 7B model's (4096 hidden,
+/// 11008 MLP) of heavy-tailed `kind` weights to `path`: about 202 M
+/// parameters.
+pub fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
+    use crate::container::write::{OutputTensor, header_bytes};
+    let (hidden, mlp) = (4096u64, 11008u64);
+    let shapes: [(&str, u64, u64); 9] = [
+        ("model.layers.0.self_attn.q_proj.weight", hidden, hidden),
+        ("model.layers.0.self_attn.k_proj.weight", hidden, hidden),
+        ("model.layers.0.self_attn.v_proj.weight", hidden, hidden),
+        ("model.layers.0.self_attn.o_proj.weight", hidden, hidden),
+        ("model.layers.0.mlp.gate_proj.weight", mlp, hidden),
+        ("model.layers.0.mlp.up_proj.weight", mlp, hidden),
+        ("model.layers.0.mlp.down_proj.weight", hidden, mlp),
+        ("model.layers.0.input_layernorm.weight", 1, hidden),
+        ("model.layers.0.post_attention_layernorm.weight", 1, hidden),
+    ];
+    let tensors: Vec<(OutputTensor, Vec<u8>)> = shapes
+        .iter()
+        .map(|&(name, rows, cols)| {
+            let bytes = synthetic_weights(kind, (rows * cols) as usize);
+            let shape = if rows == 1 {
+                vec![cols]
+            } else {
+                vec![rows, cols]
+            };
+            let tensor = OutputTensor {
+                name: name.to_string(),
+                dtype: kind.safetensors_name().to_string(),
+                shape,
+                len: bytes.len() as u64,
+            };
+            (tensor, bytes)
+        })
+        .collect();
+    let layout: Vec<OutputTensor> = tensors
+        .iter()
+        .map(|(t, _)| OutputTensor {
+            name: t.name.clone(),
+            dtype: t.dtype.clone(),
+            shape: t.shape.clone(),
+            len: t.len,
+        })
+        .collect();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
+    use std::io::Write;
+    file.write_all(&header_bytes(&[], &layout))
+        .map_err(|e| Error::io(path, e))?;
+    for (_, bytes) in &tensors {
+        file.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    }
+    file.flush().map_err(|e| Error::io(path, e))
+}
