@@ -16,6 +16,23 @@ struct MatVecParams {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
+// Half precision to single, exactly, with bit arithmetic only (no
+// optional shader capability needed).
+fn half_to_f32(half: u32) -> f32 {
+    let sign = (half & 0x8000u) << 16u;
+    let exponent = (half >> 10u) & 0x1Fu;
+    let mantissa = half & 0x3FFu;
+    if (exponent == 0u) {
+        // Subnormal: mantissa * 2^-24, exact in f32.
+        let magnitude = f32(mantissa) * 5.9604644775390625e-8;
+        return select(magnitude, -magnitude, sign != 0u);
+    }
+    if (exponent == 31u) {
+        return bitcast<f32>(sign | 0x7F800000u | (mantissa << 13u));
+    }
+    return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+}
+
 fn weight(index: u32) -> f32 {
     let element = params.first_element + index;
     if (params.dtype == 0u) {
@@ -25,7 +42,7 @@ fn weight(index: u32) -> f32 {
     if (params.dtype == 1u) {
         return bitcast<f32>((half_word & 0xFFFFu) << 16u);
     }
-    return unpack2x16float(half_word & 0xFFFFu).x;
+    return half_to_f32(half_word & 0xFFFFu);
 }
 
 @compute @workgroup_size(64)
