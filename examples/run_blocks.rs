@@ -276,7 +276,7 @@ fn main() -> ecfloat::Result<()> {
         Some(path) if SourceFile::open(&path)?.ecf_version().is_some() => {
             // Decompress once for the reference weights.
             let source = scratch.path().join("reference.safetensors");
-            container::decompress_file(&path, &source, true)?;
+            container::decompress_file(&path, &source, true, &Default::default())?;
             (source, path)
         }
         other => {

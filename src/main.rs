@@ -10,7 +10,7 @@ use serde::Serialize;
 use ecfloat::backend;
 use ecfloat::codec::FloatKind;
 use ecfloat::container::{self, CompressOptions, DecodeChecks};
-use ecfloat::tools::{bench, demo, inspect, selftest};
+use ecfloat::tools::{self, bench, demo, inspect, selftest};
 use ecfloat::{Error, Result};
 
 #[derive(Parser)]
@@ -23,13 +23,17 @@ struct Cli {
     /// Worker threads for encoding and CPU decoding (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// No progress bar (one is shown only on a terminal anyway).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compress a safetensors file (default output: NAME.ecf.safetensors beside it).
+    /// Compress a safetensors file (default output: NAME.ecf.safetensors beside it),
+    /// or a checkpoint directory of shards (default output: DIR.ecf).
     Compress {
         input: PathBuf,
         #[arg(short, long)]
@@ -40,7 +44,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Rebuild the original file byte for byte (default output drops `.ecf`).
+    /// Rebuild the original file, or directory, byte for byte (default output drops `.ecf`).
     Decompress {
         input: PathBuf,
         #[arg(short, long)]
@@ -140,34 +144,62 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let output = output.unwrap_or_else(|| compressed_name(&input));
+            let total = source_size(&input)?;
+            let bar = progress_bar(cli.quiet, total, "compressing");
             let options = CompressOptions {
                 force,
+                progress: bar.progress(),
                 ..CompressOptions::default()
             };
-            let report = container::compress_file(&input, &output, &options)?;
+            let (source_bytes, compressed_bytes, seconds, tensors) = if input.is_dir() {
+                let report = container::compress_directory(&input, &output, &options)?;
+                let tensors: Vec<_> = report
+                    .shards
+                    .iter()
+                    .flat_map(|(_, s)| s.tensors.iter().cloned())
+                    .collect();
+                (
+                    report.source_bytes,
+                    report.output_bytes,
+                    report.seconds,
+                    tensors,
+                )
+            } else {
+                let report = container::compress_file(&input, &output, &options)?;
+                (
+                    report.source_bytes,
+                    report.compressed_bytes,
+                    report.seconds,
+                    report.tensors,
+                )
+            };
+            bar.finish();
+            let coded = tensors.iter().filter(|t| t.coded).count();
+            let ratio = compressed_bytes as f64 / source_bytes.max(1) as f64;
             if json {
                 print_json(&serde_json::json!({
                     "input": input,
                     "output": output,
-                    "source_bytes": report.source_bytes,
-                    "compressed_bytes": report.compressed_bytes,
-                    "ratio": report.ratio(),
-                    "coded_tensors": report.tensors.iter().filter(|t| t.coded).count(),
-                    "raw_tensors": report.tensors.iter().filter(|t| !t.coded).count(),
-                    "seconds": report.seconds,
+                    "source_bytes": source_bytes,
+                    "compressed_bytes": compressed_bytes,
+                    "ratio": ratio,
+                    "coded_tensors": coded,
+                    "raw_tensors": tensors.len() - coded,
+                    "seconds": seconds,
+                    "peak_rss_bytes": tools::peak_rss_bytes(),
                 }));
             } else {
                 println!(
                     "{} -> {}: {} -> {} ({:.2}% of the original), {} of {} tensors coded, {:.2} s ({:.0} MB/s)",
                     input.display(),
                     output.display(),
-                    megabytes(report.source_bytes),
-                    megabytes(report.compressed_bytes),
-                    100.0 * report.ratio(),
-                    report.tensors.iter().filter(|t| t.coded).count(),
-                    report.tensors.len(),
-                    report.seconds,
-                    report.source_bytes as f64 / report.seconds / 1e6,
+                    megabytes(source_bytes),
+                    megabytes(compressed_bytes),
+                    100.0 * ratio,
+                    coded,
+                    tensors.len(),
+                    seconds,
+                    source_bytes as f64 / seconds / 1e6,
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -182,22 +214,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(output) => output,
                 None => decompressed_name(&input)?,
             };
-            let checks = container::decompress_file(&input, &output, force)?;
+            let (bytes, seconds) = if input.is_dir() {
+                let bar = progress_bar(
+                    cli.quiet,
+                    container::directory::decoded_shard_bytes(&input)?,
+                    "decompressing",
+                );
+                let report =
+                    container::decompress_directory(&input, &output, force, &bar.progress())?;
+                bar.finish();
+                (report.output_bytes, report.seconds)
+            } else {
+                let total = container::CompressedFile::open(&input)?.source_len();
+                let bar = progress_bar(cli.quiet, total, "decompressing");
+                let checks = container::decompress_file(&input, &output, force, &bar.progress())?;
+                bar.finish();
+                (checks.source_bytes, checks.seconds)
+            };
             if json {
                 print_json(&serde_json::json!({
                     "input": input,
                     "output": output,
-                    "bytes": checks.source_bytes,
-                    "seconds": checks.seconds,
+                    "bytes": bytes,
+                    "seconds": seconds,
+                    "peak_rss_bytes": tools::peak_rss_bytes(),
                 }));
             } else {
                 println!(
                     "{} -> {}: {} rebuilt and checked in {:.2} s ({:.0} MB/s)",
                     input.display(),
                     output.display(),
-                    megabytes(checks.source_bytes),
-                    checks.seconds,
-                    checks.source_bytes as f64 / checks.seconds / 1e6
+                    megabytes(bytes),
+                    seconds,
+                    bytes as f64 / seconds / 1e6
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -217,13 +266,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let backend = backend::open(&backend)?;
-            let checks = container::verify_file_on(&file, backend.as_ref())?;
-            if json {
-                print_json(&verify_json(&file, backend.name(), &checks));
+            let shards = if file.is_dir() {
+                let bar = progress_bar(
+                    cli.quiet,
+                    container::directory::decoded_shard_bytes(&file)?,
+                    "verifying",
+                );
+                let shards = container::verify_directory(&file, backend.as_ref(), &bar.progress())?;
+                bar.finish();
+                shards
+                    .into_iter()
+                    .map(|(shard, checks)| (file.join(shard), checks))
+                    .collect()
             } else {
-                print_verify(&file, backend.name(), &checks);
+                let total = container::CompressedFile::open(&file)?.source_len();
+                let bar = progress_bar(cli.quiet, total, "verifying");
+                let checks = container::verify_file_on(&file, backend.as_ref(), &bar.progress())?;
+                bar.finish();
+                vec![(file.clone(), checks)]
+            };
+            if json {
+                let reports: Vec<_> = shards
+                    .iter()
+                    .map(|(path, checks)| verify_json(path, backend.name(), checks))
+                    .collect();
+                print_json(&serde_json::json!({
+                    "ok": shards.iter().all(|(_, c)| c.all_ok()),
+                    "files": reports,
+                }));
+            } else {
+                for (path, checks) in &shards {
+                    print_verify(path, backend.name(), checks);
+                }
             }
-            Ok(if checks.all_ok() {
+            Ok(if shards.iter().all(|(_, c)| c.all_ok()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -371,16 +447,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `model.safetensors` → `model.ecf.safetensors`.
+/// `model.safetensors` → `model.ecf.safetensors`; directory `model` →
+/// `model.ecf`.
 fn compressed_name(input: &Path) -> PathBuf {
     let name = input.file_name().unwrap_or_default().to_string_lossy();
+    if input.is_dir() {
+        return input.with_file_name(format!("{name}.ecf"));
+    }
     let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
     input.with_file_name(format!("{stem}.ecf.safetensors"))
 }
 
-/// `model.ecf.safetensors` → `model.safetensors`.
+/// `model.ecf.safetensors` → `model.safetensors`; directory `model.ecf` →
+/// `model`.
 fn decompressed_name(input: &Path) -> Result<PathBuf> {
     let name = input.file_name().unwrap_or_default().to_string_lossy();
+    if input.is_dir() {
+        return match name.strip_suffix(".ecf") {
+            Some(stem) if !stem.is_empty() => Ok(input.with_file_name(stem)),
+            _ => Err(Error::Usage(format!(
+                "{}: cannot derive an output name (expected DIR.ecf); pass -o OUT",
+                input.display()
+            ))),
+        };
+    }
     match name.strip_suffix(".ecf.safetensors") {
         Some(stem) if !stem.is_empty() => Ok(input.with_file_name(format!("{stem}.safetensors"))),
         _ => Err(Error::Usage(format!(
@@ -420,6 +510,63 @@ fn parse_size(text: &str) -> Result<u64> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
         .ok_or_else(|| Error::Usage(format!("cannot read the size {text:?}")))
+}
+
+/// Bytes to process for a progress total: a file's size, or the sum of a
+/// directory's shard sizes.
+fn source_size(input: &Path) -> Result<u64> {
+    if !input.is_dir() {
+        return Ok(std::fs::metadata(input).map(|m| m.len()).unwrap_or(0));
+    }
+    let entries = std::fs::read_dir(input).map_err(|e| Error::io(input, e))?;
+    Ok(entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors")
+        })
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum())
+}
+
+/// A progress bar on stderr when it is a terminal and not `--quiet`.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn progress(&self) -> container::Progress {
+        match &self.0 {
+            Some(bar) => {
+                let bar = bar.clone();
+                container::Progress::new(move |bytes| bar.inc(bytes))
+            }
+            None => container::Progress::default(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn progress_bar(quiet: bool, total: u64, what: &'static str) -> Bar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return Bar(None);
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what);
+    Bar(Some(bar))
 }
 
 fn megabytes(bytes: u64) -> String {

@@ -53,7 +53,8 @@ fn check_vectors(backend: &dyn Backend) {
     for entry in std::fs::read_dir(&directory).unwrap() {
         let path = entry.unwrap().path();
         if path.to_string_lossy().ends_with(".ecf.safetensors") {
-            let checks = ecfloat::container::verify_file_on(&path, backend).unwrap();
+            let checks =
+                ecfloat::container::verify_file_on(&path, backend, &Default::default()).unwrap();
             assert!(
                 checks.all_ok(),
                 "{}: {}: {checks:?}",

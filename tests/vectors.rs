@@ -41,7 +41,7 @@ fn vectors_decompress_to_their_recorded_sha256() {
         let stem = name.strip_suffix(".safetensors").unwrap();
         let compressed = vectors_dir().join(format!("{stem}.ecf.safetensors"));
         let output = scratch.path().join(name);
-        container::decompress_file(&compressed, &output, false).unwrap();
+        container::decompress_file(&compressed, &output, false, &Default::default()).unwrap();
         assert_eq!(&sha256_hex(&std::fs::read(&output).unwrap()), sum, "{name}");
     }
 }
@@ -102,6 +102,7 @@ fn regenerate_vectors() {
         let options = CompressOptions {
             encode,
             force: true,
+            ..CompressOptions::default()
         };
         container::compress_file(&source, &output, &options).unwrap();
         sums.push_str(&format!(

@@ -11,13 +11,16 @@ use std::io::{BufWriter, Seek, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use crate::codec::{self, EncodeOptions, FloatKind};
+use rayon::prelude::*;
+
+use crate::codec::{self, EncodeOptions, EncodedTensor, FloatKind};
 use crate::error::{Error, Result};
 
+use super::Progress;
 use super::schema::{self, CodedHeader};
-use super::source::SourceFile;
+use super::source::{SourceFile, TensorEntry};
 use super::write::{AtomicOutput, OutputTensor, header_bytes};
 
 #[derive(Clone, Debug, Default)]
@@ -25,6 +28,8 @@ pub struct CompressOptions {
     pub encode: EncodeOptions,
     /// Replace an existing output file.
     pub force: bool,
+    /// Told the source bytes of each tensor once it is done.
+    pub progress: Progress,
 }
 
 /// What happened to one tensor.
@@ -97,51 +102,51 @@ pub fn compress_file(
         .write_all(&source_header)
         .map_err(|e| Error::io(output, e))?;
     let mut reports = Vec::with_capacity(tensors.len());
-    for tensor in &tensors {
-        let bytes = &source.data()[tensor.range.clone()];
-        let dtype = format!("{:?}", tensor.dtype);
-        let mut report = TensorReport {
-            name: tensor.name.clone(),
-            dtype: dtype.clone(),
-            elements: tensor.shape.iter().map(|&d| d as u64).product(),
-            source_bytes: bytes.len() as u64,
-            stored_bytes: bytes.len() as u64,
-            coded: false,
-        };
-        let kind = FloatKind::from_safetensors_name(&dtype).filter(|_| !bytes.is_empty());
-        if let Some(kind) = kind {
-            let encoded = codec::encode(kind, bytes, &options.encode)
-                .map_err(|e| Error::codec(input, &tensor.name, e))?;
-            let mut blob = Vec::new();
-            CodedHeader {
-                params: encoded.params.clone(),
-                checksum: xxh3_64(bytes),
-                index_len: encoded.index.len() as u64,
-                head_len: encoded.head.len() as u64,
-                rest_len: encoded.rest.len() as u64,
-            }
-            .write(&mut blob);
-            // A coded tensor's header entry is a few bytes shorter than a
-            // raw one's (a 1-D U8 shape), so its stored bytes decide.
-            if blob.len() as u64 + encoded.stored_bytes() < bytes.len() as u64 {
-                for plane in [&blob, &encoded.index, &encoded.head, &encoded.rest] {
-                    spool.write_all(plane).map_err(|e| Error::io(output, e))?;
+    // The whole file's checksum, taken tensor by tensor as they stream past
+    // (they cover the data section in order), so no pass maps it all.
+    let mut file_hash = Xxh3::new();
+    file_hash.update(&source.bytes()[..source.bytes().len() - source.data().len()]);
+    // Small tensors are encoded several at a time, in parallel; a large one
+    // alone, in parallel blocks. Either way memory holds one batch.
+    for batch in batches(&tensors, BATCH_BYTES) {
+        let encoded: Vec<Result<Option<Coded>>> = batch
+            .par_iter()
+            .map(|tensor| encode_if_smaller(input, &source, tensor, &options.encode))
+            .collect();
+        for (tensor, encoded) in batch.iter().zip(encoded) {
+            let source_bytes = tensor.len() as u64;
+            let mut report = TensorReport {
+                name: tensor.name.clone(),
+                dtype: format!("{:?}", tensor.dtype),
+                elements: tensor.shape.iter().map(|&d| d as u64).product(),
+                source_bytes,
+                stored_bytes: source_bytes,
+                coded: false,
+            };
+            match encoded? {
+                Some(Coded { header, encoded }) => {
+                    for plane in [&header, &encoded.index, &encoded.head, &encoded.rest] {
+                        spool.write_all(plane).map_err(|e| Error::io(output, e))?;
+                    }
+                    let len = header.len() as u64 + encoded.stored_bytes();
+                    coded.push(OutputTensor {
+                        name: tensor.name.clone(),
+                        dtype: "U8".to_string(),
+                        shape: vec![len],
+                        len,
+                    });
+                    report.stored_bytes = len;
+                    report.coded = true;
                 }
-                let len = blob.len() as u64 + encoded.stored_bytes();
-                coded.push(OutputTensor {
-                    name: tensor.name.clone(),
-                    dtype: "U8".to_string(),
-                    shape: vec![len],
-                    len,
-                });
-                report.stored_bytes = len;
-                report.coded = true;
+                None => raw.push(tensor),
             }
+            reports.push(report);
+            file_hash.update(&source.data()[tensor.range.clone()]);
+            options.progress.advance(source_bytes);
         }
-        if !report.coded {
-            raw.push(tensor);
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            source.release(first.range.start..last.range.end);
         }
-        reports.push(report);
     }
 
     // Descending element size keeps every raw tensor aligned to its element.
@@ -171,7 +176,7 @@ pub fn compress_file(
         (schema::VERSION_KEY, schema::FORMAT_VERSION.to_string()),
         (
             schema::SOURCE_CHECKSUM_KEY,
-            schema::format_checksum(xxh3_64(source.bytes())),
+            schema::format_checksum(file_hash.digest()),
         ),
     ]);
 
@@ -179,6 +184,7 @@ pub fn compress_file(
     out.write_all(&header)?;
     for tensor in &raw {
         out.write_all(&source.data()[tensor.range.clone()])?;
+        source.release(tensor.range.clone());
     }
     let mut spool_file = spool
         .into_inner()
@@ -193,4 +199,63 @@ pub fn compress_file(
         tensors: reports,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Bytes of source tensors encoded together.
+const BATCH_BYTES: usize = 64 << 20;
+
+/// Consecutive runs of tensors of at most `limit` bytes in all (a larger
+/// tensor alone).
+pub(crate) fn batches(tensors: &[TensorEntry], limit: usize) -> Vec<&[TensorEntry]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, tensor) in tensors.iter().enumerate() {
+        if index > start && bytes + tensor.len() > limit {
+            batches.push(&tensors[start..index]);
+            start = index;
+            bytes = 0;
+        }
+        bytes += tensor.len();
+    }
+    if start < tensors.len() {
+        batches.push(&tensors[start..]);
+    }
+    batches
+}
+
+/// A tensor's coded header and planes, as they are stored.
+struct Coded {
+    header: Vec<u8>,
+    encoded: EncodedTensor,
+}
+
+/// The coded header and planes of a float tensor, if coding makes it
+/// smaller; `None` for a tensor to keep as it is.
+fn encode_if_smaller(
+    input: &Path,
+    source: &SourceFile,
+    tensor: &TensorEntry,
+    options: &EncodeOptions,
+) -> Result<Option<Coded>> {
+    let bytes = &source.data()[tensor.range.clone()];
+    let dtype = format!("{:?}", tensor.dtype);
+    let Some(kind) = FloatKind::from_safetensors_name(&dtype).filter(|_| !bytes.is_empty()) else {
+        return Ok(None);
+    };
+    let encoded =
+        codec::encode(kind, bytes, options).map_err(|e| Error::codec(input, &tensor.name, e))?;
+    let mut header = Vec::new();
+    CodedHeader {
+        params: encoded.params.clone(),
+        checksum: xxh3_64(bytes),
+        index_len: encoded.index.len() as u64,
+        head_len: encoded.head.len() as u64,
+        rest_len: encoded.rest.len() as u64,
+    }
+    .write(&mut header);
+    // A coded tensor's header entry is a few bytes shorter than a raw
+    // one's (a 1-D U8 shape), so its stored bytes decide.
+    let smaller = header.len() as u64 + encoded.stored_bytes() < bytes.len() as u64;
+    Ok(smaller.then_some(Coded { header, encoded }))
 }

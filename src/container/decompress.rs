@@ -10,7 +10,10 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::backend::{Backend, CpuBackend};
 use crate::error::{Error, Result};
 
-use super::read::{CodedTensor, CompressedFile, Storage};
+use rayon::prelude::*;
+
+use super::Progress;
+use super::read::{CodedTensor, CompressedFile, Storage, StoredTensor};
 use super::write::AtomicOutput;
 
 /// The outcome of checking one tensor.
@@ -47,10 +50,15 @@ impl DecodeChecks {
 
 /// Rebuilds the source file at `output`; fails, leaving no output, on the
 /// first tensor that does not decode to its checksum.
-pub fn decompress_file(input: &Path, output: &Path, force: bool) -> Result<DecodeChecks> {
+pub fn decompress_file(
+    input: &Path,
+    output: &Path,
+    force: bool,
+    progress: &Progress,
+) -> Result<DecodeChecks> {
     let file = CompressedFile::open(input)?;
     let mut out = AtomicOutput::create(output, force, &[input])?;
-    let checks = rebuild(&file, &CpuBackend::new(), true, |bytes| {
+    let checks = rebuild(&file, &CpuBackend::new(), true, progress, |bytes| {
         out.write_all(bytes)
     })?;
     if !checks.file_matches() {
@@ -68,14 +76,21 @@ pub fn decompress_file(input: &Path, output: &Path, force: bool) -> Result<Decod
 /// Decodes everything on the CPU and checks every checksum, reporting each
 /// tensor.
 pub fn verify_file(input: &Path) -> Result<DecodeChecks> {
-    verify_file_on(input, &CpuBackend::new())
+    verify_file_on(input, &CpuBackend::new(), &Progress::default())
 }
 
 /// Decodes everything on `backend` and checks every checksum.
-pub fn verify_file_on(input: &Path, backend: &dyn Backend) -> Result<DecodeChecks> {
+pub fn verify_file_on(
+    input: &Path,
+    backend: &dyn Backend,
+    progress: &Progress,
+) -> Result<DecodeChecks> {
     let file = CompressedFile::open(input)?;
-    rebuild(&file, backend, false, |_| Ok(()))
+    rebuild(&file, backend, false, progress, |_| Ok(()))
 }
+
+/// Decoded bytes of small tensors decoded together, in parallel.
+const BATCH_BYTES: u64 = 64 << 20;
 
 /// Streams the source file's bytes into `sink`. With `stop_on_error`, the
 /// first failing tensor ends it with that error; otherwise failures are
@@ -84,6 +99,7 @@ fn rebuild(
     file: &CompressedFile,
     backend: &dyn Backend,
     stop_on_error: bool,
+    progress: &Progress,
     mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<DecodeChecks> {
     let started = Instant::now();
@@ -97,33 +113,68 @@ fn rebuild(
 
     let mut tensors = Vec::with_capacity(file.tensors.len());
     let mut decoded_bytes = 0;
-    // One buffer, grown to the largest tensor, serves them all.
+    // One buffer, grown to the largest tensor, serves the large ones.
     let mut buffer = Vec::new();
-    for tensor in &file.tensors {
-        let name = &tensor.source.name;
-        let (coded, error) = match &tensor.storage {
-            Storage::Raw => {
-                emit(file.stored_bytes(tensor))?;
-                (false, None)
-            }
-            Storage::Coded(coded) => {
-                decoded_bytes += coded.params.decoded_bytes();
-                (
-                    true,
-                    decode_tensor(file, backend, name, coded, &mut buffer, &mut emit).err(),
-                )
-            }
+    for batch in batches(&file.tensors) {
+        // Small tensors decode in parallel, each into its own buffer.
+        let parallel: Vec<Option<Result<Vec<u8>>>> = if batch.len() > 1 {
+            batch
+                .par_iter()
+                .map(|tensor| match &tensor.storage {
+                    Storage::Raw => None,
+                    Storage::Coded(coded) => {
+                        let mut own = Vec::new();
+                        Some(
+                            decode_tensor(file, backend, &tensor.source.name, coded, &mut own)
+                                .map(|()| own),
+                        )
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
-        let error = match error {
-            Some(error) if stop_on_error => return Err(error),
-            error => error,
-        };
-        tensors.push(TensorCheck {
-            name: name.clone(),
-            coded,
-            bytes: tensor.source.len() as u64,
-            error,
-        });
+        let mut parallel = parallel.into_iter();
+        for tensor in batch {
+            let prepared = parallel.next().flatten();
+            let name = &tensor.source.name;
+            let (coded, error) = match &tensor.storage {
+                Storage::Raw => {
+                    emit(file.stored_bytes(tensor))?;
+                    (false, None)
+                }
+                Storage::Coded(coded) => {
+                    decoded_bytes += coded.params.decoded_bytes();
+                    let len = coded.params.decoded_bytes() as usize;
+                    let decoded = match prepared {
+                        Some(result) => result.map(|own| {
+                            buffer = own;
+                        }),
+                        None => decode_tensor(file, backend, name, coded, &mut buffer),
+                    };
+                    let error = match decoded {
+                        Ok(()) => {
+                            emit(&buffer[..len])?;
+                            None
+                        }
+                        Err(error) => Some(error),
+                    };
+                    (true, error)
+                }
+            };
+            let error = match error {
+                Some(error) if stop_on_error => return Err(error),
+                error => error,
+            };
+            tensors.push(TensorCheck {
+                name: name.clone(),
+                coded,
+                bytes: tensor.source.len() as u64,
+                error,
+            });
+            file.release(tensor);
+            progress.advance(tensor.source.len() as u64);
+        }
     }
     Ok(DecodeChecks {
         tensors,
@@ -135,6 +186,27 @@ fn rebuild(
     })
 }
 
+/// Consecutive runs of tensors of at most `BATCH_BYTES` decoded bytes in
+/// all (a larger tensor alone).
+fn batches(tensors: &[StoredTensor]) -> Vec<&[StoredTensor]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, tensor) in tensors.iter().enumerate() {
+        let len = tensor.source.len() as u64;
+        if index > start && bytes + len > BATCH_BYTES {
+            batches.push(&tensors[start..index]);
+            start = index;
+            bytes = 0;
+        }
+        bytes += len;
+    }
+    if start < tensors.len() {
+        batches.push(&tensors[start..]);
+    }
+    batches
+}
+
 /// Decodes one coded tensor on `backend`, checks its checksum, and only
 /// then emits it.
 fn decode_tensor(
@@ -143,7 +215,6 @@ fn decode_tensor(
     name: &str,
     coded: &CodedTensor,
     buffer: &mut Vec<u8>,
-    emit: &mut impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     let len = coded.params.decoded_bytes() as usize;
     if buffer.len() < len {
@@ -174,5 +245,5 @@ fn decode_tensor(
             actual,
         });
     }
-    emit(decoded)
+    Ok(())
 }

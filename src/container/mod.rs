@@ -11,6 +11,7 @@
 
 pub mod compress;
 pub mod decompress;
+pub mod directory;
 pub mod read;
 pub mod schema;
 pub mod source;
@@ -18,5 +19,33 @@ pub mod write;
 
 pub use compress::{CompressOptions, CompressReport, compress_file};
 pub use decompress::{DecodeChecks, decompress_file, verify_file, verify_file_on};
+pub use directory::{DirectoryReport, compress_directory, decompress_directory, verify_directory};
 pub use read::{CompressedFile, Storage, StoredTensor};
 pub use source::SourceFile;
+
+/// Tells a progress display how many source bytes are done; does nothing by
+/// default.
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>);
+
+impl Progress {
+    pub fn new(advance: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        Progress(Some(std::sync::Arc::new(advance)))
+    }
+
+    pub fn advance(&self, bytes: u64) {
+        if let Some(advance) = &self.0 {
+            advance(bytes);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(shown)"
+        } else {
+            "Progress(none)"
+        })
+    }
+}

@@ -165,6 +165,12 @@ impl CompressedFile {
         view_of(self.data(), coded)
     }
 
+    /// Drops a tensor's mapped pages from memory once it has been used (see
+    /// [`SourceFile::release`]).
+    pub fn release(&self, tensor: &StoredTensor) {
+        self.file.release(tensor.stored_range.clone());
+    }
+
     /// The stored bytes of a tensor: its data if raw, its header and planes
     /// if coded.
     pub fn stored_bytes(&self, tensor: &StoredTensor) -> &[u8] {

@@ -74,6 +74,28 @@ impl SourceFile {
         tensor_entries(&self.metadata)
     }
 
+    /// Drops the mapped pages of data-section bytes `range` from this
+    /// process's memory once they are no longer needed; they are read again
+    /// from the file if touched. Keeps resident memory bounded while a
+    /// large file is streamed through.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        {
+            let start = 8 + self.header_len + range.start;
+            // Safety: the map is read-only and file-backed, so MADV_DONTNEED
+            // only unmaps pages, which fault back in from the file unchanged.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    range.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     /// The value of a `__metadata__` key.
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
         self.metadata
