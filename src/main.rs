@@ -10,7 +10,7 @@ use serde::Serialize;
 use ecfloat::backend;
 use ecfloat::codec::FloatKind;
 use ecfloat::container::{self, CompressOptions, DecodeChecks};
-use ecfloat::tools::{self, bench, demo, inspect, selftest};
+use ecfloat::tools::{self, analyze, bench, demo, inspect, selftest};
 use ecfloat::{Error, Result};
 
 #[derive(Parser)]
@@ -92,6 +92,17 @@ enum Command {
         /// Timed runs of each operation; the median is reported.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The exponent-concentration study: exponent histograms and entropy, the
+    /// fitted stability index α and the bits per weight it implies per dtype.
+    Analyze {
+        /// A safetensors file (plain or compressed) or a directory of them.
+        path: PathBuf,
+        /// Draw the exponent distributions and entropy bounds as SVG.
+        #[arg(long, value_name = "OUT.svg")]
+        plot: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -363,6 +374,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&report);
             } else {
                 print_bench(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Analyze { path, plot, json } => {
+            let report = analyze::analyze(&path)?;
+            if let Some(plot) = &plot {
+                analyze::plot(&report, plot)?;
+            }
+            if json {
+                print_json(&report);
+            } else {
+                print_analysis(&report, plot.as_deref());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -687,6 +710,58 @@ fn print_bench(report: &bench::BenchReport) {
         );
     }
     println!("  decode / copy = {:.3}", report.decode_vs_copy);
+}
+
+fn print_analysis(report: &analyze::AnalysisReport, plot: Option<&Path>) {
+    let bounds = |b: Option<[f64; 2]>| {
+        b.map_or("-".to_string(), |[low, high]| {
+            format!("{low:.2}..{high:.2}")
+        })
+    };
+    let width = report
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    println!(
+        "{:<width$} {:<8} {:>10} {:>7} {:>9} {:>6} {:>12}",
+        "tensor", "dtype", "elements", "H(exp)", "distinct", "alpha", "H bounds"
+    );
+    for t in &report.tensors {
+        println!(
+            "{:<width$} {:<8} {:>10} {:>7.3} {:>9} {:>6} {:>12}",
+            t.name,
+            t.dtype,
+            t.elements,
+            t.exponent_entropy,
+            t.distinct_exponents,
+            optional(t.alpha, 2),
+            bounds(t.entropy_bounds)
+        );
+    }
+    for d in &report.dtypes {
+        println!(
+            "{}: {} tensors, {} elements, exponent entropy {:.3} bits over {} distinct exponents",
+            d.dtype, d.tensors, d.elements, d.exponent_entropy, d.distinct_exponents
+        );
+    }
+    if let (Some(alpha), Some(range)) = (report.alpha, report.entropy_bounds) {
+        println!(
+            "stable-law index α = {alpha:.3} (element-weighted); exponent entropy bounds {}",
+            bounds(Some(range))
+        );
+        for limit in &report.limits {
+            println!(
+                "  {:<8} {} raw bits + exponent → {:.2}..{:.2} bits per weight",
+                limit.dtype, limit.raw_bits, limit.bits_per_weight[0], limit.bits_per_weight[1]
+            );
+        }
+    }
+    if let Some(plot) = plot {
+        println!("plot: {}", plot.display());
+    }
 }
 
 fn print_model_bench(report: &bench::ModelBenchReport) {

@@ -193,3 +193,42 @@ fn unknown_backend_is_a_clear_error() {
         stderr(&output)
     );
 }
+
+#[test]
+fn analyze_reports_the_same_study_for_plain_and_compressed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    assert!(ecf_path(&["compress"], &source).status.success());
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    let plot = dir.path().join("study.svg");
+
+    let output = ecf_path(
+        &["analyze", "--json", "--plot", plot.to_str().unwrap()],
+        &source,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plain: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let tensors = plain["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 5, "every float tensor, not the integer one");
+    for tensor in tensors {
+        let histogram = tensor["exponent_histogram"].as_array().unwrap();
+        let counted: u64 = histogram.iter().map(|c| c.as_u64().unwrap()).sum();
+        assert_eq!(counted, tensor["elements"].as_u64().unwrap());
+        let alpha = tensor["alpha"].as_f64().unwrap();
+        assert!((0.8..=2.0).contains(&alpha), "{alpha}");
+        let [low, high] = [0, 1].map(|i| tensor["entropy_bounds"][i].as_f64().unwrap());
+        assert!(low < high);
+    }
+    assert_eq!(plain["dtypes"].as_array().unwrap().len(), 5);
+    assert_eq!(plain["limits"].as_array().unwrap().len(), 5);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Exponent distribution"));
+
+    let output = ecf_path(&["analyze", "--json"], &compressed);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let from_compressed: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(from_compressed["tensors"], plain["tensors"]);
+
+    let text = stdout(&ecf_path(&["analyze"], &source));
+    assert!(text.contains("bits per weight"), "{text}");
+}
