@@ -407,8 +407,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&report);
             } else {
-                for (name, reason) in &report.skipped {
-                    println!("SKIP {name:<5} {reason}");
+                for skipped in &report.skipped {
+                    println!("SKIP {:<5} {}", skipped.backend, skipped.reason);
                 }
                 println!(
                     "{} cases passed, {} failed, {} backends skipped",
@@ -444,12 +444,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "    driver: {}",
                             info["driver"].as_str().unwrap_or_default()
                         );
-                        for limit in info["limits"].as_array().into_iter().flatten() {
-                            println!(
-                                "    {}: {}",
-                                limit[0].as_str().unwrap_or_default(),
-                                limit[1].as_str().unwrap_or_default()
-                            );
+                        for (limit, value) in info["limits"].as_object().into_iter().flatten() {
+                            println!("    {limit}: {value}");
                         }
                     } else {
                         println!("{name}: {}", entry["reason"].as_str().unwrap_or_default());
@@ -465,7 +461,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print_demo(&report);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if report.failures() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -818,8 +818,14 @@ fn print_demo(report: &demo::DemoReport) {
         report.compress_seconds
     );
     for run in &report.backends {
-        match &run.result {
-            Ok(bench) => println!(
+        if let Some(reason) = &run.skipped {
+            println!("  {:<5} skipped: {reason}", run.backend);
+        }
+        if let Some(error) = &run.error {
+            println!("  {:<5} FAILED: {error}", run.backend);
+        }
+        if let Some(bench) = &run.bench {
+            println!(
                 "  {:<5} {:<40} every bit identical; decode {:.2} GB/s = {:.2} x copy ({:.2} GB/s); encode {:.2} GB/s",
                 run.backend,
                 bench.device,
@@ -827,8 +833,7 @@ fn print_demo(report: &demo::DemoReport) {
                 bench.decode_vs_copy,
                 bench.copy.gb_per_s,
                 bench.encode.gb_per_s
-            ),
-            Err(reason) => println!("  {:<5} skipped: {reason}", run.backend),
+            );
         }
     }
 }

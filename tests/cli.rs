@@ -232,3 +232,137 @@ fn analyze_reports_the_same_study_for_plain_and_compressed_files() {
     let text = stdout(&ecf_path(&["analyze"], &source));
     assert!(text.contains("bits per weight"), "{text}");
 }
+
+/// The field paths `docs/JSON.md` lists under `## \`ecf <command>\``.
+fn documented_fields(command: &str) -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/JSON.md")).unwrap();
+    let heading = format!("## `ecf {command}`");
+    let section = doc
+        .split("\n## ")
+        .map(|s| format!("## {s}"))
+        .find(|s| s.lines().next() == Some(heading.as_str()))
+        .unwrap_or_else(|| panic!("docs/JSON.md has no section {heading}"));
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .map(|line| line.split('`').next().unwrap().to_string())
+        .collect()
+}
+
+/// The path of every leaf of a document: objects and arrays of objects are
+/// descended into, except the paths in `opaque`, which count as leaves.
+fn field_paths(value: &serde_json::Value, path: &str, opaque: &[&str], paths: &mut Vec<String>) {
+    let container = value.is_object()
+        || value
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i.is_object()));
+    if !container || opaque.contains(&path) {
+        paths.push(path.to_string());
+        return;
+    }
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, field) in map {
+                field_paths(field, &join(key), opaque, paths);
+            }
+        }
+        serde_json::Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+            for item in items {
+                field_paths(item, &format!("{path}[]"), opaque, paths);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn assert_documented(command: &str, output: &std::process::Output, opaque: &[&str]) {
+    assert!(output.status.success(), "{command}: {}", stderr(output));
+    let document: serde_json::Value = serde_json::from_str(&stdout(output)).unwrap();
+    let mut printed = Vec::new();
+    field_paths(&document, "", opaque, &mut printed);
+    printed.sort();
+    printed.dedup();
+    let documented = documented_fields(command);
+    for path in &printed {
+        // An empty array shows as a leaf; its elements' fields are listed.
+        let listed = documented.contains(path)
+            || documented
+                .iter()
+                .any(|d| d.starts_with(&format!("{path}[]")));
+        assert!(
+            listed,
+            "ecf {command} prints `{path}`, which docs/JSON.md does not list"
+        );
+    }
+    for path in &documented {
+        let shown = printed.iter().any(|p| {
+            p == path || p.starts_with(&format!("{path}.")) || p.starts_with(&format!("{path}[]"))
+        });
+        // The elements of an array that is empty here cannot show their fields.
+        let under_empty_array = printed.iter().any(|p| path.starts_with(&format!("{p}[]")));
+        assert!(
+            shown || under_empty_array,
+            "docs/JSON.md lists `{path}` for ecf {command}, which it does not print"
+        );
+    }
+}
+
+#[test]
+fn json_output_matches_its_documentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    let json = |args: &[&str], path: &std::path::Path| {
+        ecf_path(&[&["--quiet"], args, &["--json"]].concat(), path)
+    };
+
+    assert_documented("compress", &json(&["compress"], &source), &[]);
+    assert_documented(
+        "decompress",
+        &json(
+            &[
+                "decompress",
+                "-o",
+                dir.path().join("back.safetensors").to_str().unwrap(),
+            ],
+            &compressed,
+        ),
+        &[],
+    );
+    assert_documented("inspect", &json(&["inspect"], &compressed), &[]);
+    assert_documented("verify", &json(&["verify"], &compressed), &[]);
+    assert_documented(
+        "bench",
+        &json(&["bench", "--repeats", "1"], &compressed),
+        &[],
+    );
+    assert_documented(
+        "bench --model",
+        &json(&["bench", "--model", "--repeats", "1"], &compressed),
+        &[],
+    );
+    assert_documented("analyze", &json(&["analyze"], &compressed), &[]);
+    assert_documented(
+        "selftest",
+        &ecf(&["selftest", "--backend", "cpu", "--json"]),
+        &[],
+    );
+    assert_documented(
+        "backends",
+        &ecf(&["backends", "--json"]),
+        &["[].info.limits"],
+    );
+    assert_documented(
+        "demo",
+        &ecf(&["demo", "--repeats", "1", "--json"]),
+        &["inspection", "backends[].bench"],
+    );
+}

@@ -88,7 +88,7 @@ impl Backend for CpuBackend {
             backend: NAME,
             device: format!("{} threads", rayon::current_num_threads()),
             driver: "reference decoder".to_string(),
-            limits: Vec::new(),
+            limits: Default::default(),
         }
     }
 

@@ -480,7 +480,7 @@ impl Backend for CudaBackend {
                 self.driver_version / 1000,
                 self.driver_version % 1000 / 10
             ),
-            limits: vec![("total_memory".into(), self.total_memory.to_string())],
+            limits: [("total_memory", self.total_memory.into())].into(),
         }
     }
 

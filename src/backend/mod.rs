@@ -28,8 +28,8 @@ pub struct BackendInfo {
     pub backend: &'static str,
     pub device: String,
     pub driver: String,
-    /// Limits that bound what one decode can do, as (name, value).
-    pub limits: Vec<(String, String)>,
+    /// Limits that bound what one decode can do, by name.
+    pub limits: std::collections::BTreeMap<&'static str, serde_json::Value>,
 }
 
 /// A tensor resident on a device, coded or raw.

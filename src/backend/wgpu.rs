@@ -585,22 +585,23 @@ impl Backend for WgpuBackend {
             driver: format!("{} {}", self.info.driver, self.info.driver_info)
                 .trim()
                 .to_string(),
-            limits: vec![
+            limits: [
                 (
-                    "max_storage_buffer_binding_size".into(),
-                    limits.max_storage_buffer_binding_size.to_string(),
+                    "max_storage_buffer_binding_size",
+                    limits.max_storage_buffer_binding_size.into(),
                 ),
-                ("max_buffer_size".into(), limits.max_buffer_size.to_string()),
+                ("max_buffer_size", limits.max_buffer_size.into()),
                 (
-                    "max_compute_workgroups_per_dimension".into(),
-                    limits.max_compute_workgroups_per_dimension.to_string(),
+                    "max_compute_workgroups_per_dimension",
+                    limits.max_compute_workgroups_per_dimension.into(),
                 ),
                 (
-                    "max_compute_workgroup_storage_size".into(),
-                    limits.max_compute_workgroup_storage_size.to_string(),
+                    "max_compute_workgroup_storage_size",
+                    limits.max_compute_workgroup_storage_size.into(),
                 ),
-                ("timestamp_queries".into(), self.timestamps.to_string()),
-            ],
+                ("timestamp_queries", self.timestamps.into()),
+            ]
+            .into(),
         }
     }
 

@@ -24,11 +24,26 @@ pub struct DemoReport {
     pub backends: Vec<BackendRun>,
 }
 
+/// One backend's part of the demo: exactly one of `bench`, `skipped` and
+/// `error` is set.
 #[derive(Debug, Serialize)]
 pub struct BackendRun {
     pub backend: String,
-    /// The bench of this backend, or why it did not run.
-    pub result: std::result::Result<BenchReport, String>,
+    /// Throughput, after every decoded bit matched.
+    pub bench: Option<BenchReport>,
+    /// Why the backend is not available here.
+    pub skipped: Option<String>,
+    /// Why the run failed, a wrongly decoded tensor included.
+    pub error: Option<String>,
+}
+
+impl DemoReport {
+    pub fn failures(&self) -> usize {
+        self.backends
+            .iter()
+            .filter(|run| run.error.is_some())
+            .count()
+    }
 }
 
 struct SampleTensor {
@@ -151,17 +166,25 @@ pub fn run(repeats: usize) -> Result<DemoReport> {
     let inspection = inspect::inspect(&compressed)?;
     let backends = BACKEND_NAMES
         .iter()
-        .map(|&name| BackendRun {
-            backend: name.to_string(),
-            result: backend::open(name)
-                .and_then(|backend| {
-                    bench::bench(
-                        &bench::Workload::File(&compressed),
-                        backend.as_ref(),
-                        repeats,
-                    )
-                })
-                .map_err(|e| e.to_string()),
+        .map(|&name| {
+            let mut run = BackendRun {
+                backend: name.to_string(),
+                bench: None,
+                skipped: None,
+                error: None,
+            };
+            match backend::open(name) {
+                Err(reason) => run.skipped = Some(reason.to_string()),
+                Ok(backend) => match bench::bench(
+                    &bench::Workload::File(&compressed),
+                    backend.as_ref(),
+                    repeats,
+                ) {
+                    Ok(bench) => run.bench = Some(bench),
+                    Err(error) => run.error = Some(error.to_string()),
+                },
+            }
+            run
         })
         .collect();
     Ok(DemoReport {

@@ -35,7 +35,13 @@ pub struct CaseResult {
 pub struct SelftestReport {
     pub results: Vec<CaseResult>,
     /// Backends that could not be opened, and why.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<SkippedBackend>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedBackend {
+    pub backend: String,
+    pub reason: String,
 }
 
 impl SelftestReport {
@@ -74,7 +80,10 @@ pub fn run(
                     Error::Backend { message, .. } => message,
                     other => other.to_string(),
                 };
-                outcome.skipped.push((name.to_string(), reason));
+                outcome.skipped.push(SkippedBackend {
+                    backend: name.to_string(),
+                    reason,
+                });
                 continue;
             }
         };
