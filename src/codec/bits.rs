@@ -2,30 +2,31 @@
 //! so a little-endian load of any word puts the next bits at its bottom.
 //! The GPU decoders read the same layout with 32-bit loads.
 
-/// Writes bit fields into a buffer sized up front for the most bits that
-/// will be written, so the hot path is a shift, an or and, every 32 bits,
-/// one store: no reallocation that would keep the state out of registers.
-pub struct BitWriter {
-    bytes: Vec<u8>,
+/// Writes bit fields into a caller's buffer that holds at least the bits
+/// that will be written, so the hot path is a shift, an or and, every 32
+/// bits, one store: no growth, no allocation, and encoders can fill
+/// disjoint parts of one output in parallel.
+pub struct BitWriter<'a> {
+    bytes: &'a mut [u8],
     /// Whole bytes written to `bytes`.
     flushed: usize,
     pending: u64,
     pending_bits: u32,
 }
 
-impl BitWriter {
-    /// A writer for at most `max_bits` bits.
-    pub fn with_max_bits(max_bits: u64) -> Self {
+impl<'a> BitWriter<'a> {
+    /// A writer that fills `bytes` from its start.
+    pub fn new(bytes: &'a mut [u8]) -> Self {
         BitWriter {
-            bytes: vec![0; (max_bits.div_ceil(32) * 4) as usize + 4],
+            bytes,
             flushed: 0,
             pending: 0,
             pending_bits: 0,
         }
     }
 
-    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); more than the
-    /// `max_bits` promised is a bug and panics.
+    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); writing past
+    /// the buffer is a bug and panics.
     #[inline(always)]
     pub fn put(&mut self, value: u32, bits: u32) {
         debug_assert!(bits <= 32 && (bits == 32 || value >> bits == 0));
@@ -45,18 +46,14 @@ impl BitWriter {
         self.flushed as u64 * 8 + self.pending_bits as u64
     }
 
-    /// Pads with zero bits to a whole byte and returns the bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        let len = self.bit_len().div_ceil(8) as usize;
-        self.bytes[self.flushed..self.flushed + 4]
-            .copy_from_slice(&(self.pending as u32).to_le_bytes());
-        self.bytes.truncate(len);
-        self.bytes
-    }
-
-    /// Pads to a whole byte and appends the result to `out`.
-    pub fn finish_into(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.finish());
+    /// Stores the last bits, zero-padded to a whole byte, and returns how
+    /// many bits were written; bytes past them are left as they were.
+    pub fn finish(self) -> u64 {
+        let bits = self.bit_len();
+        let tail = bits.div_ceil(8) as usize - self.flushed;
+        self.bytes[self.flushed..self.flushed + tail]
+            .copy_from_slice(&self.pending.to_le_bytes()[..tail]);
+        bits
     }
 }
 
@@ -142,13 +139,19 @@ mod tests {
                 (value, bits)
             })
             .collect();
-        let mut writer = BitWriter::with_max_bits(fields.iter().map(|f| f.1 as u64).sum());
+        let total: u64 = fields.iter().map(|f| f.1 as u64).sum();
+        let mut bytes = vec![0xAAu8; total.div_ceil(8) as usize + 3];
+        let mut writer = BitWriter::new(&mut bytes);
         for &(value, bits) in &fields {
             writer.put(value, bits);
         }
-        let total = writer.bit_len();
-        let bytes = writer.finish();
-        assert_eq!(bytes.len() as u64, total.div_ceil(8));
+        assert_eq!(writer.finish(), total);
+        assert_eq!(
+            &bytes[total.div_ceil(8) as usize..],
+            [0xAA; 3],
+            "nothing past the bits"
+        );
+        bytes.truncate(total.div_ceil(8) as usize);
         let mut position = 0;
         for &(value, bits) in &fields {
             assert_eq!(peek_bits(&bytes, position, bits), value);
@@ -165,11 +168,13 @@ mod tests {
                 (i.wrapping_mul(2_654_435_761) & ((1u32 << bits) - 1), bits)
             })
             .collect();
-        let mut writer = BitWriter::with_max_bits(fields.iter().map(|f| f.1 as u64).sum());
+        let total: u64 = fields.iter().map(|f| f.1 as u64).sum();
+        let mut bytes = vec![0u8; total.div_ceil(8) as usize];
+        let mut writer = BitWriter::new(&mut bytes);
         for &(value, bits) in &fields {
             writer.put(value, bits);
         }
-        let bytes = writer.finish();
+        writer.finish();
         let mut reader = FieldReader::new(&bytes);
         for &(value, bits) in &fields {
             assert_eq!(reader.take(bits), value);

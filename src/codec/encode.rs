@@ -107,22 +107,66 @@ pub fn encode(
         map_chunks(bytes, block_bytes, |_, block| head_histogram(&split, block))
     };
     let decisions = decide_blocks(&histograms, head_bits);
-    let outputs = map_chunks(bytes, block_bytes, |block, bytes| {
-        encode_block(&split, params.geometry, bytes, &decisions[block])
-    });
 
-    let mut encoded = EncodedTensor {
-        params,
-        head: Vec::with_capacity(outputs.iter().map(|o| o.stream.len()).sum()),
-        rest: Vec::with_capacity(outputs.iter().map(|o| o.rest.len()).sum()),
-        index: Vec::with_capacity(outputs.iter().map(|o| o.record.len()).sum()),
+    // Every block's stream and rest sizes are known from its histogram and
+    // code, so blocks write straight into their place in one head plane and
+    // one rest plane, in parallel.
+    let rest_bits = split.stored_rest_bits() as u64;
+    let head_sizes: Vec<usize> = histograms
+        .iter()
+        .zip(&decisions)
+        .map(|(histogram, decision)| {
+            decision.stream_bits(histogram, head_bits).div_ceil(8) as usize
+        })
+        .collect();
+    let rest_sizes: Vec<usize> = histograms
+        .iter()
+        .map(|h| (h.iter().sum::<u64>() * rest_bits).div_ceil(8) as usize)
+        .collect();
+    let mut head = vec![0u8; head_sizes.iter().sum()];
+    let mut rest = vec![0u8; rest_sizes.iter().sum()];
+    let work: Vec<BlockWork> = bytes
+        .chunks(block_bytes)
+        .zip(split_at_lengths(&mut head, &head_sizes))
+        .zip(split_at_lengths(&mut rest, &rest_sizes))
+        .zip(decisions.iter().zip(&histograms))
+        .map(
+            |(((block, stream), rest), (decision, histogram))| BlockWork {
+                block,
+                stream,
+                rest,
+                decision,
+                stream_bits: decision.stream_bits(histogram, head_bits),
+            },
+        )
+        .collect();
+    let records: Vec<Vec<u8>> = if work.len() > 1 {
+        work.into_par_iter()
+            .map(|work| encode_block(&split, params.geometry, work))
+            .collect()
+    } else {
+        work.into_iter()
+            .map(|work| encode_block(&split, params.geometry, work))
+            .collect()
     };
-    for output in outputs {
-        encoded.head.extend_from_slice(&output.stream);
-        encoded.rest.extend_from_slice(&output.rest);
-        encoded.index.extend_from_slice(&output.record);
-    }
-    Ok(encoded)
+    Ok(EncodedTensor {
+        params,
+        head,
+        rest,
+        index: records.concat(),
+    })
+}
+
+/// `bytes` cut into consecutive slices of the given lengths.
+fn split_at_lengths<'a>(mut bytes: &'a mut [u8], lengths: &[usize]) -> Vec<&'a mut [u8]> {
+    lengths
+        .iter()
+        .map(|&len| {
+            let (first, others) = std::mem::take(&mut bytes).split_at_mut(len);
+            bytes = others;
+            first
+        })
+        .collect()
 }
 
 /// `map(chunk number, chunk)` over the chunks of `bytes`, in parallel when
@@ -280,6 +324,17 @@ enum BlockDecision {
     },
 }
 
+impl BlockDecision {
+    /// Bits of the head stream of a block with this histogram.
+    fn stream_bits(&self, histogram: &Histogram, head_bits: u32) -> u64 {
+        match self {
+            BlockDecision::Constant(_) => 0,
+            BlockDecision::Raw => histogram.iter().sum::<u64>() * head_bits as u64,
+            BlockDecision::Coded { lengths, .. } => code_bits(histogram, lengths),
+        }
+    }
+}
+
 /// Chooses each block's storage in order; a block may reuse the code of the
 /// most recent coded block when that is smaller than sending its own.
 fn decide_blocks(histograms: &[Histogram], head_bits: u32) -> Vec<BlockDecision> {
@@ -334,46 +389,49 @@ fn covers(lengths: &CodeLengths, histogram: &Histogram) -> bool {
         .all(|(&count, &len)| count == 0 || len > 0)
 }
 
-struct BlockOutput {
-    record: Vec<u8>,
-    stream: Vec<u8>,
-    rest: Vec<u8>,
+/// One block to encode and the parts of the planes it fills, sized exactly.
+struct BlockWork<'a> {
+    block: &'a [u8],
+    stream: &'a mut [u8],
+    rest: &'a mut [u8],
+    decision: &'a BlockDecision,
+    stream_bits: u64,
 }
 
-fn encode_block(
-    split: &FieldSplit,
-    geometry: ChunkGeometry,
-    block: &[u8],
-    decision: &BlockDecision,
-) -> BlockOutput {
+/// Writes a block's head stream and rest bits; returns its index record.
+fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) -> Vec<u8> {
+    let BlockWork {
+        block,
+        stream,
+        rest,
+        decision,
+        stream_bits,
+    } = work;
     let kind = split.kind;
-    let elements = block.len() / kind.width_bytes();
     let mut record = Vec::new();
-    let stream = match decision {
+    match decision {
         BlockDecision::Constant(value) => {
             index::write_record(&BlockRecord::Constant(*value), &mut record);
-            Vec::new()
         }
         BlockDecision::Raw => {
-            let mut heads = BitWriter::with_max_bits(elements as u64 * split.head_bits as u64);
+            let mut heads = BitWriter::new(stream);
             kind.for_each_element(
                 block,
                 #[inline(always)]
                 |element| heads.put(split.head(element), split.head_bits),
             );
+            assert_eq!(heads.finish(), stream_bits, "raw heads fill their stream");
             index::write_record(&BlockRecord::Raw, &mut record);
-            heads.finish()
         }
         BlockDecision::Coded { lengths, new_table } => {
             let codes = huffman::canonical_codes(lengths);
             let chunk_bits = geometry.chunk_bits as u64;
-            let mut heads = BitWriter::with_max_bits(elements as u64 * MAX_CODE_BITS as u64);
+            let mut heads = BitWriter::new(stream);
             // First codeword boundary at or after each chunk's beginning,
             // in a list sized up front so the loop makes no calls.
-            let max_chunks =
-                (elements as u64 * MAX_CODE_BITS as u64).div_ceil(chunk_bits) as usize + 1;
-            let mut first_boundaries = vec![0u64; max_chunks];
-            let mut chunks = 0;
+            let chunks = stream_bits.div_ceil(chunk_bits) as usize;
+            let mut first_boundaries = vec![0u64; chunks];
+            let mut chunk = 0;
             let mut next_chunk_begin = 0u64;
             let mut position = 0u64;
             kind.for_each_element(
@@ -383,67 +441,64 @@ fn encode_block(
                     let head = split.head(element) as usize;
                     // Codewords are shorter than chunks: at most one begins here.
                     if position >= next_chunk_begin {
-                        first_boundaries[chunks] = position;
-                        chunks += 1;
+                        first_boundaries[chunk] = position;
+                        chunk += 1;
                         next_chunk_begin += chunk_bits;
                     }
                     heads.put(codes[head], lengths[head] as u32);
                     position += lengths[head] as u64;
                 },
             );
-            let stream_bits = position;
-            while next_chunk_begin < stream_bits {
-                first_boundaries[chunks] = stream_bits;
-                chunks += 1;
-                next_chunk_begin += chunk_bits;
-            }
-            first_boundaries.truncate(chunks);
-            let stream = heads.finish();
+            // The histogram the code was sized from counted these elements.
+            assert_eq!(heads.finish(), stream_bits, "coded heads fill their stream");
+            first_boundaries[chunk..].fill(stream_bits);
+            let stream: &[u8] = stream;
             let exceptions =
-                sync_exceptions(geometry, &stream, stream_bits, lengths, &first_boundaries);
+                sync_exceptions(geometry, stream, stream_bits, lengths, &first_boundaries);
             let coded = BlockRecord::Coded {
                 new_table: new_table.then_some(&**lengths),
                 stream_bits,
                 exceptions: &exceptions,
             };
             index::write_record(&coded, &mut record);
-            stream
         }
-    };
-    BlockOutput {
-        record,
-        stream,
-        rest: pack_rest(split, block),
     }
+    pack_rest(split, block, rest);
+    record
 }
 
-/// The stored rest bits of a block's elements, packed LSB-first. Whole-byte
-/// widths are written byte by byte.
-fn pack_rest(split: &FieldSplit, block: &[u8]) -> Vec<u8> {
+/// Packs the stored rest bits of a block's elements LSB-first into `rest`,
+/// which holds exactly them. Whole-byte widths are written byte by byte.
+fn pack_rest(split: &FieldSplit, block: &[u8], rest: &mut [u8]) {
     let kind = split.kind;
     let bits = split.stored_rest_bits();
-    let elements = block.len() / kind.width_bytes();
-    let mut rest = Vec::with_capacity((elements * bits as usize).div_ceil(8));
     let stored = |element: u32| split.full_rest(element) >> split.rest_const_bits;
     match bits {
         0 => {}
-        8 => kind.for_each_element(
-            block,
-            #[inline(always)]
-            |element| rest.push(stored(element) as u8),
-        ),
-        16 => kind.for_each_element(
-            block,
-            #[inline(always)]
-            |element| rest.extend_from_slice(&(stored(element) as u16).to_le_bytes()),
-        ),
-        24 => kind.for_each_element(
-            block,
-            #[inline(always)]
-            |element| rest.extend_from_slice(&stored(element).to_le_bytes()[..3]),
-        ),
+        8 => {
+            let mut out = rest.iter_mut();
+            kind.for_each_element(
+                block,
+                #[inline(always)]
+                |element| *out.next().unwrap() = stored(element) as u8,
+            );
+        }
+        16 | 24 => {
+            let width = bits as usize / 8;
+            let mut out = rest.chunks_exact_mut(width);
+            kind.for_each_element(
+                block,
+                #[inline(always)]
+                |element| {
+                    out.next()
+                        .unwrap()
+                        .copy_from_slice(&stored(element).to_le_bytes()[..width])
+                },
+            );
+        }
         1..8 => {
             // Eight fields of fewer than 8 bits fill `bits` whole bytes.
+            let mut out = rest.chunks_mut(bits as usize);
             let mut group = 0u64;
             let mut filled = 0;
             kind.for_each_element(
@@ -453,25 +508,29 @@ fn pack_rest(split: &FieldSplit, block: &[u8]) -> Vec<u8> {
                     group |= (stored(element) as u64) << (filled * bits);
                     filled += 1;
                     if filled == 8 {
-                        rest.extend_from_slice(&group.to_le_bytes()[..bits as usize]);
+                        out.next()
+                            .unwrap()
+                            .copy_from_slice(&group.to_le_bytes()[..bits as usize]);
                         (group, filled) = (0, 0);
                     }
                 },
             );
-            let tail_bytes = (filled * bits).div_ceil(8) as usize;
-            rest.extend_from_slice(&group.to_le_bytes()[..tail_bytes]);
+            if filled > 0 {
+                let tail = out.next().unwrap();
+                let len = tail.len();
+                tail.copy_from_slice(&group.to_le_bytes()[..len]);
+            }
         }
         _ => {
-            let mut writer = BitWriter::with_max_bits(elements as u64 * bits as u64);
+            let mut writer = BitWriter::new(rest);
             kind.for_each_element(
                 block,
                 #[inline(always)]
                 |element| writer.put(stored(element), bits),
             );
-            rest = writer.finish();
+            writer.finish();
         }
     }
-    rest
 }
 
 /// Replays the chunk decoders' warm-up (see [`super::sync`]) and lists the

@@ -31,7 +31,8 @@ pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
     out.push(lo as u8);
     out.push(hi as u8);
     // At most 8 bits per symbol of the range.
-    let mut bits = BitWriter::with_max_bits(8 * (hi - lo + 1) as u64);
+    let mut buffer = [0u8; ALPHABET];
+    let mut bits = BitWriter::new(&mut buffer);
     let mut previous = 0u8;
     let mut symbol = lo;
     while symbol <= hi {
@@ -61,7 +62,8 @@ pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
         previous = len;
         symbol += 1;
     }
-    bits.finish_into(out);
+    let len = bits.finish().div_ceil(8) as usize;
+    out.extend_from_slice(&buffer[..len]);
 }
 
 /// Bytes [`write_table`] will use for `lengths`.
