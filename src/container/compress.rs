@@ -91,7 +91,6 @@ pub fn compress_file(
     let mut spool = BufWriter::with_capacity(1 << 20, spool_file);
 
     let source_header = miniz_oxide::deflate::compress_to_vec(source.header_bytes(), 9);
-    let mut raw = Vec::new();
     let mut coded = vec![OutputTensor {
         name: schema::SOURCE_HEADER_TENSOR.to_string(),
         dtype: "U8".to_string(),
@@ -101,53 +100,74 @@ pub fn compress_file(
     spool
         .write_all(&source_header)
         .map_err(|e| Error::io(output, e))?;
-    let mut reports = Vec::with_capacity(tensors.len());
     // The whole file's checksum, taken tensor by tensor as they stream past
     // (they cover the data section in order), so no pass maps it all.
     let mut file_hash = Xxh3::new();
     file_hash.update(&source.bytes()[..source.bytes().len() - source.data().len()]);
     // Small tensors are encoded several at a time, in parallel; a large one
-    // alone, in parallel blocks. Either way memory holds one batch.
-    for batch in batches(&tensors, BATCH_BYTES) {
-        let encoded: Vec<Result<Option<Coded>>> = batch
-            .par_iter()
-            .map(|tensor| encode_if_smaller(input, &source, tensor, &options.encode))
-            .collect();
-        for (tensor, encoded) in batch.iter().zip(encoded) {
-            let source_bytes = tensor.len() as u64;
-            let mut report = TensorReport {
-                name: tensor.name.clone(),
-                dtype: format!("{:?}", tensor.dtype),
-                elements: tensor.shape.iter().map(|&d| d as u64).product(),
-                source_bytes,
-                stored_bytes: source_bytes,
-                coded: false,
-            };
-            match encoded? {
-                Some(Coded { header, encoded }) => {
-                    for plane in [&header, &encoded.index, &encoded.head, &encoded.rest] {
-                        spool.write_all(plane).map_err(|e| Error::io(output, e))?;
-                    }
-                    let len = header.len() as u64 + encoded.stored_bytes();
-                    coded.push(OutputTensor {
+    // alone, in parallel blocks. A writer thread spools, hashes and releases
+    // each batch while the next one is encoded, so the cores never wait on
+    // the disk; with one batch in the channel, memory holds three at most.
+    let (batch_sender, batch_receiver) = std::sync::mpsc::sync_channel(1);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| -> Result<_> {
+            let mut reports = Vec::with_capacity(tensors.len());
+            let mut raw = Vec::new();
+            for (batch, encoded) in batch_receiver {
+                let batch: &[TensorEntry] = batch;
+                let encoded: Vec<Result<Option<Coded>>> = encoded;
+                for (tensor, encoded) in batch.iter().zip(encoded) {
+                    let source_bytes = tensor.len() as u64;
+                    let mut report = TensorReport {
                         name: tensor.name.clone(),
-                        dtype: "U8".to_string(),
-                        shape: vec![len],
-                        len,
-                    });
-                    report.stored_bytes = len;
-                    report.coded = true;
+                        dtype: format!("{:?}", tensor.dtype),
+                        elements: tensor.shape.iter().map(|&d| d as u64).product(),
+                        source_bytes,
+                        stored_bytes: source_bytes,
+                        coded: false,
+                    };
+                    match encoded? {
+                        Some(Coded { header, encoded }) => {
+                            for plane in [&header, &encoded.index, &encoded.head, &encoded.rest] {
+                                spool.write_all(plane).map_err(|e| Error::io(output, e))?;
+                            }
+                            let len = header.len() as u64 + encoded.stored_bytes();
+                            coded.push(OutputTensor {
+                                name: tensor.name.clone(),
+                                dtype: "U8".to_string(),
+                                shape: vec![len],
+                                len,
+                            });
+                            report.stored_bytes = len;
+                            report.coded = true;
+                        }
+                        None => raw.push(tensor),
+                    }
+                    reports.push(report);
+                    file_hash.update(&source.data()[tensor.range.clone()]);
+                    options.progress.advance(source_bytes);
                 }
-                None => raw.push(tensor),
+                if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+                    source.release(first.range.start..last.range.end);
+                }
             }
-            reports.push(report);
-            file_hash.update(&source.data()[tensor.range.clone()]);
-            options.progress.advance(source_bytes);
+            Ok((reports, raw))
+        });
+        for batch in batches(&tensors, BATCH_BYTES) {
+            let encoded: Vec<Result<Option<Coded>>> = batch
+                .par_iter()
+                .map(|tensor| encode_if_smaller(input, &source, tensor, &options.encode))
+                .collect();
+            if batch_sender.send((batch, encoded)).is_err() {
+                break; // The writer stopped on an error, which join returns.
+            }
         }
-        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
-            source.release(first.range.start..last.range.end);
-        }
-    }
+        drop(batch_sender);
+        writer
+            .join()
+            .expect("the compress writer thread does not panic")
+    });
+    let (reports, mut raw) = written?;
 
     // Descending element size keeps every raw tensor aligned to its element.
     raw.sort_by_key(|t| std::cmp::Reverse(t.dtype.bitsize()));
