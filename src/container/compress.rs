@@ -105,10 +105,11 @@ pub fn compress_file(
     let mut file_hash = Xxh3::new();
     file_hash.update(&source.bytes()[..source.bytes().len() - source.data().len()]);
     // Small tensors are encoded several at a time, in parallel; a large one
-    // alone, in parallel blocks. A writer thread spools, hashes and releases
-    // each batch while the next one is encoded, so the cores never wait on
-    // the disk; with one batch in the channel, memory holds three at most.
-    let (batch_sender, batch_receiver) = std::sync::mpsc::sync_channel(1);
+    // alone, in parallel blocks; then it is hashed and its source pages
+    // released. A writer thread spools each batch while the next one is
+    // encoded, so the cores never wait on the disk; the hand-over is a
+    // rendezvous, so memory holds one source batch and two encoded ones.
+    let (batch_sender, batch_receiver) = std::sync::mpsc::sync_channel(0);
     let written = std::thread::scope(|scope| {
         let writer = scope.spawn(|| -> Result<_> {
             let mut reports = Vec::with_capacity(tensors.len());
@@ -144,11 +145,7 @@ pub fn compress_file(
                         None => raw.push(tensor),
                     }
                     reports.push(report);
-                    file_hash.update(&source.data()[tensor.range.clone()]);
                     options.progress.advance(source_bytes);
-                }
-                if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
-                    source.release(first.range.start..last.range.end);
                 }
             }
             Ok((reports, raw))
@@ -158,6 +155,12 @@ pub fn compress_file(
                 .par_iter()
                 .map(|tensor| encode_if_smaller(input, &source, tensor, &options.encode))
                 .collect();
+            for tensor in batch {
+                file_hash.update(&source.data()[tensor.range.clone()]);
+            }
+            if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+                source.release(first.range.start..last.range.end);
+            }
             if batch_sender.send((batch, encoded)).is_err() {
                 break; // The writer stopped on an error, which join returns.
             }
