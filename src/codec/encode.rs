@@ -425,6 +425,12 @@ fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) ->
         }
         BlockDecision::Coded { lengths, new_table } => {
             let codes = huffman::canonical_codes(lengths);
+            // Codeword and length in one entry: one load per element.
+            let mut codewords = [0u32; 256];
+            for (entry, (&code, &len)) in codewords.iter_mut().zip(codes.iter().zip(lengths.iter()))
+            {
+                *entry = code | (len as u32) << 16;
+            }
             let chunk_bits = geometry.chunk_bits as u64;
             let mut heads = BitWriter::new(stream);
             // First codeword boundary at or after each chunk's beginning,
@@ -438,15 +444,16 @@ fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) ->
                 block,
                 #[inline(always)]
                 |element| {
-                    let head = split.head(element) as usize;
+                    let codeword = codewords[split.head(element) as usize & 0xFF];
+                    let len = codeword >> 16;
                     // Codewords are shorter than chunks: at most one begins here.
                     if position >= next_chunk_begin {
                         first_boundaries[chunk] = position;
                         chunk += 1;
                         next_chunk_begin += chunk_bits;
                     }
-                    heads.put(codes[head], lengths[head] as u32);
-                    position += lengths[head] as u64;
+                    heads.put(codeword & 0xFFFF, len);
+                    position += len as u64;
                 },
             );
             // The histogram the code was sized from counted these elements.
