@@ -100,6 +100,33 @@ impl FloatKind {
         }
     }
 
+    /// Calls `visit` with the elements of `bytes` four at a time, then
+    /// `tail` with each of the last `len % 4`; four independent elements per
+    /// call let the caller spread dependent work (counters) across them.
+    #[inline(always)]
+    pub fn for_each_quad(
+        self,
+        bytes: &[u8],
+        mut visit: impl FnMut([u32; 4]),
+        tail: impl FnMut(u32),
+    ) {
+        let width = self.width_bytes();
+        let quads = bytes.chunks_exact(4 * width);
+        let rest = quads.remainder();
+        match width {
+            1 => quads.for_each(|q| visit([q[0], q[1], q[2], q[3]].map(u32::from))),
+            2 => quads.for_each(|q| {
+                visit([0, 1, 2, 3].map(|i| u16::from_le_bytes([q[2 * i], q[2 * i + 1]]) as u32))
+            }),
+            _ => quads.for_each(|q| {
+                visit([0, 1, 2, 3].map(|i| {
+                    u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
+                }))
+            }),
+        }
+        self.for_each_element(rest, tail);
+    }
+
     /// Reads element `index` of a little-endian byte slice.
     #[inline(always)]
     pub fn load(self, bytes: &[u8], index: usize) -> u32 {
