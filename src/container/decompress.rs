@@ -92,29 +92,100 @@ pub fn verify_file_on(
 /// Decoded bytes of small tensors decoded together, in parallel.
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// A piece of the rebuilt file on its way to the writer.
+enum Piece<'a> {
+    /// Bytes stored as they are in the compressed file.
+    Stored(&'a [u8]),
+    /// A decoded tensor: the first `len` bytes of a buffer.
+    Decoded(Vec<u8>, usize),
+    /// The same, for a buffer that goes back to the decoder for the next
+    /// large tensor once written (small tensors' buffers are dropped).
+    Recycled(Vec<u8>, usize),
+}
+
 /// Streams the source file's bytes into `sink`. With `stop_on_error`, the
 /// first failing tensor ends it with that error; otherwise failures are
-/// recorded and the rest still checked.
+/// recorded and the rest still checked. A writer thread hashes and sinks
+/// each piece while the next is decoded; the hand-over is a rendezvous, so
+/// memory holds two decoded batches at most.
 fn rebuild(
     file: &CompressedFile,
     backend: &dyn Backend,
     stop_on_error: bool,
     progress: &Progress,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
+    mut sink: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> Result<DecodeChecks> {
     let started = Instant::now();
-    let mut file_hash = Xxh3::new();
-    let mut emit = |bytes: &[u8]| -> Result<()> {
-        file_hash.update(bytes);
-        sink(bytes)
-    };
-    emit(&(file.source_header.len() as u64).to_le_bytes())?;
-    emit(&file.source_header)?;
+    let (to_writer, pieces) = std::sync::mpsc::sync_channel::<Piece>(0);
+    let (to_decoder, written_buffers) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (decoded, written) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<u64> {
+            let mut file_hash = Xxh3::new();
+            for piece in pieces {
+                let bytes = match &piece {
+                    Piece::Stored(bytes) => bytes,
+                    Piece::Decoded(buffer, len) | Piece::Recycled(buffer, len) => &buffer[..*len],
+                };
+                file_hash.update(bytes);
+                sink(bytes)?;
+                if let Piece::Recycled(buffer, _) = piece {
+                    // The decoder may have finished and dropped its end.
+                    let _ = to_decoder.send(buffer);
+                }
+            }
+            Ok(file_hash.digest())
+        });
+        let decoded = decode_pieces(
+            file,
+            backend,
+            stop_on_error,
+            progress,
+            &to_writer,
+            &written_buffers,
+        );
+        drop(to_writer);
+        (
+            decoded,
+            writer
+                .join()
+                .expect("the decompress writer thread does not panic"),
+        )
+    });
+    // A failed write ends the decoding early: report it first.
+    let file_checksum = written?;
+    let (tensors, decoded_bytes) = decoded?;
+    Ok(DecodeChecks {
+        tensors,
+        file_checksum,
+        expected_file_checksum: file.source_checksum,
+        source_bytes: file.source_len(),
+        decoded_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
+/// The decoding half of [`rebuild`]: sends the file's pieces in order and
+/// returns the per-tensor checks and the decoded byte count. Stops quietly
+/// when the writer has hung up (it reports why).
+fn decode_pieces<'a>(
+    file: &'a CompressedFile,
+    backend: &dyn Backend,
+    stop_on_error: bool,
+    progress: &Progress,
+    to_writer: &std::sync::mpsc::SyncSender<Piece<'a>>,
+    written_buffers: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<(Vec<TensorCheck>, u64)> {
     let mut tensors = Vec::with_capacity(file.tensors.len());
     let mut decoded_bytes = 0;
-    // One buffer, grown to the largest tensor, serves the large ones.
-    let mut buffer = Vec::new();
+    let header_len = (file.source_header.len() as u64).to_le_bytes().to_vec();
+    let header_len_bytes = header_len.len();
+    if to_writer
+        .send(Piece::Decoded(header_len, header_len_bytes))
+        .is_err()
+        || to_writer.send(Piece::Stored(&file.source_header)).is_err()
+    {
+        return Ok((tensors, decoded_bytes));
+    }
     for batch in batches(&file.tensors) {
         // Small tensors decode in parallel, each into its own buffer.
         let parallel: Vec<Option<Result<Vec<u8>>>> = if batch.len() > 1 {
@@ -138,34 +209,36 @@ fn rebuild(
         for tensor in batch {
             let prepared = parallel.next().flatten();
             let name = &tensor.source.name;
-            let (coded, error) = match &tensor.storage {
-                Storage::Raw => {
-                    emit(file.stored_bytes(tensor))?;
-                    (false, None)
-                }
+            let (piece, coded, error) = match &tensor.storage {
+                Storage::Raw => (Some(Piece::Stored(file.stored_bytes(tensor))), false, None),
                 Storage::Coded(coded) => {
                     decoded_bytes += coded.params.decoded_bytes();
                     let len = coded.params.decoded_bytes() as usize;
+                    // A large tensor decodes into a buffer the writer is
+                    // done with, when there is one.
                     let decoded = match prepared {
-                        Some(result) => result.map(|own| {
-                            buffer = own;
-                        }),
-                        None => decode_tensor(file, backend, name, coded, &mut buffer),
-                    };
-                    let error = match decoded {
-                        Ok(()) => {
-                            emit(&buffer[..len])?;
-                            None
+                        Some(result) => result.map(|own| Piece::Decoded(own, len)),
+                        None => {
+                            let mut buffer = written_buffers.try_recv().unwrap_or_default();
+                            decode_tensor(file, backend, name, coded, &mut buffer)
+                                .map(|()| Piece::Recycled(buffer, len))
                         }
-                        Err(error) => Some(error),
                     };
-                    (true, error)
+                    match decoded {
+                        Ok(piece) => (Some(piece), true, None),
+                        Err(error) => (None, true, Some(error)),
+                    }
                 }
             };
             let error = match error {
                 Some(error) if stop_on_error => return Err(error),
                 error => error,
             };
+            if let Some(piece) = piece
+                && to_writer.send(piece).is_err()
+            {
+                return Ok((tensors, decoded_bytes));
+            }
             tensors.push(TensorCheck {
                 name: name.clone(),
                 coded,
@@ -176,14 +249,7 @@ fn rebuild(
             progress.advance(tensor.source.len() as u64);
         }
     }
-    Ok(DecodeChecks {
-        tensors,
-        file_checksum: file_hash.digest(),
-        expected_file_checksum: file.source_checksum,
-        source_bytes: file.source_len(),
-        decoded_bytes,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok((tensors, decoded_bytes))
 }
 
 /// Consecutive runs of tensors of at most `BATCH_BYTES` decoded bytes in
