@@ -513,28 +513,23 @@ fn pack_rest(split: &FieldSplit, block: &[u8], rest: &mut [u8]) {
             );
         }
         1..8 => {
-            // Eight fields of fewer than 8 bits fill `bits` whole bytes.
+            // Eight fields of fewer than 8 bits fill `bits` whole bytes: a
+            // fixed group of eight per step, no per-element state.
+            let width = kind.width_bytes();
+            let groups = block.chunks_exact(8 * width);
+            let tail = groups.remainder();
             let mut out = rest.chunks_mut(bits as usize);
-            let mut group = 0u64;
-            let mut filled = 0;
-            kind.for_each_element(
-                block,
-                #[inline(always)]
-                |element| {
-                    group |= (stored(element) as u64) << (filled * bits);
-                    filled += 1;
-                    if filled == 8 {
-                        out.next()
-                            .unwrap()
-                            .copy_from_slice(&group.to_le_bytes()[..bits as usize]);
-                        (group, filled) = (0, 0);
-                    }
-                },
-            );
-            if filled > 0 {
-                let tail = out.next().unwrap();
-                let len = tail.len();
-                tail.copy_from_slice(&group.to_le_bytes()[..len]);
+            for (group, out) in groups.zip(&mut out) {
+                out.copy_from_slice(
+                    &pack_group(group, 8, width, bits, &stored).to_le_bytes()[..bits as usize],
+                );
+            }
+            if let Some(out) = out.next() {
+                let len = out.len();
+                out.copy_from_slice(
+                    &pack_group(tail, tail.len() / width, width, bits, &stored).to_le_bytes()
+                        [..len],
+                );
             }
         }
         _ => {
@@ -547,6 +542,28 @@ fn pack_rest(split: &FieldSplit, block: &[u8], rest: &mut [u8]) {
             writer.finish();
         }
     }
+}
+
+/// `count` (≤ 8) fields of `bits` < 8 bits from the first elements of
+/// `elements`, packed LSB-first into one word.
+#[inline(always)]
+fn pack_group(
+    elements: &[u8],
+    count: usize,
+    width: usize,
+    bits: u32,
+    stored: &impl Fn(u32) -> u32,
+) -> u64 {
+    let mut group = 0u64;
+    for i in 0..count {
+        let element = match width {
+            1 => elements[i] as u32,
+            2 => u16::from_le_bytes([elements[2 * i], elements[2 * i + 1]]) as u32,
+            _ => u32::from_le_bytes(elements[4 * i..4 * i + 4].try_into().unwrap()),
+        };
+        group |= (stored(element) as u64) << (i as u32 * bits);
+    }
+    group
 }
 
 /// Replays the chunk decoders' warm-up (see [`super::sync`]) and lists the
