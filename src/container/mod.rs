@@ -23,6 +23,21 @@ pub use directory::{DirectoryReport, compress_directory, decompress_directory, v
 pub use read::{CompressedFile, Storage, StoredTensor};
 pub use source::SourceFile;
 
+/// A path's safetensors files: the path itself, or the `.safetensors`
+/// files of a directory, sorted by name.
+pub fn safetensors_files(path: &std::path::Path) -> crate::error::Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| crate::error::Error::io(path, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Tells a progress display how many source bytes are done; does nothing by
 /// default.
 #[derive(Clone, Default)]

@@ -171,6 +171,24 @@ impl CompressedFile {
         self.file.release(tensor.stored_range.clone());
     }
 
+    /// A tensor's original bytes, decoded on the CPU when coded.
+    pub fn decode_on_cpu(&self, tensor: &StoredTensor) -> Result<Vec<u8>> {
+        match &tensor.storage {
+            Storage::Raw => Ok(self.stored_bytes(tensor).to_vec()),
+            Storage::Coded(coded) => {
+                let mut bytes = vec![0u8; coded.params.decoded_bytes() as usize];
+                crate::codec::decode_blocks(
+                    &self.view(coded),
+                    &coded.index,
+                    0..coded.index.blocks.len(),
+                    &mut bytes,
+                )
+                .map_err(|e| Error::codec(self.path(), &tensor.source.name, e))?;
+                Ok(bytes)
+            }
+        }
+    }
+
     /// The stored bytes of a tensor: its data if raw, its header and planes
     /// if coded.
     pub fn stored_bytes(&self, tensor: &StoredTensor) -> &[u8] {

@@ -352,13 +352,9 @@ fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .filter(|p| crate::container::SourceFile::open(p).is_ok_and(|f| f.ecf_version().is_some()))
-        .collect();
-    files.sort();
+    let mut files = crate::container::safetensors_files(path)?;
+    files
+        .retain(|p| crate::container::SourceFile::open(p).is_ok_and(|f| f.ecf_version().is_some()));
     if files.is_empty() {
         return Err(Error::Usage(format!(
             "{}: no ecfloat-compressed .safetensors files in this directory",

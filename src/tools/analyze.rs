@@ -15,11 +15,11 @@
 //! 2.44 for the Gaussian, α = 2), with the bounds α implies; for the model,
 //! the same per dtype and the resulting bits per weight for every dtype.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
-use crate::codec::{self, FieldSplit, FloatKind, stats};
+use crate::codec::{FieldSplit, FloatKind, stats};
 use crate::container::{CompressedFile, SourceFile, Storage};
 use crate::error::{Error, Result};
 
@@ -222,40 +222,16 @@ fn for_each_float_tensor(path: &Path, mut visit: impl FnMut(&str, FloatKind, &[u
         };
         match &tensor.storage {
             Storage::Raw => visit(&tensor.source.name, kind, file.stored_bytes(tensor)),
-            Storage::Coded(coded) => {
-                let mut bytes = vec![0u8; coded.params.decoded_bytes() as usize];
-                codec::decode_blocks(
-                    &file.view(coded),
-                    &coded.index,
-                    0..coded.index.blocks.len(),
-                    &mut bytes,
-                )
-                .map_err(|e| Error::codec(path, &tensor.source.name, e))?;
-                visit(&tensor.source.name, kind, &bytes);
-            }
+            Storage::Coded(_) => visit(&tensor.source.name, kind, &file.decode_on_cpu(tensor)?),
         }
         file.release(tensor);
     }
     Ok(())
 }
 
-/// The safetensors files of a path: itself, or those in a directory.
-fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 pub fn analyze(path: &Path) -> Result<AnalysisReport> {
     let mut tensors = Vec::new();
-    for file in model_files(path)? {
+    for file in crate::container::safetensors_files(path)? {
         for_each_float_tensor(&file, |name, kind, bytes| {
             tensors.push(analyze_tensor(name, kind, bytes))
         })?;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::{Backend, DecodeJob};
 use crate::codec::{self, BlockIndex, EncodeOptions, EncodedTensor, FloatKind};
 use crate::conformance;
-use crate::container::{CompressedFile, SourceFile, Storage};
+use crate::container::{CompressedFile, SourceFile};
 use crate::error::{Error, Result};
 
 /// The original bytes of one float tensor.
@@ -88,20 +88,7 @@ pub fn load_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
         let Some(kind) = FloatKind::from_safetensors_name(&dtype) else {
             continue;
         };
-        let bytes = match &tensor.storage {
-            Storage::Raw => file.stored_bytes(tensor).to_vec(),
-            Storage::Coded(coded) => {
-                let mut bytes = vec![0u8; coded.params.decoded_bytes() as usize];
-                codec::decode_blocks(
-                    &file.view(coded),
-                    &coded.index,
-                    0..coded.index.blocks.len(),
-                    &mut bytes,
-                )
-                .map_err(|e| Error::codec(path, &tensor.source.name, e))?;
-                bytes
-            }
-        };
+        let bytes = file.decode_on_cpu(tensor)?;
         if !bytes.is_empty() {
             tensors.push(FloatTensor {
                 name: tensor.source.name.clone(),
