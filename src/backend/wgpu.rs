@@ -217,10 +217,7 @@ impl WgpuBackend {
     }
 
     fn check_lost(&self) -> Result<()> {
-        match self.lost.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(message) => Err(backend_error(NAME, message.clone())),
-            None => Ok(()),
-        }
+        check_lost(&self.lost)
     }
 
     /// Runs `work` inside error scopes and turns what they catch into one
@@ -467,6 +464,7 @@ impl WgpuBackend {
 struct WgpuPending {
     device: wgpu::Device,
     submission: wgpu::SubmissionIndex,
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl PendingDecode for WgpuPending {
@@ -476,8 +474,16 @@ impl PendingDecode for WgpuPending {
                 submission_index: Some(self.submission),
                 timeout: None,
             })
-            .map(|_| ())
-            .map_err(|e| backend_error(NAME, format!("waiting for the device: {e}")))
+            .map_err(|e| backend_error(NAME, format!("waiting for the device: {e}")))?;
+        check_lost(&self.lost)
+    }
+}
+
+/// The device-lost message, once the device is lost, as an error.
+fn check_lost(lost: &Mutex<Option<String>>) -> Result<()> {
+    match lost.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(message) => Err(backend_error(NAME, message.clone())),
+        None => Ok(()),
     }
 }
 
@@ -698,13 +704,7 @@ impl Backend for WgpuBackend {
     }
 
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
-        check_jobs(NAME, jobs, out.len(), 4)?;
-        let out = downcast::<WgpuBuffer>(NAME, out.as_any())?;
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.scoped("decode", || {
-            self.record_decode(&mut encoder, jobs, out, None)
-        })??;
-        self.submit_and_wait(encoder)
+        self.decode_async(jobs, out)?.wait()
     }
 
     fn decode_async(
@@ -723,6 +723,7 @@ impl Backend for WgpuBackend {
         Ok(Box::new(WgpuPending {
             device: self.device.clone(),
             submission,
+            lost: self.lost.clone(),
         }))
     }
 

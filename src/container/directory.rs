@@ -37,7 +37,7 @@ struct Manifest {
 }
 
 /// What happened to a directory.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct DirectoryReport {
     /// (shard, its report) per compressed shard.
     pub shards: Vec<(String, CompressReport)>,
@@ -171,13 +171,7 @@ pub fn compress_directory(
         shards: BTreeMap::new(),
         indexes: BTreeMap::new(),
     };
-    let mut report = DirectoryReport {
-        shards: Vec::new(),
-        copied: Vec::new(),
-        source_bytes: 0,
-        output_bytes: 0,
-        seconds: 0.0,
-    };
+    let mut report = DirectoryReport::default();
     let shard_options = CompressOptions {
         force: false,
         ..options.clone()
@@ -289,13 +283,7 @@ pub fn decompress_directory(
     let started = std::time::Instant::now();
     let manifest = read_manifest(input)?;
     let staged = StagedDirectory::create(output, force, input)?;
-    let mut report = DirectoryReport {
-        shards: Vec::new(),
-        copied: Vec::new(),
-        source_bytes: 0,
-        output_bytes: 0,
-        seconds: 0.0,
-    };
+    let mut report = DirectoryReport::default();
     let compressed: BTreeMap<&str, &str> = manifest
         .shards
         .iter()
