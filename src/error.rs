@@ -64,8 +64,33 @@ pub enum Error {
     OutputIsInput { path: PathBuf },
     #[error("{0}")]
     Usage(String),
+    /// A request the backend cannot carry out: a handle of another
+    /// backend, a range past a buffer's end, overlapping jobs.
     #[error("{backend}: {message}")]
     Backend { backend: String, message: String },
+    /// The backend cannot be used here: no driver, device or library.
+    #[error("{backend}: {reason}")]
+    BackendUnavailable { backend: String, reason: String },
+    #[error("{backend}: out of device memory: {message}")]
+    OutOfDeviceMemory { backend: String, message: String },
+    /// The device stopped working (reset, removed, or a fault in a kernel);
+    /// nothing more runs on it.
+    #[error("{backend}: the device was lost: {message}")]
+    DeviceLost { backend: String, message: String },
+    #[error("{backend}: the decode kernel does not compile: {message}")]
+    KernelCompile { backend: String, message: String },
+    /// Any other failure the driver reports.
+    #[error("{backend}: driver error: {message}")]
+    Driver { backend: String, message: String },
+    /// Decode job `job`'s coded data is corrupt. Callers that know which
+    /// tensor the job is turn this into [`Error::Codec`] with
+    /// [`Error::in_tensor`].
+    #[error("{backend}: decode job {job}: {source}")]
+    CorruptJob {
+        backend: String,
+        job: usize,
+        source: CodecError,
+    },
 }
 
 struct TensorPrefix<'a>(&'a Option<String>);
@@ -101,5 +126,26 @@ impl Error {
             tensor: Some(tensor.to_string()),
             source,
         }
+    }
+
+    /// Names the file and tensor of a decode job that found its data
+    /// corrupt; every other error, a device's included, is left as it is.
+    pub fn in_tensor(self, path: &Path, tensor: &str) -> Self {
+        match self {
+            Error::CorruptJob { source, .. } => Error::codec(path, tensor, source),
+            other => other,
+        }
+    }
+
+    /// Whether the error is the device's or the driver's, not the data's.
+    pub fn is_device_error(&self) -> bool {
+        matches!(
+            self,
+            Error::BackendUnavailable { .. }
+                | Error::OutOfDeviceMemory { .. }
+                | Error::DeviceLost { .. }
+                | Error::KernelCompile { .. }
+                | Error::Driver { .. }
+        )
     }
 }

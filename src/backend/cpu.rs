@@ -4,8 +4,9 @@
 use std::any::Any;
 use std::sync::Mutex;
 
+use crate::codec::decode::SyncCheck;
 use crate::codec::{self, BlockIndex, EncodedView, TensorParams};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::{
     Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, backend_error, check_jobs,
@@ -14,12 +15,32 @@ use super::{
 
 const NAME: &str = "cpu";
 
+/// The CPU decoder behind the backend contract. By default it checks every
+/// chunk's sync metadata, so that it accepts exactly what the GPU backends
+/// accept ([`SyncCheck::AllChunks`]).
 #[derive(Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    check: SyncCheck,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
+    }
+
+    /// A backend that checks only the sync metadata its own decode needs
+    /// ([`SyncCheck::Lanes`]): the bytes it writes are the same, faster,
+    /// but a file it accepts may still fail on a GPU.
+    pub fn with_sync_check(check: SyncCheck) -> Self {
+        CpuBackend { check }
+    }
+}
+
+fn corrupt(job: usize) -> impl FnOnce(codec::CodecError) -> Error {
+    move |source| Error::CorruptJob {
+        backend: NAME.to_string(),
+        job,
+        source,
     }
 }
 
@@ -122,7 +143,7 @@ impl Backend for CpuBackend {
         check_jobs(NAME, jobs, out.len(), 1)?;
         let out = downcast::<CpuBuffer>(NAME, out.as_any())?;
         let mut bytes = out.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        for job in jobs {
+        for (number, job) in jobs.iter().enumerate() {
             let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
             let start = job.offset as usize;
             let out = &mut bytes[start..start + tensor.decoded_bytes() as usize];
@@ -140,8 +161,9 @@ impl Backend for CpuBackend {
                         rest,
                         index: index_bytes,
                     };
-                    codec::decode_blocks(&view, index, 0..index.blocks.len(), out)
-                        .map_err(|e| backend_error(NAME, e.to_string()))?;
+                    let blocks = 0..index.blocks.len();
+                    codec::decode::decode_blocks_with(&view, index, blocks, self.check, out)
+                        .map_err(corrupt(number))?;
                 }
                 CpuTensor::Raw(raw) => out.copy_from_slice(raw),
             }
@@ -155,8 +177,9 @@ impl Backend for CpuBackend {
         index: &BlockIndex,
         out: &mut [u8],
     ) -> Result<()> {
-        codec::decode_blocks(tensor, index, 0..index.blocks.len(), out)
-            .map_err(|e| backend_error(NAME, e.to_string()))
+        let blocks = 0..index.blocks.len();
+        codec::decode::decode_blocks_with(tensor, index, blocks, self.check, out)
+            .map_err(corrupt(0))
     }
 
     fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {

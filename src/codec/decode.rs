@@ -7,6 +7,10 @@
 //! warm-up rule the GPU uses ([`super::sync`]). Their dependency chains are
 //! independent, so the core overlaps the table lookups. The lanes' outputs
 //! are stitched together, then every head is joined with its rest bits.
+//!
+//! The decoder also checks the sync metadata it does not need itself: every
+//! chunk must start where the GPU decoders would start it. A file this
+//! decoder accepts decodes right on every backend.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -18,7 +22,7 @@ use super::float::FieldSplit;
 use super::huffman::{DecodeTable, MAX_CODE_BITS, TABLE_ENTRIES, TABLE_MASK};
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
-use super::sync::ChunkGeometry;
+use super::sync::{ChunkGeometry, StreamProblem};
 use super::table::CodeLengths;
 use super::{CodecError, EncodedView};
 
@@ -31,12 +35,40 @@ pub fn decode(view: &EncodedView, out: &mut [u8]) -> Result<(), CodecError> {
     decode_blocks(view, &index, 0..index.blocks.len(), out)
 }
 
+/// How much of a block's sync metadata the CPU decoder checks. A
+/// sequential decoder needs none of it (this one uses it only to start its
+/// lanes); every GPU decoder starts every chunk from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncCheck {
+    /// Where the decoder's lanes start, and everything the bytes depend on:
+    /// a wrong exception elsewhere cannot change what this decoder writes,
+    /// and is not looked for. Cheaper, for rebuilding files.
+    Lanes,
+    /// Every chunk, as the GPU decoders start them: a tensor this accepts
+    /// decodes the same on every backend, and one it rejects fails on every
+    /// backend, with the same [`StreamProblem`].
+    #[default]
+    AllChunks,
+}
+
 /// Decodes `blocks` of a tensor, with an index already parsed (and so
-/// validated) from `view`, into `out`, which holds exactly those blocks.
+/// validated) from `view`, into `out`, which holds exactly those blocks,
+/// checking all of its sync metadata ([`SyncCheck::AllChunks`]).
 pub fn decode_blocks(
     view: &EncodedView,
     index: &BlockIndex,
     blocks: Range<usize>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    decode_blocks_with(view, index, blocks, SyncCheck::AllChunks, out)
+}
+
+/// [`decode_blocks`], checking as much sync metadata as `check` says.
+pub fn decode_blocks_with(
+    view: &EncodedView,
+    index: &BlockIndex,
+    blocks: Range<usize>,
+    check: SyncCheck,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
     let params = view.params;
@@ -51,7 +83,14 @@ pub fn decode_blocks(
     let block_bytes = block_elements * params.kind().width_bytes();
     let decode_one = |offset: usize, out_block: &mut [u8]| {
         SCRATCH.with_borrow_mut(|scratch| {
-            decode_block(view, index, blocks.start + offset, scratch, out_block)
+            decode_block(
+                view,
+                index,
+                blocks.start + offset,
+                check,
+                scratch,
+                out_block,
+            )
         })
     };
     if blocks.len() <= 1 {
@@ -61,9 +100,16 @@ pub fn decode_blocks(
             _ => decode_one(0, out),
         };
     }
+    // Every block is decoded, so the error is the first block's, whatever
+    // the threads' timing.
     out.par_chunks_mut(block_bytes)
         .enumerate()
-        .try_for_each(|(offset, out_block)| decode_one(offset, out_block))
+        .filter_map(|(offset, out_block)| decode_one(offset, out_block).err())
+        .min_by_key(|error| match error {
+            CodecError::CorruptStream { block, .. } => *block,
+            _ => usize::MAX,
+        })
+        .map_or(Ok(()), Err)
 }
 
 thread_local! {
@@ -75,9 +121,7 @@ thread_local! {
 #[derive(Default)]
 struct BlockScratch {
     heads: Vec<u8>,
-    /// One buffer per decode lane. They only grow: their contents are
-    /// always written before being read.
-    lane_heads: [Vec<u8>; LANES],
+    lanes: LaneScratch,
     /// The decode table last built, and the code it was built for.
     table: Option<(CodeLengths, DecodeTable)>,
     /// The join table of one-byte elements last built, and its split.
@@ -89,7 +133,7 @@ fn cached_table<'a>(
     cache: &'a mut Option<(CodeLengths, DecodeTable)>,
     index: &BlockIndex,
     table: u32,
-) -> &'a DecodeTable {
+) -> (&'a CodeLengths, &'a DecodeTable) {
     let t = table as usize;
     let lengths = &index.tables[t];
     if cache.as_ref().is_none_or(|(cached, _)| cached != lengths) {
@@ -98,13 +142,15 @@ fn cached_table<'a>(
             DecodeTable::new(lengths, index.table_max_len[t] as u32),
         ));
     }
-    &cache.as_ref().expect("filled above").1
+    let (lengths, table) = cache.as_ref().expect("filled above");
+    (lengths, table)
 }
 
 fn decode_block(
     view: &EncodedView,
     index: &BlockIndex,
     block: usize,
+    check: SyncCheck,
     scratch: &mut BlockScratch,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
@@ -114,7 +160,7 @@ fn decode_block(
         scratch.heads.resize(elements, 0);
     }
     let mut heads = std::mem::take(&mut scratch.heads);
-    let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
+    let result = decode_heads(view, index, block, check, scratch, &mut heads[..elements]);
     if result.is_ok() {
         let first_element = block as u64 * view.params.block_elements as u64;
         let heads = &heads[..elements];
@@ -135,6 +181,7 @@ fn decode_heads(
     view: &EncodedView,
     index: &BlockIndex,
     block: usize,
+    check: SyncCheck,
     scratch: &mut BlockScratch,
     heads: &mut [u8],
 ) -> Result<(), CodecError> {
@@ -152,100 +199,201 @@ fn decode_heads(
         BlockMode::Coded { table } => {
             let exceptions = index.block_exceptions(block);
             let geometry = view.params.geometry;
-            let table = cached_table(&mut scratch.table, index, table);
-            decode_coded_lanes(
+            let (lengths, table) = cached_table(&mut scratch.table, index, table);
+            let code = BlockCode {
                 stream,
-                entry.stream_bits,
+                stream_bits: entry.stream_bits,
                 table,
+                lengths,
                 geometry,
                 exceptions,
-                heads,
-                &mut scratch.lane_heads,
-            )
-            .map_err(|message| CodecError::CorruptStream { block, message })?;
+            };
+            decode_coded_lanes(&code, check, heads, &mut scratch.lanes)
+                .map_err(|problem| CodecError::CorruptStream { block, problem })?;
         }
     }
     Ok(())
 }
 
-/// Decodes a coded block in `LANES` interleaved lanes. Lane `l` covers the
-/// chunks from `l * chunks / LANES` on and writes into `lane_heads[l]`;
-/// the lanes are then concatenated into `heads`.
-fn decode_coded_lanes(
-    stream: &[u8],
+/// One coded block's stream and what decoding it needs.
+struct BlockCode<'a> {
+    stream: &'a [u8],
     stream_bits: u64,
-    table: &DecodeTable,
+    table: &'a DecodeTable,
+    /// Code length of each symbol.
+    lengths: &'a CodeLengths,
     geometry: ChunkGeometry,
-    exceptions: &[ChunkException],
-    heads: &mut [u8],
-    lane_heads: &mut [Vec<u8>; LANES],
-) -> Result<(), String> {
-    let chunk_count = geometry.chunk_count(stream_bits);
-    let chunk_bits = geometry.chunk_bits as u64;
-    let entries: &[u16; TABLE_ENTRIES] = &table.entries;
-    let length_at = |position: u64| -> u64 {
-        (entries[(next_bits(stream, position) & TABLE_MASK) as usize] >> 8) as u64
-    };
+    exceptions: &'a [ChunkException],
+}
 
-    // Lane `l` owns the codewords starting in bits begin[l]..end[l].
+impl BlockCode<'_> {
+    /// The stream bits from `position` on, zero past the end of the stream.
+    #[inline(always)]
+    fn next_bits(&self, position: u64) -> u64 {
+        load_le_u64_padded(self.stream, (position / 8) as usize) >> (position % 8)
+    }
+
+    #[inline(always)]
+    fn length_at(&self, position: u64) -> u64 {
+        (self.table.entries[(self.next_bits(position) & TABLE_MASK) as usize] >> 8) as u64
+    }
+
+    /// Where chunk `chunk`'s decoder stands once it reaches the chunk,
+    /// unclamped (see [`ChunkGeometry::chunk_start`]).
+    fn chunk_landing(&self, chunk: u64, exception: Option<u32>) -> u64 {
+        let chunk_begin = chunk * self.geometry.chunk_bits as u64;
+        let mut position = self.geometry.decode_start(chunk, exception);
+        while position < chunk_begin {
+            position += self.length_at(position);
+        }
+        position
+    }
+
+    fn exception(&self, chunk: u64) -> Option<u32> {
+        self.exceptions
+            .binary_search_by_key(&chunk, |e| e.chunk as u64)
+            .ok()
+            .map(|i| self.exceptions[i].first_boundary as u32)
+    }
+}
+
+/// A lane's scratch buffers, kept across blocks. They only grow: their
+/// contents are always written before being read.
+#[derive(Default)]
+struct LaneScratch {
+    heads: [Vec<u8>; LANES],
+    /// Per chunk, the codeword start its lane noted (see `LaneMarks`).
+    notes: Vec<Note>,
+}
+
+/// A codeword start a lane noted: its bit position, and where the
+/// codeword is in the lane's output.
+#[derive(Clone, Copy)]
+struct Note {
+    position: u64,
+    lane: u32,
+    codeword: u32,
+}
+
+/// No codeword starts at `u64::MAX`: a chunk whose note was never taken
+/// reads as wrong.
+const NOT_NOTED: Note = Note {
+    position: u64::MAX,
+    lane: 0,
+    codeword: 0,
+};
+
+/// Decodes a coded block in `LANES` interleaved lanes and checks its sync
+/// metadata. Lane `l` covers the chunks from `l * chunks / LANES` on and
+/// writes into its own buffer; the lanes are then concatenated into
+/// `heads`.
+///
+/// The check: every chunk's decoder — warm-up or exception — must start
+/// exactly where the codewords before the chunk end, as [`super::sync`]
+/// requires; the GPU kernels check the same, so a block fails on every
+/// backend or on none, with the same [`StreamProblem`]. For each chunk
+/// inside it, a lane notes one codeword start as it passes (see
+/// [`LaneMarks`]); a chunk's warm-up is then decoded only until it meets
+/// the lane's codewords, a few codewords typically, not across the whole
+/// warm-up.
+fn decode_coded_lanes(
+    code: &BlockCode,
+    check: SyncCheck,
+    heads: &mut [u8],
+    scratch: &mut LaneScratch,
+) -> Result<(), StreamProblem> {
+    let stream_bits = code.stream_bits;
+    let chunk_count = code.geometry.chunk_count(stream_bits);
+    let chunk_bits = code.geometry.chunk_bits as u64;
+    let entries: &[u16; TABLE_ENTRIES] = &code.table.entries;
+    scratch.notes.clear();
+    scratch.notes.resize(chunk_count as usize, NOT_NOTED);
+
+    // Lane `l` owns the codewords starting in bits begin[l]..end[l], which
+    // are those of chunks first_chunk[l]..first_chunk[l + 1].
+    let mut first_chunk = [0u64; LANES + 1];
+    first_chunk[LANES] = chunk_count;
     let mut begin = [0u64; LANES];
     let mut end = [stream_bits; LANES];
     let mut position = [0u64; LANES];
     for lane in 1..LANES {
         let chunk = chunk_count * lane as u64 / LANES as u64;
+        first_chunk[lane] = chunk;
         begin[lane] = (chunk * chunk_bits).min(stream_bits);
         end[lane - 1] = begin[lane];
-        let exception = exceptions
-            .iter()
-            .find(|e| e.chunk as u64 == chunk)
-            .map(|e| e.first_boundary as u32);
-        position[lane] = geometry.decode_start(chunk, exception);
-        // Warm-up: skip codewords that begin before the lane's first chunk.
-        while position[lane] < begin[lane] {
-            position[lane] += length_at(position[lane]);
-        }
+        position[lane] = code.chunk_landing(chunk, code.exception(chunk));
     }
-    // Where each lane landed: the lane before must end exactly there.
+    // Where each lane started: the next lane's first chunk must start
+    // where the lane before it ends.
     let landing = position;
+    let all_chunks = check == SyncCheck::AllChunks;
+    let mut marks: [LaneMarks; LANES] =
+        std::array::from_fn(|lane| LaneMarks::new(code, lane, &first_chunk, all_chunks));
     // A lane of n bits holds at most n codewords, so these never overflow.
-    // They only grow: their contents are always written before being read.
-    for (lane, buffer) in lane_heads.iter_mut().enumerate() {
+    for (lane, buffer) in scratch.heads.iter_mut().enumerate() {
         let capacity = (end[lane].saturating_sub(begin[lane]) + 1) as usize;
         if buffer.len() < capacity {
             buffer.resize(capacity, 0);
         }
     }
+    let notes = &mut scratch.notes;
 
     // Fast path: all lanes decode `SYMBOLS_PER_REFILL` codewords at a time
     // from 64-bit bit buffers, for as long as the lane closest to its end
     // (or to the end of the stream, for whole-word loads) surely has them.
-    let load_limit = (stream.len() as u64).saturating_sub(16) * 8;
+    // The inner loop also stops where a lane crosses a mark.
+    let load_limit = (code.stream.len() as u64).saturating_sub(16) * 8;
     let round_bits = MAX_CODE_BITS as u64 * SYMBOLS_PER_REFILL as u64;
-    // A lane may start another round while it stands at or before this.
-    let last_round_start = std::array::from_fn::<u64, LANES, _>(|lane| {
-        end[lane].min(load_limit).saturating_sub(round_bits)
+    // A lane may start another round while it stands before this.
+    let round_end = std::array::from_fn::<u64, LANES, _>(|lane| {
+        end[lane].min(load_limit).saturating_sub(round_bits) + 1
     });
     let mut done = 0;
-    if (0..LANES).all(|lane| position[lane] <= last_round_start[lane] && end[lane] >= round_bits) {
-        let [out0, out1, out2, out3] = lane_heads.each_mut();
-        let [mut l0, mut l1, mut l2, mut l3] = position.map(|at| LaneReader::new(stream, at));
+    if (0..LANES).all(|lane| position[lane] < round_end[lane] && end[lane] >= round_bits) {
+        let stream = code.stream;
+        let [out0, out1, out2, out3] = scratch.heads.each_mut().map(|v| v.as_mut_slice());
+        let [mut l0, mut l1, mut l2, mut l3] = position.map(LaneReader::new);
         loop {
-            l0.refill(stream);
-            l1.refill(stream);
-            l2.refill(stream);
-            l3.refill(stream);
-            for k in done..done + SYMBOLS_PER_REFILL {
-                out0[k] = l0.decode(entries);
-                out1[k] = l1.decode(entries);
-                out2[k] = l2.decode(entries);
-                out3[k] = l3.decode(entries);
+            let stop: [u64; LANES] =
+                std::array::from_fn(|lane| round_end[lane].min(marks[lane].next));
+            loop {
+                // Interleaved, so that the four lanes' lookups overlap.
+                let symbols = [
+                    l0.decode_batch(stream, entries),
+                    l1.decode_batch(stream, entries),
+                    l2.decode_batch(stream, entries),
+                    l3.decode_batch(stream, entries),
+                ];
+                let next = done + SYMBOLS_PER_REFILL;
+                out0[done..next].copy_from_slice(&symbols[0].to_le_bytes());
+                out1[done..next].copy_from_slice(&symbols[1].to_le_bytes());
+                out2[done..next].copy_from_slice(&symbols[2].to_le_bytes());
+                out3[done..next].copy_from_slice(&symbols[3].to_le_bytes());
+                done = next;
+                if l0.position() >= stop[0]
+                    || l1.position() >= stop[1]
+                    || l2.position() >= stop[2]
+                    || l3.position() >= stop[3]
+                {
+                    break;
+                }
             }
-            done += SYMBOLS_PER_REFILL;
-            if l0.position() > last_round_start[0]
-                || l1.position() > last_round_start[1]
-                || l2.position() > last_round_start[2]
-                || l3.position() > last_round_start[3]
-            {
+            let at = [l0.position(), l1.position(), l2.position(), l3.position()];
+            let outputs = [&out0[..done], &out1[..done], &out2[..done], &out3[..done]];
+            for lane in 0..LANES {
+                if at[lane] >= marks[lane].next {
+                    // A batch is at most 48 bits and marks are further apart.
+                    notes[marks[lane].chunk as usize] = batch_crossing(
+                        code.lengths,
+                        outputs[lane],
+                        at[lane],
+                        lane,
+                        marks[lane].next,
+                    );
+                    marks[lane].advance(code);
+                }
+            }
+            if (0..LANES).any(|lane| at[lane] >= round_end[lane]) {
                 break;
             }
         }
@@ -254,92 +402,257 @@ fn decode_coded_lanes(
     let mut written = [done; LANES];
     // Each lane's tail, one codeword at a time.
     for lane in 0..LANES {
-        while position[lane] < end[lane] {
-            let entry = entries[(next_bits(stream, position[lane]) & TABLE_MASK) as usize];
-            lane_heads[lane][written[lane]] = entry as u8;
+        let out = &mut scratch.heads[lane];
+        loop {
+            while position[lane] >= marks[lane].next {
+                notes[marks[lane].chunk as usize] = Note {
+                    position: position[lane],
+                    lane: lane as u32,
+                    codeword: written[lane] as u32,
+                };
+                marks[lane].advance(code);
+            }
+            if position[lane] >= end[lane] {
+                break;
+            }
+            let entry = entries[(code.next_bits(position[lane]) & TABLE_MASK) as usize];
+            out[written[lane]] = entry as u8;
             written[lane] += 1;
             position[lane] += (entry >> 8) as u64;
         }
-        let expected = if lane + 1 < LANES {
-            landing[lane + 1]
-        } else {
-            stream_bits
+    }
+
+    // The chunks in order, so that the first wrong one is reported.
+    let lane_starts = (1..LANES).map(|lane| first_chunk[lane]);
+    let checked: &mut dyn Iterator<Item = u64> = if all_chunks {
+        &mut (1..chunk_count)
+    } else {
+        &mut lane_starts.filter(|&chunk| chunk > 0)
+    };
+    let mut exceptions = code.exceptions.iter().peekable();
+    for chunk in checked {
+        while exceptions.next_if(|e| (e.chunk as u64) < chunk).is_some() {}
+        let exception = exceptions
+            .next_if(|e| e.chunk as u64 == chunk)
+            .map(|e| e.first_boundary as u32);
+        let right = match (1..LANES).find(|&lane| first_chunk[lane] == chunk) {
+            // The lane before ends where the lane starting here started.
+            Some(lane) => landing[lane].min(stream_bits) == position[lane - 1],
+            None => {
+                let note = notes[chunk as usize];
+                note.position != u64::MAX
+                    && code.starts_right(chunk, exception, note, &scratch.heads[note.lane as usize])
+            }
         };
-        if position[lane] != expected {
-            return Err(format!(
-                "codewords end at bit {}, expected a boundary at bit {expected}",
-                position[lane]
-            ));
+        if !right {
+            return Err(StreamProblem::ChunkStart { chunk });
         }
+    }
+    if position[LANES - 1] != stream_bits {
+        return Err(StreamProblem::Overrun);
     }
     let total: usize = written.iter().sum();
     if total != heads.len() {
-        return Err(format!(
-            "stream holds {total} codewords, the block has {} elements",
-            heads.len()
-        ));
+        return Err(StreamProblem::Count {
+            codewords: total as u64,
+            elements: heads.len() as u64,
+        });
     }
     let mut offset = 0;
     for lane in 0..LANES {
-        heads[offset..offset + written[lane]].copy_from_slice(&lane_heads[lane][..written[lane]]);
+        heads[offset..offset + written[lane]]
+            .copy_from_slice(&scratch.heads[lane][..written[lane]]);
         offset += written[lane];
     }
     Ok(())
+}
+
+/// The one position per chunk a lane notes as it decodes: the first
+/// codeword start at or after the chunk's warm-up start — or, for a chunk
+/// with a sync exception or a warm-up of a chunk or more, at or after the
+/// chunk's beginning. Marks within a lane increase.
+struct LaneMarks {
+    /// The chunk of the next mark; the lane's chunks end at `end_chunk`.
+    chunk: u64,
+    end_chunk: u64,
+    /// The next mark; `u64::MAX` when the lane has none left.
+    next: u64,
+    /// The lane's next exception, as an index into the block's exceptions.
+    exception: usize,
+}
+
+impl LaneMarks {
+    /// The marks of lane `lane`; none without `noted`.
+    fn new(code: &BlockCode, lane: usize, first_chunk: &[u64; LANES + 1], noted: bool) -> Self {
+        let chunk = first_chunk[lane] + 1;
+        let mut marks = LaneMarks {
+            chunk,
+            end_chunk: if noted { first_chunk[lane + 1] } else { chunk },
+            next: 0,
+            exception: code
+                .exceptions
+                .partition_point(|e| (e.chunk as u64) < chunk),
+        };
+        marks.next = marks.position(code);
+        marks
+    }
+
+    fn position(&self, code: &BlockCode) -> u64 {
+        if self.chunk >= self.end_chunk {
+            return u64::MAX;
+        }
+        let geometry = code.geometry;
+        let chunk_begin = self.chunk * geometry.chunk_bits as u64;
+        let excepted = code
+            .exceptions
+            .get(self.exception)
+            .is_some_and(|e| e.chunk as u64 == self.chunk);
+        if excepted || geometry.warmup_bits >= geometry.chunk_bits {
+            chunk_begin
+        } else {
+            chunk_begin - geometry.warmup_bits as u64
+        }
+    }
+
+    fn advance(&mut self, code: &BlockCode) {
+        if code
+            .exceptions
+            .get(self.exception)
+            .is_some_and(|e| e.chunk as u64 == self.chunk)
+        {
+            self.exception += 1;
+        }
+        self.chunk += 1;
+        self.next = self.position(code);
+    }
+}
+
+/// The lane's last batch of codewords ends `output` and the lane stands at
+/// `position`, at or past `mark`: the first of the batch's codeword starts
+/// (or `position`) at or past `mark`.
+#[cold]
+fn batch_crossing(
+    lengths: &CodeLengths,
+    output: &[u8],
+    position: u64,
+    lane: usize,
+    mark: u64,
+) -> Note {
+    let first = output.len() - SYMBOLS_PER_REFILL;
+    let batch = &output[first..];
+    let mut start = position
+        - batch
+            .iter()
+            .map(|&s| lengths[s as usize] as u64)
+            .sum::<u64>();
+    let mut codeword = first;
+    for &symbol in batch {
+        if start >= mark {
+            break;
+        }
+        start += lengths[symbol as usize] as u64;
+        codeword += 1;
+    }
+    Note {
+        position: start,
+        lane: lane as u32,
+        codeword: codeword as u32,
+    }
+}
+
+impl BlockCode<'_> {
+    /// Whether chunk `chunk` (inside a lane) starts where the codewords
+    /// before it end, given the lane's `note` for it (see [`LaneMarks`])
+    /// and the lane's codewords. The chunk's warm-up path and the lane's
+    /// codewords are walked side by side: once they meet, the warm-up is
+    /// sure to land on the chunk's first codeword.
+    fn starts_right(&self, chunk: u64, exception: Option<u32>, note: Note, symbols: &[u8]) -> bool {
+        let chunk_begin = chunk * self.geometry.chunk_bits as u64;
+        // The lane's codeword starts, from the noted one on.
+        let mut truth = note.position;
+        let mut codeword = note.codeword as usize;
+        let start = match exception {
+            Some(boundary) => chunk_begin + boundary as u64,
+            None if self.geometry.warmup_bits >= self.geometry.chunk_bits => {
+                self.chunk_landing(chunk, None)
+            }
+            None => {
+                // Whichever is behind steps; without branches on which, as
+                // that alternates unpredictably.
+                let mut path = self.geometry.decode_start(chunk, None);
+                while path < chunk_begin {
+                    if path == truth {
+                        return true;
+                    }
+                    let path_step = self.length_at(path);
+                    let truth_step = self.lengths[symbols[codeword] as usize] as u64;
+                    let behind = path < truth;
+                    path += if behind { path_step } else { 0 };
+                    truth += if behind { 0 } else { truth_step };
+                    codeword += usize::from(!behind);
+                }
+                path
+            }
+        };
+        // The chunk's first codeword.
+        while truth < chunk_begin {
+            truth += self.lengths[symbols[codeword] as usize] as u64;
+            codeword += 1;
+        }
+        start.min(self.stream_bits) == truth
+    }
 }
 
 /// Codewords each lane decodes between refills: four of at most 12 bits
 /// fit in the 56 bits a refill guarantees.
 const SYMBOLS_PER_REFILL: usize = 4;
 
-/// One lane's 64-bit bit buffer: `count` valid bits at the bottom of `bits`,
-/// which are the stream bits just before byte `next_byte`.
+/// One lane's reader: its position in the stream and the stream's bits
+/// from there on, reloaded from the stream before every few codewords.
+/// Two registers a lane, so that four lanes' state stays in registers.
 struct LaneReader {
+    position: u64,
     bits: u64,
-    count: u32,
-    next_byte: usize,
 }
 
 impl LaneReader {
-    fn new(stream: &[u8], position: u64) -> Self {
-        let mut reader = LaneReader {
-            bits: 0,
-            count: 0,
-            next_byte: (position / 8) as usize,
-        };
-        reader.refill(stream);
-        reader.bits >>= position % 8;
-        reader.count -= (position % 8) as u32;
-        reader
+    fn new(position: u64) -> Self {
+        LaneReader { position, bits: 0 }
     }
 
-    /// Tops the buffer up to at least 56 bits; `next_byte` must be at least
-    /// 8 bytes before the end of `stream`.
+    /// Loads at least 57 bits from the position on; the position must be
+    /// at least 8 bytes before the end of `stream`.
     #[inline(always)]
     fn refill(&mut self, stream: &[u8]) {
-        let word = u64::from_le_bytes(*stream[self.next_byte..].first_chunk::<8>().unwrap());
-        self.bits |= word << self.count;
-        self.next_byte += ((63 - self.count) >> 3) as usize;
-        self.count |= 56;
+        let byte = (self.position / 8) as usize;
+        let word = u64::from_le_bytes(stream[byte..byte + 8].try_into().expect("eight bytes"));
+        self.bits = word >> (self.position % 8);
     }
 
     #[inline(always)]
     fn decode(&mut self, entries: &[u16; TABLE_ENTRIES]) -> u8 {
         let entry = entries[(self.bits & TABLE_MASK) as usize];
-        let len = (entry >> 8) as u32;
+        let len = entry >> 8;
         self.bits >>= len;
-        self.count -= len;
+        self.position += len as u64;
         entry as u8
     }
 
-    fn position(&self) -> u64 {
-        self.next_byte as u64 * 8 - self.count as u64
+    /// Decodes `SYMBOLS_PER_REFILL` codewords; their symbols, first in the
+    /// lowest byte.
+    #[inline(always)]
+    fn decode_batch(&mut self, stream: &[u8], entries: &[u16; TABLE_ENTRIES]) -> u32 {
+        self.refill(stream);
+        let mut symbols = 0;
+        for k in 0..SYMBOLS_PER_REFILL {
+            symbols |= (self.decode(entries) as u32) << (8 * k);
+        }
+        symbols
     }
-}
 
-/// The stream bits from `position` on, zero past the end of `stream`.
-#[inline(always)]
-fn next_bits(stream: &[u8], position: u64) -> u64 {
-    load_le_u64_padded(stream, (position / 8) as usize) >> (position % 8)
+    fn position(&self) -> u64 {
+        self.position
+    }
 }
 
 /// Rebuilds the elements of one block from its heads and the rest plane.
@@ -359,9 +672,14 @@ fn join_block(
     let rest = &rest[(first_element * stored_bits as u64 / 8) as usize..];
     match (kind.width_bytes(), stored_bits, split.rest_const_bits) {
         (2, 8, 0) => {
-            for ((pair, &head), &rest) in out.chunks_exact_mut(2).zip(heads).zip(rest) {
-                let element = (rest as u16 & 0x80) << 8 | (head as u16) << 7 | rest as u16 & 0x7F;
-                pair.copy_from_slice(&element.to_le_bytes());
+            // Sliced to one length, so the loop has no bounds checks and
+            // vectorises.
+            let count = heads.len();
+            let (out, rest) = (&mut out[..2 * count], &rest[..count]);
+            for i in 0..count {
+                let (head, rest) = (heads[i], rest[i]);
+                out[2 * i] = head << 7 | rest & 0x7F;
+                out[2 * i + 1] = rest & 0x80 | head >> 1;
             }
         }
         (4, 24, 0) => {
@@ -379,6 +697,7 @@ fn join_block(
                 *element = head.rotate_right(1);
             }
         }
+        (1, 1, 0) => join_signs(heads, rest, out),
         (1, ..) => {
             if join_table
                 .as_ref()
@@ -393,6 +712,45 @@ fn join_block(
         _ => join_packed::<4>(split, heads, rest, out),
     }
 }
+
+/// The join of one-byte elements whose rest is the sign alone (a 7-bit
+/// head): each byte of the rest plane holds eight signs, which
+/// [`SIGN_BYTES`] spreads onto the top bits of eight heads at once.
+fn join_signs(heads: &[u8], rest: &[u8], out: &mut [u8]) {
+    let groups = heads.len() / 8;
+    for ((elements, heads), &signs) in out
+        .chunks_exact_mut(8)
+        .zip(heads.chunks_exact(8))
+        .zip(&rest[..groups])
+    {
+        let heads = u64::from_le_bytes(heads.try_into().expect("eight heads"));
+        elements.copy_from_slice(&(heads | SIGN_BYTES[signs as usize]).to_le_bytes());
+    }
+    for (k, (element, &head)) in out[groups * 8..]
+        .iter_mut()
+        .zip(&heads[groups * 8..])
+        .enumerate()
+    {
+        *element = head | (rest[groups] >> k & 1) << 7;
+    }
+}
+
+/// `SIGN_BYTES[b]` has bit 7 of its byte `k` set when bit `k` of `b` is.
+const SIGN_BYTES: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut k = 0;
+        while k < 8 {
+            if byte >> k & 1 == 1 {
+                table[byte] |= 0x80 << (8 * k);
+            }
+            k += 1;
+        }
+        byte += 1;
+    }
+    table
+};
 
 /// Every one-byte element, indexed by `rest field << 8 | head`: at most
 /// 2^4 × 256 entries.
@@ -489,7 +847,14 @@ pub fn decode_block_by_chunks(
     let BlockMode::Coded { table } = entry.mode else {
         let mut scratch = BlockScratch::default();
         let mut heads = vec![0; elements];
-        decode_heads(view, index, block, &mut scratch, &mut heads)?;
+        decode_heads(
+            view,
+            index,
+            block,
+            SyncCheck::Lanes,
+            &mut scratch,
+            &mut heads,
+        )?;
         return Ok(heads);
     };
     let t = table as usize;
@@ -518,10 +883,10 @@ pub fn decode_block_by_chunks(
     if heads.len() != elements {
         return Err(CodecError::CorruptStream {
             block,
-            message: format!(
-                "chunks hold {} codewords, the block has {elements} elements",
-                heads.len()
-            ),
+            problem: StreamProblem::Count {
+                codewords: heads.len() as u64,
+                elements: elements as u64,
+            },
         });
     }
     Ok(heads)
@@ -538,7 +903,14 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
                     scratch.heads.resize(elements, 0);
                 }
                 let mut heads = std::mem::take(&mut scratch.heads);
-                let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
+                let result = decode_heads(
+                    view,
+                    index,
+                    block,
+                    SyncCheck::Lanes,
+                    scratch,
+                    &mut heads[..elements],
+                );
                 let mut histogram = [0u64; 256];
                 for &head in &heads[..elements] {
                     histogram[head as usize] += 1;

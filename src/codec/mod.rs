@@ -25,7 +25,7 @@ pub use decode::{decode, decode_blocks};
 pub use encode::{EncodeOptions, encode};
 pub use float::{FieldSplit, FloatKind};
 pub use index::{BlockIndex, BlockMode};
-pub use sync::ChunkGeometry;
+pub use sync::{ChunkGeometry, StreamProblem};
 
 use thiserror::Error;
 
@@ -39,8 +39,11 @@ pub enum CodecError {
     InvalidIndex(String),
     #[error("invalid tensor parameters: {0}")]
     InvalidParameters(String),
-    #[error("corrupt coded stream in block {block}: {message}")]
-    CorruptStream { block: usize, message: String },
+    #[error("corrupt coded stream in block {block}: {problem}")]
+    CorruptStream {
+        block: usize,
+        problem: StreamProblem,
+    },
     #[error("{0}")]
     LengthMismatch(String),
 }

@@ -13,9 +13,53 @@
 //!
 //! This module is the single definition of that rule: the encoder checks it,
 //! the CPU chunked decoder follows it, and the GPU kernels implement it.
+//!
+//! A stream decodes the same sequentially and chunk by chunk exactly when
+//! every chunk's decoder starts where the codewords of the chunk before it
+//! end, and the last codeword ends at the stream's last bit. Every decoder
+//! checks that, so a file with wrong sync metadata is rejected everywhere,
+//! not just by the decoders that use the metadata, and reports the first
+//! [`StreamProblem`] of a block the same way.
+
+use std::fmt;
 
 use super::bits::peek_bits;
 use super::huffman::{DecodeTable, MAX_CODE_BITS};
+
+/// Why a block's coded stream does not decode. Every decoder (CPU, WGSL,
+/// CUDA) reports the first of these in this order: the lowest chunk with a
+/// wrong start, then an overrun, then a wrong count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamProblem {
+    /// Chunk `chunk` does not start where the codewords before it end: its
+    /// sync exception, or the tensor's warm-up, is wrong.
+    ChunkStart { chunk: u64 },
+    /// The last codeword runs past the end of the stream.
+    Overrun,
+    /// The stream holds `codewords` codewords for `elements` elements.
+    Count { codewords: u64, elements: u64 },
+}
+
+impl fmt::Display for StreamProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamProblem::ChunkStart { chunk } => write!(
+                f,
+                "chunk {chunk} does not start where the codewords before it end (wrong sync exception or warm-up)"
+            ),
+            StreamProblem::Overrun => {
+                write!(f, "the last codeword runs past the end of the stream")
+            }
+            StreamProblem::Count {
+                codewords,
+                elements,
+            } => write!(
+                f,
+                "the stream holds {codewords} codewords, the block has {elements} elements"
+            ),
+        }
+    }
+}
 
 /// Per-tensor parameters of the chunked decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +114,24 @@ impl ChunkGeometry {
         table: &DecodeTable,
         chunk: u64,
     ) -> u64 {
+        self.chunk_start(stream, stream_bits, table, chunk, None)
+    }
+
+    /// Where `chunk`'s decoder stands once it reaches the chunk: the first
+    /// position at or after the chunk's beginning on its way from
+    /// [`decode_start`](Self::decode_start), or `stream_bits` if that lies
+    /// past the end. A chunk decodes right exactly when this is where the
+    /// codewords before it end.
+    pub fn chunk_start(
+        &self,
+        stream: &[u8],
+        stream_bits: u64,
+        table: &DecodeTable,
+        chunk: u64,
+        exception_first_boundary: Option<u32>,
+    ) -> u64 {
         let chunk_begin = chunk * self.chunk_bits as u64;
-        let mut position = self.decode_start(chunk, None);
+        let mut position = self.decode_start(chunk, exception_first_boundary);
         while position < chunk_begin {
             let (_, len) = table.lookup(peek_bits(stream, position, MAX_CODE_BITS) as u64);
             position += len as u64;

@@ -73,6 +73,8 @@ pub struct ModelOptions {
 /// One tensor of the model, resident on the device.
 pub struct ModelTensor {
     pub name: String,
+    /// The compressed file it is stored in.
+    pub file: PathBuf,
     pub dtype: String,
     pub shape: Vec<u64>,
     pub decoded_bytes: u64,
@@ -165,10 +167,19 @@ pub struct PendingGroup<'a> {
 }
 
 impl<'a> PendingGroup<'a> {
-    /// Waits for the decode; only then are its views available.
+    /// Waits for the decode; only then are its views available. A tensor
+    /// whose coded data the device found corrupt is named in the error.
     pub fn wait(self) -> Result<DecodedGroup<'a>> {
-        self.pending.wait()?;
+        let model = self.decoded.model;
+        let group = self.decoded.group;
+        self.pending.wait().map_err(|e| model.name_job(group, e))?;
         Ok(self.decoded)
+    }
+
+    /// The backend's handle of the running decode (for a CUDA client, its
+    /// event: see `CudaBackend::decode_event`).
+    pub fn pending(&self) -> &dyn PendingDecode {
+        self.pending.as_ref()
     }
 }
 
@@ -208,10 +219,10 @@ impl<'b> Model<'b> {
                 let device = match &stored.storage {
                     Storage::Raw => backend.upload_raw(file.stored_bytes(stored)),
                     Storage::Coded(coded) => backend.upload(&file.view(coded), &coded.index),
-                }
-                .map_err(|e| in_tensor(file_path, &source.name, e))?;
+                }?;
                 tensors.push(ModelTensor {
                     name: source.name.clone(),
+                    file: file_path.clone(),
                     dtype: format!("{:?}", source.dtype),
                     shape: source.shape.iter().map(|&d| d as u64).collect(),
                     decoded_bytes: source.len() as u64,
@@ -292,7 +303,10 @@ impl<'b> Model<'b> {
     /// once [`PendingGroup::wait`] returns.
     pub fn start_decode(&self, group: usize, buffer: GroupBuffer) -> Result<PendingGroup<'_>> {
         let jobs = self.jobs(group)?;
-        let pending = self.backend.decode_async(&jobs, buffer.buffer.as_ref())?;
+        let pending = self
+            .backend
+            .decode_async(&jobs, buffer.buffer.as_ref())
+            .map_err(|e| self.name_job(group, e))?;
         Ok(PendingGroup {
             decoded: DecodedGroup {
                 model: self,
@@ -322,6 +336,18 @@ impl<'b> Model<'b> {
             .collect())
     }
 
+    /// Names the tensor, and its file, of a failing job of `group`'s decode.
+    fn name_job(&self, group: usize, error: Error) -> Error {
+        let job = match &error {
+            Error::CorruptJob { job, .. } => *job,
+            _ => return error,
+        };
+        match self.groups[group].tensors.get(job) {
+            Some(&t) => error.in_tensor(&self.tensors[t].file, &self.tensors[t].name),
+            None => error,
+        }
+    }
+
     pub fn memory(&self) -> MemoryReport {
         let resident_bytes = self.tensors.iter().map(|t| t.device.resident_bytes()).sum();
         let scratch_bytes = self.scratch_bytes.get();
@@ -332,17 +358,6 @@ impl<'b> Model<'b> {
             uncompressed_bytes: self.tensors.iter().map(|t| t.decoded_bytes).sum(),
             largest_group_bytes: self.largest_group,
         }
-    }
-}
-
-fn in_tensor(path: &Path, tensor: &str, error: Error) -> Error {
-    match error {
-        Error::Backend { backend, message } => Error::Corrupt {
-            path: path.to_path_buf(),
-            tensor: Some(tensor.to_string()),
-            message: format!("{backend}: {message}"),
-        },
-        other => other,
     }
 }
 
