@@ -88,7 +88,7 @@ mod wgpu_matvec {
 
     impl<'a> WgpuMatVec<'a> {
         pub fn new(backend: &'a WgpuBackend) -> Self {
-            let device = backend.device();
+            let (device, _) = backend.wgpu();
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("matvec"),
                 source: wgpu::ShaderSource::Wgsl(include_str!("matvec.wgsl").into()),
@@ -115,7 +115,7 @@ mod wgpu_matvec {
             dtype: u32,
             x: &[f32],
         ) -> Vec<f32> {
-            let device = self.backend.device();
+            let (device, queue) = self.backend.wgpu();
             let width = if dtype == 0 { 4 } else { 2 };
             let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
@@ -140,7 +140,7 @@ mod wgpu_matvec {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            let weights = WgpuBackend::buffer_of(buffer).expect("a wgpu buffer");
+            let weights = WgpuBackend::buffer(buffer).expect("a wgpu buffer");
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &self.pipeline.get_bind_group_layout(0),
@@ -171,7 +171,7 @@ mod wgpu_matvec {
                 pass.dispatch_workgroups(rows.div_ceil(64), 1, 1);
             }
             encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, size);
-            self.backend.queue().submit([encoder.finish()]);
+            queue.submit([encoder.finish()]);
             readback.map_async(wgpu::MapMode::Read, .., |result| result.unwrap());
             device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
             let y = bytemuck::cast_slice(&readback.get_mapped_range(..).unwrap()).to_vec();
@@ -194,13 +194,13 @@ mod cuda_matvec {
 
     impl<'a> CudaMatVec<'a> {
         pub fn new(backend: &'a CudaBackend) -> Self {
-            let ptx =
-                cudarc::nvrtc::compile_ptx(include_str!("matvec.cu")).expect("matvec.cu compiles");
-            let module = backend
-                .stream()
-                .context()
-                .load_module(ptx)
-                .expect("the module loads");
+            // Compiled for the GPU's own architecture, as the decoder is.
+            let module = ecfloat::backend::cuda::load_module(
+                backend.stream().context(),
+                include_str!("matvec.cu"),
+                "matvec.cu",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             let function = module.load_function("matvec").expect("matvec is in it");
             CudaMatVec { backend, function }
         }

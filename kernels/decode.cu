@@ -1,15 +1,18 @@
 // decode.cu — rebuilds ecfloat-coded tensors on NVIDIA GPUs, bit for bit.
 //
 // This is the algorithm of shaders/decode.wgsl, with the same names for the
-// same things (block, chunk, warm-up, exception, seam word, table); read
-// that file's header for the whole story. In short: one thread block
+// same things (block, chunk, warm-up, exception, seam word, table, status);
+// read that file's header for the whole story. In short: one thread block
 // decodes one coded block of 64K elements. The canonical code table is
 // expanded into a 4096-entry lookup table in shared memory. The block's
 // bit stream is cut into chunks; each thread decodes one chunk, starting
 // `warmup_bits` early (or at the chunk's stored exception) so that it
 // resynchronises onto true codeword boundaries. Per round of 256 chunks:
 // a count pass, a block-wide prefix sum, and a write pass that joins each
-// head with its raw rest bits.
+// head with its raw rest bits. Each chunk must start where the one before
+// it ends, and the last must end at the stream's end with as many
+// codewords as the block has elements; thread 0 writes the block's status
+// word (0, or the first problem found) for the host to check.
 //
 // Where CUDA differs from WGSL:
 //   * CUDA has 8- and 16-bit stores, which never race, so a seam word (one
@@ -21,7 +24,12 @@
 //
 // The kernel is compiled at run time by NVRTC for the device's own
 // architecture; it includes no headers. Every offset it reads was
-// validated on the host (src/backend/gpu_layout.rs).
+// validated on the host (src/backend/gpu/layout.rs, which also holds the
+// constants and layouts below). The tests also compile it as C++ and run
+// it on the CPU (tests/cuda_on_cpu.rs): it may use only what that
+// emulates — __syncthreads, static __shared__ arrays, threadIdx/blockIdx,
+// __funnelshift_r, unsigned min/max and atomicMin — and every
+// __syncthreads must be reached by all 256 threads.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -38,6 +46,14 @@ typedef unsigned char u8;
 #define TABLE_WORDS 76u
 #define TABLE_LENGTHS 64u
 #define NO_EXCEPTION 0xFFFFFFFFu
+// A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
+#define STATUS_OK 0u
+#define STATUS_CHUNK_START 1u
+#define STATUS_OVERRUN 2u
+#define STATUS_COUNT 3u
+#define STATUS_NO_BLOCK 4u
+#define STATUS_DETAIL_SHIFT 4u
+#define STATUS_NONE 0xFFFFFFFFu
 
 struct Params {
     u32 block_count;
@@ -49,10 +65,11 @@ struct Params {
     u32 rest_const_value;
     u32 chunk_bits;
     u32 warmup_bits;
-    // Unused here: `output` below already points at the segment's start.
+    // Unused here: `output` below already points at the segment's start,
+    // and status words are indexed by thread block.
     u32 out_word;
+    u32 status_base;
     u32 reserved0;
-    u32 reserved1;
 };
 
 struct Block {
@@ -257,51 +274,75 @@ __device__ __forceinline__ void flush_word(const Segment& s, u32 word_start, u32
     }
 }
 
-// Decodes the codewords chunk `chunk` owns. Without `write`, returns how
-// many there are; with it, writes them as the block's elements
-// `first..end`. Every step advances at least one bit, so it always ends.
-__device__ u32 decode_chunk(const Segment& s, const u16* decode_table, u32 chunk, u32 first, u32 end, bool write) {
+// Where a chunk's decoder stood when it reached the chunk (clamped to the
+// stream's end), where it stopped, and how many codewords it owns.
+struct ChunkWalk {
+    u32 start;
+    u32 end;
+    u32 count;
+};
+
+// Decodes the codewords chunk `chunk` owns. Without `write`, only walks
+// them; with it, writes them as the block's elements `first..end`. Every
+// step advances at least one bit, so it always ends.
+__device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32 chunk, u32 first, u32 end, bool write) {
     const Params* p = s.params;
     u32 begin = chunk * p->chunk_bits;
     u32 stop = min(begin + p->chunk_bits, s.block.stream_bits);
     u32 per_word = elements_per_word(p);
     u32 element_bits = p->width_bytes * 8u;
     u32 position = decode_start(s, chunk);
-    u32 count = 0u;
+    // Warm-up: codewords before the chunk are the previous chunk's.
+    while (position < begin) {
+        position += max((u32)decode_table[peek_head(s, position) & TABLE_MASK] >> 8u, 1u);
+    }
+    ChunkWalk walk;
+    walk.start = min(position, s.block.stream_bits);
+    walk.count = 0u;
     u32 word_value = 0u;
     u32 word_start = (first / per_word) * per_word;
     while (position < stop) {
         u32 entry = decode_table[peek_head(s, position) & TABLE_MASK];
-        if (position >= begin) {
-            u32 element = first + count;
-            count += 1u;
-            if (write && element < s.block.elements) {
-                if (element >= word_start + per_word) {
-                    flush_word(s, word_start, word_value, first, end);
-                    word_start = (element / per_word) * per_word;
-                    word_value = 0u;
-                }
-                u32 value = join(p, entry & 0xFFu, rest_field(s, element));
-                word_value |= value << ((element - word_start) * element_bits);
+        u32 element = first + walk.count;
+        walk.count += 1u;
+        if (write && element < s.block.elements) {
+            if (element >= word_start + per_word) {
+                flush_word(s, word_start, word_value, first, end);
+                word_start = (element / per_word) * per_word;
+                word_value = 0u;
             }
+            u32 value = join(p, entry & 0xFFu, rest_field(s, element));
+            word_value |= value << ((element - word_start) * element_bits);
         }
         position += max(entry >> 8u, 1u);
     }
-    if (write && count > 0u && first < s.block.elements) {
+    if (write && walk.count > 0u && first < s.block.elements) {
         flush_word(s, word_start, word_value, first, end);
     }
-    return count;
+    // A chunk that owns no codeword (only the last can) ends where it
+    // starts: the codewords before the next end there.
+    walk.end = walk.count > 0u ? position : walk.start;
+    return walk;
 }
 
 // `work[2 * i]` is the dispatch and `work[2 * i + 1]` the block that thread
-// block `i` decodes.
-extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatches, const u32* work) {
+// block `i` decodes; `status[i]` receives the block's status word.
+extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatches, const u32* work, u32* status) {
     __shared__ u16 decode_table[4096];
     __shared__ u32 chunk_counts[WORKGROUP_SIZE];
+    // Each chunk's start, for the thread of the chunk before it to check.
+    __shared__ u32 chunk_starts[WORKGROUP_SIZE];
+    // The lowest problem found (atomically), and the end of the round's
+    // last chunk, which the next round's first chunk must start at.
+    __shared__ u32 block_status;
+    __shared__ u32 previous_end;
     u32 thread = threadIdx.x;
     const Dispatch* dispatch = &dispatches[work[2u * blockIdx.x]];
     u32 block_index = work[2u * blockIdx.x + 1u];
     if (block_index >= dispatch->params.block_count) {
+        if (thread == 0u) {
+            status[blockIdx.x] = STATUS_NO_BLOCK;
+        }
         return;
     }
     Segment s;
@@ -310,7 +351,13 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
     s.block = dispatch->blocks[block_index];
     if (s.block.mode != BLOCK_CODED) {
         write_uncoded(s, thread);
+        if (thread == 0u) {
+            status[blockIdx.x] = STATUS_OK;
+        }
         return;
+    }
+    if (thread == 0u) {
+        block_status = STATUS_NONE;
     }
     build_decode_table(decode_table, dispatch->tables + s.block.table_or_value * TABLE_WORDS, thread);
     u32 chunks = (s.block.stream_bits + s.params->chunk_bits - 1u) / s.params->chunk_bits;
@@ -318,17 +365,44 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
     u32 round_base = 0u;
     for (u32 round_index = 0u; round_index < rounds; round_index++) {
         u32 chunk = round_index * WORKGROUP_SIZE + thread;
-        u32 count = 0u;
+        ChunkWalk walk;
+        walk.start = 0u;
+        walk.end = 0u;
+        walk.count = 0u;
         if (chunk < chunks) {
-            count = decode_chunk(s, decode_table, chunk, 0u, 0u, false);
+            walk = decode_chunk(s, decode_table, chunk, 0u, 0u, false);
         }
-        u32 inclusive = inclusive_prefix_sum(chunk_counts, thread, count);
-        u32 first = round_base + inclusive - count;
+        chunk_starts[thread] = walk.start;
+        // The prefix sum's barriers also publish chunk_starts.
+        u32 inclusive = inclusive_prefix_sum(chunk_counts, thread, walk.count);
+        u32 first = round_base + inclusive - walk.count;
         if (chunk < chunks) {
-            decode_chunk(s, decode_table, chunk, first, first + count, true);
+            if (chunk + 1u == chunks) {
+                if (walk.end != s.block.stream_bits) {
+                    atomicMin(&block_status, STATUS_OVERRUN | chunk << STATUS_DETAIL_SHIFT);
+                }
+            } else if (thread + 1u < WORKGROUP_SIZE && walk.end != chunk_starts[thread + 1u]) {
+                atomicMin(&block_status, STATUS_CHUNK_START | (chunk + 1u) << STATUS_DETAIL_SHIFT);
+            }
+            if (thread == 0u && round_index > 0u && walk.start != previous_end) {
+                atomicMin(&block_status, STATUS_CHUNK_START | chunk << STATUS_DETAIL_SHIFT);
+            }
+            decode_chunk(s, decode_table, chunk, first, first + walk.count, true);
         }
         round_base += chunk_counts[WORKGROUP_SIZE - 1u];
-        // chunk_counts is rewritten by the next round's prefix sum.
+        // chunk_counts, chunk_starts and previous_end are rewritten next
+        // round.
         __syncthreads();
+        if (thread == WORKGROUP_SIZE - 1u) {
+            previous_end = walk.end;
+        }
+    }
+    __syncthreads();
+    if (thread == 0u) {
+        u32 problem = block_status;
+        if (problem == STATUS_NONE) {
+            problem = round_base == s.block.elements ? STATUS_OK : STATUS_COUNT | round_base << STATUS_DETAIL_SHIFT;
+        }
+        status[blockIdx.x] = problem;
     }
 }

@@ -25,6 +25,15 @@
 //   3. write pass: every thread decodes its chunk again and writes its
 //      elements, joining each head with its rest.
 //
+// A wrong exception or warm-up would make a chunk start off the true
+// codeword boundaries and decode garbage that looks like codewords. So each
+// thread checks that the next chunk starts exactly where its own codewords
+// end, the last chunk must end at the stream's last bit, and the block must
+// hold as many codewords as elements: that is exactly when chunked decoding
+// equals decoding in order (src/codec/sync.rs). Thread 0 writes the
+// block's *status word* — 0, or the first problem, as the CPU decoder would
+// report it — and the host turns it into an error naming the block.
+//
 // WGSL has no 8- or 16-bit stores, so elements are assembled into whole
 // u32 words. A word that holds elements of two chunks (a *seam* word) is
 // first zeroed by the chunk that owns its first element, then, after a
@@ -53,8 +62,9 @@ struct Params {
     warmup_bits: u32,
     // Word index in `output` of the segment's first element.
     out_word: u32,
+    // Index in `status` of the dispatch's first block's word.
+    status_base: u32,
     reserved0: u32,
-    reserved1: u32,
 }
 
 struct Block {
@@ -83,6 +93,7 @@ struct Block {
 @group(0) @binding(4) var<storage, read> head: array<u32>;
 @group(0) @binding(5) var<storage, read> rest: array<u32>;
 @group(0) @binding(6) var<storage, read_write> output: array<atomic<u32>>;
+@group(0) @binding(7) var<storage, read_write> status: array<u32>;
 
 const WORKGROUP_SIZE: u32 = 256u;
 const BLOCK_RAW: u32 = 0u;
@@ -95,12 +106,26 @@ const TABLE_MASK: u32 = 0xFFFu;
 const TABLE_WORDS: u32 = 76u;
 const TABLE_LENGTHS: u32 = 64u;
 const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
+// A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
+const STATUS_OK: u32 = 0u;
+const STATUS_CHUNK_START: u32 = 1u;
+const STATUS_OVERRUN: u32 = 2u;
+const STATUS_COUNT: u32 = 3u;
+const STATUS_NO_BLOCK: u32 = 4u;
+const STATUS_DETAIL_SHIFT: u32 = 4u;
+const STATUS_NONE: u32 = 0xFFFFFFFFu;
 
 // The expanded decode table: entry i (two per word) is `symbol | length <<
 // 8` of the codeword the 12 bits i begin with.
 var<workgroup> decode_table: array<u32, 2048>;
 // Per-thread codeword counts, then their inclusive prefix sums.
 var<workgroup> chunk_counts: array<u32, 256>;
+// Each chunk's start, for the thread of the chunk before it to check.
+var<workgroup> chunk_starts: array<u32, 256>;
+// The lowest problem found, and the end of the round's last chunk, which
+// the next round's first chunk must start at.
+var<workgroup> block_status: atomic<u32>;
+var<workgroup> previous_end: u32;
 // Block fields that steer control flow, shared so they are uniform.
 var<workgroup> shared_mode: u32;
 var<workgroup> shared_chunks: u32;
@@ -111,17 +136,25 @@ fn decode(
     @builtin(local_invocation_index) thread: u32,
 ) {
     let block_index = workgroup.x;
+    let status_index = params.status_base + block_index;
     if (block_index >= params.block_count) {
+        if (thread == 0u) {
+            status[status_index] = STATUS_NO_BLOCK;
+        }
         return;
     }
     let block = blocks[block_index];
     if (thread == 0u) {
         shared_mode = block.mode;
         shared_chunks = (block.stream_bits + params.chunk_bits - 1u) / params.chunk_bits;
+        atomicStore(&block_status, STATUS_NONE);
     }
     let mode = workgroupUniformLoad(&shared_mode);
     if (mode != BLOCK_CODED) {
         write_uncoded(block, thread);
+        if (thread == 0u) {
+            status[status_index] = STATUS_OK;
+        }
         return;
     }
     build_decode_table(block.table_or_value * TABLE_WORDS, thread);
@@ -130,22 +163,48 @@ fn decode(
     var round_base = 0u;
     for (var round_index = 0u; round_index < rounds; round_index++) {
         let chunk = round_index * WORKGROUP_SIZE + thread;
-        var count = 0u;
+        var walk = ChunkWalk(0u, 0u, 0u);
         if (chunk < chunks) {
-            count = decode_chunk(block, chunk, 0u, 0u, false);
+            walk = decode_chunk(block, chunk, 0u, 0u, false);
         }
-        let inclusive = inclusive_prefix_sum(thread, count);
-        let first = round_base + inclusive - count;
+        chunk_starts[thread] = walk.start;
+        // The prefix sum's barriers also publish chunk_starts.
+        let inclusive = inclusive_prefix_sum(thread, walk.count);
+        let first = round_base + inclusive - walk.count;
+        if (chunk < chunks) {
+            if (chunk + 1u == chunks) {
+                if (walk.end != block.stream_bits) {
+                    atomicMin(&block_status, STATUS_OVERRUN | (chunk << STATUS_DETAIL_SHIFT));
+                }
+            } else if (thread + 1u < WORKGROUP_SIZE && walk.end != chunk_starts[thread + 1u]) {
+                atomicMin(&block_status, STATUS_CHUNK_START | ((chunk + 1u) << STATUS_DETAIL_SHIFT));
+            }
+            if (thread == 0u && round_index > 0u && walk.start != previous_end) {
+                atomicMin(&block_status, STATUS_CHUNK_START | (chunk << STATUS_DETAIL_SHIFT));
+            }
+        }
         // Zero the seam word this chunk owns before anyone ORs into it.
-        zero_owned_seam(block, first, first + count);
+        zero_owned_seam(block, first, first + walk.count);
         storageBarrier();
         workgroupBarrier();
         if (chunk < chunks) {
-            decode_chunk(block, chunk, first, first + count, true);
+            decode_chunk(block, chunk, first, first + walk.count, true);
         }
         round_base += chunk_counts[WORKGROUP_SIZE - 1u];
-        // chunk_counts is rewritten by the next round's prefix sum.
+        // chunk_counts, chunk_starts and previous_end are rewritten next
+        // round.
         workgroupBarrier();
+        if (thread == WORKGROUP_SIZE - 1u) {
+            previous_end = walk.end;
+        }
+    }
+    workgroupBarrier();
+    if (thread == 0u) {
+        var problem = atomicLoad(&block_status);
+        if (problem == STATUS_NONE) {
+            problem = select(STATUS_COUNT | (round_base << STATUS_DETAIL_SHIFT), STATUS_OK, round_base == block.elements);
+        }
+        status[status_index] = problem;
     }
 }
 
@@ -326,16 +385,31 @@ fn find_exception(block: Block, chunk: u32) -> u32 {
     return NO_EXCEPTION;
 }
 
-// Decodes the codewords chunk `chunk` owns. Without `write`, returns how
-// many there are; with it, writes them as the block's elements
-// `first..end`. Every step advances at least one bit, so it always ends.
-fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> u32 {
+// Where a chunk's decoder stood when it reached the chunk (clamped to the
+// stream's end), where it stopped, and how many codewords it owns.
+struct ChunkWalk {
+    start: u32,
+    end: u32,
+    count: u32,
+}
+
+// Decodes the codewords chunk `chunk` owns. Without `write`, only walks
+// them; with it, writes them as the block's elements `first..end`. Every
+// step advances at least one bit, so it always ends.
+fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> ChunkWalk {
     let begin = chunk * params.chunk_bits;
     let stop = min(begin + params.chunk_bits, block.stream_bits);
     let per_word = elements_per_word();
     let element_bits = params.width_bytes * 8u;
     var position = decode_start(block, chunk);
-    var count = 0u;
+    // Warm-up: codewords before the chunk are the previous chunk's.
+    loop {
+        if (position >= begin) {
+            break;
+        }
+        position += max(table_entry(peek_head(block, position)) >> 8u, 1u);
+    }
+    var walk = ChunkWalk(min(position, block.stream_bits), 0u, 0u);
     var word_value = 0u;
     var word_start = (first / per_word) * per_word;
     loop {
@@ -343,25 +417,26 @@ fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> 
             break;
         }
         let entry = table_entry(peek_head(block, position));
-        if (position >= begin) {
-            let element = first + count;
-            count += 1u;
-            if (write && element < block.elements) {
-                if (element >= word_start + per_word) {
-                    flush_word(block, word_start, word_value, first, end);
-                    word_start = (element / per_word) * per_word;
-                    word_value = 0u;
-                }
-                let value = join(entry & 0xFFu, rest_field(block, element));
-                word_value |= value << ((element - word_start) * element_bits);
+        let element = first + walk.count;
+        walk.count += 1u;
+        if (write && element < block.elements) {
+            if (element >= word_start + per_word) {
+                flush_word(block, word_start, word_value, first, end);
+                word_start = (element / per_word) * per_word;
+                word_value = 0u;
             }
+            let value = join(entry & 0xFFu, rest_field(block, element));
+            word_value |= value << ((element - word_start) * element_bits);
         }
         position += max(entry >> 8u, 1u);
     }
-    if (write && count > 0u && first < block.elements) {
+    if (write && walk.count > 0u && first < block.elements) {
         flush_word(block, word_start, word_value, first, end);
     }
-    return count;
+    // A chunk that owns no codeword (only the last can) ends where it
+    // starts: the codewords before the next end there.
+    walk.end = select(walk.start, position, walk.count > 0u);
+    return walk;
 }
 
 // Stores a word of elements `word_start..` that this chunk assembled: plainly

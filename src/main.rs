@@ -428,7 +428,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|&name| match backend::open(name) {
                     Ok(backend) => serde_json::json!({"backend": name, "available": true, "info": backend.info()}),
-                    Err(Error::Backend { message, .. }) => serde_json::json!({"backend": name, "available": false, "reason": message}),
+                    Err(Error::BackendUnavailable { reason, .. }) => serde_json::json!({"backend": name, "available": false, "reason": reason}),
                     Err(error) => serde_json::json!({"backend": name, "available": false, "reason": error.to_string()}),
                 })
                 .collect();
@@ -704,9 +704,10 @@ fn print_bench(report: &bench::BenchReport) {
         ("copy", &report.copy),
     ] {
         println!(
-            "  {what:<7} {:>8.3} GB/s  ({:.2} ms)",
+            "  {what:<7} {:>8.3} GB/s  ({:.2} ms, {})",
             timing.gb_per_s,
-            timing.median_seconds * 1e3
+            timing.median_seconds * 1e3,
+            timing.clock
         );
     }
     println!("  decode / copy = {:.3}", report.decode_vs_copy);
@@ -765,8 +766,12 @@ fn print_analysis(report: &analyze::AnalysisReport, plot: Option<&Path>) {
 }
 
 fn print_model_bench(report: &bench::ModelBenchReport) {
+    let clock = report
+        .groups
+        .first()
+        .map_or(String::new(), |g| format!(", timed by {}", g.clock));
     println!(
-        "{} on {} ({}), {} runs per group:",
+        "{} on {} ({}), {} runs per group{clock}:",
         report.model, report.backend, report.device, report.runs
     );
     println!(

@@ -9,8 +9,8 @@ use crate::codec::{self, BlockIndex, EncodedView, TensorParams};
 use crate::error::{Error, Result};
 
 use super::{
-    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, backend_error, check_jobs,
-    downcast,
+    Backend, BackendInfo, Clock, DecodeJob, DeviceBuffer, DeviceTensor, Timings, backend_error,
+    check_download, check_jobs, downcast,
 };
 
 const NAME: &str = "cpu";
@@ -182,7 +182,7 @@ impl Backend for CpuBackend {
             .map_err(corrupt(0))
     }
 
-    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings> {
         use rayon::prelude::*;
         const PIECE: usize = 1 << 20;
         let source = vec![0x5Au8; bytes as usize];
@@ -197,18 +197,17 @@ impl Backend for CpuBackend {
             started.elapsed().as_secs_f64()
         };
         copy();
-        Ok((0..repeats).map(|_| copy()).collect())
+        Ok(Timings {
+            seconds: (0..repeats).map(|_| copy()).collect(),
+            clock: Clock::Wall,
+        })
     }
 
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
         let buffer = downcast::<CpuBuffer>(NAME, buffer.as_any())?;
         let bytes = buffer.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        let range = (offset as usize)
-            .checked_add(out.len())
-            .filter(|&end| end as u64 <= buffer.len);
-        let end =
-            range.ok_or_else(|| backend_error(NAME, "download past the end of the buffer"))?;
-        out.copy_from_slice(&bytes[offset as usize..end]);
+        let end = check_download(NAME, buffer.len, offset, out.len())?;
+        out.copy_from_slice(&bytes[offset as usize..end as usize]);
         Ok(())
     }
 }

@@ -1,34 +1,37 @@
 //! The CUDA backend: decodes on NVIDIA GPUs with `kernels/decode.cu`,
-//! compiled at run time by NVRTC for the device's own architecture.
+//! compiled at run time by NVRTC for the device's own architecture (or, on
+//! a GPU newer than the NVRTC, to PTX for the newest architecture it knows,
+//! which the driver compiles on loading).
 //!
 //! cudarc loads libcuda and libnvrtc at run time, so this builds without a
 //! CUDA toolkit; both libraries are looked for before anything calls them
 //! (cudarc panics on a missing library), so a machine without them gets a
 //! clear error instead.
 //!
-//! One launch decodes every segment of every job: each thread block reads
-//! its (dispatch, block) pair from a work list.
+//! Decodes run on the backend's own stream — a new one, or one a framework
+//! hands over ([`CudaBackend::on_stream`]) — so that a decode and work on
+//! another stream can overlap. One launch decodes every segment of every
+//! job: each thread block reads its (record, block) pair from the work
+//! list the GPU core planned. Every buffer a launch reads or writes is
+//! taken through cudarc's device-pointer guards, held until the launch is
+//! queued, so that cudarc orders later work on other streams after it.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytemuck::{Pod, Zeroable};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, sys,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
 };
 use cudarc::nvrtc;
 
-use crate::codec::{BlockIndex, EncodedView, TensorParams};
 use crate::error::{Error, Result};
 
-use super::gpu_layout::{self, DispatchLimits, DispatchParams, Segment};
-use super::{
-    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, PendingDecode, backend_error,
-    check_jobs, downcast,
-};
+use super::gpu::layout::{self, DispatchLimits};
+use super::gpu::plan::LaunchPlan;
+use super::gpu::{DeviceMemory, Finished, GpuBackend, GpuDevice, GpuPending};
+use super::{BackendInfo, Clock, DeviceBuffer, PendingDecode, Timings, unavailable};
 
 const NAME: &str = "cuda";
 /// The decoder kernel, compiled at run time.
@@ -47,10 +50,17 @@ pub fn nvrtc_present() -> bool {
 }
 
 fn no_nvrtc() -> Error {
-    backend_error(
+    unavailable(
         NAME,
         "NVRTC not found (libnvrtc.so.12): install the CUDA toolkit, or `pip install nvidia-cuda-nvrtc-cu12` and add its lib directory to LD_LIBRARY_PATH",
     )
+}
+
+fn compile_error(message: String) -> Error {
+    Error::KernelCompile {
+        backend: NAME.to_string(),
+        message,
+    }
 }
 
 /// The NVRTC version, as (major, minor).
@@ -62,37 +72,118 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     // Safety: NVRTC is loaded; the pointers are valid for the call.
     unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| backend_error(NAME, format!("nvrtcVersion: {e}")))?;
+        .map_err(|e| compile_error(format!("nvrtcVersion: {e}")))?;
     Ok((major, minor))
 }
 
-/// A kernel binary for one architecture, and what the compiler said.
+/// The architectures this NVRTC compiles for, as `major * 10 + minor`.
+pub fn supported_architectures() -> Result<Vec<i32>> {
+    if !nvrtc_present() {
+        return Err(no_nvrtc());
+    }
+    let mut count = 0;
+    // Safety: NVRTC is loaded; the pointer is valid for the call.
+    unsafe { nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count) }
+        .result()
+        .map_err(|e| compile_error(format!("nvrtcGetNumSupportedArchs: {e}")))?;
+    let mut architectures = vec![0; count.max(0) as usize];
+    // Safety: the buffer holds the `count` entries NVRTC writes.
+    unsafe { nvrtc::sys::nvrtcGetSupportedArchs(architectures.as_mut_ptr()) }
+        .result()
+        .map_err(|e| compile_error(format!("nvrtcGetSupportedArchs: {e}")))?;
+    Ok(architectures)
+}
+
+/// What NVRTC should produce for a device of compute capability
+/// `architecture` (`major * 10 + minor`): a binary for it when NVRTC knows
+/// it, else PTX for the newest architecture below it that NVRTC knows,
+/// which the driver compiles for the device when it loads it.
+pub fn kernel_target(architecture: i32, supported: &[i32]) -> Result<KernelTarget> {
+    if supported.contains(&architecture) {
+        return Ok(KernelTarget::Binary(format!("sm_{architecture}")));
+    }
+    supported
+        .iter()
+        .copied()
+        .filter(|&a| a < architecture)
+        .max()
+        .map(|a| KernelTarget::Ptx(format!("compute_{a}")))
+        .ok_or_else(|| {
+            compile_error(format!(
+                "this NVRTC compiles for sm_{} and newer only, the device is sm_{architecture}",
+                supported.iter().min().copied().unwrap_or_default()
+            ))
+        })
+}
+
+/// The kind and architecture of code NVRTC produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelTarget {
+    /// A binary for `sm_NN`.
+    Binary(String),
+    /// PTX for `compute_NN`, compiled by the driver on loading.
+    Ptx(String),
+}
+
+impl KernelTarget {
+    pub fn architecture(&self) -> &str {
+        match self {
+            KernelTarget::Binary(arch) | KernelTarget::Ptx(arch) => arch,
+        }
+    }
+}
+
+/// Compiled kernel code, and what the compiler said.
 pub struct CompiledKernel {
-    pub cubin: Vec<u8>,
+    /// A CUBIN, or PTX text.
+    pub image: Vec<u8>,
+    pub target: KernelTarget,
     pub log: String,
+}
+
+impl CompiledKernel {
+    fn module_image(&self) -> nvrtc::Ptx {
+        match self.target {
+            KernelTarget::Binary(_) => nvrtc::Ptx::from_binary(self.image.clone()),
+            KernelTarget::Ptx(_) => {
+                nvrtc::Ptx::from_src(String::from_utf8_lossy(&self.image).into_owned())
+            }
+        }
+    }
 }
 
 /// Compiles `kernels/decode.cu` to a CUBIN for `arch` (e.g. `sm_90`), with
 /// ptxas's register and spill report in the log. Needs NVRTC, not a GPU.
 pub fn compile_kernel(arch: &str) -> Result<CompiledKernel> {
+    compile(
+        KERNEL_SOURCE,
+        "decode.cu",
+        &KernelTarget::Binary(arch.to_string()),
+    )
+}
+
+/// Compiles CUDA `source` (named `name` in messages) for `target`.
+pub fn compile(source: &str, name: &str, target: &KernelTarget) -> Result<CompiledKernel> {
     if !nvrtc_present() {
         return Err(no_nvrtc());
     }
+    let arch = target.architecture();
     let failed = |what: &str, e: nvrtc::result::NvrtcError, log: &str| {
-        backend_error(
-            NAME,
-            format!("compiling kernels/decode.cu for {arch}: {what}: {e}\n{log}"),
-        )
+        compile_error(format!("compiling {name} for {arch}: {what}: {e}\n{log}"))
     };
-    let source = std::ffi::CString::new(KERNEL_SOURCE).expect("the kernel source has no NUL byte");
-    let program = nvrtc::result::create_program(&source, Some(c"decode.cu"))
+    let source = std::ffi::CString::new(source)
+        .map_err(|_| compile_error(format!("{name} holds a NUL byte")))?;
+    let program_name = std::ffi::CString::new(name).unwrap_or_default();
+    let program = nvrtc::result::create_program(&source, Some(&program_name))
         .map_err(|e| failed("creating the program", e, ""))?;
-    let options = [
+    let mut options = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
-        "--ptxas-options=-v".to_string(),
         "-lineinfo".to_string(),
     ];
+    if matches!(target, KernelTarget::Binary(_)) {
+        options.push("--ptxas-options=-v".to_string());
+    }
     // Safety: `program` is live until destroyed below; options are strings.
     let compiled = unsafe { nvrtc::result::compile_program(program, &options) };
     // Safety: as above.
@@ -105,25 +196,71 @@ pub fn compile_kernel(arch: &str) -> Result<CompiledKernel> {
             .to_string_lossy()
             .into_owned()
     };
-    let cubin = compiled.and_then(|()| {
-        let mut size = 0usize;
-        // Safety: the program compiled; `size` is valid for the call.
-        unsafe { nvrtc::sys::nvrtcGetCUBINSize(program, &mut size) }.result()?;
-        let mut cubin = vec![0u8; size];
-        // Safety: `cubin` holds `size` bytes.
-        unsafe { nvrtc::sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast()) }.result()?;
-        Ok(cubin)
+    let image = compiled.and_then(|()| match target {
+        KernelTarget::Binary(_) => {
+            let mut size = 0usize;
+            // Safety: the program compiled; `size` is valid for the call.
+            unsafe { nvrtc::sys::nvrtcGetCUBINSize(program, &mut size) }.result()?;
+            let mut cubin = vec![0u8; size];
+            // Safety: `cubin` holds `size` bytes.
+            unsafe { nvrtc::sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast()) }.result()?;
+            Ok(cubin)
+        }
+        KernelTarget::Ptx(_) => {
+            // Safety: the program compiled.
+            let ptx = unsafe { nvrtc::result::get_ptx(program) }?;
+            Ok(ptx
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect())
+        }
     });
     // Safety: destroyed once, after its last use.
     let _ = unsafe { nvrtc::result::destroy_program(program) };
-    let cubin = cubin.map_err(|e| failed("compile error", e, &log))?;
-    if cubin.is_empty() {
-        return Err(backend_error(
-            NAME,
-            format!("NVRTC produced no binary for {arch}"),
-        ));
+    let image = image.map_err(|e| failed("compile error", e, &log))?;
+    if image.is_empty() {
+        return Err(compile_error(format!("NVRTC produced no code for {arch}")));
     }
-    Ok(CompiledKernel { cubin, log })
+    Ok(CompiledKernel {
+        image,
+        target: target.clone(),
+        log,
+    })
+}
+
+/// Compiles `source` for the GPU of `context` (see [`kernel_target`]) and
+/// loads it. `examples/run_blocks.rs` loads its kernel with this too.
+pub fn load_module(
+    context: &Arc<CudaContext>,
+    source: &str,
+    name: &str,
+) -> Result<Arc<CudaModule>> {
+    let kernel = compile(source, name, &target_of(context)?)?;
+    context
+        .load_module(kernel.module_image())
+        .map_err(driver_error(&format!("loading {name}")))
+}
+
+fn target_of(context: &Arc<CudaContext>) -> Result<KernelTarget> {
+    let (major, minor) = context
+        .compute_capability()
+        .map_err(driver_error("reading the compute capability"))?;
+    kernel_target(major * 10 + minor, &supported_architectures()?)
+}
+
+/// The decode kernel compiled per target, shared by every backend.
+fn cached_kernel(target: &KernelTarget) -> Result<Arc<CompiledKernel>> {
+    static KERNELS: OnceLock<Mutex<HashMap<String, Arc<CompiledKernel>>>> = OnceLock::new();
+    let key = format!("{target:?}");
+    let kernels = KERNELS.get_or_init(Default::default);
+    let mut kernels = kernels.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kernel) = kernels.get(&key) {
+        return Ok(kernel.clone());
+    }
+    let kernel = Arc::new(compile(KERNEL_SOURCE, "decode.cu", target)?);
+    kernels.insert(key, kernel.clone());
+    Ok(kernel)
 }
 
 /// The ptxas report lines of `log` that show register spills.
@@ -141,126 +278,148 @@ pub fn spill_reports(log: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Compiled kernels per architecture, shared by every backend instance.
-fn cached_kernel(arch: &str) -> Result<Arc<CompiledKernel>> {
-    static KERNELS: OnceLock<Mutex<HashMap<String, Arc<CompiledKernel>>>> = OnceLock::new();
-    let kernels = KERNELS.get_or_init(Default::default);
-    let mut kernels = kernels.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(kernel) = kernels.get(arch) {
-        return Ok(kernel.clone());
+/// A driver error as the crate's error, typed by what it means: memory
+/// exhausted, a device no longer usable, a kernel that does not load, or
+/// anything else the driver says.
+fn driver_error(what: &str) -> impl Fn(DriverError) -> Error + '_ {
+    use sys::CUresult as R;
+    move |e| {
+        let backend = NAME.to_string();
+        let message = format!("{what}: {e}");
+        match e.0 {
+            R::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfDeviceMemory { backend, message },
+            R::CUDA_ERROR_ILLEGAL_ADDRESS
+            | R::CUDA_ERROR_LAUNCH_FAILED
+            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | R::CUDA_ERROR_MISALIGNED_ADDRESS
+            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | R::CUDA_ERROR_INVALID_PC
+            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | R::CUDA_ERROR_LAUNCH_TIMEOUT
+            | R::CUDA_ERROR_ECC_UNCORRECTABLE
+            | R::CUDA_ERROR_ASSERT
+            | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
+            | R::CUDA_ERROR_DEVICE_UNAVAILABLE => Error::DeviceLost { backend, message },
+            R::CUDA_ERROR_NO_BINARY_FOR_GPU
+            | R::CUDA_ERROR_INVALID_PTX
+            | R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+            | R::CUDA_ERROR_INVALID_IMAGE
+            | R::CUDA_ERROR_JIT_COMPILER_NOT_FOUND
+            | R::CUDA_ERROR_INVALID_SOURCE => Error::KernelCompile { backend, message },
+            R::CUDA_ERROR_NO_DEVICE
+            | R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+            | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => Error::BackendUnavailable {
+                backend,
+                reason: message,
+            },
+            _ => Error::Driver { backend, message },
+        }
     }
-    let kernel = Arc::new(compile_kernel(arch)?);
-    kernels.insert(arch.to_string(), kernel.clone());
-    Ok(kernel)
 }
 
-/// One tensor segment of a launch, as `struct Dispatch` in the kernel.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct DispatchRecord {
-    params: DispatchParams,
-    blocks: u64,
-    tables: u64,
-    exceptions: u64,
-    head: u64,
-    rest: u64,
-    output: u64,
+/// Device memory: a cudarc slice, locked while a launch takes its pointer.
+pub struct CudaMemory {
+    slice: Mutex<CudaSlice<u8>>,
+    bytes: u64,
 }
 
-pub struct CudaBackend {
+impl DeviceMemory for CudaMemory {
+    fn size(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl CudaMemory {
+    fn new(slice: CudaSlice<u8>) -> Self {
+        CudaMemory {
+            bytes: slice.num_bytes() as u64,
+            slice: Mutex::new(slice),
+        }
+    }
+
+    /// The slice (for clients computing on decoded bytes: take its pointer
+    /// with cudarc's `device_ptr` on the backend's stream).
+    pub fn slice(&self) -> MutexGuard<'_, CudaSlice<u8>> {
+        self.slice.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An NVIDIA GPU, through one stream.
+pub struct CudaDevice {
     stream: Arc<CudaStream>,
     decode: CudaFunction,
     device: String,
-    arch: String,
+    target: KernelTarget,
     driver_version: i32,
     multiprocessors: i32,
     total_memory: usize,
 }
 
-enum CudaTensor {
-    Coded {
-        params: TensorParams,
-        segments: Vec<CudaSegment>,
-    },
-    /// A tensor stored raw; decoding copies it.
-    Raw { bytes: CudaSlice<u8>, len: u64 },
+/// The CUDA backend.
+pub type CudaBackend = GpuBackend<CudaDevice>;
+
+/// Opens GPU 0 on a stream of its own.
+pub fn open() -> Result<CudaBackend> {
+    CudaBackend::new()
 }
 
-struct CudaSegment {
-    segment: Segment,
-    blocks: CudaSlice<u8>,
-    tables: CudaSlice<u32>,
-    exceptions: CudaSlice<u32>,
-    head: CudaSlice<u32>,
-    rest: CudaSlice<u32>,
-}
-
-struct CudaBuffer {
-    bytes: CudaSlice<u8>,
-    len: u64,
-}
-
-impl DeviceTensor for CudaTensor {
-    fn decoded_bytes(&self) -> u64 {
-        match self {
-            CudaTensor::Coded { params, .. } => params.decoded_bytes(),
-            CudaTensor::Raw { len, .. } => *len,
-        }
-    }
-
-    fn resident_bytes(&self) -> u64 {
-        match self {
-            CudaTensor::Coded { segments, .. } => segments
-                .iter()
-                .map(|s| {
-                    (s.blocks.num_bytes()
-                        + s.tables.num_bytes()
-                        + s.exceptions.num_bytes()
-                        + s.head.num_bytes()
-                        + s.rest.num_bytes()) as u64
-                })
-                .sum(),
-            CudaTensor::Raw { bytes, .. } => bytes.num_bytes() as u64,
-        }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-impl DeviceBuffer for CudaBuffer {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-fn driver_error(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| backend_error(NAME, format!("{what}: {e}"))
-}
-
-impl CudaBackend {
-    /// Opens GPU 0, compiling the kernel for its architecture.
+impl GpuBackend<CudaDevice> {
+    /// Opens GPU 0 on a stream of its own.
     pub fn new() -> Result<Self> {
         if !driver_present() {
-            return Err(backend_error(
+            return Err(unavailable(
                 NAME,
                 "no driver found (libcuda.so.1 is not installed)",
             ));
         }
         let context = CudaContext::new(0).map_err(driver_error("no usable CUDA device"))?;
-        let (major, minor) = context
-            .compute_capability()
-            .map_err(driver_error("reading the compute capability"))?;
-        let arch = format!("sm_{major}{minor}");
-        let kernel = cached_kernel(&arch)?;
+        Self::on_context(&context)
+    }
+
+    /// Decodes on a new stream of `context`, for a framework that already
+    /// holds the GPU.
+    pub fn on_context(context: &Arc<CudaContext>) -> Result<Self> {
+        let stream = context
+            .new_stream()
+            .map_err(driver_error("creating a stream"))?;
+        Self::on_stream(stream)
+    }
+
+    /// Decodes on `stream`: work queued on it after a decode sees its
+    /// output, with no other synchronisation.
+    pub fn on_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        Ok(GpuBackend::from_device(CudaDevice::on_stream(stream)?))
+    }
+
+    /// The stream every decode runs on, for clients that compute on
+    /// decoded buffers (work queued after a decode sees its output).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.device().stream
+    }
+
+    /// The device bytes behind a buffer this backend allocated.
+    pub fn slice_of(buffer: &dyn DeviceBuffer) -> Option<MutexGuard<'_, CudaSlice<u8>>> {
+        Self::buffer(buffer).map(CudaMemory::slice)
+    }
+
+    /// The event a decode records when it ends, for a client on another
+    /// stream to wait on (`stream.wait(event)`) instead of the host.
+    pub fn decode_event(pending: &dyn PendingDecode) -> Option<&CudaEvent> {
+        pending
+            .as_any()
+            .downcast_ref::<GpuPending<CudaDevice>>()
+            .map(|pending| &pending.submission().end)
+    }
+}
+
+impl CudaDevice {
+    fn on_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let context = stream.context().clone();
+        let target = target_of(&context)?;
+        let kernel = cached_kernel(&target)?;
         let module = context
-            .load_module(cudarc::nvrtc::Ptx::from_binary(kernel.cubin.clone()))
-            .map_err(driver_error("loading the kernel"))?;
+            .load_module(kernel.module_image())
+            .map_err(driver_error("loading the decode kernel"))?;
         let decode = module
             .load_function("decode")
             .map_err(driver_error("finding the decode kernel"))?;
@@ -269,7 +428,7 @@ impl CudaBackend {
         unsafe { sys::cuDriverGetVersion(&mut driver_version) }
             .result()
             .map_err(driver_error("reading the driver version"))?;
-        Ok(CudaBackend {
+        Ok(CudaDevice {
             device: context
                 .name()
                 .map_err(driver_error("reading the device name"))?,
@@ -279,114 +438,11 @@ impl CudaBackend {
             total_memory: context
                 .total_mem()
                 .map_err(driver_error("reading the memory size"))?,
-            stream: context.default_stream(),
+            stream,
             decode,
-            arch,
+            target,
             driver_version,
         })
-    }
-
-    fn upload_words(&self, what: &str, words: &[u32]) -> Result<CudaSlice<u32>> {
-        // An empty list still gets one word: kernels never read it.
-        let words: &[u32] = if words.is_empty() { &[0] } else { words };
-        self.stream
-            .clone_htod(words)
-            .map_err(driver_error(&format!("uploading {what}")))
-    }
-
-    /// The work of a decode: raw tensors to copy, one record per (job,
-    /// segment), and the (record, block) pair of every thread block.
-    fn prepare(&self, jobs: &[DecodeJob], out: &CudaBuffer) -> Result<Launch> {
-        let (output_base, _output_guard) = out.bytes.device_ptr(&self.stream);
-        let mut records = Vec::new();
-        let mut work = Vec::new();
-        let mut copies = Vec::new();
-        for job in jobs {
-            let (params, segments) = match downcast::<CudaTensor>(NAME, job.tensor.as_any())? {
-                CudaTensor::Coded { params, segments } => (params, segments),
-                CudaTensor::Raw { bytes, len } => {
-                    let (source, _guard) = bytes.device_ptr(&self.stream);
-                    copies.push((output_base + job.offset, source, *len as usize));
-                    continue;
-                }
-            };
-            let width = params.kind().width_bytes() as u64;
-            for segment in segments {
-                let pointer = |slice: &CudaSlice<u32>| slice.device_ptr(&self.stream).0;
-                let record = records.len() as u32;
-                records.push(DispatchRecord {
-                    params: segment.segment.dispatch_params(params, 0),
-                    blocks: segment.blocks.device_ptr(&self.stream).0,
-                    tables: pointer(&segment.tables),
-                    exceptions: pointer(&segment.exceptions),
-                    head: pointer(&segment.head),
-                    rest: pointer(&segment.rest),
-                    output: output_base + job.offset + segment.segment.first_element * width,
-                });
-                for block in 0..segment.segment.descriptors.len() as u32 {
-                    work.extend_from_slice(&[record, block]);
-                }
-            }
-        }
-        let thread_blocks = u32::try_from(work.len() / 2)
-            .map_err(|_| backend_error(NAME, "more than 2^32 blocks in one decode"))?;
-        let records_bytes: &[u8] = bytemuck::cast_slice(&records);
-        let records = self
-            .stream
-            .clone_htod(if records_bytes.is_empty() {
-                &[0u8][..]
-            } else {
-                records_bytes
-            })
-            .map_err(driver_error("uploading the dispatch records"))?;
-        let work = self.upload_words("the work list", &work)?;
-        Ok(Launch {
-            stream: self.stream.clone(),
-            records,
-            work,
-            thread_blocks,
-            copies,
-        })
-    }
-
-    /// Queues a prepared decode on the stream: the copies, then one launch.
-    fn queue(&self, launch: &Launch) -> Result<()> {
-        for &(destination, source, len) in &launch.copies {
-            // Safety: both addresses come from live allocations of at least
-            // `len` bytes (check_jobs bounded the destination range).
-            unsafe { sys::cuMemcpyDtoDAsync_v2(destination, source, len, self.stream.cu_stream()) }
-                .result()
-                .map_err(driver_error("copying a raw tensor"))?;
-        }
-        if launch.thread_blocks == 0 {
-            return Ok(());
-        }
-        let config = LaunchConfig {
-            grid_dim: (launch.thread_blocks, 1, 1),
-            block_dim: (gpu_layout::WORKGROUP_SIZE, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut builder = self.stream.launch_builder(&self.decode);
-        builder.arg(&launch.records).arg(&launch.work);
-        // Safety: the kernel's parameters are these two device pointers;
-        // every address in the records was built from live allocations and
-        // every offset in the descriptors was validated on the host.
-        unsafe { builder.launch(config) }.map_err(driver_error("launching the decoder"))?;
-        Ok(())
-    }
-
-    /// The stream every decode runs on, for clients that compute on
-    /// decoded buffers (work queued after a decode sees its output).
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-
-    /// The device bytes behind a buffer this backend allocated.
-    pub fn slice_of(buffer: &dyn DeviceBuffer) -> Option<&CudaSlice<u8>> {
-        buffer
-            .as_any()
-            .downcast_ref::<CudaBuffer>()
-            .map(|b| &b.bytes)
     }
 
     fn check_fits(&self, bytes: u64, what: &str) -> Result<()> {
@@ -396,85 +452,59 @@ impl CudaBackend {
             .mem_get_info()
             .map_err(driver_error("reading free memory"))?;
         if bytes > free as u64 {
-            return Err(backend_error(
-                NAME,
-                format!(
-                    "{what} of {bytes} bytes does not fit in device memory ({free} bytes free)"
-                ),
-            ));
+            return Err(Error::OutOfDeviceMemory {
+                backend: NAME.to_string(),
+                message: format!("{what} of {bytes} bytes (free: {free} bytes)"),
+            });
         }
         Ok(())
     }
 
-    /// Milliseconds of each of `repeats` runs of `run`, timed with events
-    /// after one warm-up run.
-    fn timed(&self, repeats: usize, run: impl Fn() -> Result<()>) -> Result<Vec<f64>> {
-        let context = self.stream.context();
-        let event = || {
-            context
-                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver_error("creating a timing event"))
-        };
-        run()?;
-        let mut seconds = Vec::with_capacity(repeats);
-        for _ in 0..repeats {
-            let (start, end) = (event()?, event()?);
-            start
-                .record(&self.stream)
-                .map_err(driver_error("recording an event"))?;
-            run()?;
-            end.record(&self.stream)
-                .map_err(driver_error("recording an event"))?;
-            let ms = start
-                .elapsed_ms(&end)
-                .map_err(driver_error("reading an event"))?;
-            seconds.push(ms as f64 * 1e-3);
-        }
-        Ok(seconds)
+    fn event(&self) -> Result<CudaEvent> {
+        self.stream
+            .context()
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver_error("creating an event"))
     }
 }
 
-/// A prepared decode: what it copies and launches, and the device buffers
-/// the launch reads, kept alive until the stream has run it.
-struct Launch {
-    stream: Arc<CudaStream>,
+/// A prepared decode: its records and work list on the device, and the
+/// status words, copied back to pinned host memory by every submission.
+pub struct CudaLaunch {
     records: CudaSlice<u8>,
     work: CudaSlice<u32>,
-    thread_blocks: u32,
-    /// (destination, source, bytes) of raw tensors.
-    copies: Vec<(u64, u64, usize)>,
+    status: Mutex<CudaSlice<u32>>,
+    status_host: Mutex<PinnedHostSlice<u32>>,
+    blocks: u32,
 }
 
-impl PendingDecode for Launch {
-    fn wait(self: Box<Self>) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(driver_error("running the decoder"))
-    }
+/// A queued decode: the events before (when timed) and after it.
+pub struct CudaSubmission {
+    start: Option<CudaEvent>,
+    /// Recorded once the decode and the copy of its status words are done.
+    pub end: CudaEvent,
 }
 
-// Safety: a plain-old-data struct that matches `struct Dispatch` in the kernel.
-unsafe impl DeviceRepr for DispatchRecord {}
+impl GpuDevice for CudaDevice {
+    type Buffer = CudaMemory;
+    type Launch = CudaLaunch;
+    type Submission = CudaSubmission;
 
-impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         NAME
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn info(&self) -> BackendInfo {
         let nvrtc = nvrtc_version()
             .map(|(major, minor)| format!("NVRTC {major}.{minor}"))
             .unwrap_or_default();
+        let code = match &self.target {
+            KernelTarget::Binary(arch) => arch.clone(),
+            KernelTarget::Ptx(arch) => format!("{arch} PTX, compiled by the driver"),
+        };
         BackendInfo {
             backend: NAME,
-            device: format!(
-                "{} ({}, {} SMs)",
-                self.device, self.arch, self.multiprocessors
-            ),
+            device: format!("{} ({code}, {} SMs)", self.device, self.multiprocessors),
             driver: format!(
                 "CUDA driver {}.{}, {nvrtc}",
                 self.driver_version / 1000,
@@ -484,83 +514,172 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>> {
-        let segments = gpu_layout::segments(tensor, index, DispatchLimits::UNBOUNDED);
-        let planes = (tensor.head.len() + tensor.rest.len()) as u64;
-        self.check_fits(planes, "the tensor's planes")?;
-        let mut uploaded = Vec::with_capacity(segments.len());
-        for segment in segments {
-            let head = gpu_layout::padded_words(&tensor.head[segment.head_bytes.clone()]);
-            let rest = gpu_layout::padded_words(&tensor.rest[segment.rest_bytes.clone()]);
-            uploaded.push(CudaSegment {
-                blocks: self
-                    .stream
-                    .clone_htod(bytemuck::cast_slice::<_, u8>(&segment.descriptors))
-                    .map_err(driver_error("uploading block descriptors"))?,
-                tables: self.upload_words("code tables", &segment.tables)?,
-                exceptions: self.upload_words("sync exceptions", &segment.exceptions)?,
-                head: self.upload_words("the head plane", &head)?,
-                rest: self.upload_words("the rest plane", &rest)?,
-                segment,
-            });
-        }
-        Ok(Box::new(CudaTensor::Coded {
-            params: tensor.params.clone(),
-            segments: uploaded,
-        }))
+    fn limits(&self) -> DispatchLimits {
+        DispatchLimits::UNBOUNDED
     }
 
-    fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>> {
-        self.check_fits(bytes.len() as u64, "a raw tensor")?;
-        let stored = self
+    fn upload(&self, what: &str, bytes: &[u8]) -> Result<CudaMemory> {
+        self.check_fits(bytes.len() as u64, what)?;
+        let slice = self
             .stream
-            .clone_htod(if bytes.is_empty() { &[0u8][..] } else { bytes })
-            .map_err(driver_error("uploading a raw tensor"))?;
-        Ok(Box::new(CudaTensor::Raw {
-            bytes: stored,
-            len: bytes.len() as u64,
-        }))
+            .clone_htod(bytes)
+            .map_err(driver_error(&format!("uploading {what}")))?;
+        Ok(CudaMemory::new(slice))
     }
 
-    fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>> {
-        let size = bytes.next_multiple_of(4).max(4);
-        self.check_fits(size, "an output buffer")?;
-        let buffer = self
+    fn alloc(&self, bytes: u64) -> Result<CudaMemory> {
+        self.check_fits(bytes, "an output buffer")?;
+        let slice = self
             .stream
-            .alloc_zeros::<u8>(size as usize)
+            .alloc_zeros::<u8>(bytes as usize)
             .map_err(driver_error("allocating an output buffer"))?;
-        Ok(Box::new(CudaBuffer {
-            bytes: buffer,
-            len: bytes,
-        }))
+        Ok(CudaMemory::new(slice))
     }
 
-    fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
-        self.decode_async(jobs, out)?.wait()
+    fn prepare(&self, plan: &LaunchPlan<'_, CudaMemory>, out: &CudaMemory) -> Result<CudaLaunch> {
+        // The addresses are the allocations'; `submit` takes each buffer
+        // through its guard again when it queues the launch.
+        let address = |memory: &CudaMemory| memory.slice().device_ptr(&self.stream).0;
+        let records = plan.records(address, address(out));
+        let records: &[u8] = bytemuck::cast_slice(&records);
+        let mut work = plan.work_list();
+        work.resize(work.len().max(1), 0);
+        let blocks = plan.blocks.max(1) as usize;
+        let upload = |what: &str, bytes: &[u8]| {
+            self.stream
+                .clone_htod(bytes)
+                .map_err(driver_error(&format!("uploading {what}")))
+        };
+        Ok(CudaLaunch {
+            records: upload(
+                "the dispatch records",
+                if records.is_empty() { &[0] } else { records },
+            )?,
+            work: self
+                .stream
+                .clone_htod(&work)
+                .map_err(driver_error("uploading the work list"))?,
+            status: Mutex::new(
+                self.stream
+                    .alloc_zeros::<u32>(blocks)
+                    .map_err(driver_error("allocating status words"))?,
+            ),
+            // Safety: written by the status copy before it is read.
+            status_host: Mutex::new(
+                unsafe {
+                    self.stream
+                        .context()
+                        .alloc_pinned_with_flags::<u32>(blocks, 0)
+                }
+                .map_err(driver_error("allocating pinned status words"))?,
+            ),
+            blocks: plan.blocks,
+        })
     }
 
-    fn decode_async(
+    fn submit(
         &self,
-        jobs: &[DecodeJob],
-        out: &dyn DeviceBuffer,
-    ) -> Result<Box<dyn PendingDecode>> {
-        check_jobs(NAME, jobs, out.len(), 4)?;
-        let out = downcast::<CudaBuffer>(NAME, out.as_any())?;
-        let launch = self.prepare(jobs, out)?;
-        self.queue(&launch)?;
-        Ok(Box::new(launch))
+        plan: &LaunchPlan<'_, CudaMemory>,
+        launch: &CudaLaunch,
+        out: &CudaMemory,
+        timed: bool,
+    ) -> Result<CudaSubmission> {
+        let stream = &self.stream;
+        let start = if timed {
+            let event = self.event()?;
+            event
+                .record(stream)
+                .map_err(driver_error("recording an event"))?;
+            Some(event)
+        } else {
+            None
+        };
+        // Every buffer the launch reads, each once (a tensor may be in two
+        // jobs), held until the launch is queued.
+        let mut position = HashMap::new();
+        let inputs: Vec<MutexGuard<CudaSlice<u8>>> = plan
+            .dispatches
+            .iter()
+            .flat_map(|d| d.segment.buffers())
+            .chain(plan.copies.iter().map(|c| c.source))
+            .filter(|&memory| {
+                let next = position.len();
+                position.insert(memory as *const CudaMemory, next).is_none()
+            })
+            .map(CudaMemory::slice)
+            .collect();
+        let read_guards: Vec<_> = inputs.iter().map(|s| s.device_ptr(stream)).collect();
+        let mut output = out.slice();
+        let (output_base, _written) = output.device_ptr_mut(stream);
+        for copy in &plan.copies {
+            let source = read_guards[position[&(copy.source as *const CudaMemory)]].0;
+            // Safety: both addresses come from live allocations of at least
+            // `bytes` bytes (check_jobs bounded the destination range).
+            unsafe {
+                sys::cuMemcpyDtoDAsync_v2(
+                    output_base + copy.offset,
+                    source,
+                    copy.bytes as usize,
+                    stream.cu_stream(),
+                )
+            }
+            .result()
+            .map_err(driver_error("copying a raw tensor"))?;
+        }
+        let mut status = launch.status.lock().unwrap_or_else(|e| e.into_inner());
+        if launch.blocks > 0 {
+            let config = LaunchConfig {
+                grid_dim: (launch.blocks, 1, 1),
+                block_dim: (layout::WORKGROUP_SIZE, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut builder = stream.launch_builder(&self.decode);
+            builder
+                .arg(&launch.records)
+                .arg(&launch.work)
+                .arg(&mut *status);
+            // Safety: the kernel's parameters are these three device
+            // pointers; every address in the records was built from live
+            // allocations and every offset in the descriptors was
+            // validated on the host.
+            unsafe { builder.launch(config) }.map_err(driver_error("launching the decoder"))?;
+        }
+        let mut status_host = launch.status_host.lock().unwrap_or_else(|e| e.into_inner());
+        stream
+            .memcpy_dtoh(&*status, &mut *status_host)
+            .map_err(driver_error("copying status words"))?;
+        let end = self.event()?;
+        end.record(stream)
+            .map_err(driver_error("recording an event"))?;
+        drop(read_guards);
+        Ok(CudaSubmission { start, end })
     }
 
-    fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
-        let buffer = downcast::<CudaBuffer>(NAME, buffer.as_any())?;
-        let end = offset
-            .checked_add(out.len() as u64)
-            .filter(|&end| end <= buffer.len)
-            .ok_or_else(|| backend_error(NAME, "download past the end of the buffer"))?;
-        if out.is_empty() {
-            return Ok(());
-        }
-        let view = buffer.bytes.slice(offset as usize..end as usize);
+    fn finish(&self, launch: &CudaLaunch, submission: &CudaSubmission) -> Result<Finished> {
+        submission
+            .end
+            .synchronize()
+            .map_err(driver_error("running the decoder"))?;
+        let status_host = launch.status_host.lock().unwrap_or_else(|e| e.into_inner());
+        let status = status_host
+            .as_slice()
+            .map_err(driver_error("reading status words"))?[..launch.blocks as usize]
+            .to_vec();
+        let seconds = match &submission.start {
+            Some(start) => Some(
+                start
+                    .elapsed_ms(&submission.end)
+                    .map_err(driver_error("reading an event"))? as f64
+                    * 1e-3,
+            ),
+            None => None,
+        };
+        Ok(Finished { status, seconds })
+    }
+
+    fn download(&self, buffer: &CudaMemory, offset: u64, out: &mut [u8]) -> Result<()> {
+        let slice = buffer.slice();
+        let view = slice.slice(offset as usize..offset as usize + out.len());
         self.stream
             .memcpy_dtoh(&view, out)
             .map_err(driver_error("downloading"))?;
@@ -569,35 +688,43 @@ impl Backend for CudaBackend {
             .map_err(driver_error("downloading"))
     }
 
-    fn time_decode(
-        &self,
-        jobs: &[DecodeJob],
-        out: &dyn DeviceBuffer,
-        repeats: usize,
-    ) -> Result<Vec<f64>> {
-        check_jobs(NAME, jobs, out.len(), 4)?;
-        let out = downcast::<CudaBuffer>(NAME, out.as_any())?;
-        let launch = self.prepare(jobs, out)?;
-        self.timed(repeats, || self.queue(&launch))
-    }
-
-    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings> {
         let size = bytes.max(1) as usize;
         self.check_fits(2 * size as u64, "two copy buffers")?;
         let source = self
             .stream
             .alloc_zeros::<u8>(size)
             .map_err(driver_error("allocating copy buffers"))?;
-        let destination = Mutex::new(
+        let mut destination = self
+            .stream
+            .alloc_zeros::<u8>(size)
+            .map_err(driver_error("allocating copy buffers"))?;
+        let mut seconds = Vec::with_capacity(repeats);
+        // A warm-up run first.
+        for run in 0..=repeats {
+            let (start, end) = (self.event()?, self.event()?);
+            start
+                .record(&self.stream)
+                .map_err(driver_error("recording an event"))?;
             self.stream
-                .alloc_zeros::<u8>(size)
-                .map_err(driver_error("allocating copy buffers"))?,
-        );
-        self.timed(repeats, || {
-            let mut destination = destination.lock().unwrap_or_else(|e| e.into_inner());
-            self.stream
-                .memcpy_dtod(&source, &mut *destination)
-                .map_err(driver_error("copying"))
+                .memcpy_dtod(&source, &mut destination)
+                .map_err(driver_error("copying"))?;
+            end.record(&self.stream)
+                .map_err(driver_error("recording an event"))?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(driver_error("reading an event"))?;
+            if run > 0 {
+                seconds.push(ms as f64 * 1e-3);
+            }
+        }
+        Ok(Timings {
+            seconds,
+            clock: Clock::CudaEvents,
         })
+    }
+
+    fn clock(&self) -> Clock {
+        Clock::CudaEvents
     }
 }

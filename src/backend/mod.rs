@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod gpu_layout;
+pub mod gpu;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -40,9 +40,12 @@ pub trait DeviceTensor: Any + Send + Sync {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// A decode the device is still running; `wait` returns when it is done.
-pub trait PendingDecode {
+/// A decode the device is still running; `wait` returns when it is done,
+/// with the error of the first block that did not decode.
+pub trait PendingDecode: Any {
     fn wait(self: Box<Self>) -> Result<()>;
+    /// The backend's own handle (downcast to `GpuPending<…>`).
+    fn as_any(&self) -> &dyn Any;
 }
 
 /// A decode that finished before its handle was returned.
@@ -52,6 +55,40 @@ impl PendingDecode for Finished {
     fn wait(self: Box<Self>) -> Result<()> {
         Ok(())
     }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// What measured a timed run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// Timestamps the GPU wrote before and after the work (wgpu timestamp
+    /// queries).
+    DeviceTimestamps,
+    /// CUDA events recorded on the stream before and after the work.
+    CudaEvents,
+    /// The host's clock, from handing over the work until it finished.
+    Wall,
+}
+
+impl std::fmt::Display for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Clock::DeviceTimestamps => "device timestamps",
+            Clock::CudaEvents => "CUDA events",
+            Clock::Wall => "wall clock",
+        })
+    }
+}
+
+/// Seconds of each timed run, and the clock that measured them.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    pub seconds: Vec<f64>,
+    pub clock: Clock,
 }
 
 /// A device buffer that decoded bytes are written to.
@@ -128,27 +165,32 @@ pub trait Backend: Send + Sync {
         self.download(buffer.as_ref(), 0, out)
     }
 
-    /// Seconds each of `repeats` runs of `decode(jobs, out)` takes, after a
-    /// warm-up run; device-timed where the backend can.
+    /// Seconds each of `repeats` runs of `decode(jobs, out)` takes — the
+    /// whole decode, raw tensors' copies included — after a warm-up run;
+    /// device-timed where the backend can.
     fn time_decode(
         &self,
         jobs: &[DecodeJob],
         out: &dyn DeviceBuffer,
         repeats: usize,
-    ) -> Result<Vec<f64>> {
+    ) -> Result<Timings> {
         self.decode(jobs, out)?;
-        (0..repeats)
+        let seconds = (0..repeats)
             .map(|_| {
                 let started = std::time::Instant::now();
                 self.decode(jobs, out)?;
                 Ok(started.elapsed().as_secs_f64())
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(Timings {
+            seconds,
+            clock: Clock::Wall,
+        })
     }
 
     /// Seconds each of `repeats` device-to-device copies of `bytes` bytes
     /// takes: the memory-bound reference decode speed is reported against.
-    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>>;
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings>;
 }
 
 /// Checks that jobs start on multiples of `alignment`, fit their buffer and
@@ -196,10 +238,32 @@ pub fn check_jobs(
     Ok(())
 }
 
+/// The end of `len` bytes from `offset` of a buffer of `buffer_len`
+/// bytes, or an error if they do not lie in it.
+pub fn check_download(backend: &str, buffer_len: u64, offset: u64, len: usize) -> Result<u64> {
+    offset
+        .checked_add(len as u64)
+        .filter(|&end| end <= buffer_len)
+        .ok_or_else(|| {
+            backend_error(
+                backend,
+                format!("download of bytes {offset}.. (+{len}) past the end of a {buffer_len}-byte buffer"),
+            )
+        })
+}
+
 pub fn backend_error(backend: &str, message: impl Into<String>) -> Error {
     Error::Backend {
         backend: backend.to_string(),
         message: message.into(),
+    }
+}
+
+/// The backend cannot be used on this machine, and why.
+pub fn unavailable(backend: &str, reason: impl Into<String>) -> Error {
+    Error::BackendUnavailable {
+        backend: backend.to_string(),
+        reason: reason.into(),
     }
 }
 
@@ -230,12 +294,12 @@ pub fn open(name: &str) -> Result<Box<dyn Backend>> {
 
 #[cfg(feature = "cuda")]
 fn open_cuda() -> Result<Box<dyn Backend>> {
-    Ok(Box::new(cuda::CudaBackend::new()?))
+    Ok(Box::new(cuda::open()?))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn open_cuda() -> Result<Box<dyn Backend>> {
-    Err(backend_error(
+    Err(unavailable(
         "cuda",
         "not compiled in (build with the `cuda` feature)",
     ))
@@ -243,12 +307,12 @@ fn open_cuda() -> Result<Box<dyn Backend>> {
 
 #[cfg(feature = "wgpu")]
 fn open_wgpu() -> Result<Box<dyn Backend>> {
-    Ok(Box::new(wgpu::WgpuBackend::new()?))
+    Ok(Box::new(wgpu::open()?))
 }
 
 #[cfg(not(feature = "wgpu"))]
 fn open_wgpu() -> Result<Box<dyn Backend>> {
-    Err(backend_error(
+    Err(unavailable(
         "wgpu",
         "not compiled in (build with the `wgpu` feature)",
     ))

@@ -2,33 +2,31 @@
 //! `shaders/decode.wgsl`.
 //!
 //! The device is opened once with the adapter's own limits, and the decode
-//! and copy pipelines are created once and reused. An uploaded tensor is
-//! cut into segments (see [`gpu_layout`]) that each fit one storage binding
-//! and one dispatch; a decode binds each segment's planes and the output
-//! range it writes, and runs one workgroup per block.
+//! and copy pipelines are created once and reused. The GPU core
+//! ([`super::gpu`]) cuts tensors into segments that each fit one storage
+//! binding and plans every decode; this device binds each segment's planes
+//! and the output range it writes, and runs one workgroup per block.
 
-use std::any::Any;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::codec::{BlockIndex, EncodedView, TensorParams};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-use super::gpu_layout::{self, DispatchLimits, DispatchParams, Segment};
-use super::{
-    Backend, BackendInfo, DecodeJob, DeviceBuffer, DeviceTensor, PendingDecode, backend_error,
-    check_jobs, downcast,
-};
+use super::gpu::layout::{self, DispatchLimits, DispatchParams};
+use super::gpu::plan::LaunchPlan;
+use super::gpu::{DeviceMemory, Finished, GpuBackend, GpuDevice};
+use super::{BackendInfo, Clock, Timings, backend_error, unavailable};
 
 const NAME: &str = "wgpu";
 const DECODE_SHADER: &str = include_str!("../../shaders/decode.wgsl");
 const COPY_SHADER: &str = include_str!("../../shaders/copy.wgsl");
 
 /// Bytes of workgroup memory the decode shader declares: the decode table
-/// (2048 words), the prefix-sum buffer (256 words) and two shared words.
-const DECODE_WORKGROUP_BYTES: u32 = (2048 + 256 + 2) * 4;
+/// (2048 words), two per-thread arrays (256 words each) and four shared
+/// words. `tests/kernel_layout.rs` checks it against the shader.
+pub const DECODE_WORKGROUP_BYTES: u32 = (2048 + 2 * 256 + 4) * 4;
 
 /// Limits to impose below the adapter's, so tests can force the paths that
 /// large tensors take (several bindings, several dispatches).
@@ -38,7 +36,8 @@ pub struct LimitOverrides {
     pub max_workgroups: Option<u32>,
 }
 
-pub struct WgpuBackend {
+/// A GPU opened through wgpu.
+pub struct WgpuDevice {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
@@ -54,71 +53,38 @@ pub struct WgpuBackend {
     lost: Arc<Mutex<Option<String>>>,
 }
 
-enum WgpuTensor {
-    Coded {
-        params: TensorParams,
-        segments: Vec<SegmentBuffers>,
-    },
-    /// A tensor stored raw, padded to whole words; decoding copies it.
-    Raw { buffer: wgpu::Buffer, len: u64 },
+/// The wgpu backend.
+pub type WgpuBackend = GpuBackend<WgpuDevice>;
+
+/// Opens the highest-performance adapter wgpu finds.
+pub fn open() -> Result<WgpuBackend> {
+    WgpuBackend::new()
 }
 
-/// One segment's planes and descriptors on the device.
-struct SegmentBuffers {
-    segment: Segment,
-    blocks: wgpu::Buffer,
-    tables: wgpu::Buffer,
-    exceptions: wgpu::Buffer,
-    head: wgpu::Buffer,
-    rest: wgpu::Buffer,
-}
-
-struct WgpuBuffer {
-    buffer: wgpu::Buffer,
-    len: u64,
-}
-
-impl DeviceTensor for WgpuTensor {
-    fn decoded_bytes(&self) -> u64 {
-        match self {
-            WgpuTensor::Coded { params, .. } => params.decoded_bytes(),
-            WgpuTensor::Raw { len, .. } => *len,
-        }
-    }
-
-    fn resident_bytes(&self) -> u64 {
-        match self {
-            WgpuTensor::Coded { segments, .. } => segments
-                .iter()
-                .flat_map(|s| [&s.blocks, &s.tables, &s.exceptions, &s.head, &s.rest])
-                .map(|buffer| buffer.size())
-                .sum(),
-            WgpuTensor::Raw { buffer, .. } => buffer.size(),
-        }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-impl DeviceBuffer for WgpuBuffer {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-impl WgpuBackend {
+impl GpuBackend<WgpuDevice> {
     /// Opens the highest-performance adapter wgpu finds.
     pub fn new() -> Result<Self> {
         Self::with_limits(LimitOverrides::default())
     }
 
     pub fn with_limits(overrides: LimitOverrides) -> Result<Self> {
+        Ok(GpuBackend::from_device(WgpuDevice::open(overrides)?))
+    }
+
+    /// The device and queue, for clients that compute on decoded buffers.
+    pub fn wgpu(&self) -> (&wgpu::Device, &wgpu::Queue) {
+        (&self.device().device, &self.device().queue)
+    }
+}
+
+impl DeviceMemory for wgpu::Buffer {
+    fn size(&self) -> u64 {
+        wgpu::Buffer::size(self)
+    }
+}
+
+impl WgpuDevice {
+    fn open(overrides: LimitOverrides) -> Result<Self> {
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
         descriptor.backends = wgpu::Backends::PRIMARY;
         descriptor.flags = wgpu::InstanceFlags::empty().with_env();
@@ -127,13 +93,13 @@ impl WgpuBackend {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         }))
-        .map_err(|e| backend_error(NAME, format!("no adapter: {e}")))?;
+        .map_err(|e| unavailable(NAME, format!("no adapter: {e}")))?;
         let info = adapter.get_info();
         let adapter_limits = adapter.limits();
         if adapter_limits.max_compute_workgroup_storage_size < DECODE_WORKGROUP_BYTES
-            || adapter_limits.max_compute_invocations_per_workgroup < gpu_layout::WORKGROUP_SIZE
+            || adapter_limits.max_compute_invocations_per_workgroup < layout::WORKGROUP_SIZE
         {
-            return Err(backend_error(
+            return Err(unavailable(
                 NAME,
                 format!(
                     "{} cannot run 256-thread workgroups with {DECODE_WORKGROUP_BYTES} bytes of workgroup memory",
@@ -155,13 +121,13 @@ impl WgpuBackend {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| backend_error(NAME, format!("cannot open {}: {e}", info.name)))?;
+        .map_err(|e| unavailable(NAME, format!("cannot open {}: {e}", info.name)))?;
 
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             *lost_flag.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(format!("device lost ({reason:?}): {message}"));
+                Some(format!("{reason:?}: {message}"));
         });
         // Errors are caught by error scopes around each operation; anything
         // outside one is reported rather than aborting the process.
@@ -173,14 +139,17 @@ impl WgpuBackend {
                 .max_binding_bytes
                 .unwrap_or(u64::MAX)
                 .min(limits.max_storage_buffer_binding_size)
-                .min(limits.max_buffer_size),
+                .min(limits.max_buffer_size)
+                .min(layout::MAX_SEGMENT_BYTES),
             max_workgroups: overrides
                 .max_workgroups
                 .unwrap_or(u32::MAX)
                 .min(limits.max_compute_workgroups_per_dimension),
         };
+        let lost_check = lost.clone();
         let (decode_pipeline, decode_layout) = compute_pipeline(
             &device,
+            &lost_check,
             "decode",
             DECODE_SHADER,
             &[
@@ -191,15 +160,17 @@ impl WgpuBackend {
                 Binding::Read,
                 Binding::Read,
                 Binding::ReadWrite,
+                Binding::ReadWrite,
             ],
-        );
+        )?;
         let (copy_pipeline, copy_layout) = compute_pipeline(
             &device,
+            &lost_check,
             "copy",
             COPY_SHADER,
             &[Binding::Uniform, Binding::Read, Binding::ReadWrite],
-        );
-        let backend = WgpuBackend {
+        )?;
+        Ok(WgpuDevice {
             device,
             queue,
             info,
@@ -211,219 +182,37 @@ impl WgpuBackend {
             copy_layout,
             timestamps,
             lost,
-        };
-        backend.check_lost()?;
-        Ok(backend)
+        })
+    }
+
+    /// The wgpu device, for clients that compute on decoded buffers.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Runs `work` inside error scopes and turns what they catch into one
+    /// error saying what was being done.
+    fn scoped<T>(&self, what: &str, work: impl FnOnce() -> T) -> Result<T> {
+        scoped(&self.device, &self.lost, what, work)
     }
 
     fn check_lost(&self) -> Result<()> {
         check_lost(&self.lost)
     }
 
-    /// Runs `work` inside error scopes and turns what they catch into one
-    /// error saying what was being done.
-    fn scoped<T>(&self, what: &str, work: impl FnOnce() -> T) -> Result<T> {
-        self.check_lost()?;
-        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let value = work();
-        let validation = pollster::block_on(validation.pop());
-        let memory = pollster::block_on(memory.pop());
-        if let Some(error) = memory {
-            return Err(backend_error(
-                NAME,
-                format!("{what}: does not fit in device memory ({error})"),
-            ));
-        }
-        if let Some(error) = validation {
-            return Err(backend_error(NAME, format!("{what}: {error}")));
-        }
-        self.check_lost()?;
-        Ok(value)
-    }
-
-    fn storage_buffer(&self, label: &str, contents: &[u8]) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-    }
-
-    /// Submits `encoder` and waits until the device has run it.
-    fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        let submission =
-            self.scoped("submitting work", || self.queue.submit([encoder.finish()]))?;
+    /// Waits until the device has run `submission`.
+    fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(submission),
                 timeout: None,
             })
-            .map_err(|e| backend_error(NAME, format!("waiting for the device: {e}")))?;
+            .map_err(|e| poll_error(&self.lost, e))?;
         self.check_lost()
-    }
-
-    /// Records the dispatches of `jobs` into `encoder`, in one compute pass.
-    fn record_decode(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        jobs: &[DecodeJob],
-        out: &WgpuBuffer,
-        timestamps: Option<&wgpu::QuerySet>,
-    ) -> Result<()> {
-        let storage_alignment = self.limits.min_storage_buffer_offset_alignment as u64;
-        let uniform_stride = (size_of::<DispatchParams>() as u64)
-            .next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as u64);
-        struct Dispatch<'a> {
-            segment: &'a SegmentBuffers,
-            output_offset: u64,
-            output_size: u64,
-        }
-        let mut params_bytes = Vec::new();
-        let mut dispatches = Vec::new();
-        for job in jobs {
-            let (params, segments) = match downcast::<WgpuTensor>(NAME, job.tensor.as_any())? {
-                WgpuTensor::Coded { params, segments } => (params, segments),
-                WgpuTensor::Raw { buffer, len } => {
-                    // Recorded before the compute pass, which begins below.
-                    if *len > 0 {
-                        encoder.copy_buffer_to_buffer(
-                            buffer,
-                            0,
-                            &out.buffer,
-                            job.offset,
-                            len.next_multiple_of(4),
-                        );
-                    }
-                    continue;
-                }
-            };
-            let width = params.kind().width_bytes() as u64;
-            for segment in segments {
-                let start = job.offset + segment.segment.first_element * width;
-                let binding_offset = start / storage_alignment * storage_alignment;
-                let end = (start + segment.segment.output_bytes(params)).next_multiple_of(4);
-                let out_word = ((start - binding_offset) / 4) as u32;
-                let dispatch_params = segment.segment.dispatch_params(params, out_word);
-                params_bytes.extend_from_slice(bytemuck::bytes_of(&dispatch_params));
-                params_bytes.resize(
-                    params_bytes.len().next_multiple_of(uniform_stride as usize),
-                    0,
-                );
-                dispatches.push(Dispatch {
-                    segment,
-                    output_offset: binding_offset,
-                    output_size: end - binding_offset,
-                });
-            }
-        }
-        if dispatches.is_empty() {
-            return Ok(());
-        }
-        let params = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("decode params"),
-                contents: &params_bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let bind_groups: Vec<wgpu::BindGroup> = dispatches
-            .iter()
-            .map(|dispatch| {
-                let segment = dispatch.segment;
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("decode"),
-                    layout: &self.decode_layout,
-                    entries: &[
-                        entry(
-                            0,
-                            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &params,
-                                offset: 0,
-                                size: NonZeroU64::new(size_of::<DispatchParams>() as u64),
-                            }),
-                        ),
-                        entry(1, segment.blocks.as_entire_binding()),
-                        entry(2, segment.tables.as_entire_binding()),
-                        entry(3, segment.exceptions.as_entire_binding()),
-                        entry(4, segment.head.as_entire_binding()),
-                        entry(5, segment.rest.as_entire_binding()),
-                        entry(
-                            6,
-                            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &out.buffer,
-                                offset: dispatch.output_offset,
-                                size: NonZeroU64::new(dispatch.output_size),
-                            }),
-                        ),
-                    ],
-                })
-            })
-            .collect();
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("decode"),
-            timestamp_writes: timestamps.map(|query_set| wgpu::ComputePassTimestampWrites {
-                query_set,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            }),
-        });
-        pass.set_pipeline(&self.decode_pipeline);
-        for (index, (dispatch, bind_group)) in dispatches.iter().zip(&bind_groups).enumerate() {
-            pass.set_bind_group(0, bind_group, &[(index as u64 * uniform_stride) as u32]);
-            pass.dispatch_workgroups(dispatch.segment.segment.descriptors.len() as u32, 1, 1);
-        }
-        Ok(())
-    }
-
-    /// Seconds between the two timestamps of each pass, or `None` without
-    /// timestamp support.
-    fn timed_runs(
-        &self,
-        repeats: usize,
-        mut record: impl FnMut(&mut wgpu::CommandEncoder, Option<&wgpu::QuerySet>) -> Result<()>,
-    ) -> Result<Vec<f64>> {
-        let mut seconds = Vec::with_capacity(repeats);
-        // A warm-up run first.
-        for run in 0..=repeats {
-            let query_set = self.timestamps.then(|| {
-                self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("timestamps"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2,
-                })
-            });
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("timestamps"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let readback = self.readback_buffer(16);
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            let started = std::time::Instant::now();
-            self.scoped("decode", || record(&mut encoder, query_set.as_ref()))??;
-            if let Some(query_set) = &query_set {
-                encoder.resolve_query_set(query_set, 0..2, &resolve, 0);
-                encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, 16);
-            }
-            self.submit_and_wait(encoder)?;
-            let wall = started.elapsed().as_secs_f64();
-            let elapsed = match query_set {
-                Some(_) => {
-                    let mut stamps = [0u8; 16];
-                    self.read_mapped(&readback, &mut stamps)?;
-                    let [begin, end]: [u64; 2] = bytemuck::cast(stamps);
-                    end.wrapping_sub(begin) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9
-                }
-                None => wall,
-            };
-            if run > 0 {
-                seconds.push(if elapsed > 0.0 { elapsed } else { wall });
-            }
-        }
-        Ok(seconds)
     }
 
     fn readback_buffer(&self, size: u64) -> wgpu::Buffer {
@@ -435,149 +224,100 @@ impl WgpuBackend {
         })
     }
 
-    /// Maps a readback buffer that a finished submission filled and copies
-    /// its first `out.len()` bytes out.
-    fn read_mapped(&self, buffer: &wgpu::Buffer, out: &mut [u8]) -> Result<()> {
+    /// Maps readback buffers that a finished submission filled and copies
+    /// each one's first `out.len()` bytes out.
+    fn read_mapped(&self, buffers: &mut [(&wgpu::Buffer, &mut [u8])]) -> Result<()> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        buffer.map_async(wgpu::MapMode::Read, .., move |result| {
-            let _ = sender.send(result);
-        });
+        for (buffer, _) in buffers.iter() {
+            let sender = sender.clone();
+            buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+                let _ = sender.send(result);
+            });
+        }
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| backend_error(NAME, format!("waiting for the device: {e}")))?;
-        receiver
-            .recv()
-            .map_err(|_| backend_error(NAME, "mapping was cancelled"))?
-            .map_err(|e| backend_error(NAME, format!("cannot map the readback buffer: {e}")))?;
-        {
-            let view = buffer.get_mapped_range(..).map_err(|e| {
-                backend_error(NAME, format!("cannot read the readback buffer: {e}"))
-            })?;
-            out.copy_from_slice(&view[..out.len()]);
+            .map_err(|e| poll_error(&self.lost, e))?;
+        for _ in 0..buffers.len() {
+            receiver
+                .recv()
+                .map_err(|_| driver("mapping was cancelled".to_string()))?
+                .map_err(|e| driver(format!("cannot map a readback buffer: {e}")))?;
         }
-        buffer.unmap();
+        for (buffer, out) in buffers.iter_mut() {
+            {
+                let view = buffer
+                    .get_mapped_range(..)
+                    .map_err(|e| driver(format!("cannot read a readback buffer: {e}")))?;
+                out.copy_from_slice(&view[..out.len()]);
+            }
+            buffer.unmap();
+        }
         Ok(())
     }
-}
 
-/// A submitted decode; later submissions on the same queue see its output.
-struct WgpuPending {
-    device: wgpu::Device,
-    submission: wgpu::SubmissionIndex,
-    lost: Arc<Mutex<Option<String>>>,
-}
-
-impl PendingDecode for WgpuPending {
-    fn wait(self: Box<Self>) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(self.submission),
-                timeout: None,
-            })
-            .map_err(|e| backend_error(NAME, format!("waiting for the device: {e}")))?;
-        check_lost(&self.lost)
+    /// Seconds between a pass's two timestamps, as resolved into `stamps`.
+    fn stamp_seconds(&self, stamps: [u8; 16]) -> f64 {
+        let [begin, end]: [u64; 2] = bytemuck::cast(stamps);
+        end.wrapping_sub(begin) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9
     }
 }
 
-/// The device-lost message, once the device is lost, as an error.
-fn check_lost(lost: &Mutex<Option<String>>) -> Result<()> {
-    match lost.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        Some(message) => Err(backend_error(NAME, message.clone())),
-        None => Ok(()),
-    }
+/// The timestamps of a timed submission: written, resolved, read back.
+pub struct Stamps {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
 }
 
-impl WgpuBackend {
-    /// The device and queue, for clients that compute on decoded buffers.
-    pub fn device(&self) -> &wgpu::Device {
-        &self.device
-    }
-
-    pub fn queue(&self) -> &wgpu::Queue {
-        &self.queue
-    }
-
-    /// The wgpu buffer behind a buffer this backend allocated.
-    pub fn buffer_of(buffer: &dyn DeviceBuffer) -> Option<&wgpu::Buffer> {
-        buffer
-            .as_any()
-            .downcast_ref::<WgpuBuffer>()
-            .map(|b| &b.buffer)
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Binding {
-    Uniform,
-    Read,
-    ReadWrite,
-}
-
-fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry { binding, resource }
-}
-
-/// A compute pipeline for `entry_point` of `source`, with the bindings in
-/// order; the uniform binding takes a dynamic offset.
-fn compute_pipeline(
-    device: &wgpu::Device,
-    entry_point: &str,
-    source: &str,
-    bindings: &[Binding],
-) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
-        .iter()
-        .enumerate()
-        .map(|(index, binding)| wgpu::BindGroupLayoutEntry {
-            binding: index as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: match binding {
-                    Binding::Uniform => wgpu::BufferBindingType::Uniform,
-                    Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                    Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                },
-                has_dynamic_offset: matches!(binding, Binding::Uniform),
-                min_binding_size: None,
-            },
-            count: None,
+impl Stamps {
+    fn new(device: &WgpuDevice) -> Option<Self> {
+        device.timestamps.then(|| Stamps {
+            query_set: device.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: device.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: device.readback_buffer(16),
         })
-        .collect();
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(entry_point),
-        entries: &entries,
-    });
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(entry_point),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(entry_point),
-        bind_group_layouts: &[Some(&layout)],
-        immediate_size: 0,
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(entry_point),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some(entry_point),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &[],
-            // The shaders write every workgroup variable before reading it.
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    });
-    (pipeline, layout)
+    }
+
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.query_set, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, 16);
+    }
 }
 
-impl Backend for WgpuBackend {
+/// A prepared decode: its parameters, bind groups and status words.
+pub struct WgpuLaunch {
+    uniform_stride: u64,
+    bind_groups: Vec<wgpu::BindGroup>,
+    /// Workgroups of each dispatch.
+    workgroups: Vec<u32>,
+    status: wgpu::Buffer,
+    status_readback: wgpu::Buffer,
+    blocks: usize,
+    stamps: Option<Stamps>,
+}
+
+/// A submitted decode.
+pub struct WgpuSubmission {
+    index: wgpu::SubmissionIndex,
+    timed: bool,
+}
+
+impl GpuDevice for WgpuDevice {
+    type Buffer = wgpu::Buffer;
+    type Launch = WgpuLaunch;
+    type Submission = WgpuSubmission;
+
     fn name(&self) -> &'static str {
         NAME
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn info(&self) -> BackendInfo {
@@ -611,77 +351,33 @@ impl Backend for WgpuBackend {
         }
     }
 
-    fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>> {
-        let segments = gpu_layout::segments(tensor, index, self.dispatch_limits);
-        let max_buffer = self
-            .limits
-            .max_buffer_size
-            .min(self.dispatch_limits.max_binding_bytes);
-        let uploaded = self.scoped("uploading a tensor", || {
-            segments
-                .into_iter()
-                .map(|segment| {
-                    let head = gpu_layout::padded_words(&tensor.head[segment.head_bytes.clone()]);
-                    let rest = gpu_layout::padded_words(&tensor.rest[segment.rest_bytes.clone()]);
-                    for (what, words) in [("head", head.len()), ("rest", rest.len())] {
-                        if words as u64 * 4 > max_buffer {
-                            return Err(backend_error(
-                                NAME,
-                                format!("a {what} plane segment of {} bytes exceeds the device's {max_buffer}-byte buffers", words * 4),
-                            ));
-                        }
-                    }
-                    // Bindings must not be empty: pad the small lists.
-                    let mut tables = segment.tables.clone();
-                    tables.resize(tables.len().max(1), 0);
-                    let mut exceptions = segment.exceptions.clone();
-                    exceptions.resize(exceptions.len().max(1), 0);
-                    Ok(SegmentBuffers {
-                        blocks: self.storage_buffer("blocks", bytemuck::cast_slice(&segment.descriptors)),
-                        tables: self.storage_buffer("tables", bytemuck::cast_slice(&tables)),
-                        exceptions: self.storage_buffer("exceptions", bytemuck::cast_slice(&exceptions)),
-                        head: self.storage_buffer("head", bytemuck::cast_slice(&head)),
-                        rest: self.storage_buffer("rest", bytemuck::cast_slice(&rest)),
-                        segment,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
-        })??;
-        Ok(Box::new(WgpuTensor::Coded {
-            params: tensor.params.clone(),
-            segments: uploaded,
-        }))
+    fn limits(&self) -> DispatchLimits {
+        self.dispatch_limits
     }
 
-    fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>> {
-        let mut padded = bytes.to_vec();
-        padded.resize(bytes.len().next_multiple_of(4).max(4), 0);
-        if padded.len() as u64 > self.limits.max_buffer_size {
+    fn upload(&self, what: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        if bytes.len() as u64 > self.limits.max_buffer_size {
             return Err(backend_error(
                 NAME,
                 format!(
-                    "a raw tensor of {} bytes exceeds the device's largest buffer",
-                    bytes.len()
+                    "{what} of {} bytes exceeds the device's largest buffer ({} bytes)",
+                    bytes.len(),
+                    self.limits.max_buffer_size
                 ),
             ));
         }
-        let buffer = self.scoped("uploading a raw tensor", || {
+        self.scoped(&format!("uploading {what}"), || {
             self.device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("raw tensor"),
-                    contents: &padded,
-                    usage: wgpu::BufferUsages::COPY_SRC,
+                    label: Some(what),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                 })
-        })?;
-        Ok(Box::new(WgpuTensor::Raw {
-            buffer,
-            len: bytes.len() as u64,
-        }))
+        })
     }
 
-    fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>> {
-        let size = bytes.next_multiple_of(4).max(4);
-        if size > self.limits.max_buffer_size {
+    fn alloc(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        if bytes > self.limits.max_buffer_size {
             return Err(backend_error(
                 NAME,
                 format!(
@@ -690,61 +386,208 @@ impl Backend for WgpuBackend {
                 ),
             ));
         }
-        let buffer = self.scoped("allocating an output buffer", || {
+        self.scoped("allocating an output buffer", || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("decoded"),
-                size,
+                size: bytes,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
-        })?;
-        Ok(Box::new(WgpuBuffer { buffer, len: bytes }))
+        })
     }
 
-    fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
-        self.decode_async(jobs, out)?.wait()
-    }
-
-    fn decode_async(
+    fn prepare(
         &self,
-        jobs: &[DecodeJob],
-        out: &dyn DeviceBuffer,
-    ) -> Result<Box<dyn PendingDecode>> {
-        check_jobs(NAME, jobs, out.len(), 4)?;
-        let out = downcast::<WgpuBuffer>(NAME, out.as_any())?;
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.scoped("decode", || {
-            self.record_decode(&mut encoder, jobs, out, None)
-        })??;
-        let submission =
-            self.scoped("submitting work", || self.queue.submit([encoder.finish()]))?;
-        Ok(Box::new(WgpuPending {
-            device: self.device.clone(),
-            submission,
-            lost: self.lost.clone(),
-        }))
+        plan: &LaunchPlan<'_, wgpu::Buffer>,
+        out: &wgpu::Buffer,
+    ) -> Result<WgpuLaunch> {
+        let storage_alignment = self.limits.min_storage_buffer_offset_alignment as u64;
+        let uniform_stride = (size_of::<DispatchParams>() as u64)
+            .next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as u64);
+        let status_bytes = (plan.blocks.max(1) as u64) * 4;
+        self.scoped("preparing a decode", || {
+            let status = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("status"),
+                size: status_bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            // Each dispatch binds the output from an aligned offset at or
+            // before its first element, which its `out_word` then skips.
+            let mut params_bytes = Vec::new();
+            let mut output_ranges = Vec::with_capacity(plan.dispatches.len());
+            for dispatch in &plan.dispatches {
+                let start = dispatch.output_offset;
+                let binding_offset = start / storage_alignment * storage_alignment;
+                let end = (start + dispatch.output_bytes).next_multiple_of(4);
+                let mut params = dispatch.params;
+                params.out_word = ((start - binding_offset) / 4) as u32;
+                params_bytes.extend_from_slice(bytemuck::bytes_of(&params));
+                params_bytes.resize(
+                    params_bytes.len().next_multiple_of(uniform_stride as usize),
+                    0,
+                );
+                output_ranges.push((binding_offset, end - binding_offset));
+            }
+            if params_bytes.is_empty() {
+                params_bytes.resize(uniform_stride as usize, 0);
+            }
+            let params = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("decode params"),
+                    contents: &params_bytes,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let bind_groups = plan
+                .dispatches
+                .iter()
+                .zip(&output_ranges)
+                .map(|(dispatch, &(offset, size))| {
+                    let segment = dispatch.segment;
+                    self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("decode"),
+                        layout: &self.decode_layout,
+                        entries: &[
+                            entry(
+                                0,
+                                buffer_range(&params, 0, size_of::<DispatchParams>() as u64),
+                            ),
+                            entry(1, segment.blocks.as_entire_binding()),
+                            entry(2, segment.tables.as_entire_binding()),
+                            entry(3, segment.exceptions.as_entire_binding()),
+                            entry(4, segment.head.as_entire_binding()),
+                            entry(5, segment.rest.as_entire_binding()),
+                            entry(6, buffer_range(out, offset, size)),
+                            entry(7, status.as_entire_binding()),
+                        ],
+                    })
+                })
+                .collect();
+            WgpuLaunch {
+                uniform_stride,
+                bind_groups,
+                workgroups: plan
+                    .dispatches
+                    .iter()
+                    .map(|d| d.params.block_count)
+                    .collect(),
+                status_readback: self.readback_buffer(status_bytes),
+                status,
+                blocks: plan.blocks as usize,
+                stamps: Stamps::new(self),
+            }
+        })
     }
 
-    fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
-        let buffer = downcast::<WgpuBuffer>(NAME, buffer.as_any())?;
-        let end = offset
-            .checked_add(out.len() as u64)
-            .filter(|&end| end <= buffer.len)
-            .ok_or_else(|| backend_error(NAME, "download past the end of the buffer"))?;
+    fn submit(
+        &self,
+        plan: &LaunchPlan<'_, wgpu::Buffer>,
+        launch: &WgpuLaunch,
+        out: &wgpu::Buffer,
+        timed: bool,
+    ) -> Result<WgpuSubmission> {
+        let stamps = launch.stamps.as_ref().filter(|_| timed);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.scoped("recording a decode", || {
+            if let Some(stamps) = stamps {
+                // A pass that only writes the first timestamp, so that the
+                // raw tensors' copies are timed too (as CUDA times them).
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("decode start"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &stamps.query_set,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: None,
+                    }),
+                });
+            }
+            for copy in &plan.copies {
+                encoder.copy_buffer_to_buffer(copy.source, 0, out, copy.offset, copy.bytes);
+            }
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("decode"),
+                    timestamp_writes: stamps.map(|stamps| wgpu::ComputePassTimestampWrites {
+                        query_set: &stamps.query_set,
+                        beginning_of_pass_write_index: None,
+                        end_of_pass_write_index: Some(1),
+                    }),
+                });
+                pass.set_pipeline(&self.decode_pipeline);
+                for (index, (bind_group, &workgroups)) in launch
+                    .bind_groups
+                    .iter()
+                    .zip(&launch.workgroups)
+                    .enumerate()
+                {
+                    let offset = (index as u64 * launch.uniform_stride) as u32;
+                    pass.set_bind_group(0, bind_group, &[offset]);
+                    pass.dispatch_workgroups(workgroups, 1, 1);
+                }
+            }
+            if let Some(stamps) = stamps {
+                stamps.resolve(&mut encoder);
+            }
+            let status_bytes = launch.status.size();
+            encoder.copy_buffer_to_buffer(
+                &launch.status,
+                0,
+                &launch.status_readback,
+                0,
+                status_bytes,
+            );
+        })?;
+        let index = self.scoped("submitting a decode", || {
+            self.queue.submit([encoder.finish()])
+        })?;
+        Ok(WgpuSubmission {
+            index,
+            timed: stamps.is_some(),
+        })
+    }
+
+    fn finish(&self, launch: &WgpuLaunch, submission: &WgpuSubmission) -> Result<Finished> {
+        self.wait_for(submission.index.clone())?;
+        let mut status = vec![0u32; launch.blocks];
+        let mut stamps = [0u8; 16];
+        match launch.stamps.as_ref().filter(|_| submission.timed) {
+            Some(timestamps) => self.read_mapped(&mut [
+                (
+                    &launch.status_readback,
+                    bytemuck::cast_slice_mut(&mut status),
+                ),
+                (&timestamps.readback, &mut stamps),
+            ])?,
+            None => self.read_mapped(&mut [(
+                &launch.status_readback,
+                bytemuck::cast_slice_mut(&mut status),
+            )])?,
+        }
+        Ok(Finished {
+            status,
+            seconds: submission.timed.then(|| self.stamp_seconds(stamps)),
+        })
+    }
+
+    fn download(&self, buffer: &wgpu::Buffer, offset: u64, out: &mut [u8]) -> Result<()> {
         // Copy in pieces of at most 64 MiB through a mappable buffer.
         const PIECE: u64 = 64 << 20;
+        let end = offset + out.len() as u64;
         let mut position = offset;
         while position < end {
             let start = position / 4 * 4;
             let stop = (position + PIECE).min(end).next_multiple_of(4);
             let staging = self.readback_buffer(stop - start);
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(&buffer.buffer, start, &staging, 0, stop - start);
-            self.submit_and_wait(encoder)?;
+            encoder.copy_buffer_to_buffer(buffer, start, &staging, 0, stop - start);
+            let submission =
+                self.scoped("downloading", || self.queue.submit([encoder.finish()]))?;
+            self.wait_for(submission)?;
             let mut piece = vec![0u8; (stop - start) as usize];
-            self.read_mapped(&staging, &mut piece)?;
+            self.read_mapped(&mut [(&staging, &mut piece)])?;
             let take = ((position + PIECE).min(end) - position) as usize;
             let skip = (position - start) as usize;
             let done = (position - offset) as usize;
@@ -754,20 +597,7 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn time_decode(
-        &self,
-        jobs: &[DecodeJob],
-        out: &dyn DeviceBuffer,
-        repeats: usize,
-    ) -> Result<Vec<f64>> {
-        check_jobs(NAME, jobs, out.len(), 4)?;
-        let out = downcast::<WgpuBuffer>(NAME, out.as_any())?;
-        self.timed_runs(repeats, |encoder, timestamps| {
-            self.record_decode(encoder, jobs, out, timestamps)
-        })
-    }
-
-    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Vec<f64>> {
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings> {
         let vectors = bytes.div_ceil(16).max(1);
         let size = vectors * 16;
         if size > self.dispatch_limits.max_binding_bytes {
@@ -787,7 +617,7 @@ impl Backend for WgpuBackend {
             };
             (make("copy source"), make("copy destination"))
         })?;
-        let workgroups = (vectors.div_ceil(gpu_layout::WORKGROUP_SIZE as u64) as u32)
+        let workgroups = (vectors.div_ceil(layout::WORKGROUP_SIZE as u64) as u32)
             .min(self.dispatch_limits.max_workgroups)
             .min(65_535);
         let params = self
@@ -796,7 +626,7 @@ impl Backend for WgpuBackend {
                 label: Some("copy params"),
                 contents: bytemuck::cast_slice(&[
                     vectors as u32,
-                    workgroups * gpu_layout::WORKGROUP_SIZE,
+                    workgroups * layout::WORKGROUP_SIZE,
                     0,
                     0,
                 ]),
@@ -806,31 +636,202 @@ impl Backend for WgpuBackend {
             label: Some("copy"),
             layout: &self.copy_layout,
             entries: &[
-                entry(
-                    0,
-                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params,
-                        offset: 0,
-                        size: NonZeroU64::new(16),
-                    }),
-                ),
+                entry(0, buffer_range(&params, 0, 16)),
                 entry(1, buffers.0.as_entire_binding()),
                 entry(2, buffers.1.as_entire_binding()),
             ],
         });
-        self.timed_runs(repeats, |encoder, timestamps| {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("copy"),
-                timestamp_writes: timestamps.map(|query_set| wgpu::ComputePassTimestampWrites {
-                    query_set,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            });
-            pass.set_pipeline(&self.copy_pipeline);
-            pass.set_bind_group(0, &bind_group, &[0]);
-            pass.dispatch_workgroups(workgroups, 1, 1);
-            Ok(())
+        let stamps = Stamps::new(self);
+        let mut device_seconds = Vec::with_capacity(repeats);
+        let mut wall_seconds = Vec::with_capacity(repeats);
+        // A warm-up run first.
+        for run in 0..=repeats {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            let started = std::time::Instant::now();
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("copy"),
+                    timestamp_writes: stamps.as_ref().map(|stamps| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: &stamps.query_set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }
+                    }),
+                });
+                pass.set_pipeline(&self.copy_pipeline);
+                pass.set_bind_group(0, &bind_group, &[0]);
+                pass.dispatch_workgroups(workgroups, 1, 1);
+            }
+            if let Some(stamps) = &stamps {
+                stamps.resolve(&mut encoder);
+            }
+            let submission =
+                self.scoped("timing a copy", || self.queue.submit([encoder.finish()]))?;
+            self.wait_for(submission)?;
+            let wall = started.elapsed().as_secs_f64();
+            if let Some(stamps) = &stamps {
+                let mut bytes = [0u8; 16];
+                self.read_mapped(&mut [(&stamps.readback, &mut bytes)])?;
+                let seconds = self.stamp_seconds(bytes);
+                if run > 0 && seconds > 0.0 {
+                    device_seconds.push(seconds);
+                }
+            }
+            if run > 0 {
+                wall_seconds.push(wall);
+            }
+        }
+        Ok(if device_seconds.len() == wall_seconds.len() {
+            Timings {
+                seconds: device_seconds,
+                clock: Clock::DeviceTimestamps,
+            }
+        } else {
+            Timings {
+                seconds: wall_seconds,
+                clock: Clock::Wall,
+            }
         })
     }
+
+    fn clock(&self) -> Clock {
+        Clock::DeviceTimestamps
+    }
+}
+
+fn driver(message: String) -> Error {
+    Error::Driver {
+        backend: NAME.to_string(),
+        message,
+    }
+}
+
+/// The device-lost message, once the device is lost, as an error.
+fn check_lost(lost: &Mutex<Option<String>>) -> Result<()> {
+    match lost.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(message) => Err(Error::DeviceLost {
+            backend: NAME.to_string(),
+            message: message.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A failed wait: the device was lost, or the driver failed.
+fn poll_error(lost: &Mutex<Option<String>>, error: wgpu::PollError) -> Error {
+    check_lost(lost)
+        .err()
+        .unwrap_or_else(|| driver(format!("waiting for the device: {error}")))
+}
+
+/// Runs `work` inside error scopes and turns what they catch into one typed
+/// error saying what was being done.
+fn scoped<T>(
+    device: &wgpu::Device,
+    lost: &Mutex<Option<String>>,
+    what: &str,
+    work: impl FnOnce() -> T,
+) -> Result<T> {
+    check_lost(lost)?;
+    let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = work();
+    let validation = pollster::block_on(validation.pop());
+    let memory = pollster::block_on(memory.pop());
+    check_lost(lost)?;
+    if let Some(error) = memory {
+        return Err(Error::OutOfDeviceMemory {
+            backend: NAME.to_string(),
+            message: format!("{what}: {error}"),
+        });
+    }
+    if let Some(error) = validation {
+        return Err(backend_error(NAME, format!("{what}: {error}")));
+    }
+    Ok(value)
+}
+
+#[derive(Clone, Copy)]
+enum Binding {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+fn buffer_range(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: NonZeroU64::new(size),
+    })
+}
+
+/// A compute pipeline for `entry_point` of `source`, with the bindings in
+/// order; the uniform binding takes a dynamic offset. A shader the driver
+/// rejects is a [`Error::KernelCompile`].
+fn compute_pipeline(
+    device: &wgpu::Device,
+    lost: &Mutex<Option<String>>,
+    entry_point: &str,
+    source: &str,
+    bindings: &[Binding],
+) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .enumerate()
+        .map(|(index, binding)| wgpu::BindGroupLayoutEntry {
+            binding: index as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match binding {
+                    Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                    Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: matches!(binding, Binding::Uniform),
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    scoped(device, lost, entry_point, || {
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(entry_point),
+            entries: &entries,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(entry_point),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry_point),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry_point),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                // The shaders write every workgroup variable before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        (pipeline, layout)
+    })
+    .map_err(|error| match error {
+        Error::Backend { message, .. } => Error::KernelCompile {
+            backend: NAME.to_string(),
+            message,
+        },
+        other => other,
+    })
 }

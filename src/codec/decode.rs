@@ -241,12 +241,8 @@ impl BlockCode<'_> {
     /// Where chunk `chunk`'s decoder stands once it reaches the chunk,
     /// unclamped (see [`ChunkGeometry::chunk_start`]).
     fn chunk_landing(&self, chunk: u64, exception: Option<u32>) -> u64 {
-        let chunk_begin = chunk * self.geometry.chunk_bits as u64;
-        let mut position = self.geometry.decode_start(chunk, exception);
-        while position < chunk_begin {
-            position += self.length_at(position);
-        }
-        position
+        self.geometry
+            .landing(chunk, exception, |position| self.length_at(position))
     }
 
     fn exception(&self, chunk: u64) -> Option<u32> {

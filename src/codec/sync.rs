@@ -130,12 +130,28 @@ impl ChunkGeometry {
         chunk: u64,
         exception_first_boundary: Option<u32>,
     ) -> u64 {
+        let length_at = |position| {
+            let (_, len) = table.lookup(peek_bits(stream, position, MAX_CODE_BITS) as u64);
+            len as u64
+        };
+        self.landing(chunk, exception_first_boundary, length_at)
+            .min(stream_bits)
+    }
+
+    /// [`chunk_start`](Self::chunk_start) before clamping to the stream,
+    /// given the length of the codeword at any position.
+    #[inline(always)]
+    pub fn landing(
+        &self,
+        chunk: u64,
+        exception_first_boundary: Option<u32>,
+        length_at: impl Fn(u64) -> u64,
+    ) -> u64 {
         let chunk_begin = chunk * self.chunk_bits as u64;
         let mut position = self.decode_start(chunk, exception_first_boundary);
         while position < chunk_begin {
-            let (_, len) = table.lookup(peek_bits(stream, position, MAX_CODE_BITS) as u64);
-            position += len as u64;
+            position += length_at(position);
         }
-        position.min(stream_bits)
+        position
     }
 }

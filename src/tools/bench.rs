@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, DecodeJob};
+use crate::backend::{Backend, Clock, DecodeJob, Timings};
 use crate::codec::{self, BlockIndex, EncodeOptions, EncodedTensor, FloatKind};
 use crate::conformance;
 use crate::container::{CompressedFile, SourceFile};
@@ -27,10 +27,13 @@ pub struct Timing {
     pub min_seconds: f64,
     /// Decoded (original) bytes per second of the median run, in GB/s (1e9).
     pub gb_per_s: f64,
+    /// What measured the runs.
+    pub clock: Clock,
 }
 
 impl Timing {
-    pub fn from_runs(mut seconds: Vec<f64>, bytes: u64) -> Self {
+    pub fn from_timings(timings: Timings, bytes: u64) -> Self {
+        let mut seconds = timings.seconds;
         seconds.sort_by(f64::total_cmp);
         let median = seconds.get(seconds.len() / 2).copied().unwrap_or(f64::NAN);
         Timing {
@@ -38,6 +41,7 @@ impl Timing {
             median_seconds: median,
             min_seconds: seconds.first().copied().unwrap_or(f64::NAN),
             gb_per_s: bytes as f64 / median / 1e9,
+            clock: timings.clock,
         }
     }
 }
@@ -227,8 +231,8 @@ pub fn bench(workload: &Workload, backend: &dyn Backend, repeats: usize) -> Resu
     }
     let copy_runs = backend.time_copy(decoded_bytes, repeats.max(1))?;
 
-    let decode = Timing::from_runs(decode_runs, decoded_bytes);
-    let copy = Timing::from_runs(copy_runs, decoded_bytes);
+    let decode = Timing::from_timings(decode_runs, decoded_bytes);
+    let copy = Timing::from_timings(copy_runs, decoded_bytes);
     Ok(BenchReport {
         file: workload.describe(),
         backend: backend.name().to_string(),
@@ -237,7 +241,13 @@ pub fn bench(workload: &Workload, backend: &dyn Backend, repeats: usize) -> Resu
         tensors: tensors.len(),
         decoded_bytes,
         coded_bytes: encoded.iter().map(EncodedTensor::stored_bytes).sum(),
-        encode: Timing::from_runs(encode_runs, decoded_bytes),
+        encode: Timing::from_timings(
+            Timings {
+                seconds: encode_runs,
+                clock: Clock::Wall,
+            },
+            decoded_bytes,
+        ),
         decode_vs_copy: decode.gb_per_s / copy.gb_per_s,
         decode,
         copy,
@@ -253,6 +263,8 @@ pub struct GroupTiming {
     pub median_ms: f64,
     pub p99_ms: f64,
     pub gb_per_s: f64,
+    /// What measured the runs.
+    pub clock: Clock,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -278,12 +290,14 @@ pub fn bench_model(path: &Path, backend: &dyn Backend, repeats: usize) -> Result
     let mut groups = Vec::with_capacity(model.groups().len());
     for (index, group) in model.groups().iter().enumerate() {
         let jobs = model.jobs(index)?;
-        let mut runs =
+        let timings =
             backend.time_decode(&jobs, buffers[index % 2].device_buffer(), repeats.max(1))?;
+        let mut runs = timings.seconds;
         runs.sort_by(f64::total_cmp);
         let median = runs[runs.len() / 2];
         let p99 = runs[((runs.len() * 99).div_ceil(100)).saturating_sub(1)];
         groups.push(GroupTiming {
+            clock: timings.clock,
             group: group.name.clone(),
             tensors: group.tensors.len(),
             decoded_bytes: group.bytes,

@@ -77,7 +77,7 @@ pub fn run(
                     return Err(error);
                 }
                 let reason = match error {
-                    Error::Backend { message, .. } => message,
+                    Error::BackendUnavailable { reason, .. } => reason,
                     other => other.to_string(),
                 };
                 outcome.skipped.push(SkippedBackend {

@@ -4,6 +4,12 @@
 //! fit the device's limits. The WGSL shader and the CUDA kernel read exactly
 //! these layouts; every offset in them has been checked here against the
 //! planes' real sizes, so no kernel can read or write out of bounds.
+//!
+//! This file is the one source of the constants and struct layouts that
+//! `shaders/decode.wgsl` and `kernels/decode.cu` repeat: `tests/kernel_layout.rs`
+//! compares the shader's with these (naga reflects them), and the CPU
+//! execution of the CUDA kernel (`tests/cuda_on_cpu.rs`) compiles the
+//! kernel against static assertions generated from them.
 
 use std::ops::Range;
 
@@ -12,7 +18,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::codec::huffman::{ALPHABET, MAX_CODE_BITS};
 use crate::codec::index::{BlockIndex, BlockMode};
 use crate::codec::table::CodeLengths;
-use crate::codec::{EncodedView, TensorParams};
+use crate::codec::{EncodedView, StreamProblem, TensorParams};
+use crate::error::{Error, Result};
 
 /// Threads per workgroup (CUDA: per thread block). One workgroup decodes
 /// one block.
@@ -26,50 +33,163 @@ pub const BLOCK_CODED: u32 = 2;
 /// word), then per code length 1..=12 `first_code | first_index << 12 |
 /// count << 21`.
 pub const TABLE_WORDS: usize = ALPHABET / 4 + MAX_CODE_BITS as usize;
+/// Where the per-length words start in a table.
+pub const TABLE_LENGTHS: usize = ALPHABET / 4;
+/// Mask of the stream bits that index a decode table.
+pub const TABLE_MASK: u32 = (1 << MAX_CODE_BITS) - 1;
+/// A chunk without a sync exception.
+pub const NO_EXCEPTION: u32 = u32::MAX;
+
+/// What a workgroup reports for its block, in its status word:
+/// `problem | detail << STATUS_DETAIL_SHIFT`, 0 when the block decoded.
+/// The problems are [`StreamProblem`]'s, in its order.
+pub const STATUS_OK: u32 = 0;
+/// A chunk (the detail) does not start where the codewords before it end.
+pub const STATUS_CHUNK_START: u32 = 1;
+/// The last codeword runs past the stream's end (detail: the last chunk).
+pub const STATUS_OVERRUN: u32 = 2;
+/// The chunks hold a number of codewords (the detail) other than the
+/// block's elements.
+pub const STATUS_COUNT: u32 = 3;
+/// The work list names a block the dispatch does not have.
+pub const STATUS_NO_BLOCK: u32 = 4;
+pub const STATUS_DETAIL_SHIFT: u32 = 4;
+/// No problem found yet; lower than every status but `STATUS_OK` would be
+/// (kernels keep the lowest problem with an atomic minimum).
+pub const STATUS_NONE: u32 = u32::MAX;
+
+/// The kernels' constants, by the names both kernels give them.
+pub const KERNEL_CONSTANTS: [(&str, u32); 16] = [
+    ("WORKGROUP_SIZE", WORKGROUP_SIZE),
+    ("BLOCK_RAW", BLOCK_RAW),
+    ("BLOCK_CONSTANT", BLOCK_CONSTANT),
+    ("BLOCK_CODED", BLOCK_CODED),
+    ("MAX_CODE_BITS", MAX_CODE_BITS),
+    ("TABLE_MASK", TABLE_MASK),
+    ("TABLE_WORDS", TABLE_WORDS as u32),
+    ("TABLE_LENGTHS", TABLE_LENGTHS as u32),
+    ("NO_EXCEPTION", NO_EXCEPTION),
+    ("STATUS_OK", STATUS_OK),
+    ("STATUS_CHUNK_START", STATUS_CHUNK_START),
+    ("STATUS_OVERRUN", STATUS_OVERRUN),
+    ("STATUS_COUNT", STATUS_COUNT),
+    ("STATUS_NO_BLOCK", STATUS_NO_BLOCK),
+    ("STATUS_DETAIL_SHIFT", STATUS_DETAIL_SHIFT),
+    ("STATUS_NONE", STATUS_NONE),
+];
+
+/// The problem a block's status word reports, if any, for a block of
+/// `elements` elements.
+pub fn status_problem(
+    status: u32,
+    elements: u64,
+) -> Option<std::result::Result<StreamProblem, u32>> {
+    let detail = (status >> STATUS_DETAIL_SHIFT) as u64;
+    match status & ((1 << STATUS_DETAIL_SHIFT) - 1) {
+        _ if status == STATUS_OK => None,
+        STATUS_CHUNK_START => Some(Ok(StreamProblem::ChunkStart { chunk: detail })),
+        STATUS_OVERRUN => Some(Ok(StreamProblem::Overrun)),
+        STATUS_COUNT => Some(Ok(StreamProblem::Count {
+            codewords: detail,
+            elements,
+        })),
+        _ => Some(Err(status)),
+    }
+}
 
 /// Words of zero padding after the head and rest planes, so a decoder may
 /// always read the word after the one it needs.
 pub const PLANE_PADDING_WORDS: usize = 2;
 
-/// One block, as a workgroup sees it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct BlockDescriptor {
-    /// Byte offset of the block's head stream in the segment's head plane.
-    pub stream_byte: u32,
-    pub stream_bits: u32,
-    /// `BLOCK_RAW`, `BLOCK_CONSTANT` or `BLOCK_CODED`.
-    pub mode: u32,
-    /// Coded: the table's number in the segment; constant: the head.
-    pub table_or_value: u32,
-    /// The block's exceptions in the segment's list.
-    pub exceptions_start: u32,
-    pub exceptions_count: u32,
-    /// Elements in the block, and the first one's index in the segment.
-    pub elements: u32,
-    pub first_element: u32,
-    /// Byte offset of the block's rest bits in the segment's rest plane.
-    pub rest_byte: u32,
-    pub reserved: [u32; 3],
+/// The largest byte offset inside one segment: offsets are 32-bit in the
+/// kernels, and 2^31 − 1 is the largest binding every API allows.
+pub const MAX_SEGMENT_BYTES: u64 = (1 << 31) - 1;
+
+/// Declares a struct of `u32` fields that the kernels read, with the list
+/// of its field names, so that tests can hold the kernels' declarations to
+/// it.
+macro_rules! kernel_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$field_meta:meta])* pub $field:ident: u32,)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: u32,)*
+        }
+
+        impl $name {
+            /// The fields in memory order, each a `u32`.
+            pub const FIELDS: &[&str] = &[$(stringify!($field)),*];
+        }
+    };
 }
 
-/// Per-dispatch parameters: the tensor's split and geometry, and where the
-/// segment's output starts.
+kernel_struct! {
+    /// One block, as a workgroup sees it (`Block` in the kernels).
+    pub struct BlockDescriptor {
+        /// Byte offset of the block's head stream in the segment's head plane.
+        pub stream_byte: u32,
+        pub stream_bits: u32,
+        /// `BLOCK_RAW`, `BLOCK_CONSTANT` or `BLOCK_CODED`.
+        pub mode: u32,
+        /// Coded: the table's number in the segment; constant: the head.
+        pub table_or_value: u32,
+        /// The block's exceptions in the segment's list.
+        pub exceptions_start: u32,
+        pub exceptions_count: u32,
+        /// Elements in the block, and the first one's index in the segment.
+        pub elements: u32,
+        pub first_element: u32,
+        /// Byte offset of the block's rest bits in the segment's rest plane.
+        pub rest_byte: u32,
+        pub reserved0: u32,
+        pub reserved1: u32,
+        pub reserved2: u32,
+    }
+}
+
+kernel_struct! {
+    /// Per-dispatch parameters (`Params` in the kernels): the tensor's split
+    /// and geometry, where the segment's output starts and where its blocks'
+    /// status words are.
+    pub struct DispatchParams {
+        pub block_count: u32,
+        pub width_bytes: u32,
+        pub head_bits: u32,
+        pub rest_bits: u32,
+        pub stored_rest_bits: u32,
+        pub rest_const_bits: u32,
+        pub rest_const_value: u32,
+        pub chunk_bits: u32,
+        pub warmup_bits: u32,
+        /// WGSL: word index, in the bound output, of the segment's first
+        /// element (CUDA's records point at it instead).
+        pub out_word: u32,
+        /// WGSL: the status word of the dispatch's first block (CUDA
+        /// indexes status words by thread block).
+        pub status_base: u32,
+        pub reserved0: u32,
+    }
+}
+
+/// One segment of a CUDA launch (`Dispatch` in `kernels/decode.cu`): its
+/// parameters and the device addresses of its buffers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct DispatchParams {
-    pub block_count: u32,
-    pub width_bytes: u32,
-    pub head_bits: u32,
-    pub rest_bits: u32,
-    pub stored_rest_bits: u32,
-    pub rest_const_bits: u32,
-    pub rest_const_value: u32,
-    pub chunk_bits: u32,
-    pub warmup_bits: u32,
-    /// Word index, in the bound output, of the segment's first element.
-    pub out_word: u32,
-    pub reserved: [u32; 2],
+pub struct DispatchRecord {
+    pub params: DispatchParams,
+    pub blocks: u64,
+    pub tables: u64,
+    pub exceptions: u64,
+    pub head: u64,
+    pub rest: u64,
+    /// The segment's first output element.
+    pub output: u64,
+}
+
+impl DispatchRecord {
+    /// The address fields after `params`, in memory order.
+    pub const POINTERS: [&str; 6] = ["blocks", "tables", "exceptions", "head", "rest", "output"];
 }
 
 /// A run of blocks decoded by one dispatch, with its own slices of the
@@ -96,8 +216,9 @@ impl Segment {
         self.elements * params.kind().width_bytes() as u64
     }
 
-    /// Dispatch parameters, with the output starting at word `out_word`.
-    pub fn dispatch_params(&self, params: &TensorParams, out_word: u32) -> DispatchParams {
+    /// Dispatch parameters; the launch fills in `out_word` and
+    /// `status_base`.
+    pub fn dispatch_params(&self, params: &TensorParams) -> DispatchParams {
         let split = params.split;
         DispatchParams {
             block_count: self.descriptors.len() as u32,
@@ -109,8 +230,7 @@ impl Segment {
             rest_const_value: split.rest_const_value,
             chunk_bits: params.geometry.chunk_bits,
             warmup_bits: params.geometry.warmup_bits,
-            out_word,
-            reserved: [0; 2],
+            ..DispatchParams::default()
         }
     }
 }
@@ -125,10 +245,10 @@ pub struct DispatchLimits {
 }
 
 impl DispatchLimits {
-    /// No binding limit (CUDA): only the 32-bit offsets inside a dispatch
+    /// No binding limit (CUDA): only the 32-bit offsets inside a segment
     /// bound it.
     pub const UNBOUNDED: DispatchLimits = DispatchLimits {
-        max_binding_bytes: 1 << 31,
+        max_binding_bytes: MAX_SEGMENT_BYTES,
         max_workgroups: 1 << 30,
     };
 }
@@ -160,20 +280,31 @@ pub fn table_words(lengths: &CodeLengths) -> [u32; TABLE_WORDS] {
         }
     }
     for len in 1..=MAX_CODE_BITS as usize {
-        words[ALPHABET / 4 + len - 1] = first_code[len] | first_index[len] << 12 | count[len] << 21;
+        words[TABLE_LENGTHS + len - 1] =
+            first_code[len] | first_index[len] << 12 | count[len] << 21;
     }
     words
 }
 
 /// Cuts a tensor into segments that fit `limits` and builds their
-/// descriptors. `index` must have been parsed from `view`.
-pub fn segments(view: &EncodedView, index: &BlockIndex, limits: DispatchLimits) -> Vec<Segment> {
+/// descriptors. `index` must have been parsed from `view`. Bindings are
+/// capped at [`MAX_SEGMENT_BYTES`], whatever a device reports (Metal
+/// reports its largest buffer), so that every offset inside a segment fits
+/// the kernels' 32 bits.
+pub fn segments(
+    view: &EncodedView,
+    index: &BlockIndex,
+    limits: DispatchLimits,
+) -> Result<Vec<Segment>> {
     let params = view.params;
     let width = params.kind().width_bytes() as u64;
     let stored_bits = params.split.stored_rest_bits() as u64;
     let block_count = index.blocks.len();
     // Room for the padding words and a binding offset rounded down.
-    let budget = limits.max_binding_bytes.saturating_sub(1024);
+    let budget = limits
+        .max_binding_bytes
+        .min(MAX_SEGMENT_BYTES)
+        .saturating_sub(1024);
     let mut segments = Vec::new();
     let mut first = 0;
     while first < block_count {
@@ -195,13 +326,22 @@ pub fn segments(view: &EncodedView, index: &BlockIndex, limits: DispatchLimits) 
             }
             end += 1;
         }
-        segments.push(build_segment(view, index, first..end));
+        segments.push(build_segment(view, index, first..end)?);
         first = end;
     }
-    segments
+    Ok(segments)
 }
 
-fn build_segment(view: &EncodedView, index: &BlockIndex, blocks: Range<usize>) -> Segment {
+/// `value` as a 32-bit kernel offset; only a block larger than any binding
+/// can fail this.
+fn offset32(value: u64, what: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::Backend {
+        backend: "gpu".to_string(),
+        message: format!("{what} {value} does not fit the kernels' 32-bit offsets"),
+    })
+}
+
+fn build_segment(view: &EncodedView, index: &BlockIndex, blocks: Range<usize>) -> Result<Segment> {
     let params = view.params;
     let stored_bits = params.split.stored_rest_bits() as u64;
     let first_element = blocks.start as u64 * params.block_elements as u64;
@@ -239,16 +379,19 @@ fn build_segment(view: &EncodedView, index: &BlockIndex, blocks: Range<usize>) -
                 .map(|e| e.chunk << 8 | e.first_boundary as u32),
         );
         segment.descriptors.push(BlockDescriptor {
-            stream_byte: (entry.stream_offset - head_start) as u32,
-            stream_bits: entry.stream_bits as u32,
+            stream_byte: offset32(entry.stream_offset - head_start, "stream offset")?,
+            stream_bits: offset32(entry.stream_bits, "stream length")?,
             mode,
             table_or_value,
             exceptions_start,
             exceptions_count: segment.exceptions.len() as u32 - exceptions_start,
-            elements: elements as u32,
-            first_element: block_first as u32,
-            rest_byte: ((first_element + block_first) * stored_bits / 8 - rest_start) as u32,
-            reserved: [0; 3],
+            elements: offset32(elements, "block length")?,
+            first_element: offset32(block_first, "element index")?,
+            rest_byte: offset32(
+                (first_element + block_first) * stored_bits / 8 - rest_start,
+                "rest offset",
+            )?,
+            ..BlockDescriptor::default()
         });
         segment.elements += elements;
         head_end = entry.stream_offset + entry.stream_bits.div_ceil(8);
@@ -270,7 +413,7 @@ fn build_segment(view: &EncodedView, index: &BlockIndex, blocks: Range<usize>) -
     segment.head_bytes = head_start as usize..head_end as usize;
     let rest_end = (first_element + segment.elements) * stored_bits;
     segment.rest_bytes = rest_start as usize..rest_end.div_ceil(8) as usize;
-    segment
+    Ok(segment)
 }
 
 /// `bytes` padded with zeros to whole words plus `PLANE_PADDING_WORDS`.
@@ -303,7 +446,7 @@ mod tests {
             max_binding_bytes: 20_000,
             max_workgroups: 2,
         };
-        let segments = segments(&encoded.view(), &index, limits);
+        let segments = segments(&encoded.view(), &index, limits).unwrap();
         assert!(segments.len() >= 7, "13 blocks, at most 2 per dispatch");
         let mut next_block = 0;
         let mut next_element = 0;
@@ -343,7 +486,7 @@ mod tests {
             let len = lengths[symbol] as usize;
             // The codeword, MSB first, as the kernels rebuild it.
             let code = codes[symbol].reverse_bits() >> (32 - len);
-            let info = words[ALPHABET / 4 + len - 1];
+            let info = words[TABLE_LENGTHS + len - 1];
             let (first_code, first_index, count) = (info & 0xFFF, info >> 12 & 0x1FF, info >> 21);
             assert!(code - first_code < count, "symbol {symbol}");
             assert_eq!(symbol_at(first_index + code - first_code), symbol as u32);
