@@ -74,7 +74,8 @@ pub enum Family {
     RandomBits,
     /// Constant, raw, new-code and reused-code blocks in one tensor.
     MixedBlockModes,
-    /// Tiny chunks without warm-up: nearly every chunk has a sync exception.
+    /// Tiny chunks with little or no warm-up: many chunks have a sync
+    /// exception, and a GPU decodes a block in many rounds.
     SyncExceptions,
     /// Low bits that never vary: upcasts, and all-positive tensors.
     ConstantRestBits,
@@ -223,23 +224,41 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
             };
             vec![Case::new(format!("mixed_block_modes_{tag}"), kind, mixed).with_options(options)]
         }
-        Family::SyncExceptions => [0, 8]
-            .into_iter()
-            .map(|warmup_bits| {
-                let options = EncodeOptions {
-                    chunk_bits: 64,
-                    warmup_bits,
-                    block_elements: 4096,
-                    ..EncodeOptions::default()
-                };
+        Family::SyncExceptions => {
+            let mut cases: Vec<Case> = [0, 8]
+                .into_iter()
+                .map(|warmup_bits| {
+                    let options = EncodeOptions {
+                        chunk_bits: 64,
+                        warmup_bits,
+                        block_elements: 4096,
+                        ..EncodeOptions::default()
+                    };
+                    Case::new(
+                        format!("tiny_chunks_warmup_{warmup_bits}_{tag}"),
+                        kind,
+                        synth::heavy_tailed_bytes(kind, 40_000, seed + 3),
+                    )
+                    .with_options(options)
+                })
+                .collect();
+            // Full-size blocks of 64-bit chunks: thousands of chunks a
+            // block, so a GPU workgroup decodes a block in many rounds.
+            let options = EncodeOptions {
+                chunk_bits: 64,
+                warmup_bits: 16,
+                ..EncodeOptions::default()
+            };
+            cases.push(
                 Case::new(
-                    format!("tiny_chunks_warmup_{warmup_bits}_{tag}"),
+                    format!("many_rounds_{tag}"),
                     kind,
-                    synth::heavy_tailed_bytes(kind, 40_000, seed + 3),
+                    synth::heavy_tailed_bytes(kind, 70_000, seed + 5),
                 )
-                .with_options(options)
-            })
-            .collect(),
+                .with_options(options),
+            );
+            cases
+        }
         Family::ConstantRestBits => {
             let values = synth::heavy_tailed(50_000, 1000, 0.02, seed + 4);
             let positive: Vec<f32> = values.iter().map(|v| v.abs()).collect();

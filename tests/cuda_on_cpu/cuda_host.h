@@ -1,0 +1,63 @@
+// cuda_host.h — what kernels/decode.cu needs of CUDA, on the host.
+//
+// The tests compile the kernel, unchanged, as C++20 with this header and
+// run it on the CPU (tests/cuda_on_cpu.rs, harness.cpp): every thread block
+// runs on 256 host threads, one per CUDA thread, and blocks run one after
+// another. __shared__ arrays become function statics, which all threads of
+// the block share as they would shared memory; __syncthreads() becomes a
+// block-wide barrier that also checks that all threads meet at the same
+// one, and fails instead of hanging when they never do.
+//
+// Nothing else of CUDA is emulated: a kernel that uses more (warp
+// intrinsics, atomics other than atomicMin, dynamic shared memory) does not
+// compile here, which is the point.
+#pragma once
+
+#include <atomic>
+
+struct dim3 {
+    unsigned x, y, z;
+};
+
+namespace cuda_on_cpu {
+
+// The CUDA thread each host thread is, and the block being run.
+inline thread_local dim3 thread_index{0u, 0u, 0u};
+inline thread_local dim3 block_index{0u, 0u, 0u};
+
+// Waits until every thread of the block has arrived here (at this file and
+// line); defined in harness.cpp.
+void syncthreads(const char* file, int line);
+
+}  // namespace cuda_on_cpu
+
+#define threadIdx (::cuda_on_cpu::thread_index)
+#define blockIdx (::cuda_on_cpu::block_index)
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __syncthreads() ::cuda_on_cpu::syncthreads(__FILE__, __LINE__)
+
+// hi:lo shifted right by shift % 32, low word.
+inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned shift) {
+    shift &= 31u;
+    return shift == 0u ? lo : (lo >> shift) | (hi << (32u - shift));
+}
+
+inline unsigned min(unsigned a, unsigned b) {
+    return a < b ? a : b;
+}
+
+inline unsigned max(unsigned a, unsigned b) {
+    return a > b ? a : b;
+}
+
+inline unsigned atomicMin(unsigned* address, unsigned value) {
+    std::atomic_ref<unsigned> target(*address);
+    unsigned old = target.load(std::memory_order_relaxed);
+    while (value < old && !target.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
+    }
+    return old;
+}

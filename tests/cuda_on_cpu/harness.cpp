@@ -1,0 +1,273 @@
+// harness.cpp — runs kernels/decode.cu on the CPU, for the tests.
+//
+// The kernel is #included as it is, after cuda_host.h; kernel_layout.h,
+// which tests/cuda_on_cpu.rs writes from src/backend/gpu/layout.rs, then
+// holds its constants and structs to the host's with static assertions.
+//
+// A persistent pool of 256 host threads runs a launch: each thread is one
+// CUDA thread, and runs every block of the grid in turn, with a barrier
+// between blocks (they share the kernel's static "shared memory"). Every
+// barrier checks that all threads arrive at the same one, and gives up
+// after a timeout instead of hanging, so a barrier in divergent code fails
+// the launch with a message. Under ThreadSanitizer the barriers' mutex is
+// what orders the threads, so a missing __syncthreads shows as a race.
+
+#include "cuda_host.h"
+
+#include "../../kernels/decode.cu"
+
+#include "kernel_layout.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace cuda_on_cpu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Thrown out of a barrier when the block cannot go on; the launch reports
+// why.
+struct Abandoned {};
+
+// Where the threads of a block meet.
+struct Site {
+    const char* file;
+    int line;
+
+    bool operator==(const Site& other) const {
+        return line == other.line && std::strcmp(file, other.file) == 0;
+    }
+};
+
+// A barrier for all threads of a block, which fails — every waiting thread
+// throws Abandoned — when they meet at different places or do not all
+// arrive within the timeout.
+class BlockBarrier {
+public:
+    explicit BlockBarrier(unsigned threads) : threads_(threads) {}
+
+    void start(Clock::duration timeout) {
+        std::lock_guard lock(mutex_);
+        arrived_ = 0;
+        failed_ = false;
+        failure_.clear();
+        timeout_ = timeout;
+    }
+
+    void arrive_and_wait(Site site) {
+        std::unique_lock lock(mutex_);
+        if (failed_) {
+            throw Abandoned{};
+        }
+        if (arrived_ == 0) {
+            site_ = site;
+        } else if (!(site_ == site)) {
+            fail(lock, "threads of block " + std::to_string(block_index.x) + " met at different barriers, " +
+                           where(site_) + " and " + where(site) + ": a barrier in divergent code");
+        }
+        if (++arrived_ == threads_) {
+            arrived_ = 0;
+            ++generation_;
+            changed_.notify_all();
+            return;
+        }
+        const unsigned long long generation = generation_;
+        const Clock::time_point deadline = Clock::now() + timeout_;
+        while (generation_ == generation && !failed_) {
+            if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && generation_ == generation &&
+                !failed_) {
+                fail(lock, "only " + std::to_string(arrived_) + " of " + std::to_string(threads_) +
+                               " threads of block " + std::to_string(block_index.x) + " reached the barrier at " +
+                               where(site_) + " in " +
+                               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout_).count()) +
+                               " s: a barrier in divergent code, or a thread that never arrives");
+            }
+        }
+        if (failed_) {
+            throw Abandoned{};
+        }
+    }
+
+    // What failed, or "" if nothing did.
+    std::string failure() {
+        std::lock_guard lock(mutex_);
+        return failure_;
+    }
+
+private:
+    static std::string where(Site site) {
+        return std::string(site.file) + ":" + std::to_string(site.line);
+    }
+
+    [[noreturn]] void fail(std::unique_lock<std::mutex>&, std::string message) {
+        if (!failed_) {
+            failed_ = true;
+            failure_ = std::move(message);
+        }
+        changed_.notify_all();
+        throw Abandoned{};
+    }
+
+    const unsigned threads_;
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    unsigned arrived_ = 0;
+    unsigned long long generation_ = 0;
+    bool failed_ = false;
+    std::string failure_;
+    Site site_{"", 0};
+    Clock::duration timeout_ = std::chrono::seconds(60);
+};
+
+// The host threads that run launches, created once.
+class Pool {
+public:
+    explicit Pool(unsigned threads) : barrier_(threads) {
+        workers_.reserve(threads);
+        for (unsigned thread = 0; thread < threads; ++thread) {
+            workers_.emplace_back([this, thread] { work(thread); });
+        }
+    }
+
+    // Never destroyed: a launch that hung leaves threads that cannot be
+    // joined.
+    Pool(const Pool&) = delete;
+
+    BlockBarrier& barrier() {
+        return barrier_;
+    }
+
+    // Runs `blocks` blocks of `kernel`; "" or what went wrong.
+    std::string run(unsigned blocks, std::function<void()> kernel, Clock::duration timeout) {
+        std::unique_lock lock(mutex_);
+        if (!broken_.empty()) {
+            return "an earlier launch did not finish: " + broken_;
+        }
+        kernel_ = std::move(kernel);
+        blocks_ = blocks;
+        finished_ = 0;
+        barrier_.start(timeout);
+        ++launch_;
+        start_.notify_all();
+        // Threads stuck outside any barrier (in an endless loop, say) are
+        // given a barrier timeout after the others have given up.
+        Clock::time_point given_up{};
+        while (finished_ < workers_.size()) {
+            done_.wait_for(lock, std::chrono::milliseconds(100));
+            if (finished_ == workers_.size()) {
+                break;
+            }
+            if (!barrier_.failure().empty()) {
+                if (given_up == Clock::time_point{}) {
+                    given_up = Clock::now();
+                } else if (Clock::now() - given_up > timeout) {
+                    broken_ = barrier_.failure() + "; " + std::to_string(workers_.size() - finished_) +
+                              " threads never returned";
+                    return broken_;
+                }
+            }
+        }
+        kernel_ = nullptr;
+        return barrier_.failure();
+    }
+
+private:
+    void work(unsigned thread) {
+        thread_index = dim3{thread, 0u, 0u};
+        unsigned long long seen = 0;
+        for (;;) {
+            std::function<void()> kernel;
+            unsigned blocks = 0;
+            {
+                std::unique_lock lock(mutex_);
+                start_.wait(lock, [&] { return launch_ != seen; });
+                seen = launch_;
+                kernel = kernel_;
+                blocks = blocks_;
+            }
+            try {
+                for (unsigned block = 0; block < blocks; ++block) {
+                    block_index = dim3{block, 0u, 0u};
+                    kernel();
+                    // The next block reuses the same shared memory.
+                    barrier_.arrive_and_wait(Site{"the end of a block", 0});
+                }
+            } catch (const Abandoned&) {
+            }
+            std::lock_guard lock(mutex_);
+            if (++finished_ == workers_.size()) {
+                done_.notify_all();
+            }
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    std::mutex mutex_;
+    std::condition_variable start_;
+    std::condition_variable done_;
+    unsigned long long launch_ = 0;
+    unsigned finished_ = 0;
+    unsigned blocks_ = 0;
+    std::function<void()> kernel_;
+    BlockBarrier barrier_;
+    std::string broken_;
+};
+
+Pool& pool() {
+    static Pool* pool = new Pool(WORKGROUP_SIZE);
+    return *pool;
+}
+
+std::mutex launches;
+
+// Runs one launch at a time, whatever the callers' threads.
+int launch(unsigned blocks, std::function<void()> kernel, double timeout_seconds, char* message,
+           std::size_t message_len) {
+    std::lock_guard lock(launches);
+    const std::string failure = pool().run(
+        blocks, std::move(kernel),
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds)));
+    if (failure.empty()) {
+        return 0;
+    }
+    std::snprintf(message, message_len, "%s", failure.c_str());
+    return 1;
+}
+
+}  // namespace
+
+void syncthreads(const char* file, int line) {
+    pool().barrier().arrive_and_wait(Site{file, line});
+}
+
+}  // namespace cuda_on_cpu
+
+// Decodes the work list's `blocks` blocks as a launch of the CUDA decoder
+// with those arguments would. Returns 0, or 1 with what failed in `message`.
+extern "C" int ecf_decode_on_cpu(const Dispatch* dispatches, const u32* work, u32* status, u32 blocks,
+                                 double timeout_seconds, char* message, std::size_t message_len) {
+    return cuda_on_cpu::launch(
+        blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len);
+}
+
+// A kernel with a barrier in divergent code, to show that the harness
+// fails such a launch instead of hanging.
+extern "C" int ecf_divergent_barrier_on_cpu(double timeout_seconds, char* message, std::size_t message_len) {
+    return cuda_on_cpu::launch(
+        1,
+        [] {
+            if (threadIdx.x < 128u) {
+                __syncthreads();
+            }
+        },
+        timeout_seconds, message, message_len);
+}
