@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod kernel_on_cpu;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -304,4 +306,48 @@ macro_rules! conformance_tests {
             }
         }
     };
+}
+
+/// Replaces the index plane of the coded tensor `name` (of `elements`
+/// elements of `kind`) in a compressed file, moving the tensors after it.
+pub fn replace_coded_index(path: &Path, name: &str, kind: FloatKind, elements: u64, index: &[u8]) {
+    use ecfloat::container::schema::CodedHeader;
+    let bytes = std::fs::read(path).unwrap();
+    let (mut header, data_start) = read_header(&bytes);
+    let mut tensors: Vec<(String, usize, usize)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(key, _)| *key != "__metadata__")
+        .map(|(key, entry)| {
+            let offsets = &entry["data_offsets"];
+            let offset = |i: usize| offsets[i].as_u64().unwrap() as usize;
+            (key.clone(), offset(0), offset(1))
+        })
+        .collect();
+    tensors.sort_by_key(|t| t.1);
+    let data = &bytes[data_start..];
+    let mut new_data = Vec::new();
+    for (tensor, start, end) in tensors {
+        let mut tensor_bytes = data[start..end].to_vec();
+        if tensor == name {
+            let (mut coded, len) = CodedHeader::read(&tensor_bytes, kind, elements).unwrap();
+            let planes = tensor_bytes[len + coded.index_len as usize..].to_vec();
+            coded.index_len = index.len() as u64;
+            tensor_bytes.clear();
+            coded.write(&mut tensor_bytes);
+            tensor_bytes.extend_from_slice(index);
+            tensor_bytes.extend_from_slice(&planes);
+            header[&tensor]["shape"] = serde_json::json!([tensor_bytes.len()]);
+        }
+        let offset = new_data.len();
+        new_data.extend_from_slice(&tensor_bytes);
+        header[&tensor]["data_offsets"] = serde_json::json!([offset, new_data.len()]);
+    }
+    let mut json = serde_json::to_vec(&header).unwrap();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&json);
+    file.extend_from_slice(&new_data);
+    std::fs::write(path, file).unwrap();
 }

@@ -1,0 +1,423 @@
+//! `kernels/decode.cu` on the CPU, as a backend: the kernel is compiled as
+//! C++20 with g++ (`tests/cuda_on_cpu/`: a header that stands in for CUDA,
+//! and a harness that runs each thread block on 256 host threads) into a
+//! library loaded here. The GPU core drives it through [`GpuDevice`]
+//! exactly as it drives wgpu and CUDA, so the host-side planning is under
+//! test too. `kernel_layout.h`, written here from
+//! `src/backend/gpu/layout.rs`, makes the kernel's compilation fail where
+//! its constants or structs differ from the host's.
+
+use std::ffi::{CStr, c_char};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use ecfloat::backend::gpu::layout::{
+    self, BlockDescriptor, DispatchLimits, DispatchParams, DispatchRecord,
+};
+use ecfloat::backend::gpu::plan::LaunchPlan;
+use ecfloat::backend::gpu::{DeviceMemory, Finished, GpuBackend, GpuDevice};
+use ecfloat::backend::{Backend, BackendInfo, Clock, Timings};
+use ecfloat::{Error, Result};
+
+const NAME: &str = "cuda-on-cpu";
+/// Set to `thread` in the child process of `under_thread_sanitizer`.
+pub const SANITIZER: &str = "ECF_KERNEL_SANITIZER";
+
+/// Host memory standing in for device memory: the kernel reads and writes
+/// it through the addresses in its records.
+struct HostMemory {
+    words: *mut u32,
+    len: usize,
+}
+
+// Safety: the memory is owned, and only the harness (while a launch runs,
+// with the caller waiting) and its owner touch it.
+unsafe impl Send for HostMemory {}
+unsafe impl Sync for HostMemory {}
+
+impl HostMemory {
+    fn zeroed(bytes: usize) -> Self {
+        let words = vec![0u32; bytes.div_ceil(4)].into_boxed_slice();
+        let len = words.len();
+        HostMemory {
+            words: Box::into_raw(words).cast(),
+            len,
+        }
+    }
+
+    fn address(&self) -> u64 {
+        self.words as u64
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // Safety: `len` words live at `words`; `&mut self` excludes others.
+        unsafe { std::slice::from_raw_parts_mut(self.words.cast(), self.len * 4) }
+    }
+
+    /// # Safety
+    /// No launch may be writing the memory.
+    unsafe fn view(&self) -> &[u8] {
+        // Safety: `len` words live at `words`.
+        unsafe { std::slice::from_raw_parts(self.words.cast(), self.len * 4) }
+    }
+
+    /// # Safety
+    /// No launch may be using the memory.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn view_mut(&self) -> &mut [u8] {
+        // Safety: `len` words live at `words`.
+        unsafe { std::slice::from_raw_parts_mut(self.words.cast(), self.len * 4) }
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // Safety: allocated in `zeroed` as a boxed slice of `len` words.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.words, self.len)) });
+    }
+}
+
+impl DeviceMemory for HostMemory {
+    fn size(&self) -> u64 {
+        self.len as u64 * 4
+    }
+}
+
+type DecodeOnCpu = unsafe extern "C" fn(
+    *const DispatchRecord,
+    *const u32,
+    *mut u32,
+    u32,
+    f64,
+    *mut c_char,
+    usize,
+) -> i32;
+type DivergentBarrierOnCpu = unsafe extern "C" fn(f64, *mut c_char, usize) -> i32;
+
+/// The kernel compiled for the CPU, loaded.
+pub struct Harness {
+    library: libloading::Library,
+}
+
+impl Harness {
+    fn decode(
+        &self,
+        records: &[DispatchRecord],
+        work: &[u32],
+        status: &mut [u32],
+        blocks: u32,
+    ) -> Result<()> {
+        // Safety: the symbol has this signature (harness.cpp).
+        let decode: libloading::Symbol<DecodeOnCpu> =
+            unsafe { self.library.get(b"ecf_decode_on_cpu") }.expect("the harness exports it");
+        let mut message = [0 as c_char; 1024];
+        // Safety: the records point at live buffers that the GPU core
+        // sized and validated, as for a GPU; the others are valid slices.
+        let failed = unsafe {
+            decode(
+                records.as_ptr(),
+                work.as_ptr(),
+                status.as_mut_ptr(),
+                blocks,
+                kernel_timeout(),
+                message.as_mut_ptr(),
+                message.len(),
+            )
+        };
+        launch_result(failed, &message)
+    }
+
+    pub fn divergent_barrier(&self, timeout: f64) -> Result<()> {
+        // Safety: the symbol has this signature (harness.cpp).
+        let launch: libloading::Symbol<DivergentBarrierOnCpu> =
+            unsafe { self.library.get(b"ecf_divergent_barrier_on_cpu") }
+                .expect("the harness exports it");
+        let mut message = [0 as c_char; 1024];
+        // Safety: the message buffer is valid for its length.
+        let failed = unsafe { launch(timeout, message.as_mut_ptr(), message.len()) };
+        launch_result(failed, &message)
+    }
+}
+
+/// A launch that failed is a kernel that would hang or misbehave on a GPU:
+/// as good as a lost device.
+fn launch_result(failed: i32, message: &[c_char]) -> Result<()> {
+    if failed == 0 {
+        return Ok(());
+    }
+    // Safety: the harness wrote a NUL-terminated message.
+    let message = unsafe { CStr::from_ptr(message.as_ptr()) };
+    Err(Error::DeviceLost {
+        backend: NAME.to_string(),
+        message: message.to_string_lossy().into_owned(),
+    })
+}
+
+/// Seconds a barrier may wait for the other threads of a block.
+fn kernel_timeout() -> f64 {
+    std::env::var("ECF_KERNEL_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120.0)
+}
+
+/// The kernel's constants and structs, as `src/backend/gpu/layout.rs` has
+/// them, as static assertions on the kernel's declarations.
+fn layout_header() -> String {
+    let mut header = String::from(
+        "// Written by tests/cuda_on_cpu.rs from src/backend/gpu/layout.rs.\n#pragma once\n#include <cstddef>\n",
+    );
+    let mut check = |condition: String, what: &str| {
+        header.push_str(&format!(
+            "static_assert({condition}, \"kernels/decode.cu: {what} differs from src/backend/gpu/layout.rs\");\n"
+        ));
+    };
+    for (name, value) in layout::KERNEL_CONSTANTS {
+        check(format!("{name} == {value}u"), name);
+    }
+    for (kernel, fields, size) in [
+        (
+            "Params",
+            DispatchParams::FIELDS,
+            size_of::<DispatchParams>(),
+        ),
+        (
+            "Block",
+            BlockDescriptor::FIELDS,
+            size_of::<BlockDescriptor>(),
+        ),
+    ] {
+        check(format!("sizeof({kernel}) == {size}"), kernel);
+        for (index, field) in fields.iter().enumerate() {
+            check(
+                format!("offsetof({kernel}, {field}) == {}", 4 * index),
+                &format!("{kernel}::{field}"),
+            );
+        }
+    }
+    check(
+        format!("sizeof(Dispatch) == {}", size_of::<DispatchRecord>()),
+        "Dispatch",
+    );
+    check(
+        "offsetof(Dispatch, params) == 0".to_string(),
+        "Dispatch::params",
+    );
+    for (index, field) in DispatchRecord::POINTERS.iter().enumerate() {
+        let offset = size_of::<DispatchParams>() + 8 * index;
+        check(
+            format!("offsetof(Dispatch, {field}) == {offset}"),
+            &format!("Dispatch::{field}"),
+        );
+    }
+    header
+}
+
+/// Compiles the harness (cached by the hash of everything that goes into
+/// it) and loads it; the reason it cannot, where g++ is missing.
+pub fn harness() -> std::result::Result<&'static Harness, String> {
+    static HARNESS: OnceLock<std::result::Result<Harness, String>> = OnceLock::new();
+    HARNESS
+        .get_or_init(|| {
+            let sanitizer = std::env::var(SANITIZER).ok();
+            build_harness(sanitizer.as_deref()).map(|library| Harness { library })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn build_harness(sanitizer: Option<&str>) -> std::result::Result<libloading::Library, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = root.join("tests/cuda_on_cpu");
+    let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let mut flags = vec![
+        "-std=c++20",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        "-g",
+        // decode.cu reads bytes through a u16 pointer, as CUDA allows.
+        "-fno-strict-aliasing",
+        "-Wall",
+        "-Wno-unused-function",
+    ];
+    match sanitizer {
+        Some("thread") => flags.extend(["-O1", "-fsanitize=thread"]),
+        Some(other) => return Err(format!("{SANITIZER}={other}: only `thread` is supported")),
+        None => flags.push("-O2"),
+    }
+    let header = layout_header();
+    let mut inputs = header.clone() + &flags.join(" ") + &compiler;
+    for file in [
+        "tests/cuda_on_cpu/cuda_host.h",
+        "tests/cuda_on_cpu/harness.cpp",
+        "kernels/decode.cu",
+    ] {
+        inputs += &std::fs::read_to_string(root.join(file)).map_err(|e| format!("{file}: {e}"))?;
+    }
+    let directory = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("cuda_on_cpu")
+        .join(format!("{:016x}", fnv1a(inputs.as_bytes())));
+    let library = directory.join("libdecode_on_cpu.so");
+    if !library.exists() {
+        std::fs::create_dir_all(&directory).map_err(|e| e.to_string())?;
+        std::fs::write(directory.join("kernel_layout.h"), &header).map_err(|e| e.to_string())?;
+        let building = directory.join(format!("building-{}.so", std::process::id()));
+        let output = Command::new(&compiler)
+            .args(&flags)
+            .arg("-I")
+            .arg(&directory)
+            .arg(sources.join("harness.cpp"))
+            .arg("-o")
+            .arg(&building)
+            .output()
+            .map_err(|e| {
+                format!("cannot run {compiler} ({e}); the kernel's CPU tests need a C++20 compiler")
+            })?;
+        if !output.status.success() {
+            panic!(
+                "kernels/decode.cu does not compile for the CPU:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::fs::rename(&building, &library).map_err(|e| e.to_string())?;
+    }
+    // Safety: the library is ours; loading it runs no initialisers that
+    // touch the process beyond the C++ runtime's.
+    unsafe { libloading::Library::new(&library) }.map_err(|e| format!("{}: {e}", library.display()))
+}
+
+/// A stable 64-bit hash of the harness's inputs, naming its build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The CUDA kernel on the CPU, behind the GPU core.
+struct KernelOnCpu {
+    harness: &'static Harness,
+    limits: DispatchLimits,
+}
+
+struct KernelLaunch {
+    records: Vec<DispatchRecord>,
+    work: Vec<u32>,
+    status: Mutex<Vec<u32>>,
+    blocks: u32,
+}
+
+impl GpuDevice for KernelOnCpu {
+    type Buffer = HostMemory;
+    type Launch = KernelLaunch;
+    type Submission = ();
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            backend: NAME,
+            device: "kernels/decode.cu on 256 host threads".to_string(),
+            driver: "g++".to_string(),
+            limits: Default::default(),
+        }
+    }
+
+    fn limits(&self) -> DispatchLimits {
+        self.limits
+    }
+
+    fn upload(&self, _what: &str, bytes: &[u8]) -> Result<HostMemory> {
+        let mut memory = HostMemory::zeroed(bytes.len());
+        memory.bytes()[..bytes.len()].copy_from_slice(bytes);
+        Ok(memory)
+    }
+
+    fn alloc(&self, bytes: u64) -> Result<HostMemory> {
+        Ok(HostMemory::zeroed(bytes as usize))
+    }
+
+    fn prepare(&self, plan: &LaunchPlan<'_, HostMemory>, out: &HostMemory) -> Result<KernelLaunch> {
+        Ok(KernelLaunch {
+            records: plan.records(HostMemory::address, out.address()),
+            work: plan.work_list(),
+            status: Mutex::new(vec![0; plan.blocks as usize]),
+            blocks: plan.blocks,
+        })
+    }
+
+    fn submit(
+        &self,
+        plan: &LaunchPlan<'_, HostMemory>,
+        launch: &KernelLaunch,
+        out: &HostMemory,
+        _timed: bool,
+    ) -> Result<()> {
+        // Safety: nothing else touches the buffers during a launch.
+        let output = unsafe { out.view_mut() };
+        for copy in &plan.copies {
+            // Safety: as above.
+            let source = unsafe { copy.source.view() };
+            let (offset, bytes) = (copy.offset as usize, copy.bytes as usize);
+            output[offset..offset + bytes].copy_from_slice(&source[..bytes]);
+        }
+        if launch.blocks == 0 {
+            return Ok(());
+        }
+        let mut status = launch.status.lock().unwrap();
+        self.harness
+            .decode(&launch.records, &launch.work, &mut status, launch.blocks)
+    }
+
+    fn finish(&self, launch: &KernelLaunch, _submission: &()) -> Result<Finished> {
+        Ok(Finished {
+            status: launch.status.lock().unwrap().clone(),
+            seconds: None,
+        })
+    }
+
+    fn download(&self, buffer: &HostMemory, offset: u64, out: &mut [u8]) -> Result<()> {
+        // Safety: no launch is running.
+        let bytes = unsafe { buffer.view() };
+        out.copy_from_slice(&bytes[offset as usize..offset as usize + out.len()]);
+        Ok(())
+    }
+
+    fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings> {
+        let source = vec![1u8; bytes as usize];
+        let mut target = vec![0u8; bytes as usize];
+        let seconds = (0..repeats)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                target.copy_from_slice(&source);
+                started.elapsed().as_secs_f64()
+            })
+            .collect();
+        Ok(Timings {
+            seconds,
+            clock: Clock::Wall,
+        })
+    }
+
+    fn clock(&self) -> Clock {
+        Clock::Wall
+    }
+}
+
+/// The kernel on the CPU with `limits`, or `None` (with the reason printed)
+/// where it cannot be built.
+pub fn kernel_on_cpu(limits: DispatchLimits) -> Option<Box<dyn Backend>> {
+    match harness() {
+        Ok(harness) => Some(Box::new(GpuBackend::from_device(KernelOnCpu {
+            harness,
+            limits,
+        }))),
+        Err(reason) => {
+            super::backend_or_skip_because("cxx", &reason);
+            None
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Files with one field of their sync metadata changed — a stream a few
+//! bits longer or shorter, a wrong sync exception, a missing or a needless
+//! one, another warm-up or chunk size — as a fuzz campaign made them. Each
+//! is decoded on every backend present: the CPU decoder, the CUDA kernel
+//! executed on the CPU, wgpu and CUDA. Every one must reject it with the
+//! same problem in the same block, or decode it to the original bytes:
+//! never wrong bytes, and never accepted by one and refused by another.
+
+#[macro_use]
+mod common;
+
+use ecfloat::backend::gpu::layout::DispatchLimits;
+use ecfloat::backend::{self, Backend, CpuBackend};
+use ecfloat::codec::decode::SyncCheck;
+use ecfloat::codec::index::{BlockRecord, ChunkException, write_record};
+use ecfloat::codec::{
+    self, BlockIndex, BlockMode, CodecError, EncodeOptions, EncodedTensor, FloatKind, StreamProblem,
+};
+use ecfloat::container::{self, CompressOptions};
+use ecfloat::{Error, synth};
+
+/// What a backend made of a tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Decoded to the original bytes.
+    Decoded,
+    /// Rejected as corrupt, with the codec's error (block and problem).
+    Rejected(CodecError),
+    /// Anything else: wrong bytes, or an error that is not the data's.
+    Failed(String),
+}
+
+/// Every backend present; the absent ones print why (and fail where
+/// `ECF_REQUIRE_<NAME>=1`).
+fn backends() -> Vec<Box<dyn Backend>> {
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+    backends.extend(common::kernel_on_cpu::kernel_on_cpu(
+        DispatchLimits::UNBOUNDED,
+    ));
+    backends.extend(common::backend_or_skip("wgpu"));
+    backends.extend(common::backend_or_skip("cuda"));
+    backends
+}
+
+fn outcome(backend: &dyn Backend, tensor: &EncodedTensor, original: &[u8]) -> Outcome {
+    let index = match BlockIndex::parse(&tensor.view()) {
+        Ok(index) => index,
+        Err(error) => return Outcome::Rejected(error),
+    };
+    match backend::decode_to_host(backend, &tensor.view(), &index) {
+        Ok(bytes) if bytes == original => Outcome::Decoded,
+        Ok(_) => Outcome::Failed("decoded to wrong bytes".to_string()),
+        Err(Error::CorruptJob { source, .. }) => Outcome::Rejected(source),
+        Err(other) => Outcome::Failed(other.to_string()),
+    }
+}
+
+/// Decodes `tensor` on every backend; all must agree, and none may fail.
+/// Returns what they agreed on.
+fn agreed_outcome(
+    what: &str,
+    backends: &[Box<dyn Backend>],
+    tensor: &EncodedTensor,
+    original: &[u8],
+) -> Outcome {
+    let outcomes: Vec<(&str, Outcome)> = backends
+        .iter()
+        .map(|b| (b.name(), outcome(b.as_ref(), tensor, original)))
+        .collect();
+    let first = &outcomes[0].1;
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| o == first && !matches!(o, Outcome::Failed(_))),
+        "{what}: the backends disagree: {outcomes:#?}"
+    );
+    first.clone()
+}
+
+/// A tensor's index, as records that can be changed and written again.
+struct Records {
+    index: BlockIndex,
+    stream_bits: Vec<u64>,
+    exceptions: Vec<Vec<ChunkException>>,
+}
+
+impl Records {
+    fn of(tensor: &EncodedTensor) -> Self {
+        let index = BlockIndex::parse(&tensor.view()).unwrap();
+        let stream_bits = index.blocks.iter().map(|b| b.stream_bits).collect();
+        let exceptions = (0..index.blocks.len())
+            .map(|b| index.block_exceptions(b).to_vec())
+            .collect();
+        Records {
+            index,
+            stream_bits,
+            exceptions,
+        }
+    }
+
+    /// The tensor with this index.
+    fn write(&self, tensor: &EncodedTensor) -> EncodedTensor {
+        let mut bytes = Vec::new();
+        let mut tables_sent = 0;
+        for (block, entry) in self.index.blocks.iter().enumerate() {
+            let record = match entry.mode {
+                BlockMode::Raw => BlockRecord::Raw,
+                BlockMode::Constant(value) => BlockRecord::Constant(value),
+                BlockMode::Coded { table } => {
+                    let new_table = (table as usize == tables_sent).then(|| {
+                        tables_sent += 1;
+                        &self.index.tables[table as usize]
+                    });
+                    BlockRecord::Coded {
+                        new_table,
+                        stream_bits: self.stream_bits[block],
+                        exceptions: &self.exceptions[block],
+                    }
+                }
+            };
+            write_record(&record, &mut bytes);
+        }
+        EncodedTensor {
+            index: bytes,
+            ..tensor.clone()
+        }
+    }
+}
+
+/// A warm-up short enough that some chunks need a sync exception (4 to 10
+/// in each block of the sample).
+fn sample_options() -> EncodeOptions {
+    EncodeOptions {
+        warmup_bits: 8,
+        ..EncodeOptions::default()
+    }
+}
+
+/// Heavy-tailed BF16 weights in five blocks.
+fn sample() -> (Vec<u8>, EncodedTensor) {
+    let original = synth::heavy_tailed_bytes(FloatKind::Bf16, 5 * 65_536 - 1000, 11);
+    let tensor = codec::encode(FloatKind::Bf16, &original, &sample_options()).unwrap();
+    let records = Records::of(&tensor);
+    assert!(
+        records.exceptions.iter().filter(|e| !e.is_empty()).count() >= 2,
+        "the sample has sync exceptions"
+    );
+    (original, tensor)
+}
+
+fn rejected_for(outcome: &Outcome) -> Option<StreamProblem> {
+    match outcome {
+        Outcome::Rejected(CodecError::CorruptStream { problem, .. }) => Some(*problem),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_sample_decodes_everywhere() {
+    let (original, tensor) = sample();
+    let backends = backends();
+    assert_eq!(
+        agreed_outcome("unchanged", &backends, &tensor, &original),
+        Outcome::Decoded
+    );
+}
+
+#[test]
+fn a_stream_a_few_bits_off_is_rejected_everywhere() {
+    let (original, tensor) = sample();
+    let backends = backends();
+    let records = Records::of(&tensor);
+    let mut tried = 0;
+    for block in 0..records.stream_bits.len() {
+        let bits = records.stream_bits[block];
+        for delta in [-3i64, -2, -1, 1, 2, 3] {
+            let changed = bits.checked_add_signed(delta).unwrap();
+            // Only lengths that keep the head plane's bytes pass parsing.
+            if changed.div_ceil(8) != bits.div_ceil(8) {
+                continue;
+            }
+            let mut records = Records::of(&tensor);
+            records.stream_bits[block] = changed;
+            let what = format!("block {block}, stream_bits {delta:+}");
+            let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
+            assert!(
+                matches!(outcome, Outcome::Rejected(_)),
+                "{what}: {outcome:?}"
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried >= 5, "only {tried} lengths tried");
+}
+
+#[test]
+fn a_wrong_sync_exception_is_rejected_everywhere() {
+    let (original, tensor) = sample();
+    let backends = backends();
+    let records = Records::of(&tensor);
+    let mut tried = 0;
+    // The first two exceptions of each block, each moved by a few bits.
+    for (block, exceptions) in records.exceptions.iter().enumerate() {
+        for (number, exception) in exceptions.iter().enumerate().take(2) {
+            for shift in [1, 4, 11] {
+                let boundary = (exception.first_boundary + shift) % 12;
+                let mut records = Records::of(&tensor);
+                records.exceptions[block][number].first_boundary = boundary;
+                let what = format!(
+                    "block {block}, chunk {}, boundary {} instead of {}",
+                    exception.chunk, boundary, exception.first_boundary
+                );
+                let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
+                assert_eq!(
+                    rejected_for(&outcome),
+                    Some(StreamProblem::ChunkStart {
+                        chunk: exception.chunk as u64
+                    }),
+                    "{what}"
+                );
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried >= 20, "only {tried} exceptions tried");
+}
+
+#[test]
+fn a_missing_sync_exception_is_rejected_everywhere() {
+    let (original, tensor) = sample();
+    let backends = backends();
+    let records = Records::of(&tensor);
+    for (block, exceptions) in records.exceptions.iter().enumerate() {
+        let Some(exception) = exceptions.first() else {
+            continue;
+        };
+        let mut records = Records::of(&tensor);
+        records.exceptions[block].remove(0);
+        let what = format!(
+            "block {block}, chunk {} without its exception",
+            exception.chunk
+        );
+        let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
+        assert_eq!(
+            rejected_for(&outcome),
+            Some(StreamProblem::ChunkStart {
+                chunk: exception.chunk as u64
+            }),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right() {
+    let (original, tensor) = sample();
+    let backends = backends();
+    let records = Records::of(&tensor);
+    let geometry = tensor.params.geometry;
+    let block = 0;
+    let entry = &records.index.blocks[block];
+    let stream =
+        &tensor.head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize];
+    let BlockMode::Coded { table } = entry.mode else {
+        panic!("the sample's first block is coded")
+    };
+    let decode_table = codec::huffman::DecodeTable::new(
+        &records.index.tables[table as usize],
+        records.index.table_max_len[table as usize] as u32,
+    );
+    let chunk = (1..geometry.chunk_count(entry.stream_bits))
+        .find(|&c| {
+            records.exceptions[block]
+                .iter()
+                .all(|e| e.chunk as u64 != c)
+        })
+        .unwrap();
+    let landing = geometry.warmup_landing(stream, entry.stream_bits, &decode_table, chunk);
+    let right = (landing - chunk * geometry.chunk_bits as u64) as u8;
+    for boundary in [right, (right + 1) % 12] {
+        let mut records = Records::of(&tensor);
+        let exceptions = &mut records.exceptions[block];
+        let at = exceptions.partition_point(|e| (e.chunk as u64) < chunk);
+        exceptions.insert(
+            at,
+            ChunkException {
+                chunk: chunk as u32,
+                first_boundary: boundary,
+            },
+        );
+        let what = format!("chunk {chunk} with an exception at {boundary} (true: {right})");
+        let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
+        if boundary == right {
+            assert_eq!(outcome, Outcome::Decoded, "{what}");
+        } else {
+            assert_eq!(
+                rejected_for(&outcome),
+                Some(StreamProblem::ChunkStart { chunk }),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere() {
+    let (original, tensor) = sample();
+    let backends = backends();
+    let mut rejected = 0;
+    for (chunk_bits, warmup_bits) in [(1024, 0), (1024, 4), (1024, 64), (512, 8), (2048, 8)] {
+        let mut changed = tensor.clone();
+        changed.params.geometry.chunk_bits = chunk_bits;
+        changed.params.geometry.warmup_bits = warmup_bits;
+        let what = format!("chunk_bits {chunk_bits}, warmup_bits {warmup_bits}");
+        let outcome = agreed_outcome(&what, &backends, &changed, &original);
+        rejected += usize::from(outcome != Outcome::Decoded);
+    }
+    assert!(rejected >= 3, "most changes must be caught: {rejected}");
+}
+
+#[test]
+fn decompress_checks_what_it_needs_and_verify_every_chunk() {
+    // The file, compressed, with one exception made wrong: decompress
+    // rebuilds it exactly (its decoder does not use that exception, and
+    // every checksum holds); verify rejects it, on every backend, naming
+    // the tensor and block.
+    let directory = tempfile::tempdir().unwrap();
+    let (original, tensor) = sample();
+    let source = directory.path().join("model.safetensors");
+    common::write_safetensors(
+        &source,
+        &[common::SampleTensor {
+            name: "layers.0.mlp.weight",
+            dtype: "BF16",
+            shape: vec![original.len() as u64 / 2],
+            bytes: original.clone(),
+        }],
+        &[],
+    );
+    let compressed = directory.path().join("model.ecf.safetensors");
+    let options = CompressOptions {
+        encode: sample_options(),
+        ..CompressOptions::default()
+    };
+    container::compress_file(&source, &compressed, &options).unwrap();
+    let records = Records::of(&tensor);
+    let (block, exception) = records
+        .exceptions
+        .iter()
+        .enumerate()
+        .find_map(|(b, e)| {
+            e.iter()
+                .find(|e| {
+                    // Not the first chunk of one of the CPU decoder's lanes,
+                    // where even its sequential decode uses the exception.
+                    let chunks = tensor.params.geometry.chunk_count(records.stream_bits[b]);
+                    (1..codec::decode::LANES as u64).all(|l| chunks * l / 4 != e.chunk as u64)
+                })
+                .map(|e| (b, *e))
+        })
+        .unwrap();
+    let mut wrong = Records::of(&tensor);
+    let number = wrong.exceptions[block]
+        .iter()
+        .position(|e| e.chunk == exception.chunk)
+        .unwrap();
+    wrong.exceptions[block][number].first_boundary = (exception.first_boundary + 1) % 12;
+    let elements = original.len() as u64 / 2;
+    let index = wrong.write(&tensor).index;
+    common::replace_coded_index(
+        &compressed,
+        "layers.0.mlp.weight",
+        FloatKind::Bf16,
+        elements,
+        &index,
+    );
+
+    let rebuilt = directory.path().join("rebuilt.safetensors");
+    container::decompress_file(&compressed, &rebuilt, false, &Default::default()).unwrap();
+    assert_eq!(
+        std::fs::read(&rebuilt).unwrap(),
+        std::fs::read(&source).unwrap()
+    );
+    // The sequential decode accepts it; checking every chunk does not.
+    let wrong_tensor = wrong.write(&tensor);
+    let view = wrong_tensor.view();
+    let index = BlockIndex::parse(&view).unwrap();
+    let mut out = vec![0u8; original.len()];
+    let blocks = 0..index.blocks.len();
+    codec::decode::decode_blocks_with(&view, &index, blocks.clone(), SyncCheck::Lanes, &mut out)
+        .unwrap();
+    assert_eq!(out, original);
+    assert!(codec::decode_blocks(&view, &index, blocks, &mut out).is_err());
+
+    for backend in backends() {
+        let checks =
+            container::verify_file_on(&compressed, backend.as_ref(), &Default::default()).unwrap();
+        let errors: Vec<String> = checks
+            .tensors
+            .iter()
+            .filter_map(|t| t.error.as_ref().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}: {errors:?}", backend.name());
+        let expected = format!(
+            "tensor layers.0.mlp.weight: corrupt coded stream in block {block}: chunk {} does not start",
+            exception.chunk
+        );
+        assert!(
+            errors[0].contains(&expected),
+            "{}: {}",
+            backend.name(),
+            errors[0]
+        );
+    }
+}
