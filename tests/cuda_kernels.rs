@@ -43,3 +43,29 @@ fn spill_reports_are_recognised() {
         "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
     assert!(cuda::spill_reports(clean).is_empty());
 }
+
+#[test]
+fn kernel_compiles_to_ptx_for_a_device_newer_than_nvrtc() {
+    if !cuda::nvrtc_present() {
+        eprintln!("nvrtc: skipped, libnvrtc.so.12 cannot be loaded");
+        return;
+    }
+    let supported = cuda::supported_architectures().unwrap();
+    eprintln!("NVRTC compiles for {supported:?}");
+    assert!(
+        supported.contains(&80) && supported.contains(&90),
+        "{supported:?}"
+    );
+    // A device one architecture past the newest NVRTC knows.
+    let newest = *supported.iter().max().unwrap();
+    let target = cuda::kernel_target(newest + 1, &supported).unwrap();
+    assert_eq!(target, cuda::KernelTarget::Ptx(format!("compute_{newest}")));
+    let kernel =
+        cuda::compile(cuda::KERNEL_SOURCE, "decode.cu", &target).unwrap_or_else(|e| panic!("{e}"));
+    let ptx = String::from_utf8(kernel.image).unwrap();
+    assert!(
+        ptx.contains(".entry decode"),
+        "{}",
+        &ptx[..ptx.len().min(500)]
+    );
+}

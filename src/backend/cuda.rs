@@ -282,38 +282,39 @@ pub fn spill_reports(log: &str) -> Vec<&str> {
 /// exhausted, a device no longer usable, a kernel that does not load, or
 /// anything else the driver says.
 fn driver_error(what: &str) -> impl Fn(DriverError) -> Error + '_ {
+    move |e| classify(e.0, format!("{what}: {e}"))
+}
+
+fn classify(code: sys::CUresult, message: String) -> Error {
     use sys::CUresult as R;
-    move |e| {
-        let backend = NAME.to_string();
-        let message = format!("{what}: {e}");
-        match e.0 {
-            R::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfDeviceMemory { backend, message },
-            R::CUDA_ERROR_ILLEGAL_ADDRESS
-            | R::CUDA_ERROR_LAUNCH_FAILED
-            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
-            | R::CUDA_ERROR_MISALIGNED_ADDRESS
-            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
-            | R::CUDA_ERROR_INVALID_PC
-            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
-            | R::CUDA_ERROR_LAUNCH_TIMEOUT
-            | R::CUDA_ERROR_ECC_UNCORRECTABLE
-            | R::CUDA_ERROR_ASSERT
-            | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
-            | R::CUDA_ERROR_DEVICE_UNAVAILABLE => Error::DeviceLost { backend, message },
-            R::CUDA_ERROR_NO_BINARY_FOR_GPU
-            | R::CUDA_ERROR_INVALID_PTX
-            | R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
-            | R::CUDA_ERROR_INVALID_IMAGE
-            | R::CUDA_ERROR_JIT_COMPILER_NOT_FOUND
-            | R::CUDA_ERROR_INVALID_SOURCE => Error::KernelCompile { backend, message },
-            R::CUDA_ERROR_NO_DEVICE
-            | R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
-            | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => Error::BackendUnavailable {
-                backend,
-                reason: message,
-            },
-            _ => Error::Driver { backend, message },
-        }
+    let backend = NAME.to_string();
+    match code {
+        R::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfDeviceMemory { backend, message },
+        R::CUDA_ERROR_ILLEGAL_ADDRESS
+        | R::CUDA_ERROR_LAUNCH_FAILED
+        | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+        | R::CUDA_ERROR_MISALIGNED_ADDRESS
+        | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+        | R::CUDA_ERROR_INVALID_PC
+        | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+        | R::CUDA_ERROR_LAUNCH_TIMEOUT
+        | R::CUDA_ERROR_ECC_UNCORRECTABLE
+        | R::CUDA_ERROR_ASSERT
+        | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
+        | R::CUDA_ERROR_DEVICE_UNAVAILABLE => Error::DeviceLost { backend, message },
+        R::CUDA_ERROR_NO_BINARY_FOR_GPU
+        | R::CUDA_ERROR_INVALID_PTX
+        | R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+        | R::CUDA_ERROR_INVALID_IMAGE
+        | R::CUDA_ERROR_JIT_COMPILER_NOT_FOUND
+        | R::CUDA_ERROR_INVALID_SOURCE => Error::KernelCompile { backend, message },
+        R::CUDA_ERROR_NO_DEVICE
+        | R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+        | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => Error::BackendUnavailable {
+            backend,
+            reason: message,
+        },
+        _ => Error::Driver { backend, message },
     }
 }
 
@@ -726,5 +727,63 @@ impl GpuDevice for CudaDevice {
 
     fn clock(&self) -> Clock {
         Clock::CudaEvents
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_newer_than_nvrtc_gets_ptx_for_the_newest_architecture_below_it() {
+        let supported = [75, 80, 86, 89, 90, 100, 101, 120];
+        assert_eq!(
+            kernel_target(90, &supported).unwrap(),
+            KernelTarget::Binary("sm_90".to_string())
+        );
+        // sm_110 with an NVRTC that stops at 101 below it, 120 above.
+        assert_eq!(
+            kernel_target(110, &supported).unwrap(),
+            KernelTarget::Ptx("compute_101".to_string())
+        );
+        assert_eq!(
+            kernel_target(121, &supported).unwrap(),
+            KernelTarget::Ptx("compute_120".to_string())
+        );
+        assert!(matches!(
+            kernel_target(70, &supported),
+            Err(Error::KernelCompile { .. })
+        ));
+    }
+
+    #[test]
+    fn driver_errors_are_typed_by_what_they_mean() {
+        use sys::CUresult as R;
+        // (A DriverError's text comes from libcuda, absent here.)
+        let classify = |code| classify(code, "doing something".to_string());
+        assert!(matches!(
+            classify(R::CUDA_ERROR_OUT_OF_MEMORY),
+            Error::OutOfDeviceMemory { .. }
+        ));
+        assert!(matches!(
+            classify(R::CUDA_ERROR_ILLEGAL_ADDRESS),
+            Error::DeviceLost { .. }
+        ));
+        assert!(matches!(
+            classify(R::CUDA_ERROR_NO_BINARY_FOR_GPU),
+            Error::KernelCompile { .. }
+        ));
+        assert!(matches!(
+            classify(R::CUDA_ERROR_NO_DEVICE),
+            Error::BackendUnavailable { .. }
+        ));
+        assert!(matches!(
+            classify(R::CUDA_ERROR_INVALID_VALUE),
+            Error::Driver { .. }
+        ));
+        assert_eq!(
+            classify(R::CUDA_ERROR_INVALID_VALUE).to_string(),
+            "cuda: driver error: doing something"
+        );
     }
 }

@@ -300,11 +300,7 @@ pub fn segments(
     let width = params.kind().width_bytes() as u64;
     let stored_bits = params.split.stored_rest_bits() as u64;
     let block_count = index.blocks.len();
-    // Room for the padding words and a binding offset rounded down.
-    let budget = limits
-        .max_binding_bytes
-        .min(MAX_SEGMENT_BYTES)
-        .saturating_sub(1024);
+    let budget = segment_budget(limits);
     let mut segments = Vec::new();
     let mut first = 0;
     while first < block_count {
@@ -330,6 +326,16 @@ pub fn segments(
         first = end;
     }
     Ok(segments)
+}
+
+/// The most bytes of one plane or output a segment may span: a binding,
+/// capped at [`MAX_SEGMENT_BYTES`], less room for the padding words and a
+/// binding offset rounded down.
+pub fn segment_budget(limits: DispatchLimits) -> u64 {
+    limits
+        .max_binding_bytes
+        .min(MAX_SEGMENT_BYTES)
+        .saturating_sub(1024)
 }
 
 /// `value` as a 32-bit kernel offset; only a block larger than any binding
@@ -463,6 +469,17 @@ mod tests {
         }
         assert_eq!(next_block, index.blocks.len());
         assert_eq!(next_element, 50_000);
+    }
+
+    #[test]
+    fn a_binding_limit_past_32_bits_is_capped() {
+        // Metal reports its largest buffer, many GiB, as the binding limit.
+        let metal = DispatchLimits {
+            max_binding_bytes: 64 << 30,
+            max_workgroups: u32::MAX,
+        };
+        assert!(segment_budget(metal) < u32::MAX as u64 / 2);
+        assert_eq!(segment_budget(metal), segment_budget(DispatchLimits::UNBOUNDED));
     }
 
     #[test]
