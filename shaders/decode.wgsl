@@ -17,7 +17,7 @@
 // encoder found that this would not happen, it stored an *exception*: the
 // exact offset of the chunk's first codeword, where the thread starts
 // instead. (Chunk 0 starts at bit 0.) This is the rule of
-// src/codec/sync.rs; the CPU decoder checks it on every test.
+// src/codec/sync.rs, and every decoder checks that it holds (below).
 //
 // Each round of 256 chunks then goes:
 //   1. count pass: every thread decodes its chunk and counts its codewords;

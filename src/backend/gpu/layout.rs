@@ -479,7 +479,10 @@ mod tests {
             max_workgroups: u32::MAX,
         };
         assert!(segment_budget(metal) < u32::MAX as u64 / 2);
-        assert_eq!(segment_budget(metal), segment_budget(DispatchLimits::UNBOUNDED));
+        assert_eq!(
+            segment_budget(metal),
+            segment_budget(DispatchLimits::UNBOUNDED)
+        );
     }
 
     #[test]
