@@ -25,6 +25,51 @@ fn every_chunk_decodes_alone_from_its_sync_metadata() {
     }
 }
 
+/// The encoder's sync metadata passes the CPU decoder's check of every
+/// chunk for any geometry the format allows: short chunks with long
+/// warm-ups (marks closer together than a lane's batch of codewords),
+/// warm-ups of a chunk or more, none at all.
+#[test]
+fn every_chunk_checks_out_for_every_geometry() {
+    use codec::{EncodeOptions, FloatKind};
+    let geometries = [
+        (64, 0),
+        (64, 8),
+        (64, 24),
+        (64, 40),
+        (64, 56),
+        (64, 63),
+        (64, 64),
+        (64, 300),
+        (128, 100),
+        (1024, 64),
+        (1024, 1000),
+        (1024, 4096),
+    ];
+    for kind in [FloatKind::Bf16, FloatKind::F8E4M3, FloatKind::F32] {
+        let bytes = ecfloat::synth::heavy_tailed_bytes(kind, 20_000, 3);
+        for (chunk_bits, warmup_bits) in geometries {
+            let options = EncodeOptions {
+                chunk_bits,
+                warmup_bits,
+                block_elements: 4096,
+                ..EncodeOptions::default()
+            };
+            let encoded = codec::encode(kind, &bytes, &options).unwrap();
+            let index = BlockIndex::parse(&encoded.view()).unwrap();
+            let mut decoded = vec![0; bytes.len()];
+            codec::decode_blocks(&encoded.view(), &index, 0..index.blocks.len(), &mut decoded)
+                .unwrap_or_else(|e| {
+                    panic!("{kind}, chunk {chunk_bits}, warm-up {warmup_bits}: {e}")
+                });
+            assert!(
+                decoded == bytes,
+                "{kind}, chunk {chunk_bits}, warm-up {warmup_bits}"
+            );
+        }
+    }
+}
+
 #[test]
 fn encoding_is_deterministic() {
     for case in synthetic_cases().into_iter().step_by(7) {

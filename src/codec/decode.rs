@@ -377,8 +377,9 @@ fn decode_coded_lanes(
             let at = [l0.position(), l1.position(), l2.position(), l3.position()];
             let outputs = [&out0[..done], &out1[..done], &out2[..done], &out3[..done]];
             for lane in 0..LANES {
-                if at[lane] >= marks[lane].next {
-                    // A batch is at most 48 bits and marks are further apart.
+                // Marks can be closer than a batch (a short chunk with a
+                // long warm-up): note every one it crossed.
+                while at[lane] >= marks[lane].next {
                     notes[marks[lane].chunk as usize] = batch_crossing(
                         code.lengths,
                         outputs[lane],
