@@ -193,6 +193,43 @@ fn a_stream_a_few_bits_off_is_rejected_everywhere() {
     assert!(tried >= 5, "only {tried} lengths tried");
 }
 
+/// Single-block tensors whose last chunk is short: a stream a few bits
+/// short leaves its last codeword past the end, which starts the last chunk
+/// past the end too. Every backend must name the same problem.
+#[test]
+fn a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere() {
+    let backends = backends();
+    let mut tried = 0;
+    for (elements, seed) in [
+        (3354, 3354),
+        (3000, 1),
+        (4095, 2),
+        (1500, 3),
+        (2222, 4),
+        (3900, 5),
+    ] {
+        let original = synth::heavy_tailed_bytes(FloatKind::Bf16, elements, seed);
+        let tensor = codec::encode(FloatKind::Bf16, &original, &EncodeOptions::default()).unwrap();
+        let records = Records::of(&tensor);
+        let bits = records.stream_bits[0];
+        for delta in 1..=3 {
+            if (bits - delta).div_ceil(8) != bits.div_ceil(8) {
+                continue;
+            }
+            let mut records = Records::of(&tensor);
+            records.stream_bits[0] = bits - delta;
+            let what = format!("{elements} elements, seed {seed}, stream_bits -{delta}");
+            let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
+            assert!(
+                matches!(outcome, Outcome::Rejected(_)),
+                "{what}: {outcome:?}"
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried >= 8, "only {tried} lengths tried");
+}
+
 #[test]
 fn a_wrong_sync_exception_is_rejected_everywhere() {
     let (original, tensor) = sample();

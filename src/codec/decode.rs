@@ -568,19 +568,19 @@ impl BlockCode<'_> {
         // The lane's codeword starts, from the noted one on.
         let mut truth = note.position;
         let mut codeword = note.codeword as usize;
+        // Where the chunk's decoder starts, or `None` where its warm-up
+        // met the lane's codewords before the chunk: from there on the two
+        // are the same, so it starts at the chunk's first codeword.
         let start = match exception {
-            Some(boundary) => chunk_begin + boundary as u64,
+            Some(boundary) => Some(chunk_begin + boundary as u64),
             None if self.geometry.warmup_bits >= self.geometry.chunk_bits => {
-                self.chunk_landing(chunk, None)
+                Some(self.chunk_landing(chunk, None))
             }
             None => {
                 // Whichever is behind steps; without branches on which, as
                 // that alternates unpredictably.
                 let mut path = self.geometry.decode_start(chunk, None);
-                while path < chunk_begin {
-                    if path == truth {
-                        return true;
-                    }
+                while path < chunk_begin && path != truth {
                     let path_step = self.length_at(path);
                     let truth_step = self.lengths[symbols[codeword] as usize] as u64;
                     let behind = path < truth;
@@ -588,15 +588,17 @@ impl BlockCode<'_> {
                     truth += if behind { 0 } else { truth_step };
                     codeword += usize::from(!behind);
                 }
-                path
+                (path >= chunk_begin).then_some(path)
             }
         };
-        // The chunk's first codeword.
+        // The chunk's first codeword: where the codewords before it end.
         while truth < chunk_begin {
             truth += self.lengths[symbols[codeword] as usize] as u64;
             codeword += 1;
         }
-        start.min(self.stream_bits) == truth
+        // A start past the stream's end counts as at its end, so that a last
+        // codeword past the end breaks the next chunk's start, as on a GPU.
+        start.unwrap_or(truth).min(self.stream_bits) == truth
     }
 }
 
@@ -831,9 +833,11 @@ fn join_packed<const WIDTH: usize>(split: &FieldSplit, heads: &[u8], rest: &[u8]
     }
 }
 
-/// Decodes one coded block chunk by chunk, exactly as a GPU workgroup does:
-/// each chunk independently from its warm-up start or exception. Used to
-/// check that a stream's sync metadata is right.
+/// Decodes one coded block chunk by chunk, each chunk independently from
+/// its warm-up start or exception, as a GPU workgroup does, and returns the
+/// heads. It checks only that they are as many as the block's elements (the
+/// tests compare them with the sequential decode); where each chunk starts
+/// is checked by [`decode_blocks`].
 pub fn decode_block_by_chunks(
     view: &EncodedView,
     index: &BlockIndex,
