@@ -217,9 +217,6 @@ mod cuda_matvec {
             x: &[f32],
         ) -> Vec<f32> {
             let stream = self.backend.stream();
-            let weights = CudaBackend::slice_of(buffer).expect("a CUDA buffer");
-            let (base, _guard) = weights.device_ptr(stream);
-            let address = base + offset;
             let input = stream.clone_htod(x).unwrap();
             let mut output = stream.alloc_zeros::<f32>(rows as usize).unwrap();
             let config = LaunchConfig {
@@ -227,17 +224,24 @@ mod cuda_matvec {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut launch = stream.launch_builder(&self.function);
-            launch
-                .arg(&address)
-                .arg(&dtype)
-                .arg(&rows)
-                .arg(&cols)
-                .arg(&input)
-                .arg(&mut output);
-            // Safety: the arguments match the kernel's signature, and the
-            // matrix lies inside the decoded buffer.
-            unsafe { launch.launch(config) }.unwrap();
+            CudaBackend::with_slice(buffer, |weights| {
+                // The guard keeps the weights' read recorded until the
+                // launch is queued.
+                let (base, _guard) = weights.device_ptr(stream);
+                let address = base + offset;
+                let mut launch = stream.launch_builder(&self.function);
+                launch
+                    .arg(&address)
+                    .arg(&dtype)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&input)
+                    .arg(&mut output);
+                // Safety: the arguments match the kernel's signature, and
+                // the matrix lies inside the decoded buffer.
+                unsafe { launch.launch(config) }.unwrap();
+            })
+            .expect("a CUDA buffer");
             stream.clone_dtoh(&output).unwrap()
         }
     }

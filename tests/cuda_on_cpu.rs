@@ -44,6 +44,35 @@ fn a_barrier_in_divergent_code_fails_instead_of_hanging() {
     conformance::check_case(backend.as_ref(), case).unwrap();
 }
 
+/// A launch whose threads stop meeting ends the test process with a
+/// message, in a child process here.
+#[test]
+fn an_endless_loop_ends_the_process_with_a_message() {
+    const CHILD: &str = "ECF_ENDLESS_LOOP_CHILD";
+    let Ok(harness) = harness() else {
+        return;
+    };
+    if std::env::var(CHILD).is_ok() {
+        let _ = harness.endless_loop(1.0);
+        unreachable!("the harness ends the process");
+    }
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "an_endless_loop_ends_the_process_with_a_message",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the launch hung") && stderr.contains("an endless loop"),
+        "{stderr}"
+    );
+}
+
 /// Cases that together cover exceptions, seams, several rounds, every block
 /// mode and every dtype, small enough to run under ThreadSanitizer.
 fn sanitized_cases() -> Vec<conformance::Case> {

@@ -14,7 +14,10 @@
 //! job: each thread block reads its (record, block) pair from the work
 //! list the GPU core planned. Every buffer a launch reads or writes is
 //! taken through cudarc's device-pointer guards, held until the launch is
-//! queued, so that cudarc orders later work on other streams after it.
+//! queued: where cudarc tracks events (a context with streams of its own,
+//! as the backend's is), that orders later work on other streams after the
+//! decode. A client on a stream cudarc does not track waits on the
+//! decode's event ([`CudaBackend::decode_event`]).
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -338,16 +341,22 @@ impl CudaMemory {
         }
     }
 
-    /// The slice (for clients computing on decoded bytes: take its pointer
-    /// with cudarc's `device_ptr` on the backend's stream).
-    pub fn slice(&self) -> MutexGuard<'_, CudaSlice<u8>> {
+    fn slice(&self) -> MutexGuard<'_, CudaSlice<u8>> {
         self.slice.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+/// Pinned host buffers for status words, kept for the next decodes:
+/// allocating page-locked memory stalls the device's other streams.
+type PinnedPool = Arc<Mutex<Vec<PinnedHostSlice<u32>>>>;
+
+/// Pinned buffers kept at most; more are freed.
+const PINNED_POOL: usize = 8;
+
 /// An NVIDIA GPU, through one stream.
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
+    pinned_pool: PinnedPool,
     decode: CudaFunction,
     device: String,
     target: KernelTarget,
@@ -398,9 +407,16 @@ impl GpuBackend<CudaDevice> {
         &self.device().stream
     }
 
-    /// The device bytes behind a buffer this backend allocated.
-    pub fn slice_of(buffer: &dyn DeviceBuffer) -> Option<MutexGuard<'_, CudaSlice<u8>>> {
-        Self::buffer(buffer).map(CudaMemory::slice)
+    /// Runs `work` with the device bytes behind a buffer this backend
+    /// allocated (`None` for another backend's), e.g. to take their pointer
+    /// with cudarc's `device_ptr` on [`stream`](Self::stream) for a kernel
+    /// of the client's. Decodes into the buffer wait until `work` returns;
+    /// it must not decode into it itself.
+    pub fn with_slice<R>(
+        buffer: &dyn DeviceBuffer,
+        work: impl FnOnce(&CudaSlice<u8>) -> R,
+    ) -> Option<R> {
+        Self::buffer(buffer).map(|memory| work(&memory.slice()))
     }
 
     /// The event a decode records when it ends, for a client on another
@@ -440,6 +456,7 @@ impl CudaDevice {
                 .total_mem()
                 .map_err(driver_error("reading the memory size"))?,
             stream,
+            pinned_pool: PinnedPool::default(),
             decode,
             target,
             driver_version,
@@ -461,6 +478,23 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// A pinned buffer of at least `words` words, from the pool if it
+    /// holds one.
+    fn pinned(&self, words: usize) -> Result<PinnedHostSlice<u32>> {
+        let mut pool = self.pinned_pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = pool.iter().position(|buffer| buffer.len() >= words) {
+            return Ok(pool.swap_remove(index));
+        }
+        drop(pool);
+        // Safety: each copy of status words writes it before it is read.
+        unsafe {
+            self.stream
+                .context()
+                .alloc_pinned_with_flags::<u32>(words.next_power_of_two(), 0)
+        }
+        .map_err(driver_error("allocating pinned status words"))
+    }
+
     fn event(&self) -> Result<CudaEvent> {
         self.stream
             .context()
@@ -475,8 +509,27 @@ pub struct CudaLaunch {
     records: CudaSlice<u8>,
     work: CudaSlice<u32>,
     status: Mutex<CudaSlice<u32>>,
-    status_host: Mutex<PinnedHostSlice<u32>>,
+    /// Taken from the pool, and given back when the launch is dropped.
+    status_host: Mutex<Option<PinnedHostSlice<u32>>>,
+    pool: PinnedPool,
     blocks: u32,
+}
+
+impl Drop for CudaLaunch {
+    fn drop(&mut self) {
+        let status_host = self
+            .status_host
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(buffer) = status_host.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < PINNED_POOL {
+                // A later copy into it waits for this one's (cudarc orders
+                // copies into pinned memory by the buffer's event).
+                pool.push(buffer);
+            }
+        }
+    }
 }
 
 /// A queued decode: the events before (when timed) and after it.
@@ -537,7 +590,12 @@ impl GpuDevice for CudaDevice {
         Ok(CudaMemory::new(slice))
     }
 
-    fn prepare(&self, plan: &LaunchPlan<'_, CudaMemory>, out: &CudaMemory) -> Result<CudaLaunch> {
+    fn prepare(
+        &self,
+        plan: &LaunchPlan<'_, CudaMemory>,
+        out: &CudaMemory,
+        _timed: bool,
+    ) -> Result<CudaLaunch> {
         // The addresses are the allocations'; `submit` takes each buffer
         // through its guard again when it queues the launch.
         let address = |memory: &CudaMemory| memory.slice().device_ptr(&self.stream).0;
@@ -565,15 +623,8 @@ impl GpuDevice for CudaDevice {
                     .alloc_zeros::<u32>(blocks)
                     .map_err(driver_error("allocating status words"))?,
             ),
-            // Safety: written by the status copy before it is read.
-            status_host: Mutex::new(
-                unsafe {
-                    self.stream
-                        .context()
-                        .alloc_pinned_with_flags::<u32>(blocks, 0)
-                }
-                .map_err(driver_error("allocating pinned status words"))?,
-            ),
+            status_host: Mutex::new(Some(self.pinned(blocks)?)),
+            pool: self.pinned_pool.clone(),
             blocks: plan.blocks,
         })
     }
@@ -596,19 +647,24 @@ impl GpuDevice for CudaDevice {
             None
         };
         // Every buffer the launch reads, each once (a tensor may be in two
-        // jobs), held until the launch is queued.
-        let mut position = HashMap::new();
-        let inputs: Vec<MutexGuard<CudaSlice<u8>>> = plan
+        // jobs), locked in address order (so that concurrent decodes of
+        // shared tensors cannot deadlock) and held until the launch is
+        // queued; then the output.
+        let mut memories: Vec<&CudaMemory> = plan
             .dispatches
             .iter()
             .flat_map(|d| d.segment.buffers())
             .chain(plan.copies.iter().map(|c| c.source))
-            .filter(|&memory| {
-                let next = position.len();
-                position.insert(memory as *const CudaMemory, next).is_none()
-            })
-            .map(CudaMemory::slice)
             .collect();
+        memories.sort_by_key(|&memory| memory as *const CudaMemory);
+        memories.dedup_by_key(|memory| *memory as *const CudaMemory);
+        let position: HashMap<*const CudaMemory, usize> = memories
+            .iter()
+            .enumerate()
+            .map(|(index, &memory)| (memory as *const CudaMemory, index))
+            .collect();
+        let inputs: Vec<MutexGuard<CudaSlice<u8>>> =
+            memories.iter().map(|memory| memory.slice()).collect();
         let read_guards: Vec<_> = inputs.iter().map(|s| s.device_ptr(stream)).collect();
         let mut output = out.slice();
         let (output_base, _written) = output.device_ptr_mut(stream);
@@ -646,8 +702,10 @@ impl GpuDevice for CudaDevice {
             unsafe { builder.launch(config) }.map_err(driver_error("launching the decoder"))?;
         }
         let mut status_host = launch.status_host.lock().unwrap_or_else(|e| e.into_inner());
+        // The pinned buffer holds at least the status words.
+        let status_host = status_host.as_mut().expect("a launch keeps its buffer");
         stream
-            .memcpy_dtoh(&*status, &mut *status_host)
+            .memcpy_dtoh(&*status, status_host)
             .map_err(driver_error("copying status words"))?;
         let end = self.event()?;
         end.record(stream)
@@ -663,6 +721,8 @@ impl GpuDevice for CudaDevice {
             .map_err(driver_error("running the decoder"))?;
         let status_host = launch.status_host.lock().unwrap_or_else(|e| e.into_inner());
         let status = status_host
+            .as_ref()
+            .expect("a launch keeps its buffer")
             .as_slice()
             .map_err(driver_error("reading status words"))?[..launch.blocks as usize]
             .to_vec();

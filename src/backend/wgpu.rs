@@ -225,40 +225,57 @@ impl WgpuDevice {
     }
 
     /// Maps readback buffers that a finished submission filled and copies
-    /// each one's first `out.len()` bytes out.
+    /// each one's first `out.len()` bytes out; every buffer is unmapped
+    /// again, whatever fails.
     fn read_mapped(&self, buffers: &mut [(&wgpu::Buffer, &mut [u8])]) -> Result<()> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        for (buffer, _) in buffers.iter() {
+        for (index, (buffer, _)) in buffers.iter().enumerate() {
             let sender = sender.clone();
             buffer.map_async(wgpu::MapMode::Read, .., move |result| {
-                let _ = sender.send(result);
+                let _ = sender.send((index, result));
             });
         }
-        self.device
+        drop(sender);
+        let polled = self
+            .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| poll_error(&self.lost, e))?;
-        for _ in 0..buffers.len() {
-            receiver
-                .recv()
-                .map_err(|_| driver("mapping was cancelled".to_string()))?
-                .map_err(|e| driver(format!("cannot map a readback buffer: {e}")))?;
+            .map_err(|e| poll_error(&self.lost, e));
+        let mut mapped = vec![false; buffers.len()];
+        let mut failure = polled.err();
+        for (index, result) in receiver.try_iter() {
+            match result {
+                Ok(()) => mapped[index] = true,
+                Err(e) => {
+                    failure.get_or_insert_with(|| {
+                        driver(format!("cannot map a readback buffer: {e}"))
+                    });
+                }
+            }
         }
-        for (buffer, out) in buffers.iter_mut() {
-            {
-                let view = buffer
-                    .get_mapped_range(..)
-                    .map_err(|e| driver(format!("cannot read a readback buffer: {e}")))?;
-                out.copy_from_slice(&view[..out.len()]);
+        if failure.is_none() && mapped.contains(&false) {
+            failure = Some(driver("mapping was cancelled".to_string()));
+        }
+        for ((buffer, out), mapped) in buffers.iter_mut().zip(mapped) {
+            if !mapped {
+                continue;
+            }
+            if failure.is_none() {
+                match buffer.get_mapped_range(..) {
+                    Ok(view) => out.copy_from_slice(&view[..out.len()]),
+                    Err(e) => failure = Some(driver(format!("cannot read a readback buffer: {e}"))),
+                }
             }
             buffer.unmap();
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
-    /// Seconds between a pass's two timestamps, as resolved into `stamps`.
-    fn stamp_seconds(&self, stamps: [u8; 16]) -> f64 {
+    /// Seconds between two timestamps, as resolved into `stamps`; `None`
+    /// where they do not make sense (a device that did not write one).
+    fn stamp_seconds(&self, stamps: [u8; 16]) -> Option<f64> {
         let [begin, end]: [u64; 2] = bytemuck::cast(stamps);
-        end.wrapping_sub(begin) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9
+        let ticks = end.checked_sub(begin).filter(|&ticks| ticks > 0)?;
+        Some(ticks as f64 * self.queue.get_timestamp_period() as f64 * 1e-9)
     }
 }
 
@@ -402,6 +419,7 @@ impl GpuDevice for WgpuDevice {
         &self,
         plan: &LaunchPlan<'_, wgpu::Buffer>,
         out: &wgpu::Buffer,
+        timed: bool,
     ) -> Result<WgpuLaunch> {
         let storage_alignment = self.limits.min_storage_buffer_offset_alignment as u64;
         let uniform_stride = (size_of::<DispatchParams>() as u64)
@@ -477,7 +495,7 @@ impl GpuDevice for WgpuDevice {
                 status_readback: self.readback_buffer(status_bytes),
                 status,
                 blocks: plan.blocks as usize,
-                stamps: Stamps::new(self),
+                stamps: if timed { Stamps::new(self) } else { None },
             }
         })
     }
@@ -568,7 +586,11 @@ impl GpuDevice for WgpuDevice {
         }
         Ok(Finished {
             status,
-            seconds: submission.timed.then(|| self.stamp_seconds(stamps)),
+            seconds: if submission.timed {
+                self.stamp_seconds(stamps)
+            } else {
+                None
+            },
         })
     }
 
@@ -673,8 +695,7 @@ impl GpuDevice for WgpuDevice {
             if let Some(stamps) = &stamps {
                 let mut bytes = [0u8; 16];
                 self.read_mapped(&mut [(&stamps.readback, &mut bytes)])?;
-                let seconds = self.stamp_seconds(bytes);
-                if run > 0 && seconds > 0.0 {
+                if let Some(seconds) = self.stamp_seconds(bytes).filter(|_| run > 0) {
                     device_seconds.push(seconds);
                 }
             }

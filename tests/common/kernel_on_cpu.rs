@@ -128,6 +128,19 @@ impl Harness {
         launch_result(failed, &message)
     }
 
+    /// Launches a kernel whose threads loop forever: the harness ends the
+    /// process.
+    pub fn endless_loop(&self, timeout: f64) -> Result<()> {
+        // Safety: the symbol has this signature (harness.cpp).
+        let launch: libloading::Symbol<DivergentBarrierOnCpu> =
+            unsafe { self.library.get(b"ecf_endless_loop_on_cpu") }
+                .expect("the harness exports it");
+        let mut message = [0 as c_char; 1024];
+        // Safety: the message buffer is valid for its length.
+        let failed = unsafe { launch(timeout, message.as_mut_ptr(), message.len()) };
+        launch_result(failed, &message)
+    }
+
     pub fn divergent_barrier(&self, timeout: f64) -> Result<()> {
         // Safety: the symbol has this signature (harness.cpp).
         let launch: libloading::Symbol<DivergentBarrierOnCpu> =
@@ -340,7 +353,12 @@ impl GpuDevice for KernelOnCpu {
         Ok(HostMemory::zeroed(bytes as usize))
     }
 
-    fn prepare(&self, plan: &LaunchPlan<'_, HostMemory>, out: &HostMemory) -> Result<KernelLaunch> {
+    fn prepare(
+        &self,
+        plan: &LaunchPlan<'_, HostMemory>,
+        out: &HostMemory,
+        _timed: bool,
+    ) -> Result<KernelLaunch> {
         Ok(KernelLaunch {
             records: plan.records(HostMemory::address, out.address()),
             work: plan.work_list(),

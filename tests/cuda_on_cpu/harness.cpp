@@ -7,10 +7,13 @@
 // A persistent pool of 256 host threads runs a launch: each thread is one
 // CUDA thread, and runs every block of the grid in turn, with a barrier
 // between blocks (they share the kernel's static "shared memory"). Every
-// barrier checks that all threads arrive at the same one, and gives up
-// after a timeout instead of hanging, so a barrier in divergent code fails
-// the launch with a message. Under ThreadSanitizer the barriers' mutex is
-// what orders the threads, so a missing __syncthreads shows as a race.
+// barrier checks that all threads arrive at the same one (file and line:
+// threads one loop iteration apart at the same barrier are caught by the
+// timeout instead), and gives up after a timeout instead of hanging, so a
+// barrier in divergent code fails the launch with a message; a launch in
+// which the threads stop meeting at all (an endless loop) ends the process
+// with a message. Under ThreadSanitizer the barriers' mutex is what orders
+// the threads, so a missing __syncthreads shows as a race.
 
 #include "cuda_host.h"
 
@@ -22,6 +25,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -103,6 +107,12 @@ public:
         return failure_;
     }
 
+    // How many times all threads have met so far.
+    unsigned long long meetings() {
+        std::lock_guard lock(mutex_);
+        return generation_;
+    }
+
 private:
     static std::string where(Site site) {
         return std::string(site.file) + ":" + std::to_string(site.line);
@@ -138,8 +148,8 @@ public:
         }
     }
 
-    // Never destroyed: a launch that hung leaves threads that cannot be
-    // joined.
+    // Never destroyed: its threads wait for launches until the process
+    // ends.
     Pool(const Pool&) = delete;
 
     BlockBarrier& barrier() {
@@ -149,31 +159,30 @@ public:
     // Runs `blocks` blocks of `kernel`; "" or what went wrong.
     std::string run(unsigned blocks, std::function<void()> kernel, Clock::duration timeout) {
         std::unique_lock lock(mutex_);
-        if (!broken_.empty()) {
-            return "an earlier launch did not finish: " + broken_;
-        }
         kernel_ = std::move(kernel);
         blocks_ = blocks;
         finished_ = 0;
         barrier_.start(timeout);
         ++launch_;
         start_.notify_all();
-        // Threads stuck outside any barrier (in an endless loop, say) are
-        // given a barrier timeout after the others have given up.
-        Clock::time_point given_up{};
+        // Threads that never reach a barrier (an endless loop, say) make no
+        // progress: after a timeout without the threads meeting, the launch
+        // has hung.
+        unsigned long long meetings = barrier_.meetings();
+        Clock::time_point progress = Clock::now();
         while (finished_ < workers_.size()) {
             done_.wait_for(lock, std::chrono::milliseconds(100));
             if (finished_ == workers_.size()) {
                 break;
             }
-            if (!barrier_.failure().empty()) {
-                if (given_up == Clock::time_point{}) {
-                    given_up = Clock::now();
-                } else if (Clock::now() - given_up > timeout) {
-                    broken_ = barrier_.failure() + "; " + std::to_string(workers_.size() - finished_) +
-                              " threads never returned";
-                    return broken_;
-                }
+            if (barrier_.meetings() != meetings) {
+                meetings = barrier_.meetings();
+                progress = Clock::now();
+            } else if (Clock::now() - progress > 2 * timeout) {
+                hung(std::to_string(workers_.size() - finished_) + " of " + std::to_string(workers_.size()) +
+                     " threads did not finish and met at no barrier in " +
+                     std::to_string(std::chrono::duration_cast<std::chrono::seconds>(2 * timeout).count()) +
+                     " s: an endless loop" + (barrier_.failure().empty() ? "" : "; " + barrier_.failure()));
             }
         }
         kernel_ = nullptr;
@@ -181,6 +190,15 @@ public:
     }
 
 private:
+    // Threads still running a launch may use the caller's buffers, which
+    // the caller frees once the launch returns: a hung launch ends the
+    // process, saying why, rather than let them.
+    [[noreturn]] static void hung(const std::string& why) {
+        std::fprintf(stderr, "kernels/decode.cu on the CPU: the launch hung: %s\n", why.c_str());
+        std::fflush(stderr);
+        std::abort();
+    }
+
     void work(unsigned thread) {
         thread_index = dim3{thread, 0u, 0u};
         unsigned long long seen = 0;
@@ -219,7 +237,6 @@ private:
     unsigned blocks_ = 0;
     std::function<void()> kernel_;
     BlockBarrier barrier_;
-    std::string broken_;
 };
 
 Pool& pool() {
@@ -267,6 +284,19 @@ extern "C" int ecf_divergent_barrier_on_cpu(double timeout_seconds, char* messag
         [] {
             if (threadIdx.x < 128u) {
                 __syncthreads();
+            }
+        },
+        timeout_seconds, message, message_len);
+}
+
+// A kernel whose threads never meet again, to show that the harness ends
+// such a launch instead of hanging.
+extern "C" int ecf_endless_loop_on_cpu(double timeout_seconds, char* message, std::size_t message_len) {
+    return cuda_on_cpu::launch(
+        1,
+        [] {
+            volatile bool forever = true;
+            while (forever) {
             }
         },
         timeout_seconds, message, message_len);

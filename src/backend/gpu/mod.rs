@@ -55,11 +55,13 @@ pub trait GpuDevice: Send + Sync + 'static {
     /// A zeroed buffer of `bytes` (a multiple of 4) that kernels write and
     /// the host reads back.
     fn alloc(&self, bytes: u64) -> Result<Self::Buffer>;
-    /// Prepares `plan`, whose output is `out`.
+    /// Prepares `plan`, whose output is `out`; `timed` when its
+    /// submissions will be timed.
     fn prepare(
         &self,
         plan: &LaunchPlan<'_, Self::Buffer>,
         out: &Self::Buffer,
+        timed: bool,
     ) -> Result<Self::Launch>;
     /// Queues the plan's copies and kernel launch; `timed` brackets them
     /// with the device's clock.
@@ -283,7 +285,7 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         check_jobs(self.name(), jobs, out.len(), 4)?;
         let out = self.output(out)?;
         let plan = LaunchPlan::new(self.name(), jobs)?;
-        let launch = self.device.prepare(&plan, out)?;
+        let launch = self.device.prepare(&plan, out, false)?;
         let submission = self.device.submit(&plan, &launch, out, false)?;
         Ok(Box::new(GpuPending {
             device: self.device.clone(),
@@ -314,7 +316,7 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         let out = self.output(out)?;
         let plan = LaunchPlan::new(self.name(), jobs)?;
         let origins = plan.origins();
-        let launch = self.device.prepare(&plan, out)?;
+        let launch = self.device.prepare(&plan, out, true)?;
         let mut device_seconds = Vec::with_capacity(repeats);
         let mut wall_seconds = Vec::with_capacity(repeats);
         // A warm-up run first.
