@@ -128,11 +128,29 @@ impl Error {
         }
     }
 
-    /// Names the file and tensor of a decode job that found its data
-    /// corrupt; every other error, a device's included, is left as it is.
+    /// Names the file and tensor an operation on a device was about: a job
+    /// that found its data corrupt becomes [`Error::Codec`]; a device's or
+    /// backend's error keeps its kind and gains the names in its message.
     pub fn in_tensor(self, path: &Path, tensor: &str) -> Self {
+        let named = |message: String| format!("{}: tensor {tensor}: {message}", path.display());
         match self {
             Error::CorruptJob { source, .. } => Error::codec(path, tensor, source),
+            Error::Backend { backend, message } => Error::Backend {
+                backend,
+                message: named(message),
+            },
+            Error::OutOfDeviceMemory { backend, message } => Error::OutOfDeviceMemory {
+                backend,
+                message: named(message),
+            },
+            Error::DeviceLost { backend, message } => Error::DeviceLost {
+                backend,
+                message: named(message),
+            },
+            Error::Driver { backend, message } => Error::Driver {
+                backend,
+                message: named(message),
+            },
             other => other,
         }
     }

@@ -146,6 +146,11 @@ fn a_model_that_does_not_fit_is_out_of_memory_not_corrupt() {
         matches!(error, Error::OutOfDeviceMemory { .. }),
         "{error:?}"
     );
+    let message = error.to_string();
+    assert!(
+        message.contains("sample.ecf.safetensors: tensor ") && message.contains("head plane"),
+        "names the file and tensor: {message}"
+    );
 }
 
 #[test]

@@ -219,7 +219,8 @@ impl<'b> Model<'b> {
                 let device = match &stored.storage {
                     Storage::Raw => backend.upload_raw(file.stored_bytes(stored)),
                     Storage::Coded(coded) => backend.upload(&file.view(coded), &coded.index),
-                }?;
+                }
+                .map_err(|e| e.in_tensor(file_path, &source.name))?;
                 tensors.push(ModelTensor {
                     name: source.name.clone(),
                     file: file_path.clone(),
