@@ -7,9 +7,7 @@
 
 use std::path::Path;
 
-use ecfloat::backend::gpu::layout::{
-    BlockDescriptor, DispatchParams, DispatchRecord, KERNEL_CONSTANTS,
-};
+use ecfloat::backend::gpu::layout::{DispatchRecord, KERNEL_CONSTANTS, KERNEL_STRUCTS};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
@@ -43,18 +41,7 @@ fn the_shader_has_the_hosts_constants() {
 #[test]
 fn the_shader_has_the_hosts_structs() {
     let module = shader();
-    for (name, fields, size) in [
-        (
-            "Params",
-            DispatchParams::FIELDS,
-            size_of::<DispatchParams>(),
-        ),
-        (
-            "Block",
-            BlockDescriptor::FIELDS,
-            size_of::<BlockDescriptor>(),
-        ),
-    ] {
+    for (name, fields, size) in KERNEL_STRUCTS {
         let (members, span) = module
             .types
             .iter()
@@ -131,8 +118,9 @@ fn the_cuda_kernel_has_the_hosts_constants_and_structs() {
     for (name, value) in KERNEL_CONSTANTS {
         assert_eq!(cuda_define(&source, name), Some(value), "decode.cu: {name}");
     }
-    assert_eq!(cuda_fields(&source, "Params"), DispatchParams::FIELDS);
-    assert_eq!(cuda_fields(&source, "Block"), BlockDescriptor::FIELDS);
+    for (name, fields, _) in KERNEL_STRUCTS {
+        assert_eq!(cuda_fields(&source, name), fields, "decode.cu: {name}");
+    }
     let mut dispatch = vec!["params"];
     dispatch.extend(DispatchRecord::POINTERS);
     assert_eq!(cuda_fields(&source, "Dispatch"), dispatch);

@@ -155,6 +155,43 @@ fn rejected_for(outcome: &Outcome) -> Option<StreamProblem> {
     }
 }
 
+/// `tensor` with block `block`'s stream said to be `bits` long is rejected
+/// by every backend alike.
+fn assert_stream_bits_rejected(
+    what: &str,
+    backends: &[Box<dyn Backend>],
+    tensor: &EncodedTensor,
+    original: &[u8],
+    block: usize,
+    bits: u64,
+) {
+    let mut records = Records::of(tensor);
+    records.stream_bits[block] = bits;
+    let outcome = agreed_outcome(what, backends, &records.write(tensor), original);
+    assert!(
+        matches!(outcome, Outcome::Rejected(_)),
+        "{what}: {outcome:?}"
+    );
+}
+
+/// `tensor` is rejected by every backend alike, for chunk `chunk`'s start.
+fn assert_chunk_rejected(
+    what: &str,
+    backends: &[Box<dyn Backend>],
+    tensor: &EncodedTensor,
+    original: &[u8],
+    chunk: u32,
+) {
+    let outcome = agreed_outcome(what, backends, tensor, original);
+    assert_eq!(
+        rejected_for(&outcome),
+        Some(StreamProblem::ChunkStart {
+            chunk: chunk as u64
+        }),
+        "{what}"
+    );
+}
+
 #[test]
 fn the_sample_decodes_everywhere() {
     let (original, tensor) = sample();
@@ -179,14 +216,8 @@ fn a_stream_a_few_bits_off_is_rejected_everywhere() {
             if changed.div_ceil(8) != bits.div_ceil(8) {
                 continue;
             }
-            let mut records = Records::of(&tensor);
-            records.stream_bits[block] = changed;
             let what = format!("block {block}, stream_bits {delta:+}");
-            let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
-            assert!(
-                matches!(outcome, Outcome::Rejected(_)),
-                "{what}: {outcome:?}"
-            );
+            assert_stream_bits_rejected(&what, &backends, &tensor, &original, block, changed);
             tried += 1;
         }
     }
@@ -216,14 +247,8 @@ fn a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere() {
             if (bits - delta).div_ceil(8) != bits.div_ceil(8) {
                 continue;
             }
-            let mut records = Records::of(&tensor);
-            records.stream_bits[0] = bits - delta;
             let what = format!("{elements} elements, seed {seed}, stream_bits -{delta}");
-            let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
-            assert!(
-                matches!(outcome, Outcome::Rejected(_)),
-                "{what}: {outcome:?}"
-            );
+            assert_stream_bits_rejected(&what, &backends, &tensor, &original, 0, bits - delta);
             tried += 1;
         }
     }
@@ -247,14 +272,8 @@ fn a_wrong_sync_exception_is_rejected_everywhere() {
                     "block {block}, chunk {}, boundary {} instead of {}",
                     exception.chunk, boundary, exception.first_boundary
                 );
-                let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
-                assert_eq!(
-                    rejected_for(&outcome),
-                    Some(StreamProblem::ChunkStart {
-                        chunk: exception.chunk as u64
-                    }),
-                    "{what}"
-                );
+                let changed = records.write(&tensor);
+                assert_chunk_rejected(&what, &backends, &changed, &original, exception.chunk);
                 tried += 1;
             }
         }
@@ -277,14 +296,8 @@ fn a_missing_sync_exception_is_rejected_everywhere() {
             "block {block}, chunk {} without its exception",
             exception.chunk
         );
-        let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
-        assert_eq!(
-            rejected_for(&outcome),
-            Some(StreamProblem::ChunkStart {
-                chunk: exception.chunk as u64
-            }),
-            "{what}"
-        );
+        let changed = records.write(&tensor);
+        assert_chunk_rejected(&what, &backends, &changed, &original, exception.chunk);
     }
 }
 

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use ecfloat::backend::gpu::layout::{
-    self, BlockDescriptor, DispatchLimits, DispatchParams, DispatchRecord,
-};
+use ecfloat::backend::gpu::layout::{self, DispatchLimits, DispatchParams, DispatchRecord};
 use ecfloat::backend::gpu::plan::LaunchPlan;
 use ecfloat::backend::gpu::{DeviceMemory, Finished, GpuBackend, GpuDevice};
 use ecfloat::backend::{Backend, BackendInfo, Clock, Timings};
@@ -93,7 +91,7 @@ type DecodeOnCpu = unsafe extern "C" fn(
     *mut c_char,
     usize,
 ) -> i32;
-type DivergentBarrierOnCpu = unsafe extern "C" fn(f64, *mut c_char, usize) -> i32;
+type MisbehavingKernel = unsafe extern "C" fn(f64, *mut c_char, usize) -> i32;
 
 /// The kernel compiled for the CPU, loaded.
 pub struct Harness {
@@ -131,21 +129,18 @@ impl Harness {
     /// Launches a kernel whose threads loop forever: the harness ends the
     /// process.
     pub fn endless_loop(&self, timeout: f64) -> Result<()> {
-        // Safety: the symbol has this signature (harness.cpp).
-        let launch: libloading::Symbol<DivergentBarrierOnCpu> =
-            unsafe { self.library.get(b"ecf_endless_loop_on_cpu") }
-                .expect("the harness exports it");
-        let mut message = [0 as c_char; 1024];
-        // Safety: the message buffer is valid for its length.
-        let failed = unsafe { launch(timeout, message.as_mut_ptr(), message.len()) };
-        launch_result(failed, &message)
+        self.misbehaving_kernel(b"ecf_endless_loop_on_cpu", timeout)
     }
 
+    /// Launches a kernel with a barrier in divergent code: the launch fails.
     pub fn divergent_barrier(&self, timeout: f64) -> Result<()> {
-        // Safety: the symbol has this signature (harness.cpp).
-        let launch: libloading::Symbol<DivergentBarrierOnCpu> =
-            unsafe { self.library.get(b"ecf_divergent_barrier_on_cpu") }
-                .expect("the harness exports it");
+        self.misbehaving_kernel(b"ecf_divergent_barrier_on_cpu", timeout)
+    }
+
+    fn misbehaving_kernel(&self, symbol: &[u8], timeout: f64) -> Result<()> {
+        // Safety: the harness's test kernels have this signature.
+        let launch: libloading::Symbol<MisbehavingKernel> =
+            unsafe { self.library.get(symbol) }.expect("the harness exports it");
         let mut message = [0 as c_char; 1024];
         // Safety: the message buffer is valid for its length.
         let failed = unsafe { launch(timeout, message.as_mut_ptr(), message.len()) };
@@ -189,18 +184,7 @@ fn layout_header() -> String {
     for (name, value) in layout::KERNEL_CONSTANTS {
         check(format!("{name} == {value}u"), name);
     }
-    for (kernel, fields, size) in [
-        (
-            "Params",
-            DispatchParams::FIELDS,
-            size_of::<DispatchParams>(),
-        ),
-        (
-            "Block",
-            BlockDescriptor::FIELDS,
-            size_of::<BlockDescriptor>(),
-        ),
-    ] {
+    for (kernel, fields, size) in layout::KERNEL_STRUCTS {
         check(format!("sizeof({kernel}) == {size}"), kernel);
         for (index, field) in fields.iter().enumerate() {
             check(

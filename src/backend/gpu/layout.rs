@@ -187,6 +187,21 @@ pub struct DispatchRecord {
     pub output: u64,
 }
 
+/// The structs both kernels declare: their names there, their fields in
+/// memory order (each a `u32`) and their sizes in bytes.
+pub const KERNEL_STRUCTS: [(&str, &[&str], usize); 2] = [
+    (
+        "Params",
+        DispatchParams::FIELDS,
+        size_of::<DispatchParams>(),
+    ),
+    (
+        "Block",
+        BlockDescriptor::FIELDS,
+        size_of::<BlockDescriptor>(),
+    ),
+];
+
 impl DispatchRecord {
     /// The address fields after `params`, in memory order.
     pub const POINTERS: [&str; 6] = ["blocks", "tables", "exceptions", "head", "rest", "output"];
