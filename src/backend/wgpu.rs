@@ -242,7 +242,9 @@ impl WgpuDevice {
             .map_err(|e| poll_error(&self.lost, e));
         let mut mapped = vec![false; buffers.len()];
         let mut failure = polled.err();
-        for (index, result) in receiver.try_iter() {
+        // Another thread's poll may be running a callback still: wait for
+        // each (a callback wgpu drops without running hangs up instead).
+        for (index, result) in receiver.iter().take(buffers.len()) {
             match result {
                 Ok(()) => mapped[index] = true,
                 Err(e) => {
