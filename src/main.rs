@@ -283,7 +283,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     container::directory::decoded_shard_bytes(&file)?,
                     "verifying",
                 );
-                let shards = container::verify_directory(&file, backend.as_ref(), &bar.progress())?;
+                let shards =
+                    tools::verify::verify_directory_on(&file, backend.as_ref(), &bar.progress())?;
                 bar.finish();
                 shards
                     .into_iter()
@@ -292,7 +293,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let total = container::CompressedFile::open(&file)?.source_len();
                 let bar = progress_bar(cli.quiet, total, "verifying");
-                let checks = container::verify_file_on(&file, backend.as_ref(), &bar.progress())?;
+                let checks =
+                    tools::verify::verify_file_on(&file, backend.as_ref(), &bar.progress())?;
                 bar.finish();
                 vec![(file.clone(), checks)]
             };

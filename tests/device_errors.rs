@@ -117,7 +117,8 @@ fn verify_reports_a_lost_device_as_such() {
         upload: None,
         decode: Some(device_lost),
     };
-    let checks = ecfloat::container::verify_file_on(&path, &device, &Default::default()).unwrap();
+    let checks =
+        ecfloat::tools::verify::verify_file_on(&path, &device, &Default::default()).unwrap();
     let errors: Vec<&Error> = checks
         .tensors
         .iter()

@@ -443,8 +443,12 @@ fn decompress_checks_what_it_needs_and_verify_every_chunk() {
     assert!(codec::decode_blocks(&view, &index, blocks, &mut out).is_err());
 
     for backend in backends() {
-        let checks =
-            container::verify_file_on(&compressed, backend.as_ref(), &Default::default()).unwrap();
+        let checks = ecfloat::tools::verify::verify_file_on(
+            &compressed,
+            backend.as_ref(),
+            &Default::default(),
+        )
+        .unwrap();
         let errors: Vec<String> = checks
             .tensors
             .iter()

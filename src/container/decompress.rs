@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::backend::{Backend, CpuBackend};
-use crate::codec::decode::SyncCheck;
+use crate::codec::decode::{SyncCheck, decode_blocks_with};
+use crate::codec::{BlockIndex, EncodedView};
 use crate::error::{Error, Result};
 
 use rayon::prelude::*;
@@ -49,6 +49,26 @@ impl DecodeChecks {
     }
 }
 
+/// Decodes one coded tensor, whose index was parsed from it, into `out`
+/// (exactly its decoded bytes): the CPU decoder, or a backend's
+/// `decode_to_host`. A corrupt tensor is [`Error::CorruptJob`] (job 0).
+pub type Decoder<'a> = dyn Fn(&EncodedView, &BlockIndex, &mut [u8]) -> Result<()> + Sync + 'a;
+
+/// The CPU decoder as a [`Decoder`], checking `check` of the sync metadata.
+pub fn cpu_decoder(
+    check: SyncCheck,
+) -> impl Fn(&EncodedView, &BlockIndex, &mut [u8]) -> Result<()> + Sync {
+    move |view, index, out| {
+        decode_blocks_with(view, index, 0..index.blocks.len(), check, out).map_err(|source| {
+            Error::CorruptJob {
+                backend: "cpu".to_string(),
+                job: 0,
+                source,
+            }
+        })
+    }
+}
+
 /// Rebuilds the source file at `output`; fails, leaving no output, on the
 /// first tensor that does not decode to its checksum.
 pub fn decompress_file(
@@ -61,10 +81,8 @@ pub fn decompress_file(
     let mut out = AtomicOutput::create(output, force, &[input])?;
     // Rebuilding needs only the sync metadata the CPU decoder itself uses;
     // every tensor's checksum is checked either way.
-    let backend = CpuBackend::with_sync_check(SyncCheck::Lanes);
-    let checks = rebuild(&file, &backend, true, progress, |bytes| {
-        out.write_all(bytes)
-    })?;
+    let decode = cpu_decoder(SyncCheck::Lanes);
+    let checks = rebuild(&file, &decode, true, progress, |bytes| out.write_all(bytes))?;
     if !checks.file_matches() {
         return Err(Error::ChecksumMismatch {
             path: input.to_path_buf(),
@@ -77,20 +95,24 @@ pub fn decompress_file(
     Ok(checks)
 }
 
-/// Decodes everything on the CPU and checks every checksum, reporting each
-/// tensor.
+/// Decodes everything on the CPU, checking every checksum and every chunk's
+/// sync metadata, and reports each tensor.
 pub fn verify_file(input: &Path) -> Result<DecodeChecks> {
-    verify_file_on(input, &CpuBackend::new(), &Progress::default())
+    verify_file_with(
+        input,
+        &cpu_decoder(SyncCheck::AllChunks),
+        &Progress::default(),
+    )
 }
 
-/// Decodes everything on `backend` and checks every checksum.
-pub fn verify_file_on(
+/// Decodes everything with `decode` and checks every checksum.
+pub fn verify_file_with(
     input: &Path,
-    backend: &dyn Backend,
+    decode: &Decoder,
     progress: &Progress,
 ) -> Result<DecodeChecks> {
     let file = CompressedFile::open(input)?;
-    rebuild(&file, backend, false, progress, |_| Ok(()))
+    rebuild(&file, decode, false, progress, |_| Ok(()))
 }
 
 /// Decoded bytes of small tensors decoded together, in parallel.
@@ -114,7 +136,7 @@ enum Piece<'a> {
 /// memory holds two decoded batches at most.
 fn rebuild(
     file: &CompressedFile,
-    backend: &dyn Backend,
+    decode: &Decoder,
     stop_on_error: bool,
     progress: &Progress,
     mut sink: impl FnMut(&[u8]) -> Result<()> + Send,
@@ -141,7 +163,7 @@ fn rebuild(
         });
         let decoded = decode_pieces(
             file,
-            backend,
+            decode,
             stop_on_error,
             progress,
             &to_writer,
@@ -173,7 +195,7 @@ fn rebuild(
 /// when the writer has hung up (it reports why).
 fn decode_pieces<'a>(
     file: &'a CompressedFile,
-    backend: &dyn Backend,
+    decode: &Decoder,
     stop_on_error: bool,
     progress: &Progress,
     to_writer: &std::sync::mpsc::SyncSender<Piece<'a>>,
@@ -200,7 +222,7 @@ fn decode_pieces<'a>(
                     Storage::Coded(coded) => {
                         let mut own = Vec::new();
                         Some(
-                            decode_tensor(file, backend, &tensor.source.name, coded, &mut own)
+                            decode_tensor(file, decode, &tensor.source.name, coded, &mut own)
                                 .map(|()| own),
                         )
                     }
@@ -224,7 +246,7 @@ fn decode_pieces<'a>(
                         Some(result) => result.map(|own| Piece::Decoded(own, len)),
                         None => {
                             let mut buffer = written_buffers.try_recv().unwrap_or_default();
-                            decode_tensor(file, backend, name, coded, &mut buffer)
+                            decode_tensor(file, decode, name, coded, &mut buffer)
                                 .map(|()| Piece::Recycled(buffer, len))
                         }
                     };
@@ -277,11 +299,11 @@ fn batches(tensors: &[StoredTensor]) -> Vec<&[StoredTensor]> {
     batches
 }
 
-/// Decodes one coded tensor on `backend`, checks its checksum, and only
+/// Decodes one coded tensor with `decode`, checks its checksum, and only
 /// then emits it.
 fn decode_tensor(
     file: &CompressedFile,
-    backend: &dyn Backend,
+    decode: &Decoder,
     name: &str,
     coded: &CodedTensor,
     buffer: &mut Vec<u8>,
@@ -298,9 +320,7 @@ fn decode_tensor(
         buffer.resize(len, 0);
     }
     let decoded = &mut buffer[..len];
-    backend
-        .decode_to_host(&file.view(coded), &coded.index, decoded)
-        .map_err(|e| e.in_tensor(file.path(), name))?;
+    decode(&file.view(coded), &coded.index, decoded).map_err(|e| e.in_tensor(file.path(), name))?;
     let actual = xxhash_rust::xxh3::xxh3_64(decoded);
     if actual != coded.checksum {
         return Err(Error::ChecksumMismatch {

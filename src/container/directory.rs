@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 
 use super::{
-    CompressOptions, CompressReport, DecodeChecks, Progress, compress_file, decompress_file,
-    verify_file_on,
+    CompressOptions, CompressReport, DecodeChecks, Decoder, Progress, compress_file,
+    decompress_file, verify_file_with,
 };
 
 /// The manifest a compressed directory carries.
@@ -326,10 +325,11 @@ pub fn decompress_directory(
     Ok(report)
 }
 
-/// Decodes and checks every shard of a compressed directory on `backend`.
-pub fn verify_directory(
+/// Decodes every shard of a compressed directory with `decode` and checks
+/// every checksum.
+pub fn verify_directory_with(
     input: &Path,
-    backend: &dyn Backend,
+    decode: &Decoder,
     progress: &Progress,
 ) -> Result<Vec<(String, DecodeChecks)>> {
     let manifest = read_manifest(input)?;
@@ -339,7 +339,7 @@ pub fn verify_directory(
         .map(|shard| {
             Ok((
                 shard.clone(),
-                verify_file_on(&input.join(shard), backend, progress)?,
+                verify_file_with(&input.join(shard), decode, progress)?,
             ))
         })
         .collect()

@@ -18,8 +18,12 @@ pub mod source;
 pub mod write;
 
 pub use compress::{CompressOptions, CompressReport, compress_file};
-pub use decompress::{DecodeChecks, decompress_file, verify_file, verify_file_on};
-pub use directory::{DirectoryReport, compress_directory, decompress_directory, verify_directory};
+pub use decompress::{
+    DecodeChecks, Decoder, cpu_decoder, decompress_file, verify_file, verify_file_with,
+};
+pub use directory::{
+    DirectoryReport, compress_directory, decompress_directory, verify_directory_with,
+};
 pub use read::{CompressedFile, Storage, StoredTensor};
 pub use source::SourceFile;
 

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo;
 pub mod inspect;
 pub mod selftest;
+pub mod verify;
 
 /// This process's peak resident memory so far, in bytes (Linux: VmHWM);
 /// `None` where the system does not say.

@@ -123,7 +123,7 @@ fn run_backend(
     for (file_name, bytes) in VECTORS {
         let path = directory.path().join(file_name);
         std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-        let outcome = crate::container::verify_file_on(&path, backend, &Default::default())
+        let outcome = super::verify::verify_file_on(&path, backend, &Default::default())
             .map_err(|e| e.to_string())
             .and_then(
                 |checks| match checks.tensors.iter().find_map(|t| t.error.as_ref()) {

@@ -205,7 +205,8 @@ pub fn check_vectors(backend: &dyn Backend) {
         let path = entry.unwrap().path();
         if path.to_string_lossy().ends_with(".ecf.safetensors") {
             let checks =
-                ecfloat::container::verify_file_on(&path, backend, &Default::default()).unwrap();
+                ecfloat::tools::verify::verify_file_on(&path, backend, &Default::default())
+                    .unwrap();
             assert!(
                 checks.all_ok(),
                 "{}: {}: {checks:?}",
