@@ -8,11 +8,10 @@
 //! cargo run --release --example synthetic_checkpoint -- DIR [--gib 4] [--shards 4] [--dtype BF16]
 //! ```
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ecfloat::codec::FloatKind;
-use ecfloat::container::write::{OutputTensor, header_bytes};
+use ecfloat::container::write::{OutputTensor, SafetensorsWriter};
 use rayon::prelude::*;
 
 const HIDDEN: u64 = 4096;
@@ -86,7 +85,7 @@ fn write_shard(
     tensors: &[Tensor],
     kind: FloatKind,
     seed: &mut u64,
-) -> std::io::Result<()> {
+) -> ecfloat::Result<()> {
     let width = kind.width_bytes() as u64;
     let layout: Vec<OutputTensor> = tensors
         .iter()
@@ -97,8 +96,7 @@ fn write_shard(
             len: t.elements() * width,
         })
         .collect();
-    let mut file = BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
-    file.write_all(&header_bytes(&[("format", "pt".to_string())], &layout))?;
+    let mut file = SafetensorsWriter::create(path, &[("format", "pt".to_string())], &layout)?;
     for tensor in tensors {
         let elements = tensor.elements();
         let first_seed = *seed;
@@ -111,10 +109,10 @@ fn write_shard(
             })
             .collect();
         for piece in pieces {
-            file.write_all(&piece)?;
+            file.write(&piece)?;
         }
     }
-    file.flush()
+    file.finish()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

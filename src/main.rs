@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             json,
         } => {
-            let output = output.unwrap_or_else(|| compressed_name(&input));
+            let output = output.unwrap_or_else(|| container::compressed_name(&input));
             let total = source_size(&input)?;
             let bar = progress_bar(cli.quiet, total, "compressing");
             let options = CompressOptions {
@@ -223,7 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let output = match output {
                 Some(output) => output,
-                None => decompressed_name(&input)?,
+                None => container::decompressed_name(&input)?,
             };
             let (bytes, seconds) = if input.is_dir() {
                 let bar = progress_bar(
@@ -469,39 +469,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-    }
-}
-
-/// `model.safetensors` → `model.ecf.safetensors`; directory `model` →
-/// `model.ecf`.
-fn compressed_name(input: &Path) -> PathBuf {
-    let name = input.file_name().unwrap_or_default().to_string_lossy();
-    if input.is_dir() {
-        return input.with_file_name(format!("{name}.ecf"));
-    }
-    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
-    input.with_file_name(format!("{stem}.ecf.safetensors"))
-}
-
-/// `model.ecf.safetensors` → `model.safetensors`; directory `model.ecf` →
-/// `model`.
-fn decompressed_name(input: &Path) -> Result<PathBuf> {
-    let name = input.file_name().unwrap_or_default().to_string_lossy();
-    if input.is_dir() {
-        return match name.strip_suffix(".ecf") {
-            Some(stem) if !stem.is_empty() => Ok(input.with_file_name(stem)),
-            _ => Err(Error::Usage(format!(
-                "{}: cannot derive an output name (expected DIR.ecf); pass -o OUT",
-                input.display()
-            ))),
-        };
-    }
-    match name.strip_suffix(".ecf.safetensors") {
-        Some(stem) if !stem.is_empty() => Ok(input.with_file_name(format!("{stem}.safetensors"))),
-        _ => Err(Error::Usage(format!(
-            "{}: cannot derive an output name (expected NAME.ecf.safetensors); pass -o OUT",
-            input.display()
-        ))),
     }
 }
 

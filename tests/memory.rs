@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 
 use ecfloat::codec::FloatKind;
-use ecfloat::container::write::{OutputTensor, header_bytes};
+use ecfloat::container::write::{OutputTensor, SafetensorsWriter};
 use xxhash_rust::xxh3::Xxh3;
 
 const TENSORS: usize = 4;
@@ -55,13 +55,11 @@ fn a_two_gib_checkpoint_round_trips_in_bounded_memory() {
             len: TENSOR_BYTES,
         })
         .collect();
-    let mut writer = BufWriter::new(std::fs::File::create(&source).unwrap());
-    writer.write_all(&header_bytes(&[], &layout)).unwrap();
+    let mut writer = SafetensorsWriter::create(&source, &[], &layout).unwrap();
     for _ in 0..TENSORS as u64 * TENSOR_BYTES / PIECE_BYTES as u64 {
-        writer.write_all(&piece).unwrap();
+        writer.write(&piece).unwrap();
     }
-    writer.flush().unwrap();
-    drop(writer);
+    writer.finish().unwrap();
 
     let bound = 3 * TENSOR_BYTES + (256 << 20);
     let compressed = dir.path().join("big.ecf.safetensors");

@@ -150,7 +150,7 @@ pub fn compress_file(
             }
             Ok((reports, raw))
         });
-        for batch in batches(&tensors, BATCH_BYTES) {
+        for batch in super::batches(&tensors, super::BATCH_BYTES, |t| t.len() as u64) {
             let encoded: Vec<Result<Option<Coded>>> = batch
                 .par_iter()
                 .map(|tensor| encode_if_smaller(input, &source, tensor, &options.encode))
@@ -222,29 +222,6 @@ pub fn compress_file(
         tensors: reports,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Bytes of source tensors encoded together.
-const BATCH_BYTES: usize = 64 << 20;
-
-/// Consecutive runs of tensors of at most `limit` bytes in all (a larger
-/// tensor alone).
-pub(crate) fn batches(tensors: &[TensorEntry], limit: usize) -> Vec<&[TensorEntry]> {
-    let mut batches = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (index, tensor) in tensors.iter().enumerate() {
-        if index > start && bytes + tensor.len() > limit {
-            batches.push(&tensors[start..index]);
-            start = index;
-            bytes = 0;
-        }
-        bytes += tensor.len();
-    }
-    if start < tensors.len() {
-        batches.push(&tensors[start..]);
-    }
-    batches
 }
 
 /// A tensor's coded header and planes, as they are stored.

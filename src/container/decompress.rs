@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 use super::Progress;
-use super::read::{CodedTensor, CompressedFile, Storage, StoredTensor};
+use super::read::{CodedTensor, CompressedFile, Storage};
 use super::write::AtomicOutput;
 
 /// The outcome of checking one tensor.
@@ -115,9 +115,6 @@ pub fn verify_file_with(
     rebuild(&file, decode, false, progress, |_| Ok(()))
 }
 
-/// Decoded bytes of small tensors decoded together, in parallel.
-const BATCH_BYTES: u64 = 64 << 20;
-
 /// A piece of the rebuilt file on its way to the writer.
 enum Piece<'a> {
     /// Bytes stored as they are in the compressed file.
@@ -212,7 +209,7 @@ fn decode_pieces<'a>(
     {
         return Ok((tensors, decoded_bytes));
     }
-    for batch in batches(&file.tensors) {
+    for batch in super::batches(&file.tensors, super::BATCH_BYTES, |t| t.source.len() as u64) {
         // Small tensors decode in parallel, each into its own buffer.
         let parallel: Vec<Option<Result<Vec<u8>>>> = if batch.len() > 1 {
             batch
@@ -276,27 +273,6 @@ fn decode_pieces<'a>(
         }
     }
     Ok((tensors, decoded_bytes))
-}
-
-/// Consecutive runs of tensors of at most `BATCH_BYTES` decoded bytes in
-/// all (a larger tensor alone).
-fn batches(tensors: &[StoredTensor]) -> Vec<&[StoredTensor]> {
-    let mut batches = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (index, tensor) in tensors.iter().enumerate() {
-        let len = tensor.source.len() as u64;
-        if index > start && bytes + len > BATCH_BYTES {
-            batches.push(&tensors[start..index]);
-            start = index;
-            bytes = 0;
-        }
-        bytes += len;
-    }
-    if start < tensors.len() {
-        batches.push(&tensors[start..]);
-    }
-    batches
 }
 
 /// Decodes one coded tensor with `decode`, checks its checksum, and only

@@ -27,6 +27,69 @@ pub use directory::{
 pub use read::{CompressedFile, Storage, StoredTensor};
 pub use source::SourceFile;
 
+/// Source bytes of small tensors encoded, or decoded, together (in
+/// parallel); memory holds two such batches at most.
+pub(crate) const BATCH_BYTES: u64 = 64 << 20;
+
+/// Consecutive runs of `items` of at most `limit` bytes in all, by `len`
+/// (an item larger than the limit alone): the batches compress and
+/// decompress hold in memory at once.
+pub(crate) fn batches<T>(items: &[T], limit: u64, len: impl Fn(&T) -> u64) -> Vec<&[T]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, item) in items.iter().enumerate() {
+        if index > start && bytes + len(item) > limit {
+            batches.push(&items[start..index]);
+            start = index;
+            bytes = 0;
+        }
+        bytes += len(item);
+    }
+    if start < items.len() {
+        batches.push(&items[start..]);
+    }
+    batches
+}
+
+/// `model.safetensors` → `model.ecf.safetensors`; directory `model` →
+/// `model.ecf`: where `compress` writes without `-o`.
+pub fn compressed_name(input: &std::path::Path) -> std::path::PathBuf {
+    let name = input.file_name().unwrap_or_default().to_string_lossy();
+    if input.is_dir() {
+        return input.with_file_name(format!("{name}.ecf"));
+    }
+    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
+    input.with_file_name(format!("{stem}.ecf.safetensors"))
+}
+
+/// `model.ecf.safetensors` or `model.ecf` → `model.safetensors`; directory
+/// `model.ecf` → `model`: where `decompress` writes without `-o`.
+pub fn decompressed_name(input: &std::path::Path) -> crate::error::Result<std::path::PathBuf> {
+    let name = input.file_name().unwrap_or_default().to_string_lossy();
+    let (stem, extension) = if input.is_dir() {
+        (name.strip_suffix(".ecf"), "")
+    } else {
+        (
+            name.strip_suffix(".ecf.safetensors")
+                .or_else(|| name.strip_suffix(".ecf")),
+            ".safetensors",
+        )
+    };
+    match stem {
+        Some(stem) if !stem.is_empty() => Ok(input.with_file_name(format!("{stem}{extension}"))),
+        _ => Err(crate::error::Error::Usage(format!(
+            "{}: cannot derive an output name (expected {}); pass -o OUT",
+            input.display(),
+            if input.is_dir() {
+                "DIR.ecf"
+            } else {
+                "NAME.ecf.safetensors or NAME.ecf"
+            }
+        ))),
+    }
+}
+
 /// A path's safetensors files: the path itself, or the `.safetensors`
 /// files of a directory, sorted by name.
 pub fn safetensors_files(path: &std::path::Path) -> crate::error::Result<Vec<std::path::PathBuf>> {

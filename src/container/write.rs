@@ -50,6 +50,87 @@ pub fn header_bytes(metadata: &[(&str, String)], tensors: &[OutputTensor]) -> Ve
     bytes
 }
 
+/// A tensor held in memory, to write.
+pub struct TensorData<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [u64],
+    pub bytes: &'a [u8],
+}
+
+/// Writes a safetensors file of tensors held in memory.
+pub fn write_safetensors(
+    path: &Path,
+    metadata: &[(&str, String)],
+    tensors: &[TensorData],
+) -> Result<()> {
+    let layout: Vec<OutputTensor> = tensors
+        .iter()
+        .map(|t| OutputTensor {
+            name: t.name.to_string(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.to_vec(),
+            len: t.bytes.len() as u64,
+        })
+        .collect();
+    let mut writer = SafetensorsWriter::create(path, metadata, &layout)?;
+    for tensor in tensors {
+        writer.write(tensor.bytes)?;
+    }
+    writer.finish()
+}
+
+/// Writes a safetensors file as its tensors' bytes arrive: the header from
+/// the layout first, then the bytes in layout order, in pieces of any size;
+/// [`finish`](Self::finish) checks that they fill the layout.
+pub struct SafetensorsWriter {
+    file: BufWriter<File>,
+    path: PathBuf,
+    expected: u64,
+    written: u64,
+}
+
+impl SafetensorsWriter {
+    pub fn create(
+        path: &Path,
+        metadata: &[(&str, String)],
+        layout: &[OutputTensor],
+    ) -> Result<Self> {
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut writer = SafetensorsWriter {
+            file: BufWriter::with_capacity(8 << 20, file),
+            path: path.to_path_buf(),
+            expected: layout.iter().map(|t| t.len).sum(),
+            written: 0,
+        };
+        let header = header_bytes(metadata, layout);
+        writer
+            .file
+            .write_all(&header)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(writer)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.written += bytes.len() as u64;
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.expected {
+            return Err(Error::Usage(format!(
+                "{}: {} tensor bytes written, the layout holds {}",
+                self.path.display(),
+                self.written,
+                self.expected
+            )));
+        }
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
 /// An output file written under a temporary name in the target's directory
 /// and renamed into place by [`AtomicOutput::commit`]; dropped uncommitted,
 /// it leaves nothing behind.

@@ -15,18 +15,16 @@
 //! ```
 //! use ecfloat::backend::CpuBackend;
 //! use ecfloat::runtime::{Model, ModelOptions};
-//! # use ecfloat::container::{compress_file, write::{header_bytes, OutputTensor}};
+//! # use ecfloat::container::{compress_file, write::{write_safetensors, TensorData}};
 //! # let directory = tempfile::tempdir().unwrap();
 //! # let source = directory.path().join("model.safetensors");
 //! # let tensors: Vec<(String, Vec<u8>)> = (0..2).flat_map(|layer| ["q", "v"].map(|p| {
 //! #     let values = ecfloat::synth::heavy_tailed(4096, 64, 0.02, layer);
 //! #     (format!("layers.{layer}.{p}.weight"), ecfloat::synth::to_bytes(&values, ecfloat::codec::FloatKind::Bf16))
 //! # })).collect();
-//! # let layout: Vec<OutputTensor> = tensors.iter().map(|(name, bytes)| OutputTensor {
-//! #     name: name.clone(), dtype: "BF16".into(), shape: vec![64, 64], len: bytes.len() as u64 }).collect();
-//! # let mut file = header_bytes(&[], &layout);
-//! # for (_, bytes) in &tensors { file.extend_from_slice(bytes); }
-//! # std::fs::write(&source, file).unwrap();
+//! # let tensors: Vec<TensorData> = tensors.iter().map(|(name, bytes)| TensorData {
+//! #     name, dtype: "BF16", shape: &[64, 64], bytes }).collect();
+//! # write_safetensors(&source, &[], &tensors).unwrap();
 //! # let path = directory.path().join("model.ecf.safetensors");
 //! # compress_file(&source, &path, &Default::default()).unwrap();
 //! let backend = CpuBackend::new();

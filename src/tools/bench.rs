@@ -322,7 +322,7 @@ pub fn bench_model(path: &Path, backend: &dyn Backend, repeats: usize) -> Result
 /// 11008 MLP) of heavy-tailed `kind` weights to `path`: about 202 M
 /// parameters.
 pub fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
-    use crate::container::write::{OutputTensor, header_bytes};
+    use crate::container::write::{TensorData, write_safetensors};
     let (hidden, mlp) = (4096u64, 11008u64);
     let shapes: [(&str, u64, u64); 9] = [
         ("model.layers.0.self_attn.q_proj.weight", hidden, hidden),
@@ -335,7 +335,7 @@ pub fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
         ("model.layers.0.input_layernorm.weight", 1, hidden),
         ("model.layers.0.post_attention_layernorm.weight", 1, hidden),
     ];
-    let tensors: Vec<(OutputTensor, Vec<u8>)> = shapes
+    let tensors: Vec<(&str, Vec<u64>, Vec<u8>)> = shapes
         .iter()
         .map(|&(name, rows, cols)| {
             let bytes = synthetic_weights(kind, (rows * cols) as usize);
@@ -344,31 +344,17 @@ pub fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
             } else {
                 vec![rows, cols]
             };
-            let tensor = OutputTensor {
-                name: name.to_string(),
-                dtype: kind.safetensors_name().to_string(),
-                shape,
-                len: bytes.len() as u64,
-            };
-            (tensor, bytes)
+            (name, shape, bytes)
         })
         .collect();
-    let layout: Vec<OutputTensor> = tensors
+    let tensors: Vec<TensorData> = tensors
         .iter()
-        .map(|(t, _)| OutputTensor {
-            name: t.name.clone(),
-            dtype: t.dtype.clone(),
-            shape: t.shape.clone(),
-            len: t.len,
+        .map(|(name, shape, bytes)| TensorData {
+            name,
+            dtype: kind.safetensors_name(),
+            shape,
+            bytes,
         })
         .collect();
-    let mut file =
-        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
-    use std::io::Write;
-    file.write_all(&header_bytes(&[], &layout))
-        .map_err(|e| Error::io(path, e))?;
-    for (_, bytes) in &tensors {
-        file.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    }
-    file.flush().map_err(|e| Error::io(path, e))
+    write_safetensors(path, &[], &tensors)
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::backend::{self, BACKEND_NAMES};
 use crate::codec::FloatKind;
-use crate::container::write::{OutputTensor, header_bytes};
+use crate::container::write::{TensorData, write_safetensors};
 use crate::container::{self, CompressOptions};
 use crate::error::{Error, Result};
 use crate::synth;
@@ -127,20 +127,16 @@ fn sample_model() -> Vec<SampleTensor> {
 }
 
 fn write_sample(path: &Path, tensors: &[SampleTensor]) -> Result<()> {
-    let layout: Vec<OutputTensor> = tensors
+    let tensors: Vec<TensorData> = tensors
         .iter()
-        .map(|t| OutputTensor {
-            name: t.name.clone(),
-            dtype: t.dtype.to_string(),
-            shape: t.shape.clone(),
-            len: t.bytes.len() as u64,
+        .map(|t| TensorData {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            bytes: &t.bytes,
         })
         .collect();
-    let mut bytes = header_bytes(&[], &layout);
-    for tensor in tensors {
-        bytes.extend_from_slice(&tensor.bytes);
-    }
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    write_safetensors(path, &[], &tensors)
 }
 
 pub fn run(repeats: usize) -> Result<DemoReport> {

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use ecfloat::backend::{self, Backend};
 use ecfloat::codec::FloatKind;
 use ecfloat::conformance::{self, Family};
-use ecfloat::container::write::{OutputTensor, header_bytes};
+use ecfloat::container::write::TensorData;
 use ecfloat::synth;
 
 /// `../shared/testdata`, or `None` (with the reason printed) where absent.
@@ -97,20 +97,16 @@ pub fn sample_tensors() -> Vec<SampleTensor> {
 }
 
 pub fn write_safetensors(path: &Path, tensors: &[SampleTensor], metadata: &[(&str, String)]) {
-    let layout: Vec<OutputTensor> = tensors
+    let tensors: Vec<TensorData> = tensors
         .iter()
-        .map(|t| OutputTensor {
-            name: t.name.to_string(),
-            dtype: t.dtype.to_string(),
-            shape: t.shape.clone(),
-            len: t.bytes.len() as u64,
+        .map(|t| TensorData {
+            name: t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            bytes: &t.bytes,
         })
         .collect();
-    let mut bytes = header_bytes(metadata, &layout);
-    for tensor in tensors {
-        bytes.extend_from_slice(&tensor.bytes);
-    }
-    std::fs::write(path, bytes).unwrap();
+    ecfloat::container::write::write_safetensors(path, metadata, &tensors).unwrap();
 }
 
 /// Writes the sample model to `dir/sample.safetensors`.
