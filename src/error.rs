@@ -23,6 +23,9 @@ pub enum Error {
     /// compressed one is needed.
     #[error("{}: not an ecfloat-compressed file (no ecf.format in its metadata); compress it with `ecf compress` first", path.display())]
     NotCompressed { path: PathBuf },
+    /// A directory given where safetensors files are needed holds none.
+    #[error("{}: no .safetensors files in this directory", path.display())]
+    NoSafetensors { path: PathBuf },
     #[error("{}: already compressed by ecfloat (format version {version})", path.display())]
     AlreadyCompressed { path: PathBuf, version: String },
     #[error("{}: format version {found} is not supported; this build reads version {supported}", path.display())]

@@ -186,11 +186,13 @@ fn unknown_backend_is_a_clear_error() {
         &["verify", "--backend", "quantum"],
         &dir.path().join("sample.ecf.safetensors"),
     );
-    assert_eq!(output.status.code(), Some(1));
+    // A usage error, as clap reports them: exit status 2, the valid values.
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("'quantum'"), "{message}");
     assert!(
-        stderr(&output).contains("unknown backend"),
-        "{}",
-        stderr(&output)
+        message.contains("possible values: auto, cpu, wgpu, cuda"),
+        "{message}"
     );
 }
 

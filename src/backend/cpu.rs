@@ -109,6 +109,7 @@ impl Backend for CpuBackend {
             backend: NAME,
             device: format!("{} threads", rayon::current_num_threads()),
             driver: "reference decoder".to_string(),
+            hardware_gpu: false,
             limits: Default::default(),
         }
     }

@@ -564,6 +564,7 @@ impl GpuDevice for CudaDevice {
                 self.driver_version / 1000,
                 self.driver_version % 1000 / 10
             ),
+            hardware_gpu: true,
             limits: [("total_memory", self.total_memory.into())].into(),
         }
     }

@@ -28,6 +28,9 @@ pub struct BackendInfo {
     pub backend: &'static str,
     pub device: String,
     pub driver: String,
+    /// Whether it decodes on a GPU: not on the CPU, whether by the reference
+    /// decoder or through a GPU driver that runs on the CPU (lavapipe).
+    pub hardware_gpu: bool,
     /// Limits that bound what one decode can do, by name.
     pub limits: std::collections::BTreeMap<&'static str, serde_json::Value>,
 }
@@ -276,18 +279,50 @@ pub fn downcast<'a, T: 'static>(backend: &str, any: &'a dyn Any) -> Result<&'a T
 /// Backends that can be asked for by name.
 pub const BACKEND_NAMES: [&str; 3] = ["cpu", "wgpu", "cuda"];
 
-/// Opens a backend by name: `cpu`, `wgpu`, `cuda`, or `auto` (the best one
-/// present: CUDA, then wgpu, then the CPU).
+/// What `--backend` takes: a backend's name, or `auto`.
+pub const BACKEND_CHOICES: [&str; 4] = ["auto", "cpu", "wgpu", "cuda"];
+
+/// The order in which `auto` tries the backends.
+const AUTO_ORDER: [&str; 3] = ["cuda", "wgpu", "cpu"];
+
+/// Whether `auto` takes a backend that opened: a GPU, or the CPU decoder —
+/// never a GPU driver emulated on the CPU, which is far slower than it.
+fn auto_takes(info: &BackendInfo) -> bool {
+    info.hardware_gpu || info.backend == "cpu"
+}
+
+/// The backend `auto` picks among those that opened, given as (name, info).
+pub fn auto_pick<'a>(
+    opened: impl IntoIterator<Item = (&'a str, &'a BackendInfo)>,
+) -> Option<&'a str> {
+    let opened: Vec<(&str, &BackendInfo)> = opened.into_iter().collect();
+    AUTO_ORDER.into_iter().find(|name| {
+        opened
+            .iter()
+            .any(|(opened, info)| opened == name && auto_takes(info))
+    })
+}
+
+/// Opens a backend by name: `cpu`, `wgpu`, `cuda`, or `auto`: the first of
+/// CUDA, wgpu on a hardware GPU, and the CPU.
 pub fn open(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "cpu" => Ok(Box::new(CpuBackend::new())),
         "wgpu" => open_wgpu(),
         "cuda" => open_cuda(),
-        "auto" => open_cuda()
-            .or_else(|_| open_wgpu())
-            .or_else(|_| Ok(Box::new(CpuBackend::new()))),
+        "auto" => {
+            for name in AUTO_ORDER {
+                if let Ok(backend) = open(name)
+                    && auto_takes(&backend.info())
+                {
+                    return Ok(backend);
+                }
+            }
+            Ok(Box::new(CpuBackend::new()))
+        }
         other => Err(Error::Usage(format!(
-            "unknown backend {other:?}; choose one of cpu, wgpu, cuda, auto"
+            "unknown backend {other:?}; choose one of {}",
+            BACKEND_CHOICES.join(", ")
         ))),
     }
 }

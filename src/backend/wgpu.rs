@@ -350,6 +350,7 @@ impl GpuDevice for WgpuDevice {
             driver: format!("{} {}", self.info.driver, self.info.driver_info)
                 .trim()
                 .to_string(),
+            hardware_gpu: self.info.device_type != wgpu::DeviceType::Cpu,
             limits: [
                 (
                     "max_storage_buffer_binding_size",

@@ -138,6 +138,18 @@ impl FloatKind {
     }
 }
 
+/// A safetensors dtype name, in any case: `bf16`, `F8_E4M3`, ….
+impl std::str::FromStr for FloatKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::from_safetensors_name(&name.to_ascii_uppercase()).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.safetensors_name()).collect();
+            format!("unknown dtype {name:?}; choose one of {}", names.join(", "))
+        })
+    }
+}
+
 impl fmt::Display for FloatKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.safetensors_name())

@@ -83,6 +83,7 @@ pub fn compress_file(
         });
     }
     let mut out = AtomicOutput::create(output, options.force, &[input])?;
+    options.progress.begin(source.data().len() as u64);
     let spool_dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -139,6 +139,7 @@ fn rebuild(
     mut sink: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> Result<DecodeChecks> {
     let started = Instant::now();
+    progress.begin(file.source_data_len());
     let (to_writer, pieces) = std::sync::mpsc::sync_channel::<Piece>(0);
     let (to_decoder, written_buffers) = std::sync::mpsc::channel::<Vec<u8>>();
     let (decoded, written) = std::thread::scope(|scope| {

@@ -40,8 +40,8 @@ struct Manifest {
 pub struct DirectoryReport {
     /// (shard, its report) per compressed shard.
     pub shards: Vec<(String, CompressReport)>,
-    /// Files copied unchanged.
-    pub copied: Vec<String>,
+    /// Files copied unchanged, with their sizes.
+    pub copied: Vec<(String, u64)>,
     pub source_bytes: u64,
     pub output_bytes: u64,
     pub seconds: f64,
@@ -53,6 +53,17 @@ fn is_shard(name: &str) -> bool {
 
 fn is_index(name: &str) -> bool {
     name.ends_with(".safetensors.index.json")
+}
+
+/// Whether a file name looks like model weights in a format ecfloat does
+/// not read (PyTorch pickles, GGUF, ONNX, NumPy, TensorFlow): a directory
+/// compress copies such files and says so.
+pub fn is_unread_weights(name: &str) -> bool {
+    const EXTENSIONS: [&str; 10] = [
+        ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".onnx", ".npz", ".h5", ".msgpack",
+    ];
+    let name = name.to_ascii_lowercase();
+    EXTENSIONS.iter().any(|extension| name.ends_with(extension))
 }
 
 /// `model-00001-of-00002.safetensors` → `model-00001-of-00002.ecf.safetensors`.
@@ -171,8 +182,15 @@ pub fn compress_directory(
         indexes: BTreeMap::new(),
     };
     let mut report = DirectoryReport::default();
+    let mut shard_bytes = 0;
+    for (name, path) in entries(input)? {
+        if path.is_file() && is_shard(&name) {
+            shard_bytes += super::SourceFile::open(&path)?.data().len() as u64;
+        }
+    }
     let shard_options = CompressOptions {
         force: false,
+        progress: options.progress.begin_all(shard_bytes),
         ..options.clone()
     };
     for (name, path) in entries(input)? {
@@ -202,7 +220,7 @@ pub fn compress_directory(
         let bytes = copy_tree(&path, &staged.path().join(&name))?;
         report.source_bytes += bytes;
         report.output_bytes += bytes;
-        report.copied.push(name);
+        report.copied.push((name, bytes));
     }
     if manifest.shards.is_empty() {
         return Err(Error::Usage(format!(
@@ -281,6 +299,7 @@ pub fn decompress_directory(
 ) -> Result<DirectoryReport> {
     let started = std::time::Instant::now();
     let manifest = read_manifest(input)?;
+    let progress = progress.begin_all(decoded_shard_bytes(input, &manifest)?);
     let staged = StagedDirectory::create(output, force, input)?;
     let mut report = DirectoryReport::default();
     let compressed: BTreeMap<&str, &str> = manifest
@@ -293,7 +312,7 @@ pub fn decompress_directory(
             continue;
         }
         if let Some(source) = compressed.get(name.as_str()) {
-            let checks = decompress_file(&path, &staged.path().join(source), false, progress)?;
+            let checks = decompress_file(&path, &staged.path().join(source), false, &progress)?;
             report.source_bytes += std::fs::metadata(&path)
                 .map_err(|e| Error::io(&path, e))?
                 .len();
@@ -309,7 +328,7 @@ pub fn decompress_directory(
         let bytes = copy_tree(&path, &staged.path().join(&name))?;
         report.source_bytes += bytes;
         report.output_bytes += bytes;
-        report.copied.push(name);
+        report.copied.push((name, bytes));
     }
     for shard in compressed.keys() {
         if !input.join(shard).exists() {
@@ -333,25 +352,30 @@ pub fn verify_directory_with(
     progress: &Progress,
 ) -> Result<Vec<(String, DecodeChecks)>> {
     let manifest = read_manifest(input)?;
+    let progress = progress.begin_all(decoded_shard_bytes(input, &manifest)?);
     manifest
         .shards
         .values()
         .map(|shard| {
             Ok((
                 shard.clone(),
-                verify_file_with(&input.join(shard), decode, progress)?,
+                verify_file_with(&input.join(shard), decode, &progress)?,
             ))
         })
         .collect()
 }
 
-/// Bytes of the original files a compressed directory decompresses to,
-/// for a progress total (shards only; the rest is copied).
-pub fn decoded_shard_bytes(input: &Path) -> Result<u64> {
-    let manifest = read_manifest(input)?;
+/// Bytes of tensors the shards of a compressed directory decode to: the
+/// progress total.
+fn decoded_shard_bytes(input: &Path, manifest: &Manifest) -> Result<u64> {
     manifest
         .shards
         .values()
-        .map(|shard| Ok(super::CompressedFile::open(&input.join(shard))?.source_len()))
+        .map(|shard| Ok(super::CompressedFile::open(&input.join(shard))?.source_data_len()))
         .sum()
+}
+
+/// Fails unless `input` is a compressed directory this build reads.
+pub fn check_compressed(input: &Path) -> Result<()> {
+    read_manifest(input).map(drop)
 }

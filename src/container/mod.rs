@@ -91,7 +91,8 @@ pub fn decompressed_name(input: &std::path::Path) -> crate::error::Result<std::p
 }
 
 /// A path's safetensors files: the path itself, or the `.safetensors`
-/// files of a directory, sorted by name.
+/// files of a directory, sorted by name; a directory without any is an
+/// error.
 pub fn safetensors_files(path: &std::path::Path) -> crate::error::Result<Vec<std::path::PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
@@ -101,30 +102,79 @@ pub fn safetensors_files(path: &std::path::Path) -> crate::error::Result<Vec<std
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
+    if files.is_empty() {
+        return Err(crate::error::Error::NoSafetensors {
+            path: path.to_path_buf(),
+        });
+    }
     files.sort();
     Ok(files)
 }
 
-/// Tells a progress display how many source bytes are done; does nothing by
-/// default.
+/// Fails unless `path` is a compressed file or directory this build reads:
+/// [`Error::NotCompressed`](crate::Error::NotCompressed) for a plain one.
+pub fn check_compressed(path: &std::path::Path) -> crate::error::Result<()> {
+    if path.is_dir() {
+        directory::check_compressed(path)
+    } else {
+        read::check_compressed(&SourceFile::open(path)?)
+    }
+}
+
+/// Where an operation reports how far it is, in bytes of the original
+/// (uncompressed) data.
+pub trait ProgressSink: Send + Sync {
+    /// The bytes the whole operation will go through.
+    fn begin(&self, total: u64);
+    /// `bytes` more are done.
+    fn advance(&self, bytes: u64);
+}
+
+/// A handle on an optional [`ProgressSink`]; does nothing by default.
 #[derive(Clone, Default)]
-pub struct Progress(Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>);
+pub struct Progress {
+    sink: Option<std::sync::Arc<dyn ProgressSink>>,
+    /// Set once a directory has announced the total of all its files, so
+    /// that each file's own total does not replace it.
+    total_announced: bool,
+}
 
 impl Progress {
-    pub fn new(advance: impl Fn(u64) + Send + Sync + 'static) -> Self {
-        Progress(Some(std::sync::Arc::new(advance)))
+    pub fn new(sink: impl ProgressSink + 'static) -> Self {
+        Progress {
+            sink: Some(std::sync::Arc::new(sink)),
+            total_announced: false,
+        }
+    }
+
+    pub fn begin(&self, total: u64) {
+        if let Some(sink) = &self.sink
+            && !self.total_announced
+        {
+            sink.begin(total);
+        }
     }
 
     pub fn advance(&self, bytes: u64) {
-        if let Some(advance) = &self.0 {
-            advance(bytes);
+        if let Some(sink) = &self.sink {
+            sink.advance(bytes);
+        }
+    }
+
+    /// Announces `total` for a whole directory and returns the progress its
+    /// files report to.
+    pub(crate) fn begin_all(&self, total: u64) -> Progress {
+        self.begin(total);
+        Progress {
+            sink: self.sink.clone(),
+            total_announced: true,
         }
     }
 }
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.sink.is_some() {
             "Progress(shown)"
         } else {
             "Progress(none)"

@@ -51,19 +51,27 @@ pub struct CodedTensor {
     pub index: BlockIndex,
 }
 
+/// Fails unless ecfloat wrote `file` in the format version this build
+/// reads.
+pub fn check_compressed(file: &SourceFile) -> Result<()> {
+    let path = &file.path;
+    let version = file.ecf_version().ok_or_else(|| Error::NotCompressed {
+        path: path.to_path_buf(),
+    })?;
+    if version.parse::<u32>().ok() != Some(schema::FORMAT_VERSION) {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version.to_string(),
+            supported: schema::FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
 impl CompressedFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = SourceFile::open(path)?;
-        let version = file.ecf_version().ok_or_else(|| Error::NotCompressed {
-            path: path.to_path_buf(),
-        })?;
-        if version.parse::<u32>().ok() != Some(schema::FORMAT_VERSION) {
-            return Err(Error::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version.to_string(),
-                supported: schema::FORMAT_VERSION,
-            });
-        }
+        check_compressed(&file)?;
         let corrupt = |message: String| Error::corrupt(path, None, message);
         let checksum_text = file
             .metadata_value(schema::SOURCE_CHECKSUM_KEY)
@@ -154,6 +162,11 @@ impl CompressedFile {
     /// Bytes of the compressed file.
     pub fn stored_len(&self) -> u64 {
         self.file.bytes().len() as u64
+    }
+
+    /// Bytes of the source file's tensors: what decoding goes through.
+    pub fn source_data_len(&self) -> u64 {
+        self.source_metadata.data_len() as u64
     }
 
     /// Bytes of the source file it decompresses to.

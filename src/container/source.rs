@@ -47,7 +47,12 @@ impl SourceFile {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| Error::NotSafetensors {
                 path: path.to_path_buf(),
-                reason: describe_safetensors_error(&e),
+                reason: match other_format(&map) {
+                    Some(format) => {
+                        format!("it is {format}; ecf reads only safetensors files")
+                    }
+                    None => describe_safetensors_error(&e),
+                },
             })?;
         Ok(SourceFile {
             path: path.to_path_buf(),
@@ -146,6 +151,24 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
     // the file not being truncated while it is open.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(map)
+}
+
+/// The format of a file that is not safetensors, from its first bytes,
+/// where they say: the weight formats people are likely to pass instead.
+fn other_format(bytes: &[u8]) -> Option<&'static str> {
+    const SIGNATURES: [(&[u8], &str); 5] = [
+        (b"GGUF", "a GGUF file"),
+        (b"PK\x03\x04", "a ZIP archive (PyTorch saves .bin and .pt files as these)"),
+        (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras .h5)"),
+        (b"\x93NUMPY", "a NumPy array file"),
+        (b"lmgg", "a GGML file"),
+    ];
+    if let Some((_, format)) = SIGNATURES.iter().find(|(magic, _)| bytes.starts_with(magic)) {
+        return Some(format);
+    }
+    // Pickle protocol 2 to 5 opens with PROTO and its number.
+    (bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]))
+        .then_some("a Python pickle (an older PyTorch .bin file)")
 }
 
 /// A one-line reason a buffer is not a safetensors file.

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::codec::{FieldSplit, FloatKind, stats};
 use crate::container::{CompressedFile, SourceFile, Storage};
 use crate::error::{Error, Result};
+use crate::tools::{Report, count, optional};
 
 /// At most this many values per tensor feed the α fit.
 const FIT_SAMPLE: usize = 1 << 22;
@@ -105,6 +106,8 @@ pub struct AnalysisReport {
     pub alpha: Option<f64>,
     pub entropy_bounds: Option<[f64; 2]>,
     pub limits: Vec<DtypeLimit>,
+    /// The SVG drawn with `--plot`.
+    pub plot: Option<String>,
 }
 
 /// The entropy bounds a stability index implies.
@@ -229,7 +232,20 @@ fn for_each_float_tensor(path: &Path, mut visit: impl FnMut(&str, FloatKind, &[u
     Ok(())
 }
 
-pub fn analyze(path: &Path) -> Result<AnalysisReport> {
+/// Studies every float tensor of `path` (a file or a directory of them)
+/// and, with `plot`, draws the study there as SVG.
+pub fn analyze(path: &Path, plot: Option<&Path>) -> Result<AnalysisReport> {
+    let report = study(path)?;
+    if let Some(output) = plot {
+        draw(&report, output)?;
+    }
+    Ok(AnalysisReport {
+        plot: plot.map(|p| p.display().to_string()),
+        ..report
+    })
+}
+
+fn study(path: &Path) -> Result<AnalysisReport> {
     let mut tensors = Vec::new();
     for file in crate::container::safetensors_files(path)? {
         for_each_float_tensor(&file, |name, kind, bytes| {
@@ -289,12 +305,13 @@ pub fn analyze(path: &Path) -> Result<AnalysisReport> {
         alpha,
         entropy_bounds,
         limits,
+        plot: None,
     })
 }
 
 /// Draws the exponent distributions and the per-tensor entropies with the
 /// bounds their stability indices imply, as an SVG.
-pub fn plot(report: &AnalysisReport, output: &Path) -> Result<()> {
+fn draw(report: &AnalysisReport, output: &Path) -> Result<()> {
     use plotters::prelude::*;
     let failed =
         |e: &dyn std::fmt::Display| Error::io(output, std::io::Error::other(e.to_string()));
@@ -436,6 +453,76 @@ pub fn plot(report: &AnalysisReport, output: &Path) -> Result<()> {
         .draw()
         .map_err(|e| failed(&e))?;
     root.present().map_err(|e| failed(&e))
+}
+
+impl Report for AnalysisReport {
+    fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let bounds = |b: Option<[f64; 2]>| {
+            b.map_or("-".to_string(), |[low, high]| {
+                format!("{low:.2}..{high:.2}")
+            })
+        };
+        let width = self
+            .tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        writeln!(
+            out,
+            "{:<width$} {:<8} {:>12} {:>7} {:>9} {:>6} {:>12}",
+            "tensor", "dtype", "elements", "H(exp)", "distinct", "alpha", "H bounds"
+        )?;
+        for t in &self.tensors {
+            writeln!(
+                out,
+                "{:<width$} {:<8} {:>12} {:>7.3} {:>9} {:>6} {:>12}",
+                t.name,
+                t.dtype,
+                t.elements,
+                t.exponent_entropy,
+                t.distinct_exponents,
+                optional(t.alpha, 2),
+                bounds(t.entropy_bounds)
+            )?;
+        }
+        for d in &self.dtypes {
+            writeln!(
+                out,
+                "{}: {}, {} elements, exponent entropy {:.3} bits over {} distinct exponents",
+                d.dtype,
+                count(d.tensors as u64, "tensor"),
+                d.elements,
+                d.exponent_entropy,
+                d.distinct_exponents
+            )?;
+        }
+        if let (Some(alpha), Some(range)) = (self.alpha, self.entropy_bounds) {
+            writeln!(
+                out,
+                "stable-law index α = {alpha:.3} (element-weighted); exponent entropy bounds {}",
+                bounds(Some(range))
+            )?;
+            for limit in &self.limits {
+                writeln!(
+                    out,
+                    "  {:<8} {} raw bits + exponent → {:.2}..{:.2} bits per weight",
+                    limit.dtype, limit.raw_bits, limit.bits_per_weight[0], limit.bits_per_weight[1]
+                )?;
+            }
+            writeln!(
+                out,
+                "note: the bounds count the power-law tail above a tensor's typical magnitude only; \
+                 the binades below it (where small weights spread evenly) add entropy they leave out, \
+                 so a measured H above them is expected"
+            )?;
+        }
+        if let Some(plot) = &self.plot {
+            writeln!(out, "plot: {plot}")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

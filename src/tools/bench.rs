@@ -11,6 +11,7 @@ use crate::codec::{self, BlockIndex, EncodeOptions, EncodedTensor, FloatKind};
 use crate::conformance;
 use crate::container::{CompressedFile, SourceFile};
 use crate::error::{Error, Result};
+use crate::tools::{Bytes, Report, count};
 
 /// The original bytes of one float tensor.
 pub struct FloatTensor {
@@ -66,8 +67,17 @@ pub struct BenchReport {
 }
 
 /// Reads the original bytes of every non-empty float tensor of a plain or
-/// compressed file (decoding the latter on the CPU).
+/// compressed file, or of every such file of a directory (decoding
+/// compressed ones on the CPU).
 pub fn load_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
+    let mut tensors = Vec::new();
+    for file in crate::container::safetensors_files(path)? {
+        tensors.extend(load_file_float_tensors(&file)?);
+    }
+    Ok(tensors)
+}
+
+fn load_file_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
     let plain = SourceFile::open(path)?;
     let mut tensors = Vec::new();
     if plain.ecf_version().is_none() {
@@ -120,10 +130,7 @@ impl Workload<'_> {
             Workload::File(path) => path.display().to_string(),
             Workload::LargestTensor(path) => format!("{} (largest tensor)", path.display()),
             Workload::Synthetic { kind, bytes } => {
-                format!(
-                    "synthetic heavy-tailed {kind}, {:.2} GiB",
-                    *bytes as f64 / (1u64 << 30) as f64
-                )
+                format!("synthetic heavy-tailed {kind}, {}", Bytes(*bytes))
             }
         }
     }
@@ -318,6 +325,38 @@ pub fn bench_model(path: &Path, backend: &dyn Backend, repeats: usize) -> Result
     })
 }
 
+/// The backend `bench` times. On the CPU it decodes as `decompress` does,
+/// checking the sync metadata its own lanes use, not every chunk's as
+/// `verify` does: the speed to compare with other tools' decompression.
+pub fn open_backend(name: &str) -> Result<Box<dyn Backend>> {
+    let backend = crate::backend::open(name)?;
+    Ok(if backend.name() == "cpu" {
+        Box::new(crate::backend::CpuBackend::with_sync_check(
+            crate::codec::decode::SyncCheck::Lanes,
+        ))
+    } else {
+        backend
+    })
+}
+
+/// [`bench_model`] on one synthetic 7B-shaped layer of `kind`
+/// ([`write_synthetic_layer`]), written and compressed in a temporary
+/// directory.
+pub fn bench_synthetic_layer(
+    kind: FloatKind,
+    backend: &dyn Backend,
+    repeats: usize,
+) -> Result<ModelBenchReport> {
+    let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    let source = scratch.path().join("layer.safetensors");
+    write_synthetic_layer(&source, kind)?;
+    let compressed = scratch.path().join("layer.ecf.safetensors");
+    crate::container::compress_file(&source, &compressed, &Default::default())?;
+    let mut report = bench_model(&compressed, backend, repeats)?;
+    report.model = format!("synthetic 7B-shaped {kind} layer");
+    Ok(report)
+}
+
 /// Writes one transformer layer shaped like a 7B model's (4096 hidden,
 /// 11008 MLP) of heavy-tailed `kind` weights to `path`: about 202 M
 /// parameters.
@@ -357,4 +396,99 @@ pub fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
         })
         .collect();
     write_safetensors(path, &[], &tensors)
+}
+
+impl Report for BenchReport {
+    fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{}: {}, {} decoded, {} coded (ratio {:.4})",
+            self.file,
+            count(self.tensors as u64, "float tensor"),
+            Bytes(self.decoded_bytes),
+            Bytes(self.coded_bytes),
+            self.coded_bytes as f64 / self.decoded_bytes.max(1) as f64
+        )?;
+        let device = if self.backend == "cpu" {
+            self.device.clone()
+        } else {
+            format!(
+                "{}; encoding on {}",
+                self.device,
+                count(self.threads as u64, "thread")
+            )
+        };
+        writeln!(
+            out,
+            "backend {} ({device}), median of {}:",
+            self.backend,
+            count(self.decode.runs as u64, "run")
+        )?;
+        for (what, timing) in [
+            ("encode", &self.encode),
+            ("decode", &self.decode),
+            ("copy", &self.copy),
+        ] {
+            writeln!(
+                out,
+                "  {what:<7} {:>8.3} GB/s  ({:.2} ms, {})",
+                timing.gb_per_s,
+                timing.median_seconds * 1e3,
+                timing.clock
+            )?;
+        }
+        writeln!(out, "  decode / copy = {:.3}", self.decode_vs_copy)
+    }
+}
+
+impl Report for ModelBenchReport {
+    fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let clock = self
+            .groups
+            .first()
+            .map_or(String::new(), |g| format!(", timed by {}", g.clock));
+        writeln!(
+            out,
+            "{} on {} ({}), {} per group{clock}:",
+            self.model,
+            self.backend,
+            self.device,
+            count(self.runs as u64, "run")
+        )?;
+        writeln!(
+            out,
+            "  {:<40} {:>8} {:>12} {:>11} {:>11} {:>9}",
+            "group", "tensors", "decoded", "median ms", "p99 ms", "GB/s"
+        )?;
+        for group in &self.groups {
+            writeln!(
+                out,
+                "  {:<40} {:>8} {:>12} {:>11.3} {:>11.3} {:>9.2}",
+                group.group,
+                group.tensors,
+                Bytes(group.decoded_bytes).to_string(),
+                group.median_ms,
+                group.p99_ms,
+                group.gb_per_s
+            )?;
+        }
+        let memory = &self.memory;
+        let verdict = if self.saved_bytes >= 0 {
+            format!("{} saved", Bytes(self.saved_bytes as u64))
+        } else {
+            format!(
+                "{} more: its largest group is too large a part of it",
+                Bytes(self.saved_bytes.unsigned_abs())
+            )
+        };
+        writeln!(
+            out,
+            "  memory: {} resident (compressed) + {} scratch (two groups of {}) = {} peak, against {} uncompressed: {verdict}",
+            Bytes(memory.resident_bytes),
+            Bytes(memory.scratch_bytes),
+            Bytes(memory.largest_group_bytes),
+            Bytes(memory.peak_bytes),
+            Bytes(memory.uncompressed_bytes),
+        )
+    }
 }

@@ -14,13 +14,14 @@ use crate::container::{self, CompressOptions};
 use crate::error::{Error, Result};
 use crate::synth;
 use crate::tools::bench::{self, BenchReport};
-use crate::tools::inspect::{self, FileInspection};
+use crate::tools::inspect::{self, Inspection};
+use crate::tools::{Bytes, Report};
 
 #[derive(Debug, Serialize)]
 pub struct DemoReport {
     pub parameters: u64,
     pub compress_seconds: f64,
-    pub inspection: FileInspection,
+    pub inspection: Inspection,
     pub backends: Vec<BackendRun>,
 }
 
@@ -189,4 +190,49 @@ pub fn run(repeats: usize) -> Result<DemoReport> {
         inspection,
         backends,
     })
+}
+
+impl Report for DemoReport {
+    fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let inspection = &self.inspection;
+        writeln!(
+            out,
+            "ecfloat demo: a heavy-tailed sample model, {:.1} M parameters in BF16, FP16, FP8 E4M3, FP8 E5M2 and FP32",
+            self.parameters as f64 / 1e6
+        )?;
+        writeln!(
+            out,
+            "compressed {} -> {}: ratio {:.4}, exponent-entropy bound {:.4}, in {:.2} s",
+            Bytes(inspection.source_bytes),
+            Bytes(inspection.file_bytes),
+            inspection.ratio,
+            inspection.bound_ratio,
+            self.compress_seconds
+        )?;
+        for run in &self.backends {
+            if let Some(reason) = &run.skipped {
+                writeln!(out, "  {:<5} skipped: {reason}", run.backend)?;
+            }
+            if let Some(error) = &run.error {
+                writeln!(out, "  {:<5} FAILED: {error}", run.backend)?;
+            }
+            if let Some(bench) = &run.bench {
+                writeln!(
+                    out,
+                    "  {:<5} {:<40} every bit identical; decode {:.2} GB/s = {:.2} x copy ({:.2} GB/s); encode {:.2} GB/s",
+                    run.backend,
+                    bench.device,
+                    bench.decode.gb_per_s,
+                    bench.decode_vs_copy,
+                    bench.copy.gb_per_s,
+                    bench.encode.gb_per_s
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn succeeded(&self) -> bool {
+        self.failures() == 0
+    }
 }

@@ -5,9 +5,12 @@
 //! at its per-tensor Shannon entropy, with no metadata: what one ideal code
 //! per tensor for the exponent alone would reach.
 
+use std::io::{self, Write};
 use std::path::Path;
 
 use serde::Serialize;
+
+use super::{Bytes, Report, count, optional};
 
 use crate::codec::{self, FieldSplit, FloatKind, stats};
 use crate::container::{CompressedFile, SourceFile, Storage};
@@ -15,6 +18,8 @@ use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TensorInspection {
+    /// The file that holds it.
+    pub file: String,
     pub name: String,
     pub dtype: String,
     pub shape: Vec<u64>,
@@ -38,25 +43,96 @@ pub struct TensorInspection {
     pub sync_exceptions: Option<u64>,
 }
 
+/// What `inspect` reports of a file, or of every safetensors file of a
+/// directory (then the sizes and ratios are their sums).
 #[derive(Clone, Debug, Serialize)]
-pub struct FileInspection {
+pub struct Inspection {
+    pub path: String,
+    /// Every file is ecfloat-compressed.
+    pub compressed: bool,
+    /// The files' format version, when they are compressed and share one.
+    pub format_version: Option<u32>,
+    pub source_bytes: u64,
+    /// Bytes of the file(s) as on disk.
+    pub file_bytes: u64,
+    /// `file_bytes / source_bytes`.
+    pub ratio: f64,
+    /// The exponent-entropy bound (non-float tensors and the source header
+    /// counted at their size) over `source_bytes`.
+    pub bound_ratio: f64,
+    pub files: Vec<FileSummary>,
+    pub tensors: Vec<TensorInspection>,
+}
+
+/// One inspected file.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileSummary {
     pub path: String,
     pub compressed: bool,
     pub format_version: Option<u32>,
     pub source_bytes: u64,
-    /// Bytes of the file as it is on disk.
     pub file_bytes: u64,
-    /// `file_bytes / source_bytes`.
     pub ratio: f64,
-    /// The exponent-entropy bound for the whole file (non-float tensors and
-    /// the source header counted at their size) over `source_bytes`.
     pub bound_ratio: f64,
-    pub tensors: Vec<TensorInspection>,
 }
 
-/// Inspects a compressed file, or a plain safetensors file (reporting what
-/// its exponents would allow).
-pub fn inspect(path: &Path) -> Result<FileInspection> {
+/// Inspects a compressed or plain safetensors file (for a plain one,
+/// reporting what its exponents would allow), or every safetensors file of
+/// a directory.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let files = crate::container::safetensors_files(path)?;
+    let mut inspections = Vec::with_capacity(files.len());
+    for file in &files {
+        inspections.push(inspect_file(file)?);
+    }
+    let source_bytes: u64 = inspections.iter().map(|i| i.source_bytes).sum();
+    let file_bytes: u64 = inspections.iter().map(|i| i.file_bytes).sum();
+    let bound_bytes: f64 = inspections
+        .iter()
+        .map(|i| i.bound_ratio * i.source_bytes.max(1) as f64)
+        .sum();
+    let versions: Vec<Option<u32>> = inspections.iter().map(|i| i.format_version).collect();
+    Ok(Inspection {
+        path: path.display().to_string(),
+        compressed: inspections.iter().all(|i| i.compressed),
+        format_version: versions
+            .first()
+            .copied()
+            .flatten()
+            .filter(|_| versions.windows(2).all(|pair| pair[0] == pair[1])),
+        source_bytes,
+        file_bytes,
+        ratio: file_bytes as f64 / source_bytes.max(1) as f64,
+        bound_ratio: bound_bytes / source_bytes.max(1) as f64,
+        files: inspections
+            .iter()
+            .map(|i| FileSummary {
+                path: i.path.clone(),
+                compressed: i.compressed,
+                format_version: i.format_version,
+                source_bytes: i.source_bytes,
+                file_bytes: i.file_bytes,
+                ratio: i.ratio,
+                bound_ratio: i.bound_ratio,
+            })
+            .collect(),
+        tensors: inspections.into_iter().flat_map(|i| i.tensors).collect(),
+    })
+}
+
+/// One file's inspection, before it joins the others of a directory.
+struct FileInspection {
+    path: String,
+    compressed: bool,
+    format_version: Option<u32>,
+    source_bytes: u64,
+    file_bytes: u64,
+    ratio: f64,
+    bound_ratio: f64,
+    tensors: Vec<TensorInspection>,
+}
+
+fn inspect_file(path: &Path) -> Result<FileInspection> {
     let plain = SourceFile::open(path)?;
     if plain.ecf_version().is_none() {
         return inspect_plain(path, &plain);
@@ -67,8 +143,13 @@ pub fn inspect(path: &Path) -> Result<FileInspection> {
     for tensor in &file.tensors {
         let source = &tensor.source;
         let dtype = format!("{:?}", source.dtype);
-        let mut inspection =
-            base_inspection(&source.name, &dtype, &source.shape, source.len() as u64);
+        let mut inspection = base_inspection(
+            path,
+            &source.name,
+            &dtype,
+            &source.shape,
+            source.len() as u64,
+        );
         match &tensor.storage {
             Storage::Raw => {
                 let bytes = file.stored_bytes(tensor);
@@ -113,8 +194,13 @@ fn inspect_plain(path: &Path, file: &SourceFile) -> Result<FileInspection> {
     let mut tensors = Vec::new();
     for source in file.tensors() {
         let dtype = format!("{:?}", source.dtype);
-        let mut inspection =
-            base_inspection(&source.name, &dtype, &source.shape, source.len() as u64);
+        let mut inspection = base_inspection(
+            path,
+            &source.name,
+            &dtype,
+            &source.shape,
+            source.len() as u64,
+        );
         if let Some(kind) = FloatKind::from_safetensors_name(&dtype) {
             let bytes = &file.data()[source.range.clone()];
             add_exponent_stats(&mut inspection, kind, &exponent_histogram(kind, bytes));
@@ -135,8 +221,15 @@ fn inspect_plain(path: &Path, file: &SourceFile) -> Result<FileInspection> {
     ))
 }
 
-fn base_inspection(name: &str, dtype: &str, shape: &[usize], bytes: u64) -> TensorInspection {
+fn base_inspection(
+    file: &Path,
+    name: &str,
+    dtype: &str,
+    shape: &[usize],
+    bytes: u64,
+) -> TensorInspection {
     TensorInspection {
+        file: file.display().to_string(),
         name: name.to_string(),
         dtype: dtype.to_string(),
         shape: shape.iter().map(|&d| d as u64).collect(),
@@ -226,5 +319,78 @@ fn summarise(
         ratio: file_bytes as f64 / source,
         bound_ratio: bound_bytes / source,
         tensors,
+    }
+}
+
+impl Report for Inspection {
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        let describe = |compressed: bool, version: Option<u32>| match (compressed, version) {
+            (true, Some(version)) => format!("ecfloat-compressed (format version {version})"),
+            (true, None) => "ecfloat-compressed".to_string(),
+            (false, _) => "plain safetensors (not compressed)".to_string(),
+        };
+        let directory = self.files.len() != 1 || self.files[0].path != self.path;
+        if directory {
+            writeln!(
+                out,
+                "{}: a directory of {}",
+                self.path,
+                count(self.files.len() as u64, "safetensors file")
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{}: {}",
+                self.path,
+                describe(self.compressed, self.format_version)
+            )?;
+        }
+        let width = self
+            .tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0)
+            .clamp(6, 60);
+        for file in &self.files {
+            if directory {
+                writeln!(
+                    out,
+                    "\n{}: {}, {} -> {}",
+                    file.path,
+                    describe(file.compressed, file.format_version),
+                    Bytes(file.source_bytes),
+                    Bytes(file.file_bytes)
+                )?;
+            }
+            writeln!(
+                out,
+                "{:<width$} {:<8} {:>16} {:>12} {:>5} {:>8} {:>8} {:>8}",
+                "tensor", "dtype", "shape", "elements", "coded", "H(exp)", "bits/el", "bound"
+            )?;
+            for t in self.tensors.iter().filter(|t| t.file == file.path) {
+                writeln!(
+                    out,
+                    "{:<width$} {:<8} {:>16} {:>12} {:>5} {:>8} {:>8.3} {:>8}",
+                    t.name,
+                    t.dtype,
+                    format!("{:?}", t.shape),
+                    t.elements,
+                    if t.coded { "yes" } else { "no" },
+                    optional(t.exponent_entropy, 3),
+                    t.bits_per_element,
+                    optional(t.bound_bits_per_element, 3),
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "total: {}, {} source, {} on disk, ratio {:.4} (exponent-entropy bound {:.4})",
+            count(self.tensors.len() as u64, "tensor"),
+            Bytes(self.source_bytes),
+            Bytes(self.file_bytes),
+            self.ratio,
+            self.bound_ratio
+        )
     }
 }

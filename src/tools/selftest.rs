@@ -3,6 +3,7 @@
 //! original. This is how a user trusts a GPU, and how a machine without a
 //! Rust toolchain is checked.
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -10,6 +11,7 @@ use serde::Serialize;
 use crate::backend::{self, BACKEND_NAMES, Backend};
 use crate::conformance::{self, Family};
 use crate::error::{Error, Result};
+use crate::tools::{Report, count};
 
 /// The checked-in test vectors, shipped in the binary.
 const VECTORS: [(&str, &[u8]); 2] = [
@@ -47,6 +49,43 @@ pub struct SkippedBackend {
 impl SelftestReport {
     pub fn failures(&self) -> usize {
         self.results.iter().filter(|r| r.error.is_some()).count()
+    }
+
+    /// The skipped backends and the counts: what follows the cases' lines.
+    pub fn write_summary(&self, out: &mut dyn Write) -> io::Result<()> {
+        for skipped in &self.skipped {
+            writeln!(out, "SKIP {:<5} {}", skipped.backend, skipped.reason)?;
+        }
+        writeln!(
+            out,
+            "{} passed, {} failed, {} skipped",
+            count((self.results.len() - self.failures()) as u64, "case"),
+            self.failures(),
+            count(self.skipped.len() as u64, "backend")
+        )
+    }
+}
+
+impl CaseResult {
+    /// `PASS backend case` or `FAIL backend case: why`.
+    pub fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        match &self.error {
+            None => writeln!(out, "PASS {:<5} {}", self.backend, self.case),
+            Some(error) => writeln!(out, "FAIL {:<5} {}: {error}", self.backend, self.case),
+        }
+    }
+}
+
+impl Report for SelftestReport {
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for result in &self.results {
+            result.write_text(out)?;
+        }
+        self.write_summary(out)
+    }
+
+    fn succeeded(&self) -> bool {
+        self.failures() == 0
     }
 }
 
@@ -134,12 +173,14 @@ fn run_backend(
             );
         result(format!("vector {file_name}"), outcome);
     }
-    for file in files {
-        for tensor in conformance::check_file(backend, file)? {
-            result(
-                format!("{}: {}", file.display(), tensor.name),
-                tensor.result,
-            );
+    for path in files {
+        for file in crate::container::safetensors_files(path)? {
+            for tensor in conformance::check_file(backend, &file)? {
+                result(
+                    format!("{}: {}", file.display(), tensor.name),
+                    tensor.result,
+                );
+            }
         }
     }
     Ok(())

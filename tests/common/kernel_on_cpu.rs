@@ -319,6 +319,7 @@ impl GpuDevice for KernelOnCpu {
             backend: NAME,
             device: "kernels/decode.cu on 256 host threads".to_string(),
             driver: "g++".to_string(),
+            hardware_gpu: false,
             limits: Default::default(),
         }
     }
