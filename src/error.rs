@@ -65,6 +65,16 @@ pub enum Error {
     OutputExists { path: PathBuf },
     #[error("{}: the output would replace the input", path.display())]
     OutputIsInput { path: PathBuf },
+    /// `-o` names something ecfloat must not replace with a file.
+    #[error("{}: is {kind}; ecf writes only regular files (choose another output)", path.display())]
+    OutputNotAFile { path: PathBuf, kind: &'static str },
+    /// The destination has less room than the output needs.
+    #[error("{}: needs {needed} bytes but only {available} are free there", path.display())]
+    InsufficientSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     #[error("{0}")]
     Usage(String),
     /// A request the backend cannot carry out: a handle of another

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use ecfloat::Error;
 use ecfloat::backend::BACKEND_CHOICES;
 use ecfloat::codec::FloatKind;
-use ecfloat::container::{Progress, ProgressSink};
+use ecfloat::container::{self, Progress, ProgressSink};
 use ecfloat::tools::{
     self, Report, analyze, backends, bench, compress, decompress, demo, inspect, selftest, verify,
 };
@@ -224,6 +224,7 @@ impl From<Error> for Stop {
 
 fn main() -> ExitCode {
     keep_mesa_quiet();
+    remove_partial_outputs_on_signals();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -247,6 +248,26 @@ fn keep_mesa_quiet() {
         // SAFETY: called first thing in main, before any thread exists, so
         // nothing reads the environment concurrently.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes the outputs being written (their
+/// `.ecf-partial-*` temporary files and directories), then dies of the
+/// signal as if it had not been caught, so the shell sees why.
+fn remove_partial_outputs_on_signals() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                container::write::remove_partial_outputs();
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+                std::process::exit(128 + signal);
+            }
+        });
     }
 }
 

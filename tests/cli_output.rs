@@ -128,9 +128,21 @@ fn a_directory_without_safetensors_files_is_an_error() {
 fn other_weight_formats_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8], &str); 3] = [
-        ("model.gguf", b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00", "a GGUF file"),
-        ("pytorch_model.bin", b"PK\x03\x04\x14\x00\x00\x00", "a ZIP archive"),
-        ("old.bin", b"\x80\x02}q\x00(X\x01\x00\x00\x00", "a Python pickle"),
+        (
+            "model.gguf",
+            b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00",
+            "a GGUF file",
+        ),
+        (
+            "pytorch_model.bin",
+            b"PK\x03\x04\x14\x00\x00\x00",
+            "a ZIP archive",
+        ),
+        (
+            "old.bin",
+            b"\x80\x02}q\x00(X\x01\x00\x00\x00",
+            "a Python pickle",
+        ),
     ];
     for (name, bytes, format) in cases {
         let path = dir.path().join(name);
@@ -260,5 +272,8 @@ fn figures_use_one_unit_system_and_plurals() {
     );
     let text = stdout(&output);
     assert!(text.contains("1 float tensor,"), "{text}");
-    assert!(!text.contains("threads (") && !text.contains("1 runs"), "{text}");
+    assert!(
+        !text.contains("threads (") && !text.contains("1 runs"),
+        "{text}"
+    );
 }

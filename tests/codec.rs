@@ -122,3 +122,55 @@ fn real_weights_compress_below_zipnn_and_near_the_entropy_bound() {
         eprintln!("{name}: {ratio:.4} (ZipNN {zipnn}, bound {bound})");
     }
 }
+
+/// Every conformance case read a window of blocks at a time decodes to the
+/// same bytes as in one piece, whatever the window — one block, a few, all
+/// — so that windows may start after a block that stored the code table
+/// they reuse; and the summary counts what the whole index holds.
+#[test]
+fn windows_of_blocks_decode_like_the_whole_tensor() {
+    use codec::index::IndexWalker;
+    for case in synthetic_cases() {
+        let encoded = codec::encode(case.kind, &case.bytes, &case.options).unwrap();
+        let view = encoded.view();
+        let whole = BlockIndex::parse(&view).unwrap();
+        let summary = IndexWalker::new(&view).unwrap().summarise().unwrap();
+        assert_eq!(summary.blocks, whole.blocks.len() as u64, "{}", case.name);
+        assert_eq!(summary.tables, whole.tables.len() as u64, "{}", case.name);
+        assert_eq!(
+            summary.exceptions,
+            whole.exceptions.len() as u64,
+            "{}",
+            case.name
+        );
+        for window_blocks in [1, 2, 3, 7] {
+            let mut decoded = vec![0xA5u8; case.bytes.len()];
+            let mut walker = IndexWalker::new(&view).unwrap();
+            let mut windows = 0;
+            while let Some(window) = walker.next_window(window_blocks).unwrap() {
+                let width = case.kind.width_bytes();
+                let start = window.first_element() as usize * width;
+                let end = start + window.params.decoded_bytes() as usize;
+                codec::decode_blocks(
+                    &window.view(&view),
+                    &window.index,
+                    0..window.index.blocks.len(),
+                    &mut decoded[start..end],
+                )
+                .unwrap_or_else(|e| panic!("{}, windows of {window_blocks}: {e}", case.name));
+                windows += 1;
+            }
+            assert_eq!(
+                windows,
+                whole.blocks.len().div_ceil(window_blocks as usize),
+                "{}",
+                case.name
+            );
+            assert!(
+                decoded == case.bytes,
+                "{}, windows of {window_blocks}",
+                case.name
+            );
+        }
+    }
+}

@@ -176,7 +176,7 @@ fn rejects_a_manifest_naming_paths_outside_the_directory() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("not a plain file name"),
+        stderr(&output).contains("is not the plain name of a file in the directory"),
         "{}",
         stderr(&output)
     );

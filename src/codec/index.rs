@@ -159,71 +159,15 @@ impl<'a> Reader<'a> {
 }
 
 impl BlockIndex {
-    /// Parses and validates the index of `view` against its planes.
+    /// Parses and validates the index of `view` against its planes. Its
+    /// memory grows with the tensor's block count; [`IndexWalker`] reads an
+    /// index a window at a time instead.
     pub fn parse(view: &EncodedView) -> Result<Self, CodecError> {
-        let params = view.params;
-        params.validate()?;
-        let block_count = params.block_count();
-        // Every record takes at least one byte: this bounds the allocation.
-        if block_count > view.index.len() as u64 {
-            return Err(CodecError::InvalidIndex(format!(
-                "{} blocks need at least {} index bytes, found {}",
-                block_count,
-                block_count,
-                view.index.len()
-            )));
-        }
-        let expected_rest = params.rest_bytes();
-        if view.rest.len() as u64 != expected_rest {
-            return Err(CodecError::LengthMismatch(format!(
-                "rest plane holds {} bytes, {} elements of {} bits need {}",
-                view.rest.len(),
-                params.elements,
-                params.split.stored_rest_bits(),
-                expected_rest
-            )));
-        }
-
-        let mut parsed = BlockIndex {
-            blocks: Vec::with_capacity(block_count as usize),
-            ..BlockIndex::default()
-        };
-        let mut reader = Reader::new(view.index);
-        let mut stream_offset = 0u64;
-        let head_len = view.head.len() as u64;
-        for block in 0..block_count {
-            let in_block =
-                |message: String| CodecError::InvalidIndex(format!("block {block}: {message}"));
-            let elements = params.block_len(block);
-            let (mode, stream_bits, exceptions) = parsed
-                .read_record(&mut reader, params.alphabet(), elements, params)
-                .map_err(in_block)?;
-            let stream_bytes = stream_bits.div_ceil(8);
-            if stream_offset + stream_bytes > head_len {
-                return Err(in_block(format!(
-                    "stream of {stream_bytes} bytes at offset {stream_offset} passes the end of the {head_len}-byte head plane"
-                )));
-            }
-            parsed.blocks.push(BlockEntry {
-                mode,
-                stream_offset,
-                stream_bits,
-                exceptions,
-            });
-            stream_offset += stream_bytes;
-        }
-        if reader.position != view.index.len() {
-            return Err(CodecError::InvalidIndex(format!(
-                "{} bytes left over after the last block",
-                view.index.len() - reader.position
-            )));
-        }
-        if stream_offset != head_len {
-            return Err(CodecError::LengthMismatch(format!(
-                "head plane holds {head_len} bytes but the blocks' streams take {stream_offset}"
-            )));
-        }
-        Ok(parsed)
+        let mut walker = IndexWalker::new(view)?;
+        Ok(walker
+            .next_window(u64::MAX)?
+            .map(|window| window.index)
+            .unwrap_or_default())
     }
 
     fn read_record(
@@ -310,6 +254,219 @@ impl BlockIndex {
     pub fn block_exceptions(&self, block: usize) -> &[ChunkException] {
         let range = &self.blocks[block].exceptions;
         &self.exceptions[range.start as usize..range.end as usize]
+    }
+}
+
+/// Reads a tensor's block index a window of consecutive blocks at a time,
+/// checking every record as [`BlockIndex::parse`] does, so that memory
+/// holds one window whatever the tensor claims. Each window is a tensor of
+/// its own — parameters, planes and index — that any decoder takes as it is.
+pub struct IndexWalker<'a> {
+    params: &'a super::TensorParams,
+    reader: Reader<'a>,
+    head_len: u64,
+    block_count: u64,
+    next_block: u64,
+    stream_offset: u64,
+    /// The code table a record that reuses the last one refers to.
+    last_table: Option<(CodeLengths, u8)>,
+    tables_read: u64,
+    exceptions_read: u64,
+}
+
+/// What a whole index holds, read by [`IndexWalker::summarise`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub blocks: u64,
+    /// Code tables stored (blocks that reuse one add none).
+    pub tables: u64,
+    pub exceptions: u64,
+}
+
+/// Consecutive blocks of a tensor, as a tensor of their own.
+pub struct IndexWindow {
+    /// Which blocks of the tensor.
+    pub blocks: Range<u64>,
+    /// The tensor's parameters for these blocks' elements only.
+    pub params: super::TensorParams,
+    /// The blocks' records: stream offsets count from `head_bytes.start`,
+    /// and a record that reuses the last code table finds it here even
+    /// when an earlier window stored it.
+    pub index: BlockIndex,
+    /// The blocks' bytes of the head and rest planes.
+    pub head_bytes: Range<usize>,
+    pub rest_bytes: Range<usize>,
+}
+
+impl IndexWindow {
+    /// The window's planes within `tensor`'s.
+    pub fn view<'a>(&'a self, tensor: &EncodedView<'a>) -> EncodedView<'a> {
+        EncodedView {
+            params: &self.params,
+            head: &tensor.head[self.head_bytes.clone()],
+            rest: &tensor.rest[self.rest_bytes.clone()],
+            index: &[],
+        }
+    }
+
+    /// The tensor's first element in this window.
+    pub fn first_element(&self) -> u64 {
+        self.blocks.start * self.params.block_elements as u64
+    }
+}
+
+impl<'a> IndexWalker<'a> {
+    /// Checks `view`'s parameters and the length of its rest plane; the
+    /// records are checked as the windows are read.
+    pub fn new(view: &EncodedView<'a>) -> Result<Self, CodecError> {
+        let params = view.params;
+        params.validate()?;
+        let block_count = params.block_count();
+        // Every record takes at least one byte.
+        if block_count > view.index.len() as u64 {
+            return Err(CodecError::InvalidIndex(format!(
+                "{} blocks need at least {} index bytes, found {}",
+                block_count,
+                block_count,
+                view.index.len()
+            )));
+        }
+        let expected_rest = params.rest_bytes();
+        if view.rest.len() as u64 != expected_rest {
+            return Err(CodecError::LengthMismatch(format!(
+                "rest plane holds {} bytes, {} elements of {} bits need {}",
+                view.rest.len(),
+                params.elements,
+                params.split.stored_rest_bits(),
+                expected_rest
+            )));
+        }
+        let walker = IndexWalker {
+            params,
+            reader: Reader::new(view.index),
+            head_len: view.head.len() as u64,
+            block_count,
+            next_block: 0,
+            stream_offset: 0,
+            last_table: None,
+            tables_read: 0,
+            exceptions_read: 0,
+        };
+        if block_count == 0 {
+            walker.check_end()?;
+        }
+        Ok(walker)
+    }
+
+    /// Reads the whole index, one window at a time, and says what it holds.
+    pub fn summarise(mut self) -> Result<IndexSummary, CodecError> {
+        while self.next_window(1 << 14)?.is_some() {}
+        Ok(IndexSummary {
+            blocks: self.block_count,
+            tables: self.tables_read,
+            exceptions: self.exceptions_read,
+        })
+    }
+
+    /// The window of blocks whose decoded bytes come to at most
+    /// `max_bytes` (one block at least).
+    pub fn next_window_of_bytes(
+        &mut self,
+        max_bytes: u64,
+    ) -> Result<Option<IndexWindow>, CodecError> {
+        let block_bytes =
+            self.params.block_elements as u64 * self.params.kind().width_bytes() as u64;
+        self.next_window((max_bytes / block_bytes).max(1))
+    }
+
+    /// The next `max_blocks` blocks (fewer at the end), or `None` after the
+    /// last. The window that holds the last block is returned only once the
+    /// index has been checked to its end.
+    pub fn next_window(&mut self, max_blocks: u64) -> Result<Option<IndexWindow>, CodecError> {
+        if self.next_block == self.block_count {
+            return Ok(None);
+        }
+        let params = self.params;
+        let first = self.next_block;
+        let end = first
+            .saturating_add(max_blocks.max(1))
+            .min(self.block_count);
+        let head_start = self.stream_offset;
+        let mut index = BlockIndex {
+            blocks: Vec::with_capacity((end - first).min(1 << 20) as usize),
+            ..BlockIndex::default()
+        };
+        if let Some((lengths, max_len)) = &self.last_table {
+            index.tables.push(*lengths);
+            index.table_max_len.push(*max_len);
+        }
+        for block in first..end {
+            let in_block =
+                |message: String| CodecError::InvalidIndex(format!("block {block}: {message}"));
+            let elements = params.block_len(block);
+            let tables_before = index.tables.len();
+            let (mode, stream_bits, exceptions) = index
+                .read_record(&mut self.reader, params.alphabet(), elements, params)
+                .map_err(in_block)?;
+            if index.tables.len() > tables_before {
+                self.tables_read += 1;
+            }
+            self.exceptions_read += exceptions.len() as u64;
+            let stream_bytes = stream_bits.div_ceil(8);
+            if self.stream_offset + stream_bytes > self.head_len {
+                return Err(in_block(format!(
+                    "stream of {stream_bytes} bytes at offset {} passes the end of the {}-byte head plane",
+                    self.stream_offset, self.head_len
+                )));
+            }
+            index.blocks.push(BlockEntry {
+                mode,
+                stream_offset: self.stream_offset - head_start,
+                stream_bits,
+                exceptions,
+            });
+            self.stream_offset += stream_bytes;
+        }
+        if let (Some(lengths), Some(max_len)) = (index.tables.last(), index.table_max_len.last()) {
+            self.last_table = Some((*lengths, *max_len));
+        }
+        self.next_block = end;
+        if end == self.block_count {
+            self.check_end()?;
+        }
+        let first_element = first * params.block_elements as u64;
+        let end_element = (end * params.block_elements as u64).min(params.elements);
+        let stored_bits = params.split.stored_rest_bits() as u64;
+        Ok(Some(IndexWindow {
+            blocks: first..end,
+            params: super::TensorParams {
+                elements: end_element - first_element,
+                ..params.clone()
+            },
+            index,
+            head_bytes: head_start as usize..self.stream_offset as usize,
+            rest_bytes: (first_element * stored_bits / 8) as usize
+                ..(end_element * stored_bits).div_ceil(8) as usize,
+        }))
+    }
+
+    /// After the last block: nothing may follow the records, and the
+    /// blocks' streams must fill the head plane exactly.
+    fn check_end(&self) -> Result<(), CodecError> {
+        let index_len = self.reader.bytes.len();
+        if self.reader.position != index_len {
+            return Err(CodecError::InvalidIndex(format!(
+                "{} bytes left over after the last block",
+                index_len - self.reader.position
+            )));
+        }
+        if self.stream_offset != self.head_len {
+            return Err(CodecError::LengthMismatch(format!(
+                "head plane holds {} bytes but the blocks' streams take {}",
+                self.head_len, self.stream_offset
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -79,6 +79,7 @@ pub fn decompress_file(
 ) -> Result<DecodeChecks> {
     let file = CompressedFile::open(input)?;
     let mut out = AtomicOutput::create(output, force, &[input])?;
+    super::write::check_free_space(output, file.source_len())?;
     // Rebuilding needs only the sync metadata the CPU decoder itself uses;
     // every tensor's checksum is checked either way.
     let decode = cpu_decoder(SyncCheck::Lanes);
@@ -211,17 +212,27 @@ fn decode_pieces<'a>(
         return Ok((tensors, decoded_bytes));
     }
     for batch in super::batches(&file.tensors, super::BATCH_BYTES, |t| t.source.len() as u64) {
-        // Small tensors decode in parallel, each into its own buffer.
-        let parallel: Vec<Option<Result<Vec<u8>>>> = if batch.len() > 1 {
+        // Small tensors decode in parallel, each into buffers of its own.
+        let parallel: Vec<Option<Result<Vec<Piece>>>> = if batch.len() > 1 {
             batch
                 .par_iter()
                 .map(|tensor| match &tensor.storage {
                     Storage::Raw => None,
                     Storage::Coded(coded) => {
-                        let mut own = Vec::new();
+                        let mut pieces = Vec::new();
                         Some(
-                            decode_tensor(file, decode, &tensor.source.name, coded, &mut own)
-                                .map(|()| own),
+                            decode_in_windows(
+                                file,
+                                decode,
+                                &tensor.source.name,
+                                coded,
+                                Vec::new,
+                                |buffer, len| {
+                                    pieces.push(Piece::Decoded(buffer, len));
+                                    true
+                                },
+                            )
+                            .map(|()| pieces),
                         )
                     }
                 })
@@ -233,34 +244,47 @@ fn decode_pieces<'a>(
         for tensor in batch {
             let prepared = parallel.next().flatten();
             let name = &tensor.source.name;
-            let (piece, coded, error) = match &tensor.storage {
-                Storage::Raw => (Some(Piece::Stored(file.stored_bytes(tensor))), false, None),
+            let mut writer_gone = false;
+            let (coded, error) = match &tensor.storage {
+                Storage::Raw => {
+                    writer_gone = to_writer
+                        .send(Piece::Stored(file.stored_bytes(tensor)))
+                        .is_err();
+                    (false, None)
+                }
                 Storage::Coded(coded) => {
                     decoded_bytes += coded.params.decoded_bytes();
-                    let len = coded.params.decoded_bytes() as usize;
-                    // A large tensor decodes into a buffer the writer is
-                    // done with, when there is one.
                     let decoded = match prepared {
-                        Some(result) => result.map(|own| Piece::Decoded(own, len)),
-                        None => {
-                            let mut buffer = written_buffers.try_recv().unwrap_or_default();
-                            decode_tensor(file, decode, name, coded, &mut buffer)
-                                .map(|()| Piece::Recycled(buffer, len))
-                        }
+                        Some(pieces) => pieces.map(|pieces| {
+                            for piece in pieces {
+                                if to_writer.send(piece).is_err() {
+                                    writer_gone = true;
+                                    break;
+                                }
+                            }
+                        }),
+                        // A large tensor streams to the writer a window at a
+                        // time, in buffers the writer is done with.
+                        None => decode_in_windows(
+                            file,
+                            decode,
+                            name,
+                            coded,
+                            || written_buffers.try_recv().unwrap_or_default(),
+                            |buffer, len| {
+                                writer_gone = to_writer.send(Piece::Recycled(buffer, len)).is_err();
+                                !writer_gone
+                            },
+                        ),
                     };
-                    match decoded {
-                        Ok(piece) => (Some(piece), true, None),
-                        Err(error) => (None, true, Some(error)),
-                    }
+                    (true, decoded.err())
                 }
             };
             let error = match error {
                 Some(error) if stop_on_error => return Err(error),
                 error => error,
             };
-            if let Some(piece) = piece
-                && to_writer.send(piece).is_err()
-            {
+            if writer_gone {
                 return Ok((tensors, decoded_bytes));
             }
             tensors.push(TensorCheck {
@@ -276,29 +300,47 @@ fn decode_pieces<'a>(
     Ok((tensors, decoded_bytes))
 }
 
-/// Decodes one coded tensor with `decode`, checks its checksum, and only
-/// then emits it.
-fn decode_tensor(
+/// Decodes a coded tensor with `decode` a window of blocks at a time, each
+/// into a buffer from `take_buffer`, and hands each window's bytes to
+/// `emit` (which returns `false` to stop); then checks the tensor's
+/// checksum. Memory holds a window, whatever the tensor's size: bytes may
+/// go out before the checksum condemns them, so whoever keeps them (an
+/// output file) must keep nothing of a failed run.
+fn decode_in_windows(
     file: &CompressedFile,
     decode: &Decoder,
     name: &str,
     coded: &CodedTensor,
-    buffer: &mut Vec<u8>,
+    mut take_buffer: impl FnMut() -> Vec<u8>,
+    mut emit: impl FnMut(Vec<u8>, usize) -> bool,
 ) -> Result<()> {
-    let len = coded.params.decoded_bytes() as usize;
-    if buffer.len() < len {
-        buffer.try_reserve_exact(len - buffer.len()).map_err(|_| {
-            Error::corrupt(
-                file.path(),
-                Some(name),
-                format!("cannot allocate {len} bytes to decode into"),
-            )
-        })?;
-        buffer.resize(len, 0);
+    let view = file.view(coded);
+    let mut walker = file.index_walker(name, coded)?;
+    let mut hash = Xxh3::new();
+    while let Some(window) = walker
+        .next_window_of_bytes(super::BATCH_BYTES)
+        .map_err(|e| Error::codec(file.path(), name, e))?
+    {
+        let len = window.params.decoded_bytes() as usize;
+        let mut buffer = take_buffer();
+        if buffer.len() < len {
+            buffer.try_reserve_exact(len - buffer.len()).map_err(|_| {
+                Error::corrupt(
+                    file.path(),
+                    Some(name),
+                    format!("cannot allocate {len} bytes to decode into"),
+                )
+            })?;
+            buffer.resize(len, 0);
+        }
+        decode(&window.view(&view), &window.index, &mut buffer[..len])
+            .map_err(|e| e.in_tensor(file.path(), name))?;
+        hash.update(&buffer[..len]);
+        if !emit(buffer, len) {
+            return Ok(());
+        }
     }
-    let decoded = &mut buffer[..len];
-    decode(&file.view(coded), &coded.index, decoded).map_err(|e| e.in_tensor(file.path(), name))?;
-    let actual = xxhash_rust::xxh3::xxh3_64(decoded);
+    let actual = hash.digest();
     if actual != coded.checksum {
         return Err(Error::ChecksumMismatch {
             path: file.path().to_path_buf(),

@@ -1,12 +1,13 @@
 //! Opening a compressed file: every name, offset, length and table is
 //! checked here, before any decoder — CPU or GPU — sees a byte of it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, Metadata};
 
+use crate::codec::index::{IndexSummary, IndexWalker};
 use crate::codec::{BlockIndex, EncodedView, FloatKind, TensorParams};
 use crate::error::{Error, Result};
 
@@ -47,8 +48,10 @@ pub struct CodedTensor {
     pub index_range: Range<usize>,
     pub head_range: Range<usize>,
     pub rest_range: Range<usize>,
-    /// The parsed, validated block index.
-    pub index: BlockIndex,
+    /// What its block index holds, every record of which was checked when
+    /// the file was opened; read it with [`CompressedFile::block_index`] or
+    /// [`CompressedFile::index_walker`].
+    pub summary: IndexSummary,
 }
 
 /// Fails unless ecfloat wrote `file` in the format version this build
@@ -84,7 +87,7 @@ impl CompressedFile {
         let source_checksum = schema::parse_checksum(checksum_text)
             .map_err(|e| corrupt(format!("{}: {e}", schema::SOURCE_CHECKSUM_KEY)))?;
 
-        let mut stored: HashMap<String, TensorEntry> = file
+        let mut stored: BTreeMap<String, TensorEntry> = file
             .tensors()
             .into_iter()
             .map(|entry| (entry.name.clone(), entry))
@@ -123,9 +126,10 @@ impl CompressedFile {
                 Resolved::Raw => Storage::Raw,
                 Resolved::Coded(coded) => {
                     let view = view_of(file.data(), &coded);
-                    let index = BlockIndex::parse(&view)
+                    let summary = IndexWalker::new(&view)
+                        .and_then(IndexWalker::summarise)
                         .map_err(|e| Error::codec(path, &source.name, e))?;
-                    Storage::Coded(Box::new(CodedTensor { index, ..coded }))
+                    Storage::Coded(Box::new(CodedTensor { summary, ..coded }))
                 }
             };
             tensors.push(StoredTensor {
@@ -184,19 +188,55 @@ impl CompressedFile {
         self.file.release(tensor.stored_range.clone());
     }
 
-    /// A tensor's original bytes, decoded on the CPU when coded.
+    /// A coded tensor's whole block index, parsed: memory in proportion to
+    /// its blocks (for decoding it in one piece, as a device does).
+    pub fn block_index(&self, name: &str, coded: &CodedTensor) -> Result<BlockIndex> {
+        BlockIndex::parse(&self.view(coded)).map_err(|e| Error::codec(self.path(), name, e))
+    }
+
+    /// Reads a coded tensor's block index a window at a time.
+    pub fn index_walker<'a>(
+        &'a self,
+        name: &str,
+        coded: &'a CodedTensor,
+    ) -> Result<IndexWalker<'a>> {
+        IndexWalker::new(&self.view(coded)).map_err(|e| Error::codec(self.path(), name, e))
+    }
+
+    /// A tensor's original bytes, decoded on the CPU when coded; memory in
+    /// proportion to the tensor. Allocating them is an error, not an abort,
+    /// when they do not fit.
     pub fn decode_on_cpu(&self, tensor: &StoredTensor) -> Result<Vec<u8>> {
+        let name = &tensor.source.name;
         match &tensor.storage {
             Storage::Raw => Ok(self.stored_bytes(tensor).to_vec()),
             Storage::Coded(coded) => {
-                let mut bytes = vec![0u8; coded.params.decoded_bytes() as usize];
-                crate::codec::decode_blocks(
-                    &self.view(coded),
-                    &coded.index,
-                    0..coded.index.blocks.len(),
-                    &mut bytes,
-                )
-                .map_err(|e| Error::codec(self.path(), &tensor.source.name, e))?;
+                let len = coded.params.decoded_bytes() as usize;
+                let mut bytes = Vec::new();
+                bytes.try_reserve_exact(len).map_err(|_| {
+                    Error::corrupt(
+                        self.path(),
+                        Some(name),
+                        format!("cannot allocate the {len} bytes it decodes to"),
+                    )
+                })?;
+                bytes.resize(len, 0);
+                let view = self.view(coded);
+                let mut walker = self.index_walker(name, coded)?;
+                while let Some(window) = walker
+                    .next_window_of_bytes(super::BATCH_BYTES)
+                    .map_err(|e| Error::codec(self.path(), name, e))?
+                {
+                    let start = window.first_element() as usize * coded.params.kind().width_bytes();
+                    let end = start + window.params.decoded_bytes() as usize;
+                    crate::codec::decode_blocks(
+                        &window.view(&view),
+                        &window.index,
+                        0..window.index.blocks.len(),
+                        &mut bytes[start..end],
+                    )
+                    .map_err(|e| Error::codec(self.path(), name, e))?;
+                }
                 Ok(bytes)
             }
         }
@@ -272,6 +312,6 @@ fn resolve(
         index_range,
         head_range,
         rest_range,
-        index: BlockIndex::default(),
+        summary: IndexSummary::default(),
     }))
 }

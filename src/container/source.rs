@@ -51,7 +51,7 @@ impl SourceFile {
                     Some(format) => {
                         format!("it is {format}; ecf reads only safetensors files")
                     }
-                    None => describe_safetensors_error(&e),
+                    None => header_problem(&map).unwrap_or_else(|| describe_safetensors_error(&e)),
                 },
             })?;
         Ok(SourceFile {
@@ -117,9 +117,10 @@ impl SourceFile {
     }
 }
 
-/// Tensors of a validated header in data order.
+/// Tensors of a validated header in data order; empty tensors that share
+/// an offset in name order, so that every run meets them in the same order.
 pub fn tensor_entries(metadata: &Metadata) -> Vec<TensorEntry> {
-    metadata
+    let mut entries: Vec<TensorEntry> = metadata
         .offset_keys()
         .into_iter()
         .map(|name| {
@@ -133,7 +134,11 @@ pub fn tensor_entries(metadata: &Metadata) -> Vec<TensorEntry> {
                 name,
             }
         })
-        .collect()
+        .collect();
+    entries.sort_by(|a, b| {
+        (a.range.start, a.range.end, &a.name).cmp(&(b.range.start, b.range.end, &b.name))
+    });
+    entries
 }
 
 /// Maps `path` read-only; an empty file (which cannot be mapped) is not a
@@ -158,17 +163,101 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
 fn other_format(bytes: &[u8]) -> Option<&'static str> {
     const SIGNATURES: [(&[u8], &str); 5] = [
         (b"GGUF", "a GGUF file"),
-        (b"PK\x03\x04", "a ZIP archive (PyTorch saves .bin and .pt files as these)"),
+        (
+            b"PK\x03\x04",
+            "a ZIP archive (PyTorch saves .bin and .pt files as these)",
+        ),
         (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras .h5)"),
         (b"\x93NUMPY", "a NumPy array file"),
         (b"lmgg", "a GGML file"),
     ];
-    if let Some((_, format)) = SIGNATURES.iter().find(|(magic, _)| bytes.starts_with(magic)) {
+    if let Some((_, format)) = SIGNATURES
+        .iter()
+        .find(|(magic, _)| bytes.starts_with(magic))
+    {
         return Some(format);
     }
     // Pickle protocol 2 to 5 opens with PROTO and its number.
     (bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]))
         .then_some("a Python pickle (an older PyTorch .bin file)")
+}
+
+/// What is wrong with the tensors a safetensors header lists, naming the
+/// tensor, the same way on every run (safetensors' own checks name none,
+/// or whichever tensor its hash map yields first). `None` when the header
+/// cannot be read as JSON at all, or nothing here is wrong.
+fn header_problem(bytes: &[u8]) -> Option<String> {
+    let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let json = bytes.get(8..8usize.checked_add(header_len)?)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
+    let data_len = (bytes.len() - 8 - header_len) as u64;
+    let mut spans = Vec::new();
+    for (name, entry) in header.iter().filter(|(name, _)| *name != "__metadata__") {
+        let field = |key: &str| entry.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        let dtype: Dtype = match serde_json::from_value(field("dtype")) {
+            Ok(dtype) => dtype,
+            Err(_) => {
+                return Some(format!(
+                    "tensor {name}: dtype {} is not a safetensors dtype",
+                    field("dtype")
+                ));
+            }
+        };
+        let Ok(shape) = serde_json::from_value::<Vec<u64>>(field("shape")) else {
+            return Some(format!(
+                "tensor {name}: shape {} is not a list of sizes",
+                field("shape")
+            ));
+        };
+        let Ok([start, end]) = serde_json::from_value::<[u64; 2]>(field("data_offsets")) else {
+            return Some(format!(
+                "tensor {name}: data_offsets {} is not a pair of byte offsets",
+                field("data_offsets")
+            ));
+        };
+        let bits = shape
+            .iter()
+            .try_fold(dtype.bitsize() as u64, |bits, &d| bits.checked_mul(d));
+        let Some(bits) = bits else {
+            return Some(format!(
+                "tensor {name}: shape {shape:?} overflows its byte length"
+            ));
+        };
+        if end < start || bits % 8 != 0 || end - start != bits / 8 {
+            return Some(format!(
+                "tensor {name}: {dtype:?} {shape:?} takes {} bytes, but its data offsets [{start}, {end}] span {}",
+                bits / 8,
+                end as i128 - start as i128
+            ));
+        }
+        spans.push((start, end, name));
+    }
+    spans.sort();
+    let mut previous: Option<(u64, u64, &String)> = None;
+    for &(start, end, name) in &spans {
+        let expected = previous.map_or(0, |(_, end, _)| end);
+        if start != expected {
+            return Some(match previous {
+                None => {
+                    format!("tensor {name}: the first tensor's data starts at byte {start}, not 0")
+                }
+                Some((p_start, p_end, p_name)) if start < p_end => format!(
+                    "tensor {name}: data offsets [{start}, {end}] overlap tensor {p_name}'s [{p_start}, {p_end}]"
+                ),
+                Some((_, _, p_name)) => format!(
+                    "tensor {name}: data offsets [{start}, {end}] leave {} bytes unused after tensor {p_name}",
+                    start - expected
+                ),
+            });
+        }
+        previous = Some((start, end, name));
+    }
+    let used = previous.map_or(0, |(_, end, _)| end);
+    (used != data_len).then(|| {
+        format!(
+            "the header's tensors take {used} bytes of data, but the file holds {data_len} after the header (truncated or extended?)"
+        )
+    })
 }
 
 /// A one-line reason a buffer is not a safetensors file.

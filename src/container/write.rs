@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
@@ -131,24 +132,81 @@ impl SafetensorsWriter {
     }
 }
 
+/// Outputs being written under their temporary names: what a run stopped
+/// by a signal must remove ([`remove_partial_outputs`]).
+static PARTIAL_OUTPUTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every output still being written: for a signal handler, before
+/// the process ends without running destructors.
+pub fn remove_partial_outputs() {
+    let partial = PARTIAL_OUTPUTS.lock().unwrap_or_else(|e| e.into_inner());
+    for path in partial.iter() {
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+    }
+}
+
+/// Keeps a temporary output's path in [`PARTIAL_OUTPUTS`] while it lives.
+pub(crate) struct PartialOutput(PathBuf);
+
+impl PartialOutput {
+    pub(crate) fn register(path: &Path) -> Self {
+        let mut partial = PARTIAL_OUTPUTS.lock().unwrap_or_else(|e| e.into_inner());
+        partial.push(path.to_path_buf());
+        PartialOutput(path.to_path_buf())
+    }
+}
+
+impl Drop for PartialOutput {
+    fn drop(&mut self) {
+        let mut partial = PARTIAL_OUTPUTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(position) = partial.iter().position(|path| *path == self.0) {
+            partial.swap_remove(position);
+        }
+    }
+}
+
+/// The directory an output is written in.
+pub(crate) fn parent_directory(target: &Path) -> &Path {
+    match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Refuses to write `bytes` where the file system has less room free.
+pub fn check_free_space(target: &Path, bytes: u64) -> Result<()> {
+    let directory = parent_directory(target);
+    let available = fs4::available_space(directory).map_err(|e| Error::io(directory, e))?;
+    if bytes > available {
+        return Err(Error::InsufficientSpace {
+            path: target.to_path_buf(),
+            needed: bytes,
+            available,
+        });
+    }
+    Ok(())
+}
+
 /// An output file written under a temporary name in the target's directory
 /// and renamed into place by [`AtomicOutput::commit`]; dropped uncommitted,
-/// it leaves nothing behind.
+/// or when a signal stops the process, it leaves nothing behind.
 pub struct AtomicOutput {
     writer: BufWriter<NamedTempFile>,
     target: PathBuf,
     force: bool,
+    _partial: PartialOutput,
 }
 
 impl AtomicOutput {
-    /// Refuses, before any work is done, to replace an input or an existing
-    /// file without `force`.
+    /// Refuses, before any work is done, to replace an input, an existing
+    /// file without `force`, or anything but a regular file.
     pub fn create(target: &Path, force: bool, inputs: &[&Path]) -> Result<Self> {
         check_target(target, force, inputs)?;
-        let directory = match target.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
+        let directory = parent_directory(target);
         let mut builder = tempfile::Builder::new();
         builder.prefix(".ecf-partial-");
         // A new output gets the permissions any new file would (0666 less
@@ -159,6 +217,7 @@ impl AtomicOutput {
             .tempfile_in(directory)
             .map_err(|e| Error::io(directory, e))?;
         Ok(AtomicOutput {
+            _partial: PartialOutput::register(temp.path()),
             writer: BufWriter::with_capacity(1 << 20, temp),
             target: target.to_path_buf(),
             force,
@@ -208,6 +267,9 @@ impl AtomicOutput {
 }
 
 fn check_target(target: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    let Ok(metadata) = std::fs::symlink_metadata(target) else {
+        return Ok(());
+    };
     let Ok(existing) = target.canonicalize() else {
         return Ok(());
     };
@@ -218,12 +280,44 @@ fn check_target(target: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
             });
         }
     }
+    if !metadata.is_file() {
+        return Err(Error::OutputNotAFile {
+            path: target.to_path_buf(),
+            kind: describe_file_type(&metadata.file_type()),
+        });
+    }
     if !force {
         return Err(Error::OutputExists {
             path: target.to_path_buf(),
         });
     }
     Ok(())
+}
+
+/// What a file that is not a regular one is, for a message.
+pub(crate) fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_char_device() || file_type.is_block_device() {
+            return "a device";
+        }
+        if file_type.is_fifo() {
+            return "a FIFO";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
 }
 
 #[cfg(test)]

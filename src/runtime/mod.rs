@@ -216,7 +216,9 @@ impl<'b> Model<'b> {
                 let source = &stored.source;
                 let device = match &stored.storage {
                     Storage::Raw => backend.upload_raw(file.stored_bytes(stored)),
-                    Storage::Coded(coded) => backend.upload(&file.view(coded), &coded.index),
+                    Storage::Coded(coded) => file
+                        .block_index(&source.name, coded)
+                        .and_then(|index| backend.upload(&file.view(coded), &index)),
                 }
                 .map_err(|e| e.in_tensor(file_path, &source.name))?;
                 tensors.push(ModelTensor {

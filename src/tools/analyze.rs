@@ -164,43 +164,82 @@ fn value(kind: FloatKind, element: u32) -> f64 {
 }
 
 pub fn analyze_tensor(name: &str, kind: FloatKind, bytes: &[u8]) -> TensorAnalysis {
-    let split = FieldSplit {
-        kind,
-        head_bits: kind.exponent_bits(),
-        rest_const_bits: 0,
-        rest_const_value: 0,
-    };
-    let elements = bytes.len() / kind.width_bytes();
-    let mut histogram = vec![0u64; 1 << kind.exponent_bits()];
-    let stride = elements.div_ceil(FIT_SAMPLE).max(1);
-    let mut sample = Vec::with_capacity(elements.div_ceil(stride));
-    let mut index = 0;
-    kind.for_each_element(bytes, |element| {
-        histogram[split.head(element) as usize] += 1;
-        if index % stride == 0 {
-            let value = value(kind, element);
-            if value.is_finite() {
-                sample.push(value);
-            }
+    let mut study = TensorStudy::new(kind, (bytes.len() / kind.width_bytes()) as u64);
+    study.add(bytes);
+    study.finish(name)
+}
+
+/// One tensor's study, fed its elements in order a piece at a time, so
+/// that a tensor is never held whole: the exponent histogram, and every
+/// `stride`-th finite value for the α fit (at most [`FIT_SAMPLE`]).
+struct TensorStudy {
+    kind: FloatKind,
+    split: FieldSplit,
+    elements: u64,
+    histogram: Vec<u64>,
+    stride: u64,
+    sample: Vec<f64>,
+    seen: u64,
+}
+
+impl TensorStudy {
+    fn new(kind: FloatKind, elements: u64) -> Self {
+        let stride = elements.div_ceil(FIT_SAMPLE as u64).max(1);
+        TensorStudy {
+            kind,
+            split: FieldSplit {
+                kind,
+                head_bits: kind.exponent_bits(),
+                rest_const_bits: 0,
+                rest_const_value: 0,
+            },
+            elements,
+            histogram: vec![0u64; 1 << kind.exponent_bits()],
+            stride,
+            sample: Vec::with_capacity(elements.div_ceil(stride) as usize),
+            seen: 0,
         }
-        index += 1;
-    });
-    let alpha = stable_alpha(&mut sample);
-    TensorAnalysis {
-        name: name.to_string(),
-        dtype: kind.safetensors_name().to_string(),
-        elements: elements as u64,
-        exponent_entropy: stats::entropy(&histogram),
-        distinct_exponents: histogram.iter().filter(|&&c| c > 0).count() as u32,
-        exponent_histogram: histogram,
-        entropy_bounds: alpha.map(entropy_bounds),
-        alpha,
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        let (kind, split, stride) = (self.kind, self.split, self.stride);
+        let TensorStudy {
+            histogram,
+            sample,
+            seen,
+            ..
+        } = self;
+        kind.for_each_element(bytes, |element| {
+            histogram[split.head(element) as usize] += 1;
+            if *seen % stride == 0 {
+                let value = value(kind, element);
+                if value.is_finite() {
+                    sample.push(value);
+                }
+            }
+            *seen += 1;
+        });
+    }
+
+    fn finish(mut self, name: &str) -> TensorAnalysis {
+        debug_assert_eq!(self.seen, self.elements);
+        let alpha = stable_alpha(&mut self.sample);
+        TensorAnalysis {
+            name: name.to_string(),
+            dtype: self.kind.safetensors_name().to_string(),
+            elements: self.elements,
+            exponent_entropy: stats::entropy(&self.histogram),
+            distinct_exponents: self.histogram.iter().filter(|&&c| c > 0).count() as u32,
+            exponent_histogram: self.histogram,
+            entropy_bounds: alpha.map(entropy_bounds),
+            alpha,
+        }
     }
 }
 
-/// Calls `visit` with every non-empty float tensor of a plain or compressed
-/// file, one at a time (coded tensors decoded on the CPU).
-fn for_each_float_tensor(path: &Path, mut visit: impl FnMut(&str, FloatKind, &[u8])) -> Result<()> {
+/// Studies every non-empty float tensor of a plain or compressed file, one
+/// at a time; coded tensors are decoded on the CPU a window at a time.
+fn study_file(path: &Path, tensors: &mut Vec<TensorAnalysis>) -> Result<()> {
     let plain = SourceFile::open(path)?;
     if plain.ecf_version().is_none() {
         for entry in plain.tensors() {
@@ -208,7 +247,11 @@ fn for_each_float_tensor(path: &Path, mut visit: impl FnMut(&str, FloatKind, &[u
             if let Some(kind) =
                 FloatKind::from_safetensors_name(&dtype).filter(|_| !entry.is_empty())
             {
-                visit(&entry.name, kind, &plain.data()[entry.range.clone()]);
+                tensors.push(analyze_tensor(
+                    &entry.name,
+                    kind,
+                    &plain.data()[entry.range.clone()],
+                ));
                 plain.release(entry.range);
             }
         }
@@ -216,7 +259,9 @@ fn for_each_float_tensor(path: &Path, mut visit: impl FnMut(&str, FloatKind, &[u
     }
     drop(plain);
     let file = CompressedFile::open(path)?;
+    let mut buffer = Vec::new();
     for tensor in &file.tensors {
+        let name = &tensor.source.name;
         let dtype = format!("{:?}", tensor.source.dtype);
         let Some(kind) =
             FloatKind::from_safetensors_name(&dtype).filter(|_| !tensor.source.is_empty())
@@ -224,8 +269,29 @@ fn for_each_float_tensor(path: &Path, mut visit: impl FnMut(&str, FloatKind, &[u
             continue;
         };
         match &tensor.storage {
-            Storage::Raw => visit(&tensor.source.name, kind, file.stored_bytes(tensor)),
-            Storage::Coded(_) => visit(&tensor.source.name, kind, &file.decode_on_cpu(tensor)?),
+            Storage::Raw => tensors.push(analyze_tensor(name, kind, file.stored_bytes(tensor))),
+            Storage::Coded(coded) => {
+                let mut study = TensorStudy::new(kind, coded.params.elements);
+                let view = file.view(coded);
+                let mut walker = file.index_walker(name, coded)?;
+                let codec_error = |e| Error::codec(path, name, e);
+                while let Some(window) = walker
+                    .next_window_of_bytes(crate::container::BATCH_BYTES)
+                    .map_err(codec_error)?
+                {
+                    let len = window.params.decoded_bytes() as usize;
+                    buffer.resize(len, 0);
+                    crate::codec::decode_blocks(
+                        &window.view(&view),
+                        &window.index,
+                        0..window.index.blocks.len(),
+                        &mut buffer,
+                    )
+                    .map_err(codec_error)?;
+                    study.add(&buffer);
+                }
+                tensors.push(study.finish(name));
+            }
         }
         file.release(tensor);
     }
@@ -248,9 +314,7 @@ pub fn analyze(path: &Path, plot: Option<&Path>) -> Result<AnalysisReport> {
 fn study(path: &Path) -> Result<AnalysisReport> {
     let mut tensors = Vec::new();
     for file in crate::container::safetensors_files(path)? {
-        for_each_float_tensor(&file, |name, kind, bytes| {
-            tensors.push(analyze_tensor(name, kind, bytes))
-        })?;
+        study_file(&file, &mut tensors)?;
     }
     let mut dtypes: Vec<DtypeSummary> = Vec::new();
     for kind in FloatKind::ALL {

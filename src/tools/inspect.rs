@@ -159,8 +159,17 @@ fn inspect_file(path: &Path) -> Result<FileInspection> {
             }
             Storage::Coded(coded) => {
                 let view = file.view(coded);
-                let heads = codec::decode::head_histogram(&view, &coded.index)
-                    .map_err(|e| Error::codec(path, &source.name, e))?;
+                let mut walker = file.index_walker(&source.name, coded)?;
+                let mut heads = [0u64; 256];
+                let codec_error = |e| Error::codec(path, &source.name, e);
+                while let Some(window) = walker
+                    .next_window_of_bytes(crate::container::BATCH_BYTES)
+                    .map_err(codec_error)?
+                {
+                    let part = codec::decode::head_histogram(&window.view(&view), &window.index)
+                        .map_err(codec_error)?;
+                    stats::add_into(&mut heads, &part);
+                }
                 let split = coded.params.split;
                 let exponents = stats::fold_top_bits(
                     &shift_to_top(&heads, split.head_bits),
@@ -170,9 +179,9 @@ fn inspect_file(path: &Path) -> Result<FileInspection> {
                 inspection.coded = true;
                 inspection.stored_bytes = tensor.stored_range.len() as u64;
                 inspection.head_bits = Some(split.head_bits);
-                inspection.blocks = Some(coded.index.blocks.len() as u64);
-                inspection.code_tables = Some(coded.index.tables.len() as u64);
-                inspection.sync_exceptions = Some(coded.index.exceptions.len() as u64);
+                inspection.blocks = Some(coded.summary.blocks);
+                inspection.code_tables = Some(coded.summary.tables);
+                inspection.sync_exceptions = Some(coded.summary.exceptions);
             }
         }
         finish(&mut inspection);

@@ -348,3 +348,88 @@ pub fn replace_coded_index(path: &Path, name: &str, kind: FloatKind, elements: u
     file.extend_from_slice(&new_data);
     std::fs::write(path, file).unwrap();
 }
+
+/// Planes of a coded tensor, as a hostile file may give them.
+pub struct CodedPlanes {
+    pub params: ecfloat::codec::TensorParams,
+    /// The checksum it claims for its decoded bytes.
+    pub checksum: u64,
+    pub index: Vec<u8>,
+    pub head: Vec<u8>,
+    pub rest: Vec<u8>,
+}
+
+/// Writes a compressed file of one coded tensor `weight` from `planes`,
+/// without the encoder: the file any program could write, claiming any
+/// size. Its whole-file checksum is `0`, which no real file has.
+pub fn write_coded_file(path: &Path, planes: &CodedPlanes) {
+    use ecfloat::container::schema::{self, CodedHeader};
+    use ecfloat::container::write::{OutputTensor, SafetensorsWriter};
+    let params = &planes.params;
+    let kind = params.kind();
+    let source_header = serde_json::json!({
+        "weight": {
+            "dtype": kind.safetensors_name(),
+            "shape": [params.elements],
+            "data_offsets": [0, params.decoded_bytes()],
+        }
+    });
+    let mut source_json = serde_json::to_vec(&source_header).unwrap();
+    source_json.resize(source_json.len().next_multiple_of(8), b' ');
+    let deflated = miniz_oxide::deflate::compress_to_vec(&source_json, 6);
+    let mut coded = Vec::new();
+    CodedHeader {
+        params: params.clone(),
+        checksum: planes.checksum,
+        index_len: planes.index.len() as u64,
+        head_len: planes.head.len() as u64,
+        rest_len: planes.rest.len() as u64,
+    }
+    .write(&mut coded);
+    for plane in [&planes.index, &planes.head, &planes.rest] {
+        coded.extend_from_slice(plane);
+    }
+    let layout = [
+        OutputTensor {
+            name: schema::SOURCE_HEADER_TENSOR.to_string(),
+            dtype: "U8".to_string(),
+            shape: vec![deflated.len() as u64],
+            len: deflated.len() as u64,
+        },
+        OutputTensor {
+            name: "weight".to_string(),
+            dtype: "U8".to_string(),
+            shape: vec![coded.len() as u64],
+            len: coded.len() as u64,
+        },
+    ];
+    let metadata = [
+        (schema::FORMAT_KEY, schema::FORMAT_NAME.to_string()),
+        (schema::VERSION_KEY, schema::FORMAT_VERSION.to_string()),
+        (schema::SOURCE_CHECKSUM_KEY, schema::format_checksum(0)),
+    ];
+    let mut writer = SafetensorsWriter::create(path, &metadata, &layout).unwrap();
+    writer.write(&deflated).unwrap();
+    writer.write(&coded).unwrap();
+    writer.finish().unwrap();
+}
+
+/// BF16 parameters with every rest bit constant, so that blocks of one
+/// constant head need no plane bytes at all.
+pub fn constant_bf16_params(elements: u64, block_elements: u32) -> ecfloat::codec::TensorParams {
+    use ecfloat::codec::{ChunkGeometry, FieldSplit, TensorParams};
+    TensorParams {
+        split: FieldSplit {
+            kind: FloatKind::Bf16,
+            head_bits: 8,
+            rest_const_bits: 8,
+            rest_const_value: 0,
+        },
+        elements,
+        block_elements,
+        geometry: ChunkGeometry {
+            chunk_bits: 1024,
+            warmup_bits: 64,
+        },
+    }
+}
