@@ -97,6 +97,23 @@ fn load_file_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
     }
     drop(plain);
     let file = CompressedFile::open(path)?;
+    // What the file claims it decodes to must fit, three times over: the
+    // originals, their coded planes and the decoded copy.
+    let claimed = file.source_data_len();
+    if let Some(available) = super::available_memory()
+        && claimed.saturating_mul(3) > available
+    {
+        return Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            tensor: None,
+            message: format!(
+                "bench holds every tensor in memory three times, {} for the {} this file decodes to, and {} is available; bench a smaller file",
+                Bytes(claimed.saturating_mul(3)),
+                Bytes(claimed),
+                Bytes(available)
+            ),
+        });
+    }
     for tensor in &file.tensors {
         let dtype = format!("{:?}", tensor.source.dtype);
         let Some(kind) = FloatKind::from_safetensors_name(&dtype) else {

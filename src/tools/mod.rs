@@ -46,6 +46,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kilobytes * 1024)
 }
 
+/// Memory the system can give this process without swapping, in bytes
+/// (Linux: MemAvailable); `None` where the system does not say.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
 /// A byte count for people, in the decimal units every figure of ecfloat
 /// uses (1 MB = 10⁶ bytes, as in GB/s): `512 B`, `1.50 kB`, `3.26 MB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
