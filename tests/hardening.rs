@@ -98,7 +98,11 @@ fn an_output_larger_than_the_free_space_is_refused_before_writing() {
     let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(written.len(), 1, "nothing but the input: {written:?}");
     let output = ecf_in_bounded_memory(&["bench", bomb.to_str().unwrap()]);
-    assert_fails_cleanly(&output, "bench", "bench holds every tensor in memory three times");
+    assert_fails_cleanly(
+        &output,
+        "bench",
+        "bench holds every tensor in memory three times",
+    );
     // inspect reads the index, not the claimed elements: fast and small.
     let started = std::time::Instant::now();
     let output = ecf_in_bounded_memory(&["inspect", bomb.to_str().unwrap()]);

@@ -106,10 +106,15 @@ impl CompressedFile {
             schema::MAX_HEADER_BYTES,
         )
         .map_err(|e| corrupt(format!("the recorded source header does not inflate: {e}")))?;
-        let source_metadata: Metadata = std::str::from_utf8(&source_header)
-            .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()))
-            .map_err(|e| corrupt(format!("the recorded source header is invalid: {e}")))?;
+        let source_metadata: Metadata = serde_json::from_slice(&source_header).map_err(|e| {
+            let named = serde_json::from_slice(&source_header)
+                .ok()
+                .and_then(|header| super::source::tensor_problem(&header, None));
+            corrupt(format!(
+                "the recorded source header is invalid: {}",
+                named.unwrap_or_else(|| e.to_string())
+            ))
+        })?;
 
         let mut tensors = Vec::new();
         for source in tensor_entries(&source_metadata) {

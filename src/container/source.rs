@@ -182,15 +182,26 @@ fn other_format(bytes: &[u8]) -> Option<&'static str> {
         .then_some("a Python pickle (an older PyTorch .bin file)")
 }
 
-/// What is wrong with the tensors a safetensors header lists, naming the
-/// tensor, the same way on every run (safetensors' own checks name none,
-/// or whichever tensor its hash map yields first). `None` when the header
-/// cannot be read as JSON at all, or nothing here is wrong.
+/// What is wrong with the tensors a safetensors file's header lists (see
+/// [`tensor_problem`]); `None` when the header cannot be read as JSON at
+/// all, or nothing is wrong.
 fn header_problem(bytes: &[u8]) -> Option<String> {
     let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
     let json = bytes.get(8..8usize.checked_add(header_len)?)?;
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
-    let data_len = (bytes.len() - 8 - header_len) as u64;
+    tensor_problem(&header, Some((bytes.len() - 8 - header_len) as u64))
+}
+
+/// What is wrong with the tensors a safetensors header lists, naming the
+/// tensor, the same way on every run (safetensors' own checks name none,
+/// or whichever tensor its hash map yields first): a dtype, shape or
+/// offsets that cannot be, a length its dtype and shape do not have, data
+/// that overlaps or leaves gaps, and, given the data section's length,
+/// data that does not fill it.
+pub fn tensor_problem(
+    header: &serde_json::Map<String, serde_json::Value>,
+    data_len: Option<u64>,
+) -> Option<String> {
     let mut spans = Vec::new();
     for (name, entry) in header.iter().filter(|(name, _)| *name != "__metadata__") {
         let field = |key: &str| entry.get(key).cloned().unwrap_or(serde_json::Value::Null);
@@ -253,6 +264,7 @@ fn header_problem(bytes: &[u8]) -> Option<String> {
         previous = Some((start, end, name));
     }
     let used = previous.map_or(0, |(_, end, _)| end);
+    let data_len = data_len?;
     (used != data_len).then(|| {
         format!(
             "the header's tensors take {used} bytes of data, but the file holds {data_len} after the header (truncated or extended?)"
