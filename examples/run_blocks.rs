@@ -265,17 +265,41 @@ fn matvec_for<'a>(backend: &'a dyn Backend) -> Box<dyn MatVec + 'a> {
     Box::new(CpuMatVec(backend))
 }
 
-fn main() -> ecfloat::Result<()> {
+/// Errors read as the `ecf` command's do: one line, exit status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("run_blocks: error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> ecfloat::Result<()> {
     let mut backend_name = "auto".to_string();
     let mut model_path: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--backend" => backend_name = args.next().expect("--backend needs a name"),
+            "--backend" => {
+                backend_name = args.next().ok_or_else(|| {
+                    ecfloat::Error::Usage("--backend needs a name: cpu, wgpu, cuda or auto".into())
+                })?
+            }
             path => model_path = Some(PathBuf::from(path)),
         }
     }
-    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let default_model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata/all-MiniLM-L6-v2.bf16.safetensors");
+    if model_path.is_none() && !default_model.exists() {
+        return Err(ecfloat::Error::Usage(format!(
+            "{} is absent (the test data is not checked out here); pass a model: run_blocks [--backend NAME] MODEL.safetensors",
+            default_model.display()
+        )));
+    }
+    let scratch =
+        tempfile::tempdir().map_err(|e| ecfloat::Error::io(&std::env::temp_dir(), e))?;
     let (source, compressed) = match model_path {
         Some(path) if SourceFile::open(&path)?.ecf_version().is_some() => {
             // Decompress once for the reference weights.
@@ -284,10 +308,7 @@ fn main() -> ecfloat::Result<()> {
             (source, path)
         }
         other => {
-            let source = other.unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../shared/testdata/all-MiniLM-L6-v2.bf16.safetensors")
-            });
+            let source = other.unwrap_or(default_model);
             let compressed = scratch.path().join("model.ecf.safetensors");
             container::compress_file(&source, &compressed, &CompressOptions::default())?;
             (source, compressed)
