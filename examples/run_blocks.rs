@@ -298,8 +298,7 @@ fn run() -> ecfloat::Result<()> {
             default_model.display()
         )));
     }
-    let scratch =
-        tempfile::tempdir().map_err(|e| ecfloat::Error::io(&std::env::temp_dir(), e))?;
+    let scratch = tempfile::tempdir().map_err(|e| ecfloat::Error::io(&std::env::temp_dir(), e))?;
     let (source, compressed) = match model_path {
         Some(path) if SourceFile::open(&path)?.ecf_version().is_some() => {
             // Decompress once for the reference weights.
