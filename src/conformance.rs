@@ -274,6 +274,45 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
                     .collect();
                 cases.push(Case::new("upcast_from_bf16_f32", kind, once_bf16));
             }
+            if kind == FloatKind::Bf16 {
+                // The lowest mantissa bit always clear: one constant rest
+                // bit, seven stored, packed across byte boundaries.
+                let even: Vec<u8> = synth::heavy_tailed_bytes(kind, 50_000, seed + 5)
+                    .chunks_exact(2)
+                    .flat_map(|b| [b[0] & !1, b[1]])
+                    .collect();
+                cases.push(Case::new("low_bit_clear_bf16", kind, even));
+            }
+            // Every head width the format allows, each a rest plane of
+            // another width, at element counts that leave the plane's last
+            // byte (or word) part full; and the cases above so cut.
+            let width = kind.width_bytes();
+            let mut tails: Vec<Case> = kind
+                .head_bits_range()
+                .flat_map(|head_bits| {
+                    [4099usize, 5].map(|elements| {
+                        Case::new(
+                            format!("head_{head_bits}_bits_{elements}_elements_{tag}"),
+                            kind,
+                            synth::heavy_tailed_bytes(kind, elements, seed + u64::from(head_bits)),
+                        )
+                        .with_options(EncodeOptions {
+                            head_bits: Some(head_bits),
+                            ..EncodeOptions::default()
+                        })
+                    })
+                })
+                .collect();
+            tails.extend(cases.iter().flat_map(|case| {
+                [49_997usize, 5].map(|elements| {
+                    Case::new(
+                        format!("{}_{elements}_elements", case.name),
+                        kind,
+                        case.bytes[..elements * width].to_vec(),
+                    )
+                })
+            }));
+            cases.extend(tails);
             cases
         }
     }
@@ -311,13 +350,30 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
             uploaded.push((format!("raw after {}", case.name), raw, tensor));
         }
     }
+    // Offsets as tight as the backend allows (odd ones on the CPU), with a
+    // gap after every third tensor, in a buffer that earlier work left full
+    // of 0xFF: a decode must write its tensor's bytes and nothing past the
+    // alignment word its last byte lies in.
+    let alignment = backend.output_alignment();
     let mut offsets = Vec::with_capacity(uploaded.len());
     let mut end = 0u64;
-    for (_, _, tensor) in &uploaded {
-        offsets.push(end);
-        end = (end + tensor.decoded_bytes()).next_multiple_of(4);
+    for (number, (_, _, tensor)) in uploaded.iter().enumerate() {
+        let gap = if number % 3 == 2 { alignment + 3 } else { 0 };
+        let offset = (end + gap).next_multiple_of(alignment);
+        offsets.push(offset);
+        end = offset + tensor.decoded_bytes();
     }
     let out = backend.alloc(end).map_err(|e| e.to_string())?;
+    let fill = backend
+        .upload_raw(&vec![0xFF; end as usize])
+        .map_err(|e| e.to_string())?;
+    let fill_job = backend::DecodeJob {
+        tensor: fill.as_ref(),
+        offset: 0,
+    };
+    backend
+        .decode(&[fill_job], out.as_ref())
+        .map_err(|e| format!("filling the buffer: {e}"))?;
     let jobs: Vec<backend::DecodeJob> = uploaded
         .iter()
         .zip(&offsets)
@@ -329,18 +385,83 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
     backend
         .decode(&jobs, out.as_ref())
         .map_err(|e| e.to_string())?;
+    let mut decoded = vec![0u8; end as usize];
+    backend
+        .download(out.as_ref(), 0, &mut decoded)
+        .map_err(|e| e.to_string())?;
+    let mut next_offsets = offsets.iter().skip(1).copied().chain([end]);
     for ((name, original, _), &offset) in uploaded.iter().zip(&offsets) {
-        let mut decoded = vec![0u8; original.len()];
-        backend
-            .download(out.as_ref(), offset, &mut decoded)
-            .map_err(|e| e.to_string())?;
-        if &decoded != original {
-            let first = decoded
+        let start = offset as usize;
+        let tensor_end = start + original.len();
+        let decoded_tensor = &decoded[start..tensor_end];
+        if decoded_tensor != original.as_slice() {
+            let first = decoded_tensor
                 .iter()
                 .zip(original)
                 .position(|(a, b)| a != b)
                 .unwrap_or(0);
             return Err(format!("{name}: byte {first} differs"));
+        }
+        let next = next_offsets.next().unwrap_or(end) as usize;
+        let word_end = (tensor_end as u64).next_multiple_of(alignment) as usize;
+        for (position, &byte) in decoded.iter().enumerate().take(next).skip(tensor_end) {
+            let allowed = byte == 0xFF || (position < word_end && byte == 0);
+            if !allowed {
+                return Err(format!(
+                    "{name}: the decode wrote {byte:#04x} at byte {} past its end, \
+                     where the buffer held 0xff",
+                    position - tensor_end
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The backend refuses, before its device sees them, jobs that overlap,
+/// that run past the buffer's end or that start off its alignment; and
+/// decodes jobs that touch but do not overlap.
+pub fn check_job_validation(backend: &dyn Backend) -> Result<(), String> {
+    let original = synth::heavy_tailed_bytes(FloatKind::Bf16, 1001, 7);
+    let encoded = codec::encode(FloatKind::Bf16, &original, &EncodeOptions::default())
+        .map_err(|e| e.to_string())?;
+    let index = BlockIndex::parse(&encoded.view()).map_err(|e| e.to_string())?;
+    let tensor = backend
+        .upload(&encoded.view(), &index)
+        .map_err(|e| e.to_string())?;
+    let alignment = backend.output_alignment();
+    let len = original.len() as u64;
+    let second = len.next_multiple_of(alignment);
+    let out = backend.alloc(second + len).map_err(|e| e.to_string())?;
+    let job = |offset| backend::DecodeJob {
+        tensor: tensor.as_ref(),
+        offset,
+    };
+    let mut refused = vec![
+        ("overlapping jobs", vec![job(0), job(second - alignment)]),
+        ("a job past the buffer's end", vec![job(second + alignment)]),
+        ("the same job twice", vec![job(0), job(0)]),
+    ];
+    if alignment > 1 {
+        refused.push(("a job off the alignment", vec![job(1)]));
+    }
+    for (what, jobs) in refused {
+        match backend.decode(&jobs, out.as_ref()) {
+            Err(crate::Error::Backend { .. }) => {}
+            Err(other) => return Err(format!("{what}: refused with another error: {other}")),
+            Ok(()) => return Err(format!("{what}: decoded instead of refused")),
+        }
+    }
+    backend
+        .decode(&[job(0), job(second)], out.as_ref())
+        .map_err(|e| format!("two adjacent jobs: {e}"))?;
+    for offset in [0, second] {
+        let mut decoded = vec![0u8; original.len()];
+        backend
+            .download(out.as_ref(), offset, &mut decoded)
+            .map_err(|e| e.to_string())?;
+        if decoded != original {
+            return Err(format!("two adjacent jobs: the one at {offset} differs"));
         }
     }
     Ok(())

@@ -54,6 +54,10 @@ impl Backend for FailingDevice {
         self.cpu.info()
     }
 
+    fn output_alignment(&self) -> u64 {
+        self.cpu.output_alignment()
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

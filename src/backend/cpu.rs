@@ -114,6 +114,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn output_alignment(&self) -> u64 {
+        1
+    }
+
     fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>> {
         Ok(Box::new(CpuTensor::Coded {
             params: tensor.params.clone(),
@@ -141,7 +145,7 @@ impl Backend for CpuBackend {
     }
 
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
-        check_jobs(NAME, jobs, out.len(), 1)?;
+        check_jobs(NAME, jobs, out.len(), self.output_alignment())?;
         let out = downcast::<CpuBuffer>(NAME, out.as_any())?;
         let mut bytes = out.bytes.lock().unwrap_or_else(|e| e.into_inner());
         for (number, job) in jobs.iter().enumerate() {

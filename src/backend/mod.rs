@@ -123,6 +123,10 @@ pub trait Backend: Send + Sync {
     /// Copies a tensor stored raw to the device; decoding it copies it.
     fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>>;
     fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>>;
+    /// Decode jobs start at multiples of this many bytes, and a job may
+    /// write zeros past its tensor's end up to the next multiple of it: 4
+    /// on GPUs, which write whole 32-bit words; 1 on the CPU.
+    fn output_alignment(&self) -> u64;
     /// Decodes every job into `out`; the jobs' output ranges must lie in
     /// `out` and must not overlap. Returns once the device has finished.
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()>;
@@ -196,10 +200,9 @@ pub trait Backend: Send + Sync {
     fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings>;
 }
 
-/// Checks that jobs start on multiples of `alignment`, fit their buffer and
-/// do not overlap; every backend calls this before its device sees the jobs.
-/// (GPU backends write whole 4-byte words: a job may also write zeros up to
-/// the next multiple of 4.)
+/// Checks that jobs start on multiples of `alignment` (the backend's
+/// [`Backend::output_alignment`]), fit their buffer and do not overlap;
+/// every backend calls this before its device sees the jobs.
 pub fn check_jobs(
     backend: &str,
     jobs: &[DecodeJob],

@@ -266,15 +266,77 @@ mod tests {
         ] {
             for split in splits(kind) {
                 for element in 0..(1u32 << kind.width_bits()) {
-                    let low = split.full_rest(element) & width_mask(split.rest_const_bits);
-                    let split = FieldSplit {
-                        rest_const_value: low,
-                        ..split
-                    };
-                    let (head, rest) = split.split(element);
-                    assert!(head < 256);
-                    assert_eq!(split.join(head, rest), element, "{kind} {split:?}");
+                    assert!(split.head(element) < 256);
+                    check_split(split, element);
                 }
+            }
+        }
+    }
+
+    /// The head as the format describes it, computed another way: the
+    /// `head_bits` bits below the sign, or with no rest bits the element
+    /// rotated left by one (sign at the bottom).
+    fn head_by_definition(kind: FloatKind, head_bits: u32, element: u32) -> u32 {
+        let width = kind.width_bits();
+        let unsigned = (element << 1) & width_mask(width);
+        if head_bits == width {
+            unsigned | element >> (width - 1)
+        } else {
+            unsigned >> (width - head_bits)
+        }
+    }
+
+    fn check_split(split: FieldSplit, element: u32) {
+        let kind = split.kind;
+        let width = kind.width_bits();
+        let low = split.full_rest(element) & width_mask(split.rest_const_bits);
+        let split = FieldSplit {
+            rest_const_value: low,
+            ..split
+        };
+        let (head, rest) = split.split(element);
+        assert_eq!(
+            head,
+            head_by_definition(kind, split.head_bits, element),
+            "{kind} {split:?} {element:#x}"
+        );
+        let rest_bits = width - split.head_bits;
+        if rest_bits > 0 {
+            let sign = element >> (width - 1);
+            let low_bits = element & width_mask(rest_bits - 1);
+            let full = sign << (rest_bits - 1) | low_bits;
+            assert_eq!(rest, full >> split.rest_const_bits, "{kind} {split:?}");
+        }
+        assert_eq!(split.join(head, rest), element, "{kind} {split:?}");
+    }
+
+    #[test]
+    fn f32_split_and_join_are_inverse_on_edges_and_a_million_patterns() {
+        use rand::{Rng, SeedableRng};
+        let edges = [
+            0u32,
+            0x8000_0000,
+            0x7F80_0000,
+            0xFF80_0000,
+            0x7FC0_0000,
+            0x7FFF_FFFF,
+            0xFFFF_FFFF,
+            0x0000_0001,
+            0x8000_0001,
+            0x007F_FFFF,
+            0x0080_0000,
+            0x7F7F_FFFF,
+            f32::to_bits(1.0),
+            f32::to_bits(-0.02),
+        ];
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(32);
+        let patterns: Vec<u32> = edges
+            .into_iter()
+            .chain((0..1 << 20).map(|_| rng.random::<u32>()))
+            .collect();
+        for split in splits(FloatKind::F32) {
+            for &element in &patterns {
+                check_split(split, element);
             }
         }
     }

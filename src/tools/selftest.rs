@@ -158,6 +158,10 @@ fn run_backend(
         "many_tensors_in_one_buffer".to_string(),
         conformance::check_batch(backend, &batch),
     );
+    result(
+        "jobs_refused_when_they_overlap_or_overrun".to_string(),
+        conformance::check_job_validation(backend),
+    );
     let directory = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
     for (file_name, bytes) in VECTORS {
         let path = directory.path().join(file_name);

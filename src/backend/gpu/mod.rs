@@ -30,6 +30,9 @@ pub mod plan;
 use layout::{DispatchLimits, Segment};
 use plan::{BlockOrigin, LaunchPlan, check_status};
 
+/// The kernels write whole 32-bit words of output.
+const OUTPUT_ALIGNMENT: u64 = 4;
+
 /// A device buffer of a [`GpuDevice`].
 pub trait DeviceMemory: Send + Sync + 'static {
     /// Bytes it occupies on the device.
@@ -244,6 +247,10 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         self.device.info()
     }
 
+    fn output_alignment(&self) -> u64 {
+        OUTPUT_ALIGNMENT
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -269,7 +276,11 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
     }
 
     fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>> {
-        let buffer = self.device.alloc(bytes.next_multiple_of(4).max(4))?;
+        let buffer = self.device.alloc(
+            bytes
+                .next_multiple_of(OUTPUT_ALIGNMENT)
+                .max(OUTPUT_ALIGNMENT),
+        )?;
         Ok(Box::new(GpuBuffer { buffer, len: bytes }))
     }
 
@@ -282,7 +293,7 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         jobs: &[DecodeJob],
         out: &dyn DeviceBuffer,
     ) -> Result<Box<dyn PendingDecode>> {
-        check_jobs(self.name(), jobs, out.len(), 4)?;
+        check_jobs(self.name(), jobs, out.len(), OUTPUT_ALIGNMENT)?;
         let out = self.output(out)?;
         let plan = LaunchPlan::new(self.name(), jobs)?;
         let launch = self.device.prepare(&plan, out, false)?;
@@ -312,7 +323,7 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         out: &dyn DeviceBuffer,
         repeats: usize,
     ) -> Result<Timings> {
-        check_jobs(self.name(), jobs, out.len(), 4)?;
+        check_jobs(self.name(), jobs, out.len(), OUTPUT_ALIGNMENT)?;
         let out = self.output(out)?;
         let plan = LaunchPlan::new(self.name(), jobs)?;
         let origins = plan.origins();
