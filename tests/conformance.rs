@@ -1,17 +1,18 @@
 //! The conformance suite: one test body per case family, instantiated for
 //! every backend. The CPU reference decoder is the oracle; every backend
-//! must return the original bytes exactly. An absent backend prints
-//! `<name>: skipped, <reason>`; `ECF_REQUIRE_<NAME>=1` makes that a failure.
+//! must return the original bytes exactly. A backend absent here shows its
+//! tests as ignored, with the reason; `ECF_REQUIRE_<NAME>=1` makes that a
+//! failure.
 
-#[macro_use]
 mod common;
 
+use common::harness::{self, Skip};
 use ecfloat::backend::Backend;
 
 /// The wgpu backend with limits far below any device's, so that tensors
 /// split into several bindings and dispatches, as large ones do on real
 /// hardware.
-fn wgpu_with_small_limits() -> Option<Box<dyn Backend>> {
+fn wgpu_with_small_limits() -> Result<Box<dyn Backend>, Skip> {
     #[cfg(feature = "wgpu")]
     {
         use ecfloat::backend::wgpu::{LimitOverrides, WgpuBackend};
@@ -21,16 +22,25 @@ fn wgpu_with_small_limits() -> Option<Box<dyn Backend>> {
             max_workgroups: Some(3),
         };
         match WgpuBackend::with_limits(limits) {
-            Ok(backend) => return Some(Box::new(backend)),
-            Err(error) => common::backend_or_skip_because("wgpu", &error.to_string()),
+            Ok(backend) => Ok(Box::new(backend)),
+            Err(error) => Err(harness::absent("wgpu", error)),
         }
     }
     #[cfg(not(feature = "wgpu"))]
-    common::backend_or_skip_because("wgpu", "not compiled in");
-    None
+    Err(harness::absent("wgpu", "not compiled in"))
 }
 
-conformance_tests!(cpu, || common::backend_or_skip("cpu"));
-conformance_tests!(wgpu, || common::backend_or_skip("wgpu"));
-conformance_tests!(wgpu_split_dispatches, wgpu_with_small_limits);
-conformance_tests!(cuda, || common::backend_or_skip("cuda"));
+fn main() {
+    let mut trials = common::conformance_trials("cpu", || harness::require_backend("cpu"));
+    trials.extend(common::conformance_trials("wgpu", || {
+        harness::require_backend("wgpu")
+    }));
+    trials.extend(common::conformance_trials(
+        "wgpu_split_dispatches",
+        wgpu_with_small_limits,
+    ));
+    trials.extend(common::conformance_trials("cuda", || {
+        harness::require_backend("cuda")
+    }));
+    harness::run(trials);
+}

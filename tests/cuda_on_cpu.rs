@@ -4,34 +4,49 @@
 //!
 //! `under_thread_sanitizer` runs a subset again with the harness built with
 //! ThreadSanitizer; `.ci/run` runs it (`-- --ignored`). Without g++ the
-//! tests print why they are skipped; `ECF_REQUIRE_CXX=1` makes that a
-//! failure.
+//! tests show as ignored, with the reason; `ECF_REQUIRE_CXX=1` makes that
+//! a failure.
 
-#[macro_use]
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::kernel_on_cpu::{SANITIZER, harness, kernel_on_cpu};
-use ecfloat::backend::Backend;
+use common::harness::{self, Ran};
+use common::kernel_on_cpu::{SANITIZER, kernel_on_cpu, require_harness};
 use ecfloat::backend::gpu::layout::DispatchLimits;
 use ecfloat::conformance::{self, Family};
 
-// The whole suite, with the CUDA backend's limits (one segment a tensor)…
-conformance_tests!(cuda_kernel, || kernel_on_cpu(DispatchLimits::UNBOUNDED));
-// …and with limits that cut tensors into many segments of few blocks, as
-// wgpu's are on small devices.
-conformance_tests!(cuda_kernel_split, || kernel_on_cpu(DispatchLimits {
-    max_binding_bytes: 300_000,
-    max_workgroups: 3,
-}));
+fn main() {
+    // The whole suite, with the CUDA backend's limits (one segment a
+    // tensor)…
+    let mut trials =
+        common::conformance_trials("cuda_kernel", || kernel_on_cpu(DispatchLimits::UNBOUNDED));
+    // …and with limits that cut tensors into many segments of few blocks,
+    // as wgpu's are on small devices.
+    trials.extend(common::conformance_trials("cuda_kernel_split", || {
+        kernel_on_cpu(DispatchLimits {
+            max_binding_bytes: 300_000,
+            max_workgroups: 3,
+        })
+    }));
+    trials.extend([
+        harness::trial(
+            "a_barrier_in_divergent_code_fails_instead_of_hanging",
+            a_barrier_in_divergent_code_fails_instead_of_hanging,
+        ),
+        harness::trial(
+            "an_endless_loop_ends_the_process_with_a_message",
+            an_endless_loop_ends_the_process_with_a_message,
+        ),
+        // Minutes: `.ci/run` runs it.
+        harness::on_request("under_thread_sanitizer", under_thread_sanitizer),
+    ]);
+    harness::run(trials);
+}
 
-#[test]
-fn a_barrier_in_divergent_code_fails_instead_of_hanging() {
-    let Ok(harness) = harness() else {
-        return;
-    };
+fn a_barrier_in_divergent_code_fails_instead_of_hanging() -> Ran {
+    let harness = require_harness()?;
     let error = harness.divergent_barrier(2.0).unwrap_err();
     let message = error.to_string();
     assert!(
@@ -39,19 +54,17 @@ fn a_barrier_in_divergent_code_fails_instead_of_hanging() {
         "{message}"
     );
     // The pool is still usable afterwards.
-    let backend = kernel_on_cpu(DispatchLimits::UNBOUNDED).unwrap();
+    let backend = kernel_on_cpu(DispatchLimits::UNBOUNDED)?;
     let case = &Family::HeavyTailed.cases()[0];
     conformance::check_case(backend.as_ref(), case).unwrap();
+    Ok(())
 }
 
 /// A launch whose threads stop meeting ends the test process with a
 /// message, in a child process here.
-#[test]
-fn an_endless_loop_ends_the_process_with_a_message() {
+fn an_endless_loop_ends_the_process_with_a_message() -> Ran {
     const CHILD: &str = "ECF_ENDLESS_LOOP_CHILD";
-    let Ok(harness) = harness() else {
-        return;
-    };
+    let harness = require_harness()?;
     if std::env::var(CHILD).is_ok() {
         let _ = harness.endless_loop(1.0);
         unreachable!("the harness ends the process");
@@ -71,6 +84,7 @@ fn an_endless_loop_ends_the_process_with_a_message() {
         stderr.contains("the launch hung") && stderr.contains("an endless loop"),
         "{stderr}"
     );
+    Ok(())
 }
 
 /// Cases that together cover exceptions, seams, several rounds, every block
@@ -90,29 +104,29 @@ fn sanitized_cases() -> Vec<conformance::Case> {
 /// The subset again, in a child process with the harness built with
 /// ThreadSanitizer (which must be loaded before anything else, hence the
 /// child): a missing barrier shows as a data race and fails this test.
-#[test]
-#[ignore = "minutes: runs the kernel under ThreadSanitizer; .ci/run runs it"]
-fn under_thread_sanitizer() {
+fn under_thread_sanitizer() -> Ran {
     if std::env::var(SANITIZER).is_ok() {
-        let backend = kernel_on_cpu(DispatchLimits::UNBOUNDED).expect("the harness builds");
+        let backend = kernel_on_cpu(DispatchLimits::UNBOUNDED)?;
         let cases = sanitized_cases();
         for case in &cases {
             conformance::check_case(backend.as_ref(), case)
                 .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         }
         println!("{} cases decoded under ThreadSanitizer", cases.len());
-        return;
+        return Ok(());
     }
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
     let runtime = Command::new(&compiler)
         .arg("-print-file-name=libtsan.so")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+        .map_err(|e| harness::absent("cxx", format!("cannot run {compiler}: {e}")))?;
     let runtime = String::from_utf8_lossy(&runtime.stdout).trim().to_string();
-    assert!(
-        Path::new(&runtime).is_absolute(),
-        "{compiler} has no ThreadSanitizer runtime (libtsan)"
-    );
+    if !Path::new(&runtime).is_absolute() {
+        return Err(harness::absent(
+            "cxx",
+            format!("{compiler} has no ThreadSanitizer runtime (libtsan)"),
+        ));
+    }
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "under_thread_sanitizer",
@@ -147,4 +161,5 @@ fn under_thread_sanitizer() {
             .find(|l| l.contains("cases decoded"))
             .unwrap_or_default()
     );
+    Ok(())
 }

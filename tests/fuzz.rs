@@ -16,6 +16,8 @@ mod common;
 #[path = "fuzz/mutate.rs"]
 mod mutate;
 
+use common::harness::{self, Ran};
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -25,6 +27,39 @@ use ecfloat::conformance::Family;
 use ecfloat::container::{self, CompressOptions, Decoder, write::TensorData};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
+
+fn main() {
+    use ecfloat::backend::gpu::layout::DispatchLimits;
+    let mut trials = vec![
+        harness::trial(
+            "mutated_files_are_rejected_or_rebuilt_exactly",
+            mutated_files_are_rejected_or_rebuilt_exactly,
+        ),
+        harness::trial(
+            "the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu",
+            the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu,
+        ),
+    ];
+    let backends: [(&str, common::OpenBackend); 3] = [
+        ("cuda_kernel_on_cpu", || {
+            common::kernel_on_cpu::kernel_on_cpu(DispatchLimits::UNBOUNDED)
+        }),
+        ("wgpu", || harness::require_backend("wgpu")),
+        ("cuda", || harness::require_backend("cuda")),
+    ];
+    for (name, open) in backends {
+        trials.push(harness::trial(
+            format!("{name}::the_corpus_is_judged_as_on_the_cpu"),
+            move || {
+                the_corpus_is_judged_as_on_the_cpu(open()?.as_ref());
+                Ok(())
+            },
+        ));
+    }
+    // Rewrites tests/fuzz/corpus: run on purpose only.
+    trials.push(harness::on_request("regenerate_corpus", regenerate_corpus));
+    harness::run(trials);
+}
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/corpus");
 /// No file of the corpus or the seeds takes a second to judge; ten is a hang.
@@ -220,8 +255,7 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[test]
-fn mutated_files_are_rejected_or_rebuilt_exactly() {
+fn mutated_files_are_rejected_or_rebuilt_exactly() -> Ran {
     let iterations = env_number("ECF_FUZZ_ITERATIONS", 300);
     let first_seed = env_number("ECF_FUZZ_SEED", 0x5eed);
     let seeds = seeds();
@@ -275,6 +309,7 @@ fn mutated_files_are_rejected_or_rebuilt_exactly() {
             classes.len()
         );
     }
+    Ok(())
 }
 
 /// The corpus files, sorted.
@@ -288,8 +323,7 @@ fn corpus() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu() {
+fn the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu() -> Ran {
     let files = corpus();
     assert!(!files.is_empty(), "{CORPUS} is empty");
     let seeds = seeds();
@@ -302,26 +336,17 @@ fn the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu() {
             panic!("{}: {broken}", file.display());
         }
     }
+    Ok(())
 }
 
-/// Every backend present judges every corpus file as the CPU does: the same
-/// files rejected, the same tensors failing their checksum.
-#[test]
-fn the_corpus_is_judged_alike_by_every_backend() {
-    use ecfloat::backend::gpu::layout::DispatchLimits;
-    let mut backends: Vec<(String, Box<dyn ecfloat::backend::Backend>)> = Vec::new();
-    for name in ["wgpu", "cuda"] {
-        if let Some(backend) = common::backend_or_skip(name) {
-            backends.push((name.to_string(), backend));
-        }
-    }
-    if let Some(backend) = common::kernel_on_cpu::kernel_on_cpu(DispatchLimits::UNBOUNDED) {
-        backends.push(("cuda kernel on the CPU".to_string(), backend));
-    }
+/// `backend` judges every corpus file as the CPU does: the same files
+/// rejected, the same tensors failing their checksum.
+fn the_corpus_is_judged_as_on_the_cpu(backend: &dyn ecfloat::backend::Backend) {
     let cpu = container::cpu_decoder(SyncCheck::AllChunks);
     for file in corpus() {
         let expected = verdict(&file, &cpu);
-        for (name, backend) in &backends {
+        {
+            let name = backend.name();
             let decode =
                 |view: &ecfloat::codec::EncodedView,
                  index: &ecfloat::codec::BlockIndex,
@@ -364,9 +389,7 @@ fn kind_of(verdict: &Verdict) -> String {
 /// Rebuilds `tests/fuzz/corpus`: the first mutated file of each kind of
 /// verdict a fixed run meets, and the shapes of decompression bomb (sized
 /// to replay in seconds on a software GPU).
-#[test]
-#[ignore = "rewrites tests/fuzz/corpus; run on purpose only"]
-fn regenerate_corpus() {
+fn regenerate_corpus() -> Ran {
     let corpus = Path::new(CORPUS);
     for entry in std::fs::read_dir(corpus).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
@@ -438,4 +461,5 @@ fn regenerate_corpus() {
     }
     std::fs::write(corpus.join("README.md"), listing).unwrap();
     eprintln!("{} kinds of verdict", kinds.len());
+    Ok(())
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::harness::{self, Ran};
 use ecfloat::backend::Backend;
 use ecfloat::container::{self, CompressOptions, SourceFile};
 use ecfloat::runtime::{Grouping, Model, ModelOptions};
@@ -20,6 +21,65 @@ fn compressed_model(dir: &Path) -> (PathBuf, PathBuf) {
     let compressed = dir.join("model.ecf.safetensors");
     container::compress_file(&source, &compressed, &CompressOptions::default()).unwrap();
     (source, compressed)
+}
+
+fn main() {
+    let mut trials: Vec<_> = ["cpu", "wgpu", "cuda"]
+        .into_iter()
+        .map(|name| {
+            harness::trial(
+                format!("{name}::decodes_every_group_exactly_with_two_buffers"),
+                move || {
+                    decodes_every_group_exactly_with_two_buffers(
+                        harness::require_backend(name)?.as_ref(),
+                    );
+                    Ok(())
+                },
+            )
+        })
+        .collect();
+    trials.extend([
+        harness::trial(
+            "groups_the_real_model_by_layer",
+            groups_the_real_model_by_layer,
+        ),
+        harness::trial("opens_a_directory_of_shards", opens_a_directory_of_shards),
+    ]);
+    harness::run(trials);
+}
+
+/// Decodes every group of `model` and checks each tensor against the
+/// safetensors file in `sources` that holds it; returns how many it checked.
+fn check_every_group(model: &Model, sources: &[SourceFile]) -> usize {
+    let backend = model.backend();
+    let mut checked = 0;
+    for group in 0..model.groups().len() {
+        let decoded = model
+            .decode_group(group, model.group_buffer().unwrap())
+            .unwrap();
+        for view in decoded.views() {
+            let (source, entry) = sources
+                .iter()
+                .find_map(|source| {
+                    let entry = source.tensors().into_iter().find(|t| t.name == view.name)?;
+                    Some((source, entry))
+                })
+                .unwrap_or_else(|| panic!("{} is in no source file", view.name));
+            // Stale bytes from an earlier group must not show through.
+            let mut bytes = vec![0xA5u8; view.bytes as usize];
+            backend
+                .download(decoded.buffer(), view.offset, &mut bytes)
+                .unwrap();
+            assert!(
+                bytes == source.data()[entry.range.clone()],
+                "{}: {} differs",
+                backend.name(),
+                view.name
+            );
+            checked += 1;
+        }
+    }
+    checked
 }
 
 fn decodes_every_group_exactly_with_two_buffers(backend: &dyn Backend) {
@@ -77,30 +137,8 @@ fn decodes_every_group_exactly_with_two_buffers(backend: &dyn Backend) {
     eprintln!("{}: {memory:?}", backend.name());
 }
 
-macro_rules! runtime_tests {
-    ($backend:ident) => {
-        mod $backend {
-            use super::*;
-
-            #[test]
-            fn decodes_every_group_exactly_with_two_buffers() {
-                if let Some(backend) = common::backend_or_skip(stringify!($backend)) {
-                    super::decodes_every_group_exactly_with_two_buffers(backend.as_ref());
-                }
-            }
-        }
-    };
-}
-
-runtime_tests!(cpu);
-runtime_tests!(wgpu);
-runtime_tests!(cuda);
-
-#[test]
-fn groups_the_real_model_by_layer() {
-    let Some(testdata) = common::testdata() else {
-        return;
-    };
+fn groups_the_real_model_by_layer() -> Ran {
+    let testdata = harness::require_testdata()?;
     let dir = tempfile::tempdir().unwrap();
     let compressed = dir.path().join("minilm.ecf.safetensors");
     let source = testdata.join("all-MiniLM-L6-v2.bf16.safetensors");
@@ -130,13 +168,14 @@ fn groups_the_real_model_by_layer() {
     };
     let model = Model::open(&compressed, &backend, options).unwrap();
     assert_eq!(model.groups().len(), 1);
+    Ok(())
 }
 
-#[test]
-fn opens_a_directory_of_shards() {
+fn opens_a_directory_of_shards() -> Ran {
     let dir = tempfile::tempdir().unwrap();
     let tensors = common::sample_tensors();
     let (first, second) = tensors.split_at(3);
+    let mut sources = Vec::new();
     for (number, part) in [first, second].into_iter().enumerate() {
         let source = dir.path().join(format!("part{number}.safetensors"));
         common::write_safetensors(&source, part, &[]);
@@ -145,6 +184,7 @@ fn opens_a_directory_of_shards() {
             .join(format!("shards/part{number}.ecf.safetensors"));
         std::fs::create_dir_all(output.parent().unwrap()).unwrap();
         container::compress_file(&source, &output, &CompressOptions::default()).unwrap();
+        sources.push(SourceFile::open(&source).unwrap());
     }
     let backend = ecfloat::backend::CpuBackend::new();
     let model = Model::open(
@@ -154,4 +194,6 @@ fn opens_a_directory_of_shards() {
     )
     .unwrap();
     assert_eq!(model.tensors().len(), tensors.len());
+    assert_eq!(check_every_group(&model, &sources), tensors.len());
+    Ok(())
 }

@@ -6,7 +6,6 @@
 //! same problem in the same block, or decode it to the original bytes:
 //! never wrong bytes, and never accepted by one and refused by another.
 
-#[macro_use]
 mod common;
 
 use ecfloat::backend::gpu::layout::DispatchLimits;
@@ -19,6 +18,8 @@ use ecfloat::codec::{
 use ecfloat::container::{self, CompressOptions};
 use ecfloat::{Error, synth};
 
+use common::harness;
+
 /// What a backend made of a tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
@@ -30,16 +31,72 @@ enum Outcome {
     Failed(String),
 }
 
-/// Every backend present; the absent ones print why (and fail where
-/// `ECF_REQUIRE_<NAME>=1`).
-fn backends() -> Vec<Box<dyn Backend>> {
-    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
-    backends.extend(common::kernel_on_cpu::kernel_on_cpu(
-        DispatchLimits::UNBOUNDED,
-    ));
-    backends.extend(common::backend_or_skip("wgpu"));
-    backends.extend(common::backend_or_skip("cuda"));
-    backends
+/// The backends each test runs on besides the CPU decoder, which is every
+/// test's oracle: one test per backend, ignored (with the reason) where
+/// that backend is absent.
+const BACKENDS: [(&str, common::OpenBackend); 4] = [
+    ("cpu", || Ok(Box::new(CpuBackend::new()))),
+    ("cuda_kernel_on_cpu", || {
+        common::kernel_on_cpu::kernel_on_cpu(DispatchLimits::UNBOUNDED)
+    }),
+    ("wgpu", || harness::require_backend("wgpu")),
+    ("cuda", || harness::require_backend("cuda")),
+];
+
+type Backends = [Box<dyn Backend>];
+
+/// A test of what the backends given make of changed sync metadata.
+type BackendsTest = fn(&Backends);
+
+fn main() {
+    let tests: [(&str, BackendsTest); 8] = [
+        (
+            "the_sample_decodes_everywhere",
+            the_sample_decodes_everywhere,
+        ),
+        (
+            "a_stream_a_few_bits_off_is_rejected_everywhere",
+            a_stream_a_few_bits_off_is_rejected_everywhere,
+        ),
+        (
+            "a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere",
+            a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere,
+        ),
+        (
+            "a_wrong_sync_exception_is_rejected_everywhere",
+            a_wrong_sync_exception_is_rejected_everywhere,
+        ),
+        (
+            "a_missing_sync_exception_is_rejected_everywhere",
+            a_missing_sync_exception_is_rejected_everywhere,
+        ),
+        (
+            "an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right",
+            an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right,
+        ),
+        (
+            "another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere",
+            another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere,
+        ),
+        (
+            "decompress_checks_what_it_needs_and_verify_every_chunk",
+            decompress_checks_what_it_needs_and_verify_every_chunk,
+        ),
+    ];
+    let mut trials = Vec::new();
+    for (backend, open) in BACKENDS {
+        for (name, test) in tests {
+            trials.push(harness::trial(format!("{backend}::{name}"), move || {
+                let mut backends: Vec<Box<dyn Backend>> = vec![open()?];
+                if backend != "cpu" {
+                    backends.insert(0, Box::new(CpuBackend::new()));
+                }
+                test(&backends);
+                Ok(())
+            }));
+        }
+    }
+    harness::run(trials);
 }
 
 fn outcome(backend: &dyn Backend, tensor: &EncodedTensor, original: &[u8]) -> Outcome {
@@ -192,20 +249,16 @@ fn assert_chunk_rejected(
     );
 }
 
-#[test]
-fn the_sample_decodes_everywhere() {
+fn the_sample_decodes_everywhere(backends: &Backends) {
     let (original, tensor) = sample();
-    let backends = backends();
     assert_eq!(
-        agreed_outcome("unchanged", &backends, &tensor, &original),
+        agreed_outcome("unchanged", backends, &tensor, &original),
         Outcome::Decoded
     );
 }
 
-#[test]
-fn a_stream_a_few_bits_off_is_rejected_everywhere() {
+fn a_stream_a_few_bits_off_is_rejected_everywhere(backends: &Backends) {
     let (original, tensor) = sample();
-    let backends = backends();
     let records = Records::of(&tensor);
     let mut tried = 0;
     for block in 0..records.stream_bits.len() {
@@ -217,7 +270,7 @@ fn a_stream_a_few_bits_off_is_rejected_everywhere() {
                 continue;
             }
             let what = format!("block {block}, stream_bits {delta:+}");
-            assert_stream_bits_rejected(&what, &backends, &tensor, &original, block, changed);
+            assert_stream_bits_rejected(&what, backends, &tensor, &original, block, changed);
             tried += 1;
         }
     }
@@ -227,9 +280,7 @@ fn a_stream_a_few_bits_off_is_rejected_everywhere() {
 /// Single-block tensors whose last chunk is short: a stream a few bits
 /// short leaves its last codeword past the end, which starts the last chunk
 /// past the end too. Every backend must name the same problem.
-#[test]
-fn a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere() {
-    let backends = backends();
+fn a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere(backends: &Backends) {
     let mut tried = 0;
     for (elements, seed) in [
         (3354, 3354),
@@ -248,17 +299,15 @@ fn a_last_codeword_past_a_shortened_stream_is_the_same_problem_everywhere() {
                 continue;
             }
             let what = format!("{elements} elements, seed {seed}, stream_bits -{delta}");
-            assert_stream_bits_rejected(&what, &backends, &tensor, &original, 0, bits - delta);
+            assert_stream_bits_rejected(&what, backends, &tensor, &original, 0, bits - delta);
             tried += 1;
         }
     }
     assert!(tried >= 8, "only {tried} lengths tried");
 }
 
-#[test]
-fn a_wrong_sync_exception_is_rejected_everywhere() {
+fn a_wrong_sync_exception_is_rejected_everywhere(backends: &Backends) {
     let (original, tensor) = sample();
-    let backends = backends();
     let records = Records::of(&tensor);
     let mut tried = 0;
     // The first two exceptions of each block, each moved by a few bits.
@@ -273,7 +322,7 @@ fn a_wrong_sync_exception_is_rejected_everywhere() {
                     exception.chunk, boundary, exception.first_boundary
                 );
                 let changed = records.write(&tensor);
-                assert_chunk_rejected(&what, &backends, &changed, &original, exception.chunk);
+                assert_chunk_rejected(&what, backends, &changed, &original, exception.chunk);
                 tried += 1;
             }
         }
@@ -281,10 +330,8 @@ fn a_wrong_sync_exception_is_rejected_everywhere() {
     assert!(tried >= 20, "only {tried} exceptions tried");
 }
 
-#[test]
-fn a_missing_sync_exception_is_rejected_everywhere() {
+fn a_missing_sync_exception_is_rejected_everywhere(backends: &Backends) {
     let (original, tensor) = sample();
-    let backends = backends();
     let records = Records::of(&tensor);
     for (block, exceptions) in records.exceptions.iter().enumerate() {
         let Some(exception) = exceptions.first() else {
@@ -297,14 +344,12 @@ fn a_missing_sync_exception_is_rejected_everywhere() {
             exception.chunk
         );
         let changed = records.write(&tensor);
-        assert_chunk_rejected(&what, &backends, &changed, &original, exception.chunk);
+        assert_chunk_rejected(&what, backends, &changed, &original, exception.chunk);
     }
 }
 
-#[test]
-fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right() {
+fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right(backends: &Backends) {
     let (original, tensor) = sample();
-    let backends = backends();
     let records = Records::of(&tensor);
     let geometry = tensor.params.geometry;
     let block = 0;
@@ -339,7 +384,7 @@ fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right() {
             },
         );
         let what = format!("chunk {chunk} with an exception at {boundary} (true: {right})");
-        let outcome = agreed_outcome(&what, &backends, &records.write(&tensor), &original);
+        let outcome = agreed_outcome(&what, backends, &records.write(&tensor), &original);
         if boundary == right {
             assert_eq!(outcome, Outcome::Decoded, "{what}");
         } else {
@@ -352,24 +397,21 @@ fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right() {
     }
 }
 
-#[test]
-fn another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere() {
+fn another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere(backends: &Backends) {
     let (original, tensor) = sample();
-    let backends = backends();
     let mut rejected = 0;
     for (chunk_bits, warmup_bits) in [(1024, 0), (1024, 4), (1024, 64), (512, 8), (2048, 8)] {
         let mut changed = tensor.clone();
         changed.params.geometry.chunk_bits = chunk_bits;
         changed.params.geometry.warmup_bits = warmup_bits;
         let what = format!("chunk_bits {chunk_bits}, warmup_bits {warmup_bits}");
-        let outcome = agreed_outcome(&what, &backends, &changed, &original);
+        let outcome = agreed_outcome(&what, backends, &changed, &original);
         rejected += usize::from(outcome != Outcome::Decoded);
     }
     assert!(rejected >= 3, "most changes must be caught: {rejected}");
 }
 
-#[test]
-fn decompress_checks_what_it_needs_and_verify_every_chunk() {
+fn decompress_checks_what_it_needs_and_verify_every_chunk(backends: &Backends) {
     // The file, compressed, with one exception made wrong: decompress
     // rebuilds it exactly (its decoder does not use that exception, and
     // every checksum holds); verify rejects it, on every backend, naming
@@ -442,7 +484,7 @@ fn decompress_checks_what_it_needs_and_verify_every_chunk() {
     assert_eq!(out, original);
     assert!(codec::decode_blocks(&view, &index, blocks, &mut out).is_err());
 
-    for backend in backends() {
+    for backend in backends {
         let checks = ecfloat::tools::verify::verify_file_on(
             &compressed,
             backend.as_ref(),

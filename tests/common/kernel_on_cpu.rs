@@ -18,6 +18,8 @@ use ecfloat::backend::gpu::{DeviceMemory, Finished, GpuBackend, GpuDevice};
 use ecfloat::backend::{Backend, BackendInfo, Clock, Timings};
 use ecfloat::{Error, Result};
 
+use super::harness::Skip;
+
 const NAME: &str = "cuda-on-cpu";
 /// Set to `thread` in the child process of `under_thread_sanitizer`.
 pub const SANITIZER: &str = "ECF_KERNEL_SANITIZER";
@@ -410,17 +412,16 @@ impl GpuDevice for KernelOnCpu {
     }
 }
 
-/// The kernel on the CPU with `limits`, or `None` (with the reason printed)
-/// where it cannot be built.
-pub fn kernel_on_cpu(limits: DispatchLimits) -> Option<Box<dyn Backend>> {
-    match harness() {
-        Ok(harness) => Some(Box::new(GpuBackend::from_device(KernelOnCpu {
-            harness,
-            limits,
-        }))),
-        Err(reason) => {
-            super::backend_or_skip_because("cxx", &reason);
-            None
-        }
-    }
+/// The kernel on the CPU with `limits`, or why it cannot be built here.
+pub fn kernel_on_cpu(limits: DispatchLimits) -> Result<Box<dyn Backend>, Skip> {
+    Ok(Box::new(GpuBackend::from_device(KernelOnCpu {
+        harness: require_harness()?,
+        limits,
+    })))
+}
+
+/// The harness, or why it cannot be built here (a failure where
+/// `ECF_REQUIRE_CXX=1`).
+pub fn require_harness() -> Result<&'static Harness, Skip> {
+    harness().map_err(|reason| super::harness::absent("cxx", reason))
 }

@@ -1,26 +1,26 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod kernel_on_cpu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ecfloat::backend::{self, Backend};
+use ecfloat::backend::Backend;
 use ecfloat::codec::FloatKind;
 use ecfloat::conformance::{self, Family};
 use ecfloat::container::write::TensorData;
 use ecfloat::synth;
 
-/// `../shared/testdata`, or `None` (with the reason printed) where absent.
+/// Where the real weights are looked for.
+pub fn testdata_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+}
+
+/// `../shared/testdata`, or `None` where it is absent.
 pub fn testdata() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} is absent", dir.display());
-        None
-    }
+    Some(testdata_dir()).filter(|dir| dir.is_dir())
 }
 
 /// The `.safetensors` files of the test data, sorted.
@@ -35,27 +35,6 @@ pub fn testdata_files() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-/// Opens a backend, or prints why it is skipped; `ECF_REQUIRE_<NAME>=1`
-/// turns the skip into a failure.
-pub fn backend_or_skip(name: &str) -> Option<Box<dyn Backend>> {
-    match backend::open(name) {
-        Ok(backend) => Some(backend),
-        Err(error) => {
-            backend_or_skip_because(name, &error.to_string());
-            None
-        }
-    }
-}
-
-/// Prints why backend `name` is skipped, or fails if `ECF_REQUIRE_<NAME>=1`.
-pub fn backend_or_skip_because(name: &str, reason: &str) {
-    let variable = format!("ECF_REQUIRE_{}", name.to_uppercase());
-    if std::env::var(&variable).is_ok_and(|v| v == "1") {
-        panic!("{name} is required ({variable}=1) but unavailable: {reason}");
-    }
-    eprintln!("{name}: skipped, {reason}");
 }
 
 pub struct SampleTensor {
@@ -173,8 +152,8 @@ pub fn check_family(backend: &dyn Backend, family: Family) {
     );
 }
 
-pub fn check_real_weights(backend: &dyn Backend) {
-    for file in testdata_files() {
+pub fn check_real_weights(backend: &dyn Backend) -> harness::Ran {
+    for file in harness::require_testdata_files()? {
         let results = conformance::check_file(backend, &file).unwrap();
         assert!(
             !results.is_empty(),
@@ -192,6 +171,7 @@ pub fn check_real_weights(backend: &dyn Backend) {
             }
         }
     }
+    Ok(())
 }
 
 pub fn check_vectors(backend: &dyn Backend) {
@@ -215,94 +195,65 @@ pub fn check_vectors(backend: &dyn Backend) {
     assert!(checked > 0, "no vectors in {}", directory.display());
 }
 
-/// The conformance suite for one backend: `conformance_tests!(name, open)`
-/// makes module `name` of one test per case family, decoding on the
-/// backend `open` returns (or skipping, where it returns `None`).
-#[allow(unused_macros)]
-macro_rules! conformance_tests {
-    ($module:ident, $open:expr) => {
-        mod $module {
-            use super::*;
-            use ecfloat::conformance::{self, Family};
+/// Opens the backend a group of tests decodes on, or says why it cannot.
+pub type OpenBackend = fn() -> Result<Box<dyn Backend>, harness::Skip>;
 
-            fn with_backend(check: impl FnOnce(&dyn Backend)) {
-                let open: fn() -> Option<Box<dyn Backend>> = $open;
-                if let Some(backend) = open() {
-                    check(backend.as_ref());
-                }
-            }
-
-            #[test]
-            fn decodes_heavy_tailed_weights() {
-                with_backend(|b| crate::common::check_family(b, Family::HeavyTailed));
-            }
-
-            #[test]
-            fn decodes_a_single_exponent() {
-                with_backend(|b| crate::common::check_family(b, Family::SingleExponent));
-            }
-
-            #[test]
-            fn decodes_all_exponents() {
-                with_backend(|b| crate::common::check_family(b, Family::AllExponents));
-            }
-
-            #[test]
-            fn decodes_nan_inf_zeros_and_subnormals() {
-                with_backend(|b| crate::common::check_family(b, Family::SpecialValues));
-            }
-
-            #[test]
-            fn decodes_the_longest_codes() {
-                with_backend(|b| crate::common::check_family(b, Family::LongestCodes));
-            }
-
-            #[test]
-            fn decodes_empty_single_and_odd_lengths() {
-                with_backend(|b| crate::common::check_family(b, Family::Lengths));
-            }
-
-            #[test]
-            fn decodes_random_bits() {
-                with_backend(|b| crate::common::check_family(b, Family::RandomBits));
-            }
-
-            #[test]
-            fn decodes_every_block_mode() {
-                with_backend(|b| crate::common::check_family(b, Family::MixedBlockModes));
-            }
-
-            #[test]
-            fn decodes_chunks_with_sync_exceptions() {
-                with_backend(|b| crate::common::check_family(b, Family::SyncExceptions));
-            }
-
-            #[test]
-            fn decodes_constant_rest_bits() {
-                with_backend(|b| crate::common::check_family(b, Family::ConstantRestBits));
-            }
-
-            #[test]
-            fn decodes_many_tensors_into_one_buffer() {
-                with_backend(|b| {
-                    let mut cases = Family::Lengths.cases();
-                    cases.extend(Family::MixedBlockModes.cases());
-                    cases.extend(Family::SpecialValues.cases());
-                    conformance::check_batch(b, &cases).unwrap();
-                });
-            }
-
-            #[test]
-            fn decodes_real_weights() {
-                with_backend(crate::common::check_real_weights);
-            }
-
-            #[test]
-            fn decodes_checked_in_vectors() {
-                with_backend(crate::common::check_vectors);
-            }
-        }
+/// The conformance suite for one backend: a test per case family, named
+/// `<module>::<test>`, each decoding on the backend `open` returns.
+pub fn conformance_trials(module: &str, open: OpenBackend) -> Vec<libtest_mimic::Trial> {
+    let family = |name: &str, family: Family| {
+        harness::trial(format!("{module}::{name}"), move || {
+            check_family(open()?.as_ref(), family);
+            Ok(())
+        })
     };
+    vec![
+        family("decodes_heavy_tailed_weights", Family::HeavyTailed),
+        family("decodes_a_single_exponent", Family::SingleExponent),
+        family("decodes_all_exponents", Family::AllExponents),
+        family(
+            "decodes_nan_inf_zeros_and_subnormals",
+            Family::SpecialValues,
+        ),
+        family("decodes_the_longest_codes", Family::LongestCodes),
+        family("decodes_empty_single_and_odd_lengths", Family::Lengths),
+        family("decodes_random_bits", Family::RandomBits),
+        family("decodes_every_block_mode", Family::MixedBlockModes),
+        family(
+            "decodes_chunks_with_sync_exceptions",
+            Family::SyncExceptions,
+        ),
+        family("decodes_constant_rest_bits", Family::ConstantRestBits),
+        harness::trial(
+            format!("{module}::decodes_many_tensors_into_one_buffer"),
+            move || {
+                let backend = open()?;
+                let mut cases = Family::Lengths.cases();
+                cases.extend(Family::MixedBlockModes.cases());
+                cases.extend(Family::SpecialValues.cases());
+                conformance::check_batch(backend.as_ref(), &cases)
+                    .unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
+                Ok(())
+            },
+        ),
+        harness::trial(
+            format!("{module}::refuses_jobs_that_overlap_or_overrun"),
+            move || {
+                let backend = open()?;
+                conformance::check_job_validation(backend.as_ref())
+                    .unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
+                Ok(())
+            },
+        ),
+        harness::trial(format!("{module}::decodes_real_weights"), move || {
+            harness::require_testdata()?;
+            check_real_weights(open()?.as_ref())
+        }),
+        harness::trial(format!("{module}::decodes_checked_in_vectors"), move || {
+            check_vectors(open()?.as_ref());
+            Ok(())
+        }),
+    ]
 }
 
 /// Replaces the index plane of the coded tensor `name` (of `elements`
