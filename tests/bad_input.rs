@@ -7,10 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{ecf_path, read_header, stderr, stdout, with_header, write_sample};
+use ecfloat::Error;
 use ecfloat::codec::FloatKind;
 use ecfloat::codec::huffman::{self, ALPHABET};
 use ecfloat::codec::table;
-use ecfloat::container::schema::CodedHeader;
+use ecfloat::container::{self, schema::CodedHeader};
 
 /// A compressed sample in a fresh directory: (directory, compressed path).
 fn compressed_sample() -> (tempfile::TempDir, PathBuf) {
@@ -23,10 +24,23 @@ fn compressed_sample() -> (tempfile::TempDir, PathBuf) {
     (dir, compressed)
 }
 
-/// Runs `decompress` and `verify` on `path`: `decompress` must fail with
-/// one line of stderr naming the file and containing every one of
-/// `needles`, and leave no output; `verify` must report the same and exit 1.
-fn assert_rejected(path: &Path, needles: &[&str]) {
+/// Decompresses `path` through the library, which must refuse it with an
+/// error naming `path` that `expected` accepts; then runs `decompress` and
+/// `verify` on it: `decompress` must fail with one line of stderr naming
+/// the file and containing every one of `needles`, and leave nothing
+/// behind, not even a partial file; `verify` must report the same and exit
+/// 1.
+fn assert_rejected(path: &Path, expected: impl Fn(&Error) -> bool, needles: &[&str]) {
+    let rebuilt = path.with_file_name("library-output.safetensors");
+    let error = container::decompress_file(path, &rebuilt, true, &Default::default())
+        .expect_err("the library refuses it");
+    assert!(expected(&error), "another kind of error: {error:?}");
+    assert!(
+        error.to_string().starts_with(&path.display().to_string()),
+        "names the file: {error}"
+    );
+    assert_left_nothing(path);
+
     let output = ecf_path(&["decompress", "--force"], path);
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{message}");
@@ -42,13 +56,12 @@ fn assert_rejected(path: &Path, needles: &[&str]) {
             "should mention {needle:?}: {message}"
         );
     }
-    let decompressed = path.with_file_name("sample.safetensors");
-    assert!(!decompressed.exists(), "no output is left behind");
+    assert_left_nothing(path);
 
     // Every backend sees only what the host validated: a malformed file is
     // refused, or caught by its checksums, the same way on each.
     for backend in ["cpu", "wgpu", "cuda"] {
-        if ecfloat::backend::open(backend).is_err() {
+        if common::harness::require_backend(backend).is_err() {
             continue;
         }
         let output = ecf_path(&["verify", "--backend", backend], path);
@@ -61,6 +74,15 @@ fn assert_rejected(path: &Path, needles: &[&str]) {
             );
         }
     }
+}
+
+/// Only `path` is left in its directory: no output, no partial file.
+fn assert_left_nothing(path: &Path) {
+    let entries: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(entries, [path], "only the input is left");
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -91,14 +113,22 @@ fn rejects_a_file_that_is_not_safetensors() {
         &path,
         b"#!/bin/sh\necho this is a shell script, not a model\n",
     );
-    assert_rejected(&path, &["not a safetensors file"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::NotSafetensors { .. }),
+        &["not a safetensors file"],
+    );
 }
 
 #[test]
 fn rejects_an_empty_file() {
     let (_dir, path) = compressed_sample();
     write(&path, b"");
-    assert_rejected(&path, &["empty"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::NotSafetensors { .. }),
+        &["empty"],
+    );
 }
 
 #[test]
@@ -106,9 +136,17 @@ fn rejects_a_truncated_file() {
     let (_dir, path) = compressed_sample();
     let bytes = std::fs::read(&path).unwrap();
     write(&path, &bytes[..bytes.len() - 1000]);
-    assert_rejected(&path, &["truncated"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::NotSafetensors { .. }),
+        &["truncated"],
+    );
     write(&path, &bytes[..20]);
-    assert_rejected(&path, &["past the end"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::NotSafetensors { .. }),
+        &["past the end"],
+    );
 }
 
 #[test]
@@ -117,7 +155,11 @@ fn rejects_corrupt_header_json() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8] = b'[';
     write(&path, &bytes);
-    assert_rejected(&path, &["not a valid safetensors JSON header"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::NotSafetensors { .. }),
+        &["not a valid safetensors JSON header"],
+    );
 }
 
 #[test]
@@ -132,7 +174,11 @@ fn rejects_offsets_past_the_end() {
     let end = offsets[1].as_u64().unwrap();
     header["position_ids"]["data_offsets"] = serde_json::json!([offsets[0], end + (1 << 40)]);
     write(&path, &with_header(&bytes, &header));
-    assert_rejected(&path, &["not a safetensors file"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::NotSafetensors { .. }),
+        &["not a safetensors file"],
+    );
 }
 
 #[test]
@@ -148,7 +194,11 @@ fn rejects_planes_whose_lengths_disagree() {
     assert_eq!(rewritten.len(), len, "same varint widths");
     bytes[range.start..range.start + len].copy_from_slice(&rewritten);
     write(&path, &bytes);
-    assert_rejected(&path, &["tensor layers.0.attn.weight", "do not fill"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::Corrupt { tensor: Some(t), .. } if t == "layers.0.attn.weight"),
+        &["tensor layers.0.attn.weight", "do not fill"],
+    );
 }
 
 #[test]
@@ -177,6 +227,7 @@ fn rejects_code_lengths_that_are_not_a_prefix_code() {
     write(&path, &bytes);
     assert_rejected(
         &path,
+        |e| matches!(e, Error::Codec { tensor: Some(t), .. } if t == "layers.0.attn.weight"),
         &["tensor layers.0.attn.weight", "not a complete prefix code"],
     );
 }
@@ -188,7 +239,11 @@ fn rejects_an_unknown_format_version() {
     let (mut header, _) = read_header(&bytes);
     header["__metadata__"]["ecf.version"] = serde_json::json!("99");
     write(&path, &with_header(&bytes, &header));
-    assert_rejected(&path, &["format version 99 is not supported"]);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "99"),
+        &["format version 99 is not supported"],
+    );
 }
 
 #[test]
@@ -200,15 +255,24 @@ fn flipped_bits_in_the_coded_stream_are_caught() {
     let rest = head + header.head_len as usize;
     // A flip in the rest plane always survives decoding: only the checksum
     // can catch it. A flip in the head stream may also break its framing.
-    for (offset, needles) in [
-        (rest + 100, &["tensor layers.0.attn.weight", "checksum"][..]),
-        (head + 100, &["tensor layers.0.attn.weight"][..]),
-    ] {
-        let mut bytes = original.clone();
-        bytes[offset] ^= 0x10;
-        write(&path, &bytes);
-        assert_rejected(&path, needles);
-    }
+    let in_the_tensor = |e: &Error| match e {
+        Error::ChecksumMismatch { tensor, .. } | Error::Codec { tensor, .. } => {
+            tensor.as_deref() == Some("layers.0.attn.weight")
+        }
+        _ => false,
+    };
+    let mut bytes = original.clone();
+    bytes[rest + 100] ^= 0x10;
+    write(&path, &bytes);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::ChecksumMismatch { .. }) && in_the_tensor(e),
+        &["tensor layers.0.attn.weight", "checksum"],
+    );
+    let mut bytes = original.clone();
+    bytes[head + 100] ^= 0x10;
+    write(&path, &bytes);
+    assert_rejected(&path, in_the_tensor, &["tensor layers.0.attn.weight"]);
 }
 
 #[test]
@@ -217,7 +281,11 @@ fn rejects_an_uncompressed_file_given_to_decompress() {
     let source = write_sample(dir.path());
     let renamed = dir.path().join("plain.ecf.safetensors");
     std::fs::rename(&source, &renamed).unwrap();
-    assert_rejected(&renamed, &["not an ecfloat-compressed file"]);
+    assert_rejected(
+        &renamed,
+        |e| matches!(e, Error::NotCompressed { .. }),
+        &["not an ecfloat-compressed file"],
+    );
 }
 
 #[test]
@@ -240,5 +308,72 @@ fn rejects_a_missing_file() {
         stderr(&output).contains("/nonexistent/model.safetensors"),
         "{}",
         stderr(&output)
+    );
+}
+
+/// A stored (not coded) tensor has no checksum of its own: a byte flipped in
+/// it is caught by the whole file's, and nothing is written.
+#[test]
+fn a_flipped_byte_in_a_stored_tensor_fails_the_file_checksum() {
+    let (_dir, path) = compressed_sample();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let stored = coded_range(&bytes, "position_ids");
+    assert_eq!(stored.len(), 7 * 8, "position_ids is stored as it was");
+    bytes[stored.start + 9] ^= 0x01;
+    write(&path, &bytes);
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::ChecksumMismatch { tensor: None, .. }),
+        &["checksum"],
+    );
+}
+
+/// `bytes` with `extra` appended to tensor `name`'s data, the tensors after
+/// it moved along.
+fn with_bytes_appended(bytes: &[u8], name: &str, extra: &[u8]) -> Vec<u8> {
+    let (mut header, data_start) = read_header(bytes);
+    let end = header[name]["data_offsets"][1].as_u64().unwrap();
+    for (key, entry) in header.as_object_mut().unwrap() {
+        if key == "__metadata__" {
+            continue;
+        }
+        let offsets = entry["data_offsets"].as_array_mut().unwrap();
+        for offset in offsets.iter_mut() {
+            let value = offset.as_u64().unwrap();
+            // The tensor's own start lies before `end`: it stays.
+            if value >= end {
+                *offset = (value + extra.len() as u64).into();
+            }
+        }
+        if key == name {
+            let len = entry["data_offsets"][1].as_u64().unwrap()
+                - entry["data_offsets"][0].as_u64().unwrap();
+            entry["shape"] = serde_json::json!([len]);
+        }
+    }
+    let mut data = bytes[data_start..].to_vec();
+    let at = end as usize;
+    data.splice(at..at, extra.iter().copied());
+    let mut out = with_header(bytes, &header);
+    let (_, new_start) = read_header(&out);
+    out.truncate(new_start);
+    out.extend_from_slice(&data);
+    out
+}
+
+/// The planes must fill a coded tensor's bytes exactly: bytes after them
+/// are refused, not ignored.
+#[test]
+fn rejects_bytes_after_the_planes() {
+    let (_dir, path) = compressed_sample();
+    let bytes = std::fs::read(&path).unwrap();
+    write(
+        &path,
+        &with_bytes_appended(&bytes, "layers.0.attn.weight", &[0]),
+    );
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::Corrupt { tensor: Some(t), .. } if t == "layers.0.attn.weight"),
+        &["tensor layers.0.attn.weight"],
     );
 }
