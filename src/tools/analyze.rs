@@ -373,149 +373,334 @@ fn study(path: &Path) -> Result<AnalysisReport> {
     })
 }
 
-/// Draws the exponent distributions and the per-tensor entropies with the
-/// bounds their stability indices imply, as an SVG.
+/// Colours of the dtypes' series (a colour-blind-safe qualitative set).
+const SERIES_COLOURS: [(u8, u8, u8); 5] = [
+    (0, 114, 178),
+    (213, 94, 0),
+    (0, 158, 115),
+    (204, 121, 167),
+    (86, 180, 233),
+];
+
+/// Probabilities below this are not drawn: a handful of weights in a far
+/// binade would otherwise stretch the axis over nothing.
+const SMALLEST_DRAWN_PROBABILITY: f64 = 1e-7;
+
+/// The marker of series `shape` at `at`: shapes differ, not only colours,
+/// and wider dtypes get larger, hollow markers, so that dtypes whose
+/// distributions coincide (F16 and F32 of the same weights) stay visible.
+fn marker<DB, C>(
+    shape: usize,
+    at: C,
+    colour: plotters::style::RGBAColor,
+) -> plotters::element::DynElement<'static, DB, C>
+where
+    DB: plotters::prelude::DrawingBackend,
+    C: Clone + 'static,
+{
+    use plotters::prelude::*;
+    match shape % 5 {
+        0 => Circle::new(at, 7, colour.stroke_width(2)).into_dyn(),
+        1 => TriangleMarker::new(at, 6, colour.stroke_width(2)).into_dyn(),
+        2 => Cross::new(at, 5, colour.stroke_width(2)).into_dyn(),
+        3 => Circle::new(at, 3, colour.filled()).into_dyn(),
+        _ => TriangleMarker::new(at, 4, colour.filled()).into_dyn(),
+    }
+}
+
+/// `1.2 M`, `35 k`, `512`.
+fn decimal_count(n: u64) -> String {
+    match n {
+        1_000_000_000.. => format!("{:.1} G", n as f64 / 1e9),
+        1_000_000.. => format!("{:.1} M", n as f64 / 1e6),
+        1_000.. => format!("{:.0} k", n as f64 / 1e3),
+        _ => n.to_string(),
+    }
+}
+
+/// A tensor's name short enough to print beside its point.
+fn short_name(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let tail = parts[parts.len().saturating_sub(3)..].join(".");
+    if tail.chars().count() > 30 {
+        let start: String = tail.chars().rev().take(29).collect();
+        format!("…{}", start.chars().rev().collect::<String>())
+    } else {
+        tail
+    }
+}
+
+/// Draws the study as an SVG: above, each dtype's exponent distribution
+/// (the straight line on a log scale is the geometric law a power-law tail
+/// gives); below, each tensor's exponent entropy against its fitted tail
+/// index α, over the band of entropies α implies; a legend column beside
+/// them, so that no legend covers a point.
 fn draw(report: &AnalysisReport, output: &Path) -> Result<()> {
     use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let failed =
         |e: &dyn std::fmt::Display| Error::io(output, std::io::Error::other(e.to_string()));
-    let root = SVGBackend::new(output, (1100, 900)).into_drawing_area();
+    let root = SVGBackend::new(output, (1200, 960)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| failed(&e))?;
-    let (top, bottom) = root.split_vertically(450);
+    let (charts, legend) = root.split_horizontally(880);
+    let (top, bottom) = charts.split_vertically(470);
 
-    // Exponent distributions, one line per dtype, log10 of probability.
-    let mut curves: Vec<(String, Vec<(i32, f64)>)> = Vec::new();
-    for summary in &report.dtypes {
-        let kind = FloatKind::from_safetensors_name(&summary.dtype).expect("analysed dtypes");
-        let bias = (1i32 << (kind.exponent_bits() - 1)) - 1;
-        let total: u64 = summary.exponent_histogram.iter().sum();
-        let points = summary
-            .exponent_histogram
+    // Widest dtype first, so that narrower ones are drawn over it.
+    let mut dtypes: Vec<(&DtypeSummary, FloatKind)> = report
+        .dtypes
+        .iter()
+        .map(|d| {
+            let kind = FloatKind::from_safetensors_name(&d.dtype).expect("analysed dtypes");
+            (d, kind)
+        })
+        .collect();
+    dtypes.sort_by_key(|(_, kind)| std::cmp::Reverse(kind.width_bits()));
+    let style_of = |dtype: &str| {
+        let index = dtypes
             .iter()
-            .enumerate()
-            .filter(|&(_, &count)| count > 0)
-            .map(|(exponent, &count)| {
-                (
-                    exponent as i32 - bias,
-                    (count as f64 / total as f64).log10(),
-                )
-            })
-            .collect();
-        curves.push((
-            format!(
-                "{} (H = {:.2} bits)",
-                summary.dtype, summary.exponent_entropy
-            ),
-            points,
-        ));
+            .position(|(d, _)| d.dtype == dtype)
+            .unwrap_or(0);
+        let (r, g, b) = SERIES_COLOURS[index % SERIES_COLOURS.len()];
+        (index, RGBColor(r, g, b).to_rgba())
+    };
+
+    // Exponent distributions: log10 of each exponent's probability, over
+    // the normal exponents (field 0 holds zeros and subnormals, which the
+    // legend counts instead).
+    struct Curve {
+        points: Vec<(i32, f64)>,
+        zero_or_subnormal: f64,
     }
-    let all = curves.iter().flat_map(|(_, p)| p.iter());
+    let curves: Vec<Curve> = dtypes
+        .iter()
+        .map(|(summary, kind)| {
+            let bias = (1i32 << (kind.exponent_bits() - 1)) - 1;
+            let total = summary.exponent_histogram.iter().sum::<u64>().max(1) as f64;
+            let points = summary
+                .exponent_histogram
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(field, &count)| (field as i32 - bias, count as f64 / total))
+                .filter(|&(_, p)| p >= SMALLEST_DRAWN_PROBABILITY)
+                .map(|(exponent, p)| (exponent, p.log10()))
+                .collect();
+            Curve {
+                points,
+                zero_or_subnormal: summary.exponent_histogram.first().copied().unwrap_or(0) as f64
+                    / total,
+            }
+        })
+        .collect();
+    let all = curves.iter().flat_map(|c| c.points.iter());
     let (min_x, max_x) = all.clone().fold((i32::MAX, i32::MIN), |(lo, hi), &(x, _)| {
         (lo.min(x), hi.max(x))
     });
-    let min_y = all.fold(0f64, |lo, &(_, y)| lo.min(y));
     let (min_x, max_x) = if min_x > max_x {
         (-10, 10)
     } else {
         (min_x - 1, max_x + 1)
     };
+    let min_y = all.fold(0f64, |lo, &(_, y)| lo.min(y));
     let mut chart = ChartBuilder::on(&top)
         .caption(
-            "Exponent distribution (unbiased exponent)",
+            "Exponent distribution: a power-law tail falls as a straight line",
             ("sans-serif", 22),
         )
         .margin(15)
-        .x_label_area_size(35)
+        .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(min_x..max_x, (min_y.floor() - 0.5)..0.2)
+        .build_cartesian_2d(min_x..max_x, (min_y.floor() - 0.3)..0.3)
         .map_err(|e| failed(&e))?;
     chart
         .configure_mesh()
-        .x_desc("exponent")
-        .y_desc("log10 probability")
+        .x_desc("unbiased exponent (binade: |w| in [2^e, 2^(e+1)))")
+        .y_desc("log10 share of weights")
+        .y_label_formatter(&|y| format!("1e{y:.0}"))
         .draw()
         .map_err(|e| failed(&e))?;
-    for (index, (label, points)) in curves.iter().enumerate() {
-        let color = Palette99::pick(index).to_rgba();
-        // Lines join adjacent exponents only: a gap of absent exponents
-        // (zero and subnormals far below the rest) stays a gap.
-        for run in points.chunk_by(|a, b| b.0 == a.0 + 1) {
+    for ((summary, _), curve) in dtypes.iter().zip(&curves) {
+        let (shape, colour) = style_of(&summary.dtype);
+        // Lines join adjacent exponents only: a gap stays a gap.
+        for run in curve.points.chunk_by(|a, b| b.0 == a.0 + 1) {
             chart
-                .draw_series(LineSeries::new(run.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(run.iter().copied(), colour.stroke_width(1)))
                 .map_err(|e| failed(&e))?;
         }
         chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| failed(&e))?
-            .label(label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+            .draw_series(curve.points.iter().map(|&p| marker(shape, p, colour)))
+            .map_err(|e| failed(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| failed(&e))?;
 
-    // Per-tensor entropy against the bounds its stability index implies.
-    let count = report.tensors.len().max(1) as i32;
-    let max_bits = report
+    // Entropy per tensor against its tail index α.
+    let fitted: Vec<(&TensorAnalysis, f64)> = report
         .tensors
         .iter()
-        .flat_map(|t| {
-            std::iter::once(t.exponent_entropy).chain(t.entropy_bounds.into_iter().flatten())
-        })
-        .fold(1f64, f64::max)
-        .min(16.0);
+        .filter_map(|t| t.alpha.map(|alpha| (t, alpha)))
+        .collect();
+    let (alpha_low, alpha_high) = (SPREAD_RATIO[0].0, SPREAD_RATIO[SPREAD_RATIO.len() - 1].0);
+    let max_bits = fitted
+        .iter()
+        .map(|(t, _)| t.exponent_entropy)
+        .chain([entropy_bounds(alpha_high)[1]])
+        .fold(0f64, f64::max)
+        .min(16.0)
+        * 1.12;
     let mut chart = ChartBuilder::on(&bottom)
         .caption(
-            "Exponent entropy per tensor, and the bounds from its stability index α",
+            "Exponent entropy per tensor against its tail index α",
             ("sans-serif", 22),
         )
         .margin(15)
-        .x_label_area_size(35)
+        .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0..count, 0f64..max_bits * 1.1)
+        .build_cartesian_2d((alpha_low - 0.05)..(alpha_high + 0.05), 0f64..max_bits)
         .map_err(|e| failed(&e))?;
     chart
         .configure_mesh()
-        .x_desc("tensor")
-        .y_desc("bits")
+        .x_desc("tail index α of the fitted stable law (2 = Gaussian)")
+        .y_desc("exponent entropy, bits")
         .draw()
         .map_err(|e| failed(&e))?;
-    let bound = |side: usize| {
-        report.tensors.iter().enumerate().filter_map(move |(i, t)| {
-            t.entropy_bounds
-                .map(|b| (i as i32, b[side].min(max_bits * 1.1)))
-        })
-    };
-    for (side, label, color) in [(0, "α/(1+2^-α)", BLUE), (1, "α/(1−2^-α)", RED)] {
+    let steps = 120;
+    let alphas: Vec<f64> = (0..=steps)
+        .map(|i| alpha_low + (alpha_high - alpha_low) * i as f64 / steps as f64)
+        .collect();
+    let band: Vec<(f64, f64)> = alphas
+        .iter()
+        .map(|&a| (a, entropy_bounds(a)[0]))
+        .chain(alphas.iter().rev().map(|&a| (a, entropy_bounds(a)[1])))
+        .collect();
+    let band_colour = RGBColor(120, 120, 120);
+    chart
+        .draw_series([Polygon::new(band, band_colour.mix(0.18).filled())])
+        .map_err(|e| failed(&e))?;
+    for side in 0..2 {
         chart
-            .draw_series(LineSeries::new(bound(side), color.stroke_width(1)))
-            .map_err(|e| failed(&e))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            .draw_series(LineSeries::new(
+                alphas.iter().map(|&a| (a, entropy_bounds(a)[side])),
+                band_colour.stroke_width(1),
+            ))
+            .map_err(|e| failed(&e))?;
     }
-    chart
-        .draw_series(
-            report
-                .tensors
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Circle::new((i as i32, t.exponent_entropy), 3, BLACK.filled())),
-        )
-        .map_err(|e| failed(&e))?
-        .label("exponent entropy H")
-        .legend(|(x, y)| Circle::new((x + 9, y), 3, BLACK.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
+    for &(tensor, alpha) in &fitted {
+        let (shape, colour) = style_of(&tensor.dtype);
+        chart
+            .draw_series([marker(shape, (alpha, tensor.exponent_entropy), colour)])
+            .map_err(|e| failed(&e))?;
+    }
+    // The largest tensors, named (each name once, whatever its dtypes):
+    // they decide a model's size. The labels stand in a column in the
+    // panel's upper left, where a heavier tail (small α) with a high
+    // entropy would be, which weights do not show; a leader joins each to
+    // its point.
+    let mut largest: Vec<(&TensorAnalysis, f64)> = Vec::new();
+    let mut by_size = fitted.clone();
+    by_size.sort_by_key(|(t, _)| std::cmp::Reverse(t.elements));
+    for (tensor, alpha) in by_size {
+        if largest.len() < 6 && !largest.iter().any(|(t, _)| t.name == tensor.name) {
+            largest.push((tensor, alpha));
+        }
+    }
+    largest.sort_by(|a, b| b.0.exponent_entropy.total_cmp(&a.0.exponent_entropy));
+    let (column_x, top_y) = chart.backend_coord(&(alpha_low + 0.45, max_bits * 0.97));
+    for (row, &(tensor, alpha)) in largest.iter().enumerate() {
+        let label_y = top_y + 17 * row as i32;
+        let point = chart.backend_coord(&(alpha, tensor.exponent_entropy));
+        root.draw(&PathElement::new(
+            vec![(column_x + 4, label_y), point],
+            BLACK.mix(0.35).stroke_width(1),
+        ))
         .map_err(|e| failed(&e))?;
+        root.draw(&Text::new(
+            format!(
+                "{} ({} weights)",
+                short_name(&tensor.name),
+                decimal_count(tensor.elements)
+            ),
+            (column_x, label_y),
+            ("sans-serif", 12)
+                .into_font()
+                .color(&BLACK.mix(0.85))
+                .pos(Pos::new(HPos::Right, VPos::Center)),
+        ))
+        .map_err(|e| failed(&e))?;
+    }
+
+    // The legend column.
+    let title = ("sans-serif", 17).into_font().style(FontStyle::Bold);
+    let body = ("sans-serif", 14).into_font();
+    let small = ("sans-serif", 12).into_font().color(&BLACK.mix(0.75));
+    let mut y = 40;
+    legend
+        .draw(&Text::new("dtype", (10, y), title.clone()))
+        .map_err(|e| failed(&e))?;
+    y += 30;
+    for ((summary, _), curve) in dtypes.iter().zip(&curves) {
+        let (shape, colour) = style_of(&summary.dtype);
+        legend
+            .draw(&marker(shape, (22, y + 6), colour))
+            .map_err(|e| failed(&e))?;
+        legend
+            .draw(&Text::new(
+                format!(
+                    "{}: H = {:.2} bits",
+                    summary.dtype, summary.exponent_entropy
+                ),
+                (40, y),
+                body.clone(),
+            ))
+            .map_err(|e| failed(&e))?;
+        legend
+            .draw(&Text::new(
+                format!(
+                    "{}, {:.3} % zero or subnormal",
+                    count(summary.tensors as u64, "tensor"),
+                    100.0 * curve.zero_or_subnormal
+                ),
+                (40, y + 18),
+                small.clone(),
+            ))
+            .map_err(|e| failed(&e))?;
+        y += 48;
+    }
+    y += 10;
+    legend
+        .draw(&Rectangle::new(
+            [(12, y), (32, y + 14)],
+            band_colour.mix(0.18).filled(),
+        ))
+        .map_err(|e| failed(&e))?;
+    legend
+        .draw(&Text::new("entropy range α implies", (40, y), body.clone()))
+        .map_err(|e| failed(&e))?;
+    y += 30;
+    let unfitted = report.tensors.len() - fitted.len();
+    let mut notes = vec![
+        "Lower panel: one point per tensor;".to_string(),
+        "the six largest are named.".to_string(),
+        String::new(),
+        "A point above the band is expected:".to_string(),
+        "the band counts the power-law tail".to_string(),
+        "only; small weights spread over".to_string(),
+        "the binades below a tensor's typical".to_string(),
+        "magnitude and add entropy.".to_string(),
+        String::new(),
+        "Not drawn: exponent field 0 (share above) and".to_string(),
+        format!("exponents holding under {SMALLEST_DRAWN_PROBABILITY:e} of weights."),
+    ];
+    if unfitted > 0 {
+        notes.push(format!(
+            "{} too small to fit α.",
+            count(unfitted as u64, "tensor")
+        ));
+    }
+    for line in notes {
+        y += 17;
+        legend
+            .draw(&Text::new(line, (10, y), small.clone()))
+            .map_err(|e| failed(&e))?;
+    }
     root.present().map_err(|e| failed(&e))
 }
 
