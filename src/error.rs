@@ -26,6 +26,9 @@ pub enum Error {
     /// A directory given where safetensors files are needed holds none.
     #[error("{}: no .safetensors files in this directory", path.display())]
     NoSafetensors { path: PathBuf },
+    /// A tensor asked for by name that the file does not hold.
+    #[error("{}: no tensor named {tensor:?}", path.display())]
+    NoSuchTensor { path: PathBuf, tensor: String },
     #[error("{}: already compressed by ecfloat (format version {version})", path.display())]
     AlreadyCompressed { path: PathBuf, version: String },
     #[error("{}: format version {found} is not supported; this build reads version {supported}", path.display())]

@@ -377,3 +377,35 @@ fn rejects_bytes_after_the_planes() {
         &["tensor layers.0.attn.weight"],
     );
 }
+
+/// Decoding one tensor checks it as decompressing the file does: a flipped
+/// rest bit fails the tensor's checksum, and a name the file lacks is an
+/// error naming it.
+#[test]
+fn decoding_one_tensor_checks_its_checksum_and_name() {
+    let (_dir, path) = compressed_sample();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (header, planes) = bf16_planes(&bytes);
+    let rest = planes + (header.index_len + header.head_len) as usize;
+    bytes[rest + 100] ^= 0x10;
+    write(&path, &bytes);
+    let file = container::CompressedFile::open(&path).unwrap();
+    let cpu = ecfloat::backend::CpuBackend::new();
+    let decode = ecfloat::backend::decoder(&cpu);
+    let intact = file.tensor("layers.0.mlp.weight").unwrap();
+    assert_eq!(
+        file.decode_tensor(intact, &decode).unwrap().len(),
+        200 * 100 * 2
+    );
+    let flipped = file.tensor("layers.0.attn.weight").unwrap();
+    let error = file.decode_tensor(flipped, &decode).unwrap_err();
+    assert!(
+        matches!(&error, Error::ChecksumMismatch { tensor: Some(t), .. } if t == "layers.0.attn.weight"),
+        "{error:?}"
+    );
+    let error = file.tensor("layers.9.weight").err().unwrap();
+    assert!(
+        matches!(&error, Error::NoSuchTensor { tensor, .. } if tensor == "layers.9.weight"),
+        "{error:?}"
+    );
+}

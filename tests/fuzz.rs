@@ -343,25 +343,20 @@ fn the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu() -> Ran {
 /// rejected, the same tensors failing their checksum.
 fn the_corpus_is_judged_as_on_the_cpu(backend: &dyn ecfloat::backend::Backend) {
     let cpu = container::cpu_decoder(SyncCheck::AllChunks);
+    let decode = ecfloat::backend::decoder(backend);
+    let name = backend.name();
     for file in corpus() {
         let expected = verdict(&file, &cpu);
-        {
-            let name = backend.name();
-            let decode =
-                |view: &ecfloat::codec::EncodedView,
-                 index: &ecfloat::codec::BlockIndex,
-                 out: &mut [u8]| backend.decode_to_host(view, index, out);
-            let judged = verdict(&file, &decode);
-            let same = match (&expected, &judged) {
-                (Verdict::Rejected(_), Verdict::Rejected(_)) => true,
-                (a, b) => a == b,
-            };
-            assert!(
-                same,
-                "{}: the CPU says {expected:?}, {name} says {judged:?}",
-                file.display()
-            );
-        }
+        let judged = verdict(&file, &decode);
+        let same = match (&expected, &judged) {
+            (Verdict::Rejected(_), Verdict::Rejected(_)) => true,
+            (a, b) => a == b,
+        };
+        assert!(
+            same,
+            "{}: the CPU says {expected:?}, {name} says {judged:?}",
+            file.display()
+        );
     }
 }
 

@@ -356,6 +356,15 @@ fn open_wgpu() -> Result<Box<dyn Backend>> {
     ))
 }
 
+/// `backend` as the decode function the container layer takes
+/// ([`crate::container::Decoder`]): each window of blocks is decoded on the
+/// device and brought back to the host.
+pub fn decoder(
+    backend: &dyn Backend,
+) -> impl Fn(&EncodedView, &BlockIndex, &mut [u8]) -> Result<()> + Sync + '_ {
+    move |view, index, out| backend.decode_to_host(view, index, out)
+}
+
 /// Decodes one tensor into a new host vector: the round trip every
 /// conformance check makes.
 pub fn decode_to_host(

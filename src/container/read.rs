@@ -208,43 +208,59 @@ impl CompressedFile {
         IndexWalker::new(&self.view(coded)).map_err(|e| Error::codec(self.path(), name, e))
     }
 
-    /// A tensor's original bytes, decoded on the CPU when coded; memory in
+    /// The tensor named `name`, as the source file had it.
+    pub fn tensor(&self, name: &str) -> Result<&StoredTensor> {
+        self.tensors
+            .iter()
+            .find(|t| t.source.name == name)
+            .ok_or_else(|| Error::NoSuchTensor {
+                path: self.path().to_path_buf(),
+                tensor: name.to_string(),
+            })
+    }
+
+    /// A tensor's original bytes, decoded by `decode` (the CPU decoder, or
+    /// a backend's, see [`super::Decoder`]) a window of blocks at a time
+    /// and checked against the checksum recorded at compression; memory in
     /// proportion to the tensor. Allocating them is an error, not an abort,
     /// when they do not fit.
-    pub fn decode_on_cpu(&self, tensor: &StoredTensor) -> Result<Vec<u8>> {
+    pub fn decode_tensor(&self, tensor: &StoredTensor, decode: &super::Decoder) -> Result<Vec<u8>> {
         let name = &tensor.source.name;
-        match &tensor.storage {
-            Storage::Raw => Ok(self.stored_bytes(tensor).to_vec()),
-            Storage::Coded(coded) => {
-                let len = coded.params.decoded_bytes() as usize;
-                let mut bytes = Vec::new();
-                bytes.try_reserve_exact(len).map_err(|_| {
-                    Error::corrupt(
-                        self.path(),
-                        Some(name),
-                        format!("cannot allocate the {len} bytes it decodes to"),
-                    )
-                })?;
-                bytes.resize(len, 0);
-                let view = self.view(coded);
-                let mut walker = self.index_walker(name, coded)?;
-                while let Some(window) = walker
-                    .next_window_of_bytes(super::BATCH_BYTES)
-                    .map_err(|e| Error::codec(self.path(), name, e))?
-                {
-                    let start = window.first_element() as usize * coded.params.kind().width_bytes();
-                    let end = start + window.params.decoded_bytes() as usize;
-                    crate::codec::decode_blocks(
-                        &window.view(&view),
-                        &window.index,
-                        0..window.index.blocks.len(),
-                        &mut bytes[start..end],
-                    )
-                    .map_err(|e| Error::codec(self.path(), name, e))?;
-                }
-                Ok(bytes)
-            }
+        let coded = match &tensor.storage {
+            Storage::Raw => return Ok(self.stored_bytes(tensor).to_vec()),
+            Storage::Coded(coded) => coded,
+        };
+        let len = coded.params.decoded_bytes() as usize;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len).map_err(|_| {
+            Error::corrupt(
+                self.path(),
+                Some(name),
+                format!("cannot allocate the {len} bytes it decodes to"),
+            )
+        })?;
+        bytes.resize(len, 0);
+        let view = self.view(coded);
+        let mut walker = self.index_walker(name, coded)?;
+        while let Some(window) = walker
+            .next_window_of_bytes(super::BATCH_BYTES)
+            .map_err(|e| Error::codec(self.path(), name, e))?
+        {
+            let start = window.first_element() as usize * coded.params.kind().width_bytes();
+            let end = start + window.params.decoded_bytes() as usize;
+            decode(&window.view(&view), &window.index, &mut bytes[start..end])
+                .map_err(|e| e.in_tensor(self.path(), name))?;
         }
+        let actual = xxhash_rust::xxh3::xxh3_64(&bytes);
+        if actual != coded.checksum {
+            return Err(Error::ChecksumMismatch {
+                path: self.path().to_path_buf(),
+                tensor: Some(name.to_string()),
+                expected: coded.checksum,
+                actual,
+            });
+        }
+        Ok(bytes)
     }
 
     /// The stored bytes of a tensor: its data if raw, its header and planes

@@ -7,9 +7,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::{Backend, Clock, DecodeJob, Timings};
+use crate::codec::decode::SyncCheck;
 use crate::codec::{self, BlockIndex, EncodeOptions, EncodedTensor, FloatKind};
 use crate::conformance;
-use crate::container::{CompressedFile, SourceFile};
+use crate::container::{CompressedFile, SourceFile, cpu_decoder};
 use crate::error::{Error, Result};
 use crate::tools::{Bytes, Report, count};
 
@@ -119,7 +120,7 @@ fn load_file_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
         let Some(kind) = FloatKind::from_safetensors_name(&dtype) else {
             continue;
         };
-        let bytes = file.decode_on_cpu(tensor)?;
+        let bytes = file.decode_tensor(tensor, &cpu_decoder(SyncCheck::Lanes))?;
         if !bytes.is_empty() {
             tensors.push(FloatTensor {
                 name: tensor.source.name.clone(),

@@ -88,7 +88,7 @@ pub fn verify_file_on(
     backend: &dyn Backend,
     progress: &Progress,
 ) -> Result<DecodeChecks> {
-    container::verify_file_with(input, &decoder(backend), progress)
+    container::verify_file_with(input, &crate::backend::decoder(backend), progress)
 }
 
 /// Every shard of a compressed directory, by its name in the directory.
@@ -97,14 +97,7 @@ pub fn verify_directory_on(
     backend: &dyn Backend,
     progress: &Progress,
 ) -> Result<Vec<(String, DecodeChecks)>> {
-    container::verify_directory_with(input, &decoder(backend), progress)
-}
-
-fn decoder(
-    backend: &dyn Backend,
-) -> impl Fn(&crate::codec::EncodedView, &crate::codec::BlockIndex, &mut [u8]) -> Result<()> + Sync + '_
-{
-    move |view, index, out| backend.decode_to_host(view, index, out)
+    container::verify_directory_with(input, &crate::backend::decoder(backend), progress)
 }
 
 impl Report for VerifyReport {
