@@ -468,7 +468,7 @@ pub fn check_job_validation(backend: &dyn Backend) -> Result<(), String> {
 }
 
 /// `Ok` when `actual` equals `expected`, else where they first differ.
-pub fn compare(kind: FloatKind, expected: &[u8], actual: &[u8]) -> Result<(), String> {
+pub(crate) fn compare(kind: FloatKind, expected: &[u8], actual: &[u8]) -> Result<(), String> {
     if expected.len() != actual.len() {
         return Err(format!(
             "decoded {} bytes, expected {}",

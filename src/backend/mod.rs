@@ -246,7 +246,12 @@ pub fn check_jobs(
 
 /// The end of `len` bytes from `offset` of a buffer of `buffer_len`
 /// bytes, or an error if they do not lie in it.
-pub fn check_download(backend: &str, buffer_len: u64, offset: u64, len: usize) -> Result<u64> {
+pub(crate) fn check_download(
+    backend: &str,
+    buffer_len: u64,
+    offset: u64,
+    len: usize,
+) -> Result<u64> {
     offset
         .checked_add(len as u64)
         .filter(|&end| end <= buffer_len)
@@ -258,7 +263,7 @@ pub fn check_download(backend: &str, buffer_len: u64, offset: u64, len: usize) -
         })
 }
 
-pub fn backend_error(backend: &str, message: impl Into<String>) -> Error {
+pub(crate) fn backend_error(backend: &str, message: impl Into<String>) -> Error {
     Error::Backend {
         backend: backend.to_string(),
         message: message.into(),
@@ -274,7 +279,7 @@ pub fn unavailable(backend: &str, reason: impl Into<String>) -> Error {
 }
 
 /// Downcasts a handle to the backend's own type.
-pub fn downcast<'a, T: 'static>(backend: &str, any: &'a dyn Any) -> Result<&'a T> {
+pub(crate) fn downcast<'a, T: 'static>(backend: &str, any: &'a dyn Any) -> Result<&'a T> {
     any.downcast_ref::<T>()
         .ok_or_else(|| backend_error(backend, "handle belongs to another backend"))
 }

@@ -6,7 +6,7 @@
 /// that will be written, so the hot path is a shift, an or and, every 32
 /// bits, one store: no growth, no allocation, and encoders can fill
 /// disjoint parts of one output in parallel.
-pub struct BitWriter<'a> {
+pub(crate) struct BitWriter<'a> {
     bytes: &'a mut [u8],
     /// Whole bytes written to `bytes`.
     flushed: usize,
@@ -42,7 +42,7 @@ impl<'a> BitWriter<'a> {
     }
 
     /// Bits written so far.
-    pub fn bit_len(&self) -> u64 {
+    pub(crate) fn bit_len(&self) -> u64 {
         self.flushed as u64 * 8 + self.pending_bits as u64
     }
 
@@ -59,7 +59,7 @@ impl<'a> BitWriter<'a> {
 
 /// Reads consecutive bit fields of up to 32 bits from the front of a
 /// stream; past its end, bits read as zero.
-pub struct FieldReader<'a> {
+pub(crate) struct FieldReader<'a> {
     bytes: &'a [u8],
     next_byte: usize,
     bits: u64,
@@ -99,7 +99,7 @@ impl<'a> FieldReader<'a> {
 /// Reads `bits` (≤ 32) bits starting at bit `position`; bits past the end of
 /// `bytes` read as zero, so a hostile stream can never index out of bounds.
 #[inline(always)]
-pub fn peek_bits(bytes: &[u8], position: u64, bits: u32) -> u32 {
+pub(crate) fn peek_bits(bytes: &[u8], position: u64, bits: u32) -> u32 {
     debug_assert!(bits <= 32);
     let byte = (position / 8) as usize;
     let shift = (position % 8) as u32;
@@ -109,7 +109,7 @@ pub fn peek_bits(bytes: &[u8], position: u64, bits: u32) -> u32 {
 
 /// Little-endian u64 at `offset`, zero-filled past the end of `bytes`.
 #[inline(always)]
-pub fn load_le_u64_padded(bytes: &[u8], offset: usize) -> u64 {
+pub(crate) fn load_le_u64_padded(bytes: &[u8], offset: usize) -> u64 {
     if let Some(window) = bytes.get(offset..offset + 8) {
         u64::from_le_bytes(window.try_into().unwrap())
     } else {

@@ -88,7 +88,7 @@ impl FloatKind {
     /// three loops, so LLVM may not inline it: hot callers mark it
     /// `#[inline(always)]`.
     #[inline(always)]
-    pub fn for_each_element(self, bytes: &[u8], mut visit: impl FnMut(u32)) {
+    pub(crate) fn for_each_element(self, bytes: &[u8], mut visit: impl FnMut(u32)) {
         match self.width_bytes() {
             1 => bytes.iter().for_each(|&b| visit(b as u32)),
             2 => bytes
@@ -104,7 +104,7 @@ impl FloatKind {
     /// `tail` with each of the last `len % 4`; four independent elements per
     /// call let the caller spread dependent work (counters) across them.
     #[inline(always)]
-    pub fn for_each_quad(
+    pub(crate) fn for_each_quad(
         self,
         bytes: &[u8],
         mut visit: impl FnMut([u32; 4]),
@@ -198,7 +198,7 @@ impl FieldSplit {
     /// The rest of an element, constant bits included: sign on top of the
     /// low `rest_bits - 1` bits.
     #[inline(always)]
-    pub fn full_rest(&self, element: u32) -> u32 {
+    pub(crate) fn full_rest(&self, element: u32) -> u32 {
         let rest_bits = self.rest_bits();
         if rest_bits == 0 {
             return 0;

@@ -17,7 +17,7 @@ pub const ALPHABET: usize = 256;
 /// Optimal code lengths no longer than `limit` for the symbol `counts`
 /// (package-merge). Symbols with a zero count get length 0. At least two
 /// symbols must occur and `2^limit` must cover them all.
-pub fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
+pub(crate) fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
     let mut leaves: Vec<(u64, u16)> = counts
         .iter()
         .enumerate()
@@ -127,7 +127,7 @@ pub fn validate_lengths(lengths: &[u8; ALPHABET]) -> Result<u32, CodecError> {
 }
 
 /// Canonical codewords, bit-reversed for LSB-first streams.
-pub fn canonical_codes(lengths: &[u8; ALPHABET]) -> [u32; ALPHABET] {
+pub(crate) fn canonical_codes(lengths: &[u8; ALPHABET]) -> [u32; ALPHABET] {
     let mut count_per_length = [0u32; MAX_CODE_BITS as usize + 1];
     for &len in lengths {
         count_per_length[len as usize] += 1;
@@ -151,9 +151,9 @@ pub fn canonical_codes(lengths: &[u8; ALPHABET]) -> [u32; ALPHABET] {
 }
 
 /// Entries of a CPU decode table: indexed by the next `MAX_CODE_BITS` bits.
-pub const TABLE_ENTRIES: usize = 1 << MAX_CODE_BITS;
+pub(crate) const TABLE_ENTRIES: usize = 1 << MAX_CODE_BITS;
 /// Mask selecting a decode table index from the next stream bits.
-pub const TABLE_MASK: u64 = TABLE_ENTRIES as u64 - 1;
+pub(crate) const TABLE_MASK: u64 = TABLE_ENTRIES as u64 - 1;
 
 /// A flat decode table: entry `i` holds the symbol and length of the
 /// codeword that the bits `i` (the next `MAX_CODE_BITS` of the stream)
@@ -183,7 +183,7 @@ impl DecodeTable {
 
     /// (symbol, length) of the codeword the low bits of `bits` begin with.
     #[inline(always)]
-    pub fn lookup(&self, bits: u64) -> (u32, u32) {
+    pub(crate) fn lookup(&self, bits: u64) -> (u32, u32) {
         let entry = self.entries[(bits & TABLE_MASK) as usize];
         ((entry & 0xFF) as u32, (entry >> 8) as u32)
     }

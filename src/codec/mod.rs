@@ -3,10 +3,10 @@
 //!
 //! * [`float`] cuts elements into head (exponent first) and rest.
 //! * [`huffman`] builds the length-limited canonical codes.
-//! * [`encode`] chooses the split, the per-block codes and the sync metadata.
+//! * [`encode`](mod@encode) chooses the split, the per-block codes and the sync metadata.
 //! * [`index`] reads and validates the block index of untrusted input.
 //! * [`sync`] defines where each chunk's decoder starts (CPU and GPU alike).
-//! * [`decode`] is the CPU decoder, the oracle every backend is held to.
+//! * [`decode`](mod@decode) is the CPU decoder, the oracle every backend is held to.
 //!
 //! The codec knows nothing of files or devices. `docs/FORMAT.md` specifies
 //! every byte it produces.
@@ -68,7 +68,7 @@ impl TensorParams {
         self.elements.div_ceil(self.block_elements as u64)
     }
 
-    pub fn block_len(&self, block: u64) -> u64 {
+    pub(crate) fn block_len(&self, block: u64) -> u64 {
         let start = block * self.block_elements as u64;
         (self.elements - start).min(self.block_elements as u64)
     }
@@ -78,14 +78,14 @@ impl TensorParams {
     }
 
     /// Decoded bytes of the blocks in `blocks`.
-    pub fn block_range_bytes(&self, blocks: std::ops::Range<usize>) -> u64 {
+    pub(crate) fn block_range_bytes(&self, blocks: std::ops::Range<usize>) -> u64 {
         let first = (blocks.start as u64 * self.block_elements as u64).min(self.elements);
         let end = (blocks.end as u64 * self.block_elements as u64).min(self.elements);
         (end - first) * self.kind().width_bytes() as u64
     }
 
     /// Exact byte length of the rest plane.
-    pub fn rest_bytes(&self) -> u64 {
+    pub(crate) fn rest_bytes(&self) -> u64 {
         (self.elements * self.split.stored_rest_bits() as u64).div_ceil(8)
     }
 

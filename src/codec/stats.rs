@@ -14,7 +14,7 @@ pub fn entropy(histogram: &[u64]) -> f64 {
 }
 
 /// Total bits of an ideal entropy coder for the histogram: Σ c·log2(n/c).
-pub fn entropy_bits(histogram: &[u64]) -> f64 {
+pub(crate) fn entropy_bits(histogram: &[u64]) -> f64 {
     let total: u64 = histogram.iter().sum();
     if total == 0 {
         return 0.0;
@@ -28,7 +28,7 @@ pub fn entropy_bits(histogram: &[u64]) -> f64 {
 }
 
 /// Folds a histogram of the top 8 bits into one of the top `bits` bits.
-pub fn fold_top_bits(top8: &Histogram, bits: u32) -> Histogram {
+pub(crate) fn fold_top_bits(top8: &Histogram, bits: u32) -> Histogram {
     let mut folded = [0u64; ALPHABET];
     let shift = 8 - bits;
     for (symbol, &count) in top8.iter().enumerate() {
@@ -37,13 +37,13 @@ pub fn fold_top_bits(top8: &Histogram, bits: u32) -> Histogram {
     folded
 }
 
-pub fn add_into(total: &mut Histogram, part: &Histogram) {
+pub(crate) fn add_into(total: &mut Histogram, part: &Histogram) {
     for (t, p) in total.iter_mut().zip(part) {
         *t += p;
     }
 }
 
-pub fn distinct(histogram: &Histogram) -> usize {
+pub(crate) fn distinct(histogram: &Histogram) -> usize {
     histogram.iter().filter(|&&c| c > 0).count()
 }
 

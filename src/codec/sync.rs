@@ -74,7 +74,7 @@ impl ChunkGeometry {
     }
 
     /// Where the decoder of `chunk` begins reading.
-    pub fn decode_start(&self, chunk: u64, exception_first_boundary: Option<u32>) -> u64 {
+    pub(crate) fn decode_start(&self, chunk: u64, exception_first_boundary: Option<u32>) -> u64 {
         let chunk_begin = chunk * self.chunk_bits as u64;
         match exception_first_boundary {
             Some(offset) => chunk_begin + offset as u64,
@@ -84,7 +84,7 @@ impl ChunkGeometry {
 
     /// Decodes the symbols `chunk` owns, calling `emit` for each in order.
     /// Always terminates: every step advances by at least one bit.
-    pub fn decode_chunk(
+    pub(crate) fn decode_chunk(
         &self,
         stream: &[u8],
         stream_bits: u64,
@@ -122,7 +122,7 @@ impl ChunkGeometry {
     /// [`decode_start`](Self::decode_start), or `stream_bits` if that lies
     /// past the end. A chunk decodes right exactly when this is where the
     /// codewords before it end.
-    pub fn chunk_start(
+    pub(crate) fn chunk_start(
         &self,
         stream: &[u8],
         stream_bits: u64,
@@ -138,7 +138,7 @@ impl ChunkGeometry {
             .min(stream_bits)
     }
 
-    /// [`chunk_start`](Self::chunk_start) before clamping to the stream,
+    /// `chunk_start` before clamping to the stream,
     /// given the length of the codeword at any position.
     #[inline(always)]
     pub fn landing(

@@ -67,7 +67,7 @@ pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
 }
 
 /// Bytes [`write_table`] will use for `lengths`.
-pub fn table_size(lengths: &CodeLengths) -> usize {
+pub(crate) fn table_size(lengths: &CodeLengths) -> usize {
     let mut scratch = Vec::with_capacity(64);
     write_table(lengths, &mut scratch);
     scratch.len()

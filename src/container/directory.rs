@@ -58,7 +58,7 @@ fn is_index(name: &str) -> bool {
 /// Whether a file name looks like model weights in a format ecfloat does
 /// not read (PyTorch pickles, GGUF, ONNX, NumPy, TensorFlow): a directory
 /// compress copies such files and says so.
-pub fn is_unread_weights(name: &str) -> bool {
+pub(crate) fn is_unread_weights(name: &str) -> bool {
     const EXTENSIONS: [&str; 10] = [
         ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".onnx", ".npz", ".h5", ".msgpack",
     ];
@@ -67,7 +67,7 @@ pub fn is_unread_weights(name: &str) -> bool {
 }
 
 /// `model-00001-of-00002.safetensors` → `model-00001-of-00002.ecf.safetensors`.
-pub fn compressed_shard_name(name: &str) -> String {
+pub(crate) fn compressed_shard_name(name: &str) -> String {
     format!("{}.ecf.safetensors", name.trim_end_matches(".safetensors"))
 }
 

@@ -4,7 +4,7 @@
 //!
 //! * [`schema`] — metadata keys and the per-tensor record.
 //! * [`read`] — opens and validates a compressed file.
-//! * [`write`] — writes safetensors files atomically.
+//! * [`write`](mod@write) — writes safetensors files atomically.
 //! * [`compress`] / [`decompress`] — whole-file operations.
 //!
 //! `docs/FORMAT.md` is the specification.

@@ -112,7 +112,7 @@ pub fn format_checksum(checksum: u64) -> String {
     format!("{checksum:016x}")
 }
 
-pub fn parse_checksum(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_checksum(text: &str) -> Result<u64, String> {
     if text.len() != 16 {
         return Err(format!("checksum {text:?} is not 16 hex digits"));
     }

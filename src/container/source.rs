@@ -67,7 +67,7 @@ impl SourceFile {
     }
 
     /// The header JSON exactly as stored, padding included.
-    pub fn header_bytes(&self) -> &[u8] {
+    pub(crate) fn header_bytes(&self) -> &[u8] {
         &self.bytes()[8..8 + self.header_len]
     }
 
@@ -102,7 +102,7 @@ impl SourceFile {
     }
 
     /// The value of a `__metadata__` key.
-    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+    pub(crate) fn metadata_value(&self, key: &str) -> Option<&str> {
         self.metadata
             .metadata()
             .as_ref()
@@ -119,7 +119,7 @@ impl SourceFile {
 
 /// Tensors of a validated header in data order; empty tensors that share
 /// an offset in name order, so that every run meets them in the same order.
-pub fn tensor_entries(metadata: &Metadata) -> Vec<TensorEntry> {
+pub(crate) fn tensor_entries(metadata: &Metadata) -> Vec<TensorEntry> {
     let mut entries: Vec<TensorEntry> = metadata
         .offset_keys()
         .into_iter()
@@ -143,7 +143,7 @@ pub fn tensor_entries(metadata: &Metadata) -> Vec<TensorEntry> {
 
 /// Maps `path` read-only; an empty file (which cannot be mapped) is not a
 /// safetensors file.
-pub fn map_file(path: &Path) -> Result<Mmap> {
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len == 0 {
@@ -198,7 +198,7 @@ fn header_problem(bytes: &[u8]) -> Option<String> {
 /// offsets that cannot be, a length its dtype and shape do not have, data
 /// that overlaps or leaves gaps, and, given the data section's length,
 /// data that does not fill it.
-pub fn tensor_problem(
+pub(crate) fn tensor_problem(
     header: &serde_json::Map<String, serde_json::Value>,
     data_len: Option<u64>,
 ) -> Option<String> {
@@ -273,7 +273,7 @@ pub fn tensor_problem(
 }
 
 /// A one-line reason a buffer is not a safetensors file.
-pub fn describe_safetensors_error(error: &SafeTensorError) -> String {
+pub(crate) fn describe_safetensors_error(error: &SafeTensorError) -> String {
     match error {
         SafeTensorError::HeaderTooSmall => {
             "the file is shorter than the 8-byte header length".to_string()

@@ -22,7 +22,7 @@ pub struct OutputTensor {
 
 /// The length prefix and header JSON of a safetensors file, padded with
 /// spaces so the data section starts on an 8-byte boundary.
-pub fn header_bytes(metadata: &[(&str, String)], tensors: &[OutputTensor]) -> Vec<u8> {
+pub(crate) fn header_bytes(metadata: &[(&str, String)], tensors: &[OutputTensor]) -> Vec<u8> {
     let mut header = Map::new();
     if !metadata.is_empty() {
         let entries: Map<String, Value> = metadata

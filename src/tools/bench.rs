@@ -34,7 +34,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    pub fn from_timings(timings: Timings, bytes: u64) -> Self {
+    pub(crate) fn from_timings(timings: Timings, bytes: u64) -> Self {
         let mut seconds = timings.seconds;
         seconds.sort_by(f64::total_cmp);
         let median = seconds.get(seconds.len() / 2).copied().unwrap_or(f64::NAN);
@@ -143,7 +143,7 @@ pub enum Workload<'a> {
 }
 
 impl Workload<'_> {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Workload::File(path) => path.display().to_string(),
             Workload::LargestTensor(path) => format!("{} (largest tensor)", path.display()),
@@ -358,7 +358,7 @@ pub fn open_backend(name: &str) -> Result<Box<dyn Backend>> {
 }
 
 /// [`bench_model`] on one synthetic 7B-shaped layer of `kind`
-/// ([`write_synthetic_layer`]), written and compressed in a temporary
+/// (`write_synthetic_layer`), written and compressed in a temporary
 /// directory.
 pub fn bench_synthetic_layer(
     kind: FloatKind,
@@ -378,7 +378,7 @@ pub fn bench_synthetic_layer(
 /// Writes one transformer layer shaped like a 7B model's (4096 hidden,
 /// 11008 MLP) of heavy-tailed `kind` weights to `path`: about 202 M
 /// parameters.
-pub fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
+pub(crate) fn write_synthetic_layer(path: &Path, kind: FloatKind) -> Result<()> {
     use crate::container::write::{TensorData, write_safetensors};
     let (hidden, mlp) = (4096u64, 11008u64);
     let shapes: [(&str, u64, u64); 9] = [

@@ -48,7 +48,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// Memory the system can give this process without swapping, in bytes
 /// (Linux: MemAvailable); `None` where the system does not say.
-pub fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo
         .lines()

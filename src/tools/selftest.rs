@@ -90,7 +90,7 @@ impl Report for SelftestReport {
 }
 
 /// Which backends `--backend` names: one, or `all` of them.
-pub fn backend_names(choice: &str) -> Vec<&str> {
+pub(crate) fn backend_names(choice: &str) -> Vec<&str> {
     match choice {
         "all" => BACKEND_NAMES.to_vec(),
         one => vec![one],

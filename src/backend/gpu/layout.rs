@@ -80,7 +80,7 @@ pub const KERNEL_CONSTANTS: [(&str, u32); 16] = [
 
 /// The problem a block's status word reports, if any, for a block of
 /// `elements` elements.
-pub fn status_problem(
+pub(crate) fn status_problem(
     status: u32,
     elements: u64,
 ) -> Option<std::result::Result<StreamProblem, u32>> {
@@ -227,13 +227,13 @@ pub struct Segment {
 
 impl Segment {
     /// Decoded bytes of the segment.
-    pub fn output_bytes(&self, params: &TensorParams) -> u64 {
+    pub(crate) fn output_bytes(&self, params: &TensorParams) -> u64 {
         self.elements * params.kind().width_bytes() as u64
     }
 
     /// Dispatch parameters; the launch fills in `out_word` and
     /// `status_base`.
-    pub fn dispatch_params(&self, params: &TensorParams) -> DispatchParams {
+    pub(crate) fn dispatch_params(&self, params: &TensorParams) -> DispatchParams {
         let split = params.split;
         DispatchParams {
             block_count: self.descriptors.len() as u32,
@@ -270,7 +270,7 @@ impl DispatchLimits {
 
 /// Code tables in the canonical form the kernels expand into decode
 /// tables.
-pub fn table_words(lengths: &CodeLengths) -> [u32; TABLE_WORDS] {
+pub(crate) fn table_words(lengths: &CodeLengths) -> [u32; TABLE_WORDS] {
     let mut words = [0u32; TABLE_WORDS];
     let mut count = [0u32; MAX_CODE_BITS as usize + 1];
     for &len in lengths {
@@ -346,7 +346,7 @@ pub fn segments(
 /// The most bytes of one plane or output a segment may span: a binding,
 /// capped at [`MAX_SEGMENT_BYTES`], less room for the padding words and a
 /// binding offset rounded down.
-pub fn segment_budget(limits: DispatchLimits) -> u64 {
+pub(crate) fn segment_budget(limits: DispatchLimits) -> u64 {
     limits
         .max_binding_bytes
         .min(MAX_SEGMENT_BYTES)
@@ -438,7 +438,7 @@ fn build_segment(view: &EncodedView, index: &BlockIndex, blocks: Range<usize>) -
 }
 
 /// `bytes` padded with zeros to whole words plus `PLANE_PADDING_WORDS`.
-pub fn padded_words(bytes: &[u8]) -> Vec<u32> {
+pub(crate) fn padded_words(bytes: &[u8]) -> Vec<u32> {
     let mut words = vec![0u32; bytes.len().div_ceil(4) + PLANE_PADDING_WORDS];
     for (word, chunk) in words.iter_mut().zip(bytes.chunks(4)) {
         let mut buf = [0u8; 4];

@@ -91,7 +91,7 @@ pub trait GpuDevice: Send + Sync + 'static {
 /// What a finished submission reports.
 pub struct Finished {
     /// One word per block, in work-list order: 0, or the block's problem
-    /// (see [`layout::status_problem`]).
+    /// (see `layout::status_problem`).
     pub status: Vec<u32>,
     /// Seconds between the device's timestamps, when timed and supported.
     pub seconds: Option<f64>,

@@ -133,7 +133,7 @@ impl<'a, B: 'static> LaunchPlan<'a, B> {
     }
 
     /// Where every workgroup's block comes from.
-    pub fn origins(&self) -> Vec<BlockOrigin> {
+    pub(crate) fn origins(&self) -> Vec<BlockOrigin> {
         self.dispatches
             .iter()
             .map(|dispatch| {
@@ -160,7 +160,7 @@ fn too_many_blocks(backend: &str) -> Error {
 /// The error of the first block whose status word reports a problem, if
 /// any: the job, the tensor's block and the problem, as the CPU decoder
 /// reports it.
-pub fn check_status(backend: &str, origins: &[BlockOrigin], status: &[u32]) -> Result<()> {
+pub(crate) fn check_status(backend: &str, origins: &[BlockOrigin], status: &[u32]) -> Result<()> {
     let Some(item) = status.iter().position(|&word| word != 0) else {
         return Ok(());
     };
