@@ -149,3 +149,36 @@ fn windows_of_blocks_decode_like_the_whole_tensor() {
         }
     }
 }
+
+/// Any range of blocks decodes alone to its own slice of the tensor, the
+/// last (short) block included, and an output of another size is refused.
+#[test]
+fn a_range_of_blocks_decodes_to_its_slice_of_the_tensor() {
+    let kind = codec::FloatKind::Bf16;
+    let elements = 5 * 1024 + 300;
+    let bytes = ecfloat::synth::heavy_tailed_bytes(kind, elements, 9);
+    let options = codec::EncodeOptions {
+        block_elements: 1024,
+        ..Default::default()
+    };
+    let encoded = codec::encode(kind, &bytes, &options).unwrap();
+    let view = encoded.view();
+    let index = BlockIndex::parse(&view).unwrap();
+    assert_eq!(index.blocks.len(), 6);
+    let block_bytes = 1024 * kind.width_bytes();
+    for blocks in [1..3, 2..6, 5..6, 3..3] {
+        let start = blocks.start * block_bytes;
+        let end = (blocks.end * block_bytes).min(bytes.len());
+        let mut out = vec![0xA5u8; end - start];
+        codec::decode_blocks(&view, &index, blocks.clone(), &mut out).unwrap();
+        assert!(out == bytes[start..end], "blocks {blocks:?}");
+        if !out.is_empty() {
+            let mut short = vec![0u8; out.len() - 2];
+            let error = codec::decode_blocks(&view, &index, blocks.clone(), &mut short);
+            assert!(
+                matches!(error, Err(codec::CodecError::LengthMismatch(_))),
+                "blocks {blocks:?}: {error:?}"
+            );
+        }
+    }
+}
