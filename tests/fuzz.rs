@@ -89,20 +89,19 @@ fn seeds() -> Vec<Seed> {
             original: std::fs::read(&rebuilt).unwrap(),
         });
     }
-    let cases: Vec<_> = [
-        Family::SyncExceptions,
-        Family::MixedBlockModes,
-        Family::ConstantRestBits,
-    ]
-    .into_iter()
-    .flat_map(|family| {
-        family
-            .cases()
-            .into_iter()
-            .filter(|case| case.bytes.len() <= 8 << 10)
-            .take(3)
-    })
-    .collect();
+    // The corpus files are mutations of these seeds and must rebuild to
+    // their originals: a new case in these families that passes the size
+    // filter changes the seeds, and then the corpus must be regenerated.
+    let cases: Vec<_> = [Family::SyncExceptions, Family::MixedBlockModes]
+        .into_iter()
+        .flat_map(|family| {
+            family
+                .cases()
+                .into_iter()
+                .filter(|case| case.bytes.len() <= 8 << 10)
+                .take(3)
+        })
+        .collect();
     let shapes: Vec<[u64; 1]> = cases
         .iter()
         .map(|c| [(c.bytes.len() / c.kind.width_bytes()) as u64])
