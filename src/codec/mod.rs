@@ -198,3 +198,85 @@ impl EncodedTensor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> TensorParams {
+        TensorParams {
+            split: FieldSplit {
+                kind: FloatKind::Bf16,
+                head_bits: 8,
+                rest_const_bits: 2,
+                rest_const_value: 0b11,
+            },
+            elements: 1000,
+            block_elements: 1 << 16,
+            geometry: ChunkGeometry {
+                chunk_bits: 1024,
+                warmup_bits: 64,
+            },
+        }
+    }
+
+    /// Every limit of the format, just inside (accepted) and just outside
+    /// (refused), one field at a time.
+    #[test]
+    fn validate_accepts_the_limits_and_refuses_one_past_them() {
+        type Change = fn(&mut TensorParams);
+        let accepted: [(&str, Change); 7] = [
+            ("as encoded", |_| {}),
+            ("smallest blocks", |p| p.block_elements = MIN_BLOCK_ELEMENTS),
+            ("largest blocks", |p| p.block_elements = MAX_BLOCK_ELEMENTS),
+            ("shortest chunks", |p| {
+                p.geometry.chunk_bits = MIN_CHUNK_BITS
+            }),
+            ("longest chunks", |p| p.geometry.chunk_bits = MAX_CHUNK_BITS),
+            ("longest warm-up", |p| {
+                p.geometry.warmup_bits = MAX_WARMUP_BITS
+            }),
+            ("most elements", |p| p.elements = MAX_ELEMENTS),
+        ];
+        for (what, change) in accepted {
+            let mut params = valid();
+            change(&mut params);
+            assert_eq!(params.validate(), Ok(()), "{what}");
+        }
+        let refused: [(&str, Change); 12] = [
+            ("head narrower than the exponent", |p| p.split.head_bits = 7),
+            ("head wider than a byte", |p| p.split.head_bits = 9),
+            ("more constant bits than rest bits", |p| {
+                p.split.rest_const_bits = 9
+            }),
+            ("constant value wider than its bits", |p| {
+                p.split.rest_const_value = 0b100
+            }),
+            ("blocks not a power of two", |p| p.block_elements = 3 << 12),
+            // Literal values: a wrong limit must not move the case.
+            ("blocks too small", |p| p.block_elements = 1 << 9),
+            ("blocks too large", |p| {
+                p.block_elements = MAX_BLOCK_ELEMENTS * 2
+            }),
+            ("chunks not a power of two", |p| {
+                p.geometry.chunk_bits = 3 << 8
+            }),
+            ("chunks too short", |p| p.geometry.chunk_bits = 1 << 5),
+            ("chunks too long", |p| {
+                p.geometry.chunk_bits = MAX_CHUNK_BITS * 2
+            }),
+            ("warm-up too long", |p| {
+                p.geometry.warmup_bits = MAX_WARMUP_BITS + 1
+            }),
+            ("too many elements", |p| p.elements = MAX_ELEMENTS + 1),
+        ];
+        for (what, change) in refused {
+            let mut params = valid();
+            change(&mut params);
+            assert!(
+                matches!(params.validate(), Err(CodecError::InvalidParameters(_))),
+                "{what}"
+            );
+        }
+    }
+}

@@ -181,3 +181,30 @@ impl std::fmt::Debug for Progress {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_fill_up_to_the_limit_and_never_split_an_item() {
+        let lens = |items: &[u64], limit| -> Vec<Vec<u64>> {
+            batches(items, limit, |&len| len)
+                .into_iter()
+                .map(<[u64]>::to_vec)
+                .collect()
+        };
+        assert!(lens(&[], 6).is_empty());
+        // Exactly the limit is one batch; one byte more starts another.
+        assert_eq!(lens(&[2, 4], 6), [vec![2, 4]]);
+        assert_eq!(lens(&[2, 5], 6), [vec![2], vec![5]]);
+        // An item larger than the limit stands alone, wherever it is.
+        assert_eq!(lens(&[10, 1, 1], 6), [vec![10], vec![1, 1]]);
+        assert_eq!(
+            lens(&[3, 3, 3, 10, 1, 1], 6),
+            [vec![3, 3], vec![3], vec![10], vec![1, 1]]
+        );
+        // Empty items join whatever batch is open.
+        assert_eq!(lens(&[0, 6, 0], 6), [vec![0, 6, 0]]);
+    }
+}
