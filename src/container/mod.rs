@@ -184,7 +184,45 @@ impl std::fmt::Debug for Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::batches;
+    use super::{batches, compressed_name, decompressed_name};
+    use crate::error::Error;
+    use std::path::Path;
+
+    #[test]
+    fn output_names_are_derived_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        assert_eq!(
+            compressed_name(&at("m.safetensors")),
+            at("m.ecf.safetensors")
+        );
+        assert_eq!(compressed_name(&at("m")), at("m.ecf.safetensors"));
+        for (input, output) in [
+            ("m.ecf.safetensors", "m.safetensors"),
+            ("m.ecf", "m.safetensors"),
+        ] {
+            assert_eq!(
+                decompressed_name(&at(input)).unwrap(),
+                at(output),
+                "{input}"
+            );
+        }
+        // Nothing to strip, or nothing left once stripped: the caller must
+        // name the output.
+        for input in ["m.safetensors", ".ecf.safetensors", ".ecf"] {
+            assert!(
+                matches!(decompressed_name(&at(input)), Err(Error::Usage(_))),
+                "{input}"
+            );
+        }
+        std::fs::create_dir(at("model.ecf")).unwrap();
+        assert_eq!(decompressed_name(&at("model.ecf")).unwrap(), at("model"));
+        std::fs::create_dir(at("model")).unwrap();
+        assert!(matches!(
+            decompressed_name(Path::new(&at("model"))),
+            Err(Error::Usage(_))
+        ));
+    }
 
     #[test]
     fn batches_fill_up_to_the_limit_and_never_split_an_item() {
