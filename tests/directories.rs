@@ -181,3 +181,74 @@ fn rejects_a_manifest_naming_paths_outside_the_directory() {
         stderr(&output)
     );
 }
+
+/// What a progress bar is told: one total, then advances adding up to it.
+#[derive(Clone, Default)]
+struct Recorded(std::sync::Arc<std::sync::Mutex<(Vec<u64>, u64)>>);
+
+impl ecfloat::container::ProgressSink for Recorded {
+    fn begin(&self, total: u64) {
+        self.0.lock().unwrap().0.push(total);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.0.lock().unwrap().1 += bytes;
+    }
+}
+
+/// A file and a directory each announce one total, the bytes of the
+/// original safetensors data, and advance by exactly that much, whichever
+/// way they go.
+#[test]
+fn progress_announces_one_total_and_reaches_it() {
+    use ecfloat::container::{self, CompressOptions, Progress, SourceFile};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    checkpoint(&model);
+    let shards = ["model-00001-of-00002", "model-00002-of-00002"]
+        .map(|name| model.join(format!("{name}.safetensors")));
+    let data = |path: &Path| SourceFile::open(path).unwrap().data().len() as u64;
+    let shard_bytes: u64 = shards.iter().map(|s| data(s)).sum();
+    let recorded = |run: &dyn Fn(Progress)| {
+        let sink = Recorded::default();
+        run(Progress::new(sink.clone()));
+        let (totals, done) = &*sink.0.lock().unwrap();
+        (totals.clone(), *done)
+    };
+
+    let compressed = dir.path().join("shard.ecf.safetensors");
+    let options = |progress| CompressOptions {
+        progress,
+        ..CompressOptions::default()
+    };
+    let file_bytes = data(&shards[0]);
+    assert_eq!(
+        recorded(&|p| {
+            container::compress_file(&shards[0], &compressed, &options(p)).unwrap();
+        }),
+        (vec![file_bytes], file_bytes)
+    );
+    let rebuilt = dir.path().join("shard.safetensors");
+    assert_eq!(
+        recorded(&|p| {
+            container::decompress_file(&compressed, &rebuilt, false, &p).unwrap();
+        }),
+        (vec![file_bytes], file_bytes)
+    );
+
+    let compressed = dir.path().join("model.ecf");
+    assert_eq!(
+        recorded(&|p| {
+            container::compress_directory(&model, &compressed, &options(p)).unwrap();
+        }),
+        (vec![shard_bytes], shard_bytes)
+    );
+    let rebuilt = dir.path().join("model-again");
+    assert_eq!(
+        recorded(&|p| {
+            container::decompress_directory(&compressed, &rebuilt, false, &p).unwrap();
+        }),
+        (vec![shard_bytes], shard_bytes)
+    );
+}
