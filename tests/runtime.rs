@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use common::harness::{self, Ran};
 use ecfloat::backend::Backend;
 use ecfloat::container::{self, CompressOptions, SourceFile};
-use ecfloat::runtime::{Grouping, Model, ModelOptions};
+use ecfloat::runtime::{DecodedGroup, Grouping, Model, ModelOptions};
 
 /// Compresses the real MiniLM (or, without the test data, the sample
 /// model) into `dir`: (source, compressed).
@@ -48,36 +48,34 @@ fn main() {
     harness::run(trials);
 }
 
-/// Decodes every group of `model` and checks each tensor against the
-/// safetensors file in `sources` that holds it; returns how many it checked.
-fn check_every_group(model: &Model, sources: &[SourceFile]) -> usize {
-    let backend = model.backend();
+/// Checks every tensor of a decoded group against the safetensors file in
+/// `sources` that holds it; returns how many it checked.
+fn check_decoded_group(
+    backend: &dyn Backend,
+    decoded: &DecodedGroup,
+    sources: &[SourceFile],
+) -> usize {
     let mut checked = 0;
-    for group in 0..model.groups().len() {
-        let decoded = model
-            .decode_group(group, model.group_buffer().unwrap())
+    for view in decoded.views() {
+        let (source, entry) = sources
+            .iter()
+            .find_map(|source| {
+                let entry = source.tensors().into_iter().find(|t| t.name == view.name)?;
+                Some((source, entry))
+            })
+            .unwrap_or_else(|| panic!("{} is in no source file", view.name));
+        // Stale bytes from an earlier group must not show through.
+        let mut bytes = vec![0xA5u8; view.bytes as usize];
+        backend
+            .download(decoded.buffer(), view.offset, &mut bytes)
             .unwrap();
-        for view in decoded.views() {
-            let (source, entry) = sources
-                .iter()
-                .find_map(|source| {
-                    let entry = source.tensors().into_iter().find(|t| t.name == view.name)?;
-                    Some((source, entry))
-                })
-                .unwrap_or_else(|| panic!("{} is in no source file", view.name));
-            // Stale bytes from an earlier group must not show through.
-            let mut bytes = vec![0xA5u8; view.bytes as usize];
-            backend
-                .download(decoded.buffer(), view.offset, &mut bytes)
-                .unwrap();
-            assert!(
-                bytes == source.data()[entry.range.clone()],
-                "{}: {} differs",
-                backend.name(),
-                view.name
-            );
-            checked += 1;
-        }
+        assert!(
+            bytes == source.data()[entry.range.clone()],
+            "{}: {} differs",
+            backend.name(),
+            view.name
+        );
+        checked += 1;
     }
     checked
 }
@@ -108,20 +106,7 @@ fn decodes_every_group_exactly_with_two_buffers(backend: &dyn Backend) {
                     .unwrap(),
             );
         }
-        for view in decoded.views() {
-            let entry = entries.iter().find(|t| t.name == view.name).unwrap();
-            let mut bytes = vec![0u8; view.bytes as usize];
-            backend
-                .download(decoded.buffer(), view.offset, &mut bytes)
-                .unwrap();
-            assert!(
-                bytes == source.data()[entry.range.clone()],
-                "{}: {} differs",
-                backend.name(),
-                view.name
-            );
-            checked += 1;
-        }
+        checked += check_decoded_group(backend, &decoded, std::slice::from_ref(&source));
         spare = Some(decoded.into_buffer());
     }
     assert_eq!(checked, entries.len());
@@ -194,6 +179,14 @@ fn opens_a_directory_of_shards() -> Ran {
     )
     .unwrap();
     assert_eq!(model.tensors().len(), tensors.len());
-    assert_eq!(check_every_group(&model, &sources), tensors.len());
+    let checked: usize = (0..model.groups().len())
+        .map(|group| {
+            let decoded = model
+                .decode_group(group, model.group_buffer().unwrap())
+                .unwrap();
+            check_decoded_group(&backend, &decoded, &sources)
+        })
+        .sum();
+    assert_eq!(checked, tensors.len());
     Ok(())
 }

@@ -340,14 +340,5 @@ fn decode_in_windows(
             return Ok(());
         }
     }
-    let actual = hash.digest();
-    if actual != coded.checksum {
-        return Err(Error::ChecksumMismatch {
-            path: file.path().to_path_buf(),
-            tensor: Some(name.to_string()),
-            expected: coded.checksum,
-            actual,
-        });
-    }
-    Ok(())
+    coded.check_checksum(file.path(), name, hash.digest())
 }

@@ -54,6 +54,22 @@ pub struct CodedTensor {
     pub summary: IndexSummary,
 }
 
+impl CodedTensor {
+    /// Fails unless `actual`, the XXH3-64 of the bytes decoded from tensor
+    /// `name` of file `path`, is the checksum recorded at compression.
+    pub fn check_checksum(&self, path: &Path, name: &str, actual: u64) -> Result<()> {
+        if actual == self.checksum {
+            return Ok(());
+        }
+        Err(Error::ChecksumMismatch {
+            path: path.to_path_buf(),
+            tensor: Some(name.to_string()),
+            expected: self.checksum,
+            actual,
+        })
+    }
+}
+
 /// Fails unless ecfloat wrote `file` in the format version this build
 /// reads.
 pub fn check_compressed(file: &SourceFile) -> Result<()> {
@@ -251,15 +267,7 @@ impl CompressedFile {
             decode(&window.view(&view), &window.index, &mut bytes[start..end])
                 .map_err(|e| e.in_tensor(self.path(), name))?;
         }
-        let actual = xxhash_rust::xxh3::xxh3_64(&bytes);
-        if actual != coded.checksum {
-            return Err(Error::ChecksumMismatch {
-                path: self.path().to_path_buf(),
-                tensor: Some(name.to_string()),
-                expected: coded.checksum,
-                actual,
-            });
-        }
+        coded.check_checksum(self.path(), name, xxhash_rust::xxh3::xxh3_64(&bytes))?;
         Ok(bytes)
     }
 

@@ -294,15 +294,7 @@ fn study_file(path: &Path, tensors: &mut Vec<TensorAnalysis>) -> Result<()> {
                     hash.update(&buffer);
                     study.add(&buffer);
                 }
-                let actual = hash.digest();
-                if actual != coded.checksum {
-                    return Err(Error::ChecksumMismatch {
-                        path: path.to_path_buf(),
-                        tensor: Some(name.clone()),
-                        expected: coded.checksum,
-                        actual,
-                    });
-                }
+                coded.check_checksum(path, name, hash.digest())?;
                 tensors.push(study.finish(name));
             }
         }
