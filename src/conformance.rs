@@ -304,7 +304,7 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
                 })
                 .collect();
             tails.extend(cases.iter().flat_map(|case| {
-                [49_997usize, 5].map(|elements| {
+                [4099usize, 5].map(|elements| {
                     Case::new(
                         format!("{}_{elements}_elements", case.name),
                         kind,
