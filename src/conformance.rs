@@ -389,8 +389,7 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
     backend
         .download(out.as_ref(), 0, &mut decoded)
         .map_err(|e| e.to_string())?;
-    let mut next_offsets = offsets.iter().skip(1).copied().chain([end]);
-    for ((name, original, _), &offset) in uploaded.iter().zip(&offsets) {
+    for (number, ((name, original, _), &offset)) in uploaded.iter().zip(&offsets).enumerate() {
         let start = offset as usize;
         let tensor_end = start + original.len();
         let decoded_tensor = &decoded[start..tensor_end];
@@ -402,7 +401,7 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
                 .unwrap_or(0);
             return Err(format!("{name}: byte {first} differs"));
         }
-        let next = next_offsets.next().unwrap_or(end) as usize;
+        let next = offsets.get(number + 1).copied().unwrap_or(end) as usize;
         let word_end = (tensor_end as u64).next_multiple_of(alignment) as usize;
         for (position, &byte) in decoded.iter().enumerate().take(next).skip(tensor_end) {
             let allowed = byte == 0xFF || (position < word_end && byte == 0);

@@ -255,20 +255,38 @@ impl CompressedFile {
                 format!("cannot allocate the {len} bytes it decodes to"),
             )
         })?;
-        bytes.resize(len, 0);
+        self.decode_windows(name, coded, decode, |window| {
+            bytes.extend_from_slice(window)
+        })?;
+        Ok(bytes)
+    }
+
+    /// Decodes coded tensor `name` with `decode` a window of blocks at a
+    /// time into one reused buffer, hands each window's bytes to `visit` in
+    /// order, and then checks the tensor's checksum: memory bounded by a
+    /// window, whatever the tensor claims.
+    pub fn decode_windows(
+        &self,
+        name: &str,
+        coded: &CodedTensor,
+        decode: &super::Decoder,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Result<()> {
         let view = self.view(coded);
         let mut walker = self.index_walker(name, coded)?;
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        let mut buffer = Vec::new();
         while let Some(window) = walker
             .next_window_of_bytes(super::BATCH_BYTES)
             .map_err(|e| Error::codec(self.path(), name, e))?
         {
-            let start = window.first_element() as usize * coded.params.kind().width_bytes();
-            let end = start + window.params.decoded_bytes() as usize;
-            decode(&window.view(&view), &window.index, &mut bytes[start..end])
+            buffer.resize(window.params.decoded_bytes() as usize, 0);
+            decode(&window.view(&view), &window.index, &mut buffer)
                 .map_err(|e| e.in_tensor(self.path(), name))?;
+            hash.update(&buffer);
+            visit(&buffer);
         }
-        coded.check_checksum(self.path(), name, xxhash_rust::xxh3::xxh3_64(&bytes))?;
-        Ok(bytes)
+        coded.check_checksum(self.path(), name, hash.digest())
     }
 
     /// The stored bytes of a tensor: its data if raw, its header and planes

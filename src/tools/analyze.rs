@@ -19,8 +19,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::codec::decode::SyncCheck;
 use crate::codec::{FieldSplit, FloatKind, stats};
-use crate::container::{CompressedFile, SourceFile, Storage};
+use crate::container::{CompressedFile, SourceFile, Storage, cpu_decoder};
 use crate::error::{Error, Result};
 use crate::tools::{Report, count, optional};
 
@@ -259,7 +260,7 @@ fn study_file(path: &Path, tensors: &mut Vec<TensorAnalysis>) -> Result<()> {
     }
     drop(plain);
     let file = CompressedFile::open(path)?;
-    let mut buffer = Vec::new();
+    let decode = cpu_decoder(SyncCheck::AllChunks);
     for tensor in &file.tensors {
         let name = &tensor.source.name;
         let dtype = format!("{:?}", tensor.source.dtype);
@@ -272,29 +273,9 @@ fn study_file(path: &Path, tensors: &mut Vec<TensorAnalysis>) -> Result<()> {
             Storage::Raw => tensors.push(analyze_tensor(name, kind, file.stored_bytes(tensor))),
             Storage::Coded(coded) => {
                 let mut study = TensorStudy::new(kind, coded.params.elements);
-                // A study of bytes that are not the tensor's would mislead:
-                // they are checked as decompress checks them.
-                let mut hash = xxhash_rust::xxh3::Xxh3::new();
-                let view = file.view(coded);
-                let mut walker = file.index_walker(name, coded)?;
-                let codec_error = |e| Error::codec(path, name, e);
-                while let Some(window) = walker
-                    .next_window_of_bytes(crate::container::BATCH_BYTES)
-                    .map_err(codec_error)?
-                {
-                    let len = window.params.decoded_bytes() as usize;
-                    buffer.resize(len, 0);
-                    crate::codec::decode_blocks(
-                        &window.view(&view),
-                        &window.index,
-                        0..window.index.blocks.len(),
-                        &mut buffer,
-                    )
-                    .map_err(codec_error)?;
-                    hash.update(&buffer);
-                    study.add(&buffer);
-                }
-                coded.check_checksum(path, name, hash.digest())?;
+                // Checked as decompress checks them: a study of bytes that
+                // are not the tensor's would mislead.
+                file.decode_windows(name, coded, &decode, |bytes| study.add(bytes))?;
                 tensors.push(study.finish(name));
             }
         }
