@@ -41,10 +41,16 @@ typedef unsigned char u8;
 #define BLOCK_CODED 2u
 #define MAX_CODE_BITS 12u
 #define TABLE_MASK 0xFFFu
-// Per table: 64 words of symbols in canonical order, then one word per
-// code length 1..=12: first_code | first_index << 12 | count << 21.
-#define TABLE_WORDS 76u
-#define TABLE_LENGTHS 64u
+// Per table: 256 words of 16-bit symbols in canonical order, then one word
+// per code length 1..=12: first_code | first_index << TABLE_INDEX_SHIFT |
+// count << TABLE_COUNT_SHIFT.
+#define TABLE_WORDS 268u
+#define TABLE_LENGTHS 256u
+#define TABLE_INDEX_SHIFT 12u
+#define TABLE_COUNT_SHIFT 22u
+// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT.
+#define ENTRY_LENGTH_SHIFT 9u
+#define ENTRY_SYMBOL_MASK 0x1FFu
 #define NO_EXCEPTION 0xFFFFFFFFu
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 #define STATUS_OK 0u
@@ -69,7 +75,8 @@ struct Params {
     // and status words are indexed by thread block.
     u32 out_word;
     u32 status_base;
-    u32 reserved0;
+    // 1: heads are sign first (FieldSplit::join).
+    u32 sign_in_head;
 };
 
 struct Block {
@@ -111,15 +118,15 @@ __device__ __forceinline__ u32 canonical_lookup(const u32* table, u32 bits) {
         code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
         u32 info = table[TABLE_LENGTHS + len - 1u];
         u32 offset = code - (info & 0xFFFu);
-        if (offset < (info >> 21u)) {
-            u32 slot = ((info >> 12u) & 0x1FFu) + offset;
-            u32 symbol = (table[slot / 4u] >> (8u * (slot % 4u))) & 0xFFu;
-            return symbol | (len << 8u);
+        if (offset < (info >> TABLE_COUNT_SHIFT)) {
+            u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
+            u32 symbol = (table[slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
+            return symbol | (len << ENTRY_LENGTH_SHIFT);
         }
     }
     // Unreachable for the complete codes the host validated; length 1
     // keeps every decoder advancing regardless.
-    return 1u << 8u;
+    return 1u << ENTRY_LENGTH_SHIFT;
 }
 
 __device__ __forceinline__ void build_decode_table(u16* decode_table, const u32* table, u32 thread) {
@@ -152,6 +159,10 @@ __device__ __forceinline__ u32 rest_field(const Segment& s, u32 element) {
 // The element a head and its stored rest bits make (FieldSplit::join).
 __device__ __forceinline__ u32 join(const Params* p, u32 head_symbol, u32 field) {
     u32 rest_bits = p->rest_bits;
+    if (p->sign_in_head != 0u) {
+        // Sign first: the head is the element's top bits as they are.
+        return (head_symbol << rest_bits) | (field << p->rest_const_bits) | p->rest_const_value;
+    }
     if (rest_bits == 0u) {
         // The head is the whole FP8 element, rotated left by one.
         return ((head_symbol >> 1u) | (head_symbol << 7u)) & 0xFFu;
@@ -294,7 +305,7 @@ __device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32
     u32 position = decode_start(s, chunk);
     // Warm-up: codewords before the chunk are the previous chunk's.
     while (position < begin) {
-        position += max((u32)decode_table[peek_head(s, position) & TABLE_MASK] >> 8u, 1u);
+        position += max((u32)decode_table[peek_head(s, position) & TABLE_MASK] >> ENTRY_LENGTH_SHIFT, 1u);
     }
     ChunkWalk walk;
     walk.start = min(position, s.block.stream_bits);
@@ -311,10 +322,10 @@ __device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32
                 word_start = (element / per_word) * per_word;
                 word_value = 0u;
             }
-            u32 value = join(p, entry & 0xFFu, rest_field(s, element));
+            u32 value = join(p, entry & ENTRY_SYMBOL_MASK, rest_field(s, element));
             word_value |= value << ((element - word_start) * element_bits);
         }
-        position += max(entry >> 8u, 1u);
+        position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
     }
     if (write && walk.count > 0u && first < s.block.elements) {
         flush_word(s, word_start, word_value, first, end);

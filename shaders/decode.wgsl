@@ -1,8 +1,8 @@
 // decode.wgsl — rebuilds ecfloat-coded tensors on the GPU, bit for bit.
 //
 // Each element was split on the host into a *head* (its exponent, maybe a
-// few more top bits; at most 8 bits) and a *rest* (sign and low mantissa
-// bits). Rests are stored raw at a fixed width, so element k's rest is just
+// few more top bits, and the sign when it is coded; at most 9 bits) and a
+// *rest* (the sign when it is not, and the low mantissa bits). Rests are stored raw at a fixed width, so element k's rest is just
 // bits k*S.. of the rest plane. Heads are Huffman-coded per *block* of 64K
 // elements, one code table per block; one workgroup decodes one block.
 //
@@ -64,7 +64,8 @@ struct Params {
     out_word: u32,
     // Index in `status` of the dispatch's first block's word.
     status_base: u32,
-    reserved0: u32,
+    // 1: heads are sign first (FieldSplit::join).
+    sign_in_head: u32,
 }
 
 struct Block {
@@ -101,10 +102,16 @@ const BLOCK_CONSTANT: u32 = 1u;
 const BLOCK_CODED: u32 = 2u;
 const MAX_CODE_BITS: u32 = 12u;
 const TABLE_MASK: u32 = 0xFFFu;
-// Per table: 64 words of symbols in canonical order, then one word per
-// code length 1..=12: first_code | first_index << 12 | count << 21.
-const TABLE_WORDS: u32 = 76u;
-const TABLE_LENGTHS: u32 = 64u;
+// Per table: 256 words of 16-bit symbols in canonical order, then one word
+// per code length 1..=12: first_code | first_index << TABLE_INDEX_SHIFT |
+// count << TABLE_COUNT_SHIFT.
+const TABLE_WORDS: u32 = 268u;
+const TABLE_LENGTHS: u32 = 256u;
+const TABLE_INDEX_SHIFT: u32 = 12u;
+const TABLE_COUNT_SHIFT: u32 = 22u;
+// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT.
+const ENTRY_LENGTH_SHIFT: u32 = 9u;
+const ENTRY_SYMBOL_MASK: u32 = 0x1FFu;
 const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 const STATUS_OK: u32 = 0u;
@@ -116,7 +123,7 @@ const STATUS_DETAIL_SHIFT: u32 = 4u;
 const STATUS_NONE: u32 = 0xFFFFFFFFu;
 
 // The expanded decode table: entry i (two per word) is `symbol | length <<
-// 8` of the codeword the 12 bits i begin with.
+// ENTRY_LENGTH_SHIFT` of the codeword the 12 bits i begin with.
 var<workgroup> decode_table: array<u32, 2048>;
 // Per-thread codeword counts, then their inclusive prefix sums.
 var<workgroup> chunk_counts: array<u32, 256>;
@@ -220,23 +227,24 @@ fn build_decode_table(base: u32, thread: u32) {
     workgroupBarrier();
 }
 
-// `symbol | length << 8` of the codeword that the stream bits `bits` (first
-// bit in bit 0) begin with. Codewords are read most significant bit first.
+// `symbol | length << ENTRY_LENGTH_SHIFT` of the codeword that the stream
+// bits `bits` (first bit in bit 0) begin with. Codewords are read most
+// significant bit first.
 fn canonical_lookup(base: u32, bits: u32) -> u32 {
     var code = 0u;
     for (var len = 1u; len <= MAX_CODE_BITS; len++) {
         code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
         let info = tables[base + TABLE_LENGTHS + len - 1u];
         let offset = code - (info & 0xFFFu);
-        if (offset < (info >> 21u)) {
-            let slot = ((info >> 12u) & 0x1FFu) + offset;
-            let symbol = (tables[base + slot / 4u] >> (8u * (slot % 4u))) & 0xFFu;
-            return symbol | (len << 8u);
+        if (offset < (info >> TABLE_COUNT_SHIFT)) {
+            let slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
+            let symbol = (tables[base + slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
+            return symbol | (len << ENTRY_LENGTH_SHIFT);
         }
     }
     // Unreachable for the complete codes the host validated; length 1
     // keeps every decoder advancing regardless.
-    return 1u << 8u;
+    return 1u << ENTRY_LENGTH_SHIFT;
 }
 
 fn table_entry(bits: u32) -> u32 {
@@ -269,6 +277,10 @@ fn rest_field(block: Block, element: u32) -> u32 {
 // The element a head and its stored rest bits make (FieldSplit::join).
 fn join(head_symbol: u32, field: u32) -> u32 {
     let rest_bits = params.rest_bits;
+    if (params.sign_in_head != 0u) {
+        // Sign first: the head is the element's top bits as they are.
+        return (head_symbol << rest_bits) | (field << params.rest_const_bits) | params.rest_const_value;
+    }
     if (rest_bits == 0u) {
         // The head is the whole FP8 element, rotated left by one.
         return ((head_symbol >> 1u) | (head_symbol << 7u)) & 0xFFu;
@@ -407,7 +419,7 @@ fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> 
         if (position >= begin) {
             break;
         }
-        position += max(table_entry(peek_head(block, position)) >> 8u, 1u);
+        position += max(table_entry(peek_head(block, position)) >> ENTRY_LENGTH_SHIFT, 1u);
     }
     var walk = ChunkWalk(min(position, block.stream_bits), 0u, 0u);
     var word_value = 0u;
@@ -425,10 +437,10 @@ fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> 
                 word_start = (element / per_word) * per_word;
                 word_value = 0u;
             }
-            let value = join(entry & 0xFFu, rest_field(block, element));
+            let value = join(entry & ENTRY_SYMBOL_MASK, rest_field(block, element));
             word_value |= value << ((element - word_start) * element_bits);
         }
-        position += max(entry >> 8u, 1u);
+        position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
     }
     if (write && walk.count > 0u && first < block.elements) {
         flush_word(block, word_start, word_value, first, end);

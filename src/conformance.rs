@@ -287,22 +287,33 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
             // another width, at element counts that leave the plane's last
             // byte (or word) part full; and the cases above so cut.
             let width = kind.width_bytes();
-            let mut tails: Vec<Case> = kind
-                .head_bits_range()
-                .flat_map(|head_bits| {
-                    [4099usize, 5].map(|elements| {
-                        Case::new(
-                            format!("head_{head_bits}_bits_{elements}_elements_{tag}"),
-                            kind,
-                            synth::heavy_tailed_bytes(kind, elements, seed + u64::from(head_bits)),
-                        )
-                        .with_options(EncodeOptions {
-                            head_bits: Some(head_bits),
-                            ..EncodeOptions::default()
-                        })
+            let mut tails: Vec<Case> =
+                [false, true]
+                    .into_iter()
+                    .flat_map(|sign_in_head| {
+                        let layout = if sign_in_head { "sign_" } else { "" };
+                        let tag = &tag;
+                        kind.head_bits_range(sign_in_head)
+                            .flat_map(move |head_bits| {
+                                [4099usize, 5].map(|elements| {
+                                    Case::new(
+                                format!("{layout}head_{head_bits}_bits_{elements}_elements_{tag}"),
+                                kind,
+                                synth::heavy_tailed_bytes(
+                                    kind,
+                                    elements,
+                                    seed + u64::from(head_bits),
+                                ),
+                            )
+                            .with_options(EncodeOptions {
+                                head_bits: Some(head_bits),
+                                sign_in_head: Some(sign_in_head),
+                                ..EncodeOptions::default()
+                            })
+                                })
+                            })
                     })
-                })
-                .collect();
+                    .collect();
             tails.extend(cases.iter().flat_map(|case| {
                 [4099usize, 5].map(|elements| {
                     Case::new(

@@ -31,12 +31,8 @@ pub enum Error {
     NoSuchTensor { path: PathBuf, tensor: String },
     #[error("{}: already compressed by ecfloat (format version {version})", path.display())]
     AlreadyCompressed { path: PathBuf, version: String },
-    #[error("{}: format version {found} is not supported; this build reads version {supported}", path.display())]
-    UnsupportedVersion {
-        path: PathBuf,
-        found: String,
-        supported: u32,
-    },
+    #[error("{}: format version {found:?} is not supported; this build reads versions {}", path.display(), crate::container::schema::readable_versions())]
+    UnsupportedVersion { path: PathBuf, found: String },
     /// Metadata or planes that contradict each other.
     #[error("{}: {}{message}", path.display(), TensorPrefix(tensor))]
     Corrupt {

@@ -11,7 +11,10 @@ use ecfloat::Error;
 use ecfloat::codec::FloatKind;
 use ecfloat::codec::huffman::{self, ALPHABET};
 use ecfloat::codec::table;
-use ecfloat::container::{self, schema::CodedHeader};
+use ecfloat::container::{
+    self,
+    schema::{self, CodedHeader},
+};
 
 /// A compressed sample in a fresh directory: (directory, compressed path).
 fn compressed_sample() -> (tempfile::TempDir, PathBuf) {
@@ -100,8 +103,13 @@ fn coded_range(bytes: &[u8], name: &str) -> std::ops::Range<usize> {
 /// The coded header of the BF16 sample tensor and where its planes start.
 fn bf16_planes(bytes: &[u8]) -> (CodedHeader, usize) {
     let range = coded_range(bytes, "layers.0.attn.weight");
-    let (header, len) =
-        CodedHeader::read(&bytes[range.clone()], FloatKind::Bf16, 300 * 128).unwrap();
+    let (header, len) = CodedHeader::read(
+        &bytes[range.clone()],
+        schema::FORMAT_VERSION,
+        FloatKind::Bf16,
+        300 * 128,
+    )
+    .unwrap();
     (header, range.start + len)
 }
 
@@ -186,8 +194,13 @@ fn rejects_planes_whose_lengths_disagree() {
     let (_dir, path) = compressed_sample();
     let mut bytes = std::fs::read(&path).unwrap();
     let range = coded_range(&bytes, "layers.0.attn.weight");
-    let (mut header, len) =
-        CodedHeader::read(&bytes[range.clone()], FloatKind::Bf16, 300 * 128).unwrap();
+    let (mut header, len) = CodedHeader::read(
+        &bytes[range.clone()],
+        schema::FORMAT_VERSION,
+        FloatKind::Bf16,
+        300 * 128,
+    )
+    .unwrap();
     header.rest_len += 1;
     let mut rewritten = Vec::new();
     header.write(&mut rewritten);
@@ -209,7 +222,8 @@ fn rejects_code_lengths_that_are_not_a_prefix_code() {
     let index = planes..planes + header.index_len as usize;
     assert_eq!(bytes[index.start], 2, "the first block sends a new table");
     let table_start = index.start + 1;
-    let (lengths, used) = table::read_table(&bytes[table_start..index.end], ALPHABET).unwrap();
+    let alphabet = header.params.alphabet();
+    let (lengths, used) = table::read_table(&bytes[table_start..index.end], alphabet).unwrap();
     // Lengthen one code by a bit: the code is then incomplete. Pick one
     // whose table still takes the same number of bytes.
     let broken = (0..ALPHABET)
@@ -218,11 +232,11 @@ fn rejects_code_lengths_that_are_not_a_prefix_code() {
             let mut changed = lengths;
             changed[symbol] += 1;
             let mut encoded = Vec::new();
-            table::write_table(&changed, &mut encoded);
+            table::write_table(&changed, alphabet, &mut encoded);
             (encoded.len() == used).then_some(encoded)
         })
         .expect("some one-bit change keeps the table's size");
-    assert!(huffman::validate_lengths(&table::read_table(&broken, ALPHABET).unwrap().0).is_err());
+    assert!(huffman::validate_lengths(&table::read_table(&broken, alphabet).unwrap().0).is_err());
     bytes[table_start..table_start + used].copy_from_slice(&broken);
     write(&path, &bytes);
     assert_rejected(
@@ -234,16 +248,21 @@ fn rejects_code_lengths_that_are_not_a_prefix_code() {
 
 #[test]
 fn rejects_an_unknown_format_version() {
-    let (_dir, path) = compressed_sample();
-    let bytes = std::fs::read(&path).unwrap();
-    let (mut header, _) = read_header(&bytes);
-    header["__metadata__"]["ecf.version"] = serde_json::json!("99");
-    write(&path, &with_header(&bytes, &header));
-    assert_rejected(
-        &path,
-        |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "99"),
-        &["format version 99 is not supported"],
-    );
+    // A version is its exact spelling: "+2" and "02" are not version 2.
+    for version in ["99", "+2", "02", "2.0", " 2", "0x2"] {
+        let (_dir, path) = compressed_sample();
+        let bytes = std::fs::read(&path).unwrap();
+        let (mut header, _) = read_header(&bytes);
+        header["__metadata__"]["ecf.version"] = serde_json::json!(version);
+        write(&path, &with_header(&bytes, &header));
+        assert_rejected(
+            &path,
+            |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == version),
+            &[&format!(
+                "format version {version:?} is not supported; this build reads versions 1, 2"
+            )],
+        );
+    }
 }
 
 #[test]
@@ -375,6 +394,23 @@ fn rejects_bytes_after_the_planes() {
         &path,
         |e| matches!(e, Error::Corrupt { tensor: Some(t), .. } if t == "layers.0.attn.weight"),
         &["tensor layers.0.attn.weight"],
+    );
+}
+
+/// The source header is one DEFLATE stream and nothing else: a byte after
+/// it is refused, not ignored, so that no two files mean the same.
+#[test]
+fn rejects_bytes_after_the_deflated_source_header() {
+    let (_dir, path) = compressed_sample();
+    let bytes = std::fs::read(&path).unwrap();
+    write(
+        &path,
+        &with_bytes_appended(&bytes, "ecf.source_header", &[0]),
+    );
+    assert_rejected(
+        &path,
+        |e| matches!(e, Error::Corrupt { tensor: None, .. }),
+        &["1 bytes follow the end of the DEFLATE stream"],
     );
 }
 

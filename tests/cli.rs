@@ -44,7 +44,7 @@ fn compressed_file_is_a_valid_safetensors_file() {
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let metadata = metadata.metadata().clone().unwrap();
     assert_eq!(metadata["ecf.format"], "ecfloat");
-    assert_eq!(metadata["ecf.version"], "1");
+    assert_eq!(metadata["ecf.version"], "2");
     assert_eq!(metadata["format"], "pt", "source metadata is kept");
 }
 

@@ -8,17 +8,20 @@ use ecfloat::codec::{self, BlockIndex, decode::decode_block_by_chunks};
 use ecfloat::conformance::synthetic_cases;
 
 /// An element's head symbol as docs/FORMAT.md §2.1 defines it, computed
-/// here apart from the codec: the `head_bits` bits below the sign, or, where
-/// the head is the whole element, the element rotated left by one.
-fn head_symbol(kind: codec::FloatKind, head_bits: u32, element: u32) -> u8 {
-    let width = kind.width_bits();
+/// here apart from the codec: sign first, the top `head_bits` bits;
+/// exponent first, the `head_bits` bits below the sign, or, where the head
+/// is the whole element, the element rotated left by one.
+fn head_symbol(split: &codec::FieldSplit, element: u32) -> u16 {
+    let (width, head_bits) = (split.kind.width_bits(), split.head_bits);
     let element = u64::from(element);
-    let symbol = if head_bits == width {
+    let symbol = if split.sign_in_head {
+        element >> (width - head_bits)
+    } else if head_bits == width {
         (element << 1 | element >> (width - 1)) & ((1 << width) - 1)
     } else {
         (element & ((1 << (width - 1)) - 1)) >> (width - 1 - head_bits)
     };
-    u8::try_from(symbol).expect("heads are at most 8 bits")
+    u16::try_from(symbol).expect("heads are at most 9 bits")
 }
 
 #[test]
@@ -30,9 +33,9 @@ fn every_chunk_decodes_alone_from_its_sync_metadata() {
         for block in 0..index.blocks.len() {
             heads.extend(decode_block_by_chunks(&encoded.view(), &index, block).unwrap());
         }
-        let head_bits = encoded.params.split.head_bits;
-        let expected: Vec<u8> = (0..case.bytes.len() / case.kind.width_bytes())
-            .map(|i| head_symbol(case.kind, head_bits, case.kind.load(&case.bytes, i)))
+        let split = encoded.params.split;
+        let expected: Vec<u16> = (0..case.bytes.len() / case.kind.width_bytes())
+            .map(|i| head_symbol(&split, case.kind.load(&case.bytes, i)))
             .collect();
         assert_eq!(heads, expected, "{}", case.name);
     }

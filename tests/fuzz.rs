@@ -77,14 +77,18 @@ struct Seed {
 fn seeds() -> Vec<Seed> {
     let dir = tempfile::tempdir().unwrap();
     let mut seeds = Vec::new();
-    for name in ["defaults.ecf.safetensors", "small_blocks.ecf.safetensors"] {
+    let vectors = ["v2", "v1"].into_iter().flat_map(|version| {
+        ["defaults.ecf.safetensors", "small_blocks.ecf.safetensors"]
+            .map(|name| format!("{version}/{name}"))
+    });
+    for name in vectors {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/vectors")
-            .join(name);
+            .join(&name);
         let rebuilt = dir.path().join("rebuilt.safetensors");
         container::decompress_file(&path, &rebuilt, true, &Default::default()).unwrap();
         seeds.push(Seed {
-            name: name.to_string(),
+            name,
             compressed: std::fs::read(&path).unwrap(),
             original: std::fs::read(&rebuilt).unwrap(),
         });

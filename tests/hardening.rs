@@ -201,8 +201,8 @@ fn directory_manifests_are_checked_before_anything_is_rebuilt() {
         ),
         (
             "a later format version",
-            |m| m["version"] = 2.into(),
-            "format version 2 is not supported",
+            |m| m["version"] = 3.into(),
+            "format version \"3\" is not supported",
         ),
         (
             "a rebuilt shard onto a copied file",

@@ -175,7 +175,7 @@ impl Records {
                     }
                 }
             };
-            write_record(&record, &mut bytes);
+            write_record(&record, tensor.params.alphabet(), &mut bytes);
         }
         EncodedTensor {
             index: bytes,

@@ -19,7 +19,10 @@ use rayon::prelude::*;
 
 use super::bits::{FieldReader, load_le_u64_padded, peek_bits};
 use super::float::FieldSplit;
-use super::huffman::{DecodeTable, MAX_CODE_BITS, TABLE_ENTRIES, TABLE_MASK};
+use super::huffman::{
+    ALPHABET, DecodeTable, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS, TABLE_ENTRIES,
+    TABLE_MASK,
+};
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
 use super::sync::{ChunkGeometry, StreamProblem};
@@ -120,7 +123,7 @@ thread_local! {
 /// Per-thread buffers, reused across blocks. They only grow.
 #[derive(Default)]
 struct BlockScratch {
-    heads: Vec<u8>,
+    heads: Vec<u16>,
     lanes: LaneScratch,
     /// The decode table last built, and the code it was built for.
     table: Option<(CodeLengths, DecodeTable)>,
@@ -183,7 +186,7 @@ fn decode_heads(
     block: usize,
     check: SyncCheck,
     scratch: &mut BlockScratch,
-    heads: &mut [u8],
+    heads: &mut [u16],
 ) -> Result<(), CodecError> {
     let entry = &index.blocks[block];
     let stream =
@@ -193,7 +196,7 @@ fn decode_heads(
         BlockMode::Raw => {
             let bits = view.params.split.head_bits;
             for (i, head) in heads.iter_mut().enumerate() {
-                *head = peek_bits(stream, i as u64 * bits as u64, bits) as u8;
+                *head = peek_bits(stream, i as u64 * bits as u64, bits) as u16;
             }
         }
         BlockMode::Coded { table } => {
@@ -235,7 +238,8 @@ impl BlockCode<'_> {
 
     #[inline(always)]
     fn length_at(&self, position: u64) -> u64 {
-        (self.table.entries[(self.next_bits(position) & TABLE_MASK) as usize] >> 8) as u64
+        (self.table.entries[(self.next_bits(position) & TABLE_MASK) as usize] >> ENTRY_LENGTH_SHIFT)
+            as u64
     }
 
     /// Where chunk `chunk`'s decoder stands once it reaches the chunk,
@@ -257,7 +261,7 @@ impl BlockCode<'_> {
 /// contents are always written before being read.
 #[derive(Default)]
 struct LaneScratch {
-    heads: [Vec<u8>; LANES],
+    heads: [Vec<u16>; LANES],
     /// Per chunk, the codeword start its lane noted (see `LaneMarks`).
     notes: Vec<Note>,
 }
@@ -295,7 +299,7 @@ const NOT_NOTED: Note = Note {
 fn decode_coded_lanes(
     code: &BlockCode,
     check: SyncCheck,
-    heads: &mut [u8],
+    heads: &mut [u16],
     scratch: &mut LaneScratch,
 ) -> Result<(), StreamProblem> {
     let stream_bits = code.stream_bits;
@@ -361,10 +365,10 @@ fn decode_coded_lanes(
                     l3.decode_batch(stream, entries),
                 ];
                 let next = done + SYMBOLS_PER_REFILL;
-                out0[done..next].copy_from_slice(&symbols[0].to_le_bytes());
-                out1[done..next].copy_from_slice(&symbols[1].to_le_bytes());
-                out2[done..next].copy_from_slice(&symbols[2].to_le_bytes());
-                out3[done..next].copy_from_slice(&symbols[3].to_le_bytes());
+                out0[done..next].copy_from_slice(&symbols[0]);
+                out1[done..next].copy_from_slice(&symbols[1]);
+                out2[done..next].copy_from_slice(&symbols[2]);
+                out3[done..next].copy_from_slice(&symbols[3]);
                 done = next;
                 if l0.position() >= stop[0]
                     || l1.position() >= stop[1]
@@ -413,9 +417,9 @@ fn decode_coded_lanes(
                 break;
             }
             let entry = entries[(code.next_bits(position[lane]) & TABLE_MASK) as usize];
-            out[written[lane]] = entry as u8;
+            out[written[lane]] = entry & ENTRY_SYMBOL_MASK;
             written[lane] += 1;
-            position[lane] += (entry >> 8) as u64;
+            position[lane] += (entry >> ENTRY_LENGTH_SHIFT) as u64;
         }
     }
 
@@ -530,7 +534,7 @@ impl LaneMarks {
 #[cold]
 fn batch_crossing(
     lengths: &CodeLengths,
-    output: &[u8],
+    output: &[u16],
     position: u64,
     lane: usize,
     mark: u64,
@@ -563,7 +567,13 @@ impl BlockCode<'_> {
     /// and the lane's codewords. The chunk's warm-up path and the lane's
     /// codewords are walked side by side: once they meet, the warm-up is
     /// sure to land on the chunk's first codeword.
-    fn starts_right(&self, chunk: u64, exception: Option<u32>, note: Note, symbols: &[u8]) -> bool {
+    fn starts_right(
+        &self,
+        chunk: u64,
+        exception: Option<u32>,
+        note: Note,
+        symbols: &[u16],
+    ) -> bool {
         let chunk_begin = chunk * self.geometry.chunk_bits as u64;
         // The lane's codeword starts, from the noted one on.
         let mut truth = note.position;
@@ -629,24 +639,23 @@ impl LaneReader {
     }
 
     #[inline(always)]
-    fn decode(&mut self, entries: &[u16; TABLE_ENTRIES]) -> u8 {
+    fn decode(&mut self, entries: &[u16; TABLE_ENTRIES]) -> u16 {
         let entry = entries[(self.bits & TABLE_MASK) as usize];
-        let len = entry >> 8;
+        let len = entry >> ENTRY_LENGTH_SHIFT;
         self.bits >>= len;
         self.position += len as u64;
-        entry as u8
+        entry & ENTRY_SYMBOL_MASK
     }
 
-    /// Decodes `SYMBOLS_PER_REFILL` codewords; their symbols, first in the
-    /// lowest byte.
+    /// Decodes `SYMBOLS_PER_REFILL` codewords; their symbols, in order.
     #[inline(always)]
-    fn decode_batch(&mut self, stream: &[u8], entries: &[u16; TABLE_ENTRIES]) -> u32 {
+    fn decode_batch(
+        &mut self,
+        stream: &[u8],
+        entries: &[u16; TABLE_ENTRIES],
+    ) -> [u16; SYMBOLS_PER_REFILL] {
         self.refill(stream);
-        let mut symbols = 0;
-        for k in 0..SYMBOLS_PER_REFILL {
-            symbols |= (self.decode(entries) as u32) << (8 * k);
-        }
-        symbols
+        std::array::from_fn(|_| self.decode(entries))
     }
 
     fn position(&self) -> u64 {
@@ -659,7 +668,7 @@ impl LaneReader {
 /// have their own loops; the others read the rest bits as a stream.
 fn join_block(
     split: &FieldSplit,
-    heads: &[u8],
+    heads: &[u16],
     rest: &[u8],
     first_element: u64,
     join_table: &mut Option<(FieldSplit, Vec<u8>)>,
@@ -669,19 +678,29 @@ fn join_block(
     let kind = split.kind;
     // Blocks hold a multiple of 8 elements, so a block's rest starts on a byte.
     let rest = &rest[(first_element * stored_bits as u64 / 8) as usize..];
+    let exponent_first = !split.sign_in_head;
     match (kind.width_bytes(), stored_bits, split.rest_const_bits) {
-        (2, 8, 0) => {
+        (2, 8, 0) if exponent_first => {
             // Sliced to one length, so the loop has no bounds checks and
             // vectorises.
             let count = heads.len();
             let (out, rest) = (&mut out[..2 * count], &rest[..count]);
             for i in 0..count {
-                let (head, rest) = (heads[i], rest[i]);
+                let (head, rest) = (heads[i] as u8, rest[i]);
                 out[2 * i] = head << 7 | rest & 0x7F;
                 out[2 * i + 1] = rest & 0x80 | head >> 1;
             }
         }
-        (4, 24, 0) => {
+        (2, 7, 0) if split.sign_in_head => {
+            // Sign first, nine head bits (BF16, or FP16 with three mantissa
+            // bits): seven rest bits under each head.
+            let mut fields = FieldReader::new(rest);
+            for (pair, &head) in out.chunks_exact_mut(2).zip(heads) {
+                let element = head << 7 | fields.take(7) as u16;
+                pair.copy_from_slice(&element.to_le_bytes());
+            }
+        }
+        (4, 24, 0) if exponent_first => {
             for ((quad, &head), rest) in
                 out.chunks_exact_mut(4).zip(heads).zip(rest.chunks_exact(3))
             {
@@ -691,12 +710,16 @@ fn join_block(
             }
         }
         (1, 0, 0) => {
-            // The head is the whole rotated byte.
+            // The head is the whole byte, rotated exponent first.
             for (element, &head) in out.iter_mut().zip(heads) {
-                *element = head.rotate_right(1);
+                *element = if exponent_first {
+                    (head as u8).rotate_right(1)
+                } else {
+                    head as u8
+                };
             }
         }
-        (1, 1, 0) => join_signs(heads, rest, out),
+        (1, 1, 0) if exponent_first => join_signs(heads, rest, out),
         (1, ..) => {
             if join_table
                 .as_ref()
@@ -715,14 +738,14 @@ fn join_block(
 /// The join of one-byte elements whose rest is the sign alone (a 7-bit
 /// head): each byte of the rest plane holds eight signs, which
 /// [`SIGN_BYTES`] spreads onto the top bits of eight heads at once.
-fn join_signs(heads: &[u8], rest: &[u8], out: &mut [u8]) {
+fn join_signs(heads: &[u16], rest: &[u8], out: &mut [u8]) {
     let groups = heads.len() / 8;
     for ((elements, heads), &signs) in out
         .chunks_exact_mut(8)
         .zip(heads.chunks_exact(8))
         .zip(&rest[..groups])
     {
-        let heads = u64::from_le_bytes(heads.try_into().expect("eight heads"));
+        let heads = u64::from_le_bytes(std::array::from_fn(|k| heads[k] as u8));
         elements.copy_from_slice(&(heads | SIGN_BYTES[signs as usize]).to_le_bytes());
     }
     for (k, (element, &head)) in out[groups * 8..]
@@ -730,7 +753,7 @@ fn join_signs(heads: &[u8], rest: &[u8], out: &mut [u8]) {
         .zip(&heads[groups * 8..])
         .enumerate()
     {
-        *element = head | (rest[groups] >> k & 1) << 7;
+        *element = head as u8 | (rest[groups] >> k & 1) << 7;
     }
 }
 
@@ -760,7 +783,7 @@ fn byte_join_table(split: &FieldSplit) -> Vec<u8> {
 }
 
 /// The join for one-byte elements with a rest, through their join table.
-fn join_bytes(stored_bits: u32, table: &[u8], heads: &[u8], rest: &[u8], out: &mut [u8]) {
+fn join_bytes(stored_bits: u32, table: &[u8], heads: &[u16], rest: &[u8], out: &mut [u8]) {
     let field_mask = (1u32 << stored_bits) - 1;
     let mut fields = FieldReader::new(rest);
     let groups = heads.len() / 8;
@@ -780,15 +803,20 @@ fn join_bytes(stored_bits: u32, table: &[u8], heads: &[u8], rest: &[u8], out: &m
 /// fields fill exactly `stored_bits` bytes, so up to 16 bits they are read
 /// eight at a time from one 128-bit word; wider fields and a last partial
 /// group are read as a stream.
-fn join_packed<const WIDTH: usize>(split: &FieldSplit, heads: &[u8], rest: &[u8], out: &mut [u8]) {
+fn join_packed<const WIDTH: usize>(split: &FieldSplit, heads: &[u16], rest: &[u8], out: &mut [u8]) {
     // FieldSplit::join with its parameters hoisted out of the loop; the
-    // rest holds at least the sign here.
+    // rest is never empty here. Sign first, the sign is the head's: it
+    // stays at the rest's top, which no bit of the rest reaches (a shift
+    // of the sign to bit 31 and back is the identity).
     let stored_bits = split.stored_rest_bits();
-    let low_bits = split.rest_bits() - 1;
+    let (low_bits, sign_shift) = if split.sign_in_head {
+        (split.rest_bits(), split.rest_bits())
+    } else {
+        (split.rest_bits() - 1, WIDTH as u32 * 8 - 1)
+    };
     let low_mask = (1u32 << low_bits) - 1;
     let (const_bits, const_value) = (split.rest_const_bits, split.rest_const_value);
-    let sign_shift = WIDTH as u32 * 8 - 1;
-    let join = |head: u8, field: u32| {
+    let join = |head: u16, field: u32| {
         let rest = field << const_bits | const_value;
         (rest >> low_bits) << sign_shift | (head as u32) << low_bits | rest & low_mask
     };
@@ -842,7 +870,7 @@ pub fn decode_block_by_chunks(
     view: &EncodedView,
     index: &BlockIndex,
     block: usize,
-) -> Result<Vec<u8>, CodecError> {
+) -> Result<Vec<u16>, CodecError> {
     let entry = &index.blocks[block];
     let elements = view.params.block_len(block as u64) as usize;
     let BlockMode::Coded { table } = entry.mode else {
@@ -902,7 +930,7 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
         .map(|block| {
             let elements = view.params.block_len(block as u64) as usize;
             if let BlockMode::Constant(head) = index.blocks[block].mode {
-                let mut histogram = [0u64; 256];
+                let mut histogram = [0u64; ALPHABET];
                 histogram[head as usize] = elements as u64;
                 return Ok(histogram);
             }
@@ -919,7 +947,7 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
                     scratch,
                     &mut heads[..elements],
                 );
-                let mut histogram = [0u64; 256];
+                let mut histogram = [0u64; ALPHABET];
                 for &head in &heads[..elements] {
                     histogram[head as usize] += 1;
                 }
@@ -928,7 +956,7 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
             })
         })
         .try_reduce(
-            || [0u64; 256],
+            || [0u64; ALPHABET],
             |mut total, part| {
                 stats::add_into(&mut total, &part);
                 Ok(total)

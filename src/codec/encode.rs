@@ -1,9 +1,11 @@
 //! The encoder: one tensor of floats into head stream, rest plane and block
 //! index.
 //!
-//! 1. *Survey* the tensor once: a histogram of the top 8 bits of every
-//!    element per span of 16K elements, and which bits never vary.
-//! 2. *Choose* the head width and the block size by estimated size.
+//! 1. *Survey* the tensor once: a histogram of the top 9 bits of every
+//!    element (sign included) per span of 16K elements, and which bits never
+//!    vary.
+//! 2. *Choose* the layout (sign in the head or not) and the head width by
+//!    estimated size.
 //! 3. *Decide* per block, in order: constant, raw, a new code, or the previous
 //!    block's code — whichever is smallest with its table counted in.
 //! 4. *Write* every block's stream, sync exceptions and rest bits in parallel.
@@ -11,8 +13,8 @@
 use rayon::prelude::*;
 
 use super::bits::BitWriter;
-use super::float::{FieldSplit, FloatKind, width_mask};
-use super::huffman::{self, DecodeTable, MAX_CODE_BITS};
+use super::float::{FieldSplit, FloatKind, MAX_HEAD_BITS, width_mask};
+use super::huffman::{self, ALPHABET, DecodeTable, MAX_CODE_BITS};
 use super::index::{self, BlockRecord, ChunkException};
 use super::stats::{self, Histogram};
 use super::sync::ChunkGeometry;
@@ -26,6 +28,9 @@ pub struct EncodeOptions {
     pub block_elements: u32,
     /// Head width in bits; `None` chooses by estimated size.
     pub head_bits: Option<u32>,
+    /// Whether the sign is coded in the head; `None` chooses by estimated
+    /// size.
+    pub sign_in_head: Option<bool>,
     pub chunk_bits: u32,
     pub warmup_bits: u32,
 }
@@ -35,6 +40,7 @@ impl Default for EncodeOptions {
         EncodeOptions {
             block_elements: 1 << 16,
             head_bits: None,
+            sign_in_head: None,
             chunk_bits: 1024,
             warmup_bits: 64,
         }
@@ -66,16 +72,8 @@ pub fn encode(
         )));
     }
     let survey = Survey::take(kind, bytes);
-    let head_bits = match options.head_bits {
-        Some(bits) => bits,
-        None => survey.best_head_bits(kind),
-    };
-    let mut split = FieldSplit {
-        kind,
-        head_bits,
-        rest_const_bits: 0,
-        rest_const_value: 0,
-    };
+    let mut split = survey.best_split(kind, options)?;
+    let head_bits = split.head_bits;
     (split.rest_const_bits, split.rest_const_value) = survey.constant_rest_bits(&split);
     let block_elements = options.block_elements;
     let params = TensorParams {
@@ -91,22 +89,17 @@ pub fn encode(
 
     let block_bytes = block_elements as usize * width;
     let histograms: Vec<Histogram> = if (block_elements as usize).is_multiple_of(SURVEY_SPAN) {
-        // Blocks are whole survey spans: fold their 8-bit histograms.
+        // Blocks are whole survey spans: fold their histograms.
+        let heads = survey_heads(&split);
         survey
             .spans
             .chunks(block_elements as usize / SURVEY_SPAN)
-            .map(|spans| {
-                let mut block = [0u64; 256];
-                for span in spans {
-                    stats::add_into(&mut block, &stats::fold_top_bits(span, head_bits));
-                }
-                block
-            })
+            .map(|spans| fold_spans(spans, &heads))
             .collect()
     } else {
         map_chunks(bytes, block_bytes, |_, block| head_histogram(&split, block))
     };
-    let decisions = decide_blocks(&histograms, head_bits);
+    let decisions = decide_blocks(&histograms, head_bits, params.alphabet());
 
     // Every block's stream and rest sizes are known from its histogram and
     // code, so blocks write straight into their place in one head plane and
@@ -142,11 +135,11 @@ pub fn encode(
         .collect();
     let records: Vec<Vec<u8>> = if work.len() > 1 {
         work.into_par_iter()
-            .map(|work| encode_block(&split, params.geometry, work))
+            .map(|work| encode_block(&params, work))
             .collect()
     } else {
         work.into_iter()
-            .map(|work| encode_block(&split, params.geometry, work))
+            .map(|work| encode_block(&params, work))
             .collect()
     };
     Ok(EncodedTensor {
@@ -191,32 +184,61 @@ fn map_chunks<T: Send>(
     }
 }
 
+/// Histogram of survey keys (see [`Survey`]) over one span: counts of at
+/// most `SURVEY_SPAN` fit 32 bits, which halves the survey's memory.
+type SpanHistogram = [u32; ALPHABET];
+
 /// What one pass over the tensor learns.
+///
+/// Every element's *survey key* is its top `MAX_HEAD_BITS` bits (all of an
+/// FP8 element). Every head the format allows is a function of the key:
+/// a sign-first head is its top bits, an exponent-first head the bits below
+/// its sign (or, FP8, the key rotated). So one histogram of keys per span
+/// gives every candidate head's histogram by folding.
 struct Survey {
-    /// Histogram of 8-bit heads per span of `SURVEY_SPAN` elements.
-    spans: Vec<Histogram>,
+    /// Histogram of survey keys per span of `SURVEY_SPAN` elements.
+    spans: Vec<SpanHistogram>,
     /// AND and OR of all elements: where they agree, a bit never varies.
     and: u32,
     or: u32,
 }
 
+/// Bits of a survey key.
+fn key_bits(kind: FloatKind) -> u32 {
+    MAX_HEAD_BITS.min(kind.width_bits())
+}
+
+/// The head of every survey key under `split`.
+fn survey_heads(split: &FieldSplit) -> Vec<u16> {
+    let shift = split.kind.width_bits() - key_bits(split.kind);
+    (0..1u32 << key_bits(split.kind))
+        .map(|key| split.head(key << shift) as u16)
+        .collect()
+}
+
+/// The histogram of heads over `spans`, given the head of each survey key.
+fn fold_spans(spans: &[SpanHistogram], heads: &[u16]) -> Histogram {
+    let mut histogram = [0u64; ALPHABET];
+    for span in spans {
+        for (&head, &count) in heads.iter().zip(span) {
+            histogram[head as usize] += count as u64;
+        }
+    }
+    histogram
+}
+
 impl Survey {
     fn take(kind: FloatKind, bytes: &[u8]) -> Self {
         let width = kind.width_bytes();
-        let split = FieldSplit {
-            kind,
-            head_bits: 8,
-            rest_const_bits: 0,
-            rest_const_value: 0,
-        };
+        let key_shift = kind.width_bits() - key_bits(kind);
         let parts = map_chunks(bytes, SURVEY_SPAN * width, |_, span| {
             let (mut and, mut or) = (u32::MAX, 0u32);
             let histogram = interleaved_histogram(kind, span, |element| {
                 and &= element;
                 or |= element;
-                split.head(element)
+                element >> key_shift
             });
-            (histogram, and, or)
+            (histogram.map(|count| count as u32), and, or)
         });
         let mut survey = Survey {
             spans: Vec::with_capacity(parts.len()),
@@ -242,42 +264,87 @@ impl Survey {
         (bits, split.full_rest(self.and) & width_mask(bits))
     }
 
-    /// Estimated stored bits with heads of `head_bits` in blocks of
-    /// `block_spans` survey spans: the ideal code length per block, a table
-    /// per block, and the rest bits.
-    fn estimate_bits(&self, kind: FloatKind, head_bits: u32, block_spans: usize) -> f64 {
-        let elements: u64 = self.spans.iter().flatten().sum();
-        let split = FieldSplit {
-            kind,
-            head_bits,
-            rest_const_bits: 0,
-            rest_const_value: 0,
-        };
-        let rest_bits = split.rest_bits() - self.constant_rest_bits(&split).0;
-        let heads: f64 = self
-            .spans
-            .chunks(block_spans)
-            .map(|spans| {
-                let mut block = [0u64; 256];
-                for span in spans {
-                    stats::add_into(&mut block, &stats::fold_top_bits(span, head_bits));
+    /// Estimated stored bits of `split` over blocks with the key histograms
+    /// `blocks`: the ideal code length per block, a table per block, and
+    /// the rest bits.
+    fn estimate_bits(&self, split: &FieldSplit, blocks: &[Histogram]) -> f64 {
+        let elements: u64 = blocks.iter().flatten().sum();
+        let rest_bits = split.rest_bits() - self.constant_rest_bits(split).0;
+        let heads = survey_heads(split);
+        let head_bits: f64 = blocks
+            .iter()
+            .map(|keys| {
+                let mut block = [0u64; ALPHABET];
+                for (&head, &count) in heads.iter().zip(keys) {
+                    block[head as usize] += count;
                 }
                 let total: u64 = block.iter().sum();
                 let coded = stats::entropy_bits(&block)
                     + ESTIMATED_TABLE_BITS_PER_SYMBOL * stats::distinct(&block) as f64;
-                coded.min((total * head_bits as u64) as f64)
+                coded.min((total * split.head_bits as u64) as f64)
             })
             .sum();
-        heads + (elements * rest_bits as u64) as f64
+        head_bits + (elements * rest_bits as u64) as f64
     }
 
-    fn best_head_bits(&self, kind: FloatKind) -> u32 {
-        kind.head_bits_range()
-            .min_by(|&a, &b| {
-                self.estimate_bits(kind, a, ESTIMATE_BLOCK_SPANS)
-                    .total_cmp(&self.estimate_bits(kind, b, ESTIMATE_BLOCK_SPANS))
+    /// The split of smallest estimated size among those `options` allow;
+    /// exponent first and narrower heads win ties.
+    fn best_split(
+        &self,
+        kind: FloatKind,
+        options: &EncodeOptions,
+    ) -> Result<FieldSplit, CodecError> {
+        let layouts = match options.sign_in_head {
+            Some(sign_in_head) => vec![sign_in_head],
+            None => vec![false, true],
+        };
+        let candidates: Vec<FieldSplit> = layouts
+            .into_iter()
+            .flat_map(|sign_in_head| {
+                kind.head_bits_range(sign_in_head)
+                    .filter(|bits| options.head_bits.is_none_or(|wanted| wanted == *bits))
+                    .map(move |head_bits| FieldSplit {
+                        kind,
+                        sign_in_head,
+                        head_bits,
+                        rest_const_bits: 0,
+                        rest_const_value: 0,
+                    })
             })
-            .unwrap()
+            .collect();
+        if candidates.len() <= 1 {
+            return candidates.into_iter().next().ok_or_else(|| {
+                CodecError::InvalidParameters(format!(
+                    "no {kind} head of {:?} bits with the sign {}",
+                    options.head_bits,
+                    match options.sign_in_head {
+                        Some(true) => "in the head",
+                        _ => "raw",
+                    }
+                ))
+            });
+        }
+        let blocks: Vec<Histogram> = self
+            .spans
+            .chunks(ESTIMATE_BLOCK_SPANS)
+            .map(|spans| {
+                let mut keys = [0u64; ALPHABET];
+                for span in spans {
+                    for (total, &count) in keys.iter_mut().zip(span) {
+                        *total += count as u64;
+                    }
+                }
+                keys
+            })
+            .collect();
+        let estimates: Vec<f64> = candidates
+            .iter()
+            .map(|split| self.estimate_bits(split, &blocks))
+            .collect();
+        let best = (0..candidates.len())
+            .min_by(|&a, &b| estimates[a].total_cmp(&estimates[b]))
+            .expect("at least two candidates");
+        Ok(candidates[best])
     }
 }
 
@@ -296,8 +363,8 @@ fn interleaved_histogram(
     bytes: &[u8],
     mut symbol: impl FnMut(u32) -> u32,
 ) -> Histogram {
-    let mut counts = [[0u32; 256]; 4];
-    let mut tail = [0u32; 256];
+    let mut counts = [[0u32; ALPHABET]; 4];
+    let mut tail = [0u32; ALPHABET];
     let mut symbol_of = |element: u32| symbol(element);
     // The last few elements are counted after the quads, so the hot loop
     // is the only closure that calls `symbol` (measured: ~10 % faster).
@@ -307,15 +374,15 @@ fn interleaved_histogram(
         #[inline(always)]
         |quad| {
             for (table, element) in counts.iter_mut().zip(quad) {
-                table[symbol_of(element) as usize & 0xFF] += 1;
+                table[symbol_of(element) as usize & (ALPHABET - 1)] += 1;
             }
         },
         |element| tail_elements.push(element),
     );
     for element in tail_elements {
-        tail[symbol_of(element) as usize & 0xFF] += 1;
+        tail[symbol_of(element) as usize & (ALPHABET - 1)] += 1;
     }
-    let mut histogram = [0u64; 256];
+    let mut histogram = [0u64; ALPHABET];
     for part in counts.iter().chain([&tail]) {
         for (total, &count) in histogram.iter_mut().zip(part) {
             *total += count as u64;
@@ -326,7 +393,7 @@ fn interleaved_histogram(
 
 enum BlockDecision {
     Raw,
-    Constant(u8),
+    Constant(u16),
     Coded {
         lengths: Box<CodeLengths>,
         new_table: bool,
@@ -346,20 +413,20 @@ impl BlockDecision {
 
 /// Chooses each block's storage in order; a block may reuse the code of the
 /// most recent coded block when that is smaller than sending its own.
-fn decide_blocks(histograms: &[Histogram], head_bits: u32) -> Vec<BlockDecision> {
+fn decide_blocks(histograms: &[Histogram], head_bits: u32, alphabet: usize) -> Vec<BlockDecision> {
     let mut decisions = Vec::with_capacity(histograms.len());
     let mut last_table: Option<Box<CodeLengths>> = None;
     for histogram in histograms {
         let elements: u64 = histogram.iter().sum();
         let used = stats::distinct(histogram);
         if used == 1 {
-            let value = histogram.iter().position(|&c| c > 0).unwrap() as u8;
+            let value = histogram.iter().position(|&c| c > 0).unwrap() as u16;
             decisions.push(BlockDecision::Constant(value));
             continue;
         }
         let raw_bits = elements * head_bits as u64;
         let own = Box::new(huffman::limited_code_lengths(histogram, MAX_CODE_BITS));
-        let own_bits = code_bits(histogram, &own) + 8 * table::table_size(&own) as u64;
+        let own_bits = code_bits(histogram, &own) + 8 * table::table_size(&own, alphabet) as u64;
         let reuse_bits = last_table
             .as_deref()
             .filter(|last| covers(last, histogram))
@@ -408,7 +475,8 @@ struct BlockWork<'a> {
 }
 
 /// Writes a block's head stream and rest bits; returns its index record.
-fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) -> Vec<u8> {
+fn encode_block(params: &TensorParams, work: BlockWork) -> Vec<u8> {
+    let (split, geometry, alphabet) = (&params.split, params.geometry, params.alphabet());
     let BlockWork {
         block,
         stream,
@@ -420,7 +488,7 @@ fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) ->
     let mut record = Vec::new();
     match decision {
         BlockDecision::Constant(value) => {
-            index::write_record(&BlockRecord::Constant(*value), &mut record);
+            index::write_record(&BlockRecord::Constant(*value), alphabet, &mut record);
         }
         BlockDecision::Raw => {
             let mut heads = BitWriter::new(stream);
@@ -430,12 +498,12 @@ fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) ->
                 |element| heads.put(split.head(element), split.head_bits),
             );
             assert_eq!(heads.finish(), stream_bits, "raw heads fill their stream");
-            index::write_record(&BlockRecord::Raw, &mut record);
+            index::write_record(&BlockRecord::Raw, alphabet, &mut record);
         }
         BlockDecision::Coded { lengths, new_table } => {
             let codes = huffman::canonical_codes(lengths);
             // Codeword and length in one entry: one load per element.
-            let mut codewords = [0u32; 256];
+            let mut codewords = [0u32; ALPHABET];
             for (entry, (&code, &len)) in codewords.iter_mut().zip(codes.iter().zip(lengths.iter()))
             {
                 *entry = code | (len as u32) << 16;
@@ -453,7 +521,7 @@ fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) ->
                 block,
                 #[inline(always)]
                 |element| {
-                    let codeword = codewords[split.head(element) as usize & 0xFF];
+                    let codeword = codewords[split.head(element) as usize & (ALPHABET - 1)];
                     let len = codeword >> 16;
                     // Codewords are shorter than chunks: at most one begins here.
                     if position >= next_chunk_begin {
@@ -476,7 +544,7 @@ fn encode_block(split: &FieldSplit, geometry: ChunkGeometry, work: BlockWork) ->
                 stream_bits,
                 exceptions: &exceptions,
             };
-            index::write_record(&coded, &mut record);
+            index::write_record(&coded, alphabet, &mut record);
         }
     }
     pack_rest(split, block, rest);

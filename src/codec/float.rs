@@ -1,25 +1,39 @@
 //! Floating-point element layouts and the split of an element into a coded
-//! *head* and a raw *rest*.
+//! *head* and a raw *rest*, in one of two layouts.
 //!
-//! The head is the top `head_bits` bits of the element rotated left by one
-//! (sign moved from the top to the bottom), so it always starts with the
-//! exponent; the rest is the sign followed by the remaining low mantissa
-//! bits:
+//! *Exponent first* (the sign stays raw): the head is the top `head_bits`
+//! bits of the element rotated left by one (sign moved from the top to the
+//! bottom), so it starts with the exponent; the rest is the sign followed
+//! by the remaining low mantissa bits. Right for the usual weights, whose
+//! sign is a fair coin that no code can shrink.
+//!
+//! *Sign first* (the sign is coded): the head is the top `head_bits` bits
+//! of the element as they are, sign, exponent, top mantissa bits; the rest
+//! is the bits below. Right for mostly-positive tensors (norm weights,
+//! biases, some embeddings), whose sign carries well under one bit.
 //!
 //! ```text
-//! element  s eeeeeeee mmmmmmm        (BF16, head_bits = 8)
-//! head       eeeeeeee                exponent (and top mantissa bits
-//!                                    when head_bits is larger)
-//! rest     s          mmmmmmm        sign, then the low mantissa bits
+//! element        s eeeeeeee mmmmmmm   (BF16)
+//! exponent first   eeeeeeee           head_bits = 8
+//!                s          mmmmmmm   rest: sign, then the low mantissa bits
+//! sign first     s eeeeeeee           head_bits = 9
+//!                           mmmmmmm   rest: the low mantissa bits
 //! ```
 //!
-//! A head of the full element width (FP8, 8 bits) is the rotated element
-//! itself and leaves no rest. Heads are at most 8 bits, so every dtype
-//! shares one 256-symbol alphabet. Keeping the low mantissa bits at the
-//! bottom of the rest lets low bits that never vary — the zero low half of
-//! FP32 weights that were once BF16 — be stored once per tensor.
+//! An exponent-first head of the full element width (FP8, 8 bits) is the
+//! rotated element itself and leaves no rest. Heads are at most
+//! [`MAX_HEAD_BITS`] wide, so every dtype shares one 512-symbol alphabet.
+//! Keeping the low mantissa bits at the bottom of the rest lets low bits
+//! that never vary — the zero low half of FP32 weights that were once BF16
+//! — be stored once per tensor.
 
 use std::fmt;
+
+/// The widest head: a sign-first head of sign, eight exponent bits (BF16,
+/// FP32) or sign, five exponent and three mantissa bits (FP16).
+pub const MAX_HEAD_BITS: u32 = 9;
+/// The widest exponent-first head.
+pub const MAX_EXPONENT_FIRST_HEAD_BITS: u32 = 8;
 
 /// The floating-point formats the codec entropy-codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,9 +92,16 @@ impl FloatKind {
             .find(|kind| kind.safetensors_name() == name)
     }
 
-    /// Widths the head may take: from the exponent alone up to 8 bits.
-    pub fn head_bits_range(self) -> std::ops::RangeInclusive<u32> {
-        self.exponent_bits()..=8.min(self.width_bits())
+    /// Widths the head may take: from the exponent alone (and the sign,
+    /// when it is in the head) up to 8 bits exponent first, 9 sign first,
+    /// never past the element.
+    pub fn head_bits_range(self, sign_in_head: bool) -> std::ops::RangeInclusive<u32> {
+        let widest = if sign_in_head {
+            MAX_HEAD_BITS
+        } else {
+            MAX_EXPONENT_FIRST_HEAD_BITS
+        };
+        self.exponent_bits() + sign_in_head as u32..=widest.min(self.width_bits())
     }
 
     /// Calls `visit` with every element of little-endian `bytes`, in order;
@@ -164,6 +185,9 @@ impl fmt::Display for FloatKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FieldSplit {
     pub kind: FloatKind,
+    /// Sign first (the sign is the head's top bit) rather than exponent
+    /// first (the sign is the rest's top bit).
+    pub sign_in_head: bool,
     pub head_bits: u32,
     pub rest_const_bits: u32,
     pub rest_const_value: u32,
@@ -182,10 +206,14 @@ impl FieldSplit {
         self.rest_bits() - self.rest_const_bits
     }
 
-    /// The head symbol of an element: the top `head_bits` bits below the
-    /// sign, or the whole element rotated left by one when there is no rest.
+    /// The head symbol of an element: sign first, its top `head_bits`
+    /// bits; exponent first, the top `head_bits` bits below the sign, or the
+    /// whole element rotated left by one when there is no rest.
     #[inline(always)]
     pub fn head(&self, element: u32) -> u32 {
+        if self.sign_in_head {
+            return element >> self.rest_bits() & width_mask(self.head_bits);
+        }
         match self.rest_bits() {
             0 => {
                 let width = self.kind.width_bits();
@@ -195,11 +223,15 @@ impl FieldSplit {
         }
     }
 
-    /// The rest of an element, constant bits included: sign on top of the
-    /// low `rest_bits - 1` bits.
+    /// The rest of an element, constant bits included: sign first, its low
+    /// `rest_bits` bits; exponent first, the sign on top of the low
+    /// `rest_bits - 1` bits.
     #[inline(always)]
     pub(crate) fn full_rest(&self, element: u32) -> u32 {
         let rest_bits = self.rest_bits();
+        if self.sign_in_head {
+            return element & width_mask(rest_bits);
+        }
         if rest_bits == 0 {
             return 0;
         }
@@ -216,11 +248,23 @@ impl FieldSplit {
         )
     }
 
+    /// The exponent field of every element with head symbol `head`.
+    pub fn exponent_of_head(&self, head: u32) -> u32 {
+        let (width, exponent_bits) = (self.kind.width_bits(), self.kind.exponent_bits());
+        self.join(head, 0) >> (width - 1 - exponent_bits) & width_mask(exponent_bits)
+    }
+
     /// Joins a head symbol and stored rest bits back into the element.
     #[inline(always)]
     pub fn join(&self, head: u32, stored_rest: u32) -> u32 {
         let width = self.kind.width_bits();
         let rest_bits = self.rest_bits();
+        if self.sign_in_head {
+            let rest = stored_rest << self.rest_const_bits | self.rest_const_value;
+            // A shift by the full 32 bits would wrap: an FP32 head is at
+            // most 9 bits, so its rest is never empty.
+            return (head << rest_bits) & width_mask(width) | rest;
+        }
         if rest_bits == 0 {
             return ((head >> 1) | (head << (width - 1))) & width_mask(width);
         }
@@ -245,14 +289,18 @@ mod tests {
     use super::*;
 
     fn splits(kind: FloatKind) -> impl Iterator<Item = FieldSplit> {
-        kind.head_bits_range().flat_map(move |head_bits| {
-            let rest_bits = kind.width_bits() - head_bits;
-            (0..=rest_bits.min(3)).map(move |rest_const_bits| FieldSplit {
-                kind,
-                head_bits,
-                rest_const_bits,
-                rest_const_value: 0,
-            })
+        [false, true].into_iter().flat_map(move |sign_in_head| {
+            kind.head_bits_range(sign_in_head)
+                .flat_map(move |head_bits| {
+                    let rest_bits = kind.width_bits() - head_bits;
+                    (0..=rest_bits.min(3)).map(move |rest_const_bits| FieldSplit {
+                        kind,
+                        sign_in_head,
+                        head_bits,
+                        rest_const_bits,
+                        rest_const_value: 0,
+                    })
+                })
         })
     }
 
@@ -266,18 +314,23 @@ mod tests {
         ] {
             for split in splits(kind) {
                 for element in 0..(1u32 << kind.width_bits()) {
-                    assert!(split.head(element) < 256);
+                    assert!(split.head(element) < 1 << MAX_HEAD_BITS);
                     check_split(split, element);
                 }
             }
         }
     }
 
-    /// The head as the format describes it, computed another way: the
-    /// `head_bits` bits below the sign, or with no rest bits the element
-    /// rotated left by one (sign at the bottom).
-    fn head_by_definition(kind: FloatKind, head_bits: u32, element: u32) -> u32 {
+    /// The head as the format describes it, computed another way: sign
+    /// first, the top `head_bits` bits; exponent first, the `head_bits`
+    /// bits below the sign, or with no rest bits the element rotated left
+    /// by one (sign at the bottom).
+    fn head_by_definition(split: FieldSplit, element: u32) -> u32 {
+        let (kind, head_bits) = (split.kind, split.head_bits);
         let width = kind.width_bits();
+        if split.sign_in_head {
+            return (element as u64 >> (width - head_bits)) as u32;
+        }
         let unsigned = (element << 1) & width_mask(width);
         if head_bits == width {
             unsigned | element >> (width - 1)
@@ -297,11 +350,14 @@ mod tests {
         let (head, rest) = split.split(element);
         assert_eq!(
             head,
-            head_by_definition(kind, split.head_bits, element),
+            head_by_definition(split, element),
             "{kind} {split:?} {element:#x}"
         );
         let rest_bits = width - split.head_bits;
-        if rest_bits > 0 {
+        if split.sign_in_head {
+            let low = element & width_mask(rest_bits);
+            assert_eq!(rest, low >> split.rest_const_bits, "{kind} {split:?}");
+        } else if rest_bits > 0 {
             let sign = element >> (width - 1);
             let low_bits = element & width_mask(rest_bits - 1);
             let full = sign << (rest_bits - 1) | low_bits;
@@ -345,6 +401,7 @@ mod tests {
     fn head_starts_with_the_exponent() {
         let split = FieldSplit {
             kind: FloatKind::Bf16,
+            sign_in_head: false,
             head_bits: 8,
             rest_const_bits: 0,
             rest_const_value: 0,
@@ -359,5 +416,25 @@ mod tests {
         };
         let (head, rest) = f32_split.split(f32::to_bits(-0.0));
         assert_eq!((head, rest), (0, 1 << 23));
+    }
+
+    #[test]
+    fn a_sign_first_head_starts_with_the_sign() {
+        let split = FieldSplit {
+            kind: FloatKind::Bf16,
+            sign_in_head: true,
+            head_bits: 9,
+            rest_const_bits: 0,
+            rest_const_value: 0,
+        };
+        // -1.5 in BF16: sign 1, exponent 127, mantissa 0b1000000.
+        assert_eq!(split.split(0xBFC0), (1 << 8 | 127, 0b100_0000));
+        let f16_split = FieldSplit {
+            kind: FloatKind::F16,
+            ..split
+        };
+        // -1.5 in F16: sign 1, exponent 15, mantissa 0b10_0000_0000.
+        // Head: sign 1, exponent 0b01111, top mantissa bits 0b100.
+        assert_eq!(f16_split.split(0xBE00), (1 << 8 | 0b01111 << 3 | 0b100, 0));
     }
 }

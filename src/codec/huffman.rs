@@ -6,13 +6,19 @@
 //! with the next `max_len` bits.
 
 use super::CodecError;
+use super::float::MAX_HEAD_BITS;
 
 /// The longest codeword the format allows; decode tables have at most
 /// 2^12 entries so they fit in GPU workgroup memory.
 pub const MAX_CODE_BITS: u32 = 12;
 
-/// Number of head symbols (heads are at most 8 bits wide).
-pub const ALPHABET: usize = 256;
+/// Number of head symbols (heads are at most [`MAX_HEAD_BITS`] wide).
+pub const ALPHABET: usize = 1 << MAX_HEAD_BITS;
+
+/// A decode table entry is `symbol | length << ENTRY_LENGTH_SHIFT`: 9 bits
+/// of symbol and 4 of length fit the 16 bits of an entry, on every backend.
+pub const ENTRY_LENGTH_SHIFT: u32 = MAX_HEAD_BITS;
+pub const ENTRY_SYMBOL_MASK: u16 = (1 << ENTRY_LENGTH_SHIFT) - 1;
 
 /// Optimal code lengths no longer than `limit` for the symbol `counts`
 /// (package-merge). Symbols with a zero count get length 0. At least two
@@ -160,7 +166,7 @@ pub(crate) const TABLE_MASK: u64 = TABLE_ENTRIES as u64 - 1;
 /// begin with. Its fixed size keeps the index mask a constant.
 pub struct DecodeTable {
     pub max_len: u32,
-    /// `symbol | length << 8`
+    /// `symbol | length << ENTRY_LENGTH_SHIFT`
     pub entries: Box<[u16; TABLE_ENTRIES]>,
 }
 
@@ -173,7 +179,7 @@ impl DecodeTable {
             if len == 0 {
                 continue;
             }
-            let entry = symbol as u16 | (len as u16) << 8;
+            let entry = symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT;
             for index in (codes[symbol] as usize..TABLE_ENTRIES).step_by(1 << len) {
                 entries[index] = entry;
             }
@@ -185,7 +191,10 @@ impl DecodeTable {
     #[inline(always)]
     pub(crate) fn lookup(&self, bits: u64) -> (u32, u32) {
         let entry = self.entries[(bits & TABLE_MASK) as usize];
-        ((entry & 0xFF) as u32, (entry >> 8) as u32)
+        (
+            (entry & ENTRY_SYMBOL_MASK) as u32,
+            (entry >> ENTRY_LENGTH_SHIFT) as u32,
+        )
     }
 }
 
@@ -235,11 +244,11 @@ mod tests {
     }
 
     #[test]
-    fn all_256_symbols_fit_a_full_table() {
+    fn all_512_symbols_fit_a_full_table() {
         let counts = [1u64; ALPHABET];
-        let lengths = limited_code_lengths(&counts, 8);
-        assert!(lengths.iter().all(|&l| l == 8));
-        assert_eq!(validate_lengths(&lengths).unwrap(), 8);
+        let lengths = limited_code_lengths(&counts, 9);
+        assert!(lengths.iter().all(|&l| l == 9));
+        assert_eq!(validate_lengths(&lengths).unwrap(), 9);
     }
 
     #[test]
@@ -260,12 +269,12 @@ mod tests {
 
     #[test]
     fn decode_table_inverts_the_codes() {
-        let counts = counts_of(&[(3, 100), (9, 40), (10, 30), (200, 7), (255, 1)]);
+        let counts = counts_of(&[(3, 100), (9, 40), (10, 30), (200, 7), (255, 1), (511, 1)]);
         let lengths = limited_code_lengths(&counts, 12);
         let max_len = validate_lengths(&lengths).unwrap();
         let codes = canonical_codes(&lengths);
         let table = DecodeTable::new(&lengths, max_len);
-        for symbol in [3usize, 9, 10, 200, 255] {
+        for symbol in [3usize, 9, 10, 200, 255, 511] {
             let (decoded, len) =
                 table.lookup((codes[symbol] | (u32::MAX << lengths[symbol])) as u64);
             assert_eq!((decoded as usize, len), (symbol, lengths[symbol] as u32));

@@ -3,7 +3,8 @@
 //! ```text
 //! record := mode:u8 body
 //! mode 0  raw       heads stored at head_bits each; no body
-//! mode 1  constant  value:u8; every head equals value, no stream
+//! mode 1  constant  value; every head equals value, no stream (value is one
+//!                   byte for alphabets of up to 256 symbols, else two, LE)
 //! mode 2  coded     table stream_bits:varint exceptions
 //! mode 3  coded     stream_bits:varint exceptions      (reuses the last table)
 //! exceptions := count:varint { chunk_delta:varint first_boundary:u8 }*count
@@ -33,7 +34,7 @@ const MODE_CODED_LAST_TABLE: u8 = 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockMode {
     Raw,
-    Constant(u8),
+    Constant(u16),
     Coded { table: u32 },
 }
 
@@ -68,7 +69,7 @@ pub struct BlockIndex {
 /// What the encoder writes for one block.
 pub enum BlockRecord<'a> {
     Raw,
-    Constant(u8),
+    Constant(u16),
     Coded {
         new_table: Option<&'a CodeLengths>,
         stream_bits: u64,
@@ -76,10 +77,20 @@ pub enum BlockRecord<'a> {
     },
 }
 
-pub fn write_record(record: &BlockRecord, out: &mut Vec<u8>) {
+/// Bytes of a constant block's head value for an alphabet of `alphabet`
+/// symbols.
+fn constant_bytes(alphabet: usize) -> usize {
+    if alphabet <= 256 { 1 } else { 2 }
+}
+
+/// Appends `record`, a block's of a tensor with `alphabet` head symbols.
+pub fn write_record(record: &BlockRecord, alphabet: usize, out: &mut Vec<u8>) {
     match *record {
         BlockRecord::Raw => out.push(MODE_RAW),
-        BlockRecord::Constant(value) => out.extend_from_slice(&[MODE_CONSTANT, value]),
+        BlockRecord::Constant(value) => {
+            out.push(MODE_CONSTANT);
+            out.extend_from_slice(&value.to_le_bytes()[..constant_bytes(alphabet)]);
+        }
         BlockRecord::Coded {
             new_table,
             stream_bits,
@@ -88,7 +99,7 @@ pub fn write_record(record: &BlockRecord, out: &mut Vec<u8>) {
             match new_table {
                 Some(lengths) => {
                     out.push(MODE_CODED_NEW_TABLE);
-                    table::write_table(lengths, out);
+                    table::write_table(lengths, alphabet, out);
                 }
                 None => out.push(MODE_CODED_LAST_TABLE),
             }
@@ -142,6 +153,9 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
+    /// An unsigned LEB128 varint in its one shortest form: a last byte of
+    /// zero after others (an overlong form) is refused, so that every
+    /// value has exactly one encoding.
     pub fn varint(&mut self) -> Result<u64, String> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -150,6 +164,9 @@ impl<'a> Reader<'a> {
             if byte & 0x80 == 0 {
                 if shift == 63 && byte > 1 {
                     break;
+                }
+                if shift > 0 && byte == 0 {
+                    return Err("varint is not in its shortest form".to_string());
                 }
                 return Ok(value);
             }
@@ -184,7 +201,11 @@ impl BlockIndex {
                 return Ok((BlockMode::Raw, bits, no_exceptions));
             }
             MODE_CONSTANT => {
-                let value = reader.byte()?;
+                let value = reader
+                    .take(constant_bytes(alphabet))?
+                    .iter()
+                    .rev()
+                    .fold(0u16, |value, &byte| value << 8 | byte as u16);
                 if value as usize >= alphabet {
                     return Err(format!(
                         "constant head {value} is outside the alphabet of {alphabet}"
@@ -264,6 +285,7 @@ impl BlockIndex {
 pub struct IndexWalker<'a> {
     params: &'a super::TensorParams,
     reader: Reader<'a>,
+    head: &'a [u8],
     head_len: u64,
     block_count: u64,
     next_block: u64,
@@ -341,9 +363,17 @@ impl<'a> IndexWalker<'a> {
                 expected_rest
             )));
         }
+        let rest_padding =
+            (expected_rest * 8 - params.elements * params.split.stored_rest_bits() as u64) as u32;
+        if rest_padding > 0 && view.rest[view.rest.len() - 1] >> (8 - rest_padding) != 0 {
+            return Err(CodecError::InvalidParameters(
+                "padding bits at the end of the rest plane are not zero".to_string(),
+            ));
+        }
         let walker = IndexWalker {
             params,
             reader: Reader::new(view.index),
+            head: view.head,
             head_len: view.head.len() as u64,
             block_count,
             next_block: 0,
@@ -419,6 +449,14 @@ impl<'a> IndexWalker<'a> {
                     self.stream_offset, self.head_len
                 )));
             }
+            let padding = (stream_bytes * 8 - stream_bits) as u32;
+            if padding > 0
+                && self.head[(self.stream_offset + stream_bytes - 1) as usize] >> (8 - padding) != 0
+            {
+                return Err(in_block(
+                    "padding bits after the stream are not zero".to_string(),
+                ));
+            }
             index.blocks.push(BlockEntry {
                 mode,
                 stream_offset: self.stream_offset - head_start,
@@ -474,6 +512,39 @@ impl<'a> IndexWalker<'a> {
 mod tests {
     use super::*;
 
+    /// Padding bits are zero in the only valid file: a set one at the end
+    /// of a block's stream or of the rest plane is refused.
+    #[test]
+    fn set_padding_bits_are_refused() {
+        use crate::codec::{EncodeOptions, FloatKind, encode};
+        // Five elements: 5 × 7 rest bits leave 5 padding bits; the coded
+        // stream's length is not a multiple of 8 either.
+        let bytes: Vec<u8> = [0x3F80u16, 0x3F81, 0xBF80, 0x3F80, 0x4000]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let options = EncodeOptions {
+            head_bits: Some(9),
+            sign_in_head: Some(true),
+            ..EncodeOptions::default()
+        };
+        let tensor = encode(FloatKind::Bf16, &bytes, &options).unwrap();
+        assert!(BlockIndex::parse(&tensor.view()).is_ok());
+        let stream_bits = BlockIndex::parse(&tensor.view()).unwrap().blocks[0].stream_bits;
+        assert_ne!(stream_bits % 8, 0);
+        let mut head = tensor.clone();
+        *head.head.last_mut().unwrap() |= 0x80;
+        let error = BlockIndex::parse(&head.view()).unwrap_err().to_string();
+        assert!(error.contains("padding bits after the stream"), "{error}");
+        let mut rest = tensor.clone();
+        *rest.rest.last_mut().unwrap() |= 0x80;
+        let error = BlockIndex::parse(&rest.view()).unwrap_err().to_string();
+        assert!(
+            error.contains("padding bits at the end of the rest plane"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn varints_round_trip_and_reject_overflow() {
         for value in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
@@ -486,5 +557,9 @@ mod tests {
         let overflow = [0xFFu8; 10];
         let mut reader = Reader::new(&overflow);
         assert!(reader.varint().is_err());
+        for overlong in [&[0x80u8, 0x00][..], &[0x81, 0x80, 0x00]] {
+            let error = Reader::new(overlong).varint().unwrap_err();
+            assert!(error.contains("shortest"), "{overlong:?}: {error}");
+        }
     }
 }

@@ -99,11 +99,16 @@ impl TensorParams {
         let bad = |msg: String| Err(CodecError::InvalidParameters(msg));
         let kind = self.kind();
         let split = &self.split;
-        if !kind.head_bits_range().contains(&split.head_bits) {
+        let range = kind.head_bits_range(split.sign_in_head);
+        if !range.contains(&split.head_bits) {
+            let layout = if split.sign_in_head {
+                "sign-first"
+            } else {
+                "exponent-first"
+            };
             return bad(format!(
-                "head_bits {} is outside {:?} for {kind}",
+                "head_bits {} is outside {range:?} for {layout} {kind}",
                 split.head_bits,
-                kind.head_bits_range()
             ));
         }
         if split.rest_const_bits > split.rest_bits() {
@@ -207,6 +212,7 @@ mod tests {
         TensorParams {
             split: FieldSplit {
                 kind: FloatKind::Bf16,
+                sign_in_head: false,
                 head_bits: 8,
                 rest_const_bits: 2,
                 rest_const_value: 0b11,
@@ -225,8 +231,12 @@ mod tests {
     #[test]
     fn validate_accepts_the_limits_and_refuses_one_past_them() {
         type Change = fn(&mut TensorParams);
-        let accepted: [(&str, Change); 7] = [
+        let accepted: [(&str, Change); 8] = [
             ("as encoded", |_| {}),
+            ("sign first", |p| {
+                p.split.sign_in_head = true;
+                p.split.head_bits = 9;
+            }),
             ("smallest blocks", |p| p.block_elements = MIN_BLOCK_ELEMENTS),
             ("largest blocks", |p| p.block_elements = MAX_BLOCK_ELEMENTS),
             ("shortest chunks", |p| {
@@ -243,9 +253,18 @@ mod tests {
             change(&mut params);
             assert_eq!(params.validate(), Ok(()), "{what}");
         }
-        let refused: [(&str, Change); 12] = [
+        let refused: [(&str, Change); 14] = [
             ("head narrower than the exponent", |p| p.split.head_bits = 7),
-            ("head wider than a byte", |p| p.split.head_bits = 9),
+            ("exponent-first head wider than a byte", |p| {
+                p.split.head_bits = 9
+            }),
+            ("sign-first head without the whole exponent", |p| {
+                p.split.sign_in_head = true
+            }),
+            ("sign-first head wider than nine bits", |p| {
+                p.split.sign_in_head = true;
+                p.split.head_bits = 10;
+            }),
             ("more constant bits than rest bits", |p| {
                 p.split.rest_const_bits = 9
             }),

@@ -1,6 +1,6 @@
 //! Histograms and entropies of element fields.
 
-use super::huffman::ALPHABET;
+pub use super::huffman::ALPHABET;
 
 pub type Histogram = [u64; ALPHABET];
 
@@ -25,16 +25,6 @@ pub(crate) fn entropy_bits(histogram: &[u64]) -> f64 {
         .filter(|&&count| count > 0)
         .map(|&count| count as f64 * (log_total - (count as f64).log2()))
         .sum()
-}
-
-/// Folds a histogram of the top 8 bits into one of the top `bits` bits.
-pub(crate) fn fold_top_bits(top8: &Histogram, bits: u32) -> Histogram {
-    let mut folded = [0u64; ALPHABET];
-    let shift = 8 - bits;
-    for (symbol, &count) in top8.iter().enumerate() {
-        folded[symbol >> shift] += count;
-    }
-    folded
 }
 
 pub(crate) fn add_into(total: &mut Histogram, part: &Histogram) {

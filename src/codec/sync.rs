@@ -91,7 +91,7 @@ impl ChunkGeometry {
         table: &DecodeTable,
         chunk: u64,
         exception_first_boundary: Option<u32>,
-        mut emit: impl FnMut(u8),
+        mut emit: impl FnMut(u16),
     ) {
         let chunk_begin = chunk * self.chunk_bits as u64;
         let chunk_end = (chunk_begin + self.chunk_bits as u64).min(stream_bits);
@@ -99,7 +99,7 @@ impl ChunkGeometry {
         while position < chunk_end {
             let (symbol, len) = table.lookup(peek_bits(stream, position, MAX_CODE_BITS) as u64);
             if position >= chunk_begin {
-                emit(symbol as u8);
+                emit(symbol as u16);
             }
             position += len as u64;
         }

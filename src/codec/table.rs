@@ -6,7 +6,9 @@
 //! contains every used symbol, each coded relative to the previous length:
 //!
 //! ```text
-//! byte lo, byte hi, then for each symbol in lo..=hi (LSB-first bits):
+//! lo, hi (one byte each for alphabets of up to 256 symbols, two bytes
+//! little-endian for the 512 of 9-bit heads), then for each symbol in
+//! lo..=hi (LSB-first bits):
 //!   0          same length as the previous symbol (the first compares with 0)
 //!   10 s       previous length + 1 (s = 0) or - 1 (s = 1)
 //!   110 llll   the length l (0..=12), 0 meaning the symbol is unused
@@ -23,13 +25,21 @@ const MAX_ZERO_RUN: usize = 33;
 
 pub type CodeLengths = [u8; ALPHABET];
 
-/// Appends the encoding of `lengths` to `out`.
-pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
+/// Bytes of each of a table's `lo` and `hi` for an alphabet of `alphabet`
+/// symbols.
+fn bound_bytes(alphabet: usize) -> usize {
+    if alphabet <= 256 { 1 } else { 2 }
+}
+
+/// Appends the encoding of `lengths`, a code over the first `alphabet`
+/// symbols, to `out`.
+pub fn write_table(lengths: &CodeLengths, alphabet: usize, out: &mut Vec<u8>) {
     let used = |s: &usize| lengths[*s] > 0;
     let lo = (0..ALPHABET).find(used).expect("a table has used symbols");
     let hi = (0..ALPHABET).rev().find(used).unwrap();
-    out.push(lo as u8);
-    out.push(hi as u8);
+    let bound_bytes = bound_bytes(alphabet);
+    out.extend_from_slice(&(lo as u16).to_le_bytes()[..bound_bytes]);
+    out.extend_from_slice(&(hi as u16).to_le_bytes()[..bound_bytes]);
     // At most 8 bits per symbol of the range.
     let mut buffer = [0u8; ALPHABET];
     let mut bits = BitWriter::new(&mut buffer);
@@ -67,9 +77,9 @@ pub fn write_table(lengths: &CodeLengths, out: &mut Vec<u8>) {
 }
 
 /// Bytes [`write_table`] will use for `lengths`.
-pub(crate) fn table_size(lengths: &CodeLengths) -> usize {
+pub(crate) fn table_size(lengths: &CodeLengths, alphabet: usize) -> usize {
     let mut scratch = Vec::with_capacity(64);
-    write_table(lengths, &mut scratch);
+    write_table(lengths, alphabet, &mut scratch);
     scratch.len()
 }
 
@@ -77,18 +87,23 @@ pub(crate) fn table_size(lengths: &CodeLengths) -> usize {
 /// `alphabet` is the number of head symbols of the tensor (2^head_bits).
 pub fn read_table(bytes: &[u8], alphabet: usize) -> Result<(CodeLengths, usize), CodecError> {
     let corrupt = |what: &str| CodecError::InvalidTable(what.to_string());
-    let [lo, hi] = bytes
-        .get(..2)
-        .ok_or_else(|| corrupt("table truncated"))?
-        .try_into()
-        .unwrap();
-    let (lo, hi) = (lo as usize, hi as usize);
+    let bound_bytes = bound_bytes(alphabet);
+    let bounds = bytes
+        .get(..2 * bound_bytes)
+        .ok_or_else(|| corrupt("table truncated"))?;
+    let bound = |at: usize| {
+        bounds[at * bound_bytes..][..bound_bytes]
+            .iter()
+            .rev()
+            .fold(0usize, |value, &byte| value << 8 | byte as usize)
+    };
+    let (lo, hi) = (bound(0), bound(1));
     if lo > hi || hi >= alphabet {
         return Err(corrupt(&format!(
             "symbol range {lo}..={hi} is outside the alphabet of {alphabet}"
         )));
     }
-    let body = &bytes[2..];
+    let body = &bytes[2 * bound_bytes..];
     let body_bits = body.len() as u64 * 8;
     let mut position = 0u64;
     let mut take = |bits: u32| -> Result<u32, CodecError> {
@@ -132,7 +147,11 @@ pub fn read_table(bytes: &[u8], alphabet: usize) -> Result<(CodeLengths, usize),
         previous = len;
         symbol += 1;
     }
-    Ok((lengths, 2 + position.div_ceil(8) as usize))
+    let used = position.div_ceil(8);
+    if position < used * 8 && peek_bits(body, position, (used * 8 - position) as u32) != 0 {
+        return Err(corrupt("padding bits after the table are not zero"));
+    }
+    Ok((lengths, 2 * bound_bytes + used as usize))
 }
 
 #[cfg(test)]
@@ -140,13 +159,18 @@ mod tests {
     use super::*;
 
     fn round_trip(lengths: &CodeLengths) {
-        let mut bytes = vec![0xAA];
-        write_table(lengths, &mut bytes);
-        bytes.push(0x55);
-        let (decoded, used) = read_table(&bytes[1..], ALPHABET).unwrap();
-        assert_eq!(&decoded, lengths);
-        assert_eq!(used, bytes.len() - 2);
-        assert_eq!(table_size(lengths), used);
+        for alphabet in [256, ALPHABET] {
+            if lengths[alphabet..].iter().any(|&len| len > 0) {
+                continue;
+            }
+            let mut bytes = vec![0xAA];
+            write_table(lengths, alphabet, &mut bytes);
+            bytes.push(0x55);
+            let (decoded, used) = read_table(&bytes[1..], alphabet).unwrap();
+            assert_eq!(&decoded, lengths);
+            assert_eq!(used, bytes.len() - 2);
+            assert_eq!(table_size(lengths, alphabet), used);
+        }
     }
 
     #[test]
@@ -163,6 +187,23 @@ mod tests {
         two[0] = 1;
         two[255] = 1;
         round_trip(&two);
+        let mut signed = [0u8; ALPHABET];
+        signed[120] = 1;
+        signed[256 + 121] = 1;
+        round_trip(&signed);
+    }
+
+    #[test]
+    fn rejects_set_padding_bits() {
+        let mut lengths = [0u8; ALPHABET];
+        lengths[3] = 1;
+        lengths[4] = 1;
+        let mut bytes = Vec::new();
+        write_table(&lengths, 256, &mut bytes);
+        assert!(read_table(&bytes, 256).is_ok());
+        *bytes.last_mut().unwrap() |= 0x80;
+        let error = read_table(&bytes, 256).unwrap_err().to_string();
+        assert!(error.contains("padding"), "{error}");
     }
 
     #[test]
@@ -171,7 +212,7 @@ mod tests {
         lengths[3] = 1;
         lengths[40] = 1;
         let mut bytes = Vec::new();
-        write_table(&lengths, &mut bytes);
+        write_table(&lengths, 256, &mut bytes);
         assert!(read_table(&bytes, 16).is_err());
         assert!(read_table(&bytes, 64).is_ok());
         assert!(read_table(&bytes[..2], 64).is_err());

@@ -391,11 +391,10 @@ fn read_manifest(input: &Path) -> Result<Manifest> {
             ),
         ));
     }
-    if manifest.version != super::schema::FORMAT_VERSION {
+    if !super::schema::READABLE_VERSIONS.contains(&manifest.version) {
         return Err(Error::UnsupportedVersion {
             path,
             found: manifest.version.to_string(),
-            supported: super::schema::FORMAT_VERSION,
         });
     }
     let invalid = |message: String| Err(Error::corrupt(&path, None, message));

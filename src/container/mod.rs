@@ -117,7 +117,7 @@ pub fn check_compressed(path: &std::path::Path) -> crate::error::Result<()> {
     if path.is_dir() {
         directory::check_compressed(path)
     } else {
-        read::check_compressed(&SourceFile::open(path)?)
+        read::check_compressed(&SourceFile::open(path)?).map(drop)
     }
 }
 

@@ -70,27 +70,65 @@ impl CodedTensor {
     }
 }
 
-/// Fails unless ecfloat wrote `file` in the format version this build
-/// reads.
-pub fn check_compressed(file: &SourceFile) -> Result<()> {
+/// Inflates raw DEFLATE `input`, which must be one whole stream and
+/// nothing after it, into at most `limit` bytes.
+fn inflate_exactly(input: &[u8], limit: usize) -> std::result::Result<Vec<u8>, String> {
+    use miniz_oxide::inflate::TINFLStatus;
+    use miniz_oxide::inflate::core::{
+        DecompressorOxide, decompress, inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+    };
+    let mut output = vec![0; input.len().saturating_mul(4).clamp(1024, limit)];
+    let mut decompressor = Box::<DecompressorOxide>::default();
+    let (mut read, mut written) = (0, 0);
+    loop {
+        let (status, consumed, produced) = decompress(
+            &mut decompressor,
+            &input[read..],
+            &mut output,
+            written,
+            TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+        );
+        read += consumed;
+        written += produced;
+        match status {
+            TINFLStatus::Done if read == input.len() => {
+                output.truncate(written);
+                return Ok(output);
+            }
+            TINFLStatus::Done => {
+                return Err(format!(
+                    "{} bytes follow the end of the DEFLATE stream",
+                    input.len() - read
+                ));
+            }
+            TINFLStatus::HasMoreOutput if output.len() < limit => {
+                output.resize(output.len().saturating_mul(2).min(limit), 0);
+            }
+            TINFLStatus::HasMoreOutput => {
+                return Err(format!("it inflates past {limit} bytes"));
+            }
+            other => return Err(format!("{other:?}")),
+        }
+    }
+}
+
+/// Fails unless ecfloat wrote `file` in a format version this build reads;
+/// returns the version.
+pub fn check_compressed(file: &SourceFile) -> Result<u32> {
     let path = &file.path;
     let version = file.ecf_version().ok_or_else(|| Error::NotCompressed {
         path: path.to_path_buf(),
     })?;
-    if version.parse::<u32>().ok() != Some(schema::FORMAT_VERSION) {
-        return Err(Error::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found: version.to_string(),
-            supported: schema::FORMAT_VERSION,
-        });
-    }
-    Ok(())
+    schema::parse_version(version).ok_or_else(|| Error::UnsupportedVersion {
+        path: path.to_path_buf(),
+        found: version.to_string(),
+    })
 }
 
 impl CompressedFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = SourceFile::open(path)?;
-        check_compressed(&file)?;
+        let version = check_compressed(&file)?;
         let corrupt = |message: String| Error::corrupt(path, None, message);
         let checksum_text = file
             .metadata_value(schema::SOURCE_CHECKSUM_KEY)
@@ -117,7 +155,7 @@ impl CompressedFile {
                     schema::SOURCE_HEADER_TENSOR
                 ))
             })?;
-        let source_header = miniz_oxide::inflate::decompress_to_vec_with_limit(
+        let source_header = inflate_exactly(
             &file.data()[header_entry.range.clone()],
             schema::MAX_HEADER_BYTES,
         )
@@ -141,7 +179,7 @@ impl CompressedFile {
                     "is in the source header but not stored",
                 )
             })?;
-            let storage = resolve(&file, &source, &entry)
+            let storage = resolve(&file, version, &source, &entry)
                 .map_err(|message| Error::corrupt(path, Some(&source.name), message))?;
             let storage = match storage {
                 Resolved::Raw => Storage::Raw,
@@ -313,6 +351,7 @@ enum Resolved {
 /// Decides how a source tensor is stored and checks its stored form.
 fn resolve(
     file: &SourceFile,
+    version: u32,
     source: &TensorEntry,
     entry: &TensorEntry,
 ) -> std::result::Result<Resolved, String> {
@@ -334,7 +373,7 @@ fn resolve(
         .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
         .ok_or("shape overflows the element count")?;
     let bytes = &file.data()[entry.range.clone()];
-    let (header, header_len) = CodedHeader::read(bytes, kind, elements)?;
+    let (header, header_len) = CodedHeader::read(bytes, version, kind, elements)?;
     let planes = [header.index_len, header.head_len, header.rest_len];
     let total = planes
         .iter()

@@ -16,7 +16,24 @@ pub const FORMAT_KEY: &str = "ecf.format";
 pub const FORMAT_NAME: &str = "ecfloat";
 /// `__metadata__` key of the format version (a decimal integer).
 pub const VERSION_KEY: &str = "ecf.version";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// Every version this build reads, each spelled exactly so in
+/// [`VERSION_KEY`].
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+
+/// The version spelled `text`, if this build reads it. The spelling must be
+/// exact: `"2"` is version 2, `"02"` and `"+2"` are no version.
+pub fn parse_version(text: &str) -> Option<u32> {
+    READABLE_VERSIONS
+        .into_iter()
+        .find(|version| version.to_string() == text)
+}
+
+/// The readable versions, for messages: `1, 2`.
+pub fn readable_versions() -> String {
+    READABLE_VERSIONS.map(|v| v.to_string()).join(", ")
+}
 /// XXH3-64 of the whole source file, 16 lowercase hex digits.
 pub const SOURCE_CHECKSUM_KEY: &str = "ecf.source_xxh3";
 /// The tensor holding the deflated source header.
@@ -28,10 +45,13 @@ pub const MAX_HEADER_BYTES: usize = 100_000_000;
 /// checksum of the decoded bytes, and the lengths of the three planes.
 ///
 /// ```text
-/// head_bits:u8 rest_const_bits:u8 log2(block_elements):u8 log2(chunk_bits):u8
+/// head_bits:u8 sign_in_head:u8 rest_const_bits:u8
+/// log2(block_elements):u8 log2(chunk_bits):u8
 /// warmup_bits:varint rest_const_value:varint xxh3:u64le
 /// index_len:varint head_len:varint rest_len:varint
 /// ```
+///
+/// Version 1 has no `sign_in_head` byte: its heads are all exponent first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodedHeader {
     pub params: TensorParams,
@@ -47,6 +67,7 @@ impl CodedHeader {
         let params = &self.params;
         out.extend_from_slice(&[
             params.split.head_bits as u8,
+            params.split.sign_in_head as u8,
             params.split.rest_const_bits as u8,
             params.block_elements.trailing_zeros() as u8,
             params.geometry.chunk_bits.trailing_zeros() as u8,
@@ -59,15 +80,30 @@ impl CodedHeader {
         }
     }
 
-    /// Parses the header at the front of a coded tensor's bytes; returns it
-    /// and its length. `kind` and `elements` come from the source header.
-    pub fn read(bytes: &[u8], kind: FloatKind, elements: u64) -> Result<(Self, usize), String> {
+    /// Parses the header at the front of a coded tensor's bytes, in a file
+    /// of format `version`; returns it and its length. `kind` and
+    /// `elements` come from the source header.
+    pub fn read(
+        bytes: &[u8],
+        version: u32,
+        kind: FloatKind,
+        elements: u64,
+    ) -> Result<(Self, usize), String> {
         let mut reader = crate::codec::index::Reader::new(bytes);
-        let fixed: Vec<u32> = (0..4)
+        let head_bits = reader.byte()? as u32;
+        let sign_in_head = match version {
+            1 => false,
+            _ => match reader.byte()? {
+                0 => false,
+                1 => true,
+                other => return Err(format!("sign_in_head {other} is neither 0 nor 1")),
+            },
+        };
+        let fixed: Vec<u32> = (0..3)
             .map(|_| reader.byte().map(u32::from))
             .collect::<Result<_, _>>()?;
-        let [head_bits, rest_const_bits, block_log2, chunk_log2] = fixed[..] else {
-            unreachable!("four bytes were read")
+        let [rest_const_bits, block_log2, chunk_log2] = fixed[..] else {
+            unreachable!("three bytes were read")
         };
         if block_log2 >= 32 || chunk_log2 >= 32 {
             return Err("block or chunk size is out of range".to_string());
@@ -85,6 +121,7 @@ impl CodedHeader {
         let params = TensorParams {
             split: FieldSplit {
                 kind,
+                sign_in_head,
                 head_bits,
                 rest_const_bits,
                 rest_const_value,
@@ -129,7 +166,8 @@ mod tests {
             params: TensorParams {
                 split: FieldSplit {
                     kind: FloatKind::F32,
-                    head_bits: 8,
+                    sign_in_head: true,
+                    head_bits: 9,
                     rest_const_bits: 16,
                     rest_const_value: 0x1234,
                 },
@@ -148,9 +186,17 @@ mod tests {
         let mut bytes = Vec::new();
         header.write(&mut bytes);
         bytes.push(0xEE);
-        let (read, used) = CodedHeader::read(&bytes, FloatKind::F32, 1_000_000).unwrap();
+        let (read, used) = CodedHeader::read(&bytes, 2, FloatKind::F32, 1_000_000).unwrap();
         assert_eq!(read, header);
         assert_eq!(used, bytes.len() - 1);
-        assert!(CodedHeader::read(&bytes[..5], FloatKind::F32, 1_000_000).is_err());
+        assert!(CodedHeader::read(&bytes[..5], 2, FloatKind::F32, 1_000_000).is_err());
+        bytes[1] = 2;
+        assert!(CodedHeader::read(&bytes, 2, FloatKind::F32, 1_000_000).is_err());
+        // Version 1 has no layout byte: its heads are exponent first.
+        bytes.remove(1);
+        bytes[0] = 8;
+        let (read, _) = CodedHeader::read(&bytes, 1, FloatKind::F32, 1_000_000).unwrap();
+        assert!(!read.params.split.sign_in_head);
+        assert_eq!(read.params.split.head_bits, 8);
     }
 }

@@ -190,6 +190,7 @@ impl TensorStudy {
             kind,
             split: FieldSplit {
                 kind,
+                sign_in_head: false,
                 head_bits: kind.exponent_bits(),
                 rest_const_bits: 0,
                 rest_const_value: 0,

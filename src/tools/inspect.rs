@@ -160,7 +160,7 @@ fn inspect_file(path: &Path) -> Result<FileInspection> {
             Storage::Coded(coded) => {
                 let view = file.view(coded);
                 let mut walker = file.index_walker(&source.name, coded)?;
-                let mut heads = [0u64; 256];
+                let mut heads = [0u64; stats::ALPHABET];
                 let codec_error = |e| Error::codec(path, &source.name, e);
                 while let Some(window) = walker
                     .next_window_of_bytes(crate::container::BATCH_BYTES)
@@ -171,10 +171,10 @@ fn inspect_file(path: &Path) -> Result<FileInspection> {
                     stats::add_into(&mut heads, &part);
                 }
                 let split = coded.params.split;
-                let exponents = stats::fold_top_bits(
-                    &shift_to_top(&heads, split.head_bits),
-                    split.kind.exponent_bits(),
-                );
+                let mut exponents = [0u64; stats::ALPHABET];
+                for (head, &count) in heads.iter().enumerate().take(1 << split.head_bits) {
+                    exponents[split.exponent_of_head(head as u32) as usize] += count;
+                }
                 add_exponent_stats(&mut inspection, split.kind, &exponents);
                 inspection.coded = true;
                 inspection.stored_bytes = tensor.stored_range.len() as u64;
@@ -257,24 +257,15 @@ fn base_inspection(
     }
 }
 
-/// Moves a histogram of `bits`-wide symbols into the top of 8-bit symbols,
-/// so folding to the exponent's width keeps the exponent.
-fn shift_to_top(histogram: &stats::Histogram, bits: u32) -> stats::Histogram {
-    let mut shifted = [0u64; 256];
-    for (symbol, &count) in histogram.iter().enumerate().take(1 << bits) {
-        shifted[symbol << (8 - bits)] += count;
-    }
-    shifted
-}
-
 fn exponent_histogram(kind: FloatKind, bytes: &[u8]) -> stats::Histogram {
     let split = FieldSplit {
         kind,
+        sign_in_head: false,
         head_bits: kind.exponent_bits(),
         rest_const_bits: 0,
         rest_const_value: 0,
     };
-    let mut histogram = [0u64; 256];
+    let mut histogram = [0u64; stats::ALPHABET];
     for index in 0..bytes.len() / kind.width_bytes() {
         histogram[split.head(kind.load(bytes, index)) as usize] += 1;
     }

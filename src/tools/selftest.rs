@@ -13,15 +13,24 @@ use crate::conformance::{self, Family};
 use crate::error::{Error, Result};
 use crate::tools::{Report, count};
 
-/// The checked-in test vectors, shipped in the binary.
-const VECTORS: [(&str, &[u8]); 2] = [
+/// The checked-in test vectors, shipped in the binary: today's format and
+/// every older one this build still reads.
+const VECTORS: [(&str, &[u8]); 4] = [
     (
-        "defaults.ecf.safetensors",
-        include_bytes!("../../tests/vectors/defaults.ecf.safetensors"),
+        "v2-defaults.ecf.safetensors",
+        include_bytes!("../../tests/vectors/v2/defaults.ecf.safetensors"),
     ),
     (
-        "small_blocks.ecf.safetensors",
-        include_bytes!("../../tests/vectors/small_blocks.ecf.safetensors"),
+        "v2-small_blocks.ecf.safetensors",
+        include_bytes!("../../tests/vectors/v2/small_blocks.ecf.safetensors"),
+    ),
+    (
+        "v1-defaults.ecf.safetensors",
+        include_bytes!("../../tests/vectors/v1/defaults.ecf.safetensors"),
+    ),
+    (
+        "v1-small_blocks.ecf.safetensors",
+        include_bytes!("../../tests/vectors/v1/small_blocks.ecf.safetensors"),
     ),
 ];
 

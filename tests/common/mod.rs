@@ -174,11 +174,17 @@ pub fn check_real_weights(backend: &dyn Backend) -> harness::Ran {
     Ok(())
 }
 
+/// Verifies every checked-in vector, of every format version, on `backend`.
 pub fn check_vectors(backend: &dyn Backend) {
     let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&directory).unwrap() {
-        let path = entry.unwrap().path();
+    let versions = ecfloat::container::schema::READABLE_VERSIONS;
+    let files = versions.iter().flat_map(|version| {
+        std::fs::read_dir(directory.join(format!("v{version}")))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+    });
+    for path in files {
         if path.to_string_lossy().ends_with(".ecf.safetensors") {
             let checks =
                 ecfloat::tools::verify::verify_file_on(&path, backend, &Default::default())
@@ -259,7 +265,7 @@ pub fn conformance_trials(module: &str, open: OpenBackend) -> Vec<libtest_mimic:
 /// Replaces the index plane of the coded tensor `name` (of `elements`
 /// elements of `kind`) in a compressed file, moving the tensors after it.
 pub fn replace_coded_index(path: &Path, name: &str, kind: FloatKind, elements: u64, index: &[u8]) {
-    use ecfloat::container::schema::CodedHeader;
+    use ecfloat::container::schema::{self, CodedHeader};
     let bytes = std::fs::read(path).unwrap();
     let (mut header, data_start) = read_header(&bytes);
     let mut tensors: Vec<(String, usize, usize)> = header
@@ -279,7 +285,8 @@ pub fn replace_coded_index(path: &Path, name: &str, kind: FloatKind, elements: u
     for (tensor, start, end) in tensors {
         let mut tensor_bytes = data[start..end].to_vec();
         if tensor == name {
-            let (mut coded, len) = CodedHeader::read(&tensor_bytes, kind, elements).unwrap();
+            let (mut coded, len) =
+                CodedHeader::read(&tensor_bytes, schema::FORMAT_VERSION, kind, elements).unwrap();
             let planes = tensor_bytes[len + coded.index_len as usize..].to_vec();
             coded.index_len = index.len() as u64;
             tensor_bytes.clear();
@@ -372,6 +379,7 @@ pub fn constant_bf16_params(elements: u64, block_elements: u32) -> ecfloat::code
     TensorParams {
         split: FieldSplit {
             kind: FloatKind::Bf16,
+            sign_in_head: false,
             head_bits: 8,
             rest_const_bits: 8,
             rest_const_value: 0,

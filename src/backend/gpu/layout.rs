@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::codec::huffman::{ALPHABET, MAX_CODE_BITS};
+use crate::codec::huffman::{ALPHABET, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS};
 use crate::codec::index::{BlockIndex, BlockMode};
 use crate::codec::table::CodeLengths;
 use crate::codec::{EncodedView, StreamProblem, TensorParams};
@@ -29,12 +29,17 @@ pub const BLOCK_RAW: u32 = 0;
 pub const BLOCK_CONSTANT: u32 = 1;
 pub const BLOCK_CODED: u32 = 2;
 
-/// u32 words per code table: the symbols in canonical order (four per
-/// word), then per code length 1..=12 `first_code | first_index << 12 |
-/// count << 21`.
-pub const TABLE_WORDS: usize = ALPHABET / 4 + MAX_CODE_BITS as usize;
+/// u32 words per code table: the symbols in canonical order (two 16-bit
+/// symbols per word), then per code length 1..=12 `first_code |
+/// first_index << TABLE_INDEX_SHIFT | count << TABLE_COUNT_SHIFT`.
+pub const TABLE_WORDS: usize = ALPHABET / 2 + MAX_CODE_BITS as usize;
 /// Where the per-length words start in a table.
-pub const TABLE_LENGTHS: usize = ALPHABET / 4;
+pub const TABLE_LENGTHS: usize = ALPHABET / 2;
+/// Where a per-length word's 10-bit `first_index` (0..=512) starts, above
+/// the 12-bit `first_code`.
+pub const TABLE_INDEX_SHIFT: u32 = 12;
+/// Where a per-length word's 10-bit symbol `count` (0..=512) starts.
+pub const TABLE_COUNT_SHIFT: u32 = 22;
 /// Mask of the stream bits that index a decode table.
 pub const TABLE_MASK: u32 = (1 << MAX_CODE_BITS) - 1;
 /// A chunk without a sync exception.
@@ -59,7 +64,7 @@ pub const STATUS_DETAIL_SHIFT: u32 = 4;
 pub const STATUS_NONE: u32 = u32::MAX;
 
 /// The kernels' constants, by the names both kernels give them.
-pub const KERNEL_CONSTANTS: [(&str, u32); 16] = [
+pub const KERNEL_CONSTANTS: [(&str, u32); 20] = [
     ("WORKGROUP_SIZE", WORKGROUP_SIZE),
     ("BLOCK_RAW", BLOCK_RAW),
     ("BLOCK_CONSTANT", BLOCK_CONSTANT),
@@ -68,6 +73,10 @@ pub const KERNEL_CONSTANTS: [(&str, u32); 16] = [
     ("TABLE_MASK", TABLE_MASK),
     ("TABLE_WORDS", TABLE_WORDS as u32),
     ("TABLE_LENGTHS", TABLE_LENGTHS as u32),
+    ("TABLE_INDEX_SHIFT", TABLE_INDEX_SHIFT),
+    ("TABLE_COUNT_SHIFT", TABLE_COUNT_SHIFT),
+    ("ENTRY_LENGTH_SHIFT", ENTRY_LENGTH_SHIFT),
+    ("ENTRY_SYMBOL_MASK", ENTRY_SYMBOL_MASK as u32),
     ("NO_EXCEPTION", NO_EXCEPTION),
     ("STATUS_OK", STATUS_OK),
     ("STATUS_CHUNK_START", STATUS_CHUNK_START),
@@ -168,7 +177,8 @@ kernel_struct! {
         /// WGSL: the status word of the dispatch's first block (CUDA
         /// indexes status words by thread block).
         pub status_base: u32,
-        pub reserved0: u32,
+        /// 1 when heads are sign first, 0 when exponent first.
+        pub sign_in_head: u32,
     }
 }
 
@@ -245,6 +255,7 @@ impl Segment {
             rest_const_value: split.rest_const_value,
             chunk_bits: params.geometry.chunk_bits,
             warmup_bits: params.geometry.warmup_bits,
+            sign_in_head: split.sign_in_head as u32,
             ..DispatchParams::default()
         }
     }
@@ -291,12 +302,13 @@ pub(crate) fn table_words(lengths: &CodeLengths) -> [u32; TABLE_WORDS] {
         if len > 0 {
             let slot = cursor[len as usize] as usize;
             cursor[len as usize] += 1;
-            words[slot / 4] |= (symbol as u32) << (8 * (slot % 4));
+            words[slot / 2] |= (symbol as u32) << (16 * (slot % 2));
         }
     }
     for len in 1..=MAX_CODE_BITS as usize {
-        words[TABLE_LENGTHS + len - 1] =
-            first_code[len] | first_index[len] << 12 | count[len] << 21;
+        words[TABLE_LENGTHS + len - 1] = first_code[len]
+            | first_index[len] << TABLE_INDEX_SHIFT
+            | count[len] << TABLE_COUNT_SHIFT;
     }
     words
 }
@@ -510,19 +522,25 @@ mod tests {
             (200, 7),
             (255, 1),
             (7, 1),
+            (511, 1),
+            (300, 2),
         ] {
             counts[symbol] = count;
         }
         let lengths = limited_code_lengths(&counts, MAX_CODE_BITS);
         let codes = canonical_codes(&lengths);
         let words = table_words(&lengths);
-        let symbol_at = |slot: u32| (words[slot as usize / 4] >> (8 * (slot % 4))) & 0xFF;
-        for symbol in [3usize, 9, 10, 200, 255, 7] {
+        let symbol_at = |slot: u32| (words[slot as usize / 2] >> (16 * (slot % 2))) & 0xFFFF;
+        for symbol in [3usize, 9, 10, 200, 255, 7, 511, 300] {
             let len = lengths[symbol] as usize;
             // The codeword, MSB first, as the kernels rebuild it.
             let code = codes[symbol].reverse_bits() >> (32 - len);
             let info = words[TABLE_LENGTHS + len - 1];
-            let (first_code, first_index, count) = (info & 0xFFF, info >> 12 & 0x1FF, info >> 21);
+            let (first_code, first_index, count) = (
+                info & 0xFFF,
+                info >> TABLE_INDEX_SHIFT & 0x3FF,
+                info >> TABLE_COUNT_SHIFT,
+            );
             assert!(code - first_code < count, "symbol {symbol}");
             assert_eq!(symbol_at(first_index + code - first_code), symbol as u32);
         }
