@@ -2,17 +2,23 @@
 //! so a little-endian load of any word puts the next bits at its bottom.
 //! The GPU decoders read the same layout with 32-bit loads.
 
-/// Writes bit fields into a caller's buffer that holds at least the bits
-/// that will be written, so the hot path is a shift, an or and, every 32
-/// bits, one store: no growth, no allocation, and encoders can fill
-/// disjoint parts of one output in parallel.
+/// Writes bit fields into a caller's buffer with 8 bytes to spare past the
+/// bits that will be written. Every put stores the whole 64-bit
+/// accumulator and moves on by the whole bytes it holds: a shift, an or, a
+/// store and no branch, however the field widths fall — a flush that
+/// depends on the running bit count would mispredict every few fields of
+/// a Huffman stream.
 pub(crate) struct BitWriter<'a> {
     bytes: &'a mut [u8],
     /// Whole bytes written to `bytes`.
     flushed: usize,
+    /// The bits after them, fewer than 8 between puts.
     pending: u64,
     pending_bits: u32,
 }
+
+/// Bytes a [`BitWriter`]'s buffer needs past the bits written.
+pub(crate) const WRITER_SLACK: usize = 8;
 
 impl<'a> BitWriter<'a> {
     /// A writer that fills `bytes` from its start.
@@ -25,20 +31,36 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); writing past
-    /// the buffer is a bug and panics.
+    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); writing into
+    /// the last [`WRITER_SLACK`] bytes of the buffer is a bug and panics.
     #[inline(always)]
     pub fn put(&mut self, value: u32, bits: u32) {
+        self.push(value, bits);
+        self.flush();
+    }
+
+    /// Appends the low `bits` bits of `value` to the accumulator only: the
+    /// fields pushed since the last [`flush`](Self::flush) must come to at
+    /// most 56 bits. Several pushes per flush shorten the chain of
+    /// dependent operations per field.
+    #[inline(always)]
+    pub fn push(&mut self, value: u32, bits: u32) {
         debug_assert!(bits <= 32 && (bits == 32 || value >> bits == 0));
+        debug_assert!(self.pending_bits + bits <= 64);
         self.pending |= (value as u64) << self.pending_bits;
         self.pending_bits += bits;
-        if self.pending_bits >= 32 {
-            self.bytes[self.flushed..self.flushed + 4]
-                .copy_from_slice(&(self.pending as u32).to_le_bytes());
-            self.flushed += 4;
-            self.pending >>= 32;
-            self.pending_bits -= 32;
-        }
+    }
+
+    /// Stores the accumulator and moves on by the whole bytes it holds.
+    #[inline(always)]
+    pub fn flush(&mut self) {
+        self.bytes[self.flushed..self.flushed + WRITER_SLACK]
+            .copy_from_slice(&self.pending.to_le_bytes());
+        let whole = self.pending_bits / 8;
+        self.flushed += whole as usize;
+        // Fewer than 64 bits were pending: the shift is below 64.
+        self.pending >>= whole * 8;
+        self.pending_bits -= whole * 8;
     }
 
     /// Bits written so far.
@@ -46,13 +68,18 @@ impl<'a> BitWriter<'a> {
         self.flushed as u64 * 8 + self.pending_bits as u64
     }
 
-    /// Stores the last bits, zero-padded to a whole byte, and returns how
-    /// many bits were written; bytes past them are left as they were.
+    /// The bytes written so far, the last one zero-padded.
+    pub(crate) fn written(&self) -> &[u8] {
+        &self.bytes[..self.bit_len().div_ceil(8) as usize]
+    }
+
+    /// Returns how many bits were written. Their last byte is zero-padded;
+    /// the slack after it may have been overwritten with zeros.
     pub fn finish(self) -> u64 {
         let bits = self.bit_len();
-        let tail = bits.div_ceil(8) as usize - self.flushed;
-        self.bytes[self.flushed..self.flushed + tail]
-            .copy_from_slice(&self.pending.to_le_bytes()[..tail]);
+        if self.pending_bits > 0 {
+            self.bytes[self.flushed] = self.pending as u8;
+        }
         bits
     }
 }
@@ -140,16 +167,16 @@ mod tests {
             })
             .collect();
         let total: u64 = fields.iter().map(|f| f.1 as u64).sum();
-        let mut bytes = vec![0xAAu8; total.div_ceil(8) as usize + 3];
+        let mut bytes = vec![0xAAu8; total.div_ceil(8) as usize + WRITER_SLACK + 3];
         let mut writer = BitWriter::new(&mut bytes);
         for &(value, bits) in &fields {
             writer.put(value, bits);
         }
         assert_eq!(writer.finish(), total);
         assert_eq!(
-            &bytes[total.div_ceil(8) as usize..],
+            &bytes[total.div_ceil(8) as usize + WRITER_SLACK..],
             [0xAA; 3],
-            "nothing past the bits"
+            "nothing past the slack"
         );
         bytes.truncate(total.div_ceil(8) as usize);
         let mut position = 0;
@@ -169,7 +196,7 @@ mod tests {
             })
             .collect();
         let total: u64 = fields.iter().map(|f| f.1 as u64).sum();
-        let mut bytes = vec![0u8; total.div_ceil(8) as usize];
+        let mut bytes = vec![0u8; total.div_ceil(8) as usize + WRITER_SLACK];
         let mut writer = BitWriter::new(&mut bytes);
         for &(value, bits) in &fields {
             writer.put(value, bits);

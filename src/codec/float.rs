@@ -134,15 +134,19 @@ impl FloatKind {
         let width = self.width_bytes();
         let quads = bytes.chunks_exact(4 * width);
         let rest = quads.remainder();
+        // Arrays built element by element: `array::map` is not always
+        // inlined, and then costs a call per element.
         match width {
-            1 => quads.for_each(|q| visit([q[0], q[1], q[2], q[3]].map(u32::from))),
+            1 => quads.for_each(|q| visit([q[0] as u32, q[1] as u32, q[2] as u32, q[3] as u32])),
             2 => quads.for_each(|q| {
-                visit([0, 1, 2, 3].map(|i| u16::from_le_bytes([q[2 * i], q[2 * i + 1]]) as u32))
+                let at = |i: usize| u16::from_le_bytes([q[2 * i], q[2 * i + 1]]) as u32;
+                visit([at(0), at(1), at(2), at(3)])
             }),
             _ => quads.for_each(|q| {
-                visit([0, 1, 2, 3].map(|i| {
+                let at = |i: usize| {
                     u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
-                }))
+                };
+                visit([at(0), at(1), at(2), at(3)])
             }),
         }
         self.for_each_element(rest, tail);
@@ -274,6 +278,56 @@ impl FieldSplit {
     }
 }
 
+/// [`FieldSplit::split`] with its cases resolved once per tensor, for hot
+/// loops: a shift and mask for the head; the sign (kept or not) moved onto
+/// the low bits for the rest. The whole rotated FP8 element (an
+/// exponent-first head with no rest) is no shift: it has no cut.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ElementCut {
+    head_shift: u32,
+    head_mask: u32,
+    sign_shift: u32,
+    /// 1 when the sign goes to the rest (exponent first), else 0.
+    sign_kept: u32,
+    sign_to: u32,
+    low_mask: u32,
+    const_bits: u32,
+}
+
+impl ElementCut {
+    /// (head symbol, stored rest bits) of an element.
+    #[inline(always)]
+    pub(crate) fn split(&self, element: u32) -> (u32, u32) {
+        let head = element >> self.head_shift & self.head_mask;
+        let sign = element >> self.sign_shift & self.sign_kept;
+        let rest = (sign << self.sign_to | element & self.low_mask) >> self.const_bits;
+        (head, rest)
+    }
+}
+
+impl FieldSplit {
+    /// The split as shifts and masks, unless the head is the whole element
+    /// rotated.
+    pub(crate) fn cut(&self) -> Option<ElementCut> {
+        let rest_bits = self.rest_bits();
+        let width = self.kind.width_bits();
+        let (head_shift, sign_kept, low_bits) = match (self.sign_in_head, rest_bits) {
+            (true, _) => (rest_bits, 0, rest_bits),
+            (false, 0) => return None,
+            (false, _) => (rest_bits - 1, 1, rest_bits - 1),
+        };
+        Some(ElementCut {
+            head_shift,
+            head_mask: width_mask(self.head_bits),
+            sign_shift: width - 1,
+            sign_kept,
+            sign_to: rest_bits.saturating_sub(1),
+            low_mask: width_mask(low_bits),
+            const_bits: self.rest_const_bits,
+        })
+    }
+}
+
 /// A mask of the low `bits` bits; `bits` may be 0..=32.
 #[inline(always)]
 pub const fn width_mask(bits: u32) -> u32 {
@@ -353,6 +407,13 @@ mod tests {
             head_by_definition(split, element),
             "{kind} {split:?} {element:#x}"
         );
+        if let Some(cut) = split.cut() {
+            assert_eq!(
+                cut.split(element),
+                (head, rest),
+                "{kind} {split:?} {element:#x}"
+            );
+        }
         let rest_bits = width - split.head_bits;
         if split.sign_in_head {
             let low = element & width_mask(rest_bits);
