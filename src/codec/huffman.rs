@@ -21,7 +21,7 @@ pub const ENTRY_LENGTH_SHIFT: u32 = MAX_HEAD_BITS;
 pub const ENTRY_SYMBOL_MASK: u16 = (1 << ENTRY_LENGTH_SHIFT) - 1;
 
 /// Optimal code lengths no longer than `limit` for the symbol `counts`
-/// (package-merge). Symbols with a zero count get length 0. At least two
+/// (plain Huffman where it fits the limit, else package-merge). Symbols with a zero count get length 0. At least two
 /// symbols must occur and `2^limit` must cover them all.
 pub(crate) fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
     let mut leaves: Vec<(u64, u16)> = counts
@@ -33,6 +33,23 @@ pub(crate) fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8;
     assert!(leaves.len() >= 2, "a code needs at least two symbols");
     assert!(leaves.len() <= 1 << limit, "length limit too small");
     leaves.sort_unstable();
+    let mut lengths = [0u8; ALPHABET];
+    // Mostly the limit does not bind: then a plain Huffman code is optimal
+    // under it too, and far cheaper than package-merge.
+    let plain = huffman_depths(&leaves);
+    if plain.iter().all(|&depth| depth <= limit) {
+        for (&(_, symbol), &depth) in leaves.iter().zip(&plain) {
+            lengths[symbol as usize] = depth as u8;
+        }
+        return lengths;
+    }
+    package_merge(&leaves, limit)
+}
+
+/// Optimal code lengths within `limit` (package-merge) for `leaves`, the
+/// used symbols' (count, symbol) sorted by count.
+fn package_merge(leaves: &[(u64, u16)], limit: u32) -> [u8; ALPHABET] {
+    let mut lengths = [0u8; ALPHABET];
 
     // Arena of package nodes: a node id below LEAF_BASE is a package whose
     // children are packages[id]; an id at or above it is a leaf.
@@ -71,11 +88,43 @@ pub(crate) fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8;
         }
     }
 
-    let mut lengths = [0u8; ALPHABET];
     for (rank, &(_, symbol)) in leaves.iter().enumerate() {
         lengths[symbol as usize] = rank_lengths[rank];
     }
     lengths
+}
+
+/// The depths of an unrestricted Huffman tree over `leaves`, sorted by
+/// count: two queues, leaves and merged nodes, both in increasing weight.
+fn huffman_depths(leaves: &[(u64, u16)]) -> Vec<u32> {
+    let n = leaves.len();
+    let mut weight: Vec<u64> = Vec::with_capacity(2 * n - 1);
+    weight.extend(leaves.iter().map(|&(count, _)| count));
+    let mut parent = vec![0usize; 2 * n - 1];
+    // The next leaf and the next merged node not yet taken.
+    let (mut leaf, mut merged) = (0, n);
+    for node in n..2 * n - 1 {
+        let mut children = [0usize; 2];
+        for child in &mut children {
+            let take_leaf = leaf < n && (merged == node || weight[leaf] <= weight[merged]);
+            *child = if take_leaf { leaf } else { merged };
+            if take_leaf {
+                leaf += 1;
+            } else {
+                merged += 1;
+            }
+        }
+        weight.push(weight[children[0]] + weight[children[1]]);
+        parent[children[0]] = node;
+        parent[children[1]] = node;
+    }
+    // Parents come after their children: the root is last.
+    let mut depth = vec![0u32; 2 * n - 1];
+    for node in (0..2 * n - 2).rev() {
+        depth[node] = depth[parent[node]] + 1;
+    }
+    depth.truncate(n);
+    depth
 }
 
 fn merge_by_weight(leaves: &[(u64, u32)], packages: &[(u64, u32)]) -> Vec<(u64, u32)> {
@@ -225,6 +274,43 @@ mod tests {
         let lengths = limited_code_lengths(&counts, 12);
         assert_eq!(cost(&counts, &lengths), 49);
         assert_eq!(validate_lengths(&lengths).unwrap(), 4);
+    }
+
+    /// Where the limit does not bind, the plain Huffman code is as short
+    /// as package-merge's, on many shapes of histogram.
+    #[test]
+    fn plain_huffman_costs_what_package_merge_does() {
+        let mut state = 12345u64;
+        for trial in 0..200 {
+            let mut counts = [0u64; ALPHABET];
+            let used = 2 + trial % 300;
+            for count in counts.iter_mut().take(used) {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *count = 1 + (state >> 33) % (1 + (trial as u64 * 37) % 100_000);
+            }
+            let lengths = limited_code_lengths(&counts, 12);
+            let merged = package_merge_for_test(&counts, 12);
+            assert_eq!(
+                cost(&counts, &lengths),
+                cost(&counts, &merged),
+                "trial {trial}"
+            );
+            assert!(validate_lengths(&lengths).is_ok());
+        }
+    }
+
+    /// Package-merge alone, as `limited_code_lengths` would run it.
+    fn package_merge_for_test(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
+        let mut leaves: Vec<(u64, u16)> = counts
+            .iter()
+            .enumerate()
+            .filter(|&(_, &count)| count > 0)
+            .map(|(symbol, &count)| (count, symbol as u16))
+            .collect();
+        leaves.sort_unstable();
+        package_merge(&leaves, limit)
     }
 
     #[test]
