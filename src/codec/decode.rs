@@ -691,15 +691,6 @@ fn join_block(
                 out[2 * i + 1] = rest & 0x80 | head >> 1;
             }
         }
-        (2, 7, 0) if split.sign_in_head => {
-            // Sign first, nine head bits (BF16, or FP16 with three mantissa
-            // bits): seven rest bits under each head.
-            let mut fields = FieldReader::new(rest);
-            for (pair, &head) in out.chunks_exact_mut(2).zip(heads) {
-                let element = head << 7 | fields.take(7) as u16;
-                pair.copy_from_slice(&element.to_le_bytes());
-            }
-        }
         (4, 24, 0) if exponent_first => {
             for ((quad, &head), rest) in
                 out.chunks_exact_mut(4).zip(heads).zip(rest.chunks_exact(3))
@@ -854,8 +845,42 @@ fn join_packed<const WIDTH: usize>(split: &FieldSplit, heads: &[u16], rest: &[u8
                 | (load_le_u64_padded(rest, offset + 8) as u128) << 64
         });
     }
-    let mut fields = FieldReader::new(&rest[grouped * group_bytes..]);
-    for (element, &head) in tail_out.chunks_exact_mut(WIDTH).zip(&heads[grouped * 8..]) {
+    let (heads, rest) = (&heads[grouped * 8..], &rest[grouped * group_bytes..]);
+    // Up to 25 bits, a field lies within the four bytes from its first: one
+    // unaligned load each, for as long as four bytes remain.
+    let loaded = if (17..=25).contains(&stored_bits) {
+        let fits = |i: usize| (i * stored_bits as usize) / 8 + 4 <= rest.len();
+        let count = heads.len();
+        let mut loaded = count;
+        while loaded > 0 && !fits(loaded - 1) {
+            loaded -= 1;
+        }
+        let field_mask = (1u32 << stored_bits) - 1;
+        for (i, (element, &head)) in tail_out
+            .chunks_exact_mut(WIDTH)
+            .zip(&heads[..loaded])
+            .enumerate()
+        {
+            let bit = i * stored_bits as usize;
+            let word =
+                u32::from_le_bytes(rest[bit / 8..bit / 8 + 4].try_into().expect("four bytes"));
+            let field = word >> (bit % 8) & field_mask;
+            element.copy_from_slice(&join(head, field).to_le_bytes()[..WIDTH]);
+        }
+        loaded
+    } else {
+        0
+    };
+    let mut fields = FieldReader::new(&rest[loaded * stored_bits as usize / 8..]);
+    // Whole bytes only were skipped unless every field was loaded.
+    let skipped_bits = (loaded * stored_bits as usize % 8) as u32;
+    if loaded < heads.len() && skipped_bits > 0 {
+        fields.take(skipped_bits);
+    }
+    for (element, &head) in tail_out[loaded * WIDTH..]
+        .chunks_exact_mut(WIDTH)
+        .zip(&heads[loaded..])
+    {
         let value = join(head, fields.take(stored_bits));
         element.copy_from_slice(&value.to_le_bytes()[..WIDTH]);
     }

@@ -18,7 +18,7 @@
 //! The bit sequence is padded with zero bits to a whole byte.
 
 use super::CodecError;
-use super::bits::{BitWriter, peek_bits};
+use super::bits::{BitWriter, WRITER_SLACK, peek_bits};
 use super::huffman::{ALPHABET, MAX_CODE_BITS};
 
 const MAX_ZERO_RUN: usize = 33;
@@ -40,8 +40,8 @@ pub fn write_table(lengths: &CodeLengths, alphabet: usize, out: &mut Vec<u8>) {
     let bound_bytes = bound_bytes(alphabet);
     out.extend_from_slice(&(lo as u16).to_le_bytes()[..bound_bytes]);
     out.extend_from_slice(&(hi as u16).to_le_bytes()[..bound_bytes]);
-    // At most 8 bits per symbol of the range.
-    let mut buffer = [0u8; ALPHABET];
+    // At most 7 bits per symbol of the range, and the writer's slack.
+    let mut buffer = [0u8; ALPHABET * 7 / 8 + WRITER_SLACK];
     let mut bits = BitWriter::new(&mut buffer);
     let mut previous = 0u8;
     let mut symbol = lo;
