@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{Backend, Clock, DecodeJob, Timings};
@@ -200,9 +201,11 @@ pub fn bench(workload: &Workload, backend: &dyn Backend, repeats: usize) -> Resu
     let path = label.as_path();
     let decoded_bytes: u64 = tensors.iter().map(|t| t.bytes.len() as u64).sum();
     let options = EncodeOptions::default();
+    // Tensors in parallel, each in parallel blocks, as `compress` encodes
+    // them: small tensors would otherwise leave all but one core idle.
     let encode_all = || -> Result<Vec<EncodedTensor>> {
         tensors
-            .iter()
+            .par_iter()
             .map(|t| {
                 codec::encode(t.kind, &t.bytes, &options)
                     .map_err(|e| Error::codec(path, &t.name, e))
