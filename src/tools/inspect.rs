@@ -38,6 +38,9 @@ pub struct TensorInspection {
     pub bound_bits_per_element: Option<f64>,
     /// Coding parameters of a coded tensor.
     pub head_bits: Option<u32>,
+    /// Whether its heads carry the sign (sign first) or not (exponent
+    /// first).
+    pub sign_in_head: Option<bool>,
     pub blocks: Option<u64>,
     pub code_tables: Option<u64>,
     pub sync_exceptions: Option<u64>,
@@ -179,6 +182,7 @@ fn inspect_file(path: &Path) -> Result<FileInspection> {
                 inspection.coded = true;
                 inspection.stored_bytes = tensor.stored_range.len() as u64;
                 inspection.head_bits = Some(split.head_bits);
+                inspection.sign_in_head = Some(split.sign_in_head);
                 inspection.blocks = Some(coded.summary.blocks);
                 inspection.code_tables = Some(coded.summary.tables);
                 inspection.sync_exceptions = Some(coded.summary.exceptions);
@@ -251,6 +255,7 @@ fn base_inspection(
         bits_per_element: 0.0,
         bound_bits_per_element: None,
         head_bits: None,
+        sign_in_head: None,
         blocks: None,
         code_tables: None,
         sync_exceptions: None,
