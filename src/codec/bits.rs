@@ -68,6 +68,14 @@ impl<'a> BitWriter<'a> {
         self.flushed as u64 * 8 + self.pending_bits as u64
     }
 
+    /// The next `len` bytes, to be filled by the caller and counted as
+    /// written; only between whole bytes.
+    pub(crate) fn whole_bytes(&mut self, len: usize) -> &mut [u8] {
+        assert_eq!(self.pending_bits, 0, "whole bytes start on a byte");
+        self.flushed += len;
+        &mut self.bytes[self.flushed - len..self.flushed]
+    }
+
     /// The bytes written so far, the last one zero-padded.
     pub(crate) fn written(&self) -> &[u8] {
         &self.bytes[..self.bit_len().div_ceil(8) as usize]

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::bits::{BitWriter, WRITER_SLACK};
-use super::float::{FieldSplit, FloatKind, MAX_HEAD_BITS, width_mask};
+use super::float::{ElementCut, FieldSplit, FloatKind, MAX_HEAD_BITS, width_mask};
 use super::huffman::{self, ALPHABET, DecodeTable, MAX_CODE_BITS};
 use super::index::{self, BlockRecord, ChunkException};
 use super::stats::{self, Histogram};
@@ -579,6 +579,29 @@ fn put_rests(rests: &mut BitWriter, parts: &[(u32, u32); 4], count: usize, bits:
     }
 }
 
+/// Stores the rests of `block`'s elements, each of whole bytes, in `out`,
+/// which holds exactly them.
+fn write_byte_rests(cut: ElementCut, kind: FloatKind, block: &[u8], out: &mut [u8]) {
+    let rest_bytes = out.len() / (block.len() / kind.width_bytes()).max(1);
+    let mut out = out.chunks_exact_mut(rest_bytes);
+    match rest_bytes {
+        1 => kind.for_each_element(
+            block,
+            #[inline(always)]
+            |element| out.next().expect("one byte per element")[0] = cut.split(element).1 as u8,
+        ),
+        _ => kind.for_each_element(
+            block,
+            #[inline(always)]
+            |element| {
+                out.next()
+                    .expect("whole bytes per element")
+                    .copy_from_slice(&cut.split(element).1.to_le_bytes()[..rest_bytes])
+            },
+        ),
+    }
+}
+
 /// Writes a block's head stream and rest bits; returns its index record.
 fn encode_block(params: &TensorParams, work: BlockWork) -> Vec<u8> {
     let BlockWork {
@@ -671,19 +694,42 @@ fn write_block(
                 heads.push(codeword & 0xFFFF, len);
                 position += len as u64;
             };
-            for_each_split(
-                split,
-                block,
-                #[inline(always)]
-                |parts, count| {
-                    // Four codewords of at most 12 bits: one flush.
-                    for &(head, _) in &parts[..count] {
-                        code(&mut heads, head);
-                    }
-                    heads.flush();
-                    put_rests(&mut rests, &parts, count, rest_bits);
-                },
-            );
+            // Rests of whole bytes are stored by a loop of their own, which
+            // vectorises; narrower ones are packed in the same pass.
+            let byte_rests = split
+                .cut()
+                .filter(|_| rest_bits > 0 && rest_bits % 8 == 0 && split.kind.width_bytes() > 1);
+            match byte_rests {
+                Some(cut) => {
+                    for_each_split(
+                        split,
+                        block,
+                        #[inline(always)]
+                        |parts, count| {
+                            for &(head, _) in &parts[..count] {
+                                code(&mut heads, head);
+                            }
+                            heads.flush();
+                        },
+                    );
+                    let elements = block.len() / split.kind.width_bytes();
+                    let out = rests.whole_bytes(elements * rest_bits as usize / 8);
+                    write_byte_rests(cut, split.kind, block, out);
+                }
+                None => for_each_split(
+                    split,
+                    block,
+                    #[inline(always)]
+                    |parts, count| {
+                        // Four codewords of at most 12 bits: one flush.
+                        for &(head, _) in &parts[..count] {
+                            code(&mut heads, head);
+                        }
+                        heads.flush();
+                        put_rests(&mut rests, &parts, count, rest_bits);
+                    },
+                ),
+            }
             first_boundaries[chunk..].fill(stream_bits);
             // The histogram the code was sized from counted these elements.
             assert_eq!(
