@@ -51,6 +51,15 @@ impl<'a> BitWriter<'a> {
         self.pending_bits += bits;
     }
 
+    /// [`push`](Self::push) of a field of up to 56 bits, the only one
+    /// since the last flush.
+    #[inline(always)]
+    pub fn push_wide(&mut self, value: u64, bits: u32) {
+        debug_assert!(bits <= 56 && (bits == 0 || value >> bits == 0));
+        self.pending |= value << self.pending_bits;
+        self.pending_bits += bits;
+    }
+
     /// Stores the accumulator and moves on by the whole bytes it holds.
     #[inline(always)]
     pub fn flush(&mut self) {

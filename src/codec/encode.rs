@@ -559,6 +559,54 @@ fn for_each_split(split: &FieldSplit, block: &[u8], mut visit: impl FnMut([(u32,
     }
 }
 
+/// Codes a block's heads, up to four at a time, and notes the first
+/// codeword boundary at or after each chunk's beginning.
+struct QuadCoder<'a> {
+    /// `codeword | length << 16` of each head symbol.
+    codewords: &'a [u32; ALPHABET],
+    position: u64,
+    /// The next chunk, and where it begins.
+    chunk: usize,
+    next_chunk_begin: u64,
+    chunk_bits: u64,
+    /// Sized up front, so the loop makes no calls.
+    first_boundaries: Vec<u64>,
+}
+
+impl QuadCoder<'_> {
+    /// Writes the codewords of the first `count` heads of `parts`, joined
+    /// into one field first, so that the writer's running bit count is one
+    /// addition per quad, not a chain of four. Four codewords take at most
+    /// 48 bits, less than a chunk: at most one chunk begins among them.
+    #[inline(always)]
+    fn code(&mut self, heads: &mut BitWriter, parts: &[(u32, u32); 4], count: usize) {
+        let mut joined = 0u64;
+        let mut starts = [0u32; 4];
+        let mut bits = 0u32;
+        for (k, &(head, _)) in parts[..count].iter().enumerate() {
+            let codeword = self.codewords[head as usize & (ALPHABET - 1)];
+            starts[k] = bits;
+            joined |= ((codeword & 0xFFFF) as u64) << bits;
+            bits += codeword >> 16;
+        }
+        let end = self.position + bits as u64;
+        if end > self.next_chunk_begin {
+            let first = starts[..count]
+                .iter()
+                .map(|&start| self.position + start as u64)
+                .find(|&start| start >= self.next_chunk_begin);
+            if let Some(start) = first {
+                self.first_boundaries[self.chunk] = start;
+                self.chunk += 1;
+                self.next_chunk_begin += self.chunk_bits;
+            }
+        }
+        heads.push_wide(joined, bits);
+        heads.flush();
+        self.position = end;
+    }
+}
+
 /// Writes the first `count` stored rests of `parts`, `bits` bits each:
 /// four pushes per flush when four fit the accumulator, else two.
 #[inline(always)]
@@ -675,24 +723,13 @@ fn write_block(
                 *entry = code | (len as u32) << 16;
             }
             let chunk_bits = geometry.chunk_bits as u64;
-            // First codeword boundary at or after each chunk's beginning,
-            // in a list sized up front so the loop makes no calls.
-            let chunks = stream_bits.div_ceil(chunk_bits) as usize;
-            let mut first_boundaries = vec![0u64; chunks];
-            let mut chunk = 0;
-            let mut next_chunk_begin = 0u64;
-            let mut position = 0u64;
-            let mut code = |heads: &mut BitWriter, head: u32| {
-                let codeword = codewords[head as usize & (ALPHABET - 1)];
-                let len = codeword >> 16;
-                // Codewords are shorter than chunks: at most one begins here.
-                if position >= next_chunk_begin {
-                    first_boundaries[chunk] = position;
-                    chunk += 1;
-                    next_chunk_begin += chunk_bits;
-                }
-                heads.push(codeword & 0xFFFF, len);
-                position += len as u64;
+            let mut coder = QuadCoder {
+                codewords: &codewords,
+                position: 0,
+                chunk: 0,
+                next_chunk_begin: 0,
+                chunk_bits,
+                first_boundaries: vec![0u64; stream_bits.div_ceil(chunk_bits) as usize],
             };
             // Rests of whole bytes are stored by a loop of their own, which
             // vectorises; narrower ones are packed in the same pass.
@@ -705,12 +742,7 @@ fn write_block(
                         split,
                         block,
                         #[inline(always)]
-                        |parts, count| {
-                            for &(head, _) in &parts[..count] {
-                                code(&mut heads, head);
-                            }
-                            heads.flush();
-                        },
+                        |parts, count| coder.code(&mut heads, &parts, count),
                     );
                     let elements = block.len() / split.kind.width_bytes();
                     let out = rests.whole_bytes(elements * rest_bits as usize / 8);
@@ -721,15 +753,16 @@ fn write_block(
                     block,
                     #[inline(always)]
                     |parts, count| {
-                        // Four codewords of at most 12 bits: one flush.
-                        for &(head, _) in &parts[..count] {
-                            code(&mut heads, head);
-                        }
-                        heads.flush();
+                        coder.code(&mut heads, &parts, count);
                         put_rests(&mut rests, &parts, count, rest_bits);
                     },
                 ),
             }
+            let QuadCoder {
+                chunk,
+                mut first_boundaries,
+                ..
+            } = coder;
             first_boundaries[chunk..].fill(stream_bits);
             // The histogram the code was sized from counted these elements.
             assert_eq!(
