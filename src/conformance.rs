@@ -79,10 +79,14 @@ pub enum Family {
     SyncExceptions,
     /// Low bits that never vary: upcasts, and all-positive tensors.
     ConstantRestBits,
+    /// Signs from all positive to a fair coin, and a sign that flips
+    /// half-way through a tensor: sign-first heads, their codes adapting
+    /// from block to block.
+    SkewedSigns,
 }
 
 impl Family {
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 11] = [
         Family::HeavyTailed,
         Family::SingleExponent,
         Family::AllExponents,
@@ -93,6 +97,7 @@ impl Family {
         Family::MixedBlockModes,
         Family::SyncExceptions,
         Family::ConstantRestBits,
+        Family::SkewedSigns,
     ];
 
     /// The family's cases for every dtype.
@@ -258,6 +263,49 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
                 .with_options(options),
             );
             cases
+        }
+        Family::SkewedSigns => {
+            let magnitudes: Vec<f32> = synth::heavy_tailed(70_000, 1000, 0.02, seed + 6)
+                .into_iter()
+                .map(f32::abs)
+                .collect();
+            let signed = |negative: &mut dyn FnMut(usize) -> bool| -> Vec<u8> {
+                let values: Vec<f32> = magnitudes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| if negative(i) { -v } else { v })
+                    .collect();
+                synth::to_bytes(&values, kind)
+            };
+            let half = magnitudes.len() / 2;
+            vec![
+                Case::new(
+                    format!("all_positive_signs_{tag}"),
+                    kind,
+                    signed(&mut |_| false),
+                ),
+                Case::new(
+                    format!("ninety_percent_positive_{tag}"),
+                    kind,
+                    signed(&mut |_| rng.random_bool(0.1)),
+                ),
+                Case::new(
+                    format!("fair_signs_{tag}"),
+                    kind,
+                    signed(&mut |_| rng.random_bool(0.5)),
+                ),
+                // Blocks of 16K: two all positive, one mixed, two all
+                // negative.
+                Case::new(
+                    format!("sign_flips_half_way_{tag}"),
+                    kind,
+                    signed(&mut |i| i >= half),
+                )
+                .with_options(EncodeOptions {
+                    block_elements: 1 << 14,
+                    ..EncodeOptions::default()
+                }),
+            ]
         }
         Family::ConstantRestBits => {
             let values = synth::heavy_tailed(50_000, 1000, 0.02, seed + 4);

@@ -230,6 +230,7 @@ pub fn conformance_trials(module: &str, open: OpenBackend) -> Vec<libtest_mimic:
             Family::SyncExceptions,
         ),
         family("decodes_constant_rest_bits", Family::ConstantRestBits),
+        family("decodes_skewed_signs", Family::SkewedSigns),
         harness::trial(
             format!("{module}::decodes_many_tensors_into_one_buffer"),
             move || {
