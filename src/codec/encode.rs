@@ -371,7 +371,7 @@ impl Survey {
         // exact, and where the sign is a fair coin both layouts estimate
         // alike, while exponent-first rests join faster.
         let estimates: Vec<f64> = candidates
-            .iter()
+            .par_iter()
             .map(|split| {
                 let margin = if split.sign_in_head {
                     SIGN_FIRST_MARGIN_BITS * elements as f64
@@ -460,19 +460,30 @@ impl BlockDecision {
 /// Chooses each block's storage in order; a block may reuse the code of the
 /// most recent coded block when that is smaller than sending its own.
 fn decide_blocks(histograms: &[Histogram], head_bits: u32, alphabet: usize) -> Vec<BlockDecision> {
+    // Each block's own code, in parallel; only the choice between it and
+    // the last block's depends on the blocks before.
+    let own_code = |histogram: &Histogram| {
+        (stats::distinct(histogram) > 1).then(|| {
+            let own = Box::new(huffman::limited_code_lengths(histogram, MAX_CODE_BITS));
+            let bits = code_bits(histogram, &own) + 8 * table::table_size(&own, alphabet) as u64;
+            (own, bits)
+        })
+    };
+    let own_codes: Vec<Option<(Box<CodeLengths>, u64)>> = if histograms.len() > 1 {
+        histograms.par_iter().map(own_code).collect()
+    } else {
+        histograms.iter().map(own_code).collect()
+    };
     let mut decisions = Vec::with_capacity(histograms.len());
     let mut last_table: Option<Box<CodeLengths>> = None;
-    for histogram in histograms {
+    for (histogram, own_code) in histograms.iter().zip(own_codes) {
         let elements: u64 = histogram.iter().sum();
-        let used = stats::distinct(histogram);
-        if used == 1 {
+        let Some((own, own_bits)) = own_code else {
             let value = histogram.iter().position(|&c| c > 0).unwrap() as u16;
             decisions.push(BlockDecision::Constant(value));
             continue;
-        }
+        };
         let raw_bits = elements * head_bits as u64;
-        let own = Box::new(huffman::limited_code_lengths(histogram, MAX_CODE_BITS));
-        let own_bits = code_bits(histogram, &own) + 8 * table::table_size(&own, alphabet) as u64;
         let reuse_bits = last_table
             .as_deref()
             .filter(|last| covers(last, histogram))
