@@ -691,6 +691,31 @@ fn join_block(
                 out[2 * i + 1] = rest & 0x80 | head >> 1;
             }
         }
+        (2, 7, 0) if split.sign_in_head => {
+            // Sign first, nine head bits (BF16; FP16 with three mantissa
+            // bits): eight rests of seven bits fill seven bytes, read with
+            // one load and constant shifts.
+            let groups = heads.len() / 8;
+            for (group, (elements, heads)) in out
+                .chunks_exact_mut(16)
+                .zip(heads.chunks_exact(8))
+                .enumerate()
+            {
+                let fields = load_le_u64_padded(rest, group * 7);
+                for (k, (pair, &head)) in elements.chunks_exact_mut(2).zip(heads).enumerate() {
+                    let element = head << 7 | (fields >> (7 * k) & 0x7F) as u16;
+                    pair.copy_from_slice(&element.to_le_bytes());
+                }
+            }
+            let mut fields = FieldReader::new(&rest[groups * 7..]);
+            for (pair, &head) in out[groups * 16..]
+                .chunks_exact_mut(2)
+                .zip(&heads[groups * 8..])
+            {
+                let element = head << 7 | fields.take(7) as u16;
+                pair.copy_from_slice(&element.to_le_bytes());
+            }
+        }
         (4, 24, 0) if exponent_first => {
             for ((quad, &head), rest) in
                 out.chunks_exact_mut(4).zip(heads).zip(rest.chunks_exact(3))
