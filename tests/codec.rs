@@ -86,12 +86,23 @@ fn every_chunk_checks_out_for_every_geometry() {
     }
 }
 
+/// The encoded bytes are a pure function of the input and the options:
+/// the same on every run and whatever the number of threads.
 #[test]
 fn encoding_is_deterministic() {
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (one, three) = (pool(1), pool(3));
     for case in synthetic_cases().into_iter().step_by(7) {
-        let first = codec::encode(case.kind, &case.bytes, &case.options).unwrap();
-        let second = codec::encode(case.kind, &case.bytes, &case.options).unwrap();
-        assert_eq!(first, second, "{}", case.name);
+        let encode = || codec::encode(case.kind, &case.bytes, &case.options).unwrap();
+        let first = encode();
+        assert_eq!(first, encode(), "{}", case.name);
+        assert_eq!(first, one.install(encode), "{}: one thread", case.name);
+        assert_eq!(first, three.install(encode), "{}: three threads", case.name);
     }
 }
 
