@@ -24,15 +24,9 @@ pub const ENTRY_SYMBOL_MASK: u16 = (1 << ENTRY_LENGTH_SHIFT) - 1;
 /// (plain Huffman where it fits the limit, else package-merge). Symbols with a zero count get length 0. At least two
 /// symbols must occur and `2^limit` must cover them all.
 pub(crate) fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
-    let mut leaves: Vec<(u64, u16)> = counts
-        .iter()
-        .enumerate()
-        .filter(|&(_, &count)| count > 0)
-        .map(|(symbol, &count)| (count, symbol as u16))
-        .collect();
+    let leaves = sorted_leaves(counts);
     assert!(leaves.len() >= 2, "a code needs at least two symbols");
     assert!(leaves.len() <= 1 << limit, "length limit too small");
-    leaves.sort_unstable();
     let mut lengths = [0u8; ALPHABET];
     // Mostly the limit does not bind: then a plain Huffman code is optimal
     // under it too, and far cheaper than package-merge.
@@ -44,6 +38,18 @@ pub(crate) fn limited_code_lengths(counts: &[u64; ALPHABET], limit: u32) -> [u8;
         return lengths;
     }
     package_merge(&leaves, limit)
+}
+
+/// The used symbols as (count, symbol), by increasing count.
+fn sorted_leaves(counts: &[u64; ALPHABET]) -> Vec<(u64, u16)> {
+    let mut leaves: Vec<(u64, u16)> = counts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &count)| count > 0)
+        .map(|(symbol, &count)| (count, symbol as u16))
+        .collect();
+    leaves.sort_unstable();
+    leaves
 }
 
 /// Optimal code lengths within `limit` (package-merge) for `leaves`, the
@@ -303,14 +309,7 @@ mod tests {
 
     /// Package-merge alone, as `limited_code_lengths` would run it.
     fn package_merge_for_test(counts: &[u64; ALPHABET], limit: u32) -> [u8; ALPHABET] {
-        let mut leaves: Vec<(u64, u16)> = counts
-            .iter()
-            .enumerate()
-            .filter(|&(_, &count)| count > 0)
-            .map(|(symbol, &count)| (count, symbol as u16))
-            .collect();
-        leaves.sort_unstable();
-        package_merge(&leaves, limit)
+        package_merge(&sorted_leaves(counts), limit)
     }
 
     #[test]
