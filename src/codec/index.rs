@@ -77,19 +77,13 @@ pub enum BlockRecord<'a> {
     },
 }
 
-/// Bytes of a constant block's head value for an alphabet of `alphabet`
-/// symbols.
-fn constant_bytes(alphabet: usize) -> usize {
-    if alphabet <= 256 { 1 } else { 2 }
-}
-
 /// Appends `record`, a block's of a tensor with `alphabet` head symbols.
 pub fn write_record(record: &BlockRecord, alphabet: usize, out: &mut Vec<u8>) {
     match *record {
         BlockRecord::Raw => out.push(MODE_RAW),
         BlockRecord::Constant(value) => {
             out.push(MODE_CONSTANT);
-            out.extend_from_slice(&value.to_le_bytes()[..constant_bytes(alphabet)]);
+            table::write_symbol(value, alphabet, out);
         }
         BlockRecord::Coded {
             new_table,
@@ -201,11 +195,7 @@ impl BlockIndex {
                 return Ok((BlockMode::Raw, bits, no_exceptions));
             }
             MODE_CONSTANT => {
-                let value = reader
-                    .take(constant_bytes(alphabet))?
-                    .iter()
-                    .rev()
-                    .fold(0u16, |value, &byte| value << 8 | byte as u16);
+                let value = table::read_symbol(reader.take(table::symbol_bytes(alphabet))?);
                 if value as usize >= alphabet {
                     return Err(format!(
                         "constant head {value} is outside the alphabet of {alphabet}"

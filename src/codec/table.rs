@@ -25,10 +25,24 @@ const MAX_ZERO_RUN: usize = 33;
 
 pub type CodeLengths = [u8; ALPHABET];
 
-/// Bytes of each of a table's `lo` and `hi` for an alphabet of `alphabet`
-/// symbols.
-fn bound_bytes(alphabet: usize) -> usize {
+/// Bytes a head symbol takes in the index (a table's `lo` and `hi`, a
+/// constant block's value) for an alphabet of `alphabet` symbols: one up to
+/// 256 symbols, else two, little-endian.
+pub(crate) fn symbol_bytes(alphabet: usize) -> usize {
     if alphabet <= 256 { 1 } else { 2 }
+}
+
+/// Appends `symbol` in `symbol_bytes(alphabet)` bytes.
+pub(crate) fn write_symbol(symbol: u16, alphabet: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&symbol.to_le_bytes()[..symbol_bytes(alphabet)]);
+}
+
+/// The symbol in `bytes`, which holds `symbol_bytes` of them.
+pub(crate) fn read_symbol(bytes: &[u8]) -> u16 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u16, |value, &byte| value << 8 | byte as u16)
 }
 
 /// Appends the encoding of `lengths`, a code over the first `alphabet`
@@ -37,9 +51,8 @@ pub fn write_table(lengths: &CodeLengths, alphabet: usize, out: &mut Vec<u8>) {
     let used = |s: &usize| lengths[*s] > 0;
     let lo = (0..ALPHABET).find(used).expect("a table has used symbols");
     let hi = (0..ALPHABET).rev().find(used).unwrap();
-    let bound_bytes = bound_bytes(alphabet);
-    out.extend_from_slice(&(lo as u16).to_le_bytes()[..bound_bytes]);
-    out.extend_from_slice(&(hi as u16).to_le_bytes()[..bound_bytes]);
+    write_symbol(lo as u16, alphabet, out);
+    write_symbol(hi as u16, alphabet, out);
     // At most 7 bits per symbol of the range, and the writer's slack.
     let mut buffer = [0u8; ALPHABET * 7 / 8 + WRITER_SLACK];
     let mut bits = BitWriter::new(&mut buffer);
@@ -87,17 +100,12 @@ pub(crate) fn table_size(lengths: &CodeLengths, alphabet: usize) -> usize {
 /// `alphabet` is the number of head symbols of the tensor (2^head_bits).
 pub fn read_table(bytes: &[u8], alphabet: usize) -> Result<(CodeLengths, usize), CodecError> {
     let corrupt = |what: &str| CodecError::InvalidTable(what.to_string());
-    let bound_bytes = bound_bytes(alphabet);
+    let bound_bytes = symbol_bytes(alphabet);
     let bounds = bytes
         .get(..2 * bound_bytes)
         .ok_or_else(|| corrupt("table truncated"))?;
-    let bound = |at: usize| {
-        bounds[at * bound_bytes..][..bound_bytes]
-            .iter()
-            .rev()
-            .fold(0usize, |value, &byte| value << 8 | byte as usize)
-    };
-    let (lo, hi) = (bound(0), bound(1));
+    let (lo, hi) = bounds.split_at(bound_bytes);
+    let (lo, hi) = (read_symbol(lo) as usize, read_symbol(hi) as usize);
     if lo > hi || hi >= alphabet {
         return Err(corrupt(&format!(
             "symbol range {lo}..={hi} is outside the alphabet of {alphabet}"
