@@ -545,28 +545,35 @@ thread_local! {
 #[inline(always)]
 fn for_each_split(split: &FieldSplit, block: &[u8], mut visit: impl FnMut([(u32, u32); 4], usize)) {
     let kind = split.kind;
-    let mut last = Vec::with_capacity(3);
+    // The last elements (fewer than four), padded to a quad.
+    let mut last = [(0u32, 0u32); 4];
+    let mut count = 0;
+    let mut keep = |part| {
+        last[count] = part;
+        count += 1;
+    };
     match split.cut() {
         Some(cut) if kind.width_bytes() > 1 => kind.for_each_quad(
             block,
             #[inline(always)]
             |[a, b, c, d]| visit([cut.split(a), cut.split(b), cut.split(c), cut.split(d)], 4),
-            |element| last.push(cut.split(element)),
+            |element| keep(cut.split(element)),
         ),
         _ => {
             let parts: [(u32, u32); 256] = std::array::from_fn(|byte| split.split(byte as u32));
             let quads = block.chunks_exact(4);
-            last.extend(quads.remainder().iter().map(|&byte| parts[byte as usize]));
+            quads
+                .remainder()
+                .iter()
+                .for_each(|&byte| keep(parts[byte as usize]));
             for quad in quads {
                 let part = |i: usize| parts[quad[i] as usize];
                 visit([part(0), part(1), part(2), part(3)], 4);
             }
         }
     }
-    if !last.is_empty() {
-        let count = last.len();
-        last.resize(4, (0, 0));
-        visit([last[0], last[1], last[2], last[3]], count);
+    if count > 0 {
+        visit(last, count);
     }
 }
 
