@@ -2,12 +2,13 @@
 //! so a little-endian load of any word puts the next bits at its bottom.
 //! The GPU decoders read the same layout with 32-bit loads.
 
-/// Writes bit fields into a caller's buffer with 8 bytes to spare past the
-/// bits that will be written. Every put stores the whole 64-bit
-/// accumulator and moves on by the whole bytes it holds: a shift, an or, a
-/// store and no branch, however the field widths fall — a flush that
-/// depends on the running bit count would mispredict every few fields of
-/// a Huffman stream.
+/// Writes bit fields into a caller's buffer, sized exactly for them. Every
+/// put stores the whole 64-bit accumulator and moves on by the whole bytes
+/// it holds: a shift, an or, a store and no branch on the running bit
+/// count, however the field widths fall — a flush that depends on it would
+/// mispredict every few fields of a Huffman stream. Only the last few
+/// bytes of the buffer take a slower, shorter store, so parallel writers
+/// can fill adjacent parts of one plane with no scratch copy.
 pub(crate) struct BitWriter<'a> {
     bytes: &'a mut [u8],
     /// Whole bytes written to `bytes`.
@@ -16,9 +17,6 @@ pub(crate) struct BitWriter<'a> {
     pending: u64,
     pending_bits: u32,
 }
-
-/// Bytes a [`BitWriter`]'s buffer needs past the bits written.
-pub(crate) const WRITER_SLACK: usize = 8;
 
 impl<'a> BitWriter<'a> {
     /// A writer that fills `bytes` from its start.
@@ -31,8 +29,8 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); writing into
-    /// the last [`WRITER_SLACK`] bytes of the buffer is a bug and panics.
+    /// Appends the low `bits` bits of `value` (`bits` ≤ 32); writing past
+    /// the end of the buffer is a bug and panics.
     #[inline(always)]
     pub fn put(&mut self, value: u32, bits: u32) {
         self.push(value, bits);
@@ -63,13 +61,27 @@ impl<'a> BitWriter<'a> {
     /// Stores the accumulator and moves on by the whole bytes it holds.
     #[inline(always)]
     pub fn flush(&mut self) {
-        self.bytes[self.flushed..self.flushed + WRITER_SLACK]
-            .copy_from_slice(&self.pending.to_le_bytes());
+        match self.bytes.get_mut(self.flushed..self.flushed + 8) {
+            Some(word) => word.copy_from_slice(&self.pending.to_le_bytes()),
+            None => self.store_near_the_end(),
+        }
         let whole = self.pending_bits / 8;
         self.flushed += whole as usize;
         // Fewer than 64 bits were pending: the shift is below 64.
         self.pending >>= whole * 8;
         self.pending_bits -= whole * 8;
+    }
+
+    /// [`flush`](Self::flush)'s store where fewer than 8 bytes are left:
+    /// only those bytes, and the pending bits must fit them.
+    #[cold]
+    fn store_near_the_end(&mut self) {
+        let left = self.bytes.len().saturating_sub(self.flushed);
+        assert!(
+            self.pending_bits as usize <= left * 8,
+            "bits written past the end of the writer's buffer"
+        );
+        self.bytes[self.flushed..].copy_from_slice(&self.pending.to_le_bytes()[..left]);
     }
 
     /// Bits written so far.
@@ -90,8 +102,7 @@ impl<'a> BitWriter<'a> {
         &self.bytes[..self.bit_len().div_ceil(8) as usize]
     }
 
-    /// Returns how many bits were written. Their last byte is zero-padded;
-    /// the slack after it may have been overwritten with zeros.
+    /// Returns how many bits were written. Their last byte is zero-padded.
     pub fn finish(self) -> u64 {
         let bits = self.bit_len();
         if self.pending_bits > 0 {
@@ -184,17 +195,14 @@ mod tests {
             })
             .collect();
         let total: u64 = fields.iter().map(|f| f.1 as u64).sum();
-        let mut bytes = vec![0xAAu8; total.div_ceil(8) as usize + WRITER_SLACK + 3];
-        let mut writer = BitWriter::new(&mut bytes);
+        let exact = total.div_ceil(8) as usize;
+        let mut bytes = vec![0xAAu8; exact + 3];
+        let mut writer = BitWriter::new(&mut bytes[..exact]);
         for &(value, bits) in &fields {
             writer.put(value, bits);
         }
         assert_eq!(writer.finish(), total);
-        assert_eq!(
-            &bytes[total.div_ceil(8) as usize + WRITER_SLACK..],
-            [0xAA; 3],
-            "nothing past the slack"
-        );
+        assert_eq!(&bytes[exact..], [0xAA; 3], "nothing past the buffer");
         bytes.truncate(total.div_ceil(8) as usize);
         let mut position = 0;
         for &(value, bits) in &fields {
@@ -213,7 +221,7 @@ mod tests {
             })
             .collect();
         let total: u64 = fields.iter().map(|f| f.1 as u64).sum();
-        let mut bytes = vec![0u8; total.div_ceil(8) as usize + WRITER_SLACK];
+        let mut bytes = vec![0u8; total.div_ceil(8) as usize];
         let mut writer = BitWriter::new(&mut bytes);
         for &(value, bits) in &fields {
             writer.put(value, bits);

@@ -12,9 +12,7 @@
 
 use rayon::prelude::*;
 
-use std::cell::RefCell;
-
-use super::bits::{BitWriter, WRITER_SLACK};
+use super::bits::BitWriter;
 use super::float::{ElementCut, FieldSplit, FloatKind, MAX_HEAD_BITS, width_mask};
 use super::huffman::{self, ALPHABET, DecodeTable, MAX_CODE_BITS};
 use super::index::{self, BlockRecord, ChunkException};
@@ -531,13 +529,6 @@ struct BlockWork<'a> {
     stream_bits: u64,
 }
 
-thread_local! {
-    /// Each thread's block output buffers, with the bit writers' slack:
-    /// blocks are written here, then copied into their exact place in the
-    /// planes, which other threads fill around them.
-    static BLOCK_SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
 /// Calls `visit(parts, n)` with the (head, stored rest) of every four
 /// elements of `block` (`n` = 4), then once with the last `n` < 4 (if
 /// any), with the split resolved once: FP8 elements through a 256-entry
@@ -649,26 +640,36 @@ fn put_rests(rests: &mut BitWriter, parts: &[(u32, u32); 4], count: usize, bits:
 /// which holds exactly them.
 fn write_byte_rests(cut: ElementCut, kind: FloatKind, block: &[u8], out: &mut [u8]) {
     let rest_bytes = out.len() / (block.len() / kind.width_bytes()).max(1);
-    let mut out = out.chunks_exact_mut(rest_bytes);
-    match rest_bytes {
-        1 => kind.for_each_element(
-            block,
-            #[inline(always)]
-            |element| out.next().expect("one byte per element")[0] = cut.split(element).1 as u8,
-        ),
-        _ => kind.for_each_element(
-            block,
-            #[inline(always)]
-            |element| {
-                out.next()
-                    .expect("whole bytes per element")
-                    .copy_from_slice(&cut.split(element).1.to_le_bytes()[..rest_bytes])
-            },
-        ),
+    match (kind.width_bytes(), rest_bytes) {
+        (2, 1) => store_rests::<2, 1>(cut, block, out),
+        (4, 1) => store_rests::<4, 1>(cut, block, out),
+        (4, 2) => store_rests::<4, 2>(cut, block, out),
+        (4, 3) => store_rests::<4, 3>(cut, block, out),
+        (width, rest_bytes) => unreachable!("{rest_bytes}-byte rests of {width}-byte elements"),
     }
 }
 
-/// Writes a block's head stream and rest bits; returns its index record.
+/// [`write_byte_rests`] for `WIDTH`-byte elements and `REST`-byte rests:
+/// fixed sizes, so the loop vectorises.
+#[inline(always)]
+fn store_rests<const WIDTH: usize, const REST: usize>(
+    cut: ElementCut,
+    block: &[u8],
+    out: &mut [u8],
+) {
+    let (elements, _) = block.as_chunks::<WIDTH>();
+    let (rests, _) = out.as_chunks_mut::<REST>();
+    for (rest, element) in rests.iter_mut().zip(elements) {
+        let mut word = [0u8; 4];
+        word[..WIDTH].copy_from_slice(element);
+        let stored = cut.split(u32::from_le_bytes(word)).1;
+        rest.copy_from_slice(&stored.to_le_bytes()[..REST]);
+    }
+}
+
+/// Writes a block's head stream and rest bits, heads and rests in one pass
+/// over the elements, straight into their parts of the planes; returns the
+/// block's index record.
 fn encode_block(params: &TensorParams, work: BlockWork) -> Vec<u8> {
     let BlockWork {
         block,
@@ -677,33 +678,8 @@ fn encode_block(params: &TensorParams, work: BlockWork) -> Vec<u8> {
         decision,
         stream_bits,
     } = work;
-    BLOCK_SCRATCH.with_borrow_mut(|(head_scratch, rest_scratch)| {
-        head_scratch.resize(stream.len() + WRITER_SLACK, 0);
-        rest_scratch.resize(rest.len() + WRITER_SLACK, 0);
-        let record = write_block(
-            params,
-            block,
-            decision,
-            stream_bits,
-            BitWriter::new(head_scratch),
-            BitWriter::new(rest_scratch),
-        );
-        stream.copy_from_slice(&head_scratch[..stream.len()]);
-        rest.copy_from_slice(&rest_scratch[..rest.len()]);
-        record
-    })
-}
-
-/// [`encode_block`]'s work, into writers with slack: heads and rests in one
-/// pass over the elements.
-fn write_block(
-    params: &TensorParams,
-    block: &[u8],
-    decision: &BlockDecision,
-    stream_bits: u64,
-    mut heads: BitWriter,
-    mut rests: BitWriter,
-) -> Vec<u8> {
+    let mut heads = BitWriter::new(stream);
+    let mut rests = BitWriter::new(rest);
     let (split, geometry, alphabet) = (&params.split, params.geometry, params.alphabet());
     let rest_bits = split.stored_rest_bits();
     let mut record = Vec::new();

@@ -18,7 +18,7 @@
 //! The bit sequence is padded with zero bits to a whole byte.
 
 use super::CodecError;
-use super::bits::{BitWriter, WRITER_SLACK, peek_bits};
+use super::bits::{BitWriter, peek_bits};
 use super::huffman::{ALPHABET, MAX_CODE_BITS};
 
 const MAX_ZERO_RUN: usize = 33;
@@ -53,8 +53,8 @@ pub fn write_table(lengths: &CodeLengths, alphabet: usize, out: &mut Vec<u8>) {
     let hi = (0..ALPHABET).rev().find(used).unwrap();
     write_symbol(lo as u16, alphabet, out);
     write_symbol(hi as u16, alphabet, out);
-    // At most 7 bits per symbol of the range, and the writer's slack.
-    let mut buffer = [0u8; ALPHABET * 7 / 8 + WRITER_SLACK];
+    // At most 7 bits per symbol of the range.
+    let mut buffer = [0u8; ALPHABET * 7 / 8];
     let mut bits = BitWriter::new(&mut buffer);
     let mut previous = 0u8;
     let mut symbol = lo;
