@@ -1,13 +1,15 @@
 //! `compress`: a safetensors file in, a compressed safetensors file out.
 //!
-//! Tensors are encoded one at a time from the memory-mapped input and their
-//! coded bytes spooled to an anonymous temporary file, so memory holds one
-//! tensor's planes, not the whole model's. The output is then assembled:
-//! header, the tensors kept as they were (largest elements first, so each
-//! stays aligned to its element size), the deflated source header, then the
-//! coded tensors.
+//! The output is, in order: the header, the tensors kept as they were
+//! (largest elements first, so each stays aligned to its element size), the
+//! deflated source header, then the coded tensors. Which tensors are kept is
+//! settled first; then room for the header is reserved, the kept tensors
+//! written, and the coded ones encoded a batch at a time from the
+//! memory-mapped input and written as they come, so memory holds a batch's
+//! planes, not the whole model's, and every byte is written once. The
+//! header goes into its room last.
 
-use std::io::{BufWriter, Seek, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,7 +23,7 @@ use crate::error::{Error, Result};
 use super::Progress;
 use super::schema::{self, CodedHeader};
 use super::source::{SourceFile, TensorEntry};
-use super::write::{AtomicOutput, OutputTensor, header_bytes};
+use super::write::{AtomicOutput, OutputTensor, header_bytes, pad_header};
 
 #[derive(Clone, Debug, Default)]
 pub struct CompressOptions {
@@ -63,6 +65,17 @@ pub fn compress_file(
     output: &Path,
     options: &CompressOptions,
 ) -> Result<CompressReport> {
+    compress_within(input, output, options, coded_len_bound)
+}
+
+/// [`compress_file`], reserving the header's room from `coded_len_bound`
+/// (source bytes to a bound on a coded tensor's bytes).
+fn compress_within(
+    input: &Path,
+    output: &Path,
+    options: &CompressOptions,
+    coded_len_bound: fn(u64) -> u64,
+) -> Result<CompressReport> {
     let started = Instant::now();
     let source = SourceFile::open(input)?;
     if let Some(version) = source.ecf_version() {
@@ -84,41 +97,76 @@ pub fn compress_file(
     }
     let mut out = AtomicOutput::create(output, options.force, &[input])?;
     options.progress.begin(source.data().len() as u64);
-    let spool_dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let spool_file = tempfile::tempfile_in(spool_dir).map_err(|e| Error::io(spool_dir, e))?;
-    let mut spool = BufWriter::with_capacity(1 << 20, spool_file);
 
+    let coded_forms: Vec<bool> = tensors
+        .par_iter()
+        .map(|tensor| will_be_coded(input, &source, tensor, &options.encode))
+        .collect::<Result<_>>()?;
+    // Descending element size keeps every stored tensor aligned to its
+    // element.
+    let mut stored: Vec<&TensorEntry> = tensors
+        .iter()
+        .zip(&coded_forms)
+        .filter(|(_, coded)| !**coded)
+        .map(|(tensor, _)| tensor)
+        .collect();
+    stored.sort_by_key(|t| std::cmp::Reverse(t.dtype.bitsize()));
     let source_header = miniz_oxide::deflate::compress_to_vec(source.header_bytes(), 9);
-    let mut coded = vec![OutputTensor {
-        name: schema::SOURCE_HEADER_TENSOR.to_string(),
-        dtype: "U8".to_string(),
-        shape: vec![source_header.len() as u64],
-        len: source_header.len() as u64,
-    }];
-    spool
-        .write_all(&source_header)
-        .map_err(|e| Error::io(output, e))?;
+    let layout_with = |coded_len: &dyn Fn(usize) -> u64| -> Vec<OutputTensor> {
+        let coded = tensors
+            .iter()
+            .zip(&coded_forms)
+            .enumerate()
+            .filter(|(_, (_, coded))| **coded)
+            .map(|(index, (tensor, _))| coded_entry(&tensor.name, coded_len(index)));
+        stored
+            .iter()
+            .map(|t| OutputTensor {
+                name: t.name.clone(),
+                dtype: format!("{:?}", t.dtype),
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                len: t.len() as u64,
+            })
+            .chain([coded_entry(
+                schema::SOURCE_HEADER_TENSOR,
+                source_header.len() as u64,
+            )])
+            .chain(coded)
+            .collect()
+    };
+    // The header comes first but holds the coded tensors' sizes, known only
+    // once they are written: room for it is reserved from a bound on each,
+    // so every byte is written once, in place.
+    let reserved_header = header_bytes(
+        &file_metadata(&source, 0),
+        &layout_with(&|index| coded_len_bound(tensors[index].len() as u64)),
+    );
+    out.write_all(&vec![0; reserved_header.len()])?;
+    for tensor in &stored {
+        out.write_all(&source.data()[tensor.range.clone()])?;
+        source.release(tensor.range.clone());
+    }
+    out.write_all(&source_header)?;
+
     // The whole file's checksum, taken tensor by tensor as they stream past
     // (they cover the data section in order), so no pass maps it all.
     let mut file_hash = Xxh3::new();
     file_hash.update(&source.bytes()[..source.bytes().len() - source.data().len()]);
     // Small tensors are encoded several at a time, in parallel; a large one
     // alone, in parallel blocks; then it is hashed and its source pages
-    // released. A writer thread spools each batch while the next one is
+    // released. A writer thread writes each batch while the next one is
     // encoded, so the cores never wait on the disk; the hand-over is a
     // rendezvous, so memory holds one source batch and two encoded ones.
+    let numbered: Vec<(usize, &TensorEntry)> = tensors.iter().enumerate().collect();
     let (batch_sender, batch_receiver) = std::sync::mpsc::sync_channel(0);
     let written = std::thread::scope(|scope| {
         let writer = scope.spawn(|| -> Result<_> {
             let mut reports = Vec::with_capacity(tensors.len());
-            let mut raw = Vec::new();
+            let mut coded_lens = vec![0u64; tensors.len()];
             for (batch, encoded) in batch_receiver {
-                let batch: &[TensorEntry] = batch;
+                let batch: &[(usize, &TensorEntry)] = batch;
                 let encoded: Vec<Result<Option<Coded>>> = encoded;
-                for (tensor, encoded) in batch.iter().zip(encoded) {
+                for (&(index, tensor), encoded) in batch.iter().zip(encoded) {
                     let source_bytes = tensor.len() as u64;
                     let mut report = TensorReport {
                         name: tensor.name.clone(),
@@ -128,38 +176,34 @@ pub fn compress_file(
                         stored_bytes: source_bytes,
                         coded: false,
                     };
-                    match encoded? {
-                        Some(Coded { header, encoded }) => {
-                            for plane in [&header, &encoded.index, &encoded.head, &encoded.rest] {
-                                spool.write_all(plane).map_err(|e| Error::io(output, e))?;
-                            }
-                            let len = header.len() as u64 + encoded.stored_bytes();
-                            coded.push(OutputTensor {
-                                name: tensor.name.clone(),
-                                dtype: "U8".to_string(),
-                                shape: vec![len],
-                                len,
-                            });
-                            report.stored_bytes = len;
-                            report.coded = true;
+                    if let Some(Coded { header, encoded }) = encoded? {
+                        for plane in [&header, &encoded.index, &encoded.head, &encoded.rest] {
+                            out.write_all(plane)?;
                         }
-                        None => raw.push(tensor),
+                        let len = header.len() as u64 + encoded.stored_bytes();
+                        coded_lens[index] = len;
+                        report.stored_bytes = len;
+                        report.coded = true;
                     }
                     reports.push(report);
                     options.progress.advance(source_bytes);
                 }
             }
-            Ok((reports, raw))
+            Ok((reports, coded_lens))
         });
-        for batch in super::batches(&tensors, super::BATCH_BYTES, |t| t.len() as u64) {
+        for batch in super::batches(&numbered, super::BATCH_BYTES, |(_, t)| t.len() as u64) {
             let encoded: Vec<Result<Option<Coded>>> = batch
                 .par_iter()
-                .map(|tensor| encode_if_smaller(input, &source, tensor, &options.encode))
+                .map(|&(index, tensor)| {
+                    coded_forms[index]
+                        .then(|| encode_tensor(input, &source, tensor, &options.encode))
+                        .transpose()
+                })
                 .collect();
-            for tensor in batch {
+            for (_, tensor) in batch {
                 file_hash.update(&source.data()[tensor.range.clone()]);
             }
-            if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            if let (Some((_, first)), Some((_, last))) = (batch.first(), batch.last()) {
                 source.release(first.range.start..last.range.end);
             }
             if batch_sender.send((batch, encoded)).is_err() {
@@ -171,21 +215,54 @@ pub fn compress_file(
             .join()
             .expect("the compress writer thread does not panic")
     });
-    let (reports, mut raw) = written?;
+    let (reports, coded_lens) = written?;
 
-    // Descending element size keeps every raw tensor aligned to its element.
-    raw.sort_by_key(|t| std::cmp::Reverse(t.dtype.bitsize()));
-    let mut layout: Vec<OutputTensor> = raw
-        .iter()
-        .map(|t| OutputTensor {
-            name: t.name.clone(),
-            dtype: format!("{:?}", t.dtype),
-            shape: t.shape.iter().map(|&d| d as u64).collect(),
-            len: t.len() as u64,
-        })
-        .collect();
-    layout.extend(coded);
+    let layout = layout_with(&|index| coded_lens[index]);
+    let header = header_bytes(&file_metadata(&source, file_hash.digest()), &layout);
+    let compressed_bytes = match pad_header(&header, reserved_header.len()) {
+        Some(padded) => {
+            let file = out.file()?;
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.write_all(&padded))
+                .map_err(|e| Error::io(output, e))?;
+            out.commit()?;
+            padded.len() as u64 + layout.iter().map(|t| t.len).sum::<u64>()
+        }
+        None => {
+            // A coded tensor outgrew its bound (which takes options far from
+            // the defaults): the data moves behind the header.
+            let mut moved = AtomicOutput::create(output, options.force, &[input])?;
+            moved.write_all(&header)?;
+            let (file, moved_file) = (out.file()?, moved.file()?);
+            file.seek(SeekFrom::Start(reserved_header.len() as u64))
+                .and_then(|_| std::io::copy(file, moved_file))
+                .map_err(|e| Error::io(output, e))?;
+            moved.commit()?;
+            header.len() as u64 + layout.iter().map(|t| t.len).sum::<u64>()
+        }
+    };
+    Ok(CompressReport {
+        source_bytes: source.bytes().len() as u64,
+        compressed_bytes,
+        tensors: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
+/// The header entry of a coded tensor (or of the deflated source header)
+/// of `len` bytes.
+fn coded_entry(name: &str, len: u64) -> OutputTensor {
+    OutputTensor {
+        name: name.to_string(),
+        dtype: "U8".to_string(),
+        shape: vec![len],
+        len,
+    }
+}
+
+/// The compressed file's metadata: the source's, less any `ecf.` keys,
+/// then ecfloat's own.
+fn file_metadata(source: &SourceFile, source_checksum: u64) -> Vec<(&str, String)> {
     let mut metadata: Vec<(&str, String)> = source
         .metadata
         .metadata()
@@ -200,29 +277,48 @@ pub fn compress_file(
         (schema::VERSION_KEY, schema::FORMAT_VERSION.to_string()),
         (
             schema::SOURCE_CHECKSUM_KEY,
-            schema::format_checksum(file_hash.digest()),
+            schema::format_checksum(source_checksum),
         ),
     ]);
+    metadata
+}
 
-    let header = header_bytes(&metadata, &layout);
-    out.write_all(&header)?;
-    for tensor in &raw {
-        out.write_all(&source.data()[tensor.range.clone()])?;
-        source.release(tensor.range.clone());
+/// Source tensors of fewer bytes than this are coded only where that makes
+/// them smaller, which a first pass finds out by encoding them; larger
+/// float tensors are always coded, so which tensors are stored is known
+/// before the first coded byte is written. Coding never makes a large
+/// tensor more than a few bytes per block larger (a block that codes
+/// badly is stored raw in its planes).
+const ALWAYS_CODED_BYTES: u64 = 64 << 10;
+
+/// A bound on the coded size of a tensor of `source_len` bytes with the
+/// default blocks, generous enough that its decimal digits are rarely more
+/// than the true size's.
+fn coded_len_bound(source_len: u64) -> u64 {
+    source_len + source_len / 16 + 4096
+}
+
+/// Whether `tensor` is stored coded (see [`ALWAYS_CODED_BYTES`]).
+fn will_be_coded(
+    input: &Path,
+    source: &SourceFile,
+    tensor: &TensorEntry,
+    options: &EncodeOptions,
+) -> Result<bool> {
+    if codable_kind(tensor).is_none() {
+        return Ok(false);
     }
-    let mut spool_file = spool
-        .into_inner()
-        .map_err(|e| Error::io(output, e.into_error()))?;
-    spool_file.rewind().map_err(|e| Error::io(output, e))?;
-    std::io::copy(&mut spool_file, out.file()?).map_err(|e| Error::io(output, e))?;
-    let compressed_bytes = header.len() as u64 + layout.iter().map(|t| t.len).sum::<u64>();
-    out.commit()?;
-    Ok(CompressReport {
-        source_bytes: source.bytes().len() as u64,
-        compressed_bytes,
-        tensors: reports,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    if tensor.len() as u64 >= ALWAYS_CODED_BYTES {
+        return Ok(true);
+    }
+    let coded = encode_tensor(input, source, tensor, options)?;
+    Ok(coded.header.len() as u64 + coded.encoded.stored_bytes() < tensor.len() as u64)
+}
+
+/// The float format of a tensor that can be coded: a non-empty one of a
+/// float dtype the codec knows.
+fn codable_kind(tensor: &TensorEntry) -> Option<FloatKind> {
+    FloatKind::from_safetensors_name(&format!("{:?}", tensor.dtype)).filter(|_| !tensor.is_empty())
 }
 
 /// A tensor's coded header and planes, as they are stored.
@@ -231,19 +327,15 @@ struct Coded {
     encoded: EncodedTensor,
 }
 
-/// The coded header and planes of a float tensor, if coding makes it
-/// smaller; `None` for a tensor to keep as it is.
-fn encode_if_smaller(
+/// The coded header and planes of a tensor that [`codable_kind`] accepts.
+fn encode_tensor(
     input: &Path,
     source: &SourceFile,
     tensor: &TensorEntry,
     options: &EncodeOptions,
-) -> Result<Option<Coded>> {
+) -> Result<Coded> {
     let bytes = &source.data()[tensor.range.clone()];
-    let dtype = format!("{:?}", tensor.dtype);
-    let Some(kind) = FloatKind::from_safetensors_name(&dtype).filter(|_| !bytes.is_empty()) else {
-        return Ok(None);
-    };
+    let kind = codable_kind(tensor).expect("only codable tensors are encoded");
     let encoded =
         codec::encode(kind, bytes, options).map_err(|e| Error::codec(input, &tensor.name, e))?;
     let mut header = Vec::new();
@@ -255,8 +347,111 @@ fn encode_if_smaller(
         rest_len: encoded.rest.len() as u64,
     }
     .write(&mut header);
-    // A coded tensor's header entry is a few bytes shorter than a raw
-    // one's (a 1-D U8 shape), so its stored bytes decide.
-    let smaller = header.len() as u64 + encoded.stored_bytes() < bytes.len() as u64;
-    Ok(smaller.then_some(Coded { header, encoded }))
+    Ok(Coded { header, encoded })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::decompress_file;
+    use crate::container::write::{TensorData, write_safetensors};
+
+    /// A source of float tensors that coding cannot shrink, one small and
+    /// one large, beside a compressible one.
+    fn write_source(path: &Path) -> Vec<u8> {
+        let noise = |len: usize, seed: u64| -> Vec<u8> {
+            let mut state = seed;
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    (state >> 56) as u8
+                })
+                .collect()
+        };
+        let weights = crate::synth::to_bytes(
+            &crate::synth::heavy_tailed(200_000, 500, 0.02, 7),
+            FloatKind::Bf16,
+        );
+        let small_noise = noise(4000, 1);
+        let large_noise = noise(400_000, 2);
+        let tensors = [
+            ("weights", "BF16", vec![400u64, 500], &weights),
+            ("small_noise", "F32", vec![1000], &small_noise),
+            ("large_noise", "F16", vec![200_000], &large_noise),
+        ];
+        let tensors: Vec<TensorData> = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| TensorData {
+                name,
+                dtype,
+                shape,
+                bytes,
+            })
+            .collect();
+        write_safetensors(path, &[], &tensors).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn large_float_tensors_are_coded_even_where_that_does_not_shrink_them() {
+        let directory = tempfile::tempdir().unwrap();
+        let (source, output) = (directory.path().join("s"), directory.path().join("c"));
+        let original = write_source(&source);
+        let report = compress_file(&source, &output, &CompressOptions::default()).unwrap();
+        let stored: Vec<&str> = report
+            .tensors
+            .iter()
+            .filter(|t| !t.coded)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(stored, ["small_noise"]);
+        let large = report
+            .tensors
+            .iter()
+            .find(|t| t.name == "large_noise")
+            .unwrap();
+        assert!(
+            large.stored_bytes >= large.source_bytes,
+            "noise does not shrink"
+        );
+        assert!(large.stored_bytes < large.source_bytes + 100);
+        let rebuilt = directory.path().join("r");
+        decompress_file(&output, &rebuilt, false, &Default::default()).unwrap();
+        assert!(std::fs::read(&rebuilt).unwrap() == original);
+    }
+
+    #[test]
+    fn a_header_outgrowing_its_room_moves_the_data_behind_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let source = directory.path().join("s");
+        let original = write_source(&source);
+        let (roomy, cramped) = (directory.path().join("a"), directory.path().join("b"));
+        let options = CompressOptions::default();
+        compress_file(&source, &roomy, &options).unwrap();
+        compress_within(&source, &cramped, &options, |_| 0).unwrap();
+        let (roomy, cramped) = (
+            std::fs::read(&roomy).unwrap(),
+            std::fs::read(&cramped).unwrap(),
+        );
+        // The same file but for the spaces after the header's JSON.
+        let json_len = |file: &[u8]| u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        let json = |file: &[u8]| file[8..8 + json_len(file)].trim_ascii_end().to_vec();
+        assert_eq!(json(&roomy), json(&cramped));
+        assert!(roomy[8 + json_len(&roomy)..] == cramped[8 + json_len(&cramped)..]);
+        assert!(
+            json_len(&cramped) - json(&cramped).len() < 8,
+            "no room was reserved"
+        );
+        let rebuilt = directory.path().join("r");
+        decompress_file(
+            &directory.path().join("b"),
+            &rebuilt,
+            false,
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(std::fs::read(&rebuilt).unwrap() == original);
+    }
 }

@@ -51,6 +51,17 @@ pub(crate) fn header_bytes(metadata: &[(&str, String)], tensors: &[OutputTensor]
     bytes
 }
 
+/// `header` (from [`header_bytes`]) with spaces after its JSON up to `len`
+/// bytes in all, if it fits them.
+pub(crate) fn pad_header(header: &[u8], len: usize) -> Option<Vec<u8>> {
+    let json_len = len.checked_sub(8).filter(|_| header.len() <= len)?;
+    let mut padded = Vec::with_capacity(len);
+    padded.extend_from_slice(&(json_len as u64).to_le_bytes());
+    padded.extend_from_slice(&header[8..]);
+    padded.resize(len, b' ');
+    Some(padded)
+}
+
 /// A tensor held in memory, to write.
 pub struct TensorData<'a> {
     pub name: &'a str,
