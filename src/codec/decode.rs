@@ -695,16 +695,15 @@ fn join_block(
             // Sign first, nine head bits (BF16; FP16 with three mantissa
             // bits): eight rests of seven bits fill seven bytes, read with
             // one load and constant shifts.
+            // Fixed-size groups, so the loop over a group unrolls.
             let groups = heads.len() / 8;
-            for (group, (elements, heads)) in out
-                .chunks_exact_mut(16)
-                .zip(heads.chunks_exact(8))
-                .enumerate()
-            {
+            let (out_groups, _) = out.as_chunks_mut::<16>();
+            let (head_groups, _) = heads.as_chunks::<8>();
+            for (group, (elements, heads)) in out_groups.iter_mut().zip(head_groups).enumerate() {
                 let fields = load_le_u64_padded(rest, group * 7);
-                for (k, (pair, &head)) in elements.chunks_exact_mut(2).zip(heads).enumerate() {
-                    let element = head << 7 | (fields >> (7 * k) & 0x7F) as u16;
-                    pair.copy_from_slice(&element.to_le_bytes());
+                for k in 0..8 {
+                    let element = heads[k] << 7 | (fields >> (7 * k) & 0x7F) as u16;
+                    elements[2 * k..2 * k + 2].copy_from_slice(&element.to_le_bytes());
                 }
             }
             let mut fields = FieldReader::new(&rest[groups * 7..]);
