@@ -63,25 +63,13 @@ impl<'a> BitWriter<'a> {
     pub fn flush(&mut self) {
         match self.bytes.get_mut(self.flushed..self.flushed + 8) {
             Some(word) => word.copy_from_slice(&self.pending.to_le_bytes()),
-            None => self.store_near_the_end(),
+            None => store_near_the_end(self.bytes, self.flushed, self.pending, self.pending_bits),
         }
         let whole = self.pending_bits / 8;
         self.flushed += whole as usize;
         // Fewer than 64 bits were pending: the shift is below 64.
         self.pending >>= whole * 8;
         self.pending_bits -= whole * 8;
-    }
-
-    /// [`flush`](Self::flush)'s store where fewer than 8 bytes are left:
-    /// only those bytes, and the pending bits must fit them.
-    #[cold]
-    fn store_near_the_end(&mut self) {
-        let left = self.bytes.len().saturating_sub(self.flushed);
-        assert!(
-            self.pending_bits as usize <= left * 8,
-            "bits written past the end of the writer's buffer"
-        );
-        self.bytes[self.flushed..].copy_from_slice(&self.pending.to_le_bytes()[..left]);
     }
 
     /// Bits written so far.
@@ -110,6 +98,21 @@ impl<'a> BitWriter<'a> {
         }
         bits
     }
+}
+
+/// [`BitWriter::flush`]'s store where fewer than 8 bytes are left: only
+/// those bytes, and the pending bits must fit them. It takes the writer's
+/// fields, not the writer, so that the writer's address is never taken and
+/// its state stays in registers.
+#[cold]
+#[inline(never)]
+fn store_near_the_end(bytes: &mut [u8], flushed: usize, pending: u64, pending_bits: u32) {
+    let left = bytes.len().saturating_sub(flushed);
+    assert!(
+        pending_bits as usize <= left * 8,
+        "bits written past the end of the writer's buffer"
+    );
+    bytes[flushed..].copy_from_slice(&pending.to_le_bytes()[..left]);
 }
 
 /// Reads consecutive bit fields of up to 32 bits from the front of a
