@@ -30,6 +30,12 @@
 // emulates — __syncthreads, static __shared__ arrays, threadIdx/blockIdx,
 // __funnelshift_r, unsigned min/max and atomicMin — and every
 // __syncthreads must be reached by all 256 threads.
+//
+// Global memory is read and written only through load_word, store_word,
+// store_narrow and a model_read of each record copied, and every codeword
+// lookup and round is marked: the CPU execution defines the ECF_MODEL_*
+// hooks to count memory sectors per warp, decodes and idle threads (its
+// memory-access model); here they are empty.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -60,6 +66,12 @@ typedef unsigned char u8;
 #define STATUS_NO_BLOCK 4u
 #define STATUS_DETAIL_SHIFT 4u
 #define STATUS_NONE 0xFFFFFFFFu
+
+#ifndef ECF_MODEL_ACCESS
+#define ECF_MODEL_ACCESS(address, bytes, store)
+#define ECF_MODEL_DECODE()
+#define ECF_MODEL_ROUND(active)
+#endif
 
 struct Params {
     u32 block_count;
@@ -112,15 +124,42 @@ struct Segment {
     Block block;
 };
 
+__device__ __forceinline__ u32 load_word(const u32* words, u32 index) {
+    ECF_MODEL_ACCESS(words + index, 4u, false);
+    return words[index];
+}
+
+__device__ __forceinline__ void store_word(u32* words, u32 index, u32 value) {
+    ECF_MODEL_ACCESS(words + index, 4u, true);
+    words[index] = value;
+}
+
+// A one- or two-byte store.
+__device__ __forceinline__ void store_narrow(u8* byte, u32 width, u32 value) {
+    ECF_MODEL_ACCESS(byte, width, true);
+    if (width == 1u) {
+        *byte = (u8)value;
+    } else {
+        *(u16*)byte = (u16)value;
+    }
+}
+
+// Marks a record about to be copied from global memory.
+template <typename Record>
+__device__ __forceinline__ const Record& model_read(const Record& record) {
+    ECF_MODEL_ACCESS(&record, (u32)sizeof(Record), false);
+    return record;
+}
+
 __device__ __forceinline__ u32 canonical_lookup(const u32* table, u32 bits) {
     u32 code = 0u;
     for (u32 len = 1u; len <= MAX_CODE_BITS; len++) {
         code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
-        u32 info = table[TABLE_LENGTHS + len - 1u];
+        u32 info = load_word(table, TABLE_LENGTHS + len - 1u);
         u32 offset = code - (info & 0xFFFu);
         if (offset < (info >> TABLE_COUNT_SHIFT)) {
             u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
-            u32 symbol = (table[slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
+            u32 symbol = (load_word(table, slot / 2u) >> (16u * (slot % 2u))) & 0xFFFFu;
             return symbol | (len << ENTRY_LENGTH_SHIFT);
         }
     }
@@ -141,7 +180,7 @@ __device__ __forceinline__ u32 peek_head(const Segment& s, u32 position) {
     u32 bit = (s.block.stream_byte & 3u) * 8u + position;
     u32 word = (s.block.stream_byte >> 2u) + (bit >> 5u);
     u32 shift = bit & 31u;
-    return __funnelshift_r(s.dispatch->head[word], s.dispatch->head[word + 1u], shift);
+    return __funnelshift_r(load_word(s.dispatch->head, word), load_word(s.dispatch->head, word + 1u), shift);
 }
 
 __device__ __forceinline__ u32 rest_field(const Segment& s, u32 element) {
@@ -152,7 +191,7 @@ __device__ __forceinline__ u32 rest_field(const Segment& s, u32 element) {
     u32 bit = (s.block.rest_byte & 3u) * 8u + element * width;
     u32 word = (s.block.rest_byte >> 2u) + (bit >> 5u);
     u32 shift = bit & 31u;
-    u32 bits = __funnelshift_r(s.dispatch->rest[word], s.dispatch->rest[word + 1u], shift);
+    u32 bits = __funnelshift_r(load_word(s.dispatch->rest, word), load_word(s.dispatch->rest, word + 1u), shift);
     return bits & ((1u << width) - 1u);
 }
 
@@ -180,7 +219,7 @@ __device__ __forceinline__ u32 uncoded_element(const Segment& s, u32 element) {
         u32 bits = s.params->head_bits;
         u32 bit = (s.block.stream_byte & 3u) * 8u + element * bits;
         u32 word = (s.block.stream_byte >> 2u) + (bit >> 5u);
-        u32 value = __funnelshift_r(s.dispatch->head[word], s.dispatch->head[word + 1u], bit & 31u);
+        u32 value = __funnelshift_r(load_word(s.dispatch->head, word), load_word(s.dispatch->head, word + 1u), bit & 31u);
         head_symbol = value & ((1u << bits) - 1u);
     }
     return join(s.params, head_symbol, rest_field(s, element));
@@ -208,7 +247,7 @@ __device__ void write_uncoded(const Segment& s, u32 thread) {
                 value |= uncoded_element(s, element) << (k * s.params->width_bytes * 8u);
             }
         }
-        s.dispatch->output[output_word(s, word * per_word)] = value;
+        store_word(s.dispatch->output, output_word(s, word * per_word), value);
     }
 }
 
@@ -234,7 +273,7 @@ __device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk) {
     u32 high = s.block.exceptions_start + s.block.exceptions_count;
     while (low < high) {
         u32 middle = (low + high) / 2u;
-        u32 entry = s.dispatch->exceptions[middle];
+        u32 entry = load_word(s.dispatch->exceptions, middle);
         u32 entry_chunk = entry >> 8u;
         if (entry_chunk == chunk) {
             return entry & 0xFFu;
@@ -269,19 +308,14 @@ __device__ __forceinline__ void flush_word(const Segment& s, u32 word_start, u32
     u32 word_end = min(word_start + per_word, s.block.elements);
     u32 index = output_word(s, word_start);
     if (word_start >= first && word_end <= end) {
-        s.dispatch->output[index] = value;
+        store_word(s.dispatch->output, index, value);
         return;
     }
     u32 width = s.params->width_bytes;
     for (u32 element = max(word_start, first); element < min(word_end, end); element++) {
         u32 k = element - word_start;
         u32 part = value >> (k * width * 8u);
-        u8* byte = (u8*)(s.dispatch->output + index) + k * width;
-        if (width == 1u) {
-            *byte = (u8)part;
-        } else {
-            *(u16*)byte = (u16)part;
-        }
+        store_narrow((u8*)(s.dispatch->output + index) + k * width, width, part);
     }
 }
 
@@ -305,6 +339,7 @@ __device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32
     u32 position = decode_start(s, chunk);
     // Warm-up: codewords before the chunk are the previous chunk's.
     while (position < begin) {
+        ECF_MODEL_DECODE();
         position += max((u32)decode_table[peek_head(s, position) & TABLE_MASK] >> ENTRY_LENGTH_SHIFT, 1u);
     }
     ChunkWalk walk;
@@ -313,6 +348,7 @@ __device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32
     u32 word_value = 0u;
     u32 word_start = (first / per_word) * per_word;
     while (position < stop) {
+        ECF_MODEL_DECODE();
         u32 entry = decode_table[peek_head(s, position) & TABLE_MASK];
         u32 element = first + walk.count;
         walk.count += 1u;
@@ -348,22 +384,22 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
     __shared__ u32 block_status;
     __shared__ u32 previous_end;
     u32 thread = threadIdx.x;
-    const Dispatch* dispatch = &dispatches[work[2u * blockIdx.x]];
-    u32 block_index = work[2u * blockIdx.x + 1u];
+    const Dispatch* dispatch = &model_read(dispatches[load_word(work, 2u * blockIdx.x)]);
+    u32 block_index = load_word(work, 2u * blockIdx.x + 1u);
     if (block_index >= dispatch->params.block_count) {
         if (thread == 0u) {
-            status[blockIdx.x] = STATUS_NO_BLOCK;
+            store_word(status, blockIdx.x, STATUS_NO_BLOCK);
         }
         return;
     }
     Segment s;
     s.params = &dispatch->params;
     s.dispatch = dispatch;
-    s.block = dispatch->blocks[block_index];
+    s.block = model_read(dispatch->blocks[block_index]);
     if (s.block.mode != BLOCK_CODED) {
         write_uncoded(s, thread);
         if (thread == 0u) {
-            status[blockIdx.x] = STATUS_OK;
+            store_word(status, blockIdx.x, STATUS_OK);
         }
         return;
     }
@@ -376,6 +412,7 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
     u32 round_base = 0u;
     for (u32 round_index = 0u; round_index < rounds; round_index++) {
         u32 chunk = round_index * WORKGROUP_SIZE + thread;
+        ECF_MODEL_ROUND(chunk < chunks);
         ChunkWalk walk;
         walk.start = 0u;
         walk.end = 0u;
@@ -414,6 +451,6 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
         if (problem == STATUS_NONE) {
             problem = round_base == s.block.elements ? STATUS_OK : STATUS_COUNT | round_base << STATUS_DETAIL_SHIFT;
         }
-        status[blockIdx.x] = problem;
+        store_word(status, blockIdx.x, problem);
     }
 }

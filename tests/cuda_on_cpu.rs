@@ -2,6 +2,10 @@
 //! every conformance case, fed by the same plan — dispatch records and work
 //! list — the CUDA backend launches, bit for bit against the original.
 //!
+//! `kernel_model` decodes the largest tensor of each dtype of
+//! `../shared/testdata` with the memory-access model on and prints its
+//! figures.
+//!
 //! `under_thread_sanitizer` runs a subset again with the harness built with
 //! ThreadSanitizer; `.ci/run` runs it (`-- --ignored`). Without g++ the
 //! tests show as ignored, with the reason; `ECF_REQUIRE_CXX=1` makes that
@@ -9,13 +13,19 @@
 
 mod common;
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::harness::{self, Ran};
-use common::kernel_on_cpu::{SANITIZER, kernel_on_cpu, require_harness};
+use common::kernel_on_cpu::{
+    KernelModel, SANITIZER, kernel_on_cpu, modelled_kernel_on_cpu, require_harness,
+};
+use ecfloat::backend;
 use ecfloat::backend::gpu::layout::DispatchLimits;
+use ecfloat::codec::{self, BlockIndex, EncodeOptions, FloatKind};
 use ecfloat::conformance::{self, Family};
+use ecfloat::container::SourceFile;
 
 fn main() {
     // The whole suite, with the CUDA backend's limits (one segment a
@@ -39,6 +49,7 @@ fn main() {
             "an_endless_loop_ends_the_process_with_a_message",
             an_endless_loop_ends_the_process_with_a_message,
         ),
+        harness::trial("kernel_model", kernel_model),
         // Minutes: `.ci/run` runs it.
         harness::on_request("under_thread_sanitizer", under_thread_sanitizer),
     ]);
@@ -84,6 +95,60 @@ fn an_endless_loop_ends_the_process_with_a_message() -> Ran {
         stderr.contains("the launch hung") && stderr.contains("an endless loop"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// The memory-access model on the largest BF16, F16, F32 and E4M3 tensors
+/// of the test data, each encoded with the default options and decoded bit
+/// for bit: one line of figures each.
+fn kernel_model() -> Ran {
+    let files = harness::require_testdata_files()?;
+    let (backend, model) = modelled_kernel_on_cpu()?;
+    // dtype → (bytes, file, tensor name) of its largest tensor.
+    let mut largest: BTreeMap<&str, (usize, PathBuf, String)> = BTreeMap::new();
+    for file in &files {
+        let source = SourceFile::open(file).unwrap();
+        for tensor in source.tensors() {
+            let dtype = format!("{:?}", tensor.dtype);
+            let Some(&wanted) = ["BF16", "F16", "F32", "F8_E4M3"]
+                .iter()
+                .find(|&&wanted| wanted == dtype)
+            else {
+                continue;
+            };
+            if largest
+                .get(wanted)
+                .is_none_or(|(len, ..)| tensor.len() > *len)
+            {
+                largest.insert(wanted, (tensor.len(), file.clone(), tensor.name.clone()));
+            }
+        }
+    }
+    for (dtype, (_, file, name)) in largest {
+        let source = SourceFile::open(&file).unwrap();
+        let tensor = source
+            .tensors()
+            .into_iter()
+            .find(|t| t.name == name)
+            .unwrap();
+        let bytes = &source.data()[tensor.range.clone()];
+        let kind = FloatKind::from_safetensors_name(dtype).unwrap();
+        let encoded = codec::encode(kind, bytes, &EncodeOptions::default()).unwrap();
+        let index = BlockIndex::parse(&encoded.view()).unwrap();
+        *model.lock().unwrap() = KernelModel::default();
+        let decoded = backend::decode_to_host(backend.as_ref(), &encoded.view(), &index).unwrap();
+        assert!(decoded == bytes, "{name}: decoded bytes differ");
+        let counts = *model.lock().unwrap();
+        let elements = (bytes.len() / kind.width_bytes()) as f64;
+        println!(
+            "kernel model: {name} {dtype} decodes_per_element={:.2} active_threads={:.2} \
+             store_sectors_per_ideal={:.2} load_sectors_per_ideal={:.2}",
+            counts.decodes as f64 / elements,
+            counts.active_threads(),
+            counts.store_sectors_per_ideal(),
+            counts.load_sectors_per_ideal(),
+        );
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 use std::ffi::{CStr, c_char};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ecfloat::backend::gpu::layout::{self, DispatchLimits, DispatchParams, DispatchRecord};
 use ecfloat::backend::gpu::plan::LaunchPlan;
@@ -93,7 +93,62 @@ type DecodeOnCpu = unsafe extern "C" fn(
     *mut c_char,
     usize,
 ) -> i32;
+type DecodeOnCpuModelled = unsafe extern "C" fn(
+    *const DispatchRecord,
+    *const u32,
+    *mut u32,
+    u32,
+    f64,
+    *mut c_char,
+    usize,
+    *mut KernelModel,
+) -> i32;
 type MisbehavingKernel = unsafe extern "C" fn(f64, *mut c_char, usize) -> i32;
+
+/// What the memory-access model of `harness.cpp` counted over modelled
+/// launches (its `ModelCounts`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelModel {
+    /// Distinct 32-byte sectors touched by the k-th global load (store) of
+    /// the threads of each warp, summed over warps, k and blocks.
+    pub load_sectors: u64,
+    pub store_sectors: u64,
+    /// Distinct bytes each block loaded (stored), summed over blocks.
+    pub load_bytes: u64,
+    pub store_bytes: u64,
+    /// Codeword lookups, warm-up and both passes included.
+    pub decodes: u64,
+    /// Rounds times threads, and those with a chunk to decode.
+    pub thread_rounds: u64,
+    pub active_thread_rounds: u64,
+}
+
+impl KernelModel {
+    fn add(&mut self, other: &KernelModel) {
+        self.load_sectors += other.load_sectors;
+        self.store_sectors += other.store_sectors;
+        self.load_bytes += other.load_bytes;
+        self.store_bytes += other.store_bytes;
+        self.decodes += other.decodes;
+        self.thread_rounds += other.thread_rounds;
+        self.active_thread_rounds += other.active_thread_rounds;
+    }
+
+    /// Sectors moved per sector of the bytes needed, each once.
+    pub fn load_sectors_per_ideal(&self) -> f64 {
+        self.load_sectors as f64 / (self.load_bytes as f64 / 32.0)
+    }
+
+    pub fn store_sectors_per_ideal(&self) -> f64 {
+        self.store_sectors as f64 / (self.store_bytes as f64 / 32.0)
+    }
+
+    /// The share of thread rounds with a chunk to decode.
+    pub fn active_threads(&self) -> f64 {
+        self.active_thread_rounds as f64 / self.thread_rounds.max(1) as f64
+    }
+}
 
 /// The kernel compiled for the CPU, loaded.
 pub struct Harness {
@@ -101,29 +156,57 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Runs the launch; modelled when `model` is given, which then
+    /// receives its counts.
     fn decode(
         &self,
         records: &[DispatchRecord],
         work: &[u32],
         status: &mut [u32],
         blocks: u32,
+        model: Option<&mut KernelModel>,
     ) -> Result<()> {
-        // Safety: the symbol has this signature (harness.cpp).
-        let decode: libloading::Symbol<DecodeOnCpu> =
-            unsafe { self.library.get(b"ecf_decode_on_cpu") }.expect("the harness exports it");
         let mut message = [0 as c_char; 1024];
-        // Safety: the records point at live buffers that the GPU core
-        // sized and validated, as for a GPU; the others are valid slices.
-        let failed = unsafe {
-            decode(
-                records.as_ptr(),
-                work.as_ptr(),
-                status.as_mut_ptr(),
-                blocks,
-                kernel_timeout(),
-                message.as_mut_ptr(),
-                message.len(),
-            )
+        let failed = match model {
+            None => {
+                // Safety: the symbol has this signature (harness.cpp).
+                let decode: libloading::Symbol<DecodeOnCpu> =
+                    unsafe { self.library.get(b"ecf_decode_on_cpu") }
+                        .expect("the harness exports it");
+                // Safety: the records point at live buffers that the GPU
+                // core sized and validated, as for a GPU; the others are
+                // valid slices.
+                unsafe {
+                    decode(
+                        records.as_ptr(),
+                        work.as_ptr(),
+                        status.as_mut_ptr(),
+                        blocks,
+                        kernel_timeout(),
+                        message.as_mut_ptr(),
+                        message.len(),
+                    )
+                }
+            }
+            Some(model) => {
+                // Safety: as above.
+                let decode: libloading::Symbol<DecodeOnCpuModelled> =
+                    unsafe { self.library.get(b"ecf_decode_on_cpu_modelled") }
+                        .expect("the harness exports it");
+                // Safety: as above; `model` is a valid ModelCounts.
+                unsafe {
+                    decode(
+                        records.as_ptr(),
+                        work.as_ptr(),
+                        status.as_mut_ptr(),
+                        blocks,
+                        kernel_timeout(),
+                        message.as_mut_ptr(),
+                        message.len(),
+                        model,
+                    )
+                }
+            }
         };
         launch_result(failed, &message)
     }
@@ -298,6 +381,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 struct KernelOnCpu {
     harness: &'static Harness,
     limits: DispatchLimits,
+    /// Where modelled launches add their counts; `None` runs unmodelled.
+    model: Option<ModelTotals>,
 }
 
 struct KernelLaunch {
@@ -373,8 +458,25 @@ impl GpuDevice for KernelOnCpu {
             return Ok(());
         }
         let mut status = launch.status.lock().unwrap();
-        self.harness
-            .decode(&launch.records, &launch.work, &mut status, launch.blocks)
+        let Some(model) = &self.model else {
+            return self.harness.decode(
+                &launch.records,
+                &launch.work,
+                &mut status,
+                launch.blocks,
+                None,
+            );
+        };
+        let mut counts = KernelModel::default();
+        self.harness.decode(
+            &launch.records,
+            &launch.work,
+            &mut status,
+            launch.blocks,
+            Some(&mut counts),
+        )?;
+        model.lock().unwrap().add(&counts);
+        Ok(())
     }
 
     fn finish(&self, launch: &KernelLaunch, _submission: &()) -> Result<Finished> {
@@ -417,7 +519,23 @@ pub fn kernel_on_cpu(limits: DispatchLimits) -> Result<Box<dyn Backend>, Skip> {
     Ok(Box::new(GpuBackend::from_device(KernelOnCpu {
         harness: require_harness()?,
         limits,
+        model: None,
     })))
+}
+
+/// Where a modelled backend adds up the counts of its launches.
+pub type ModelTotals = Arc<Mutex<KernelModel>>;
+
+/// The kernel on the CPU with the CUDA backend's limits, every launch
+/// modelled: the counts of all its launches add up in the totals returned.
+pub fn modelled_kernel_on_cpu() -> Result<(Box<dyn Backend>, ModelTotals), Skip> {
+    let model = Arc::new(Mutex::new(KernelModel::default()));
+    let backend = GpuBackend::from_device(KernelOnCpu {
+        harness: require_harness()?,
+        limits: DispatchLimits::UNBOUNDED,
+        model: Some(model.clone()),
+    });
+    Ok((Box::new(backend), model))
 }
 
 /// The harness, or why it cannot be built here (a failure where

@@ -8,6 +8,10 @@
 // block-wide barrier that also checks that all threads meet at the same
 // one, and fails instead of hanging when they never do.
 //
+// The kernel's ECF_MODEL_* hooks are defined here to feed the memory-access
+// model (harness.cpp): they record each thread's global loads and stores,
+// codeword decodes and rounds, when a launch is modelled.
+//
 // Nothing else of CUDA is emulated: a kernel that uses more (warp
 // intrinsics, atomics other than atomicMin, dynamic shared memory) does not
 // compile here, which is the point.
@@ -29,7 +33,35 @@ inline thread_local dim3 block_index{0u, 0u, 0u};
 // line); defined in harness.cpp.
 void syncthreads(const char* file, int line);
 
+// Whether the running launch is modelled; set only between launches.
+extern bool modelling;
+
+// Records, for the memory-access model, an access of the calling thread;
+// defined in harness.cpp.
+void model_access(const void* address, unsigned bytes, bool store);
+void model_decode();
+void model_round(bool active);
+
 }  // namespace cuda_on_cpu
+
+#define ECF_MODEL_ACCESS(address, bytes, store)                  \
+    do {                                                          \
+        if (::cuda_on_cpu::modelling) {                           \
+            ::cuda_on_cpu::model_access(address, bytes, store);   \
+        }                                                         \
+    } while (false)
+#define ECF_MODEL_DECODE()                   \
+    do {                                     \
+        if (::cuda_on_cpu::modelling) {      \
+            ::cuda_on_cpu::model_decode();   \
+        }                                    \
+    } while (false)
+#define ECF_MODEL_ROUND(active)                  \
+    do {                                         \
+        if (::cuda_on_cpu::modelling) {          \
+            ::cuda_on_cpu::model_round(active);  \
+        }                                        \
+    } while (false)
 
 #define threadIdx (::cuda_on_cpu::thread_index)
 #define blockIdx (::cuda_on_cpu::block_index)

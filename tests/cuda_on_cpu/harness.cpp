@@ -14,6 +14,13 @@
 // which the threads stop meeting at all (an endless loop) ends the process
 // with a message. Under ThreadSanitizer the barriers' mutex is what orders
 // the threads, so a missing __syncthreads shows as a race.
+//
+// A modelled launch also records every thread's global loads and stores,
+// in order, and after each block counts, per warp of 32 consecutive
+// threads and per k-th access of each thread (the threads of a warp issue
+// their k-th access together in uniform code), the distinct 32-byte
+// sectors touched: what a GPU's memory system moves, against the bytes the
+// block needed (each byte once).
 
 #include "cuda_host.h"
 
@@ -21,6 +28,7 @@
 
 #include "kernel_layout.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -33,7 +41,25 @@
 #include <thread>
 #include <vector>
 
+// What a modelled launch did, summed over its blocks; tests/common/
+// kernel_on_cpu.rs declares the same struct.
+struct ModelCounts {
+    // Distinct sectors per warp and k-th access, summed.
+    unsigned long long load_sectors;
+    unsigned long long store_sectors;
+    // Distinct bytes loaded and stored by each block, summed.
+    unsigned long long load_bytes;
+    unsigned long long store_bytes;
+    unsigned long long decodes;
+    // Rounds times threads, and those of them with a chunk to decode.
+    unsigned long long thread_rounds;
+    unsigned long long active_thread_rounds;
+};
+
 namespace cuda_on_cpu {
+
+bool modelling = false;
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -138,6 +164,91 @@ private:
     Clock::duration timeout_ = std::chrono::seconds(60);
 };
 
+// One global access: its address and size.
+struct Access {
+    std::uintptr_t address;
+    unsigned bytes;
+};
+
+// What one thread did in the block being run.
+struct ThreadLog {
+    std::vector<Access> loads;
+    std::vector<Access> stores;
+    unsigned long long decodes = 0;
+    unsigned long long rounds = 0;
+    unsigned long long active_rounds = 0;
+};
+
+ThreadLog thread_logs[WORKGROUP_SIZE];
+ModelCounts model_counts;
+
+constexpr std::uintptr_t SECTOR_BYTES = 32;
+constexpr unsigned WARP_SIZE = 32;
+
+// Distinct sectors of the k-th access of each thread of each warp, summed
+// over warps and k.
+unsigned long long warp_sectors(std::vector<Access> ThreadLog::* accesses) {
+    unsigned long long total = 0;
+    std::vector<std::uintptr_t> sectors;
+    for (unsigned warp = 0; warp < WORKGROUP_SIZE; warp += WARP_SIZE) {
+        std::size_t longest = 0;
+        for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
+            longest = std::max(longest, (thread_logs[warp + lane].*accesses).size());
+        }
+        for (std::size_t k = 0; k < longest; ++k) {
+            sectors.clear();
+            for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
+                const std::vector<Access>& log = thread_logs[warp + lane].*accesses;
+                if (k < log.size()) {
+                    const Access access = log[k];
+                    for (std::uintptr_t sector = access.address / SECTOR_BYTES;
+                         sector <= (access.address + access.bytes - 1) / SECTOR_BYTES; ++sector) {
+                        sectors.push_back(sector);
+                    }
+                }
+            }
+            std::sort(sectors.begin(), sectors.end());
+            total += std::unique(sectors.begin(), sectors.end()) - sectors.begin();
+        }
+    }
+    return total;
+}
+
+// Bytes in the union of all threads' accesses.
+unsigned long long distinct_bytes(std::vector<Access> ThreadLog::* accesses) {
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+    for (const ThreadLog& log : thread_logs) {
+        for (const Access& access : log.*accesses) {
+            ranges.emplace_back(access.address, access.address + access.bytes);
+        }
+    }
+    std::sort(ranges.begin(), ranges.end());
+    unsigned long long bytes = 0;
+    std::uintptr_t covered = 0;
+    for (const auto& [begin, end] : ranges) {
+        const std::uintptr_t from = std::max(begin, covered);
+        if (end > from) {
+            bytes += end - from;
+            covered = end;
+        }
+    }
+    return bytes;
+}
+
+// Adds the block just run to the model's counts and clears the logs.
+void account_block() {
+    model_counts.load_sectors += warp_sectors(&ThreadLog::loads);
+    model_counts.store_sectors += warp_sectors(&ThreadLog::stores);
+    model_counts.load_bytes += distinct_bytes(&ThreadLog::loads);
+    model_counts.store_bytes += distinct_bytes(&ThreadLog::stores);
+    for (ThreadLog& log : thread_logs) {
+        model_counts.decodes += log.decodes;
+        model_counts.thread_rounds += log.rounds;
+        model_counts.active_thread_rounds += log.active_rounds;
+        log = ThreadLog{};
+    }
+}
+
 // The host threads that run launches, created once.
 class Pool {
 public:
@@ -218,6 +329,12 @@ private:
                     kernel();
                     // The next block reuses the same shared memory.
                     barrier_.arrive_and_wait(Site{"the end of a block", 0});
+                    if (modelling) {
+                        if (thread == 0) {
+                            account_block();
+                        }
+                        barrier_.arrive_and_wait(Site{"the model's count of a block", 0});
+                    }
                 }
             } catch (const Abandoned&) {
             }
@@ -246,13 +363,23 @@ Pool& pool() {
 
 std::mutex launches;
 
-// Runs one launch at a time, whatever the callers' threads.
+// Runs one launch at a time, whatever the callers' threads; modelled when
+// `model` is given, which then receives the counts.
 int launch(unsigned blocks, std::function<void()> kernel, double timeout_seconds, char* message,
-           std::size_t message_len) {
+           std::size_t message_len, ModelCounts* model = nullptr) {
     std::lock_guard lock(launches);
+    modelling = model != nullptr;
+    model_counts = ModelCounts{};
+    for (ThreadLog& log : thread_logs) {
+        log = ThreadLog{};
+    }
     const std::string failure = pool().run(
         blocks, std::move(kernel),
         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds)));
+    modelling = false;
+    if (model != nullptr) {
+        *model = model_counts;
+    }
     if (failure.empty()) {
         return 0;
     }
@@ -266,6 +393,21 @@ void syncthreads(const char* file, int line) {
     pool().barrier().arrive_and_wait(Site{file, line});
 }
 
+void model_access(const void* address, unsigned bytes, bool store) {
+    ThreadLog& log = thread_logs[thread_index.x];
+    (store ? log.stores : log.loads).push_back(Access{reinterpret_cast<std::uintptr_t>(address), bytes});
+}
+
+void model_decode() {
+    ++thread_logs[thread_index.x].decodes;
+}
+
+void model_round(bool active) {
+    ThreadLog& log = thread_logs[thread_index.x];
+    ++log.rounds;
+    log.active_rounds += active ? 1u : 0u;
+}
+
 }  // namespace cuda_on_cpu
 
 // Decodes the work list's `blocks` blocks as a launch of the CUDA decoder
@@ -274,6 +416,15 @@ extern "C" int ecf_decode_on_cpu(const Dispatch* dispatches, const u32* work, u3
                                  double timeout_seconds, char* message, std::size_t message_len) {
     return cuda_on_cpu::launch(
         blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len);
+}
+
+// ecf_decode_on_cpu, recording what the memory-access model counts into
+// `counts`.
+extern "C" int ecf_decode_on_cpu_modelled(const Dispatch* dispatches, const u32* work, u32* status, u32 blocks,
+                                          double timeout_seconds, char* message, std::size_t message_len,
+                                          ModelCounts* counts) {
+    return cuda_on_cpu::launch(
+        blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len, counts);
 }
 
 // A kernel with a barrier in divergent code, to show that the harness
