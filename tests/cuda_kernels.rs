@@ -7,14 +7,18 @@ mod common;
 
 use common::harness::{self, Ran};
 
-const TESTS: [(&str, harness::Test); 3] = [
+const TESTS: [(&str, harness::Test); 4] = [
     (
-        "kernel_compiles_for_ampere_and_hopper_without_spills",
-        kernels::kernel_compiles_for_ampere_and_hopper_without_spills,
+        "kernel_compiles_for_every_datacenter_architecture_without_spills",
+        kernels::kernel_compiles_for_every_datacenter_architecture_without_spills,
     ),
     (
         "spill_reports_are_recognised",
         kernels::spill_reports_are_recognised,
+    ),
+    (
+        "occupancy_follows_each_architectures_limits",
+        kernels::occupancy_follows_each_architectures_limits,
     ),
     (
         "kernel_compiles_to_ptx_for_a_device_newer_than_nvrtc",
@@ -40,8 +44,9 @@ mod kernels {
             "the cuda feature is not compiled in".to_string(),
         ))
     }
-    pub use without_cuda as kernel_compiles_for_ampere_and_hopper_without_spills;
+    pub use without_cuda as kernel_compiles_for_every_datacenter_architecture_without_spills;
     pub use without_cuda as spill_reports_are_recognised;
+    pub use without_cuda as occupancy_follows_each_architectures_limits;
     pub use without_cuda as kernel_compiles_to_ptx_for_a_device_newer_than_nvrtc;
 }
 
@@ -58,23 +63,31 @@ mod kernels {
         }
     }
 
-    pub fn kernel_compiles_for_ampere_and_hopper_without_spills() -> Ran {
+    pub fn kernel_compiles_for_every_datacenter_architecture_without_spills() -> Ran {
         require_nvrtc()?;
         let (major, minor) = cuda::nvrtc_version().unwrap();
         eprintln!("NVRTC {major}.{minor}");
-        for arch in ["sm_80", "sm_90"] {
-            let kernel = cuda::compile_kernel(arch).unwrap_or_else(|e| panic!("{e}"));
+        for compute_capability in [80, 90, 100, 120] {
+            let arch = format!("sm_{compute_capability}");
+            let kernel = cuda::compile_kernel(&arch).unwrap_or_else(|e| panic!("{e}"));
             eprintln!("{arch}:\n{}", kernel.log.trim_end());
-            assert!(
-                kernel.log.contains("registers"),
-                "{arch}: ptxas reported nothing:\n{}",
-                kernel.log
-            );
+            let (registers, shared_bytes) = cuda::resource_usage(&kernel.log)
+                .unwrap_or_else(|| panic!("{arch}: ptxas reported nothing:\n{}", kernel.log));
             let spills = cuda::spill_reports(&kernel.log);
             assert!(
                 spills.is_empty(),
                 "{arch}: register spills:\n{}",
                 spills.join("\n")
+            );
+            let occupancy = cuda::occupancy(compute_capability, 256, registers, shared_bytes)
+                .unwrap_or_else(|| panic!("{arch}: no SM limits known"));
+            eprintln!(
+                "{arch}: {registers} registers, {shared_bytes} bytes of shared memory: occupancy {:.0} %",
+                100.0 * occupancy
+            );
+            assert!(
+                occupancy >= 0.5,
+                "{arch}: occupancy {occupancy:.3} under 50 %"
             );
         }
         Ok(())
@@ -86,6 +99,22 @@ mod kernels {
         let clean =
             "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
         assert!(cuda::spill_reports(clean).is_empty());
+        Ok(())
+    }
+
+    pub fn occupancy_follows_each_architectures_limits() -> Ran {
+        let log = "ptxas info    : Used 48 registers, used 1 barriers, 10248 bytes smem, 376 bytes cmem[0]\n";
+        assert_eq!(cuda::resource_usage(log), Some((48, 10248)));
+        // 48 registers: 1536 a warp, 5 blocks of 8 warps in 64K registers.
+        assert_eq!(cuda::occupancy(90, 256, 48, 10248), Some(40.0 / 64.0));
+        // 63 registers round up to 2048 a warp: 4 blocks.
+        assert_eq!(cuda::occupancy(100, 256, 63, 10248), Some(32.0 / 64.0));
+        assert_eq!(cuda::occupancy(120, 256, 63, 10248), Some(32.0 / 48.0));
+        // Shared memory binds: 40 KiB a block leaves 2 of 100 KiB on sm_120…
+        assert_eq!(cuda::occupancy(120, 256, 32, 40 << 10), Some(16.0 / 48.0));
+        // …and threads bind on sm_80 for small blocks of few registers.
+        assert_eq!(cuda::occupancy(80, 256, 16, 1024), Some(1.0));
+        assert_eq!(cuda::occupancy(75, 256, 16, 1024), None);
         Ok(())
     }
 

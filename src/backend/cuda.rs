@@ -281,6 +281,71 @@ pub fn spill_reports(log: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Registers per thread and static shared memory per thread block of the
+/// kernel, from ptxas's report (`--ptxas-options=-v`).
+pub fn resource_usage(log: &str) -> Option<(u32, u32)> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("Used") && line.contains("registers"))?;
+    let number_before = |unit: &str| -> Option<u32> {
+        let before = &line[..line.find(unit)?];
+        before.split_whitespace().last()?.parse().ok()
+    };
+    Some((
+        number_before(" registers")?,
+        number_before(" bytes smem").unwrap_or(0),
+    ))
+}
+
+/// What limits how many thread blocks an SM of a compute capability holds.
+struct SmLimits {
+    threads: u32,
+    blocks: u32,
+    registers: u32,
+    shared_bytes: u32,
+}
+
+/// The SM limits of the datacenter and workstation architectures the
+/// kernel is built for (CUDA C Programming Guide, "Technical
+/// Specifications per Compute Capability").
+fn sm_limits(compute_capability: u32) -> Option<SmLimits> {
+    let (threads, blocks, shared_bytes) = match compute_capability {
+        80 => (2048, 32, 164 << 10),
+        90 | 100 => (2048, 32, 228 << 10),
+        120 => (1536, 32, 100 << 10),
+        _ => return None,
+    };
+    Some(SmLimits {
+        threads,
+        blocks,
+        registers: 1 << 16,
+        shared_bytes,
+    })
+}
+
+/// The share of an SM's warps that thread blocks of `threads` threads, each
+/// thread using `registers` registers and each block `shared_bytes` of
+/// shared memory, keep resident on compute capability `compute_capability`
+/// (`90` for sm_90); `None` for an architecture this does not know.
+pub fn occupancy(
+    compute_capability: u32,
+    threads: u32,
+    registers: u32,
+    shared_bytes: u32,
+) -> Option<f64> {
+    let limits = sm_limits(compute_capability)?;
+    let warps = threads.div_ceil(32);
+    // Registers are allocated per warp, in units of 256.
+    let registers_per_warp = (registers * 32).next_multiple_of(256);
+    let by_registers = limits.registers / (registers_per_warp * warps).max(1);
+    let by_shared = limits.shared_bytes / shared_bytes.max(1);
+    let blocks = (limits.threads / threads)
+        .min(limits.blocks)
+        .min(by_registers)
+        .min(by_shared);
+    Some((blocks * warps) as f64 / (limits.threads / 32) as f64)
+}
+
 /// A driver error as the crate's error, typed by what it means: memory
 /// exhausted, a device no longer usable, a kernel that does not load, or
 /// anything else the driver says.
