@@ -715,6 +715,39 @@ fn join_block(
                 pair.copy_from_slice(&element.to_le_bytes());
             }
         }
+        (4, 23, 0) if split.sign_in_head => {
+            // Sign first, nine head bits (F32): eight rests of 23 bits fill
+            // 23 bytes, read at constant offsets.
+            let groups = heads.len() / 8;
+            let (out_groups, _) = out.as_chunks_mut::<32>();
+            let (head_groups, _) = heads.as_chunks::<8>();
+            let (rest_groups, _) = rest.as_chunks::<23>();
+            for ((elements, heads), fields) in
+                out_groups.iter_mut().zip(head_groups).zip(rest_groups)
+            {
+                let mut bytes = [0u8; 24];
+                bytes[..23].copy_from_slice(fields);
+                for k in 0..8 {
+                    let (byte, shift) = (23 * k / 8, 23 * k % 8);
+                    let word = u32::from_le_bytes([
+                        bytes[byte],
+                        bytes[byte + 1],
+                        bytes[byte + 2],
+                        bytes[byte + 3],
+                    ]);
+                    let element = (heads[k] as u32) << 23 | word >> shift & 0x7F_FFFF;
+                    elements[4 * k..4 * k + 4].copy_from_slice(&element.to_le_bytes());
+                }
+            }
+            let mut fields = FieldReader::new(&rest[groups * 23..]);
+            for (quad, &head) in out[groups * 32..]
+                .chunks_exact_mut(4)
+                .zip(&heads[groups * 8..])
+            {
+                let element = (head as u32) << 23 | fields.take(23);
+                quad.copy_from_slice(&element.to_le_bytes());
+            }
+        }
         (4, 24, 0) if exponent_first => {
             for ((quad, &head), rest) in
                 out.chunks_exact_mut(4).zip(heads).zip(rest.chunks_exact(3))
