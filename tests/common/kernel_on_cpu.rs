@@ -36,12 +36,25 @@ struct HostMemory {
 unsafe impl Send for HostMemory {}
 unsafe impl Sync for HostMemory {}
 
+/// Device allocations start on 256 bytes (as `cuMemAlloc`'s do), so that
+/// the memory-access model sees the same sector alignment every run.
+const DEVICE_ALIGNMENT: usize = 256;
+
 impl HostMemory {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1) * 4, DEVICE_ALIGNMENT)
+            .expect("a buffer's size fits the address space")
+    }
+
     fn zeroed(bytes: usize) -> Self {
-        let words = vec![0u32; bytes.div_ceil(4)].into_boxed_slice();
-        let len = words.len();
+        let len = bytes.div_ceil(4);
+        // Safety: the layout's size is not zero.
+        let words = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        if words.is_null() {
+            std::alloc::handle_alloc_error(Self::layout(len));
+        }
         HostMemory {
-            words: Box::into_raw(words).cast(),
+            words: words.cast(),
             len,
         }
     }
@@ -73,8 +86,8 @@ impl HostMemory {
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
-        // Safety: allocated in `zeroed` as a boxed slice of `len` words.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.words, self.len)) });
+        // Safety: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.words.cast(), Self::layout(self.len)) };
     }
 }
 
@@ -85,15 +98,6 @@ impl DeviceMemory for HostMemory {
 }
 
 type DecodeOnCpu = unsafe extern "C" fn(
-    *const DispatchRecord,
-    *const u32,
-    *mut u32,
-    u32,
-    f64,
-    *mut c_char,
-    usize,
-) -> i32;
-type DecodeOnCpuModelled = unsafe extern "C" fn(
     *const DispatchRecord,
     *const u32,
     *mut u32,
@@ -160,53 +164,31 @@ impl Harness {
     /// receives its counts.
     fn decode(
         &self,
-        records: &[DispatchRecord],
+        records: *const DispatchRecord,
         work: &[u32],
         status: &mut [u32],
         blocks: u32,
         model: Option<&mut KernelModel>,
     ) -> Result<()> {
+        // Safety: the symbol has this signature (harness.cpp).
+        let decode: libloading::Symbol<DecodeOnCpu> =
+            unsafe { self.library.get(b"ecf_decode_on_cpu") }.expect("the harness exports it");
         let mut message = [0 as c_char; 1024];
-        let failed = match model {
-            None => {
-                // Safety: the symbol has this signature (harness.cpp).
-                let decode: libloading::Symbol<DecodeOnCpu> =
-                    unsafe { self.library.get(b"ecf_decode_on_cpu") }
-                        .expect("the harness exports it");
-                // Safety: the records point at live buffers that the GPU
-                // core sized and validated, as for a GPU; the others are
-                // valid slices.
-                unsafe {
-                    decode(
-                        records.as_ptr(),
-                        work.as_ptr(),
-                        status.as_mut_ptr(),
-                        blocks,
-                        kernel_timeout(),
-                        message.as_mut_ptr(),
-                        message.len(),
-                    )
-                }
-            }
-            Some(model) => {
-                // Safety: as above.
-                let decode: libloading::Symbol<DecodeOnCpuModelled> =
-                    unsafe { self.library.get(b"ecf_decode_on_cpu_modelled") }
-                        .expect("the harness exports it");
-                // Safety: as above; `model` is a valid ModelCounts.
-                unsafe {
-                    decode(
-                        records.as_ptr(),
-                        work.as_ptr(),
-                        status.as_mut_ptr(),
-                        blocks,
-                        kernel_timeout(),
-                        message.as_mut_ptr(),
-                        message.len(),
-                        model,
-                    )
-                }
-            }
+        let model = model.map_or(std::ptr::null_mut(), |model| model as *mut KernelModel);
+        // Safety: the records point at live buffers that the GPU core
+        // sized and validated, as for a GPU; the others are valid slices,
+        // and `model` is null or a valid ModelCounts.
+        let failed = unsafe {
+            decode(
+                records,
+                work.as_ptr(),
+                status.as_mut_ptr(),
+                blocks,
+                kernel_timeout(),
+                message.as_mut_ptr(),
+                message.len(),
+                model,
+            )
         };
         launch_result(failed, &message)
     }
@@ -386,7 +368,9 @@ struct KernelOnCpu {
 }
 
 struct KernelLaunch {
-    records: Vec<DispatchRecord>,
+    /// In device-aligned memory, as on a GPU: the model counts the sectors
+    /// a record spans.
+    records: HostMemory,
     work: Vec<u32>,
     status: Mutex<Vec<u32>>,
     blocks: u32,
@@ -431,8 +415,9 @@ impl GpuDevice for KernelOnCpu {
         out: &HostMemory,
         _timed: bool,
     ) -> Result<KernelLaunch> {
+        let records = plan.records(HostMemory::address, out.address());
         Ok(KernelLaunch {
-            records: plan.records(HostMemory::address, out.address()),
+            records: self.upload("dispatch records", bytemuck::cast_slice(&records))?,
             work: plan.work_list(),
             status: Mutex::new(vec![0; plan.blocks as usize]),
             blocks: plan.blocks,
@@ -458,24 +443,17 @@ impl GpuDevice for KernelOnCpu {
             return Ok(());
         }
         let mut status = launch.status.lock().unwrap();
-        let Some(model) = &self.model else {
-            return self.harness.decode(
-                &launch.records,
-                &launch.work,
-                &mut status,
-                launch.blocks,
-                None,
-            );
-        };
         let mut counts = KernelModel::default();
         self.harness.decode(
-            &launch.records,
+            launch.records.words.cast(),
             &launch.work,
             &mut status,
             launch.blocks,
-            Some(&mut counts),
+            self.model.is_some().then_some(&mut counts),
         )?;
-        model.lock().unwrap().add(&counts);
+        if let Some(model) = &self.model {
+            model.lock().unwrap().add(&counts);
+        }
         Ok(())
     }
 

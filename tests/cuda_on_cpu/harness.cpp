@@ -411,18 +411,12 @@ void model_round(bool active) {
 }  // namespace cuda_on_cpu
 
 // Decodes the work list's `blocks` blocks as a launch of the CUDA decoder
-// with those arguments would. Returns 0, or 1 with what failed in `message`.
+// with those arguments would, modelled when `counts` is not null (it then
+// receives what the memory-access model counted). Returns 0, or 1 with what
+// failed in `message`.
 extern "C" int ecf_decode_on_cpu(const Dispatch* dispatches, const u32* work, u32* status, u32 blocks,
-                                 double timeout_seconds, char* message, std::size_t message_len) {
-    return cuda_on_cpu::launch(
-        blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len);
-}
-
-// ecf_decode_on_cpu, recording what the memory-access model counts into
-// `counts`.
-extern "C" int ecf_decode_on_cpu_modelled(const Dispatch* dispatches, const u32* work, u32* status, u32 blocks,
-                                          double timeout_seconds, char* message, std::size_t message_len,
-                                          ModelCounts* counts) {
+                                 double timeout_seconds, char* message, std::size_t message_len,
+                                 ModelCounts* counts) {
     return cuda_on_cpu::launch(
         blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len, counts);
 }
