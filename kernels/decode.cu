@@ -18,6 +18,9 @@
 //   * CUDA has 8- and 16-bit stores, which never race, so a seam word (one
 //     shared by two chunks) is written element by element instead of being
 //     zeroed and ORed atomically; whole words are still stored as words.
+//   * WGSL cannot hand a storage buffer to a function, so its bit readers
+//     come in a `head` and a `rest` version (open_head_reader,
+//     skip_head_bits, …); here open_reader and skip_bits take the plane.
 //   * One launch decodes many tensors: each thread block reads which
 //     dispatch (tensor segment) and which block of it to decode from a
 //     work list, so a model layer's tensors go out in one launch.
@@ -175,12 +178,41 @@ __device__ __forceinline__ void build_decode_table(u16* decode_table, const u32*
     __syncthreads();
 }
 
-// The 12+ stream bits from bit `position` of the block's stream.
-__device__ __forceinline__ u32 peek_head(const Segment& s, u32 position) {
-    u32 bit = (s.block.stream_byte & 3u) * 8u + position;
-    u32 word = (s.block.stream_byte >> 2u) + (bit >> 5u);
-    u32 shift = bit & 31u;
-    return __funnelshift_r(load_word(s.dispatch->head, word), load_word(s.dispatch->head, word + 1u), shift);
+// A thread's sequential reader of a bit plane: the 64 bits from the word
+// holding its position on, so that walking a chunk loads each word once
+// instead of two words per codeword or rest field.
+struct BitReader {
+    u32 next_word;
+    u32 low;
+    u32 high;
+    u32 shift;
+};
+
+// A reader of `words` from bit `bit` on.
+__device__ __forceinline__ BitReader open_reader(const u32* words, u32 bit) {
+    BitReader reader;
+    reader.low = load_word(words, bit >> 5u);
+    reader.high = load_word(words, (bit >> 5u) + 1u);
+    reader.next_word = (bit >> 5u) + 2u;
+    reader.shift = bit & 31u;
+    return reader;
+}
+
+// The 32 bits from the reader's position.
+__device__ __forceinline__ u32 peek_bits(const BitReader& reader) {
+    return __funnelshift_r(reader.low, reader.high, reader.shift);
+}
+
+// Moves the reader of `words` on by `bits` (at most 32). It then holds the
+// words a peek at its new position reads, and no word past them.
+__device__ __forceinline__ void skip_bits(BitReader& reader, const u32* words, u32 bits) {
+    reader.shift += bits;
+    if (reader.shift >= 32u) {
+        reader.shift -= 32u;
+        reader.low = reader.high;
+        reader.high = load_word(words, reader.next_word);
+        reader.next_word += 1u;
+    }
 }
 
 __device__ __forceinline__ u32 rest_field(const Segment& s, u32 element) {
@@ -337,19 +369,30 @@ __device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32
     u32 per_word = elements_per_word(p);
     u32 element_bits = p->width_bytes * 8u;
     u32 position = decode_start(s, chunk);
+    const u32* stream = s.dispatch->head + (s.block.stream_byte >> 2u);
+    BitReader heads = open_reader(stream, (s.block.stream_byte & 3u) * 8u + position);
     // Warm-up: codewords before the chunk are the previous chunk's.
     while (position < begin) {
         ECF_MODEL_DECODE();
-        position += max((u32)decode_table[peek_head(s, position) & TABLE_MASK] >> ENTRY_LENGTH_SHIFT, 1u);
+        u32 length = max((u32)decode_table[peek_bits(heads) & TABLE_MASK] >> ENTRY_LENGTH_SHIFT, 1u);
+        position += length;
+        skip_bits(heads, stream, length);
     }
     ChunkWalk walk;
     walk.start = min(position, s.block.stream_bits);
     walk.count = 0u;
     u32 word_value = 0u;
     u32 word_start = (first / per_word) * per_word;
+    u32 rest_width = p->stored_rest_bits;
+    bool read_rests = write && rest_width != 0u && first < s.block.elements;
+    const u32* rest_plane = s.dispatch->rest + (s.block.rest_byte >> 2u);
+    BitReader rests;
+    if (read_rests) {
+        rests = open_reader(rest_plane, (s.block.rest_byte & 3u) * 8u + first * rest_width);
+    }
     while (position < stop) {
         ECF_MODEL_DECODE();
-        u32 entry = decode_table[peek_head(s, position) & TABLE_MASK];
+        u32 entry = decode_table[peek_bits(heads) & TABLE_MASK];
         u32 element = first + walk.count;
         walk.count += 1u;
         if (write && element < s.block.elements) {
@@ -358,10 +401,17 @@ __device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32
                 word_start = (element / per_word) * per_word;
                 word_value = 0u;
             }
-            u32 value = join(p, entry & ENTRY_SYMBOL_MASK, rest_field(s, element));
+            u32 field = 0u;
+            if (read_rests) {
+                field = peek_bits(rests) & ((1u << rest_width) - 1u);
+                skip_bits(rests, rest_plane, rest_width);
+            }
+            u32 value = join(p, entry & ENTRY_SYMBOL_MASK, field);
             word_value |= value << ((element - word_start) * element_bits);
         }
-        position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+        u32 length = max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+        position += length;
+        skip_bits(heads, stream, length);
     }
     if (write && walk.count > 0u && first < s.block.elements) {
         flush_word(s, word_start, word_value, first, end);

@@ -252,13 +252,55 @@ fn table_entry(bits: u32) -> u32 {
     return (decode_table[index >> 1u] >> ((index & 1u) * 16u)) & 0xFFFFu;
 }
 
-// The 12 stream bits from bit `position` of the block's stream.
-fn peek_head(block: Block, position: u32) -> u32 {
-    let bit = (block.stream_byte & 3u) * 8u + position;
-    let word = (block.stream_byte >> 2u) + (bit >> 5u);
-    let shift = bit & 31u;
-    let high = select(0u, head[word + 1u] << ((32u - shift) & 31u), shift != 0u);
-    return (head[word] >> shift) | high;
+// A thread's sequential reader of a bit plane (`head` or `rest`): the 64
+// bits from the word holding its position on, so that walking a chunk
+// loads each word once instead of two words per codeword or rest field.
+struct BitReader {
+    next_word: u32,
+    low: u32,
+    high: u32,
+    shift: u32,
+}
+
+// A reader of `head` from bit `bit` of word `word` on.
+fn open_head_reader(word: u32, bit: u32) -> BitReader {
+    let first = word + (bit >> 5u);
+    return BitReader(first + 2u, head[first], head[first + 1u], bit & 31u);
+}
+
+// A reader of `rest` from bit `bit` of word `word` on.
+fn open_rest_reader(word: u32, bit: u32) -> BitReader {
+    let first = word + (bit >> 5u);
+    return BitReader(first + 2u, rest[first], rest[first + 1u], bit & 31u);
+}
+
+// The 32 bits from the reader's position.
+fn peek_bits(reader: BitReader) -> u32 {
+    let high = select(0u, reader.high << ((32u - reader.shift) & 31u), reader.shift != 0u);
+    return (reader.low >> reader.shift) | high;
+}
+
+// Moves a reader of `head` on by `bits` (at most 32). It then holds the
+// words a peek at its new position reads, and no word past them.
+fn skip_head_bits(reader: ptr<function, BitReader>, bits: u32) {
+    (*reader).shift += bits;
+    if ((*reader).shift >= 32u) {
+        (*reader).shift -= 32u;
+        (*reader).low = (*reader).high;
+        (*reader).high = head[(*reader).next_word];
+        (*reader).next_word += 1u;
+    }
+}
+
+// skip_head_bits for a reader of `rest`.
+fn skip_rest_bits(reader: ptr<function, BitReader>, bits: u32) {
+    (*reader).shift += bits;
+    if ((*reader).shift >= 32u) {
+        (*reader).shift -= 32u;
+        (*reader).low = (*reader).high;
+        (*reader).high = rest[(*reader).next_word];
+        (*reader).next_word += 1u;
+    }
 }
 
 // The stored rest bits of the block's element `element`.
@@ -414,21 +456,30 @@ fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> 
     let per_word = elements_per_word();
     let element_bits = params.width_bytes * 8u;
     var position = decode_start(block, chunk);
+    var heads = open_head_reader(block.stream_byte >> 2u, (block.stream_byte & 3u) * 8u + position);
     // Warm-up: codewords before the chunk are the previous chunk's.
     loop {
         if (position >= begin) {
             break;
         }
-        position += max(table_entry(peek_head(block, position)) >> ENTRY_LENGTH_SHIFT, 1u);
+        let length = max(table_entry(peek_bits(heads)) >> ENTRY_LENGTH_SHIFT, 1u);
+        position += length;
+        skip_head_bits(&heads, length);
     }
     var walk = ChunkWalk(min(position, block.stream_bits), 0u, 0u);
     var word_value = 0u;
     var word_start = (first / per_word) * per_word;
+    let rest_width = params.stored_rest_bits;
+    let read_rests = write && rest_width != 0u && first < block.elements;
+    var rests = BitReader(0u, 0u, 0u, 0u);
+    if (read_rests) {
+        rests = open_rest_reader(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * rest_width);
+    }
     loop {
         if (position >= stop) {
             break;
         }
-        let entry = table_entry(peek_head(block, position));
+        let entry = table_entry(peek_bits(heads));
         let element = first + walk.count;
         walk.count += 1u;
         if (write && element < block.elements) {
@@ -437,10 +488,17 @@ fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> 
                 word_start = (element / per_word) * per_word;
                 word_value = 0u;
             }
-            let value = join(entry & ENTRY_SYMBOL_MASK, rest_field(block, element));
+            var field = 0u;
+            if (read_rests) {
+                field = peek_bits(rests) & ((1u << rest_width) - 1u);
+                skip_rest_bits(&rests, rest_width);
+            }
+            let value = join(entry & ENTRY_SYMBOL_MASK, field);
             word_value |= value << ((element - word_start) * element_bits);
         }
-        position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+        let length = max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+        position += length;
+        skip_head_bits(&heads, length);
     }
     if (write && walk.count > 0u && first < block.elements) {
         flush_word(block, word_start, word_value, first, end);
