@@ -4,14 +4,9 @@
 //! and coded headers, other tensors as they are; the file's JSON header left
 //! out), the sync exceptions, the codeword decodes per element a GPU's count
 //! and write passes would do, and the share of a 256-thread workgroup's
-//! threads that have a chunk, over its rounds.
-//!
-//! A last line per file, `fitted`, is what the format cannot store today:
-//! per tensor, chunks of a multiple of 64 bits (at least 512) sized so that
-//! the tensor's longest block stream makes at most 256 chunks — one round —
-//! with a 64-bit warm-up. Its decodes and busy threads follow from the
-//! streams' lengths; its ratio and exceptions would need an encode and are
-//! left blank.
+//! threads that have a chunk, over its rounds. `fitted` is the encoder's
+//! default: a chunk length fitted to each tensor
+//! (`codec::encode::fitted_chunk_bits`).
 //!
 //! ```sh
 //! cargo run --release --example chunk_geometry -- ../shared/testdata/*.safetensors
@@ -28,18 +23,17 @@ const WORKGROUP_THREADS: u64 = 256;
 /// bytes with its varints).
 const CODED_HEADER_BYTES: u64 = 48;
 
-/// The shortest chunk the `fitted` line uses.
-const FITTED_MIN_CHUNK_BITS: u64 = 512;
-
-const GEOMETRIES: [(u32, u32); 8] = [
-    (256, 32),
-    (256, 64),
-    (512, 32),
-    (512, 64),
-    (1024, 32),
-    (1024, 64),
-    (2048, 64),
-    (4096, 64),
+/// Chunk bits (`None`: fitted per tensor) and warm-up bits.
+const GEOMETRIES: [(Option<u32>, u32); 9] = [
+    (Some(256), 32),
+    (Some(256), 64),
+    (Some(512), 32),
+    (Some(512), 64),
+    (Some(1024), 32),
+    (Some(1024), 64),
+    (Some(2048), 64),
+    (Some(4096), 64),
+    (None, 64),
 ];
 
 #[derive(Default)]
@@ -64,14 +58,6 @@ impl Totals {
         self.chunks += chunks;
         self.thread_rounds += chunks.div_ceil(WORKGROUP_THREADS) * WORKGROUP_THREADS;
     }
-
-    fn decodes_per_element(&self) -> f64 {
-        self.decodes / self.elements.max(1) as f64
-    }
-
-    fn active_threads(&self) -> f64 {
-        self.chunks as f64 / self.thread_rounds.max(1) as f64
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -86,8 +72,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         let source = SourceFile::open(file)?;
         let file_bytes = source.bytes().len() as u64;
-        let name = file.file_name().unwrap_or_default().to_string_lossy();
-        let mut fitted = Totals::default();
         for (chunk_bits, warmup_bits) in GEOMETRIES {
             let options = EncodeOptions {
                 chunk_bits,
@@ -111,66 +95,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 totals.stored_bytes += coded;
                 let index = BlockIndex::parse(&encoded.view())?;
                 totals.exceptions += index.exceptions.len() as u64;
-                totals.elements += (bytes.len() / kind.width_bytes()) as u64;
                 let elements = (bytes.len() / kind.width_bytes()) as u64;
+                totals.elements += elements;
                 let block_elements = options.block_elements as u64;
-                // (codewords, stream bits) of each coded block.
-                let coded_blocks: Vec<(u64, u64)> = index
-                    .blocks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, entry)| matches!(entry.mode, BlockMode::Coded { .. }))
-                    .map(|(block, entry)| {
-                        let first = block as u64 * block_elements;
-                        ((elements - first).min(block_elements), entry.stream_bits)
-                    })
-                    .collect();
-                for &(codewords, stream_bits) in &coded_blocks {
+                let tensor_chunk_bits = encoded.params.geometry.chunk_bits as u64;
+                for (block, entry) in index.blocks.iter().enumerate() {
+                    if !matches!(entry.mode, BlockMode::Coded { .. }) {
+                        continue;
+                    }
+                    let first = block as u64 * block_elements;
+                    let codewords = (elements - first).min(block_elements);
                     totals.add_block(
                         codewords,
-                        stream_bits,
-                        chunk_bits as u64,
+                        entry.stream_bits,
+                        tensor_chunk_bits,
                         warmup_bits as u64,
                     );
-                }
-                // Stream lengths do not depend on the geometry: one pass
-                // sizes the fitted chunks.
-                if (chunk_bits, warmup_bits) == (1024, 64) {
-                    let longest = coded_blocks
-                        .iter()
-                        .map(|&(_, bits)| bits)
-                        .max()
-                        .unwrap_or(0);
-                    let fitted_chunk_bits =
-                        (longest.div_ceil(WORKGROUP_THREADS * 64) * 64).max(FITTED_MIN_CHUNK_BITS);
-                    fitted.elements += elements;
-                    for &(codewords, stream_bits) in &coded_blocks {
-                        fitted.add_block(codewords, stream_bits, fitted_chunk_bits, 64);
-                    }
                 }
             }
             println!(
                 "{:<40} {:>6} {:>6} {:>8.5} {:>10} {:>8.2} {:>8.2}",
-                name,
-                chunk_bits,
+                file.file_name().unwrap_or_default().to_string_lossy(),
+                chunk_bits.map_or("fitted".to_string(), |bits| bits.to_string()),
                 warmup_bits,
                 (totals.stored_bytes + (file_bytes - source.data().len() as u64)) as f64
                     / file_bytes as f64,
                 totals.exceptions,
-                totals.decodes_per_element(),
-                totals.active_threads(),
+                totals.decodes / totals.elements.max(1) as f64,
+                totals.chunks as f64 / totals.thread_rounds.max(1) as f64,
             );
         }
-        println!(
-            "{:<40} {:>6} {:>6} {:>8} {:>10} {:>8.2} {:>8.2}",
-            name,
-            "fitted",
-            64,
-            "",
-            "",
-            fitted.decodes_per_element(),
-            fitted.active_threads(),
-        );
     }
     Ok(())
 }

@@ -234,7 +234,7 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
                 .into_iter()
                 .map(|warmup_bits| {
                     let options = EncodeOptions {
-                        chunk_bits: 64,
+                        chunk_bits: Some(64),
                         warmup_bits,
                         block_elements: 4096,
                         ..EncodeOptions::default()
@@ -250,7 +250,7 @@ fn family_cases(family: Family, kind: FloatKind) -> Vec<Case> {
             // Full-size blocks of 64-bit chunks: thousands of chunks a
             // block, so a GPU workgroup decodes a block in many rounds.
             let options = EncodeOptions {
-                chunk_bits: 64,
+                chunk_bits: Some(64),
                 warmup_bits: 16,
                 ..EncodeOptions::default()
             };

@@ -66,7 +66,7 @@ fn every_chunk_checks_out_for_every_geometry() {
         let bytes = ecfloat::synth::heavy_tailed_bytes(kind, 20_000, 3);
         for (chunk_bits, warmup_bits) in geometries {
             let options = EncodeOptions {
-                chunk_bits,
+                chunk_bits: Some(chunk_bits),
                 warmup_bits,
                 block_elements: 4096,
                 ..EncodeOptions::default()
@@ -269,5 +269,36 @@ fn every_head_layout_decodes_odd_lengths() {
                 }
             }
         }
+    }
+}
+
+/// By default the chunk length is fitted to the tensor: the longest coded
+/// block makes at most 256 chunks (one round of a GPU workgroup), and no
+/// shorter multiple of 64 bits (down to 512) would.
+#[test]
+fn chunks_are_fitted_to_one_round_of_the_longest_block() {
+    use ecfloat::codec::encode::{MIN_FITTED_CHUNK_BITS, fitted_chunk_bits};
+    use ecfloat::codec::{EncodeOptions, FloatKind};
+    assert_eq!(fitted_chunk_bits(0), MIN_FITTED_CHUNK_BITS);
+    assert_eq!(fitted_chunk_bits(256 * 512), 512);
+    assert_eq!(fitted_chunk_bits(256 * 512 + 1), 576);
+    assert_eq!(fitted_chunk_bits(256 * 14_336), 14_336);
+    // Past what 64-bit units store, the next power of two.
+    assert_eq!(fitted_chunk_bits(256 * 14_336 + 1), 16_384);
+    assert_eq!(fitted_chunk_bits(u64::MAX / 2), 65_536);
+    for kind in [FloatKind::Bf16, FloatKind::F8E4M3, FloatKind::F32] {
+        let bytes = ecfloat::synth::heavy_tailed_bytes(kind, 300_000, 9);
+        let encoded = codec::encode(kind, &bytes, &EncodeOptions::default()).unwrap();
+        let chunk_bits = encoded.params.geometry.chunk_bits as u64;
+        let index = BlockIndex::parse(&encoded.view()).unwrap();
+        let longest = index.blocks.iter().map(|b| b.stream_bits).max().unwrap();
+        assert!(
+            longest.div_ceil(chunk_bits) <= 256,
+            "{kind}: {chunk_bits}-bit chunks"
+        );
+        assert!(
+            chunk_bits == 512 || longest.div_ceil(chunk_bits - 64) > 256,
+            "{kind}: {chunk_bits}-bit chunks are longer than they need be"
+        );
     }
 }

@@ -126,7 +126,7 @@ fn seeds() -> Vec<Seed> {
     let options = CompressOptions {
         encode: EncodeOptions {
             block_elements: 1 << 10,
-            chunk_bits: 64,
+            chunk_bits: Some(64),
             warmup_bits: 8,
             ..EncodeOptions::default()
         },

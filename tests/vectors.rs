@@ -127,7 +127,7 @@ fn write_vectors(directory: &Path) -> Vec<&'static str> {
             "small_blocks",
             EncodeOptions {
                 block_elements: 1024,
-                chunk_bits: 128,
+                chunk_bits: Some(128),
                 warmup_bits: 16,
                 head_bits: None,
                 sign_in_head: None,

@@ -19,7 +19,10 @@ use super::index::{self, BlockRecord, ChunkException};
 use super::stats::{self, Histogram};
 use super::sync::ChunkGeometry;
 use super::table::{self, CodeLengths};
-use super::{CodecError, EncodedTensor, MAX_ELEMENTS, TensorParams};
+use super::{
+    CHUNK_BITS_UNIT, CodecError, EncodedTensor, MAX_CHUNK_BITS, MAX_ELEMENTS, MAX_UNIT_CHUNK_BITS,
+    TensorParams,
+};
 
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {
@@ -31,7 +34,9 @@ pub struct EncodeOptions {
     /// Whether the sign is coded in the head; `None` chooses by estimated
     /// size.
     pub sign_in_head: Option<bool>,
-    pub chunk_bits: u32,
+    /// Chunk length in bits, a multiple of 64; `None` fits it to the
+    /// tensor (see [`fitted_chunk_bits`]).
+    pub chunk_bits: Option<u32>,
     pub warmup_bits: u32,
 }
 
@@ -41,7 +46,7 @@ impl Default for EncodeOptions {
             block_elements: 1 << 16,
             head_bits: None,
             sign_in_head: None,
-            chunk_bits: 1024,
+            chunk_bits: None,
             warmup_bits: 64,
         }
     }
@@ -76,12 +81,12 @@ pub fn encode(
     let head_bits = split.head_bits;
     (split.rest_const_bits, split.rest_const_value) = survey.constant_rest_bits(&split);
     let block_elements = options.block_elements;
-    let params = TensorParams {
+    let mut params = TensorParams {
         split,
         elements,
         block_elements,
         geometry: ChunkGeometry {
-            chunk_bits: options.chunk_bits,
+            chunk_bits: options.chunk_bits.unwrap_or(MIN_FITTED_CHUNK_BITS),
             warmup_bits: options.warmup_bits,
         },
     };
@@ -100,6 +105,16 @@ pub fn encode(
         map_chunks(bytes, block_bytes, |_, block| head_histogram(&split, block))
     };
     let decisions = decide_blocks(&histograms, head_bits, params.alphabet());
+    if options.chunk_bits.is_none() {
+        let longest_stream = histograms
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, decision)| matches!(decision, BlockDecision::Coded { .. }))
+            .map(|(histogram, decision)| decision.stream_bits(histogram, head_bits))
+            .max()
+            .unwrap_or(0);
+        params.geometry.chunk_bits = fitted_chunk_bits(longest_stream);
+    }
 
     // Every block's stream and rest sizes are known from its histogram and
     // code, so blocks write straight into their place in one head plane and
@@ -148,6 +163,27 @@ pub fn encode(
         rest,
         index: records.concat(),
     })
+}
+
+/// The shortest chunk [`fitted_chunk_bits`] chooses: shorter ones cost
+/// more in warm-up decoding and sync exceptions than they gain.
+pub const MIN_FITTED_CHUNK_BITS: u32 = 512;
+
+/// The chunk length fitted to a tensor whose longest coded block stream
+/// is `longest_stream` bits: the shortest multiple of 64 bits (at least
+/// [`MIN_FITTED_CHUNK_BITS`]) that cuts it into at most one chunk per
+/// thread of a GPU workgroup, so that every block decodes in one round
+/// with its threads nearly all busy. Past what a header stores as 64-bit
+/// units, the next power of two.
+pub fn fitted_chunk_bits(longest_stream: u64) -> u32 {
+    let threads = crate::backend::gpu::layout::WORKGROUP_SIZE as u64;
+    let unit = CHUNK_BITS_UNIT as u64;
+    let fitted = (longest_stream.div_ceil(threads * unit) * unit).max(MIN_FITTED_CHUNK_BITS as u64);
+    if fitted <= MAX_UNIT_CHUNK_BITS as u64 {
+        fitted as u32
+    } else {
+        fitted.next_power_of_two().min(MAX_CHUNK_BITS as u64) as u32
+    }
 }
 
 /// `bytes` cut into consecutive slices of the given lengths.

@@ -133,11 +133,10 @@ impl TensorParams {
             ));
         }
         let geometry = self.geometry;
-        if !geometry.chunk_bits.is_power_of_two()
-            || !(MIN_CHUNK_BITS..=MAX_CHUNK_BITS).contains(&geometry.chunk_bits)
-        {
+        if chunk_code(geometry.chunk_bits).is_none() {
             return bad(format!(
-                "chunk_bits {} is not a power of two in {MIN_CHUNK_BITS}..={MAX_CHUNK_BITS}",
+                "chunk_bits {} is neither a power of two in {MIN_CHUNK_BITS}..={MAX_CHUNK_BITS} \
+                 nor a multiple of {CHUNK_BITS_UNIT} up to {MAX_UNIT_CHUNK_BITS}",
                 geometry.chunk_bits
             ));
         }
@@ -161,6 +160,36 @@ pub const MIN_BLOCK_ELEMENTS: u32 = 1 << 10;
 pub const MAX_BLOCK_ELEMENTS: u32 = 1 << 20;
 pub const MIN_CHUNK_BITS: u32 = 1 << 6;
 pub const MAX_CHUNK_BITS: u32 = 1 << 16;
+/// A chunk length that is not a power of two is a multiple of this many
+/// bits, up to [`MAX_UNIT_CHUNK_BITS`].
+pub const CHUNK_BITS_UNIT: u32 = 64;
+pub const MAX_UNIT_CHUNK_BITS: u32 = CHUNK_BITS_UNIT * (u8::MAX as u32 - FIRST_UNIT_CHUNK_CODE + 1);
+/// The first chunk code that counts units rather than a power of two.
+const FIRST_UNIT_CHUNK_CODE: u32 = 32;
+
+/// The byte that stores a chunk length in a coded tensor's header: its
+/// log2 for a power of two in [`MIN_CHUNK_BITS`]..=[`MAX_CHUNK_BITS`] (as in
+/// version 1), else 31 + the number of 64-bit units; `None` for a length
+/// neither can store.
+pub fn chunk_code(chunk_bits: u32) -> Option<u8> {
+    if chunk_bits.is_power_of_two() && (MIN_CHUNK_BITS..=MAX_CHUNK_BITS).contains(&chunk_bits) {
+        return Some(chunk_bits.trailing_zeros() as u8);
+    }
+    let units = chunk_bits / CHUNK_BITS_UNIT;
+    (chunk_bits.is_multiple_of(CHUNK_BITS_UNIT) && chunk_bits <= MAX_UNIT_CHUNK_BITS && units > 0)
+        .then(|| (FIRST_UNIT_CHUNK_CODE - 1 + units) as u8)
+}
+
+/// The chunk length a chunk code stores (see [`chunk_code`]).
+pub fn chunk_bits_of_code(code: u8) -> Option<u32> {
+    let code = code as u32;
+    let chunk_bits = if code >= FIRST_UNIT_CHUNK_CODE {
+        (code - (FIRST_UNIT_CHUNK_CODE - 1)) * CHUNK_BITS_UNIT
+    } else {
+        1u32.checked_shl(code)?
+    };
+    (chunk_code(chunk_bits) == Some(code as u8)).then_some(chunk_bits)
+}
 pub const MAX_WARMUP_BITS: u32 = 1 << 12;
 /// 2^48 elements: far beyond any tensor, small enough that no byte or bit
 /// count derived from it overflows a u64.
@@ -229,9 +258,27 @@ mod tests {
     /// Every limit of the format, just inside (accepted) and just outside
     /// (refused), one field at a time.
     #[test]
+    fn every_chunk_length_has_one_code() {
+        let mut lengths = 0;
+        for code in 0..=u8::MAX {
+            if let Some(chunk_bits) = chunk_bits_of_code(code) {
+                assert_eq!(chunk_code(chunk_bits), Some(code), "{chunk_bits} bits");
+                lengths += 1;
+            }
+        }
+        // 11 powers of two and 224 multiples of 64 less the 8 of them that
+        // are powers of two.
+        assert_eq!(lengths, 11 + 224 - 8);
+        assert_eq!(chunk_code(1024), Some(10));
+        assert_eq!(chunk_code(704), Some(31 + 11));
+        assert_eq!(chunk_code(MAX_UNIT_CHUNK_BITS + 64), None);
+        assert_eq!(chunk_code(1000), None);
+    }
+
+    #[test]
     fn validate_accepts_the_limits_and_refuses_one_past_them() {
         type Change = fn(&mut TensorParams);
-        let accepted: [(&str, Change); 8] = [
+        let accepted: [(&str, Change); 9] = [
             ("as encoded", |_| {}),
             ("sign first", |p| {
                 p.split.sign_in_head = true;
@@ -243,6 +290,9 @@ mod tests {
                 p.geometry.chunk_bits = MIN_CHUNK_BITS
             }),
             ("longest chunks", |p| p.geometry.chunk_bits = MAX_CHUNK_BITS),
+            ("chunks of a multiple of 64 bits", |p| {
+                p.geometry.chunk_bits = 704
+            }),
             ("longest warm-up", |p| {
                 p.geometry.warmup_bits = MAX_WARMUP_BITS
             }),
@@ -277,8 +327,8 @@ mod tests {
             ("blocks too large", |p| {
                 p.block_elements = MAX_BLOCK_ELEMENTS * 2
             }),
-            ("chunks not a power of two", |p| {
-                p.geometry.chunk_bits = 3 << 8
+            ("chunks not a multiple of 64 bits", |p| {
+                p.geometry.chunk_bits = 1000
             }),
             ("chunks too short", |p| p.geometry.chunk_bits = 1 << 5),
             ("chunks too long", |p| {

@@ -9,7 +9,9 @@
 //!   [`CodedHeader`] followed by its block index, head and rest planes.
 
 use crate::codec::index::write_varint;
-use crate::codec::{ChunkGeometry, FieldSplit, FloatKind, TensorParams};
+use crate::codec::{
+    ChunkGeometry, FieldSplit, FloatKind, TensorParams, chunk_bits_of_code, chunk_code,
+};
 
 /// `__metadata__` key whose value marks an ecfloat file.
 pub const FORMAT_KEY: &str = "ecf.format";
@@ -46,12 +48,14 @@ pub const MAX_HEADER_BYTES: usize = 100_000_000;
 ///
 /// ```text
 /// head_bits:u8 sign_in_head:u8 rest_const_bits:u8
-/// log2(block_elements):u8 log2(chunk_bits):u8
+/// log2(block_elements):u8 chunk_code:u8
 /// warmup_bits:varint rest_const_value:varint xxh3:u64le
 /// index_len:varint head_len:varint rest_len:varint
 /// ```
 ///
-/// Version 1 has no `sign_in_head` byte: its heads are all exponent first.
+/// `chunk_code` is `codec::chunk_code`: log2(chunk_bits) for a power of
+/// two, else 31 + chunk_bits / 64. Version 1 has no `sign_in_head` byte
+/// (its heads are all exponent first) and only powers of two.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodedHeader {
     pub params: TensorParams,
@@ -70,7 +74,7 @@ impl CodedHeader {
             params.split.sign_in_head as u8,
             params.split.rest_const_bits as u8,
             params.block_elements.trailing_zeros() as u8,
-            params.geometry.chunk_bits.trailing_zeros() as u8,
+            chunk_code(params.geometry.chunk_bits).expect("validated parameters"),
         ]);
         write_varint(params.geometry.warmup_bits as u64, out);
         write_varint(params.split.rest_const_value as u64, out);
@@ -102,11 +106,14 @@ impl CodedHeader {
         let fixed: Vec<u32> = (0..3)
             .map(|_| reader.byte().map(u32::from))
             .collect::<Result<_, _>>()?;
-        let [rest_const_bits, block_log2, chunk_log2] = fixed[..] else {
+        let [rest_const_bits, block_log2, chunk_code] = fixed[..] else {
             unreachable!("three bytes were read")
         };
-        if block_log2 >= 32 || chunk_log2 >= 32 {
-            return Err("block or chunk size is out of range".to_string());
+        let chunk_bits = chunk_bits_of_code(chunk_code as u8)
+            .filter(|bits| version >= 2 || bits.is_power_of_two())
+            .ok_or_else(|| format!("chunk code {chunk_code} stores no chunk length"))?;
+        if block_log2 >= 32 {
+            return Err("block size is out of range".to_string());
         }
         let small = |value: u64, what: &str| {
             u32::try_from(value).map_err(|_| format!("{what} {value} is out of range"))
@@ -129,7 +136,7 @@ impl CodedHeader {
             elements,
             block_elements: 1 << block_log2,
             geometry: ChunkGeometry {
-                chunk_bits: 1 << chunk_log2,
+                chunk_bits,
                 warmup_bits,
             },
         };
