@@ -34,8 +34,8 @@ pub struct EncodeOptions {
     /// Whether the sign is coded in the head; `None` chooses by estimated
     /// size.
     pub sign_in_head: Option<bool>,
-    /// Chunk length in bits, a multiple of 64; `None` fits it to the
-    /// tensor (see [`fitted_chunk_bits`]).
+    /// Chunk length in bits (a power of two, or a multiple of 64 up to
+    /// 14,336); `None` fits it to the tensor (see [`fitted_chunk_bits`]).
     pub chunk_bits: Option<u32>,
     pub warmup_bits: u32,
 }

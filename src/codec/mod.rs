@@ -166,6 +166,10 @@ pub const CHUNK_BITS_UNIT: u32 = 64;
 pub const MAX_UNIT_CHUNK_BITS: u32 = CHUNK_BITS_UNIT * (u8::MAX as u32 - FIRST_UNIT_CHUNK_CODE + 1);
 /// The first chunk code that counts units rather than a power of two.
 const FIRST_UNIT_CHUNK_CODE: u32 = 32;
+pub const MAX_WARMUP_BITS: u32 = 1 << 12;
+/// 2^48 elements: far beyond any tensor, small enough that no byte or bit
+/// count derived from it overflows a u64.
+pub const MAX_ELEMENTS: u64 = 1 << 48;
 
 /// The byte that stores a chunk length in a coded tensor's header: its
 /// log2 for a power of two in [`MIN_CHUNK_BITS`]..=[`MAX_CHUNK_BITS`] (as in
@@ -190,10 +194,6 @@ pub fn chunk_bits_of_code(code: u8) -> Option<u32> {
     };
     (chunk_code(chunk_bits) == Some(code as u8)).then_some(chunk_bits)
 }
-pub const MAX_WARMUP_BITS: u32 = 1 << 12;
-/// 2^48 elements: far beyond any tensor, small enough that no byte or bit
-/// count derived from it overflows a u64.
-pub const MAX_ELEMENTS: u64 = 1 << 48;
 
 /// A coded tensor: parameters plus its three byte planes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,8 +255,6 @@ mod tests {
         }
     }
 
-    /// Every limit of the format, just inside (accepted) and just outside
-    /// (refused), one field at a time.
     #[test]
     fn every_chunk_length_has_one_code() {
         let mut lengths = 0;
@@ -275,6 +273,8 @@ mod tests {
         assert_eq!(chunk_code(1000), None);
     }
 
+    /// Every limit of the format, just inside (accepted) and just outside
+    /// (refused), one field at a time.
     #[test]
     fn validate_accepts_the_limits_and_refuses_one_past_them() {
         type Change = fn(&mut TensorParams);
