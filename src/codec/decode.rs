@@ -694,8 +694,8 @@ fn join_block(
         (2, 7, 0) if split.sign_in_head => {
             // Sign first, nine head bits (BF16; FP16 with three mantissa
             // bits): eight rests of seven bits fill seven bytes, read with
-            // one load and constant shifts.
-            // Fixed-size groups, so the loop over a group unrolls.
+            // one load and constant shifts, in fixed-size groups so that
+            // the loop over a group unrolls.
             let groups = heads.len() / 8;
             let (out_groups, _) = out.as_chunks_mut::<16>();
             let (head_groups, _) = heads.as_chunks::<8>();

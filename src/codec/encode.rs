@@ -86,6 +86,8 @@ pub fn encode(
         elements,
         block_elements,
         geometry: ChunkGeometry {
+            // A fitted length is known only once the blocks are decided
+            // (below); the shortest one it can be stands in until then.
             chunk_bits: options.chunk_bits.unwrap_or(MIN_FITTED_CHUNK_BITS),
             warmup_bits: options.warmup_bits,
         },

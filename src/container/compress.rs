@@ -98,16 +98,17 @@ fn compress_within(
     let mut out = AtomicOutput::create(output, options.force, &[input])?;
     options.progress.begin(source.data().len() as u64);
 
-    let coded_forms: Vec<bool> = tensors
+    // Each tensor's float format where it is stored coded.
+    let coded_kinds: Vec<Option<FloatKind>> = tensors
         .par_iter()
-        .map(|tensor| will_be_coded(input, &source, tensor, &options.encode))
+        .map(|tensor| coded_kind(input, &source, tensor, &options.encode))
         .collect::<Result<_>>()?;
     // Descending element size keeps every stored tensor aligned to its
     // element.
     let mut stored: Vec<&TensorEntry> = tensors
         .iter()
-        .zip(&coded_forms)
-        .filter(|(_, coded)| !**coded)
+        .zip(&coded_kinds)
+        .filter(|(_, kind)| kind.is_none())
         .map(|(tensor, _)| tensor)
         .collect();
     stored.sort_by_key(|t| std::cmp::Reverse(t.dtype.bitsize()));
@@ -115,9 +116,9 @@ fn compress_within(
     let layout_with = |coded_len: &dyn Fn(usize) -> u64| -> Vec<OutputTensor> {
         let coded = tensors
             .iter()
-            .zip(&coded_forms)
+            .zip(&coded_kinds)
             .enumerate()
-            .filter(|(_, (_, coded))| **coded)
+            .filter(|(_, (_, kind))| kind.is_some())
             .map(|(index, (tensor, _))| coded_entry(&tensor.name, coded_len(index)));
         stored
             .iter()
@@ -195,8 +196,8 @@ fn compress_within(
             let encoded: Vec<Result<Option<Coded>>> = batch
                 .par_iter()
                 .map(|&(index, tensor)| {
-                    coded_forms[index]
-                        .then(|| encode_tensor(input, &source, tensor, &options.encode))
+                    coded_kinds[index]
+                        .map(|kind| encode_tensor(input, &source, tensor, kind, &options.encode))
                         .transpose()
                 })
                 .collect();
@@ -218,15 +219,16 @@ fn compress_within(
     let (reports, coded_lens) = written?;
 
     let layout = layout_with(&|index| coded_lens[index]);
+    let data_bytes: u64 = layout.iter().map(|t| t.len).sum();
     let header = header_bytes(&file_metadata(&source, file_hash.digest()), &layout);
-    let compressed_bytes = match pad_header(&header, reserved_header.len()) {
+    let header_len = match pad_header(&header, reserved_header.len()) {
         Some(padded) => {
             let file = out.file()?;
             file.seek(SeekFrom::Start(0))
                 .and_then(|_| file.write_all(&padded))
                 .map_err(|e| Error::io(output, e))?;
             out.commit()?;
-            padded.len() as u64 + layout.iter().map(|t| t.len).sum::<u64>()
+            padded.len()
         }
         None => {
             // A coded tensor outgrew its bound (which takes options far from
@@ -238,12 +240,12 @@ fn compress_within(
                 .and_then(|_| std::io::copy(file, moved_file))
                 .map_err(|e| Error::io(output, e))?;
             moved.commit()?;
-            header.len() as u64 + layout.iter().map(|t| t.len).sum::<u64>()
+            header.len()
         }
     };
     Ok(CompressReport {
         source_bytes: source.bytes().len() as u64,
-        compressed_bytes,
+        compressed_bytes: header_len as u64 + data_bytes,
         tensors: reports,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -298,27 +300,27 @@ fn coded_len_bound(source_len: u64) -> u64 {
     source_len + source_len / 16 + 4096
 }
 
-/// Whether `tensor` is stored coded (see [`ALWAYS_CODED_BYTES`]).
-fn will_be_coded(
+/// The float format of `tensor` if it is stored coded (see
+/// [`ALWAYS_CODED_BYTES`]); `None` for one stored as it is: not a
+/// non-empty tensor of a float dtype the codec knows, or a small one that
+/// coding does not shrink.
+fn coded_kind(
     input: &Path,
     source: &SourceFile,
     tensor: &TensorEntry,
     options: &EncodeOptions,
-) -> Result<bool> {
-    if codable_kind(tensor).is_none() {
-        return Ok(false);
-    }
+) -> Result<Option<FloatKind>> {
+    let Some(kind) = FloatKind::from_safetensors_name(&format!("{:?}", tensor.dtype))
+        .filter(|_| !tensor.is_empty())
+    else {
+        return Ok(None);
+    };
     if tensor.len() as u64 >= ALWAYS_CODED_BYTES {
-        return Ok(true);
+        return Ok(Some(kind));
     }
-    let coded = encode_tensor(input, source, tensor, options)?;
-    Ok(coded.header.len() as u64 + coded.encoded.stored_bytes() < tensor.len() as u64)
-}
-
-/// The float format of a tensor that can be coded: a non-empty one of a
-/// float dtype the codec knows.
-fn codable_kind(tensor: &TensorEntry) -> Option<FloatKind> {
-    FloatKind::from_safetensors_name(&format!("{:?}", tensor.dtype)).filter(|_| !tensor.is_empty())
+    let coded = encode_tensor(input, source, tensor, kind, options)?;
+    let smaller = coded.header.len() as u64 + coded.encoded.stored_bytes() < tensor.len() as u64;
+    Ok(smaller.then_some(kind))
 }
 
 /// A tensor's coded header and planes, as they are stored.
@@ -327,15 +329,15 @@ struct Coded {
     encoded: EncodedTensor,
 }
 
-/// The coded header and planes of a tensor that [`codable_kind`] accepts.
+/// The coded header and planes of `tensor`, of float format `kind`.
 fn encode_tensor(
     input: &Path,
     source: &SourceFile,
     tensor: &TensorEntry,
+    kind: FloatKind,
     options: &EncodeOptions,
 ) -> Result<Coded> {
     let bytes = &source.data()[tensor.range.clone()];
-    let kind = codable_kind(tensor).expect("only codable tensors are encoded");
     let encoded =
         codec::encode(kind, bytes, options).map_err(|e| Error::codec(input, &tensor.name, e))?;
     let mut header = Vec::new();
@@ -359,23 +361,12 @@ mod tests {
     /// A source of float tensors that coding cannot shrink, one small and
     /// one large, beside a compressible one.
     fn write_source(path: &Path) -> Vec<u8> {
-        let noise = |len: usize, seed: u64| -> Vec<u8> {
-            let mut state = seed;
-            (0..len)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1);
-                    (state >> 56) as u8
-                })
-                .collect()
-        };
         let weights = crate::synth::to_bytes(
             &crate::synth::heavy_tailed(200_000, 500, 0.02, 7),
             FloatKind::Bf16,
         );
-        let small_noise = noise(4000, 1);
-        let large_noise = noise(400_000, 2);
+        let small_noise = crate::synth::random_bytes(4000, 1);
+        let large_noise = crate::synth::random_bytes(400_000, 2);
         let tensors = [
             ("weights", "BF16", vec![400u64, 500], &weights),
             ("small_noise", "F32", vec![1000], &small_noise),

@@ -177,6 +177,13 @@ struct ThreadLog {
     unsigned long long decodes = 0;
     unsigned long long rounds = 0;
     unsigned long long active_rounds = 0;
+
+    // Empties the log, keeping its vectors' room for the next block.
+    void clear() {
+        loads.clear();
+        stores.clear();
+        decodes = rounds = active_rounds = 0;
+    }
 };
 
 ThreadLog thread_logs[WORKGROUP_SIZE];
@@ -245,7 +252,7 @@ void account_block() {
         model_counts.decodes += log.decodes;
         model_counts.thread_rounds += log.rounds;
         model_counts.active_thread_rounds += log.active_rounds;
-        log = ThreadLog{};
+        log.clear();
     }
 }
 
@@ -371,7 +378,7 @@ int launch(unsigned blocks, std::function<void()> kernel, double timeout_seconds
     modelling = model != nullptr;
     model_counts = ModelCounts{};
     for (ThreadLog& log : thread_logs) {
-        log = ThreadLog{};
+        log.clear();
     }
     const std::string failure = pool().run(
         blocks, std::move(kernel),
