@@ -1,26 +1,26 @@
 // decode.cu — rebuilds ecfloat-coded tensors on NVIDIA GPUs, bit for bit.
 //
 // This is the algorithm of shaders/decode.wgsl, with the same names for the
-// same things (block, chunk, warm-up, exception, seam word, table, status);
+// same things (block, chunk, warm-up, exception, ring, run, table, status);
 // read that file's header for the whole story. In short: one thread block
-// decodes one coded block of 64K elements. The canonical code table is
-// expanded into a 4096-entry lookup table in shared memory. The block's
-// bit stream is cut into chunks; each thread decodes one chunk, starting
-// `warmup_bits` early (or at the chunk's stored exception) so that it
-// resynchronises onto true codeword boundaries. Per round of 256 chunks:
-// a count pass, a block-wide prefix sum, and a write pass that joins each
-// head with its raw rest bits. Each chunk must start where the one before
-// it ends, and the last must end at the stream's end with as many
-// codewords as the block has elements; thread 0 writes the block's status
-// word (0, or the first problem found) for the host to check.
+// decodes one coded block of 64K elements. Each thread decodes one chunk
+// of the block's head stream, starting `warmup_bits` early (or at the
+// chunk's stored exception) so that it resynchronises onto true codeword
+// boundaries. Per round of 256 chunks: a count pass, a block-wide prefix
+// sum, and a write pass. Global memory is only touched in whole sectors by
+// consecutive threads: each thread reads its chunk from a ring of two
+// sectors in shared memory that the block refills together, and the write
+// pass stages each thread's decoded heads in runs of RUN_ELEMENTS, which
+// the block then joins with their rest bits and stores, word after word.
+// Each chunk must start where the one before it ends, and the last must
+// end at the stream's end with as many codewords as the block has
+// elements; thread 0 writes the block's status word (0, or the first
+// problem found) for the host to check.
 //
 // Where CUDA differs from WGSL:
-//   * CUDA has 8- and 16-bit stores, which never race, so a seam word (one
-//     shared by two chunks) is written element by element instead of being
-//     zeroed and ORed atomically; whole words are still stored as words.
-//   * WGSL cannot hand a storage buffer to a function, so its bit readers
-//     come in a `head` and a `rest` version (open_head_reader,
-//     skip_head_bits, …); here open_reader and skip_bits take the plane.
+//   * WGSL cannot hand a storage buffer to a function, so reads of `head`
+//     and `rest` are written out where they happen; here load_word takes
+//     the plane.
 //   * One launch decodes many tensors: each thread block reads which
 //     dispatch (tensor segment) and which block of it to decode from a
 //     work list, so a model layer's tensors go out in one launch.
@@ -34,22 +34,21 @@
 // __funnelshift_r, unsigned min/max and atomicMin — and every
 // __syncthreads must be reached by all 256 threads.
 //
-// Global memory is read and written only through load_word, store_word,
-// store_narrow and a model_read of each record copied, and every codeword
-// lookup and round is marked: the CPU execution defines the ECF_MODEL_*
-// hooks to count memory sectors per warp, decodes and idle threads (its
-// memory-access model); here they are empty.
+// Global memory is read and written only through load_word, store_word
+// and a model_read of each record copied; a thread that leaves out an
+// access its neighbours make in the same step says so (model_skip). Every
+// codeword lookup and round is marked too: the CPU execution defines the
+// ECF_MODEL_* hooks to count memory sectors per warp, decodes and idle
+// threads (its memory-access model); here they are empty.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
-typedef unsigned char u8;
 
 #define WORKGROUP_SIZE 256u
 #define BLOCK_RAW 0u
 #define BLOCK_CONSTANT 1u
 #define BLOCK_CODED 2u
 #define MAX_CODE_BITS 12u
-#define TABLE_MASK 0xFFFu
 // Per table: 256 words of 16-bit symbols in canonical order, then one word
 // per code length 1..=12: first_code | first_index << TABLE_INDEX_SHIFT |
 // count << TABLE_COUNT_SHIFT.
@@ -57,9 +56,12 @@ typedef unsigned char u8;
 #define TABLE_LENGTHS 256u
 #define TABLE_INDEX_SHIFT 12u
 #define TABLE_COUNT_SHIFT 22u
-// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT.
+// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT; length 0
+// means the codeword is longer than FAST_BITS.
 #define ENTRY_LENGTH_SHIFT 9u
 #define ENTRY_SYMBOL_MASK 0x1FFu
+#define FAST_BITS 10u
+#define FAST_ENTRIES 1024u
 #define NO_EXCEPTION 0xFFFFFFFFu
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 #define STATUS_OK 0u
@@ -69,9 +71,29 @@ typedef unsigned char u8;
 #define STATUS_NO_BLOCK 4u
 #define STATUS_DETAIL_SHIFT 4u
 #define STATUS_NONE 0xFFFFFFFFu
+// A thread's ring: two sectors of its stream, the words `base..base + 16`
+// with `base` a multiple of SECTOR_WORDS, word w in slot w % RING_WORDS.
+#define SECTOR_WORDS 8u
+#define RING_WORDS 16u
+// A ring request: the ring's base word, and whether the block loads both
+// sectors (RING_FILL) or the second (RING_REFILL) for it; RING_IDLE: none.
+#define RING_FILL 0x40000000u
+#define RING_REFILL 0x80000000u
+#define RING_BASE_MASK 0x3FFFFFFFu
+#define RING_IDLE 0u
+// A run: up to RUN_ELEMENTS decoded heads of consecutive elements, staged
+// as bytes in RUN_SYMBOL_WORDS words plus a word of their ninth bits. Runs
+// start at multiples of RUN_ELEMENTS in the block, so a run's elements
+// fill whole output sectors and its rest bits whole words.
+#define RUN_ELEMENTS 32u
+#define RUN_SYMBOL_WORDS 8u
+#define RUN_WORDS 9u
+// A run request: first element << RUN_COUNT_BITS | elements (0: none).
+#define RUN_COUNT_BITS 6u
 
 #ifndef ECF_MODEL_ACCESS
 #define ECF_MODEL_ACCESS(address, bytes, store)
+#define ECF_MODEL_SKIP(store)
 #define ECF_MODEL_DECODE()
 #define ECF_MODEL_ROUND(active)
 #endif
@@ -124,7 +146,37 @@ struct Dispatch {
 struct Segment {
     const Params* params;
     const Dispatch* dispatch;
+    // The block, copied into shared memory.
+    const Block* block;
+    // The head plane's word, and the bit in it, where the stream starts.
+    u32 stream_word;
+    u32 stream_shift;
+};
+
+// What the block's threads share.
+struct Shared {
     Block block;
+    // The block's code table, as stored, and the lookup table of its
+    // codewords up to FAST_BITS long.
+    u32 canonical[TABLE_WORDS];
+    u16 decode_table[FAST_ENTRIES];
+    u32 rings[WORKGROUP_SIZE * RING_WORDS];
+    u32 runs[WORKGROUP_SIZE * RUN_WORDS];
+    // Per thread: its ring request; its codeword count, then the prefix
+    // sums; its chunk's start, for the thread of the chunk before it to
+    // check, then its run request.
+    u32 ring_requests[WORKGROUP_SIZE];
+    u32 chunk_counts[WORKGROUP_SIZE];
+    u32 chunk_starts[WORKGROUP_SIZE];
+    // The lowest problem found (atomically), and the end of the round's
+    // last chunk, which the next round's first chunk must start at.
+    u32 block_status;
+    u32 previous_end;
+    // Whether every thread has finished its walk: `pending` alternates
+    // between two words (1: nobody is walking), which thread 0 copies to
+    // `walks_finished`.
+    u32 pending[2];
+    u32 walks_finished;
 };
 
 __device__ __forceinline__ u32 load_word(const u32* words, u32 index) {
@@ -137,14 +189,10 @@ __device__ __forceinline__ void store_word(u32* words, u32 index, u32 value) {
     words[index] = value;
 }
 
-// A one- or two-byte store.
-__device__ __forceinline__ void store_narrow(u8* byte, u32 width, u32 value) {
-    ECF_MODEL_ACCESS(byte, width, true);
-    if (width == 1u) {
-        *byte = (u8)value;
-    } else {
-        *(u16*)byte = (u16)value;
-    }
+// Marks a load (store) this thread leaves out while the threads beside it
+// make theirs.
+__device__ __forceinline__ void model_skip(bool store) {
+    ECF_MODEL_SKIP(store);
 }
 
 // Marks a record about to be copied from global memory.
@@ -154,77 +202,141 @@ __device__ __forceinline__ const Record& model_read(const Record& record) {
     return record;
 }
 
-__device__ __forceinline__ u32 canonical_lookup(const u32* table, u32 bits) {
+// `symbol | length << ENTRY_LENGTH_SHIFT` of the codeword of at most
+// `max_length` bits that the stream bits `bits` (first bit in bit 0) begin
+// with, or 0 if there is none. Codewords are read most significant bit
+// first.
+__device__ __forceinline__ u32 canonical_lookup(const u32* canonical, u32 bits, u32 max_length) {
     u32 code = 0u;
-    for (u32 len = 1u; len <= MAX_CODE_BITS; len++) {
+    for (u32 len = 1u; len <= max_length; len++) {
         code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
-        u32 info = load_word(table, TABLE_LENGTHS + len - 1u);
+        u32 info = canonical[TABLE_LENGTHS + len - 1u];
         u32 offset = code - (info & 0xFFFu);
         if (offset < (info >> TABLE_COUNT_SHIFT)) {
             u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
-            u32 symbol = (load_word(table, slot / 2u) >> (16u * (slot % 2u))) & 0xFFFFu;
+            u32 symbol = (canonical[slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
             return symbol | (len << ENTRY_LENGTH_SHIFT);
         }
     }
-    // Unreachable for the complete codes the host validated; length 1
-    // keeps every decoder advancing regardless.
-    return 1u << ENTRY_LENGTH_SHIFT;
+    return 0u;
 }
 
-__device__ __forceinline__ void build_decode_table(u16* decode_table, const u32* table, u32 thread) {
-    for (u32 index = thread; index < 4096u; index += WORKGROUP_SIZE) {
-        decode_table[index] = (u16)canonical_lookup(table, index);
+// Copies the block's code table into shared memory and expands it.
+__device__ __forceinline__ void build_decode_table(Shared& sh, const u32* table, u32 thread) {
+    for (u32 word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
+        sh.canonical[word] = load_word(table, word);
+    }
+    __syncthreads();
+    for (u32 index = thread; index < FAST_ENTRIES; index += WORKGROUP_SIZE) {
+        sh.decode_table[index] = (u16)canonical_lookup(sh.canonical, index, FAST_BITS);
     }
     __syncthreads();
 }
 
-// A thread's sequential reader of a bit plane: the 64 bits from the word
-// holding its position on, so that walking a chunk loads each word once
-// instead of two words per codeword or rest field.
-struct BitReader {
-    u32 next_word;
-    u32 low;
-    u32 high;
-    u32 shift;
+// The table entry of the codeword the stream bits `bits` begin with.
+__device__ __forceinline__ u32 table_entry(const Shared& sh, u32 bits) {
+    ECF_MODEL_DECODE();
+    u32 entry = sh.decode_table[bits & (FAST_ENTRIES - 1u)];
+    if ((entry >> ENTRY_LENGTH_SHIFT) != 0u) {
+        return entry;
+    }
+    entry = canonical_lookup(sh.canonical, bits, MAX_CODE_BITS);
+    // Unreachable for the complete codes the host validated; length 1
+    // keeps every decoder advancing regardless.
+    return entry != 0u ? entry : 1u << ENTRY_LENGTH_SHIFT;
+}
+
+// The head plane's word holding stream bit `position`.
+__device__ __forceinline__ u32 stream_word(const Segment& s, u32 position) {
+    return s.stream_word + ((s.stream_shift + position) >> 5u);
+}
+
+// A thread's walk along the stream, through its ring.
+struct Walker {
+    // The stream bit of the next codeword.
+    u32 position;
+    // The plane word in the ring's first slot.
+    u32 ring_base;
+    bool finished;
 };
 
-// A reader of `words` from bit `bit` on.
-__device__ __forceinline__ BitReader open_reader(const u32* words, u32 bit) {
-    BitReader reader;
-    reader.low = load_word(words, bit >> 5u);
-    reader.high = load_word(words, (bit >> 5u) + 1u);
-    reader.next_word = (bit >> 5u) + 2u;
-    reader.shift = bit & 31u;
-    return reader;
+// Whether the ring holds the two words a peek at the walker's position
+// reads.
+__device__ __forceinline__ bool ring_holds(const Segment& s, const Walker& walker) {
+    return stream_word(s, walker.position) + 1u < walker.ring_base + RING_WORDS;
 }
 
-// The 32 bits from the reader's position.
-__device__ __forceinline__ u32 peek_bits(const BitReader& reader) {
-    return __funnelshift_r(reader.low, reader.high, reader.shift);
+// The 32 stream bits from the walker's position.
+__device__ __forceinline__ u32 ring_peek(const Shared& sh, const Segment& s, const Walker& walker, u32 thread) {
+    u32 bit = s.stream_shift + walker.position;
+    u32 word = s.stream_word + (bit >> 5u);
+    const u32* ring = sh.rings + thread * RING_WORDS;
+    return __funnelshift_r(ring[word % RING_WORDS], ring[(word + 1u) % RING_WORDS], bit & 31u);
 }
 
-// Moves the reader of `words` on by `bits` (at most 32). It then holds the
-// words a peek at its new position reads, and no word past them.
-__device__ __forceinline__ void skip_bits(BitReader& reader, const u32* words, u32 bits) {
-    reader.shift += bits;
-    if (reader.shift >= 32u) {
-        reader.shift -= 32u;
-        reader.low = reader.high;
-        reader.high = load_word(words, reader.next_word);
-        reader.next_word += 1u;
+// A walker at `position`, whose ring the next fill_rings loads.
+__device__ __forceinline__ Walker open_walker(Shared& sh, const Segment& s, u32 position, bool finished, u32 thread) {
+    Walker walker;
+    walker.position = position;
+    walker.ring_base = stream_word(s, position) / SECTOR_WORDS * SECTOR_WORDS;
+    walker.finished = finished;
+    sh.ring_requests[thread] = finished ? RING_IDLE : walker.ring_base | RING_FILL;
+    return walker;
+}
+
+// After a walk step: the ring's first sector is spent once the walker has
+// moved past it; ask for the sector after the ring in its place.
+__device__ __forceinline__ void request_refill(Shared& sh, const Segment& s, Walker& walker, u32 thread) {
+    u32 request = RING_IDLE;
+    if (!walker.finished && stream_word(s, walker.position) >= walker.ring_base + SECTOR_WORDS) {
+        walker.ring_base += SECTOR_WORDS;
+        request = walker.ring_base | RING_REFILL;
     }
+    sh.ring_requests[thread] = request;
 }
 
-__device__ __forceinline__ u32 rest_field(const Segment& s, u32 element) {
-    u32 width = s.params->stored_rest_bits;
-    if (width == 0u) {
-        return 0u;
+// Loads what the rings asked for: consecutive threads load consecutive
+// words of a sector, so a warp moves whole sectors. `sectors` is 2 after
+// open_walker, 1 after request_refill.
+__device__ __forceinline__ void fill_rings(Shared& sh, const Segment& s, u32 sectors, u32 thread) {
+    __syncthreads();
+    u32 words = sectors * SECTOR_WORDS;
+    for (u32 step = 0u; step < words; step++) {
+        u32 index = step * WORKGROUP_SIZE + thread;
+        u32 ring = index / words;
+        u32 request = sh.ring_requests[ring];
+        u32 flag = sectors == 2u ? RING_FILL : RING_REFILL;
+        if ((request & flag) != 0u) {
+            u32 word = (request & RING_BASE_MASK) + RING_WORDS - words + index % words;
+            sh.rings[ring * RING_WORDS + word % RING_WORDS] = load_word(s.dispatch->head, word);
+        } else {
+            model_skip(false);
+        }
     }
-    u32 bit = (s.block.rest_byte & 3u) * 8u + element * width;
-    u32 word = (s.block.rest_byte >> 2u) + (bit >> 5u);
-    u32 shift = bit & 31u;
-    u32 bits = __funnelshift_r(load_word(s.dispatch->rest, word), load_word(s.dispatch->rest, word + 1u), shift);
-    return bits & ((1u << width) - 1u);
+    __syncthreads();
+}
+
+// Whether every thread's walk has finished, with barriers: called by all
+// threads after each step; `parity` alternates.
+__device__ __forceinline__ bool all_finished(Shared& sh, const Walker& walker, u32& parity, u32 thread) {
+    if (!walker.finished) {
+        atomicMin(&sh.pending[parity], 0u);
+    }
+    __syncthreads();
+    if (thread == 0u) {
+        sh.walks_finished = sh.pending[parity];
+        sh.pending[parity ^ 1u] = 1u;
+    }
+    __syncthreads();
+    parity ^= 1u;
+    return sh.walks_finished != 0u;
+}
+
+__device__ __forceinline__ void reset_pending(Shared& sh, u32 thread) {
+    if (thread == 0u) {
+        sh.pending[0] = 1u;
+        sh.pending[1] = 1u;
+    }
 }
 
 // The element a head and its stored rest bits make (FieldSplit::join).
@@ -245,16 +357,25 @@ __device__ __forceinline__ u32 join(const Params* p, u32 head_symbol, u32 field)
     return (sign << (p->width_bytes * 8u - 1u)) | (head_symbol << low_bits) | low;
 }
 
-__device__ __forceinline__ u32 uncoded_element(const Segment& s, u32 element) {
-    u32 head_symbol = s.block.table_or_value;
-    if (s.block.mode == BLOCK_RAW) {
-        u32 bits = s.params->head_bits;
-        u32 bit = (s.block.stream_byte & 3u) * 8u + element * bits;
-        u32 word = (s.block.stream_byte >> 2u) + (bit >> 5u);
-        u32 value = __funnelshift_r(load_word(s.dispatch->head, word), load_word(s.dispatch->head, word + 1u), bit & 31u);
-        head_symbol = value & ((1u << bits) - 1u);
+// `count` bits (at most 32) of a plane from bit `bit` of word `word`;
+// the second word is read only when the bits reach into it.
+__device__ __forceinline__ u32 plane_bits(const u32* plane, u32 word, u32 bit, u32 count) {
+    if (count == 0u) {
+        model_skip(false);
+        model_skip(false);
+        return 0u;
     }
-    return join(s.params, head_symbol, rest_field(s, element));
+    word += bit >> 5u;
+    u32 shift = bit & 31u;
+    u32 low = load_word(plane, word);
+    u32 high = 0u;
+    if (shift + count > 32u) {
+        high = load_word(plane, word + 1u);
+    } else {
+        model_skip(false);
+    }
+    u32 bits = __funnelshift_r(low, high, shift);
+    return count == 32u ? bits : bits & ((1u << count) - 1u);
 }
 
 __device__ __forceinline__ u32 elements_per_word(const Params* p) {
@@ -264,22 +385,36 @@ __device__ __forceinline__ u32 elements_per_word(const Params* p) {
 // Index, from the segment's first output word, of the word holding the
 // block's element `element`.
 __device__ __forceinline__ u32 output_word(const Segment& s, u32 element) {
-    return (s.block.first_element + element) / elements_per_word(s.params);
+    return (s.block->first_element + element) / elements_per_word(s.params);
 }
 
 // Raw and constant blocks: each thread builds whole words.
 __device__ void write_uncoded(const Segment& s, u32 thread) {
-    u32 per_word = elements_per_word(s.params);
-    u32 words = (s.block.elements + per_word - 1u) / per_word;
+    const Params* p = s.params;
+    u32 per_word = elements_per_word(p);
+    u32 words = (s.block->elements + per_word - 1u) / per_word;
+    u32 element_bits = p->width_bytes * 8u;
     for (u32 word = thread; word < words; word += WORKGROUP_SIZE) {
-        u32 value = 0u;
-        for (u32 k = 0u; k < per_word; k++) {
-            u32 element = word * per_word + k;
-            if (element < s.block.elements) {
-                value |= uncoded_element(s, element) << (k * s.params->width_bytes * 8u);
-            }
+        u32 first = word * per_word;
+        u32 count = min(per_word, s.block->elements - first);
+        u32 heads = 0u;
+        if (s.block->mode == BLOCK_RAW) {
+            heads = plane_bits(s.dispatch->head, s.block->stream_byte >> 2u,
+                               (s.block->stream_byte & 3u) * 8u + first * p->head_bits, count * p->head_bits);
         }
-        store_word(s.dispatch->output, output_word(s, word * per_word), value);
+        u32 fields = plane_bits(s.dispatch->rest, s.block->rest_byte >> 2u,
+                                (s.block->rest_byte & 3u) * 8u + first * p->stored_rest_bits,
+                                count * p->stored_rest_bits);
+        u32 value = 0u;
+        for (u32 k = 0u; k < count; k++) {
+            u32 head_symbol = s.block->table_or_value;
+            if (s.block->mode == BLOCK_RAW) {
+                head_symbol = (heads >> (k * p->head_bits)) & ((1u << p->head_bits) - 1u);
+            }
+            u32 field = (fields >> (k * p->stored_rest_bits)) & ((1u << p->stored_rest_bits) - 1u);
+            value |= join(p, head_symbol, field) << (k * element_bits);
+        }
+        store_word(s.dispatch->output, output_word(s, first), value);
     }
 }
 
@@ -300,55 +435,44 @@ __device__ __forceinline__ u32 inclusive_prefix_sum(u32* chunk_counts, u32 threa
 }
 
 // Binary search of the block's exceptions, stored `chunk << 8 | boundary`.
-__device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk) {
-    u32 low = s.block.exceptions_start;
-    u32 high = s.block.exceptions_start + s.block.exceptions_count;
-    while (low < high) {
-        u32 middle = (low + high) / 2u;
-        u32 entry = load_word(s.dispatch->exceptions, middle);
-        u32 entry_chunk = entry >> 8u;
-        if (entry_chunk == chunk) {
-            return entry & 0xFFu;
-        }
-        if (entry_chunk < chunk) {
-            low = middle + 1u;
+// Every thread takes as many steps as the longest search needs, so the
+// threads of a warp load together.
+__device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk, bool searching) {
+    u32 low = s.block->exceptions_start;
+    u32 high = s.block->exceptions_start + s.block->exceptions_count;
+    u32 found = NO_EXCEPTION;
+    for (u32 span = s.block->exceptions_count; span != 0u; span /= 2u) {
+        if (searching && found == NO_EXCEPTION && low < high) {
+            u32 middle = (low + high) / 2u;
+            u32 entry = load_word(s.dispatch->exceptions, middle);
+            u32 entry_chunk = entry >> 8u;
+            if (entry_chunk == chunk) {
+                found = entry & 0xFFu;
+            } else if (entry_chunk < chunk) {
+                low = middle + 1u;
+            } else {
+                high = middle;
+            }
         } else {
-            high = middle;
+            model_skip(false);
         }
     }
-    return NO_EXCEPTION;
+    return found;
 }
 
-__device__ __forceinline__ u32 decode_start(const Segment& s, u32 chunk) {
+// Where chunk `chunk` (if `has_chunk`) starts decoding: bit 0, its exception,
+// or `warmup_bits` before it.
+__device__ __forceinline__ u32 decode_start(const Segment& s, u32 chunk, bool has_chunk) {
     u32 begin = chunk * s.params->chunk_bits;
+    u32 boundary = find_exception(s, chunk, has_chunk && chunk != 0u);
     if (chunk == 0u) {
         return 0u;
     }
-    u32 boundary = find_exception(s, chunk);
     if (boundary != NO_EXCEPTION) {
         return begin + boundary;
     }
     u32 warmup = s.params->warmup_bits;
     return begin > warmup ? begin - warmup : 0u;
-}
-
-// Stores a word of elements `word_start..` that this chunk assembled:
-// whole if the chunk owns all of it; else, a seam word, element by element
-// with narrow stores for the elements in `first..end`.
-__device__ __forceinline__ void flush_word(const Segment& s, u32 word_start, u32 value, u32 first, u32 end) {
-    u32 per_word = elements_per_word(s.params);
-    u32 word_end = min(word_start + per_word, s.block.elements);
-    u32 index = output_word(s, word_start);
-    if (word_start >= first && word_end <= end) {
-        store_word(s.dispatch->output, index, value);
-        return;
-    }
-    u32 width = s.params->width_bytes;
-    for (u32 element = max(word_start, first); element < min(word_end, end); element++) {
-        u32 k = element - word_start;
-        u32 part = value >> (k * width * 8u);
-        store_narrow((u8*)(s.dispatch->output + index) + k * width, width, part);
-    }
 }
 
 // Where a chunk's decoder stood when it reached the chunk (clamped to the
@@ -359,80 +483,182 @@ struct ChunkWalk {
     u32 count;
 };
 
-// Decodes the codewords chunk `chunk` owns. Without `write`, only walks
-// them; with it, writes them as the block's elements `first..end`. Every
-// step advances at least one bit, so it always ends.
-__device__ ChunkWalk decode_chunk(const Segment& s, const u16* decode_table, u32 chunk, u32 first, u32 end, bool write) {
-    const Params* p = s.params;
-    u32 begin = chunk * p->chunk_bits;
-    u32 stop = min(begin + p->chunk_bits, s.block.stream_bits);
-    u32 per_word = elements_per_word(p);
-    u32 element_bits = p->width_bytes * 8u;
-    u32 position = decode_start(s, chunk);
-    const u32* stream = s.dispatch->head + (s.block.stream_byte >> 2u);
-    BitReader heads = open_reader(stream, (s.block.stream_byte & 3u) * 8u + position);
-    // Warm-up: codewords before the chunk are the previous chunk's.
-    while (position < begin) {
-        ECF_MODEL_DECODE();
-        u32 length = max((u32)decode_table[peek_bits(heads) & TABLE_MASK] >> ENTRY_LENGTH_SHIFT, 1u);
-        position += length;
-        skip_bits(heads, stream, length);
-    }
+// Count pass: every thread walks its chunk (if `has_chunk`) and counts the
+// codewords that start in it. Every step advances at least one bit, so it
+// always ends.
+__device__ ChunkWalk count_chunk(Shared& sh, const Segment& s, u32 chunk, bool has_chunk, u32 thread) {
+    u32 begin = chunk * s.params->chunk_bits;
+    u32 stop = min(begin + s.params->chunk_bits, s.block->stream_bits);
     ChunkWalk walk;
-    walk.start = min(position, s.block.stream_bits);
+    walk.start = 0u;
+    walk.end = 0u;
     walk.count = 0u;
-    u32 word_value = 0u;
-    u32 word_start = (first / per_word) * per_word;
-    u32 rest_width = p->stored_rest_bits;
-    bool read_rests = write && rest_width != 0u && first < s.block.elements;
-    const u32* rest_plane = s.dispatch->rest + (s.block.rest_byte >> 2u);
-    BitReader rests;
-    if (read_rests) {
-        rests = open_reader(rest_plane, (s.block.rest_byte & 3u) * 8u + first * rest_width);
-    }
-    while (position < stop) {
-        ECF_MODEL_DECODE();
-        u32 entry = decode_table[peek_bits(heads) & TABLE_MASK];
-        u32 element = first + walk.count;
-        walk.count += 1u;
-        if (write && element < s.block.elements) {
-            if (element >= word_start + per_word) {
-                flush_word(s, word_start, word_value, first, end);
-                word_start = (element / per_word) * per_word;
-                word_value = 0u;
+    u32 start = decode_start(s, chunk, has_chunk);
+    Walker walker = open_walker(sh, s, start, !has_chunk, thread);
+    reset_pending(sh, thread);
+    fill_rings(sh, s, 2u, thread);
+    u32 parity = 0u;
+    bool started = false;
+    while (true) {
+        while (!walker.finished) {
+            if (walker.position >= begin && !started) {
+                walk.start = min(walker.position, s.block->stream_bits);
+                started = true;
             }
-            u32 field = 0u;
-            if (read_rests) {
-                field = peek_bits(rests) & ((1u << rest_width) - 1u);
-                skip_bits(rests, rest_plane, rest_width);
+            if (walker.position >= stop) {
+                walker.finished = true;
+                break;
             }
-            u32 value = join(p, entry & ENTRY_SYMBOL_MASK, field);
-            word_value |= value << ((element - word_start) * element_bits);
+            if (!ring_holds(s, walker)) {
+                break;
+            }
+            u32 entry = table_entry(sh, ring_peek(sh, s, walker, thread));
+            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+            if (started) {
+                walk.count += 1u;
+            }
         }
-        u32 length = max(entry >> ENTRY_LENGTH_SHIFT, 1u);
-        position += length;
-        skip_bits(heads, stream, length);
-    }
-    if (write && walk.count > 0u && first < s.block.elements) {
-        flush_word(s, word_start, word_value, first, end);
+        request_refill(sh, s, walker, thread);
+        if (all_finished(sh, walker, parity, thread)) {
+            break;
+        }
+        fill_rings(sh, s, 1u, thread);
     }
     // A chunk that owns no codeword (only the last can) ends where it
     // starts: the codewords before the next end there.
-    walk.end = walk.count > 0u ? position : walk.start;
+    walk.end = walk.count > 0u ? walker.position : walk.start;
     return walk;
+}
+
+// Joins the runs the threads staged with their rest bits and stores them:
+// consecutive threads build consecutive words of a run.
+__device__ void store_runs(Shared& sh, const Segment& s, u32 thread) {
+    const Params* p = s.params;
+    u32 per_word = elements_per_word(p);
+    u32 run_words = RUN_ELEMENTS / per_word;
+    u32 width = p->stored_rest_bits;
+    u32 element_bits = p->width_bytes * 8u;
+    for (u32 step = 0u; step < run_words; step++) {
+        u32 index = step * WORKGROUP_SIZE + thread;
+        u32 run = index / run_words;
+        u32 request = sh.chunk_starts[run];
+        u32 offset = index % run_words * per_word;
+        u32 count = request & ((1u << RUN_COUNT_BITS) - 1u);
+        if (offset >= count) {
+            model_skip(false);
+            model_skip(false);
+            model_skip(true);
+            continue;
+        }
+        u32 first = (request >> RUN_COUNT_BITS) + offset;
+        u32 elements = min(per_word, count - offset);
+        u32 fields = plane_bits(s.dispatch->rest, s.block->rest_byte >> 2u,
+                                (s.block->rest_byte & 3u) * 8u + first * width, elements * width);
+        const u32* staged = sh.runs + run * RUN_WORDS;
+        u32 value = 0u;
+        for (u32 k = 0u; k < elements; k++) {
+            u32 slot = offset + k;
+            u32 symbol = (staged[slot / 4u] >> (slot % 4u * 8u)) & 0xFFu;
+            symbol |= ((staged[RUN_SYMBOL_WORDS] >> slot) & 1u) << 8u;
+            u32 field = (fields >> (k * width)) & ((1u << width) - 1u);
+            value |= join(p, symbol, field) << (k * element_bits);
+        }
+        store_word(s.dispatch->output, output_word(s, first), value);
+    }
+}
+
+// Write pass: thread `thread` decodes the block's elements `first..end`
+// (multiples of RUN_ELEMENTS, but for the block's end) starting at its
+// chunk, whose first codeword is element `chunk_first`: it passes over
+// the codewords before `first` (the warm-up's and the previous thread's),
+// and goes on past its chunk's end up to `end`.
+__device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has_chunk, u32 chunk_first, u32 first,
+                               u32 end, u32 thread) {
+    u32 begin = chunk * s.params->chunk_bits;
+    u32 start = decode_start(s, chunk, has_chunk);
+    bool finished = !has_chunk || first >= end;
+    Walker walker = open_walker(sh, s, start, finished, thread);
+    reset_pending(sh, thread);
+    fill_rings(sh, s, 2u, thread);
+    // Codewords still to pass over once in the chunk, and the next element
+    // to decode.
+    u32 skip = first - chunk_first;
+    u32 element = first;
+    u32 parity = 0u;
+    u32* staged = sh.runs + thread * RUN_WORDS;
+    u32 run_first = first;
+    u32 run_count = 0u;
+    u32 symbols = 0u;
+    u32 ninth_bits = 0u;
+    while (true) {
+        while (!walker.finished && run_count < RUN_ELEMENTS) {
+            if (walker.position >= s.block->stream_bits) {
+                // Only a stream the status check rejects ends early.
+                walker.finished = true;
+                break;
+            }
+            if (!ring_holds(s, walker)) {
+                break;
+            }
+            u32 entry = table_entry(sh, ring_peek(sh, s, walker, thread));
+            u32 at = walker.position;
+            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+            if (at < begin) {
+                // Warm-up: the previous chunk's codewords.
+                continue;
+            }
+            if (skip > 0u) {
+                skip -= 1u;
+                continue;
+            }
+            u32 symbol = entry & ENTRY_SYMBOL_MASK;
+            symbols |= (symbol & 0xFFu) << (run_count % 4u * 8u);
+            ninth_bits |= (symbol >> 8u) << run_count;
+            run_count += 1u;
+            element += 1u;
+            if (run_count % 4u == 0u) {
+                staged[run_count / 4u - 1u] = symbols;
+                symbols = 0u;
+            }
+            if (element == end) {
+                walker.finished = true;
+            }
+        }
+        bool run_ready = run_count == RUN_ELEMENTS || (walker.finished && run_count > 0u);
+        if (run_ready) {
+            if (run_count % 4u != 0u) {
+                staged[run_count / 4u] = symbols;
+            }
+            staged[RUN_SYMBOL_WORDS] = ninth_bits;
+        }
+        sh.chunk_starts[thread] = run_ready ? run_first << RUN_COUNT_BITS | run_count : 0u;
+        request_refill(sh, s, walker, thread);
+        bool done = all_finished(sh, walker, parity, thread);
+        store_runs(sh, s, thread);
+        if (run_ready) {
+            run_first += run_count;
+            run_count = 0u;
+            symbols = 0u;
+            ninth_bits = 0u;
+        }
+        if (done) {
+            break;
+        }
+        fill_rings(sh, s, 1u, thread);
+    }
+}
+
+// The first element of the thread's write pass: `element` rounded up to a
+// run boundary, within the block.
+__device__ __forceinline__ u32 run_boundary(const Segment& s, u32 element) {
+    u32 rounded = (element + RUN_ELEMENTS - 1u) / RUN_ELEMENTS * RUN_ELEMENTS;
+    return min(rounded, s.block->elements);
 }
 
 // `work[2 * i]` is the dispatch and `work[2 * i + 1]` the block that thread
 // block `i` decodes; `status[i]` receives the block's status word.
-extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatches, const u32* work, u32* status) {
-    __shared__ u16 decode_table[4096];
-    __shared__ u32 chunk_counts[WORKGROUP_SIZE];
-    // Each chunk's start, for the thread of the chunk before it to check.
-    __shared__ u32 chunk_starts[WORKGROUP_SIZE];
-    // The lowest problem found (atomically), and the end of the round's
-    // last chunk, which the next round's first chunk must start at.
-    __shared__ u32 block_status;
-    __shared__ u32 previous_end;
+extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* dispatches, const u32* work, u32* status) {
+    __shared__ Shared sh;
     u32 thread = threadIdx.x;
     const Dispatch* dispatch = &model_read(dispatches[load_word(work, 2u * blockIdx.x)]);
     u32 block_index = load_word(work, 2u * blockIdx.x + 1u);
@@ -442,11 +668,17 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
         }
         return;
     }
+    if (thread == 0u) {
+        sh.block = model_read(dispatch->blocks[block_index]);
+    }
+    __syncthreads();
     Segment s;
     s.params = &dispatch->params;
     s.dispatch = dispatch;
-    s.block = model_read(dispatch->blocks[block_index]);
-    if (s.block.mode != BLOCK_CODED) {
+    s.block = &sh.block;
+    s.stream_word = s.block->stream_byte >> 2u;
+    s.stream_shift = (s.block->stream_byte & 3u) * 8u;
+    if (s.block->mode != BLOCK_CODED) {
         write_uncoded(s, thread);
         if (thread == 0u) {
             store_word(status, blockIdx.x, STATUS_OK);
@@ -454,52 +686,55 @@ extern "C" __global__ void __launch_bounds__(256) decode(const Dispatch* dispatc
         return;
     }
     if (thread == 0u) {
-        block_status = STATUS_NONE;
+        sh.block_status = STATUS_NONE;
     }
-    build_decode_table(decode_table, dispatch->tables + s.block.table_or_value * TABLE_WORDS, thread);
-    u32 chunks = (s.block.stream_bits + s.params->chunk_bits - 1u) / s.params->chunk_bits;
+    build_decode_table(sh, dispatch->tables + s.block->table_or_value * TABLE_WORDS, thread);
+    u32 chunks = (s.block->stream_bits + s.params->chunk_bits - 1u) / s.params->chunk_bits;
     u32 rounds = (chunks + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
     u32 round_base = 0u;
     for (u32 round_index = 0u; round_index < rounds; round_index++) {
         u32 chunk = round_index * WORKGROUP_SIZE + thread;
-        ECF_MODEL_ROUND(chunk < chunks);
-        ChunkWalk walk;
-        walk.start = 0u;
-        walk.end = 0u;
-        walk.count = 0u;
-        if (chunk < chunks) {
-            walk = decode_chunk(s, decode_table, chunk, 0u, 0u, false);
-        }
-        chunk_starts[thread] = walk.start;
+        bool has_chunk = chunk < chunks;
+        ECF_MODEL_ROUND(has_chunk);
+        ChunkWalk walk = count_chunk(sh, s, chunk, has_chunk, thread);
+        sh.chunk_starts[thread] = walk.start;
         // The prefix sum's barriers also publish chunk_starts.
-        u32 inclusive = inclusive_prefix_sum(chunk_counts, thread, walk.count);
-        u32 first = round_base + inclusive - walk.count;
-        if (chunk < chunks) {
+        u32 inclusive = inclusive_prefix_sum(sh.chunk_counts, thread, walk.count);
+        u32 chunk_first = round_base + inclusive - walk.count;
+        u32 round_end = round_base + sh.chunk_counts[WORKGROUP_SIZE - 1u];
+        if (has_chunk) {
             if (chunk + 1u == chunks) {
-                if (walk.end != s.block.stream_bits) {
-                    atomicMin(&block_status, STATUS_OVERRUN | chunk << STATUS_DETAIL_SHIFT);
+                if (walk.end != s.block->stream_bits) {
+                    atomicMin(&sh.block_status, STATUS_OVERRUN | chunk << STATUS_DETAIL_SHIFT);
                 }
-            } else if (thread + 1u < WORKGROUP_SIZE && walk.end != chunk_starts[thread + 1u]) {
-                atomicMin(&block_status, STATUS_CHUNK_START | (chunk + 1u) << STATUS_DETAIL_SHIFT);
+            } else if (thread + 1u < WORKGROUP_SIZE && walk.end != sh.chunk_starts[thread + 1u]) {
+                atomicMin(&sh.block_status, STATUS_CHUNK_START | (chunk + 1u) << STATUS_DETAIL_SHIFT);
             }
-            if (thread == 0u && round_index > 0u && walk.start != previous_end) {
-                atomicMin(&block_status, STATUS_CHUNK_START | chunk << STATUS_DETAIL_SHIFT);
+            if (thread == 0u && round_index > 0u && walk.start != sh.previous_end) {
+                atomicMin(&sh.block_status, STATUS_CHUNK_START | chunk << STATUS_DETAIL_SHIFT);
             }
-            decode_chunk(s, decode_table, chunk, first, first + walk.count, true);
         }
-        round_base += chunk_counts[WORKGROUP_SIZE - 1u];
-        // chunk_counts, chunk_starts and previous_end are rewritten next
-        // round.
+        // Each thread writes from its chunk's first element, rounded up to
+        // a run, to the next chunk's, so the last thread of the round goes
+        // on to the round's end, rounded up the same way.
+        bool last_in_round = chunk + 1u == chunks || thread + 1u == WORKGROUP_SIZE;
+        u32 next_first = last_in_round ? round_end : round_base + sh.chunk_counts[thread];
+        u32 first = run_boundary(s, chunk_first);
+        u32 end = run_boundary(s, next_first);
+        // chunk_starts and previous_end are rewritten below.
         __syncthreads();
         if (thread == WORKGROUP_SIZE - 1u) {
-            previous_end = walk.end;
+            sh.previous_end = walk.end;
         }
+        write_elements(sh, s, chunk, has_chunk, chunk_first, first, end, thread);
+        round_base = round_end;
+        // chunk_counts is rewritten next round.
+        __syncthreads();
     }
-    __syncthreads();
     if (thread == 0u) {
-        u32 problem = block_status;
+        u32 problem = sh.block_status;
         if (problem == STATUS_NONE) {
-            problem = round_base == s.block.elements ? STATUS_OK : STATUS_COUNT | round_base << STATUS_DETAIL_SHIFT;
+            problem = round_base == s.block->elements ? STATUS_OK : STATUS_COUNT | round_base << STATUS_DETAIL_SHIFT;
         }
         store_word(status, blockIdx.x, problem);
     }

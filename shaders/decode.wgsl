@@ -2,9 +2,10 @@
 //
 // Each element was split on the host into a *head* (its exponent, maybe a
 // few more top bits, and the sign when it is coded; at most 9 bits) and a
-// *rest* (the sign when it is not, and the low mantissa bits). Rests are stored raw at a fixed width, so element k's rest is just
-// bits k*S.. of the rest plane. Heads are Huffman-coded per *block* of 64K
-// elements, one code table per block; one workgroup decodes one block.
+// *rest* (the sign when it is not, and the low mantissa bits). Rests are
+// stored raw at a fixed width, so element k's rest is just bits k*S.. of
+// the rest plane. Heads are Huffman-coded per *block* of 64K elements, one
+// code table per block; one workgroup decodes one block.
 //
 // The hard part of decoding Huffman in parallel is that codewords have
 // different lengths: nobody knows where the k-th codeword starts without
@@ -22,8 +23,24 @@
 // Each round of 256 chunks then goes:
 //   1. count pass: every thread decodes its chunk and counts its codewords;
 //   2. a workgroup prefix sum turns counts into each chunk's first element;
-//   3. write pass: every thread decodes its chunk again and writes its
-//      elements, joining each head with its rest.
+//   3. write pass: every thread decodes again, from its chunk's first
+//      element rounded up to a *run* boundary (a multiple of RUN_ELEMENTS
+//      in the block) up to the next chunk's, rounded up the same way: it
+//      passes over the few codewords before, and goes on a few codewords
+//      into the next chunk. So every element is written by one thread, and
+//      no output word is shared by two.
+//
+// Memory is touched in whole 32-byte sectors by consecutive threads, as
+// GPUs move it fastest:
+//   * a thread reads its stream from a *ring* of two sectors in workgroup
+//     memory. Threads walk until their ring runs dry, then all meet; the
+//     workgroup loads every spent sector's successor, consecutive threads
+//     loading consecutive words of it, and they walk on;
+//   * the write pass stages each thread's decoded heads as a *run* of up to
+//     RUN_ELEMENTS in workgroup memory. When runs are full, the workgroup
+//     joins them with their rest bits and stores them, consecutive threads
+//     building consecutive words of a run: a run fills whole sectors of
+//     output, and its rest bits are whole words.
 //
 // A wrong exception or warm-up would make a chunk start off the true
 // codeword boundaries and decode garbage that looks like codewords. So each
@@ -34,20 +51,15 @@
 // block's *status word* — 0, or the first problem, as the CPU decoder would
 // report it — and the host turns it into an error naming the block.
 //
-// WGSL has no 8- or 16-bit stores, so elements are assembled into whole
-// u32 words. A word that holds elements of two chunks (a *seam* word) is
-// first zeroed by the chunk that owns its first element, then, after a
-// barrier, each chunk ORs in its part atomically. Words wholly inside one
-// chunk are stored plainly. Blocks start on word boundaries, and a tensor's
-// output is padded to a whole word, so no word is shared by two
-// workgroups.
-//
 // Raw and constant blocks need no decoding: every thread builds whole
-// words directly.
+// words directly. Blocks start on word boundaries, and a tensor's output
+// is padded to a whole word, so no word is shared by two workgroups.
 //
 // The code table arrives in canonical form (symbols sorted by code length,
-// plus the first code and first symbol index of each length) and is expanded
-// here into a 4096-entry lookup table indexed by the next 12 stream bits.
+// plus the first code and first symbol index of each length). It is copied
+// into workgroup memory and expanded there into a lookup table of the
+// codewords up to FAST_BITS long, indexed by the next FAST_BITS stream
+// bits; the rare longer codeword is looked up in the canonical form.
 // Everything the shader reads was validated on the host.
 
 struct Params {
@@ -93,7 +105,7 @@ struct Block {
 @group(0) @binding(3) var<storage, read> exceptions: array<u32>;
 @group(0) @binding(4) var<storage, read> head: array<u32>;
 @group(0) @binding(5) var<storage, read> rest: array<u32>;
-@group(0) @binding(6) var<storage, read_write> output: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> output: array<u32>;
 @group(0) @binding(7) var<storage, read_write> status: array<u32>;
 
 const WORKGROUP_SIZE: u32 = 256u;
@@ -101,7 +113,6 @@ const BLOCK_RAW: u32 = 0u;
 const BLOCK_CONSTANT: u32 = 1u;
 const BLOCK_CODED: u32 = 2u;
 const MAX_CODE_BITS: u32 = 12u;
-const TABLE_MASK: u32 = 0xFFFu;
 // Per table: 256 words of 16-bit symbols in canonical order, then one word
 // per code length 1..=12: first_code | first_index << TABLE_INDEX_SHIFT |
 // count << TABLE_COUNT_SHIFT.
@@ -109,9 +120,12 @@ const TABLE_WORDS: u32 = 268u;
 const TABLE_LENGTHS: u32 = 256u;
 const TABLE_INDEX_SHIFT: u32 = 12u;
 const TABLE_COUNT_SHIFT: u32 = 22u;
-// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT.
+// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT; length 0
+// means the codeword is longer than FAST_BITS.
 const ENTRY_LENGTH_SHIFT: u32 = 9u;
 const ENTRY_SYMBOL_MASK: u32 = 0x1FFu;
+const FAST_BITS: u32 = 10u;
+const FAST_ENTRIES: u32 = 1024u;
 const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 const STATUS_OK: u32 = 0u;
@@ -121,18 +135,46 @@ const STATUS_COUNT: u32 = 3u;
 const STATUS_NO_BLOCK: u32 = 4u;
 const STATUS_DETAIL_SHIFT: u32 = 4u;
 const STATUS_NONE: u32 = 0xFFFFFFFFu;
+// A thread's ring: two sectors of its stream, the words `base..base + 16`
+// with `base` a multiple of SECTOR_WORDS, word w in slot w % RING_WORDS.
+const SECTOR_WORDS: u32 = 8u;
+const RING_WORDS: u32 = 16u;
+// A ring request: the ring's base word, and whether the workgroup loads
+// both sectors (RING_FILL) or the second (RING_REFILL) for it; RING_IDLE:
+// none.
+const RING_FILL: u32 = 0x40000000u;
+const RING_REFILL: u32 = 0x80000000u;
+const RING_BASE_MASK: u32 = 0x3FFFFFFFu;
+const RING_IDLE: u32 = 0u;
+// A run: up to RUN_ELEMENTS decoded heads of consecutive elements, staged
+// as bytes in RUN_SYMBOL_WORDS words plus a word of their ninth bits.
+const RUN_ELEMENTS: u32 = 32u;
+const RUN_SYMBOL_WORDS: u32 = 8u;
+const RUN_WORDS: u32 = 9u;
+// A run request: first element << RUN_COUNT_BITS | elements (0: none).
+const RUN_COUNT_BITS: u32 = 6u;
 
-// The expanded decode table: entry i (two per word) is `symbol | length <<
-// ENTRY_LENGTH_SHIFT` of the codeword the 12 bits i begin with.
-var<workgroup> decode_table: array<u32, 2048>;
-// Per-thread codeword counts, then their inclusive prefix sums.
-var<workgroup> chunk_counts: array<u32, 256>;
-// Each chunk's start, for the thread of the chunk before it to check.
-var<workgroup> chunk_starts: array<u32, 256>;
+// The block's code table, as stored, and the lookup table of its
+// codewords up to FAST_BITS long (two entries per word).
+var<workgroup> canonical: array<u32, TABLE_WORDS>;
+var<workgroup> decode_table: array<u32, FAST_ENTRIES / 2u>;
+var<workgroup> rings: array<u32, WORKGROUP_SIZE * RING_WORDS>;
+var<workgroup> runs: array<u32, WORKGROUP_SIZE * RUN_WORDS>;
+// Per thread: its ring request; its codeword count, then the prefix sums;
+// its chunk's start, for the thread of the chunk before it to check, then
+// its run request.
+var<workgroup> ring_requests: array<u32, WORKGROUP_SIZE>;
+var<workgroup> chunk_counts: array<u32, WORKGROUP_SIZE>;
+var<workgroup> chunk_starts: array<u32, WORKGROUP_SIZE>;
 // The lowest problem found, and the end of the round's last chunk, which
 // the next round's first chunk must start at.
 var<workgroup> block_status: atomic<u32>;
 var<workgroup> previous_end: u32;
+// Whether every thread has finished its walk: `pending` alternates between
+// two words (1: nobody is walking), which thread 0 copies to
+// `walks_finished` for all to load uniformly.
+var<workgroup> pending: array<atomic<u32>, 2>;
+var<workgroup> walks_finished: u32;
 // Block fields that steer control flow, shared so they are uniform.
 var<workgroup> shared_mode: u32;
 var<workgroup> shared_chunks: u32;
@@ -170,15 +212,14 @@ fn decode(
     var round_base = 0u;
     for (var round_index = 0u; round_index < rounds; round_index++) {
         let chunk = round_index * WORKGROUP_SIZE + thread;
-        var walk = ChunkWalk(0u, 0u, 0u);
-        if (chunk < chunks) {
-            walk = decode_chunk(block, chunk, 0u, 0u, false);
-        }
+        let has_chunk = chunk < chunks;
+        let walk = count_chunk(block, chunk, has_chunk, thread);
         chunk_starts[thread] = walk.start;
         // The prefix sum's barriers also publish chunk_starts.
         let inclusive = inclusive_prefix_sum(thread, walk.count);
-        let first = round_base + inclusive - walk.count;
-        if (chunk < chunks) {
+        let chunk_first = round_base + inclusive - walk.count;
+        let round_end = round_base + chunk_counts[WORKGROUP_SIZE - 1u];
+        if (has_chunk) {
             if (chunk + 1u == chunks) {
                 if (walk.end != block.stream_bits) {
                     atomicMin(&block_status, STATUS_OVERRUN | (chunk << STATUS_DETAIL_SHIFT));
@@ -190,22 +231,23 @@ fn decode(
                 atomicMin(&block_status, STATUS_CHUNK_START | (chunk << STATUS_DETAIL_SHIFT));
             }
         }
-        // Zero the seam word this chunk owns before anyone ORs into it.
-        zero_owned_seam(block, first, first + walk.count);
-        storageBarrier();
-        workgroupBarrier();
-        if (chunk < chunks) {
-            decode_chunk(block, chunk, first, first + walk.count, true);
-        }
-        round_base += chunk_counts[WORKGROUP_SIZE - 1u];
-        // chunk_counts, chunk_starts and previous_end are rewritten next
-        // round.
+        // Each thread writes from its chunk's first element, rounded up to
+        // a run, to the next chunk's, so the last thread of the round goes
+        // on to the round's end, rounded up the same way.
+        let last_in_round = chunk + 1u == chunks || thread + 1u == WORKGROUP_SIZE;
+        let next_first = select(round_base + chunk_counts[thread], round_end, last_in_round);
+        let first = run_boundary(block, chunk_first);
+        let end = run_boundary(block, next_first);
+        // chunk_starts and previous_end are rewritten below.
         workgroupBarrier();
         if (thread == WORKGROUP_SIZE - 1u) {
             previous_end = walk.end;
         }
+        write_elements(block, chunk, has_chunk, chunk_first, first, end, thread);
+        round_base = round_end;
+        // chunk_counts is rewritten next round.
+        workgroupBarrier();
     }
-    workgroupBarrier();
     if (thread == 0u) {
         var problem = atomicLoad(&block_status);
         if (problem == STATUS_NONE) {
@@ -215,105 +257,142 @@ fn decode(
     }
 }
 
-// Expands the canonical table at `base` into `decode_table`: each thread
-// fills 16 entries.
+// `symbol | length << ENTRY_LENGTH_SHIFT` of the codeword of at most
+// `max_length` bits that the stream bits `bits` (first bit in bit 0) begin
+// with, or 0 if there is none. Codewords are read most significant bit
+// first.
+fn canonical_lookup(bits: u32, max_length: u32) -> u32 {
+    var code = 0u;
+    for (var len = 1u; len <= max_length; len++) {
+        code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
+        let info = canonical[TABLE_LENGTHS + len - 1u];
+        let offset = code - (info & 0xFFFu);
+        if (offset < (info >> TABLE_COUNT_SHIFT)) {
+            let slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
+            let symbol = (canonical[slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
+            return symbol | (len << ENTRY_LENGTH_SHIFT);
+        }
+    }
+    return 0u;
+}
+
+// Copies the table at `base` into workgroup memory and expands it.
 fn build_decode_table(base: u32, thread: u32) {
-    for (var k = 0u; k < 2048u / WORKGROUP_SIZE; k++) {
-        let word = thread + k * WORKGROUP_SIZE;
-        let low = canonical_lookup(base, word * 2u);
-        let high = canonical_lookup(base, word * 2u + 1u);
+    for (var word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
+        canonical[word] = tables[base + word];
+    }
+    workgroupBarrier();
+    for (var word = thread; word < FAST_ENTRIES / 2u; word += WORKGROUP_SIZE) {
+        let low = canonical_lookup(word * 2u, FAST_BITS);
+        let high = canonical_lookup(word * 2u + 1u, FAST_BITS);
         decode_table[word] = low | (high << 16u);
     }
     workgroupBarrier();
 }
 
-// `symbol | length << ENTRY_LENGTH_SHIFT` of the codeword that the stream
-// bits `bits` (first bit in bit 0) begin with. Codewords are read most
-// significant bit first.
-fn canonical_lookup(base: u32, bits: u32) -> u32 {
-    var code = 0u;
-    for (var len = 1u; len <= MAX_CODE_BITS; len++) {
-        code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
-        let info = tables[base + TABLE_LENGTHS + len - 1u];
-        let offset = code - (info & 0xFFFu);
-        if (offset < (info >> TABLE_COUNT_SHIFT)) {
-            let slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
-            let symbol = (tables[base + slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
-            return symbol | (len << ENTRY_LENGTH_SHIFT);
-        }
+// The table entry of the codeword the stream bits `bits` begin with.
+fn table_entry(bits: u32) -> u32 {
+    let index = bits & (FAST_ENTRIES - 1u);
+    let entry = (decode_table[index >> 1u] >> ((index & 1u) * 16u)) & 0xFFFFu;
+    if ((entry >> ENTRY_LENGTH_SHIFT) != 0u) {
+        return entry;
     }
+    let long_entry = canonical_lookup(bits, MAX_CODE_BITS);
     // Unreachable for the complete codes the host validated; length 1
     // keeps every decoder advancing regardless.
-    return 1u << ENTRY_LENGTH_SHIFT;
+    return select(1u << ENTRY_LENGTH_SHIFT, long_entry, long_entry != 0u);
 }
 
-fn table_entry(bits: u32) -> u32 {
-    let index = bits & TABLE_MASK;
-    return (decode_table[index >> 1u] >> ((index & 1u) * 16u)) & 0xFFFFu;
+// hi:lo shifted right by `shift` (0..=31), low word.
+fn funnel_shift(low: u32, high: u32, shift: u32) -> u32 {
+    return (low >> shift) | select(0u, high << ((32u - shift) & 31u), shift != 0u);
 }
 
-// A thread's sequential reader of a bit plane (`head` or `rest`): the 64
-// bits from the word holding its position on, so that walking a chunk
-// loads each word once instead of two words per codeword or rest field.
-struct BitReader {
-    next_word: u32,
-    low: u32,
-    high: u32,
-    shift: u32,
+// The head plane's word holding the block's stream bit `position`.
+fn stream_word(block: Block, position: u32) -> u32 {
+    return (block.stream_byte >> 2u) + (((block.stream_byte & 3u) * 8u + position) >> 5u);
 }
 
-// A reader of `head` from bit `bit` of word `word` on.
-fn open_head_reader(word: u32, bit: u32) -> BitReader {
-    let first = word + (bit >> 5u);
-    return BitReader(first + 2u, head[first], head[first + 1u], bit & 31u);
+// A thread's walk along the stream, through its ring.
+struct Walker {
+    // The stream bit of the next codeword.
+    position: u32,
+    // The plane word in the ring's first slot.
+    ring_base: u32,
+    finished: bool,
 }
 
-// A reader of `rest` from bit `bit` of word `word` on.
-fn open_rest_reader(word: u32, bit: u32) -> BitReader {
-    let first = word + (bit >> 5u);
-    return BitReader(first + 2u, rest[first], rest[first + 1u], bit & 31u);
+// Whether the ring holds the two words a peek at the walker's position
+// reads.
+fn ring_holds(block: Block, walker: Walker) -> bool {
+    return stream_word(block, walker.position) + 1u < walker.ring_base + RING_WORDS;
 }
 
-// The 32 bits from the reader's position.
-fn peek_bits(reader: BitReader) -> u32 {
-    let high = select(0u, reader.high << ((32u - reader.shift) & 31u), reader.shift != 0u);
-    return (reader.low >> reader.shift) | high;
+// The 32 stream bits from the walker's position.
+fn ring_peek(block: Block, walker: Walker, thread: u32) -> u32 {
+    let bit = (block.stream_byte & 3u) * 8u + walker.position;
+    let word = (block.stream_byte >> 2u) + (bit >> 5u);
+    let ring = thread * RING_WORDS;
+    return funnel_shift(rings[ring + word % RING_WORDS], rings[ring + (word + 1u) % RING_WORDS], bit & 31u);
 }
 
-// Moves a reader of `head` on by `bits` (at most 32). It then holds the
-// words a peek at its new position reads, and no word past them.
-fn skip_head_bits(reader: ptr<function, BitReader>, bits: u32) {
-    (*reader).shift += bits;
-    if ((*reader).shift >= 32u) {
-        (*reader).shift -= 32u;
-        (*reader).low = (*reader).high;
-        (*reader).high = head[(*reader).next_word];
-        (*reader).next_word += 1u;
+// A walker at `position`, whose ring the next fill_rings loads.
+fn open_walker(block: Block, position: u32, finished: bool, thread: u32) -> Walker {
+    let base = stream_word(block, position) / SECTOR_WORDS * SECTOR_WORDS;
+    ring_requests[thread] = select(base | RING_FILL, RING_IDLE, finished);
+    return Walker(position, base, finished);
+}
+
+// After a walk step: the ring's first sector is spent once the walker has
+// moved past it; ask for the sector after the ring in its place.
+fn request_refill(block: Block, walker: ptr<function, Walker>, thread: u32) {
+    var request = RING_IDLE;
+    if (!(*walker).finished && stream_word(block, (*walker).position) >= (*walker).ring_base + SECTOR_WORDS) {
+        (*walker).ring_base += SECTOR_WORDS;
+        request = (*walker).ring_base | RING_REFILL;
     }
+    ring_requests[thread] = request;
 }
 
-// skip_head_bits for a reader of `rest`.
-fn skip_rest_bits(reader: ptr<function, BitReader>, bits: u32) {
-    (*reader).shift += bits;
-    if ((*reader).shift >= 32u) {
-        (*reader).shift -= 32u;
-        (*reader).low = (*reader).high;
-        (*reader).high = rest[(*reader).next_word];
-        (*reader).next_word += 1u;
+// Loads what the rings asked for: consecutive threads load consecutive
+// words of a sector, so a subgroup moves whole sectors. `sectors` is 2
+// after open_walker, 1 after request_refill.
+fn fill_rings(sectors: u32, thread: u32) {
+    workgroupBarrier();
+    let words = sectors * SECTOR_WORDS;
+    let flag = select(RING_REFILL, RING_FILL, sectors == 2u);
+    for (var step = 0u; step < words; step++) {
+        let index = step * WORKGROUP_SIZE + thread;
+        let ring = index / words;
+        let request = ring_requests[ring];
+        if ((request & flag) != 0u) {
+            let word = (request & RING_BASE_MASK) + RING_WORDS - words + index % words;
+            rings[ring * RING_WORDS + word % RING_WORDS] = head[word];
+        }
     }
+    workgroupBarrier();
 }
 
-// The stored rest bits of the block's element `element`.
-fn rest_field(block: Block, element: u32) -> u32 {
-    let width = params.stored_rest_bits;
-    if (width == 0u) {
-        return 0u;
+// Whether every thread's walk has finished, with barriers: called by all
+// threads after each step; `parity` alternates.
+fn all_finished(walker: Walker, parity: ptr<function, u32>, thread: u32) -> bool {
+    if (!walker.finished) {
+        atomicMin(&pending[*parity], 0u);
     }
-    let bit = (block.rest_byte & 3u) * 8u + element * width;
-    let word = (block.rest_byte >> 2u) + (bit >> 5u);
-    let shift = bit & 31u;
-    let high = select(0u, rest[word + 1u] << ((32u - shift) & 31u), shift != 0u);
-    return ((rest[word] >> shift) | high) & ((1u << width) - 1u);
+    workgroupBarrier();
+    if (thread == 0u) {
+        walks_finished = atomicLoad(&pending[*parity]);
+        atomicStore(&pending[*parity ^ 1u], 1u);
+    }
+    *parity ^= 1u;
+    return workgroupUniformLoad(&walks_finished) != 0u;
+}
+
+fn reset_pending(thread: u32) {
+    if (thread == 0u) {
+        atomicStore(&pending[0], 1u);
+        atomicStore(&pending[1], 1u);
+    }
 }
 
 // The element a head and its stored rest bits make (FieldSplit::join).
@@ -334,18 +413,35 @@ fn join(head_symbol: u32, field: u32) -> u32 {
     return (sign << (params.width_bytes * 8u - 1u)) | (head_symbol << low_bits) | low;
 }
 
-// The element of `block` at `element`, for heads that are not coded.
-fn uncoded_element(block: Block, element: u32) -> u32 {
-    var head_symbol = block.table_or_value;
-    if (block.mode == BLOCK_RAW) {
-        let bits = params.head_bits;
-        let bit = (block.stream_byte & 3u) * 8u + element * bits;
-        let word = (block.stream_byte >> 2u) + (bit >> 5u);
-        let shift = bit & 31u;
-        let high = select(0u, head[word + 1u] << ((32u - shift) & 31u), shift != 0u);
-        head_symbol = ((head[word] >> shift) | high) & ((1u << bits) - 1u);
+// `count` bits (at most 32) of `head` from bit `bit` of word `word`; the
+// second word is read only when the bits reach into it.
+fn head_bits(word: u32, bit: u32, count: u32) -> u32 {
+    if (count == 0u) {
+        return 0u;
     }
-    return join(head_symbol, rest_field(block, element));
+    let first = word + (bit >> 5u);
+    let shift = bit & 31u;
+    var high = 0u;
+    if (shift + count > 32u) {
+        high = head[first + 1u];
+    }
+    let bits = funnel_shift(head[first], high, shift);
+    return select(bits & ((1u << count) - 1u), bits, count == 32u);
+}
+
+// head_bits, of `rest`.
+fn rest_bits(word: u32, bit: u32, count: u32) -> u32 {
+    if (count == 0u) {
+        return 0u;
+    }
+    let first = word + (bit >> 5u);
+    let shift = bit & 31u;
+    var high = 0u;
+    if (shift + count > 32u) {
+        high = rest[first + 1u];
+    }
+    let bits = funnel_shift(rest[first], high, shift);
+    return select(bits & ((1u << count) - 1u), bits, count == 32u);
 }
 
 fn elements_per_word() -> u32 {
@@ -361,15 +457,27 @@ fn output_word(block: Block, element: u32) -> u32 {
 fn write_uncoded(block: Block, thread: u32) {
     let per_word = elements_per_word();
     let words = (block.elements + per_word - 1u) / per_word;
+    let element_bits = params.width_bytes * 8u;
     for (var word = thread; word < words; word += WORKGROUP_SIZE) {
-        var value = 0u;
-        for (var k = 0u; k < per_word; k++) {
-            let element = word * per_word + k;
-            if (element < block.elements) {
-                value |= uncoded_element(block, element) << (k * params.width_bytes * 8u);
-            }
+        let first = word * per_word;
+        let count = min(per_word, block.elements - first);
+        var heads = 0u;
+        if (block.mode == BLOCK_RAW) {
+            heads = head_bits(block.stream_byte >> 2u, (block.stream_byte & 3u) * 8u + first * params.head_bits,
+                              count * params.head_bits);
         }
-        atomicStore(&output[output_word(block, word * per_word)], value);
+        let fields = rest_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * params.stored_rest_bits,
+                               count * params.stored_rest_bits);
+        var value = 0u;
+        for (var k = 0u; k < count; k++) {
+            var head_symbol = block.table_or_value;
+            if (block.mode == BLOCK_RAW) {
+                head_symbol = (heads >> (k * params.head_bits)) & ((1u << params.head_bits) - 1u);
+            }
+            let field = (fields >> (k * params.stored_rest_bits)) & ((1u << params.stored_rest_bits) - 1u);
+            value |= join(head_symbol, field) << (k * element_bits);
+        }
+        output[output_word(block, first)] = value;
     }
 }
 
@@ -389,54 +497,42 @@ fn inclusive_prefix_sum(thread: u32, value: u32) -> u32 {
     return chunk_counts[thread];
 }
 
-// A chunk writing elements `first..end` owns the word holding element
-// end - 1 if that word starts inside the range; if the word also holds
-// elements past the range (a seam), it is zeroed here, before the write
-// pass ORs into it. Past the block's last element there is only padding.
-fn zero_owned_seam(block: Block, first: u32, end: u32) {
-    let per_word = elements_per_word();
-    if (end == first || per_word == 1u || end > block.elements) {
-        return;
+// Binary search of the block's exceptions, stored `chunk << 8 | boundary`
+// in chunk order. Every thread takes as many steps as the longest search
+// needs, so the threads of a subgroup load together.
+fn find_exception(block: Block, chunk: u32, searching: bool) -> u32 {
+    var low = block.exceptions_start;
+    var high = block.exceptions_start + block.exceptions_count;
+    var found = NO_EXCEPTION;
+    for (var span = block.exceptions_count; span != 0u; span /= 2u) {
+        if (searching && found == NO_EXCEPTION && low < high) {
+            let middle = (low + high) / 2u;
+            let entry = exceptions[middle];
+            let entry_chunk = entry >> 8u;
+            if (entry_chunk == chunk) {
+                found = entry & 0xFFu;
+            } else if (entry_chunk < chunk) {
+                low = middle + 1u;
+            } else {
+                high = middle;
+            }
+        }
     }
-    let word_start = ((end - 1u) / per_word) * per_word;
-    let word_end = min(word_start + per_word, block.elements);
-    if (word_start >= first && word_end > end) {
-        atomicStore(&output[output_word(block, word_start)], 0u);
-    }
+    return found;
 }
 
-// Chunk `chunk`'s first decoding position (see the header comment).
-fn decode_start(block: Block, chunk: u32) -> u32 {
+// Where chunk `chunk` (if `has_chunk`) starts decoding: bit 0, its exception,
+// or `warmup_bits` before it.
+fn decode_start(block: Block, chunk: u32, has_chunk: bool) -> u32 {
     let begin = chunk * params.chunk_bits;
+    let boundary = find_exception(block, chunk, has_chunk && chunk != 0u);
     if (chunk == 0u) {
         return 0u;
     }
-    let boundary = find_exception(block, chunk);
     if (boundary != NO_EXCEPTION) {
         return begin + boundary;
     }
     return select(0u, begin - params.warmup_bits, begin > params.warmup_bits);
-}
-
-// Binary search of the block's exceptions, stored `chunk << 8 | boundary`
-// in chunk order.
-fn find_exception(block: Block, chunk: u32) -> u32 {
-    var low = block.exceptions_start;
-    var high = block.exceptions_start + block.exceptions_count;
-    while (low < high) {
-        let middle = (low + high) / 2u;
-        let entry = exceptions[middle];
-        let entry_chunk = entry >> 8u;
-        if (entry_chunk == chunk) {
-            return entry & 0xFFu;
-        }
-        if (entry_chunk < chunk) {
-            low = middle + 1u;
-        } else {
-            high = middle;
-        }
-    }
-    return NO_EXCEPTION;
 }
 
 // Where a chunk's decoder stood when it reached the chunk (clamped to the
@@ -447,76 +543,170 @@ struct ChunkWalk {
     count: u32,
 }
 
-// Decodes the codewords chunk `chunk` owns. Without `write`, only walks
-// them; with it, writes them as the block's elements `first..end`. Every
-// step advances at least one bit, so it always ends.
-fn decode_chunk(block: Block, chunk: u32, first: u32, end: u32, write: bool) -> ChunkWalk {
+// Count pass: every thread walks its chunk (if `has_chunk`) and counts the
+// codewords that start in it. Every step advances at least one bit, so it
+// always ends.
+fn count_chunk(block: Block, chunk: u32, has_chunk: bool, thread: u32) -> ChunkWalk {
     let begin = chunk * params.chunk_bits;
     let stop = min(begin + params.chunk_bits, block.stream_bits);
-    let per_word = elements_per_word();
-    let element_bits = params.width_bytes * 8u;
-    var position = decode_start(block, chunk);
-    var heads = open_head_reader(block.stream_byte >> 2u, (block.stream_byte & 3u) * 8u + position);
-    // Warm-up: codewords before the chunk are the previous chunk's.
+    var walk = ChunkWalk(0u, 0u, 0u);
+    let start = decode_start(block, chunk, has_chunk);
+    var walker = open_walker(block, start, !has_chunk, thread);
+    reset_pending(thread);
+    fill_rings(2u, thread);
+    var parity = 0u;
+    var started = false;
     loop {
-        if (position >= begin) {
+        loop {
+            if (walker.finished) {
+                break;
+            }
+            if (walker.position >= begin && !started) {
+                walk.start = min(walker.position, block.stream_bits);
+                started = true;
+            }
+            if (walker.position >= stop) {
+                walker.finished = true;
+                break;
+            }
+            if (!ring_holds(block, walker)) {
+                break;
+            }
+            let entry = table_entry(ring_peek(block, walker, thread));
+            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+            if (started) {
+                walk.count += 1u;
+            }
+        }
+        request_refill(block, &walker, thread);
+        if (all_finished(walker, &parity, thread)) {
             break;
         }
-        let length = max(table_entry(peek_bits(heads)) >> ENTRY_LENGTH_SHIFT, 1u);
-        position += length;
-        skip_head_bits(&heads, length);
-    }
-    var walk = ChunkWalk(min(position, block.stream_bits), 0u, 0u);
-    var word_value = 0u;
-    var word_start = (first / per_word) * per_word;
-    let rest_width = params.stored_rest_bits;
-    let read_rests = write && rest_width != 0u && first < block.elements;
-    var rests = BitReader(0u, 0u, 0u, 0u);
-    if (read_rests) {
-        rests = open_rest_reader(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * rest_width);
-    }
-    loop {
-        if (position >= stop) {
-            break;
-        }
-        let entry = table_entry(peek_bits(heads));
-        let element = first + walk.count;
-        walk.count += 1u;
-        if (write && element < block.elements) {
-            if (element >= word_start + per_word) {
-                flush_word(block, word_start, word_value, first, end);
-                word_start = (element / per_word) * per_word;
-                word_value = 0u;
-            }
-            var field = 0u;
-            if (read_rests) {
-                field = peek_bits(rests) & ((1u << rest_width) - 1u);
-                skip_rest_bits(&rests, rest_width);
-            }
-            let value = join(entry & ENTRY_SYMBOL_MASK, field);
-            word_value |= value << ((element - word_start) * element_bits);
-        }
-        let length = max(entry >> ENTRY_LENGTH_SHIFT, 1u);
-        position += length;
-        skip_head_bits(&heads, length);
-    }
-    if (write && walk.count > 0u && first < block.elements) {
-        flush_word(block, word_start, word_value, first, end);
+        fill_rings(1u, thread);
     }
     // A chunk that owns no codeword (only the last can) ends where it
     // starts: the codewords before the next end there.
-    walk.end = select(walk.start, position, walk.count > 0u);
+    walk.end = select(walk.start, walker.position, walk.count > 0u);
     return walk;
 }
 
-// Stores a word of elements `word_start..` that this chunk assembled: plainly
-// if the chunk owns all of it, else by OR into the zeroed seam word.
-fn flush_word(block: Block, word_start: u32, value: u32, first: u32, end: u32) {
-    let word_end = min(word_start + elements_per_word(), block.elements);
-    let index = output_word(block, word_start);
-    if (word_start >= first && word_end <= end) {
-        atomicStore(&output[index], value);
-    } else {
-        atomicOr(&output[index], value);
+// Joins the runs the threads staged with their rest bits and stores them:
+// consecutive threads build consecutive words of a run.
+fn store_runs(block: Block, thread: u32) {
+    let per_word = elements_per_word();
+    let run_words = RUN_ELEMENTS / per_word;
+    let width = params.stored_rest_bits;
+    let element_bits = params.width_bytes * 8u;
+    for (var step = 0u; step < run_words; step++) {
+        let index = step * WORKGROUP_SIZE + thread;
+        let run = index / run_words;
+        let request = chunk_starts[run];
+        let offset = index % run_words * per_word;
+        let count = request & ((1u << RUN_COUNT_BITS) - 1u);
+        if (offset >= count) {
+            continue;
+        }
+        let first = (request >> RUN_COUNT_BITS) + offset;
+        let elements = min(per_word, count - offset);
+        let fields = rest_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * width, elements * width);
+        let staged = run * RUN_WORDS;
+        var value = 0u;
+        for (var k = 0u; k < elements; k++) {
+            let slot = offset + k;
+            var symbol = (runs[staged + slot / 4u] >> (slot % 4u * 8u)) & 0xFFu;
+            symbol |= ((runs[staged + RUN_SYMBOL_WORDS] >> slot) & 1u) << 8u;
+            let field = (fields >> (k * width)) & ((1u << width) - 1u);
+            value |= join(symbol, field) << (k * element_bits);
+        }
+        output[output_word(block, first)] = value;
     }
+}
+
+// Write pass: thread `thread` decodes the block's elements `first..end`
+// (multiples of RUN_ELEMENTS, but for the block's end) starting at its
+// chunk, whose first codeword is element `chunk_first`: it passes over
+// the codewords before `first` (the warm-up's and the previous thread's),
+// and goes on past its chunk's end up to `end`.
+fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, first: u32, end: u32, thread: u32) {
+    let begin = chunk * params.chunk_bits;
+    let start = decode_start(block, chunk, has_chunk);
+    var walker = open_walker(block, start, !has_chunk || first >= end, thread);
+    reset_pending(thread);
+    fill_rings(2u, thread);
+    // Codewords still to pass over once in the chunk, and the next element
+    // to decode.
+    var skip = first - chunk_first;
+    var element = first;
+    var parity = 0u;
+    let staged = thread * RUN_WORDS;
+    var run_first = first;
+    var run_count = 0u;
+    var symbols = 0u;
+    var ninth_bits = 0u;
+    loop {
+        loop {
+            if (walker.finished || run_count == RUN_ELEMENTS) {
+                break;
+            }
+            if (walker.position >= block.stream_bits) {
+                // Only a stream the status check rejects ends early.
+                walker.finished = true;
+                break;
+            }
+            if (!ring_holds(block, walker)) {
+                break;
+            }
+            let entry = table_entry(ring_peek(block, walker, thread));
+            let at = walker.position;
+            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
+            if (at < begin) {
+                // Warm-up: the previous chunk's codewords.
+                continue;
+            }
+            if (skip > 0u) {
+                skip -= 1u;
+                continue;
+            }
+            let symbol = entry & ENTRY_SYMBOL_MASK;
+            symbols |= (symbol & 0xFFu) << (run_count % 4u * 8u);
+            ninth_bits |= (symbol >> 8u) << run_count;
+            run_count += 1u;
+            element += 1u;
+            if (run_count % 4u == 0u) {
+                runs[staged + run_count / 4u - 1u] = symbols;
+                symbols = 0u;
+            }
+            if (element == end) {
+                walker.finished = true;
+            }
+        }
+        let run_ready = run_count == RUN_ELEMENTS || (walker.finished && run_count > 0u);
+        if (run_ready) {
+            if (run_count % 4u != 0u) {
+                runs[staged + run_count / 4u] = symbols;
+            }
+            runs[staged + RUN_SYMBOL_WORDS] = ninth_bits;
+        }
+        chunk_starts[thread] = select(0u, (run_first << RUN_COUNT_BITS) | run_count, run_ready);
+        request_refill(block, &walker, thread);
+        let done = all_finished(walker, &parity, thread);
+        store_runs(block, thread);
+        if (run_ready) {
+            run_first += run_count;
+            run_count = 0u;
+            symbols = 0u;
+            ninth_bits = 0u;
+        }
+        if (done) {
+            break;
+        }
+        fill_rings(1u, thread);
+    }
+}
+
+// The first element of the thread's write pass: `element` rounded up to a
+// run boundary, within the block.
+fn run_boundary(block: Block, element: u32) -> u32 {
+    let rounded = (element + RUN_ELEMENTS - 1u) / RUN_ELEMENTS * RUN_ELEMENTS;
+    return min(rounded, block.elements);
 }

@@ -20,6 +20,26 @@ fn wgpu_with_small_limits() -> Result<Box<dyn Backend>, Skip> {
             // One default block of FP32 output (256 KiB) must still fit.
             max_binding_bytes: Some(300_000),
             max_workgroups: Some(3),
+            ..Default::default()
+        };
+        match WgpuBackend::with_limits(limits) {
+            Ok(backend) => Ok(Box::new(backend)),
+            Err(error) => Err(harness::absent("wgpu", error)),
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    Err(harness::absent("wgpu", "not compiled in"))
+}
+
+/// The wgpu backend as a device with only WebGPU's default 16 KiB of
+/// workgroup memory runs it: with the compact decode shader.
+fn wgpu_with_16_kib_of_workgroup_memory() -> Result<Box<dyn Backend>, Skip> {
+    #[cfg(feature = "wgpu")]
+    {
+        use ecfloat::backend::wgpu::{LimitOverrides, WgpuBackend};
+        let limits = LimitOverrides {
+            max_workgroup_storage_bytes: Some(16 << 10),
+            ..Default::default()
         };
         match WgpuBackend::with_limits(limits) {
             Ok(backend) => Ok(Box::new(backend)),
@@ -38,6 +58,10 @@ fn main() {
     trials.extend(common::conformance_trials(
         "wgpu_split_dispatches",
         wgpu_with_small_limits,
+    ));
+    trials.extend(common::conformance_trials(
+        "wgpu_16_kib_workgroups",
+        wgpu_with_16_kib_of_workgroup_memory,
     ));
     trials.extend(common::conformance_trials("cuda", || {
         harness::require_backend("cuda")

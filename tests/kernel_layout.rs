@@ -14,9 +14,22 @@ fn read(path: &str) -> String {
 }
 
 fn shader() -> naga::Module {
-    let source = read("shaders/decode.wgsl");
-    naga::front::wgsl::parse_str(&source)
-        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)))
+    parse(&read("shaders/decode.wgsl"))
+}
+
+fn parse(source: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)))
+}
+
+#[cfg(feature = "wgpu")]
+fn workgroup_bytes(module: &naga::Module) -> u32 {
+    module
+        .global_variables
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v.space == naga::AddressSpace::WorkGroup)
+        .map(|v| module.types[v.ty].inner.size(module.to_ctx()))
+        .sum()
 }
 
 #[test]
@@ -69,15 +82,16 @@ fn the_shader_has_the_hosts_structs() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn the_shader_declares_the_workgroup_memory_the_host_requests() {
-    let module = shader();
-    let bytes: u32 = module
-        .global_variables
-        .iter()
-        .map(|(_, v)| v)
-        .filter(|v| v.space == naga::AddressSpace::WorkGroup)
-        .map(|v| module.types[v.ty].inner.size(module.to_ctx()))
-        .sum();
-    assert_eq!(bytes, ecfloat::backend::wgpu::DECODE_WORKGROUP_BYTES);
+    use ecfloat::backend::wgpu::{
+        COMPACT_DECODE_WORKGROUP_BYTES, DECODE_WORKGROUP_BYTES, decode_shader_source,
+    };
+    assert_eq!(workgroup_bytes(&shader()), DECODE_WORKGROUP_BYTES);
+    let compact = decode_shader_source(true);
+    assert_ne!(compact, decode_shader_source(false));
+    assert_eq!(
+        workgroup_bytes(&parse(&compact)),
+        COMPACT_DECODE_WORKGROUP_BYTES
+    );
 }
 
 /// The value of `#define NAME value` in the CUDA kernel.

@@ -338,7 +338,9 @@ pub fn occupancy(
     // Registers are allocated per warp, in units of 256.
     let registers_per_warp = (registers * 32).next_multiple_of(256);
     let by_registers = limits.registers / (registers_per_warp * warps).max(1);
-    let by_shared = limits.shared_bytes / shared_bytes.max(1);
+    // The driver reserves 1 KiB of shared memory per block on these
+    // architectures.
+    let by_shared = limits.shared_bytes / (shared_bytes + 1024);
     let blocks = (limits.threads / threads)
         .min(limits.blocks)
         .min(by_registers)

@@ -23,10 +23,53 @@ const NAME: &str = "wgpu";
 const DECODE_SHADER: &str = include_str!("../../shaders/decode.wgsl");
 const COPY_SHADER: &str = include_str!("../../shaders/copy.wgsl");
 
-/// Bytes of workgroup memory the decode shader declares: the decode table
-/// (2048 words), two per-thread arrays (256 words each) and four shared
-/// words. `tests/kernel_layout.rs` checks it against the shader.
-pub const DECODE_WORKGROUP_BYTES: u32 = (2048 + 2 * 256 + 4) * 4;
+/// Bytes of workgroup memory the decode shader declares: the code table
+/// and its lookup table (268 + 512 words), the rings and runs (16 and 9
+/// words per thread), three per-thread arrays (256 words each) and seven
+/// shared words: within the 32 KiB that Apple, Intel and lavapipe allow.
+/// `tests/kernel_layout.rs` checks it against the shader.
+pub const DECODE_WORKGROUP_BYTES: u32 = (268 + 512 + 256 * (16 + 9) + 3 * 256 + 7) * 4;
+
+/// The decode shader's constants that size its workgroup memory, as its
+/// compact form sets them for devices with only WebGPU's default 16 KiB:
+/// rings of two 16-byte spans, runs of 8 elements, and a lookup table of
+/// 1-bit codewords only, longer ones being looked up in the canonical
+/// table. It decodes the same bits, more slowly.
+const COMPACT_CONSTANTS: [(&str, u32); 7] = [
+    ("SECTOR_WORDS", 4),
+    ("RING_WORDS", 8),
+    ("FAST_BITS", 1),
+    ("FAST_ENTRIES", 2),
+    ("RUN_ELEMENTS", 8),
+    ("RUN_SYMBOL_WORDS", 2),
+    ("RUN_WORDS", 3),
+];
+
+/// Bytes of workgroup memory the compact decode shader declares.
+pub const COMPACT_DECODE_WORKGROUP_BYTES: u32 = (268 + 1 + 256 * (8 + 3) + 3 * 256 + 7) * 4;
+
+const _: () = assert!(DECODE_WORKGROUP_BYTES <= 32 << 10);
+const _: () = assert!(COMPACT_DECODE_WORKGROUP_BYTES <= 16 << 10);
+
+/// The decode shader's source: as written, or in its compact form.
+pub fn decode_shader_source(compact: bool) -> std::borrow::Cow<'static, str> {
+    if !compact {
+        return DECODE_SHADER.into();
+    }
+    let mut source = String::with_capacity(DECODE_SHADER.len());
+    for line in DECODE_SHADER.lines() {
+        let compact_value = COMPACT_CONSTANTS.iter().find_map(|&(name, value)| {
+            line.starts_with(&format!("const {name}: u32 = "))
+                .then_some((name, value))
+        });
+        match compact_value {
+            Some((name, value)) => source.push_str(&format!("const {name}: u32 = {value}u;")),
+            None => source.push_str(line),
+        }
+        source.push('\n');
+    }
+    source.into()
+}
 
 /// Limits to impose below the adapter's, so tests can force the paths that
 /// large tensors take (several bindings, several dispatches).
@@ -34,6 +77,9 @@ pub const DECODE_WORKGROUP_BYTES: u32 = (2048 + 2 * 256 + 4) * 4;
 pub struct LimitOverrides {
     pub max_binding_bytes: Option<u64>,
     pub max_workgroups: Option<u32>,
+    /// Workgroup memory below [`DECODE_WORKGROUP_BYTES`] selects the
+    /// compact decode shader.
+    pub max_workgroup_storage_bytes: Option<u32>,
 }
 
 /// A GPU opened through wgpu.
@@ -49,6 +95,9 @@ pub struct WgpuDevice {
     copy_layout: wgpu::BindGroupLayout,
     /// Timestamp queries are available for device-side timing.
     timestamps: bool,
+    /// The decode shader is the compact one (too little workgroup memory
+    /// for the other).
+    compact_shader: bool,
     /// Set when the device is lost: every later call fails with it.
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -96,13 +145,18 @@ impl WgpuDevice {
         .map_err(|e| unavailable(NAME, format!("no adapter: {e}")))?;
         let info = adapter.get_info();
         let adapter_limits = adapter.limits();
-        if adapter_limits.max_compute_workgroup_storage_size < DECODE_WORKGROUP_BYTES
+        let workgroup_bytes = overrides
+            .max_workgroup_storage_bytes
+            .unwrap_or(u32::MAX)
+            .min(adapter_limits.max_compute_workgroup_storage_size);
+        let compact = workgroup_bytes < DECODE_WORKGROUP_BYTES;
+        if workgroup_bytes < COMPACT_DECODE_WORKGROUP_BYTES
             || adapter_limits.max_compute_invocations_per_workgroup < layout::WORKGROUP_SIZE
         {
             return Err(unavailable(
                 NAME,
                 format!(
-                    "{} cannot run 256-thread workgroups with {DECODE_WORKGROUP_BYTES} bytes of workgroup memory",
+                    "{} cannot run 256-thread workgroups with {COMPACT_DECODE_WORKGROUP_BYTES} bytes of workgroup memory",
                     info.name
                 ),
             ));
@@ -151,7 +205,7 @@ impl WgpuDevice {
             &device,
             &lost_check,
             "decode",
-            DECODE_SHADER,
+            &decode_shader_source(compact),
             &[
                 Binding::Uniform,
                 Binding::Read,
@@ -181,6 +235,7 @@ impl WgpuDevice {
             copy_pipeline,
             copy_layout,
             timestamps,
+            compact_shader: compact,
             lost,
         })
     }
@@ -366,6 +421,7 @@ impl GpuDevice for WgpuDevice {
                     limits.max_compute_workgroup_storage_size.into(),
                 ),
                 ("timestamp_queries", self.timestamps.into()),
+                ("compact_decode_shader", self.compact_shader.into()),
             ]
             .into(),
         }

@@ -121,6 +121,12 @@ pub struct KernelModel {
     /// Distinct bytes each block loaded (stored), summed over blocks.
     pub load_bytes: u64,
     pub store_bytes: u64,
+    /// Per warp and k-th access, its distinct bytes, and the whole sectors
+    /// they fill, summed.
+    pub load_access_bytes: u64,
+    pub store_access_bytes: u64,
+    pub load_ideal_sectors: u64,
+    pub store_ideal_sectors: u64,
     /// Codeword lookups, warm-up and both passes included.
     pub decodes: u64,
     /// Rounds times threads, and those with a chunk to decode.
@@ -134,18 +140,29 @@ impl KernelModel {
         self.store_sectors += other.store_sectors;
         self.load_bytes += other.load_bytes;
         self.store_bytes += other.store_bytes;
+        self.load_access_bytes += other.load_access_bytes;
+        self.store_access_bytes += other.store_access_bytes;
+        self.load_ideal_sectors += other.load_ideal_sectors;
+        self.store_ideal_sectors += other.store_ideal_sectors;
         self.decodes += other.decodes;
         self.thread_rounds += other.thread_rounds;
         self.active_thread_rounds += other.active_thread_rounds;
     }
 
-    /// Sectors moved per sector of the bytes needed, each once.
+    /// Sectors the warps' accesses touched per sector their bytes fill:
+    /// what a profiler reports as sectors per request against the ideal.
     pub fn load_sectors_per_ideal(&self) -> f64 {
-        self.load_sectors as f64 / (self.load_bytes as f64 / 32.0)
+        self.load_sectors as f64 / self.load_ideal_sectors.max(1) as f64
     }
 
     pub fn store_sectors_per_ideal(&self) -> f64 {
-        self.store_sectors as f64 / (self.store_bytes as f64 / 32.0)
+        self.store_sectors as f64 / self.store_ideal_sectors.max(1) as f64
+    }
+
+    /// Bytes the warps' loads needed per distinct byte the block read:
+    /// 1 when every byte is loaded once, 2 when each is read twice.
+    pub fn load_reads_per_byte(&self) -> f64 {
+        self.load_access_bytes as f64 / self.load_bytes.max(1) as f64
     }
 
     /// The share of thread rounds with a chunk to decode.

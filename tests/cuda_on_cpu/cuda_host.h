@@ -9,8 +9,9 @@
 // one, and fails instead of hanging when they never do.
 //
 // The kernel's ECF_MODEL_* hooks are defined here to feed the memory-access
-// model (harness.cpp): they record each thread's global loads and stores,
-// codeword decodes and rounds, when a launch is modelled.
+// model (harness.cpp): they record each thread's global loads and stores
+// (and those it leaves out while its warp makes them), codeword decodes
+// and rounds, when a launch is modelled.
 //
 // Nothing else of CUDA is emulated: a kernel that uses more (warp
 // intrinsics, atomics other than atomicMin, dynamic shared memory) does not
@@ -39,6 +40,7 @@ extern bool modelling;
 // Records, for the memory-access model, an access of the calling thread;
 // defined in harness.cpp.
 void model_access(const void* address, unsigned bytes, bool store);
+void model_skip(bool store);
 void model_decode();
 void model_round(bool active);
 
@@ -49,6 +51,12 @@ void model_round(bool active);
         if (::cuda_on_cpu::modelling) {                           \
             ::cuda_on_cpu::model_access(address, bytes, store);   \
         }                                                         \
+    } while (false)
+#define ECF_MODEL_SKIP(store)                  \
+    do {                                       \
+        if (::cuda_on_cpu::modelling) {        \
+            ::cuda_on_cpu::model_skip(store);  \
+        }                                      \
     } while (false)
 #define ECF_MODEL_DECODE()                   \
     do {                                     \

@@ -18,9 +18,12 @@
 // A modelled launch also records every thread's global loads and stores,
 // in order, and after each block counts, per warp of 32 consecutive
 // threads and per k-th access of each thread (the threads of a warp issue
-// their k-th access together in uniform code), the distinct 32-byte
-// sectors touched: what a GPU's memory system moves, against the bytes the
-// block needed (each byte once).
+// their k-th access together in uniform code; a thread that leaves one out
+// records a skip), the distinct 32-byte sectors touched: what a GPU's
+// memory system moves. Against it stands the ideal of each such warp
+// access, its distinct bytes in whole sectors, as a profiler counts
+// sectors per request; and the distinct bytes of the block, each once,
+// against the bytes its warps' accesses needed, which shows re-reads.
 
 #include "cuda_host.h"
 
@@ -50,6 +53,12 @@ struct ModelCounts {
     // Distinct bytes loaded and stored by each block, summed.
     unsigned long long load_bytes;
     unsigned long long store_bytes;
+    // Per warp and k-th access, its distinct bytes, and those in whole
+    // sectors, summed.
+    unsigned long long load_access_bytes;
+    unsigned long long store_access_bytes;
+    unsigned long long load_ideal_sectors;
+    unsigned long long store_ideal_sectors;
     unsigned long long decodes;
     // Rounds times threads, and those of them with a chunk to decode.
     unsigned long long thread_rounds;
@@ -192,43 +201,17 @@ ModelCounts model_counts;
 constexpr std::uintptr_t SECTOR_BYTES = 32;
 constexpr unsigned WARP_SIZE = 32;
 
-// Distinct sectors of the k-th access of each thread of each warp, summed
-// over warps and k.
-unsigned long long warp_sectors(std::vector<Access> ThreadLog::* accesses) {
-    unsigned long long total = 0;
-    std::vector<std::uintptr_t> sectors;
-    for (unsigned warp = 0; warp < WORKGROUP_SIZE; warp += WARP_SIZE) {
-        std::size_t longest = 0;
-        for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
-            longest = std::max(longest, (thread_logs[warp + lane].*accesses).size());
-        }
-        for (std::size_t k = 0; k < longest; ++k) {
-            sectors.clear();
-            for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
-                const std::vector<Access>& log = thread_logs[warp + lane].*accesses;
-                if (k < log.size()) {
-                    const Access access = log[k];
-                    for (std::uintptr_t sector = access.address / SECTOR_BYTES;
-                         sector <= (access.address + access.bytes - 1) / SECTOR_BYTES; ++sector) {
-                        sectors.push_back(sector);
-                    }
-                }
-            }
-            std::sort(sectors.begin(), sectors.end());
-            total += std::unique(sectors.begin(), sectors.end()) - sectors.begin();
-        }
-    }
-    return total;
-}
+// What the warps' accesses touched, summed over warps and k.
+struct WarpAccesses {
+    // Distinct sectors of the k-th access of each thread of a warp.
+    unsigned long long sectors = 0;
+    // Distinct bytes of that access, and the sectors they would fill.
+    unsigned long long bytes = 0;
+    unsigned long long ideal_sectors = 0;
+};
 
-// Bytes in the union of all threads' accesses.
-unsigned long long distinct_bytes(std::vector<Access> ThreadLog::* accesses) {
-    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
-    for (const ThreadLog& log : thread_logs) {
-        for (const Access& access : log.*accesses) {
-            ranges.emplace_back(access.address, access.address + access.bytes);
-        }
-    }
+// Bytes in the union of `ranges`, which it sorts.
+unsigned long long union_bytes(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& ranges) {
     std::sort(ranges.begin(), ranges.end());
     unsigned long long bytes = 0;
     std::uintptr_t covered = 0;
@@ -242,10 +225,62 @@ unsigned long long distinct_bytes(std::vector<Access> ThreadLog::* accesses) {
     return bytes;
 }
 
+WarpAccesses warp_accesses(std::vector<Access> ThreadLog::* accesses) {
+    WarpAccesses total;
+    std::vector<std::uintptr_t> sectors;
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+    for (unsigned warp = 0; warp < WORKGROUP_SIZE; warp += WARP_SIZE) {
+        std::size_t longest = 0;
+        for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
+            longest = std::max(longest, (thread_logs[warp + lane].*accesses).size());
+        }
+        for (std::size_t k = 0; k < longest; ++k) {
+            sectors.clear();
+            ranges.clear();
+            for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
+                const std::vector<Access>& log = thread_logs[warp + lane].*accesses;
+                if (k < log.size() && log[k].bytes != 0) {
+                    const Access access = log[k];
+                    ranges.emplace_back(access.address, access.address + access.bytes);
+                    for (std::uintptr_t sector = access.address / SECTOR_BYTES;
+                         sector <= (access.address + access.bytes - 1) / SECTOR_BYTES; ++sector) {
+                        sectors.push_back(sector);
+                    }
+                }
+            }
+            std::sort(sectors.begin(), sectors.end());
+            total.sectors += std::unique(sectors.begin(), sectors.end()) - sectors.begin();
+            const unsigned long long bytes = union_bytes(ranges);
+            total.bytes += bytes;
+            total.ideal_sectors += (bytes + SECTOR_BYTES - 1) / SECTOR_BYTES;
+        }
+    }
+    return total;
+}
+
+// Bytes in the union of all threads' accesses.
+unsigned long long distinct_bytes(std::vector<Access> ThreadLog::* accesses) {
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+    for (const ThreadLog& log : thread_logs) {
+        for (const Access& access : log.*accesses) {
+            if (access.bytes != 0) {
+                ranges.emplace_back(access.address, access.address + access.bytes);
+            }
+        }
+    }
+    return union_bytes(ranges);
+}
+
 // Adds the block just run to the model's counts and clears the logs.
 void account_block() {
-    model_counts.load_sectors += warp_sectors(&ThreadLog::loads);
-    model_counts.store_sectors += warp_sectors(&ThreadLog::stores);
+    const WarpAccesses loads = warp_accesses(&ThreadLog::loads);
+    const WarpAccesses stores = warp_accesses(&ThreadLog::stores);
+    model_counts.load_sectors += loads.sectors;
+    model_counts.store_sectors += stores.sectors;
+    model_counts.load_access_bytes += loads.bytes;
+    model_counts.store_access_bytes += stores.bytes;
+    model_counts.load_ideal_sectors += loads.ideal_sectors;
+    model_counts.store_ideal_sectors += stores.ideal_sectors;
     model_counts.load_bytes += distinct_bytes(&ThreadLog::loads);
     model_counts.store_bytes += distinct_bytes(&ThreadLog::stores);
     for (ThreadLog& log : thread_logs) {
@@ -403,6 +438,11 @@ void syncthreads(const char* file, int line) {
 void model_access(const void* address, unsigned bytes, bool store) {
     ThreadLog& log = thread_logs[thread_index.x];
     (store ? log.stores : log.loads).push_back(Access{reinterpret_cast<std::uintptr_t>(address), bytes});
+}
+
+void model_skip(bool store) {
+    ThreadLog& log = thread_logs[thread_index.x];
+    (store ? log.stores : log.loads).push_back(Access{0, 0});
 }
 
 void model_decode() {

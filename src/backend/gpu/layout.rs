@@ -40,8 +40,6 @@ pub const TABLE_LENGTHS: usize = ALPHABET / 2;
 pub const TABLE_INDEX_SHIFT: u32 = 12;
 /// Where a per-length word's 10-bit symbol `count` (0..=512) starts.
 pub const TABLE_COUNT_SHIFT: u32 = 22;
-/// Mask of the stream bits that index a decode table.
-pub const TABLE_MASK: u32 = (1 << MAX_CODE_BITS) - 1;
 /// A chunk without a sync exception.
 pub const NO_EXCEPTION: u32 = u32::MAX;
 
@@ -64,13 +62,14 @@ pub const STATUS_DETAIL_SHIFT: u32 = 4;
 pub const STATUS_NONE: u32 = u32::MAX;
 
 /// The kernels' constants, by the names both kernels give them.
-pub const KERNEL_CONSTANTS: [(&str, u32); 20] = [
+pub const KERNEL_CONSTANTS: [(&str, u32); 21] = [
     ("WORKGROUP_SIZE", WORKGROUP_SIZE),
     ("BLOCK_RAW", BLOCK_RAW),
     ("BLOCK_CONSTANT", BLOCK_CONSTANT),
     ("BLOCK_CODED", BLOCK_CODED),
     ("MAX_CODE_BITS", MAX_CODE_BITS),
-    ("TABLE_MASK", TABLE_MASK),
+    ("SECTOR_WORDS", SECTOR_WORDS),
+    ("RING_WORDS", RING_WORDS),
     ("TABLE_WORDS", TABLE_WORDS as u32),
     ("TABLE_LENGTHS", TABLE_LENGTHS as u32),
     ("TABLE_INDEX_SHIFT", TABLE_INDEX_SHIFT),
@@ -106,9 +105,16 @@ pub(crate) fn status_problem(
     }
 }
 
-/// Words of zero padding after the head and rest planes, so a decoder may
-/// always read the word after the one it needs.
-pub const PLANE_PADDING_WORDS: usize = 2;
+/// Words in a 32-byte memory sector, the unit in which the kernels load
+/// a head stream.
+pub const SECTOR_WORDS: u32 = 8;
+/// Words in a thread's ring: the two sectors of its stream it decodes
+/// from.
+pub const RING_WORDS: u32 = 2 * SECTOR_WORDS;
+
+/// Words of zero padding after the head and rest planes: a ring may hold
+/// words up to a ring past the word after a stream's last.
+pub const PLANE_PADDING_WORDS: usize = (RING_WORDS + SECTOR_WORDS) as usize;
 
 /// The largest byte offset inside one segment: offsets are 32-bit in the
 /// kernels, and 2^31 − 1 is the largest binding every API allows.
