@@ -63,6 +63,8 @@ typedef unsigned short u16;
 #define FAST_BITS 10u
 #define FAST_ENTRIES 1024u
 #define NO_EXCEPTION 0xFFFFFFFFu
+// A walker that holds no ring words yet.
+#define NO_WINDOW 0xFFFFFFFFu
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 #define STATUS_OK 0u
 #define STATUS_CHUNK_START 1u
@@ -257,6 +259,11 @@ struct Walker {
     u32 position;
     // The plane word in the ring's first slot.
     u32 ring_base;
+    // The ring's words `window_word` and the one after, which a peek at
+    // `position` reads while it is in `window_word` (NO_WINDOW: none yet).
+    u32 window_word;
+    u32 low;
+    u32 high;
     bool finished;
 };
 
@@ -266,19 +273,30 @@ __device__ __forceinline__ bool ring_holds(const Segment& s, const Walker& walke
     return stream_word(s, walker.position) + 1u < walker.ring_base + RING_WORDS;
 }
 
-// The 32 stream bits from the walker's position.
-__device__ __forceinline__ u32 ring_peek(const Shared& sh, const Segment& s, const Walker& walker, u32 thread) {
+// The 32 stream bits from the walker's position, which the ring holds.
+// The walker keeps the two words it reads, so walking a word loads one
+// word of the ring instead of two per codeword.
+__device__ __forceinline__ u32 ring_peek(const Shared& sh, const Segment& s, Walker& walker, u32 thread) {
     u32 bit = s.stream_shift + walker.position;
     u32 word = s.stream_word + (bit >> 5u);
     const u32* ring = sh.rings + thread * RING_WORDS;
-    return __funnelshift_r(ring[word % RING_WORDS], ring[(word + 1u) % RING_WORDS], bit & 31u);
+    if (word != walker.window_word) {
+        walker.low = walker.window_word != NO_WINDOW && word == walker.window_word + 1u ? walker.high
+                                                                                       : ring[word % RING_WORDS];
+        walker.high = ring[(word + 1u) % RING_WORDS];
+        walker.window_word = word;
+    }
+    return __funnelshift_r(walker.low, walker.high, bit & 31u);
 }
 
-// A walker at `position`, whose ring the next fill_rings loads.
+// A walker at `position`, whose ring the next open_rings loads.
 __device__ __forceinline__ Walker open_walker(Shared& sh, const Segment& s, u32 position, bool finished, u32 thread) {
     Walker walker;
     walker.position = position;
     walker.ring_base = stream_word(s, position) / SECTOR_WORDS * SECTOR_WORDS;
+    walker.window_word = NO_WINDOW;
+    walker.low = 0u;
+    walker.high = 0u;
     walker.finished = finished;
     sh.ring_requests[thread] = finished ? RING_IDLE : walker.ring_base | RING_FILL;
     return walker;
@@ -297,15 +315,14 @@ __device__ __forceinline__ void request_refill(Shared& sh, const Segment& s, Wal
 
 // Loads what the rings asked for: consecutive threads load consecutive
 // words of a sector, so a warp moves whole sectors. `sectors` is 2 after
-// open_walker, 1 after request_refill.
+// open_walker, 1 after request_refill. The threads meet before and after.
 __device__ __forceinline__ void fill_rings(Shared& sh, const Segment& s, u32 sectors, u32 thread) {
-    __syncthreads();
     u32 words = sectors * SECTOR_WORDS;
+    u32 flag = sectors == 2u ? RING_FILL : RING_REFILL;
     for (u32 step = 0u; step < words; step++) {
         u32 index = step * WORKGROUP_SIZE + thread;
         u32 ring = index / words;
         u32 request = sh.ring_requests[ring];
-        u32 flag = sectors == 2u ? RING_FILL : RING_REFILL;
         if ((request & flag) != 0u) {
             u32 word = (request & RING_BASE_MASK) + RING_WORDS - words + index % words;
             sh.rings[ring * RING_WORDS + word % RING_WORDS] = load_word(s.dispatch->head, word);
@@ -313,12 +330,27 @@ __device__ __forceinline__ void fill_rings(Shared& sh, const Segment& s, u32 sec
             model_skip(false);
         }
     }
+}
+
+// Loads every walker's first two sectors, with the threads' meetings
+// around it; `pending` then says nobody walks.
+__device__ __forceinline__ void open_rings(Shared& sh, const Segment& s, u32 thread) {
+    if (thread == 0u) {
+        sh.pending[0] = 1u;
+        sh.pending[1] = 1u;
+    }
+    __syncthreads();
+    fill_rings(sh, s, 2u, thread);
     __syncthreads();
 }
 
-// Whether every thread's walk has finished, with barriers: called by all
-// threads after each step; `parity` alternates.
-__device__ __forceinline__ bool all_finished(Shared& sh, const Walker& walker, u32& parity, u32 thread) {
+// The end of a walk step, in two halves around what the threads do
+// together (store_runs): the threads meet once each has published its
+// ring request (and run), and thread 0 notes whether any is still walking;
+// then the rings are refilled and the threads meet again. `pending`
+// alternates between two words with `parity`, so that each is reset a
+// step before it is used.
+__device__ __forceinline__ void meet_walkers(Shared& sh, const Walker& walker, u32 parity, u32 thread) {
     if (!walker.finished) {
         atomicMin(&sh.pending[parity], 0u);
     }
@@ -327,16 +359,14 @@ __device__ __forceinline__ bool all_finished(Shared& sh, const Walker& walker, u
         sh.walks_finished = sh.pending[parity];
         sh.pending[parity ^ 1u] = 1u;
     }
+}
+
+// The second half: whether every walk has finished.
+__device__ __forceinline__ bool refill_rings(Shared& sh, const Segment& s, u32& parity, u32 thread) {
+    fill_rings(sh, s, 1u, thread);
     __syncthreads();
     parity ^= 1u;
     return sh.walks_finished != 0u;
-}
-
-__device__ __forceinline__ void reset_pending(Shared& sh, u32 thread) {
-    if (thread == 0u) {
-        sh.pending[0] = 1u;
-        sh.pending[1] = 1u;
-    }
 }
 
 // The element a head and its stored rest bits make (FieldSplit::join).
@@ -495,8 +525,7 @@ __device__ ChunkWalk count_chunk(Shared& sh, const Segment& s, u32 chunk, bool h
     walk.count = 0u;
     u32 start = decode_start(s, chunk, has_chunk);
     Walker walker = open_walker(sh, s, start, !has_chunk, thread);
-    reset_pending(sh, thread);
-    fill_rings(sh, s, 2u, thread);
+    open_rings(sh, s, thread);
     u32 parity = 0u;
     bool started = false;
     while (true) {
@@ -519,10 +548,10 @@ __device__ ChunkWalk count_chunk(Shared& sh, const Segment& s, u32 chunk, bool h
             }
         }
         request_refill(sh, s, walker, thread);
-        if (all_finished(sh, walker, parity, thread)) {
+        meet_walkers(sh, walker, parity, thread);
+        if (refill_rings(sh, s, parity, thread)) {
             break;
         }
-        fill_rings(sh, s, 1u, thread);
     }
     // A chunk that owns no codeword (only the last can) ends where it
     // starts: the codewords before the next end there.
@@ -578,8 +607,7 @@ __device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has
     u32 start = decode_start(s, chunk, has_chunk);
     bool finished = !has_chunk || first >= end;
     Walker walker = open_walker(sh, s, start, finished, thread);
-    reset_pending(sh, thread);
-    fill_rings(sh, s, 2u, thread);
+    open_rings(sh, s, thread);
     // Codewords still to pass over once in the chunk, and the next element
     // to decode.
     u32 skip = first - chunk_first;
@@ -633,7 +661,7 @@ __device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has
         }
         sh.chunk_starts[thread] = run_ready ? run_first << RUN_COUNT_BITS | run_count : 0u;
         request_refill(sh, s, walker, thread);
-        bool done = all_finished(sh, walker, parity, thread);
+        meet_walkers(sh, walker, parity, thread);
         store_runs(sh, s, thread);
         if (run_ready) {
             run_first += run_count;
@@ -641,10 +669,9 @@ __device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has
             symbols = 0u;
             ninth_bits = 0u;
         }
-        if (done) {
+        if (refill_rings(sh, s, parity, thread)) {
             break;
         }
-        fill_rings(sh, s, 1u, thread);
     }
 }
 

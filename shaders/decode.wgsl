@@ -127,6 +127,8 @@ const ENTRY_SYMBOL_MASK: u32 = 0x1FFu;
 const FAST_BITS: u32 = 10u;
 const FAST_ENTRIES: u32 = 1024u;
 const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
+// A walker that holds no ring words yet.
+const NO_WINDOW: u32 = 0xFFFFFFFFu;
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 const STATUS_OK: u32 = 0u;
 const STATUS_CHUNK_START: u32 = 1u;
@@ -319,6 +321,11 @@ struct Walker {
     position: u32,
     // The plane word in the ring's first slot.
     ring_base: u32,
+    // The ring's words `window_word` and the one after, which a peek at
+    // `position` reads while it is in `window_word` (NO_WINDOW: none yet).
+    window_word: u32,
+    low: u32,
+    high: u32,
     finished: bool,
 }
 
@@ -328,19 +335,30 @@ fn ring_holds(block: Block, walker: Walker) -> bool {
     return stream_word(block, walker.position) + 1u < walker.ring_base + RING_WORDS;
 }
 
-// The 32 stream bits from the walker's position.
-fn ring_peek(block: Block, walker: Walker, thread: u32) -> u32 {
-    let bit = (block.stream_byte & 3u) * 8u + walker.position;
+// The 32 stream bits from the walker's position, which the ring holds.
+// The walker keeps the two words it reads, so walking a word loads one
+// word of the ring instead of two per codeword.
+fn ring_peek(block: Block, walker: ptr<function, Walker>, thread: u32) -> u32 {
+    let bit = (block.stream_byte & 3u) * 8u + (*walker).position;
     let word = (block.stream_byte >> 2u) + (bit >> 5u);
     let ring = thread * RING_WORDS;
-    return funnel_shift(rings[ring + word % RING_WORDS], rings[ring + (word + 1u) % RING_WORDS], bit & 31u);
+    if (word != (*walker).window_word) {
+        if ((*walker).window_word != NO_WINDOW && word == (*walker).window_word + 1u) {
+            (*walker).low = (*walker).high;
+        } else {
+            (*walker).low = rings[ring + word % RING_WORDS];
+        }
+        (*walker).high = rings[ring + (word + 1u) % RING_WORDS];
+        (*walker).window_word = word;
+    }
+    return funnel_shift((*walker).low, (*walker).high, bit & 31u);
 }
 
-// A walker at `position`, whose ring the next fill_rings loads.
+// A walker at `position`, whose ring the next open_rings loads.
 fn open_walker(block: Block, position: u32, finished: bool, thread: u32) -> Walker {
     let base = stream_word(block, position) / SECTOR_WORDS * SECTOR_WORDS;
     ring_requests[thread] = select(base | RING_FILL, RING_IDLE, finished);
-    return Walker(position, base, finished);
+    return Walker(position, base, NO_WINDOW, 0u, 0u, finished);
 }
 
 // After a walk step: the ring's first sector is spent once the walker has
@@ -356,9 +374,9 @@ fn request_refill(block: Block, walker: ptr<function, Walker>, thread: u32) {
 
 // Loads what the rings asked for: consecutive threads load consecutive
 // words of a sector, so a subgroup moves whole sectors. `sectors` is 2
-// after open_walker, 1 after request_refill.
+// after open_walker, 1 after request_refill. The threads meet before and
+// after.
 fn fill_rings(sectors: u32, thread: u32) {
-    workgroupBarrier();
     let words = sectors * SECTOR_WORDS;
     let flag = select(RING_REFILL, RING_FILL, sectors == 2u);
     for (var step = 0u; step < words; step++) {
@@ -370,29 +388,42 @@ fn fill_rings(sectors: u32, thread: u32) {
             rings[ring * RING_WORDS + word % RING_WORDS] = head[word];
         }
     }
-    workgroupBarrier();
 }
 
-// Whether every thread's walk has finished, with barriers: called by all
-// threads after each step; `parity` alternates.
-fn all_finished(walker: Walker, parity: ptr<function, u32>, thread: u32) -> bool {
-    if (!walker.finished) {
-        atomicMin(&pending[*parity], 0u);
-    }
-    workgroupBarrier();
-    if (thread == 0u) {
-        walks_finished = atomicLoad(&pending[*parity]);
-        atomicStore(&pending[*parity ^ 1u], 1u);
-    }
-    *parity ^= 1u;
-    return workgroupUniformLoad(&walks_finished) != 0u;
-}
-
-fn reset_pending(thread: u32) {
+// Loads every walker's first two sectors, with the threads' meetings
+// around it; `pending` then says nobody walks.
+fn open_rings(thread: u32) {
     if (thread == 0u) {
         atomicStore(&pending[0], 1u);
         atomicStore(&pending[1], 1u);
     }
+    workgroupBarrier();
+    fill_rings(2u, thread);
+    workgroupBarrier();
+}
+
+// The end of a walk step, in two halves around what the threads do
+// together (store_runs): the threads meet once each has published its
+// ring request (and run), and thread 0 notes whether any is still walking;
+// then the rings are refilled and the threads meet again. `pending`
+// alternates between two words with `parity`, so that each is reset a
+// step before it is used.
+fn meet_walkers(walker: Walker, parity: u32, thread: u32) {
+    if (!walker.finished) {
+        atomicMin(&pending[parity], 0u);
+    }
+    workgroupBarrier();
+    if (thread == 0u) {
+        walks_finished = atomicLoad(&pending[parity]);
+        atomicStore(&pending[parity ^ 1u], 1u);
+    }
+}
+
+// The second half: whether every walk has finished.
+fn refill_rings(parity: ptr<function, u32>, thread: u32) -> bool {
+    fill_rings(1u, thread);
+    *parity ^= 1u;
+    return workgroupUniformLoad(&walks_finished) != 0u;
 }
 
 // The element a head and its stored rest bits make (FieldSplit::join).
@@ -552,8 +583,7 @@ fn count_chunk(block: Block, chunk: u32, has_chunk: bool, thread: u32) -> ChunkW
     var walk = ChunkWalk(0u, 0u, 0u);
     let start = decode_start(block, chunk, has_chunk);
     var walker = open_walker(block, start, !has_chunk, thread);
-    reset_pending(thread);
-    fill_rings(2u, thread);
+    open_rings(thread);
     var parity = 0u;
     var started = false;
     loop {
@@ -572,17 +602,17 @@ fn count_chunk(block: Block, chunk: u32, has_chunk: bool, thread: u32) -> ChunkW
             if (!ring_holds(block, walker)) {
                 break;
             }
-            let entry = table_entry(ring_peek(block, walker, thread));
+            let entry = table_entry(ring_peek(block, &walker, thread));
             walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
             if (started) {
                 walk.count += 1u;
             }
         }
         request_refill(block, &walker, thread);
-        if (all_finished(walker, &parity, thread)) {
+        meet_walkers(walker, parity, thread);
+        if (refill_rings(&parity, thread)) {
             break;
         }
-        fill_rings(1u, thread);
     }
     // A chunk that owns no codeword (only the last can) ends where it
     // starts: the codewords before the next end there.
@@ -631,8 +661,7 @@ fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, f
     let begin = chunk * params.chunk_bits;
     let start = decode_start(block, chunk, has_chunk);
     var walker = open_walker(block, start, !has_chunk || first >= end, thread);
-    reset_pending(thread);
-    fill_rings(2u, thread);
+    open_rings(thread);
     // Codewords still to pass over once in the chunk, and the next element
     // to decode.
     var skip = first - chunk_first;
@@ -656,7 +685,7 @@ fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, f
             if (!ring_holds(block, walker)) {
                 break;
             }
-            let entry = table_entry(ring_peek(block, walker, thread));
+            let entry = table_entry(ring_peek(block, &walker, thread));
             let at = walker.position;
             walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
             if (at < begin) {
@@ -689,7 +718,7 @@ fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, f
         }
         chunk_starts[thread] = select(0u, (run_first << RUN_COUNT_BITS) | run_count, run_ready);
         request_refill(block, &walker, thread);
-        let done = all_finished(walker, &parity, thread);
+        meet_walkers(walker, parity, thread);
         store_runs(block, thread);
         if (run_ready) {
             run_first += run_count;
@@ -697,10 +726,9 @@ fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, f
             symbols = 0u;
             ninth_bits = 0u;
         }
-        if (done) {
+        if (refill_rings(&parity, thread)) {
             break;
         }
-        fill_rings(1u, thread);
     }
 }
 
