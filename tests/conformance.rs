@@ -9,44 +9,45 @@ mod common;
 use common::harness::{self, Skip};
 use ecfloat::backend::Backend;
 
+/// The wgpu backend with `limits` imposed below the device's.
+#[cfg(feature = "wgpu")]
+fn wgpu_with(limits: ecfloat::backend::wgpu::LimitOverrides) -> Result<Box<dyn Backend>, Skip> {
+    match ecfloat::backend::wgpu::WgpuBackend::with_limits(limits) {
+        Ok(backend) => Ok(Box::new(backend)),
+        Err(error) => Err(harness::absent("wgpu", error)),
+    }
+}
+
 /// The wgpu backend with limits far below any device's, so that tensors
 /// split into several bindings and dispatches, as large ones do on real
 /// hardware.
+#[cfg(feature = "wgpu")]
 fn wgpu_with_small_limits() -> Result<Box<dyn Backend>, Skip> {
-    #[cfg(feature = "wgpu")]
-    {
-        use ecfloat::backend::wgpu::{LimitOverrides, WgpuBackend};
-        let limits = LimitOverrides {
-            // One default block of FP32 output (256 KiB) must still fit.
-            max_binding_bytes: Some(300_000),
-            max_workgroups: Some(3),
-            ..Default::default()
-        };
-        match WgpuBackend::with_limits(limits) {
-            Ok(backend) => Ok(Box::new(backend)),
-            Err(error) => Err(harness::absent("wgpu", error)),
-        }
-    }
-    #[cfg(not(feature = "wgpu"))]
-    Err(harness::absent("wgpu", "not compiled in"))
+    wgpu_with(ecfloat::backend::wgpu::LimitOverrides {
+        // One default block of FP32 output (256 KiB) must still fit.
+        max_binding_bytes: Some(300_000),
+        max_workgroups: Some(3),
+        ..Default::default()
+    })
 }
 
 /// The wgpu backend as a device with only WebGPU's default 16 KiB of
 /// workgroup memory runs it: with the compact decode shader.
+#[cfg(feature = "wgpu")]
 fn wgpu_with_16_kib_of_workgroup_memory() -> Result<Box<dyn Backend>, Skip> {
-    #[cfg(feature = "wgpu")]
-    {
-        use ecfloat::backend::wgpu::{LimitOverrides, WgpuBackend};
-        let limits = LimitOverrides {
-            max_workgroup_storage_bytes: Some(16 << 10),
-            ..Default::default()
-        };
-        match WgpuBackend::with_limits(limits) {
-            Ok(backend) => Ok(Box::new(backend)),
-            Err(error) => Err(harness::absent("wgpu", error)),
-        }
-    }
-    #[cfg(not(feature = "wgpu"))]
+    wgpu_with(ecfloat::backend::wgpu::LimitOverrides {
+        max_workgroup_storage_bytes: Some(16 << 10),
+        ..Default::default()
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_with_small_limits() -> Result<Box<dyn Backend>, Skip> {
+    Err(harness::absent("wgpu", "not compiled in"))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_with_16_kib_of_workgroup_memory() -> Result<Box<dyn Backend>, Skip> {
     Err(harness::absent("wgpu", "not compiled in"))
 }
 
