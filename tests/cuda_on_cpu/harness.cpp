@@ -12,8 +12,10 @@
 // timeout instead), and gives up after a timeout instead of hanging, so a
 // barrier in divergent code fails the launch with a message; a launch in
 // which the threads stop meeting at all (an endless loop) ends the process
-// with a message. Under ThreadSanitizer the barriers' mutex is what orders
-// the threads, so a missing __syncthreads shows as a race.
+// with a message. Under ThreadSanitizer the barriers' mutex and their
+// generation counter (released by the last thread to arrive, acquired by
+// the others) are what order the threads, so a missing __syncthreads shows
+// as a race.
 //
 // A modelled launch also records every thread's global loads and stores,
 // in order, and after each block counts, per warp of 32 consecutive
@@ -89,7 +91,9 @@ struct Site {
 
 // A barrier for all threads of a block, which fails — every waiting thread
 // throws Abandoned — when they meet at different places or do not all
-// arrive within the timeout.
+// arrive within the timeout. Threads arrive under a mutex but wait on the
+// generation counter (a futex), so that the last one's wake-up does not
+// send 255 threads queueing for the mutex.
 class BlockBarrier {
 public:
     explicit BlockBarrier(unsigned threads) : threads_(threads) {}
@@ -97,43 +101,53 @@ public:
     void start(Clock::duration timeout) {
         std::lock_guard lock(mutex_);
         arrived_ = 0;
-        failed_ = false;
+        failed_.store(false);
         failure_.clear();
         timeout_ = timeout;
     }
 
     void arrive_and_wait(Site site) {
-        std::unique_lock lock(mutex_);
-        if (failed_) {
+        unsigned long long generation = 0;
+        {
+            std::unique_lock lock(mutex_);
+            if (failed_.load()) {
+                throw Abandoned{};
+            }
+            if (arrived_ == 0) {
+                site_ = site;
+            } else if (!(site_ == site)) {
+                fail(lock, "threads of block " + std::to_string(block_index.x) + " met at different barriers, " +
+                               where(site_) + " and " + where(site) + ": a barrier in divergent code");
+            }
+            if (++arrived_ == threads_) {
+                arrived_ = 0;
+                generation_.fetch_add(1, std::memory_order_release);
+                generation_.notify_all();
+                return;
+            }
+            generation = generation_.load(std::memory_order_relaxed);
+        }
+        while (generation_.load(std::memory_order_acquire) == generation) {
+            generation_.wait(generation, std::memory_order_acquire);
+        }
+        if (failed_.load()) {
             throw Abandoned{};
         }
-        if (arrived_ == 0) {
-            site_ = site;
-        } else if (!(site_ == site)) {
-            fail(lock, "threads of block " + std::to_string(block_index.x) + " met at different barriers, " +
-                           where(site_) + " and " + where(site) + ": a barrier in divergent code");
-        }
-        if (++arrived_ == threads_) {
-            arrived_ = 0;
-            ++generation_;
-            changed_.notify_all();
+    }
+
+    // Fails the threads waiting here, if some are, when no meeting has
+    // happened for the launch's timeout (the launcher watches).
+    void time_out() {
+        std::unique_lock lock(mutex_);
+        if (arrived_ == 0 || failed_.load()) {
             return;
         }
-        const unsigned long long generation = generation_;
-        const Clock::time_point deadline = Clock::now() + timeout_;
-        while (generation_ == generation && !failed_) {
-            if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && generation_ == generation &&
-                !failed_) {
-                fail(lock, "only " + std::to_string(arrived_) + " of " + std::to_string(threads_) +
-                               " threads of block " + std::to_string(block_index.x) + " reached the barrier at " +
-                               where(site_) + " in " +
-                               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout_).count()) +
-                               " s: a barrier in divergent code, or a thread that never arrives");
-            }
-        }
-        if (failed_) {
-            throw Abandoned{};
-        }
+        failure_ = "only " + std::to_string(arrived_) + " of " + std::to_string(threads_) +
+                   " threads of block " + std::to_string(block_index.x) + " reached the barrier at " +
+                   where(site_) + " in " +
+                   std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout_).count()) +
+                   " s: a barrier in divergent code, or a thread that never arrives";
+        wake_failed();
     }
 
     // What failed, or "" if nothing did.
@@ -144,8 +158,7 @@ public:
 
     // How many times all threads have met so far.
     unsigned long long meetings() {
-        std::lock_guard lock(mutex_);
-        return generation_;
+        return generation_.load();
     }
 
 private:
@@ -154,20 +167,25 @@ private:
     }
 
     [[noreturn]] void fail(std::unique_lock<std::mutex>&, std::string message) {
-        if (!failed_) {
-            failed_ = true;
+        if (!failed_.load()) {
             failure_ = std::move(message);
+            wake_failed();
         }
-        changed_.notify_all();
         throw Abandoned{};
+    }
+
+    // With the mutex held: marks the barrier failed and wakes its waiters.
+    void wake_failed() {
+        failed_.store(true);
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
     }
 
     const unsigned threads_;
     std::mutex mutex_;
-    std::condition_variable changed_;
     unsigned arrived_ = 0;
-    unsigned long long generation_ = 0;
-    bool failed_ = false;
+    std::atomic<unsigned long long> generation_{0};
+    std::atomic<bool> failed_{false};
     std::string failure_;
     Site site_{"", 0};
     Clock::duration timeout_ = std::chrono::seconds(60);
@@ -331,7 +349,10 @@ public:
             if (barrier_.meetings() != meetings) {
                 meetings = barrier_.meetings();
                 progress = Clock::now();
-            } else if (Clock::now() - progress > 2 * timeout) {
+            } else if (Clock::now() - progress > timeout) {
+                barrier_.time_out();
+            }
+            if (Clock::now() - progress > 2 * timeout) {
                 hung(std::to_string(workers_.size() - finished_) + " of " + std::to_string(workers_.size()) +
                      " threads did not finish and met at no barrier in " +
                      std::to_string(std::chrono::duration_cast<std::chrono::seconds>(2 * timeout).count()) +
