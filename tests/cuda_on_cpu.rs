@@ -170,7 +170,7 @@ fn kernel_model() -> Ran {
     Ok(())
 }
 
-/// Cases that together cover exceptions, seams, several rounds, every block
+/// Cases that together cover exceptions, runs across chunks, several rounds, every block
 /// mode and every dtype, small enough to run under ThreadSanitizer.
 fn sanitized_cases() -> Vec<conformance::Case> {
     let mut cases = Family::SyncExceptions.cases();
