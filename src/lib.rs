@@ -54,6 +54,8 @@
 //! [`runtime::Model`].
 
 pub mod backend;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod codec;
 pub mod conformance;
 pub mod container;

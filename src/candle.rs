@@ -1,0 +1,168 @@
+//! Compressed checkpoints in candle (feature `candle`): a `VarBuilder`
+//! backend that decodes each tensor when a model asks for it, so every
+//! candle-transformers model loads from `.ecf.safetensors` shards as it
+//! loads from safetensors.
+//!
+//! A tensor is decoded to its original bytes, checked against the checksum
+//! recorded at compression, and then made a candle tensor exactly as
+//! candle's own safetensors loading makes one (`Load` on a safetensors
+//! view): the same dtypes, the same conversion (`to_dtype`) and shape check
+//! in the `VarBuilder`, the same error for a dtype candle lacks (F8 E5M2).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::{SimpleBackend, VarBuilder};
+use safetensors::tensor::TensorView;
+
+use crate::container::{CompressedFile, cpu_decoder};
+use crate::error::{Error, Result};
+
+/// The tensors of a compressed file, or of every compressed shard of a
+/// checkpoint directory, by name.
+pub struct CompressedTensors {
+    files: Vec<CompressedFile>,
+    /// Which file holds each tensor.
+    owners: HashMap<String, usize>,
+}
+
+impl CompressedTensors {
+    /// Opens `path`: a compressed file, or a directory whose
+    /// `*.ecf.safetensors` shards are read (what `ecf compress DIR` writes).
+    pub fn open(path: &Path) -> Result<Self> {
+        let paths = if path.is_dir() {
+            compressed_shards(path)?
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut files = Vec::with_capacity(paths.len());
+        let mut owners: HashMap<String, usize> = HashMap::new();
+        for path in &paths {
+            let file = CompressedFile::open(path)?;
+            for tensor in &file.tensors {
+                let name = &tensor.source.name;
+                if let Some(&earlier) = owners.get(name) {
+                    return Err(Error::corrupt(
+                        path,
+                        Some(name),
+                        format!("the tensor is also in {}", paths[earlier].display()),
+                    ));
+                }
+                owners.insert(name.clone(), files.len());
+            }
+            files.push(file);
+        }
+        Ok(CompressedTensors { files, owners })
+    }
+
+    /// The names of all tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.owners.keys().map(String::as_str)
+    }
+
+    /// Tensor `name` decoded on the CPU, as candle's safetensors loading
+    /// would make it from the original file, on `device`.
+    pub fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        let file = self
+            .owners
+            .get(name)
+            .map(|&index| &self.files[index])
+            .ok_or_else(|| {
+                candle_core::Error::CannotFindTensor {
+                    path: name.to_string(),
+                }
+                .bt()
+            })?;
+        let tensor = file.tensor(name).map_err(candle_error)?;
+        let bytes = file
+            .decode_tensor(tensor, &cpu_decoder(Default::default()))
+            .map_err(candle_error)?;
+        let view = TensorView::new(tensor.source.dtype, tensor.source.shape.clone(), &bytes)
+            .map_err(|e| {
+                candle_error(Error::corrupt(
+                    file.path(),
+                    Some(name),
+                    format!("decoded bytes do not fit its dtype and shape: {e}"),
+                ))
+            })?;
+        view.load(device)
+    }
+}
+
+/// A `VarBuilder` of the compressed file or checkpoint directory at
+/// `path`, whose tensors come as `dtype` on `device`.
+pub fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    let tensors = CompressedTensors::open(path)?;
+    Ok(VarBuilder::from_backend(
+        Box::new(tensors),
+        dtype,
+        device.clone(),
+    ))
+}
+
+impl SimpleBackend for CompressedTensors {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.load(name, device)?.to_dtype(dtype)?;
+        if tensor.shape() != &shape {
+            Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: shape,
+                got: tensor.shape().clone(),
+            }
+            .bt())?
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load(name, device)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.owners.contains_key(name)
+    }
+}
+
+/// The `*.ecf.safetensors` files of directory `dir`, in name order.
+fn compressed_shards(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut shards = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let is_shard = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with(".ecf.safetensors"));
+        if is_shard {
+            shards.push(path);
+        }
+    }
+    if shards.is_empty() {
+        return Err(Error::corrupt(
+            dir,
+            None,
+            "holds no compressed shards (*.ecf.safetensors)".to_string(),
+        ));
+    }
+    shards.sort();
+    Ok(shards)
+}
+
+/// The crate's error as candle's, with its message.
+fn candle_error(error: Error) -> candle_core::Error {
+    candle_core::Error::Msg(error.to_string()).bt()
+}
