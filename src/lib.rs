@@ -65,3 +65,8 @@ pub mod synth;
 pub mod tools;
 
 pub use error::{Error, Result};
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(all(doctest, feature = "candle"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
