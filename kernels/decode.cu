@@ -18,9 +18,9 @@
 // problem found) for the host to check.
 //
 // Where CUDA differs from WGSL:
-//   * WGSL cannot hand a storage buffer to a function, so reads of `head`
-//     and `rest` are written out where they happen; here load_word takes
-//     the plane.
+//   * WGSL cannot hand a storage buffer to a function, so its plane_bits
+//     comes in a `head` and a `rest` version (head_plane_bits,
+//     rest_plane_bits); here plane_bits and load_word take the plane.
 //   * One launch decodes many tensors: each thread block reads which
 //     dispatch (tensor segment) and which block of it to decode from a
 //     work list, so a model layer's tensors go out in one launch.
@@ -612,10 +612,8 @@ __device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has
     bool finished = !has_chunk || first >= end;
     Walker walker = open_walker(sh, s, start, finished, thread);
     open_rings(sh, s, thread);
-    // Codewords still to pass over once in the chunk, and the next element
-    // to decode.
+    // Codewords still to pass over once in the chunk.
     u32 skip = first - chunk_first;
-    u32 element = first;
     u32 parity = 0u;
     u32* staged = sh.runs + thread * RUN_WORDS;
     u32 run_first = first;
@@ -647,12 +645,11 @@ __device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has
             symbols |= (symbol & 0xFFu) << (run_count % 4u * 8u);
             ninth_bits |= (symbol >> 8u) << run_count;
             run_count += 1u;
-            element += 1u;
             if (run_count % 4u == 0u) {
                 staged[run_count / 4u - 1u] = symbols;
                 symbols = 0u;
             }
-            if (element == end) {
+            if (run_first + run_count == end) {
                 walker.finished = true;
             }
         }

@@ -446,7 +446,7 @@ fn join(head_symbol: u32, field: u32) -> u32 {
 
 // `count` bits (at most 32) of `head` from bit `bit` of word `word`; the
 // second word is read only when the bits reach into it.
-fn head_bits(word: u32, bit: u32, count: u32) -> u32 {
+fn head_plane_bits(word: u32, bit: u32, count: u32) -> u32 {
     if (count == 0u) {
         return 0u;
     }
@@ -460,8 +460,8 @@ fn head_bits(word: u32, bit: u32, count: u32) -> u32 {
     return select(bits & ((1u << count) - 1u), bits, count == 32u);
 }
 
-// head_bits, of `rest`.
-fn rest_bits(word: u32, bit: u32, count: u32) -> u32 {
+// head_plane_bits, of `rest`.
+fn rest_plane_bits(word: u32, bit: u32, count: u32) -> u32 {
     if (count == 0u) {
         return 0u;
     }
@@ -494,10 +494,10 @@ fn write_uncoded(block: Block, thread: u32) {
         let count = min(per_word, block.elements - first);
         var heads = 0u;
         if (block.mode == BLOCK_RAW) {
-            heads = head_bits(block.stream_byte >> 2u, (block.stream_byte & 3u) * 8u + first * params.head_bits,
+            heads = head_plane_bits(block.stream_byte >> 2u, (block.stream_byte & 3u) * 8u + first * params.head_bits,
                               count * params.head_bits);
         }
-        let fields = rest_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * params.stored_rest_bits,
+        let fields = rest_plane_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * params.stored_rest_bits,
                                count * params.stored_rest_bits);
         var value = 0u;
         for (var k = 0u; k < count; k++) {
@@ -638,7 +638,7 @@ fn store_runs(block: Block, thread: u32) {
         }
         let first = (request >> RUN_COUNT_BITS) + offset;
         let elements = min(per_word, count - offset);
-        let fields = rest_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * width, elements * width);
+        let fields = rest_plane_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * width, elements * width);
         let staged = run * RUN_WORDS;
         var value = 0u;
         for (var k = 0u; k < elements; k++) {
@@ -662,10 +662,8 @@ fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, f
     let start = decode_start(block, chunk, has_chunk);
     var walker = open_walker(block, start, !has_chunk || first >= end, thread);
     open_rings(thread);
-    // Codewords still to pass over once in the chunk, and the next element
-    // to decode.
+    // Codewords still to pass over once in the chunk.
     var skip = first - chunk_first;
-    var element = first;
     var parity = 0u;
     let staged = thread * RUN_WORDS;
     var run_first = first;
@@ -700,12 +698,11 @@ fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, f
             symbols |= (symbol & 0xFFu) << (run_count % 4u * 8u);
             ninth_bits |= (symbol >> 8u) << run_count;
             run_count += 1u;
-            element += 1u;
             if (run_count % 4u == 0u) {
                 runs[staged + run_count / 4u - 1u] = symbols;
                 symbols = 0u;
             }
-            if (element == end) {
+            if (run_first + run_count == end) {
                 walker.finished = true;
             }
         }
