@@ -35,11 +35,11 @@ trait MatVec {
     ) -> Vec<f32>;
 }
 
-fn dtype_code(dtype: &str) -> Option<u32> {
+fn dtype_code(dtype: safetensors::Dtype) -> Option<u32> {
     match dtype {
-        "F32" => Some(0),
-        "BF16" => Some(1),
-        "F16" => Some(2),
+        safetensors::Dtype::F32 => Some(0),
+        safetensors::Dtype::BF16 => Some(1),
+        safetensors::Dtype::F16 => Some(2),
         _ => None,
     }
 }

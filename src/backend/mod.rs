@@ -45,7 +45,7 @@ pub trait DeviceTensor: Any + Send + Sync {
 
 /// A decode the device is still running; `wait` returns when it is done,
 /// with the error of the first block that did not decode.
-pub trait PendingDecode: Any {
+pub trait PendingDecode: Any + Send {
     fn wait(self: Box<Self>) -> Result<()>;
     /// The backend's own handle (downcast to `GpuPending<…>`).
     fn as_any(&self) -> &dyn Any;

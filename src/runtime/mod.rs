@@ -40,7 +40,7 @@
 //!     }
 //!     for view in decoded.views() {
 //!         // Bytes view.offset..view.offset + view.bytes of decoded.buffer().
-//!         assert_eq!(view.dtype, "BF16");
+//!         assert_eq!(view.dtype, safetensors::Dtype::BF16);
 //!     }
 //!     spare = Some(decoded.into_buffer());
 //! }
@@ -52,6 +52,7 @@
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
+use safetensors::Dtype;
 use serde::Serialize;
 
 use crate::backend::{Backend, DecodeJob, DeviceBuffer, DeviceTensor, PendingDecode};
@@ -73,7 +74,7 @@ pub struct ModelTensor {
     pub name: String,
     /// The compressed file it is stored in.
     pub file: PathBuf,
-    pub dtype: String,
+    pub dtype: Dtype,
     pub shape: Vec<u64>,
     pub decoded_bytes: u64,
     /// Index of its group in [`Model::groups`].
@@ -97,7 +98,7 @@ pub struct Group {
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
     pub name: &'a str,
-    pub dtype: &'a str,
+    pub dtype: Dtype,
     pub shape: &'a [u64],
     /// Byte offset in the group buffer.
     pub offset: u64,
@@ -149,7 +150,7 @@ impl<'a> DecodedGroup<'a> {
                 let tensor = &model.tensors[t];
                 TensorView {
                     name: &tensor.name,
-                    dtype: &tensor.dtype,
+                    dtype: tensor.dtype,
                     shape: &tensor.shape,
                     offset,
                     bytes: tensor.decoded_bytes,
@@ -160,24 +161,37 @@ impl<'a> DecodedGroup<'a> {
 
 /// A group decode still running on the device.
 pub struct PendingGroup<'a> {
-    decoded: DecodedGroup<'a>,
-    pending: Box<dyn PendingDecode>,
+    model: &'a Model<'a>,
+    decode: GroupDecode,
 }
 
 impl<'a> PendingGroup<'a> {
     /// Waits for the decode; only then are its views available. A tensor
     /// whose coded data the device found corrupt is named in the error.
     pub fn wait(self) -> Result<DecodedGroup<'a>> {
-        let model = self.decoded.model;
-        let group = self.decoded.group;
-        self.pending.wait().map_err(|e| model.name_job(group, e))?;
-        Ok(self.decoded)
+        self.model.finish_decode(self.decode)
     }
 
     /// The backend's handle of the running decode (for a CUDA client, its
     /// event: see `CudaBackend::decode_event`).
     pub fn pending(&self) -> &dyn PendingDecode {
-        self.pending.as_ref()
+        self.decode.pending.as_ref()
+    }
+}
+
+/// A group decode still running, which holds its buffer but not the model:
+/// for a client that keeps it beside the model, and gives it back to
+/// [`Model::finish_decode`].
+pub struct GroupDecode {
+    group: usize,
+    buffer: GroupBuffer,
+    pending: Box<dyn PendingDecode>,
+}
+
+impl GroupDecode {
+    /// The group being decoded.
+    pub fn group(&self) -> usize {
+        self.group
     }
 }
 
@@ -224,7 +238,7 @@ impl<'b> Model<'b> {
                 tensors.push(ModelTensor {
                     name: source.name.clone(),
                     file: file_path.clone(),
-                    dtype: format!("{:?}", source.dtype),
+                    dtype: source.dtype,
                     shape: source.shape.iter().map(|&d| d as u64).collect(),
                     decoded_bytes: source.len() as u64,
                     group: 0,
@@ -303,18 +317,50 @@ impl<'b> Model<'b> {
     /// Starts decoding group `group` into `buffer`; its views are available
     /// once [`PendingGroup::wait`] returns.
     pub fn start_decode(&self, group: usize, buffer: GroupBuffer) -> Result<PendingGroup<'_>> {
+        Ok(PendingGroup {
+            model: self,
+            decode: self.submit_decode(group, buffer)?,
+        })
+    }
+
+    /// Starts decoding group `group` into `buffer`, as
+    /// [`start_decode`](Self::start_decode) does, with a handle that does
+    /// not borrow the model.
+    pub fn submit_decode(&self, group: usize, buffer: GroupBuffer) -> Result<GroupDecode> {
         let jobs = self.jobs(group)?;
         let pending = self
             .backend
             .decode_async(&jobs, buffer.buffer.as_ref())
             .map_err(|e| self.name_job(group, e))?;
-        Ok(PendingGroup {
-            decoded: DecodedGroup {
-                model: self,
-                group,
-                buffer,
-            },
+        Ok(GroupDecode {
+            group,
+            buffer,
             pending,
+        })
+    }
+
+    /// Waits for a decode [`submit_decode`](Self::submit_decode) started on
+    /// this model.
+    pub fn finish_decode(&self, decode: GroupDecode) -> Result<DecodedGroup<'_>> {
+        let GroupDecode {
+            group,
+            buffer,
+            pending,
+        } = decode;
+        pending.wait().map_err(|e| self.name_job(group, e))?;
+        if self
+            .groups
+            .get(group)
+            .is_none_or(|g| g.bytes > buffer.buffer.len())
+        {
+            return Err(Error::Usage(format!(
+                "group decode {group} was not started on this model"
+            )));
+        }
+        Ok(DecodedGroup {
+            model: self,
+            group,
+            buffer,
         })
     }
 
@@ -343,7 +389,7 @@ impl<'b> Model<'b> {
             Error::CorruptJob { job, .. } => *job,
             _ => return error,
         };
-        match self.groups[group].tensors.get(job) {
+        match self.groups.get(group).and_then(|g| g.tensors.get(job)) {
             Some(&t) => error.in_tensor(&self.tensors[t].file, &self.tensors[t].name),
             None => error,
         }
