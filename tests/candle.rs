@@ -1,8 +1,11 @@
 //! Compressed checkpoints in candle: every tensor of every test file, read
-//! through the `VarBuilder` backend (`ecfloat::candle`), equals candle's own
-//! safetensors loading of the original in dtype, shape and every bit, as
-//! stored and converted. Without the `candle` feature or the test data,
-//! the tests show as ignored, with the reason.
+//! through the `VarBuilder` backend (`ecfloat::candle`) or kept coded in a
+//! `CompressedModel`, equals candle's own safetensors loading of the
+//! original in dtype, shape and every bit, as stored and converted; so do
+//! the compressed modules' outputs. The compressed model decodes through
+//! `kernels/decode.cu` executed on the CPU too, as it would on a GPU.
+//! Without the `candle` feature, the test data or g++, the tests show as
+//! ignored, with the reason.
 
 mod common;
 
@@ -18,7 +21,43 @@ fn main() {
             "a_directory_of_shards_loads_and_checks_shapes",
             a_directory_of_shards_loads_and_checks_shapes,
         ),
+        harness::trial(
+            "a_compressed_model_gives_every_tensor_as_candle_loads_it",
+            a_compressed_model_gives_every_tensor_as_candle_loads_it,
+        ),
+        harness::trial(
+            "a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu",
+            a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu,
+        ),
+        harness::trial(
+            "compressed_modules_compute_what_candle_nn_computes",
+            compressed_modules_compute_what_candle_nn_computes,
+        ),
     ]);
+}
+
+#[cfg(not(feature = "candle"))]
+fn a_compressed_model_gives_every_tensor_as_candle_loads_it() -> Ran {
+    Err(harness::absent(
+        "candle",
+        "not compiled in (build with --features candle)",
+    ))
+}
+
+#[cfg(not(feature = "candle"))]
+fn a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu() -> Ran {
+    Err(harness::absent(
+        "candle",
+        "not compiled in (build with --features candle)",
+    ))
+}
+
+#[cfg(not(feature = "candle"))]
+fn compressed_modules_compute_what_candle_nn_computes() -> Ran {
+    Err(harness::absent(
+        "candle",
+        "not compiled in (build with --features candle)",
+    ))
 }
 
 #[cfg(not(feature = "candle"))]
@@ -137,5 +176,191 @@ fn a_directory_of_shards_loads_and_checks_shapes() -> Ran {
         .unwrap()
         .to_string();
     assert!(error.contains("no compressed shards"), "{error}");
+    Ok(())
+}
+
+/// Every tensor of `compressed` taken from a model kept coded on
+/// `backend`, in file order and then in reverse (each group decoded again,
+/// and the prefetched group never the one asked for), equals candle's
+/// loading of `original`, converted to each tensor's own float dtype.
+#[cfg(feature = "candle")]
+fn check_compressed_model(
+    original: &std::path::Path,
+    compressed: &std::path::Path,
+    backend: Option<&'static dyn ecfloat::backend::Backend>,
+) {
+    use candle_core::{DType, Device};
+    use ecfloat::candle::CompressedModel;
+
+    let cpu = Device::Cpu;
+    let expected = candle_core::safetensors::load(original, &cpu).unwrap();
+    // The model's dtype: the file's float dtype (its other tensors convert).
+    let dtype = expected
+        .values()
+        .map(|t| t.dtype())
+        .find(|d| d.is_float())
+        .unwrap_or(DType::F32);
+    let model = match backend {
+        Some(backend) => CompressedModel::with_backend(compressed, backend, dtype, &cpu),
+        None => CompressedModel::open(compressed, dtype, &cpu),
+    }
+    .unwrap();
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    let reversed: Vec<&String> = names.iter().rev().copied().collect();
+    for name in names.into_iter().chain(reversed) {
+        let want = expected[name].to_dtype(dtype).unwrap();
+        let got = model.tensor(name).unwrap();
+        assert_eq!(got.dtype(), want.dtype(), "{name}");
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        assert!(
+            raw_bytes(&got) == raw_bytes(&want),
+            "{}: {name}: bits differ",
+            original.display()
+        );
+    }
+    let memory = model.memory();
+    assert!(memory.compressed_bytes > 0 && memory.buffer_bytes > 0);
+    assert!(
+        memory.peak_bytes >= memory.compressed_bytes + memory.buffer_bytes,
+        "{memory:?}"
+    );
+    assert!(model.weight("no.such.tensor").is_err());
+}
+
+#[cfg(feature = "candle")]
+fn a_compressed_model_gives_every_tensor_as_candle_loads_it() -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    for file in harness::require_testdata_files()? {
+        // candle has no F8 E5M2; the test files have none.
+        let compressed = dir.path().join(file.file_name().unwrap());
+        ecfloat::container::compress_file(&file, &compressed, &Default::default()).unwrap();
+        check_compressed_model(&file, &compressed, None);
+    }
+    Ok(())
+}
+
+#[cfg(feature = "candle")]
+fn a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu() -> Ran {
+    use ecfloat::backend::gpu::layout::DispatchLimits;
+
+    let files = harness::require_testdata_files()?;
+    // The CUDA backend's planning, records and launches; the kernel runs
+    // on the CPU. It lives as long as the test process, as a backend a
+    // compressed model decodes on must.
+    let backend: &'static dyn ecfloat::backend::Backend = Box::leak(
+        common::kernel_on_cpu::kernel_on_cpu(DispatchLimits::UNBOUNDED)?,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for file in files
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("easyocr"))
+    {
+        let compressed = dir.path().join(file.file_name().unwrap());
+        ecfloat::container::compress_file(file, &compressed, &Default::default()).unwrap();
+        check_compressed_model(file, &compressed, Some(backend));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "candle")]
+fn compressed_modules_compute_what_candle_nn_computes() -> Ran {
+    use candle_core::{DType, Device, Module, Tensor};
+    use ecfloat::candle::CompressedModel;
+    use ecfloat::codec::FloatKind;
+    use ecfloat::container::write::{TensorData, write_safetensors};
+
+    let source = tempfile::tempdir().unwrap();
+    let original = source.path().join("layers.safetensors");
+    let weights: Vec<(String, Vec<u8>, [u64; 2])> = (0..3)
+        .flat_map(|layer| {
+            [("up", [96, 64]), ("down", [64, 96])].map(|(name, shape)| {
+                let bytes = ecfloat::synth::heavy_tailed_bytes(
+                    FloatKind::Bf16,
+                    (shape[0] * shape[1]) as usize,
+                    layer * 2 + (name == "up") as u64,
+                );
+                (format!("layers.{layer}.{name}.weight"), bytes, shape)
+            })
+        })
+        .chain([(
+            "layers.0.up.bias".to_string(),
+            ecfloat::synth::heavy_tailed_bytes(FloatKind::Bf16, 96, 9),
+            [96, 1],
+        )])
+        .collect();
+    let tensors: Vec<TensorData> = weights
+        .iter()
+        .map(|(name, bytes, shape)| TensorData {
+            name,
+            dtype: "BF16",
+            shape: if name.ends_with("bias") {
+                &shape[..1]
+            } else {
+                &shape[..]
+            },
+            bytes,
+        })
+        .collect();
+    write_safetensors(&original, &[], &tensors).unwrap();
+    let compressed = source.path().join("layers.ecf.safetensors");
+    ecfloat::container::compress_file(&original, &compressed, &Default::default()).unwrap();
+
+    let cpu = Device::Cpu;
+    let expected = candle_core::safetensors::load(&original, &cpu).unwrap();
+    let f32 = |name: &str| expected[name].to_dtype(DType::F32).unwrap();
+    let model = CompressedModel::open(&compressed, DType::F32, &cpu).unwrap();
+    let input = Tensor::randn(0f32, 1.0, (2, 5, 64), &cpu).unwrap();
+    let mut ours = input.clone();
+    let mut theirs = input;
+    for layer in 0..3 {
+        let up = format!("layers.{layer}.up");
+        let down = format!("layers.{layer}.down");
+        let bias = (layer == 0).then(|| f32(&format!("{up}.bias")));
+        ours = model.linear(&up).unwrap().forward(&ours).unwrap();
+        ours = model.linear(&down).unwrap().forward(&ours).unwrap();
+        theirs = candle_nn::Linear::new(f32(&format!("{up}.weight")), bias)
+            .forward(&theirs)
+            .unwrap();
+        theirs = candle_nn::Linear::new(f32(&format!("{down}.weight")), None)
+            .forward(&theirs)
+            .unwrap();
+    }
+    assert!(
+        raw_bytes(&ours) == raw_bytes(&theirs),
+        "linear outputs differ"
+    );
+
+    // A down weight as an embedding table: rows 0, 63 and 7.
+    let ids = Tensor::new(&[[0u32, 63], [7, 7]], &cpu).unwrap();
+    let ours = model
+        .embedding("layers.2.down")
+        .unwrap()
+        .forward(&ids)
+        .unwrap();
+    let theirs = candle_nn::Embedding::new(f32("layers.2.down.weight"), 96)
+        .forward(&ids)
+        .unwrap();
+    assert!(raw_bytes(&ours) == raw_bytes(&theirs), "embeddings differ");
+    let bias = model.weight("layers.0.up.bias").unwrap();
+    let error = match ecfloat::candle::CompressedLinear::new(bias, None) {
+        Ok(_) => panic!("a vector made a linear layer"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("layers.0.up.bias has shape [96]"), "{error}");
+
+    // Three groups of 48 KiB of BF16 weights (96 × 64 × 2 × 2) and a bias:
+    // held coded, with a buffer of one group and one group decoded as F32.
+    let memory = model.memory();
+    let group_bytes = 2 * 96 * 64 * 2;
+    assert_eq!(memory.buffer_bytes, group_bytes as u64 + 96 * 2);
+    assert_eq!(memory.uncompressed_bytes, (6 * 96 * 64 + 96) * 4);
+    assert!(memory.compressed_bytes < 3 * group_bytes as u64 + 96 * 2);
+    assert!(
+        memory.peak_bytes
+            <= memory.compressed_bytes + memory.buffer_bytes + 2 * group_bytes as u64 + 96 * 4
+    );
+    fn shared<T: Send + Sync>(_: &T) {}
+    shared(&model);
     Ok(())
 }

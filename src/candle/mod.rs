@@ -20,6 +20,12 @@ use safetensors::tensor::TensorView;
 use crate::container::{CompressedFile, cpu_decoder};
 use crate::error::{Error, Result};
 
+mod resident;
+
+pub use resident::{
+    CompressedEmbedding, CompressedLinear, CompressedMemory, CompressedModel, CompressedWeight,
+};
+
 /// The tensors of a compressed file, or of every compressed shard of a
 /// checkpoint directory, by name.
 pub struct CompressedTensors {
@@ -79,16 +85,34 @@ impl CompressedTensors {
         let bytes = file
             .decode_tensor(tensor, &cpu_decoder(Default::default()))
             .map_err(candle_error)?;
-        let view = TensorView::new(tensor.source.dtype, tensor.source.shape.clone(), &bytes)
-            .map_err(|e| {
-                candle_error(Error::corrupt(
-                    file.path(),
-                    Some(name),
-                    format!("decoded bytes do not fit its dtype and shape: {e}"),
-                ))
-            })?;
-        view.load(device)
+        candle_tensor(
+            file.path(),
+            name,
+            tensor.source.dtype,
+            tensor.source.shape.clone(),
+            &bytes,
+            device,
+        )
     }
+}
+
+/// Decoded bytes as candle's safetensors loading makes a tensor of them.
+fn candle_tensor(
+    path: &Path,
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: &[u8],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let view = TensorView::new(dtype, shape, bytes).map_err(|e| {
+        candle_error(Error::corrupt(
+            path,
+            Some(name),
+            format!("decoded bytes do not fit its dtype and shape: {e}"),
+        ))
+    })?;
+    view.load(device)
 }
 
 /// A `VarBuilder` of the compressed file or checkpoint directory at
