@@ -142,6 +142,11 @@ pub trait Backend: Send + Sync {
         self.decode(jobs, out)?;
         Ok(Box::new(Finished))
     }
+    /// Whether [`decode_async`](Self::decode_async) returns before the
+    /// decode ends, so that a decode can overlap the caller's work.
+    fn decodes_asynchronously(&self) -> bool {
+        false
+    }
     /// Copies `out.len()` bytes starting at `offset` back to the host.
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()>;
 

@@ -1,17 +1,16 @@
 //! Weights that stay compressed (the DFloat11 mode): a model's tensors are
 //! uploaded coded, as [`runtime::Model`](crate::runtime::Model) keeps them,
-//! and a layer's weights are decoded into a reused group buffer right
-//! before a module of that layer runs.
+//! and a layer's weights are decoded together into a reused group buffer
+//! right before the first module of that layer runs.
 //!
-//! A [`CompressedModel`] holds one decoded group at a time, as candle
-//! tensors. Taking a weight of another group drops them, decodes that
-//! group into the buffer, makes its tensors, and starts decoding the group
-//! after it into the buffer (a backend that decodes asynchronously does
-//! so while the caller computes), so a model run in order finds each
-//! layer decoded or under way. [`CompressedLinear`] and
-//! [`CompressedEmbedding`] are candle `Module`s over such weights; they
-//! compute exactly what candle-nn's `Linear` and `Embedding` do, on the
-//! same bits. [`CompressedModel::memory`] says what the model holds.
+//! A module copies its weight out of the buffer as a candle tensor each
+//! time it runs, and drops it when it is done, so the model holds its coded
+//! tensors, the buffer and one weight at a time. Where the backend decodes
+//! asynchronously (a GPU), a second buffer takes the decode of the next
+//! layer, which runs while the caller computes on this one.
+//! [`CompressedLinear`] and [`CompressedEmbedding`] compute exactly what
+//! candle-nn's `Linear` and `Embedding` do, on the same bits.
+//! [`CompressedModel::memory`] says what the model holds.
 //!
 //! Decoded bytes become candle tensors as candle's safetensors loading
 //! makes them (see [`super::CompressedTensors`]), converted to the model's
@@ -23,9 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::Serialize;
 
+use crate::backend::DeviceBuffer;
 use crate::backend::{Backend, CpuBackend};
 use crate::error::Result;
-use crate::runtime::{DecodedGroup, GroupBuffer, GroupDecode, Model, ModelOptions};
+use crate::runtime::{GroupBuffer, GroupDecode, Model, ModelOptions, ModelTensor};
 
 use super::{candle_error, candle_tensor};
 
@@ -38,18 +38,17 @@ pub struct CompressedModel {
     device: Device,
 }
 
-/// The model, its buffer, and the group decoded last.
+/// The model, its buffers, and the group decoded last.
 struct Resident {
     model: Model<'static>,
-    /// The group buffer, while no decode holds it.
-    buffer: Option<GroupBuffer>,
+    /// Buffers no decode holds.
+    spare: Vec<GroupBuffer>,
+    /// The group decoded last, and the buffer it is in.
+    current: Option<(usize, GroupBuffer)>,
     /// The decode of the group after the current one.
     prefetch: Option<GroupDecode>,
-    /// The group decoded last, its tensors in group order.
-    current: Option<(usize, Vec<Tensor>)>,
-    /// Bytes of the current group's tensors.
-    decoded_bytes: u64,
-    peak_bytes: u64,
+    /// The largest weight handed out, in the model's dtype.
+    largest_weight_bytes: u64,
 }
 
 /// What a [`CompressedModel`] holds, in bytes.
@@ -58,12 +57,13 @@ pub struct CompressedMemory {
     /// The coded tensors (and those stored raw), resident for the model's
     /// life.
     pub compressed_bytes: u64,
-    /// The group buffer decodes write into: the largest group's decoded
-    /// size.
+    /// The group buffers decodes write into, each the size of the largest
+    /// group decoded: one, or two where decodes are asynchronous.
     pub buffer_bytes: u64,
-    /// The decoded group's candle tensors, in the model's dtype.
-    pub decoded_bytes: u64,
-    /// The most the three above came to at once.
+    /// The largest weight a module has held while it ran, in the model's
+    /// dtype.
+    pub weight_bytes: u64,
+    /// What the model holds at most: the three above.
     pub peak_bytes: u64,
     /// Every tensor decoded in the model's dtype: what a `VarBuilder` of
     /// that dtype makes of the whole checkpoint.
@@ -82,6 +82,10 @@ impl CompressedModel {
     /// and decoded on the CPU; on a device other than the CPU, candle
     /// copies each decoded group to it.
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        #[cfg(feature = "candle-cuda")]
+        if let Device::Cuda(cuda_device) = device {
+            return Self::with_backend(path, super::cuda::backend(cuda_device)?, dtype, device);
+        }
         Self::with_backend(path, cpu_backend(), dtype, device)
     }
 
@@ -95,15 +99,13 @@ impl CompressedModel {
         device: &Device,
     ) -> Result<Self> {
         let model = Model::open(path, backend, ModelOptions::default())?;
-        let peak_bytes = model.memory().resident_bytes;
         Ok(CompressedModel {
             resident: Arc::new(Mutex::new(Resident {
                 model,
-                buffer: None,
-                prefetch: None,
+                spare: Vec::new(),
                 current: None,
-                decoded_bytes: 0,
-                peak_bytes,
+                prefetch: None,
+                largest_weight_bytes: 0,
             })),
             dtype,
             device: device.clone(),
@@ -154,7 +156,8 @@ impl CompressedModel {
     }
 
     /// Tensor `name` decoded now, for the small tensors a model keeps
-    /// decoded (norms, biases).
+    /// decoded (norms, biases); what the caller keeps is not counted in
+    /// [`memory`](Self::memory).
     pub fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
         self.weight(name)?.get()
     }
@@ -177,7 +180,7 @@ impl CompressedModel {
         CompressedEmbedding::new(self.weight(&format!("{prefix}.weight"))?)
     }
 
-    /// What the model holds now, and the most it has held.
+    /// What the model holds, at most.
     pub fn memory(&self) -> CompressedMemory {
         let resident = self.lock();
         let memory = resident.model.memory();
@@ -185,8 +188,8 @@ impl CompressedModel {
         CompressedMemory {
             compressed_bytes: memory.resident_bytes,
             buffer_bytes: memory.scratch_bytes,
-            decoded_bytes: resident.decoded_bytes,
-            peak_bytes: resident.peak_bytes,
+            weight_bytes: resident.largest_weight_bytes,
+            peak_bytes: memory.peak_bytes + resident.largest_weight_bytes,
             uncompressed_bytes: resident
                 .model
                 .tensors()
@@ -209,90 +212,116 @@ fn check_matrix(weight: &CompressedWeight) -> candle_core::Result<()> {
 }
 
 impl Resident {
-    /// Group `group`'s tensors, decoding it unless it is the current one.
-    fn group(
-        &mut self,
-        group: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Vec<Tensor>> {
-        if let Some((current, tensors)) = &self.current
-            && *current == group
-        {
-            return Ok(tensors.clone());
+    /// A buffer no decode holds, allocated if there is none.
+    fn spare_buffer(&mut self) -> candle_core::Result<GroupBuffer> {
+        match self.spare.pop() {
+            Some(buffer) => Ok(buffer),
+            None => self.model.group_buffer().map_err(candle_error),
         }
-        // One decoded group at a time: the last one's tensors go first.
-        self.current = None;
-        self.decoded_bytes = 0;
+    }
+
+    /// Makes group `group` the current one, decoding it unless it is.
+    fn decode(&mut self, group: usize) -> candle_core::Result<()> {
+        if self.current.as_ref().is_some_and(|(g, _)| *g == group) {
+            return Ok(());
+        }
+        if let Some((_, buffer)) = self.current.take() {
+            self.spare.push(buffer);
+        }
         let decode = match self.prefetch.take() {
             Some(decode) if decode.group() == group => decode,
             other => {
-                let buffer = match other {
-                    // A decode of another group is waited for only to
-                    // get its buffer back; its outcome does not matter.
-                    Some(decode) => self
-                        .model
-                        .finish_decode(decode)
-                        .ok()
-                        .map(|d| d.into_buffer()),
-                    None => self.buffer.take(),
-                };
-                let buffer = match buffer {
-                    Some(buffer) => buffer,
-                    None => self.model.group_buffer().map_err(candle_error)?,
-                };
+                // A decode of another group is waited for only to get its
+                // buffer back; its outcome does not matter.
+                if let Some(decode) = other
+                    && let Ok(decoded) = self.model.finish_decode(decode)
+                {
+                    self.spare.push(decoded.into_buffer());
+                }
+                let buffer = self.spare_buffer()?;
                 self.model
                     .submit_decode(group, buffer)
                     .map_err(candle_error)?
             }
         };
         let decoded = self.model.finish_decode(decode).map_err(candle_error)?;
-        let tensors = candle_tensors(&self.model, &decoded, dtype, device);
-        let buffer = decoded.into_buffer();
-        let tensors = tensors?;
+        self.current = Some((group, decoded.into_buffer()));
         let next = (group + 1) % self.model.groups().len();
-        if next == group {
-            self.buffer = Some(buffer);
-        } else {
+        if next != group && self.model.backend().decodes_asynchronously() {
+            let buffer = self.spare_buffer()?;
             // A failure here is the next group's to report, when it is
             // asked for; a new buffer replaces this one then.
             self.prefetch = self.model.submit_decode(next, buffer).ok();
         }
-        self.decoded_bytes = tensors
-            .iter()
-            .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
-            .sum();
-        let memory = self.model.memory();
-        self.peak_bytes = self.peak_bytes.max(memory.peak_bytes + self.decoded_bytes);
-        self.current = Some((group, tensors.clone()));
-        Ok(tensors)
+        Ok(())
+    }
+
+    /// Tensor `position` of group `group`, copied out of the group buffer
+    /// as a candle tensor of `dtype` on `device`.
+    fn tensor(
+        &mut self,
+        group: usize,
+        position: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.decode(group)?;
+        let Some((_, buffer)) = &self.current else {
+            candle_core::bail!("group {group} did not decode")
+        };
+        let model = &self.model;
+        let layout = &model.groups()[group];
+        let tensor = &model.tensors()[layout.tensors[position]];
+        let offset = layout.offsets[position];
+        let shape: Vec<usize> = tensor.shape.iter().map(|&d| d as usize).collect();
+        let decoded = copy_out(model, buffer.device_buffer(), offset, tensor, shape, device)?
+            .to_dtype(dtype)?;
+        self.largest_weight_bytes = self
+            .largest_weight_bytes
+            .max((decoded.elem_count() * dtype.size_in_bytes()) as u64);
+        Ok(decoded)
     }
 }
 
-/// The tensors of a decoded group as candle tensors of `dtype` on
-/// `device`, in group order.
-fn candle_tensors(
+/// Bytes `offset..` of `buffer`, where `tensor` was decoded, as a candle
+/// tensor of its own dtype on `device`: copied on the device where the
+/// backend is candle's CUDA device, else through the host.
+fn copy_out(
     model: &Model,
-    decoded: &DecodedGroup,
-    dtype: DType,
+    buffer: &dyn DeviceBuffer,
+    offset: u64,
+    tensor: &ModelTensor,
+    shape: Vec<usize>,
     device: &Device,
-) -> candle_core::Result<Vec<Tensor>> {
-    let group = decoded.group();
-    decoded
-        .views()
-        .zip(&group.tensors)
-        .map(|(view, &t)| {
-            let tensor = &model.tensors()[t];
-            let mut bytes = vec![0; view.bytes as usize];
-            model
-                .backend()
-                .download(decoded.buffer(), view.offset, &mut bytes)
-                .map_err(|e| candle_error(e.in_tensor(&tensor.file, &tensor.name)))?;
-            let shape = view.shape.iter().map(|&d| d as usize).collect();
-            candle_tensor(&tensor.file, view.name, view.dtype, shape, &bytes, device)?
-                .to_dtype(dtype)
-        })
-        .collect()
+) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "candle-cuda")]
+    if let Device::Cuda(cuda_device) = device
+        && model
+            .backend()
+            .as_any()
+            .is::<crate::backend::cuda::CudaBackend>()
+    {
+        return super::cuda::copy_tensor(
+            buffer,
+            offset,
+            DType::try_from(tensor.dtype)?,
+            &shape,
+            cuda_device,
+        );
+    }
+    let mut bytes = vec![0; tensor.decoded_bytes as usize];
+    model
+        .backend()
+        .download(buffer, offset, &mut bytes)
+        .map_err(|e| candle_error(e.in_tensor(&tensor.file, &tensor.name)))?;
+    candle_tensor(
+        &tensor.file,
+        &tensor.name,
+        tensor.dtype,
+        shape,
+        &bytes,
+        device,
+    )
 }
 
 /// A tensor of a [`CompressedModel`], decoded when asked for.
@@ -316,11 +345,13 @@ impl CompressedWeight {
     }
 
     /// The tensor, decoded with the rest of its group unless that group is
-    /// the one decoded last.
+    /// the one decoded last: a new tensor each call, which the model does
+    /// not keep.
     pub fn get(&self) -> candle_core::Result<Tensor> {
         let model = &self.model;
-        let tensors = model.lock().group(self.group, model.dtype, &model.device)?;
-        Ok(tensors[self.position].clone())
+        model
+            .lock()
+            .tensor(self.group, self.position, model.dtype, &model.device)
     }
 }
 

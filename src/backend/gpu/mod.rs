@@ -186,6 +186,16 @@ impl<D: GpuDevice> GpuBackend<D> {
         &self.device
     }
 
+    /// The device buffer behind a buffer this backend allocated, taken
+    /// out of it (`None` for another backend's).
+    pub fn into_buffer(buffer: Box<dyn DeviceBuffer>) -> Option<D::Buffer> {
+        let buffer: Box<dyn Any> = buffer;
+        buffer
+            .downcast::<GpuBuffer<D::Buffer>>()
+            .ok()
+            .map(|buffer| buffer.buffer)
+    }
+
     /// The device buffer behind a buffer this backend allocated.
     pub fn buffer(buffer: &dyn DeviceBuffer) -> Option<&D::Buffer> {
         buffer
@@ -304,6 +314,10 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
             launch,
             submission,
         }))
+    }
+
+    fn decodes_asynchronously(&self) -> bool {
+        true
     }
 
     fn download(&self, buffer: &dyn DeviceBuffer, offset: u64, out: &mut [u8]) -> Result<()> {
