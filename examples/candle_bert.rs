@@ -3,13 +3,17 @@
 //! batch of token ids must be bit-identical.
 //!
 //! ```sh
-//! cargo run --release --features candle --example candle_bert [COMPRESSED] [ORIGINAL]
+//! cargo run --release --features candle --example candle_bert [--device cpu|cuda] [COMPRESSED ORIGINAL]
 //! ```
 //!
 //! Without paths it compresses `../shared/testdata/all-MiniLM-L6-v2.bf16.safetensors`
 //! (the checkpoint candle's own BERT example uses) into a temporary
-//! directory. It prints one line ending in `identical`, or says what
-//! differs and exits 1. It runs on the CPU.
+//! directory. The compressed checkpoint runs twice: decoded whole when
+//! loaded (`ecfloat::candle::var_builder`), and with its linear layers and
+//! embedding tables kept coded until they run (`CompressedModel`). Each
+//! prints one line ending in `identical`; if either differs it exits 1.
+//! `--device cuda` (built with `--features candle-cuda`) decodes on the
+//! GPU, on candle's stream.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,7 +51,21 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
-    let arguments: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let mut arguments: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let device = match arguments.iter().position(|a| a == "--device") {
+        None => Device::Cpu,
+        Some(at) => {
+            let name = arguments.get(at + 1).cloned().unwrap_or_default();
+            arguments.drain(at..(at + 2).min(arguments.len()));
+            match name.to_str() {
+                Some("cpu") => Device::Cpu,
+                Some("cuda") => Device::new_cuda(0).map_err(|e| {
+                    format!("--device cuda: {e} (build with --features candle-cuda)")
+                })?,
+                _ => return Err("--device takes cpu or cuda".into()),
+            }
+        }
+    };
     let scratch = tempfile::tempdir()?;
     let (compressed, original) = match arguments.as_slice() {
         [] => {
@@ -57,9 +75,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             (compressed, original.to_path_buf())
         }
         [compressed, original] => (compressed.clone(), original.clone()),
-        _ => return Err("usage: candle_bert [COMPRESSED ORIGINAL]".into()),
+        _ => return Err("usage: candle_bert [--device cpu|cuda] [COMPRESSED ORIGINAL]".into()),
     };
-    let device = Device::Cpu;
     let config: Config = serde_json::from_str(MINILM_CONFIG)?;
     let from_compressed = ecfloat::candle::var_builder(&compressed, DType::F32, &device)?;
     let weights = candle_core::safetensors::load(&original, &device)?;
@@ -78,17 +95,22 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
 
     let mut all_identical = true;
     let mut report = |mode: &str, ours: &Tensor| {
-        let identical = ours.shape() == theirs.shape()
-            && safetensors::View::data(ours) == safetensors::View::data(&theirs);
+        let bytes = |t: &Tensor| {
+            t.to_device(&Device::Cpu)
+                .map(|t| safetensors::View::data(&t).into_owned())
+        };
+        let identical = ours.shape() == theirs.shape() && bytes(ours)? == bytes(&theirs)?;
         all_identical &= identical;
         println!(
-            "candle BERT ({}, F32 on the CPU), {mode}: embeddings {:?} of the compressed checkpoint and of the original are {}",
+            "candle BERT ({}, F32 on {}), {mode}: embeddings {:?} of the compressed checkpoint and of the original are {}",
             original.display(),
+            if device.is_cuda() { "CUDA" } else { "the CPU" },
             ours.dims(),
             if identical { "identical" } else { "different" }
         );
+        Ok::<_, candle_core::Error>(())
     };
-    report("decoded when loaded", &decoded);
+    report("decoded when loaded", &decoded)?;
     report(
         &format!(
             "linear layers and embeddings kept coded ({:.1} MB held at most, against {:.1} MB uncompressed)",
@@ -96,7 +118,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             memory.uncompressed_bytes as f64 / 1e6
         ),
         &coded,
-    );
+    )?;
     Ok(all_identical)
 }
 

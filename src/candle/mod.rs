@@ -1,13 +1,27 @@
-//! Compressed checkpoints in candle (feature `candle`): a `VarBuilder`
-//! backend that decodes each tensor when a model asks for it, so every
-//! candle-transformers model loads from `.ecf.safetensors` shards as it
-//! loads from safetensors.
+//! Compressed checkpoints in candle (feature `candle`), two ways:
 //!
-//! A tensor is decoded to its original bytes, checked against the checksum
-//! recorded at compression, and then made a candle tensor exactly as
-//! candle's own safetensors loading makes one (`Load` on a safetensors
-//! view): the same dtypes, the same conversion (`to_dtype`) and shape check
-//! in the `VarBuilder`, the same error for a dtype candle lacks (F8 E5M2).
+//! - [`var_builder`] / [`CompressedTensors`]: a `VarBuilder` backend that
+//!   decodes each tensor when a model asks for it, so every
+//!   candle-transformers model loads from `.ecf.safetensors` shards as it
+//!   loads from safetensors;
+//! - [`CompressedModel`]: the weights stay coded, and a layer's are decoded
+//!   just before its modules ([`CompressedLinear`], [`CompressedEmbedding`])
+//!   run.
+//!
+//! A decoded tensor is made a candle tensor exactly as candle's own
+//! safetensors loading makes one (`Load` on a safetensors view): the same
+//! dtypes, the same conversion (`to_dtype`) and shape check in the
+//! `VarBuilder`, the same error for a dtype candle lacks (F8 E5M2). A
+//! tensor the `VarBuilder` decodes on the CPU is also checked against the
+//! checksum recorded at compression; one decoded on a GPU, and a
+//! `CompressedModel`'s, is checked as the runtime checks it (the decoder's
+//! own validation of every block), as the bytes stay where they are.
+//!
+//! On candle's CPU device the decoding is on the CPU. With the
+//! `candle-cuda` feature, on a CUDA device it is on the GPU, on the
+//! device's stream, into memory candle then owns (see `cuda.rs`);
+//! [`CompressedModel::with_backend`] takes any other backend, whose decoded
+//! bytes reach candle through the host.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +34,8 @@ use safetensors::tensor::TensorView;
 use crate::container::{CompressedFile, cpu_decoder};
 use crate::error::{Error, Result};
 
+#[cfg(feature = "candle-cuda")]
+mod cuda;
 mod resident;
 
 pub use resident::{
@@ -82,6 +98,25 @@ impl CompressedTensors {
                 .bt()
             })?;
         let tensor = file.tensor(name).map_err(candle_error)?;
+        #[cfg(feature = "candle-cuda")]
+        if let (Device::Cuda(cuda_device), crate::container::Storage::Coded(coded)) =
+            (device, &tensor.storage)
+        {
+            use crate::backend::Backend;
+            let in_tensor = |e: Error| candle_error(e.in_tensor(file.path(), name));
+            let backend = cuda::backend(cuda_device).map_err(candle_error)?;
+            let index = file.block_index(name, coded).map_err(in_tensor)?;
+            let uploaded = backend
+                .upload(&file.view(coded), &index)
+                .map_err(in_tensor)?;
+            return cuda::decode_tensor(
+                backend,
+                uploaded.as_ref(),
+                DType::try_from(tensor.source.dtype)?,
+                &tensor.source.shape,
+                cuda_device,
+            );
+        }
         let bytes = file
             .decode_tensor(tensor, &cpu_decoder(Default::default()))
             .map_err(candle_error)?;
