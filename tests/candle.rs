@@ -11,69 +11,41 @@ mod common;
 
 use common::harness::{self, Ran};
 
+/// A trial of each test, by its name; without the feature, each is
+/// ignored with the reason.
+macro_rules! trials {
+    ($($test:ident),* $(,)?) => {
+        vec![$(harness::trial(stringify!($test), with_candle!($test))),*]
+    };
+}
+
+#[cfg(feature = "candle")]
+macro_rules! with_candle {
+    ($test:ident) => {
+        $test
+    };
+}
+
+#[cfg(not(feature = "candle"))]
+macro_rules! with_candle {
+    ($test:ident) => {
+        || -> Ran {
+            Err(harness::absent(
+                "candle",
+                "not compiled in (build with --features candle)",
+            ))
+        }
+    };
+}
+
 fn main() {
-    harness::run(vec![
-        harness::trial(
-            "every_tensor_loads_as_candle_loads_the_original",
-            every_tensor_loads_as_candle_loads_the_original,
-        ),
-        harness::trial(
-            "a_directory_of_shards_loads_and_checks_shapes",
-            a_directory_of_shards_loads_and_checks_shapes,
-        ),
-        harness::trial(
-            "a_compressed_model_gives_every_tensor_as_candle_loads_it",
-            a_compressed_model_gives_every_tensor_as_candle_loads_it,
-        ),
-        harness::trial(
-            "a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu",
-            a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu,
-        ),
-        harness::trial(
-            "compressed_modules_compute_what_candle_nn_computes",
-            compressed_modules_compute_what_candle_nn_computes,
-        ),
+    harness::run(trials![
+        every_tensor_loads_as_candle_loads_the_original,
+        a_directory_of_shards_loads_and_checks_shapes,
+        a_compressed_model_gives_every_tensor_as_candle_loads_it,
+        a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu,
+        compressed_modules_compute_what_candle_nn_computes,
     ]);
-}
-
-#[cfg(not(feature = "candle"))]
-fn a_compressed_model_gives_every_tensor_as_candle_loads_it() -> Ran {
-    Err(harness::absent(
-        "candle",
-        "not compiled in (build with --features candle)",
-    ))
-}
-
-#[cfg(not(feature = "candle"))]
-fn a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu() -> Ran {
-    Err(harness::absent(
-        "candle",
-        "not compiled in (build with --features candle)",
-    ))
-}
-
-#[cfg(not(feature = "candle"))]
-fn compressed_modules_compute_what_candle_nn_computes() -> Ran {
-    Err(harness::absent(
-        "candle",
-        "not compiled in (build with --features candle)",
-    ))
-}
-
-#[cfg(not(feature = "candle"))]
-fn every_tensor_loads_as_candle_loads_the_original() -> Ran {
-    Err(harness::absent(
-        "candle",
-        "not compiled in (build with --features candle)",
-    ))
-}
-
-#[cfg(not(feature = "candle"))]
-fn a_directory_of_shards_loads_and_checks_shapes() -> Ran {
-    Err(harness::absent(
-        "candle",
-        "not compiled in (build with --features candle)",
-    ))
 }
 
 /// A CPU tensor's bytes, as candle would write them to safetensors.
