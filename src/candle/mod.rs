@@ -31,7 +31,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use safetensors::tensor::TensorView;
 
-use crate::container::{CompressedFile, cpu_decoder};
+use crate::container::{CompressedFile, Storage, cpu_decoder};
 use crate::error::{Error, Result};
 
 #[cfg(feature = "candle-cuda")]
@@ -98,10 +98,16 @@ impl CompressedTensors {
                 .bt()
             })?;
         let tensor = file.tensor(name).map_err(candle_error)?;
+        let (dtype, shape) = (tensor.source.dtype, tensor.source.shape.clone());
+        let coded = match &tensor.storage {
+            Storage::Raw => {
+                let bytes = file.stored_bytes(tensor);
+                return candle_tensor(file.path(), name, dtype, shape, bytes, device);
+            }
+            Storage::Coded(coded) => coded,
+        };
         #[cfg(feature = "candle-cuda")]
-        if let (Device::Cuda(cuda_device), crate::container::Storage::Coded(coded)) =
-            (device, &tensor.storage)
-        {
+        if let Device::Cuda(cuda_device) = device {
             use crate::backend::Backend;
             let in_tensor = |e: Error| candle_error(e.in_tensor(file.path(), name));
             let backend = cuda::backend(cuda_device).map_err(candle_error)?;
@@ -112,23 +118,65 @@ impl CompressedTensors {
             return cuda::decode_tensor(
                 backend,
                 uploaded.as_ref(),
-                DType::try_from(tensor.source.dtype)?,
-                &tensor.source.shape,
+                DType::try_from(dtype)?,
+                &shape,
                 cuda_device,
             );
         }
-        let bytes = file
-            .decode_tensor(tensor, &cpu_decoder(Default::default()))
+        // The dtypes candle stores as themselves are decoded straight into
+        // the tensor's storage; the others (F8) as candle loads them.
+        let decode_into = |storage: &mut [u8]| -> candle_core::Result<()> {
+            let decoder = cpu_decoder(Default::default());
+            let mut written = 0;
+            let mut overflow = false;
+            file.decode_windows(name, coded, &decoder, |window| {
+                match storage.get_mut(written..written + window.len()) {
+                    Some(place) => place.copy_from_slice(window),
+                    None => overflow = true,
+                }
+                written += window.len();
+            })
             .map_err(candle_error)?;
-        candle_tensor(
-            file.path(),
-            name,
-            tensor.source.dtype,
-            tensor.source.shape.clone(),
-            &bytes,
-            device,
-        )
+            if overflow || written != storage.len() {
+                return Err(candle_error(Error::corrupt(
+                    file.path(),
+                    Some(name),
+                    format!(
+                        "decodes to {written} bytes, not the {} of its dtype and shape",
+                        storage.len()
+                    ),
+                )));
+            }
+            Ok(())
+        };
+        match dtype {
+            safetensors::Dtype::BF16 => decoded_into::<half::bf16>(shape, device, decode_into),
+            safetensors::Dtype::F16 => decoded_into::<half::f16>(shape, device, decode_into),
+            safetensors::Dtype::F32 => decoded_into::<f32>(shape, device, decode_into),
+            _ => {
+                let bytes = file
+                    .decode_tensor(tensor, &cpu_decoder(Default::default()))
+                    .map_err(candle_error)?;
+                candle_tensor(file.path(), name, dtype, shape, &bytes, device)
+            }
+        }
     }
+}
+
+/// A tensor of `shape` whose values `decode` writes, as bytes.
+fn decoded_into<T: candle_core::WithDType + bytemuck::Pod>(
+    shape: Vec<usize>,
+    device: &Device,
+    decode: impl FnOnce(&mut [u8]) -> candle_core::Result<()>,
+) -> candle_core::Result<Tensor> {
+    let elements: usize = shape.iter().product();
+    let mut values: Vec<T> = Vec::new();
+    values.try_reserve_exact(elements).map_err(|_| {
+        candle_core::Error::Msg(format!("cannot allocate {elements} values")).bt()
+    })?;
+    values.resize(elements, T::zeroed());
+    decode(bytemuck::cast_slice_mut(&mut values))?;
+    Tensor::from_vec(values, shape, device)
 }
 
 /// Decoded bytes as candle's safetensors loading makes a tensor of them.

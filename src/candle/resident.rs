@@ -22,8 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::Serialize;
 
-use crate::backend::DeviceBuffer;
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend, DeviceBuffer};
 use crate::error::Result;
 use crate::runtime::{GroupBuffer, GroupDecode, Model, ModelOptions, ModelTensor};
 
@@ -57,8 +56,8 @@ pub struct CompressedMemory {
     /// The coded tensors (and those stored raw), resident for the model's
     /// life.
     pub compressed_bytes: u64,
-    /// The group buffers decodes write into, each the size of the largest
-    /// group decoded: one, or two where decodes are asynchronous.
+    /// The group buffers decodes write into, each the size of the model's
+    /// largest group: one, or two where decodes are asynchronous.
     pub buffer_bytes: u64,
     /// The largest weight a module has held while it ran, in the model's
     /// dtype.
@@ -78,9 +77,11 @@ fn cpu_backend() -> &'static CpuBackend {
 
 impl CompressedModel {
     /// Opens a compressed file or checkpoint directory, whose tensors come
-    /// as `dtype` on `device`. The coded tensors are held in host memory
-    /// and decoded on the CPU; on a device other than the CPU, candle
-    /// copies each decoded group to it.
+    /// as `dtype` on `device`. On a CUDA device (feature `candle-cuda`) the
+    /// coded tensors are held in device memory and decoded on the GPU, on
+    /// the device's stream; on any other device they are held in host
+    /// memory and decoded on the CPU, and candle copies each weight to the
+    /// device.
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         #[cfg(feature = "candle-cuda")]
         if let Device::Cuda(cuda_device) = device {
@@ -90,8 +91,9 @@ impl CompressedModel {
     }
 
     /// Opens a compressed file or checkpoint directory resident on
-    /// `backend`, which decodes each group; the decoded bytes are brought
-    /// to `device` through the host.
+    /// `backend`, which decodes each group. The decoded bytes reach
+    /// `device` through the host, unless `backend` is the CUDA backend and
+    /// `device` candle's CUDA device.
     pub fn with_backend(
         path: &Path,
         backend: &'static dyn Backend,
