@@ -481,6 +481,65 @@ impl GpuBackend<CudaDevice> {
         Ok(GpuBackend::from_device(CudaDevice::on_stream(stream)?))
     }
 
+    /// Decodes on `stream`, a stream of GPU `ordinal`'s primary context
+    /// that another library owns (PyTorch's current stream), so that its
+    /// work queued after a decode sees the output.
+    ///
+    /// # Safety
+    /// `stream` must be a live `CUstream` of that context, and stay alive
+    /// while the backend is used.
+    pub unsafe fn on_borrowed_stream(ordinal: usize, stream: sys::CUstream) -> Result<Self> {
+        if !driver_present() {
+            return Err(unavailable(
+                NAME,
+                "no driver found (libcuda.so.1 is not installed)",
+            ));
+        }
+        let context = CudaContext::new(ordinal).map_err(driver_error("no usable CUDA device"))?;
+        // Safety: as the caller promised.
+        let stream = unsafe { context.wrap_borrowed_stream(stream) };
+        Self::on_stream(stream)
+    }
+
+    /// Decodes `tensor` into `len` bytes of device memory at `address`,
+    /// which another library allocated on this backend's device and keeps;
+    /// `len` is the tensor's size rounded up to whole words, which decodes
+    /// write.
+    ///
+    /// # Safety
+    /// `address..address + len` must be device memory of this backend's
+    /// context that nothing else uses until the decode ends.
+    pub unsafe fn decode_into_borrowed(
+        &self,
+        tensor: &dyn super::DeviceTensor,
+        address: u64,
+        len: u64,
+    ) -> Result<()> {
+        use super::Backend;
+        let bytes = tensor.decoded_bytes();
+        if !len.is_multiple_of(self.output_alignment()) || len < bytes {
+            return Err(super::backend_error(
+                NAME,
+                format!(
+                    "a {len}-byte buffer for a {bytes}-byte tensor: it must hold the tensor in whole words"
+                ),
+            ));
+        }
+        // Safety: as the caller promised; the slice is leaked below, never
+        // freed, as the memory is its owner's.
+        let slice = unsafe {
+            self.stream()
+                .upgrade_device_ptr::<u8>(address, len as usize)
+        };
+        let buffer: Box<dyn DeviceBuffer> =
+            Box::new(super::gpu::GpuBuffer::new(CudaMemory::new(slice), bytes));
+        let decoded = self.decode(&[super::DecodeJob { tensor, offset: 0 }], buffer.as_ref());
+        if let Some(memory) = Self::into_buffer(buffer) {
+            memory.into_slice().leak();
+        }
+        decoded
+    }
+
     /// The stream every decode runs on, for clients that compute on
     /// decoded buffers (work queued after a decode sees its output).
     pub fn stream(&self) -> &Arc<CudaStream> {

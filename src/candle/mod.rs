@@ -171,9 +171,9 @@ fn decoded_into<T: candle_core::WithDType + bytemuck::Pod>(
 ) -> candle_core::Result<Tensor> {
     let elements: usize = shape.iter().product();
     let mut values: Vec<T> = Vec::new();
-    values.try_reserve_exact(elements).map_err(|_| {
-        candle_core::Error::Msg(format!("cannot allocate {elements} values")).bt()
-    })?;
+    values
+        .try_reserve_exact(elements)
+        .map_err(|_| candle_core::Error::Msg(format!("cannot allocate {elements} values")).bt())?;
     values.resize(elements, T::zeroed());
     decode(bytemuck::cast_slice_mut(&mut values))?;
     Tensor::from_vec(values, shape, device)

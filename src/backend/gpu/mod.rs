@@ -160,6 +160,14 @@ pub struct GpuBuffer<B> {
     len: u64,
 }
 
+impl<B> GpuBuffer<B> {
+    /// `buffer`, of at least `len` bytes rounded up to whole words, as an
+    /// output buffer of `len` bytes.
+    pub(crate) fn new(buffer: B, len: u64) -> Self {
+        GpuBuffer { buffer, len }
+    }
+}
+
 impl<B: DeviceMemory> DeviceBuffer for GpuBuffer<B> {
     fn len(&self) -> u64 {
         self.len
@@ -291,7 +299,7 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
                 .next_multiple_of(OUTPUT_ALIGNMENT)
                 .max(OUTPUT_ALIGNMENT),
         )?;
-        Ok(Box::new(GpuBuffer { buffer, len: bytes }))
+        Ok(Box::new(GpuBuffer::new(buffer, bytes)))
     }
 
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
