@@ -1,0 +1,403 @@
+//! `ecfloat._ecfloat`: what the Python package (`python/ecfloat/`) builds
+//! on. A [`Checkpoint`] reads a compressed file, a compressed checkpoint
+//! directory, or plain safetensors, and decodes one tensor at a time into
+//! memory the caller allocated (a torch tensor or a NumPy array), without
+//! the GIL: host memory, or device memory on a GPU, where the CUDA backend
+//! decodes on the caller's stream (torch's current one). `compress`,
+//! `decompress` and `verify` run the CLI's commands and return their JSON
+//! reports.
+//!
+//! Errors become Python exceptions carrying the CLI's message: `OSError`
+//! for I/O, `DeviceError` (a `RuntimeError`) for a device, `ValueError`
+//! for everything a file or an argument gets wrong.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ecfloat::backend::cuda::CudaBackend;
+use ecfloat::container::{self, CompressedFile, Progress, SourceFile, Storage};
+use ecfloat::{Error, backend, tools};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+create_exception!(
+    _ecfloat,
+    DeviceError,
+    PyRuntimeError,
+    "A decode device (a GPU backend) is unavailable or failed."
+);
+
+/// The crate's error as the Python exception that fits it.
+fn python_error(error: Error) -> PyErr {
+    let message = error.to_string();
+    match error {
+        Error::Io { .. } => PyOSError::new_err(message),
+        Error::Backend { .. }
+        | Error::BackendUnavailable { .. }
+        | Error::OutOfDeviceMemory { .. }
+        | Error::DeviceLost { .. }
+        | Error::KernelCompile { .. }
+        | Error::Driver { .. } => DeviceError::new_err(message),
+        _ => PyValueError::new_err(message),
+    }
+}
+
+/// One file of a checkpoint.
+enum Shard {
+    Compressed(CompressedFile),
+    Plain(SourceFile),
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Self, Error> {
+        let file = SourceFile::open(path)?;
+        Ok(match file.ecf_version() {
+            Some(_) => Shard::Compressed(CompressedFile::open(path)?),
+            None => Shard::Plain(file),
+        })
+    }
+
+    /// (name, dtype, shape) of every tensor, in data order.
+    fn tensors(&self) -> Vec<(String, safetensors::Dtype, Vec<usize>)> {
+        let entries = match self {
+            Shard::Compressed(file) => file.tensors.iter().map(|t| t.source.clone()).collect(),
+            Shard::Plain(file) => file.tensors(),
+        };
+        entries
+            .into_iter()
+            .map(|t| (t.name, t.dtype, t.shape))
+            .collect()
+    }
+
+    fn metadata(&self) -> Option<&HashMap<String, String>> {
+        match self {
+            Shard::Compressed(file) => file.source_metadata.metadata().as_ref(),
+            Shard::Plain(file) => file.metadata.metadata().as_ref(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Shard::Compressed(file) => file.path(),
+            Shard::Plain(file) => &file.path,
+        }
+    }
+
+    /// Writes tensor `name`'s original bytes into `out`, which must hold
+    /// exactly them; a coded tensor is decoded and checked against its
+    /// checksum.
+    fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
+        let wrong_size = |bytes: usize| {
+            Error::Usage(format!(
+                "{}: tensor {name} is {bytes} bytes, the buffer {}",
+                self.path().display(),
+                out.len()
+            ))
+        };
+        match self {
+            Shard::Plain(file) => {
+                let entry = file
+                    .tensors()
+                    .into_iter()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| Error::NoSuchTensor {
+                        path: file.path.clone(),
+                        tensor: name.to_string(),
+                    })?;
+                let bytes = &file.data()[entry.range];
+                if bytes.len() != out.len() {
+                    return Err(wrong_size(bytes.len()));
+                }
+                out.copy_from_slice(bytes);
+            }
+            Shard::Compressed(file) => {
+                let tensor = file.tensor(name)?;
+                let coded = match &tensor.storage {
+                    Storage::Raw => {
+                        let bytes = file.stored_bytes(tensor);
+                        if bytes.len() != out.len() {
+                            return Err(wrong_size(bytes.len()));
+                        }
+                        out.copy_from_slice(bytes);
+                        return Ok(());
+                    }
+                    Storage::Coded(coded) => coded,
+                };
+                let len = tensor.source.len();
+                if len != out.len() {
+                    return Err(wrong_size(len));
+                }
+                let decode = container::cpu_decoder(Default::default());
+                let mut written = 0;
+                file.decode_windows(name, coded, &decode, |window| {
+                    // The windows add up to the tensor's decoded size,
+                    // which the file's validation tied to its shape.
+                    if let Some(place) = out.get_mut(written..written + window.len()) {
+                        place.copy_from_slice(window);
+                    }
+                    written += window.len();
+                })?;
+                if written != len {
+                    return Err(Error::corrupt(
+                        file.path(),
+                        Some(name),
+                        format!("decodes to {written} bytes, not {len}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A safetensors checkpoint, compressed or not: a file, or a directory of
+/// shards.
+#[pyclass(frozen, module = "ecfloat._ecfloat")]
+struct Checkpoint {
+    shards: Vec<Shard>,
+    /// Every tensor: (name, dtype, shape, shard), in file and data order.
+    tensors: Vec<(String, safetensors::Dtype, Vec<usize>, usize)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    fn open(path: &Path) -> Result<Self, Error> {
+        let paths = if path.is_dir() {
+            container::safetensors_files(path)?
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut shards = Vec::with_capacity(paths.len());
+        let mut tensors = Vec::new();
+        let mut by_name = HashMap::new();
+        for path in &paths {
+            let shard = Shard::open(path)?;
+            for (name, dtype, shape) in shard.tensors() {
+                if by_name.insert(name.clone(), tensors.len()).is_some() {
+                    return Err(Error::corrupt(
+                        path,
+                        Some(&name),
+                        "the tensor is also in another shard of the checkpoint".to_string(),
+                    ));
+                }
+                tensors.push((name, dtype, shape, shards.len()));
+            }
+            shards.push(shard);
+        }
+        Ok(Checkpoint {
+            shards,
+            tensors,
+            by_name,
+        })
+    }
+
+    fn entry(&self, name: &str) -> PyResult<&(String, safetensors::Dtype, Vec<usize>, usize)> {
+        self.by_name
+            .get(name)
+            .map(|&index| &self.tensors[index])
+            .ok_or_else(|| {
+                pyo3::exceptions::PyKeyError::new_err(format!("no tensor named {name:?}"))
+            })
+    }
+}
+
+#[pymethods]
+impl Checkpoint {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        py.detach(|| Checkpoint::open(&path)).map_err(python_error)
+    }
+
+    /// Tensor names, sorted, as safetensors lists them.
+    fn keys(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tensors.iter().map(|t| t.0.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// The first file's `__metadata__`, as the original file had it.
+    fn metadata(&self) -> Option<HashMap<String, String>> {
+        self.shards.first().and_then(|s| s.metadata().cloned())
+    }
+
+    /// (dtype, shape, bytes) of tensor `name`; dtype as safetensors names
+    /// it (`"BF16"`).
+    fn info(&self, name: &str) -> PyResult<(String, Vec<usize>, usize)> {
+        let (_, dtype, shape, _) = self.entry(name)?;
+        let bytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+        Ok((format!("{dtype:?}"), shape.clone(), bytes))
+    }
+
+    /// Writes tensor `name`'s bytes to the `length` bytes of host memory at
+    /// `address`, which the caller allocated and keeps alive; the GIL is
+    /// released meanwhile.
+    fn read_into(&self, py: Python<'_>, name: &str, address: usize, length: usize) -> PyResult<()> {
+        let (_, _, _, shard) = self.entry(name)?;
+        if length == 0 {
+            return py
+                .detach(|| self.shards[*shard].read_into(name, &mut []))
+                .map_err(python_error);
+        }
+        if address == 0 {
+            return Err(PyValueError::new_err("read_into: a null address"));
+        }
+        py.detach(|| {
+            // Safety: the caller (ecfloat's own Python code) passes the
+            // address and size of a buffer it allocated for this tensor
+            // and holds while this runs.
+            let out = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, length) };
+            self.shards[*shard].read_into(name, out)
+        })
+        .map_err(python_error)
+    }
+
+    /// Decodes tensor `name` on GPU `device`, on `stream` (the address of a
+    /// `CUstream`: torch's current stream), into the `length` bytes of
+    /// device memory at `address`, which the caller allocated there and
+    /// keeps alive: the tensor's bytes rounded up to whole words. The
+    /// decoded bytes never pass through the host; the GIL is released.
+    fn read_into_cuda(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        device: usize,
+        stream: usize,
+        address: u64,
+        length: u64,
+    ) -> PyResult<()> {
+        let (_, _, _, shard) = self.entry(name)?;
+        if address == 0 {
+            return Err(PyValueError::new_err("read_into_cuda: a null address"));
+        }
+        py.detach(|| {
+            let backend = cuda_backend(device, stream)?;
+            self.shards[*shard].decode_on_device(backend, name, address, length)
+        })
+        .map_err(python_error)
+    }
+}
+
+/// The CUDA backend on GPU `device`'s stream `stream`, made once per pair
+/// and kept for the program's life.
+fn cuda_backend(device: usize, stream: usize) -> Result<&'static CudaBackend, Error> {
+    static BACKENDS: OnceLock<Mutex<HashMap<(usize, usize), &'static CudaBackend>>> =
+        OnceLock::new();
+    let mut backends = BACKENDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&backend) = backends.get(&(device, stream)) {
+        return Ok(backend);
+    }
+    // Safety: the caller passes torch's current stream of that device,
+    // which torch keeps alive.
+    let backend = unsafe { CudaBackend::on_borrowed_stream(device, stream as _) }?;
+    let backend: &'static CudaBackend = Box::leak(Box::new(backend));
+    backends.insert((device, stream), backend);
+    Ok(backend)
+}
+
+impl Shard {
+    /// Decodes tensor `name` on `backend` into `length` bytes of its
+    /// device's memory at `address`; a tensor stored raw is copied there.
+    fn decode_on_device(
+        &self,
+        backend: &CudaBackend,
+        name: &str,
+        address: u64,
+        length: u64,
+    ) -> Result<(), Error> {
+        use ecfloat::backend::Backend;
+        let uploaded = match self {
+            Shard::Plain(file) => {
+                let entry = file
+                    .tensors()
+                    .into_iter()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| Error::NoSuchTensor {
+                        path: file.path.clone(),
+                        tensor: name.to_string(),
+                    })?;
+                backend.upload_raw(&file.data()[entry.range])?
+            }
+            Shard::Compressed(file) => {
+                let tensor = file.tensor(name)?;
+                match &tensor.storage {
+                    Storage::Raw => backend.upload_raw(file.stored_bytes(tensor))?,
+                    Storage::Coded(coded) => {
+                        let index = file.block_index(name, coded)?;
+                        backend
+                            .upload(&file.view(coded), &index)
+                            .map_err(|e| e.in_tensor(file.path(), name))?
+                    }
+                }
+            }
+        };
+        // Safety: the caller passes memory torch allocated for this tensor
+        // on that device, which it holds while this runs.
+        unsafe { backend.decode_into_borrowed(uploaded.as_ref(), address, length) }
+            .map_err(|e| e.in_tensor(self.path(), name))
+    }
+}
+
+/// `ecf compress`: `source` (a file or a directory) to `output`, or beside
+/// it; returns its JSON report.
+#[pyfunction]
+#[pyo3(signature = (source, output=None, force=false))]
+fn compress(
+    py: Python<'_>,
+    source: PathBuf,
+    output: Option<PathBuf>,
+    force: bool,
+) -> PyResult<String> {
+    let summary = py
+        .detach(|| {
+            tools::compress::compress(&source, output.as_deref(), force, Progress::default())
+        })
+        .map_err(python_error)?;
+    Ok(serde_json::to_string(&summary).expect("reports serialise"))
+}
+
+/// `ecf decompress`: `source` back to `output`, or beside it, every byte
+/// checked; returns its JSON report.
+#[pyfunction]
+#[pyo3(signature = (source, output=None, force=false))]
+fn decompress(
+    py: Python<'_>,
+    source: PathBuf,
+    output: Option<PathBuf>,
+    force: bool,
+) -> PyResult<String> {
+    let summary = py
+        .detach(|| {
+            tools::decompress::decompress(&source, output.as_deref(), force, &Progress::default())
+        })
+        .map_err(python_error)?;
+    Ok(serde_json::to_string(&summary).expect("reports serialise"))
+}
+
+/// `ecf verify`: decodes everything in `path` on `backend` and checks every
+/// checksum; returns its JSON report (a failed check is in the report).
+#[pyfunction]
+#[pyo3(signature = (path, backend="cpu"))]
+fn verify(py: Python<'_>, path: PathBuf, backend: &str) -> PyResult<String> {
+    let report = py
+        .detach(|| {
+            let backend = backend::open(backend)?;
+            tools::verify::verify(&path, backend.as_ref(), &Progress::default())
+        })
+        .map_err(python_error)?;
+    Ok(serde_json::to_string(&report).expect("reports serialise"))
+}
+
+#[pymodule]
+fn _ecfloat(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Checkpoint>()?;
+    module.add_function(wrap_pyfunction!(compress, module)?)?;
+    module.add_function(wrap_pyfunction!(decompress, module)?)?;
+    module.add_function(wrap_pyfunction!(verify, module)?)?;
+    module.add("DeviceError", module.py().get_type::<DeviceError>())?;
+    Ok(())
+}
