@@ -87,15 +87,9 @@ impl Shard {
 
     /// Writes tensor `name`'s original bytes into `out`, which must hold
     /// exactly them; a coded tensor is decoded and checked against its
-    /// checksum.
+    /// checksum. The tensor's mapped pages then leave this process's
+    /// memory, so reading a checkpoint once holds one tensor at a time.
     fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
-        let wrong_size = |bytes: usize| {
-            Error::Usage(format!(
-                "{}: tensor {name} is {bytes} bytes, the buffer {}",
-                self.path().display(),
-                out.len()
-            ))
-        };
         match self {
             Shard::Plain(file) => {
                 let entry = file
@@ -106,50 +100,70 @@ impl Shard {
                         path: file.path.clone(),
                         tensor: name.to_string(),
                     })?;
-                let bytes = &file.data()[entry.range];
-                if bytes.len() != out.len() {
-                    return Err(wrong_size(bytes.len()));
-                }
-                out.copy_from_slice(bytes);
+                let read = copy_exactly(&file.data()[entry.range.clone()], out, &file.path, name);
+                file.release(entry.range);
+                read
             }
             Shard::Compressed(file) => {
                 let tensor = file.tensor(name)?;
-                let coded = match &tensor.storage {
-                    Storage::Raw => {
-                        let bytes = file.stored_bytes(tensor);
-                        if bytes.len() != out.len() {
-                            return Err(wrong_size(bytes.len()));
-                        }
-                        out.copy_from_slice(bytes);
-                        return Ok(());
+                let read = match &tensor.storage {
+                    Storage::Raw => copy_exactly(file.stored_bytes(tensor), out, file.path(), name),
+                    Storage::Coded(coded) => {
+                        decode_exactly(file, coded, tensor.source.len(), out, name)
                     }
-                    Storage::Coded(coded) => coded,
                 };
-                let len = tensor.source.len();
-                if len != out.len() {
-                    return Err(wrong_size(len));
-                }
-                let decode = container::cpu_decoder(Default::default());
-                let mut written = 0;
-                file.decode_windows(name, coded, &decode, |window| {
-                    // The windows add up to the tensor's decoded size,
-                    // which the file's validation tied to its shape.
-                    if let Some(place) = out.get_mut(written..written + window.len()) {
-                        place.copy_from_slice(window);
-                    }
-                    written += window.len();
-                })?;
-                if written != len {
-                    return Err(Error::corrupt(
-                        file.path(),
-                        Some(name),
-                        format!("decodes to {written} bytes, not {len}"),
-                    ));
-                }
+                file.release(tensor);
+                read
             }
         }
-        Ok(())
     }
+}
+
+fn wrong_size(path: &Path, name: &str, bytes: usize, buffer: usize) -> Error {
+    Error::Usage(format!(
+        "{}: tensor {name} is {bytes} bytes, the buffer {buffer}",
+        path.display()
+    ))
+}
+
+fn copy_exactly(bytes: &[u8], out: &mut [u8], path: &Path, name: &str) -> Result<(), Error> {
+    if bytes.len() != out.len() {
+        return Err(wrong_size(path, name, bytes.len(), out.len()));
+    }
+    out.copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Decodes a coded tensor of `len` bytes into `out`, a window at a time,
+/// checking its checksum.
+fn decode_exactly(
+    file: &CompressedFile,
+    coded: &container::CodedTensor,
+    len: usize,
+    out: &mut [u8],
+    name: &str,
+) -> Result<(), Error> {
+    if len != out.len() {
+        return Err(wrong_size(file.path(), name, len, out.len()));
+    }
+    let decode = container::cpu_decoder(Default::default());
+    let mut written = 0;
+    file.decode_windows(name, coded, &decode, |window| {
+        // The windows add up to the tensor's decoded size, which the file's
+        // validation tied to its shape; a window past it is not copied.
+        if let Some(place) = out.get_mut(written..written + window.len()) {
+            place.copy_from_slice(window);
+        }
+        written += window.len();
+    })?;
+    if written != len {
+        return Err(Error::corrupt(
+            file.path(),
+            Some(name),
+            format!("decodes to {written} bytes, not {len}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A safetensors checkpoint, compressed or not: a file, or a directory of
@@ -320,19 +334,21 @@ impl Shard {
                         path: file.path.clone(),
                         tensor: name.to_string(),
                     })?;
-                backend.upload_raw(&file.data()[entry.range])?
+                let uploaded = backend.upload_raw(&file.data()[entry.range.clone()]);
+                file.release(entry.range);
+                uploaded?
             }
             Shard::Compressed(file) => {
                 let tensor = file.tensor(name)?;
-                match &tensor.storage {
-                    Storage::Raw => backend.upload_raw(file.stored_bytes(tensor))?,
-                    Storage::Coded(coded) => {
-                        let index = file.block_index(name, coded)?;
-                        backend
-                            .upload(&file.view(coded), &index)
-                            .map_err(|e| e.in_tensor(file.path(), name))?
-                    }
-                }
+                let uploaded = match &tensor.storage {
+                    Storage::Raw => backend.upload_raw(file.stored_bytes(tensor)),
+                    Storage::Coded(coded) => file
+                        .block_index(name, coded)
+                        .and_then(|index| backend.upload(&file.view(coded), &index))
+                        .map_err(|e| e.in_tensor(file.path(), name)),
+                };
+                file.release(tensor);
+                uploaded?
             }
         };
         // Safety: the caller passes memory torch allocated for this tensor

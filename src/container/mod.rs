@@ -24,7 +24,7 @@ pub use decompress::{
 pub use directory::{
     DirectoryReport, compress_directory, decompress_directory, verify_directory_with,
 };
-pub use read::{CompressedFile, Storage, StoredTensor};
+pub use read::{CodedTensor, CompressedFile, Storage, StoredTensor};
 pub use source::SourceFile;
 
 /// Source bytes of small tensors encoded, or decoded, together (in
