@@ -84,8 +84,8 @@ def load_file(filename: Union[str, "os.PathLike[str]"], device: Union[str, int, 
     is released while a tensor decodes.
 
     Raises ``ValueError`` for a corrupt or invalid file, ``OSError`` when it
-    cannot be read, and ``KeyError`` for nothing else: no input crashes the
-    interpreter.
+    cannot be read, and ``ecfloat.DeviceError`` when the GPU cannot decode;
+    no input crashes the interpreter.
     """
     checkpoint = _Checkpoint(os.fspath(filename))
     names = checkpoint.keys()

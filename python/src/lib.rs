@@ -92,14 +92,7 @@ impl Shard {
     fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
         match self {
             Shard::Plain(file) => {
-                let entry = file
-                    .tensors()
-                    .into_iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| Error::NoSuchTensor {
-                        path: file.path.clone(),
-                        tensor: name.to_string(),
-                    })?;
+                let entry = plain_entry(file, name)?;
                 let read = copy_exactly(&file.data()[entry.range.clone()], out, &file.path, name);
                 file.release(entry.range);
                 read
@@ -117,6 +110,17 @@ impl Shard {
             }
         }
     }
+}
+
+/// Tensor `name` of a plain safetensors file.
+fn plain_entry(file: &SourceFile, name: &str) -> Result<container::source::TensorEntry, Error> {
+    file.tensors()
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| Error::NoSuchTensor {
+            path: file.path.clone(),
+            tensor: name.to_string(),
+        })
 }
 
 fn wrong_size(path: &Path, name: &str, bytes: usize, buffer: usize) -> Error {
@@ -326,14 +330,7 @@ impl Shard {
         use ecfloat::backend::Backend;
         let uploaded = match self {
             Shard::Plain(file) => {
-                let entry = file
-                    .tensors()
-                    .into_iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| Error::NoSuchTensor {
-                        path: file.path.clone(),
-                        tensor: name.to_string(),
-                    })?;
+                let entry = plain_entry(file, name)?;
                 let uploaded = backend.upload_raw(&file.data()[entry.range.clone()]);
                 file.release(entry.range);
                 uploaded?
