@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ecfloat::backend::cuda::CudaBackend;
+use ecfloat::container::source::TensorEntry;
 use ecfloat::container::{self, CompressedFile, Progress, SourceFile, Storage};
 use ecfloat::{Error, backend, tools};
 use pyo3::create_exception;
@@ -47,15 +48,20 @@ fn python_error(error: Error) -> PyErr {
 /// One file of a checkpoint.
 enum Shard {
     Compressed(CompressedFile),
-    Plain(SourceFile),
+    /// A plain safetensors file and its tensors, by name.
+    Plain(SourceFile, HashMap<String, TensorEntry>),
 }
 
 impl Shard {
     fn open(path: &Path) -> Result<Self, Error> {
         let file = SourceFile::open(path)?;
         Ok(match file.ecf_version() {
-            Some(_) => Shard::Compressed(CompressedFile::open(path)?),
-            None => Shard::Plain(file),
+            Some(_) => Shard::Compressed(CompressedFile::from_source(file)?),
+            None => {
+                let entries = file.tensors().into_iter().map(|t| (t.name.clone(), t));
+                let entries = entries.collect();
+                Shard::Plain(file, entries)
+            }
         })
     }
 
@@ -63,7 +69,7 @@ impl Shard {
     fn tensors(&self) -> Vec<(String, safetensors::Dtype, Vec<usize>)> {
         let entries = match self {
             Shard::Compressed(file) => file.tensors.iter().map(|t| t.source.clone()).collect(),
-            Shard::Plain(file) => file.tensors(),
+            Shard::Plain(file, _) => file.tensors(),
         };
         entries
             .into_iter()
@@ -74,14 +80,14 @@ impl Shard {
     fn metadata(&self) -> Option<&HashMap<String, String>> {
         match self {
             Shard::Compressed(file) => file.source_metadata.metadata().as_ref(),
-            Shard::Plain(file) => file.metadata.metadata().as_ref(),
+            Shard::Plain(file, _) => file.metadata.metadata().as_ref(),
         }
     }
 
     fn path(&self) -> &Path {
         match self {
             Shard::Compressed(file) => file.path(),
-            Shard::Plain(file) => &file.path,
+            Shard::Plain(file, _) => &file.path,
         }
     }
 
@@ -91,20 +97,16 @@ impl Shard {
     /// memory, so reading a checkpoint once holds one tensor at a time.
     fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
         match self {
-            Shard::Plain(file) => {
-                let entry = plain_entry(file, name)?;
+            Shard::Plain(file, entries) => {
+                let entry = plain_entry(file, entries, name)?;
                 let read = copy_exactly(&file.data()[entry.range.clone()], out, &file.path, name);
                 file.release(entry.range);
                 read
             }
             Shard::Compressed(file) => {
                 let tensor = file.tensor(name)?;
-                let read = match &tensor.storage {
-                    Storage::Raw => copy_exactly(file.stored_bytes(tensor), out, file.path(), name),
-                    Storage::Coded(coded) => {
-                        decode_exactly(file, coded, tensor.source.len(), out, name)
-                    }
-                };
+                let decode = container::cpu_decoder(Default::default());
+                let read = file.read_tensor_into(tensor, &decode, out);
                 file.release(tensor);
                 read
             }
@@ -113,60 +115,30 @@ impl Shard {
 }
 
 /// Tensor `name` of a plain safetensors file.
-fn plain_entry(file: &SourceFile, name: &str) -> Result<container::source::TensorEntry, Error> {
-    file.tensors()
-        .into_iter()
-        .find(|t| t.name == name)
+fn plain_entry(
+    file: &SourceFile,
+    entries: &HashMap<String, TensorEntry>,
+    name: &str,
+) -> Result<TensorEntry, Error> {
+    entries
+        .get(name)
+        .cloned()
         .ok_or_else(|| Error::NoSuchTensor {
             path: file.path.clone(),
             tensor: name.to_string(),
         })
 }
 
-fn wrong_size(path: &Path, name: &str, bytes: usize, buffer: usize) -> Error {
-    Error::Usage(format!(
-        "{}: tensor {name} is {bytes} bytes, the buffer {buffer}",
-        path.display()
-    ))
-}
-
 fn copy_exactly(bytes: &[u8], out: &mut [u8], path: &Path, name: &str) -> Result<(), Error> {
     if bytes.len() != out.len() {
-        return Err(wrong_size(path, name, bytes.len(), out.len()));
+        return Err(Error::Usage(format!(
+            "{}: tensor {name} is {} bytes, not the {} of the buffer given",
+            path.display(),
+            bytes.len(),
+            out.len()
+        )));
     }
     out.copy_from_slice(bytes);
-    Ok(())
-}
-
-/// Decodes a coded tensor of `len` bytes into `out`, a window at a time,
-/// checking its checksum.
-fn decode_exactly(
-    file: &CompressedFile,
-    coded: &container::CodedTensor,
-    len: usize,
-    out: &mut [u8],
-    name: &str,
-) -> Result<(), Error> {
-    if len != out.len() {
-        return Err(wrong_size(file.path(), name, len, out.len()));
-    }
-    let decode = container::cpu_decoder(Default::default());
-    let mut written = 0;
-    file.decode_windows(name, coded, &decode, |window| {
-        // The windows add up to the tensor's decoded size, which the file's
-        // validation tied to its shape; a window past it is not copied.
-        if let Some(place) = out.get_mut(written..written + window.len()) {
-            place.copy_from_slice(window);
-        }
-        written += window.len();
-    })?;
-    if written != len {
-        return Err(Error::corrupt(
-            file.path(),
-            Some(name),
-            format!("decodes to {written} bytes, not {len}"),
-        ));
-    }
     Ok(())
 }
 
@@ -329,8 +301,8 @@ impl Shard {
     ) -> Result<(), Error> {
         use ecfloat::backend::Backend;
         let uploaded = match self {
-            Shard::Plain(file) => {
-                let entry = plain_entry(file, name)?;
+            Shard::Plain(file, entries) => {
+                let entry = plain_entry(file, entries, name)?;
                 let uploaded = backend.upload_raw(&file.data()[entry.range.clone()]);
                 file.release(entry.range);
                 uploaded?
@@ -355,6 +327,12 @@ impl Shard {
     }
 }
 
+/// A command's report as the JSON the CLI prints with `--json`.
+fn json_report(report: &impl serde::Serialize) -> PyResult<String> {
+    serde_json::to_string(report)
+        .map_err(|e| PyRuntimeError::new_err(format!("the report does not serialise: {e}")))
+}
+
 /// `ecf compress`: `source` (a file or a directory) to `output`, or beside
 /// it; returns its JSON report.
 #[pyfunction]
@@ -370,7 +348,7 @@ fn compress(
             tools::compress::compress(&source, output.as_deref(), force, Progress::default())
         })
         .map_err(python_error)?;
-    Ok(serde_json::to_string(&summary).expect("reports serialise"))
+    json_report(&summary)
 }
 
 /// `ecf decompress`: `source` back to `output`, or beside it, every byte
@@ -388,7 +366,7 @@ fn decompress(
             tools::decompress::decompress(&source, output.as_deref(), force, &Progress::default())
         })
         .map_err(python_error)?;
-    Ok(serde_json::to_string(&summary).expect("reports serialise"))
+    json_report(&summary)
 }
 
 /// `ecf verify`: decodes everything in `path` on `backend` and checks every
@@ -402,7 +380,7 @@ fn verify(py: Python<'_>, path: PathBuf, backend: &str) -> PyResult<String> {
             tools::verify::verify(&path, backend.as_ref(), &Progress::default())
         })
         .map_err(python_error)?;
-    Ok(serde_json::to_string(&report).expect("reports serialise"))
+    json_report(&report)
 }
 
 #[pymodule]

@@ -99,15 +99,12 @@ impl CompressedTensors {
             })?;
         let tensor = file.tensor(name).map_err(candle_error)?;
         let (dtype, shape) = (tensor.source.dtype, tensor.source.shape.clone());
-        let coded = match &tensor.storage {
-            Storage::Raw => {
-                let bytes = file.stored_bytes(tensor);
-                return candle_tensor(file.path(), name, dtype, shape, bytes, device);
-            }
-            Storage::Coded(coded) => coded,
-        };
+        if let Storage::Raw = tensor.storage {
+            let bytes = file.stored_bytes(tensor);
+            return candle_tensor(file.path(), name, dtype, shape, bytes, device);
+        }
         #[cfg(feature = "candle-cuda")]
-        if let Device::Cuda(cuda_device) = device {
+        if let (Device::Cuda(cuda_device), Storage::Coded(coded)) = (device, &tensor.storage) {
             use crate::backend::Backend;
             let in_tensor = |e: Error| candle_error(e.in_tensor(file.path(), name));
             let backend = cuda::backend(cuda_device).map_err(candle_error)?;
@@ -123,60 +120,59 @@ impl CompressedTensors {
                 cuda_device,
             );
         }
-        // The dtypes candle stores as themselves are decoded straight into
-        // the tensor's storage; the others (F8) as candle loads them.
-        let decode_into = |storage: &mut [u8]| -> candle_core::Result<()> {
-            let decoder = cpu_decoder(Default::default());
-            let mut written = 0;
-            let mut overflow = false;
-            file.decode_windows(name, coded, &decoder, |window| {
-                match storage.get_mut(written..written + window.len()) {
-                    Some(place) => place.copy_from_slice(window),
-                    None => overflow = true,
-                }
-                written += window.len();
-            })
-            .map_err(candle_error)?;
-            if overflow || written != storage.len() {
-                return Err(candle_error(Error::corrupt(
-                    file.path(),
-                    Some(name),
-                    format!(
-                        "decodes to {written} bytes, not the {} of its dtype and shape",
-                        storage.len()
-                    ),
-                )));
-            }
-            Ok(())
-        };
-        match dtype {
-            safetensors::Dtype::BF16 => decoded_into::<half::bf16>(shape, device, decode_into),
-            safetensors::Dtype::F16 => decoded_into::<half::f16>(shape, device, decode_into),
-            safetensors::Dtype::F32 => decoded_into::<f32>(shape, device, decode_into),
-            _ => {
-                let bytes = file
-                    .decode_tensor(tensor, &cpu_decoder(Default::default()))
-                    .map_err(candle_error)?;
-                candle_tensor(file.path(), name, dtype, shape, &bytes, device)
-            }
+        let decoder = cpu_decoder(Default::default());
+        filled_tensor(file.path(), name, dtype, shape, device, |out| {
+            file.read_tensor_into(tensor, &decoder, out)
+                .map_err(candle_error)
+        })
+    }
+}
+
+/// A tensor of `dtype` and `shape` on `device` whose bytes `fill` writes:
+/// for the dtypes candle stores as themselves, straight into its storage;
+/// for the others (F8), into bytes candle then loads as it loads
+/// safetensors.
+fn filled_tensor(
+    path: &Path,
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    device: &Device,
+    fill: impl FnOnce(&mut [u8]) -> candle_core::Result<()>,
+) -> candle_core::Result<Tensor> {
+    let elements: usize = shape.iter().product();
+    match dtype {
+        safetensors::Dtype::BF16 => {
+            let mut values = zeroed::<half::bf16>(elements)?;
+            fill(bytemuck::cast_slice_mut(&mut values))?;
+            Tensor::from_vec(values, shape, device)
+        }
+        safetensors::Dtype::F16 => {
+            let mut values = zeroed::<half::f16>(elements)?;
+            fill(bytemuck::cast_slice_mut(&mut values))?;
+            Tensor::from_vec(values, shape, device)
+        }
+        safetensors::Dtype::F32 => {
+            let mut values = zeroed::<f32>(elements)?;
+            fill(bytemuck::cast_slice_mut(&mut values))?;
+            Tensor::from_vec(values, shape, device)
+        }
+        _ => {
+            let mut bytes = zeroed::<u8>((elements * dtype.bitsize()).div_ceil(8))?;
+            fill(&mut bytes)?;
+            candle_tensor(path, name, dtype, shape, &bytes, device)
         }
     }
 }
 
-/// A tensor of `shape` whose values `decode` writes, as bytes.
-fn decoded_into<T: candle_core::WithDType + bytemuck::Pod>(
-    shape: Vec<usize>,
-    device: &Device,
-    decode: impl FnOnce(&mut [u8]) -> candle_core::Result<()>,
-) -> candle_core::Result<Tensor> {
-    let elements: usize = shape.iter().product();
+/// `len` zeroed values, or an error where they do not fit in memory.
+fn zeroed<T: bytemuck::Pod>(len: usize) -> candle_core::Result<Vec<T>> {
     let mut values: Vec<T> = Vec::new();
     values
-        .try_reserve_exact(elements)
-        .map_err(|_| candle_core::Error::Msg(format!("cannot allocate {elements} values")).bt())?;
-    values.resize(elements, T::zeroed());
-    decode(bytemuck::cast_slice_mut(&mut values))?;
-    Tensor::from_vec(values, shape, device)
+        .try_reserve_exact(len)
+        .map_err(|_| candle_core::Error::Msg(format!("cannot allocate {len} values")).bt())?;
+    values.resize(len, T::zeroed());
+    Ok(values)
 }
 
 /// Decoded bytes as candle's safetensors loading makes a tensor of them.

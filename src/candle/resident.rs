@@ -26,7 +26,7 @@ use crate::backend::{Backend, CpuBackend, DeviceBuffer};
 use crate::error::Result;
 use crate::runtime::{GroupBuffer, GroupDecode, Model, ModelOptions, ModelTensor};
 
-use super::{candle_error, candle_tensor};
+use super::{candle_error, filled_tensor};
 
 /// A compressed checkpoint resident in its coded form, whose tensors are
 /// decoded a group (a layer) at a time. Clones share the model.
@@ -311,18 +311,18 @@ fn copy_out(
             cuda_device,
         );
     }
-    let mut bytes = vec![0; tensor.decoded_bytes as usize];
-    model
-        .backend()
-        .download(buffer, offset, &mut bytes)
-        .map_err(|e| candle_error(e.in_tensor(&tensor.file, &tensor.name)))?;
-    candle_tensor(
+    filled_tensor(
         &tensor.file,
         &tensor.name,
         tensor.dtype,
         shape,
-        &bytes,
         device,
+        |out| {
+            model
+                .backend()
+                .download(buffer, offset, out)
+                .map_err(|e| candle_error(e.in_tensor(&tensor.file, &tensor.name)))
+        },
     )
 }
 

@@ -127,7 +127,13 @@ pub fn check_compressed(file: &SourceFile) -> Result<u32> {
 
 impl CompressedFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = SourceFile::open(path)?;
+        Self::from_source(SourceFile::open(path)?)
+    }
+
+    /// `file`, already opened, read as a compressed file.
+    pub fn from_source(file: SourceFile) -> Result<Self> {
+        let path = file.path.clone();
+        let path = path.as_path();
         let version = check_compressed(&file)?;
         let corrupt = |message: String| Error::corrupt(path, None, message);
         let checksum_text = file
@@ -325,6 +331,58 @@ impl CompressedFile {
             visit(&buffer);
         }
         coded.check_checksum(self.path(), name, hash.digest())
+    }
+
+    /// Writes a tensor's original bytes into `out`, which must hold exactly
+    /// them: a coded tensor decoded by `decode` a window at a time and
+    /// checked against its checksum, a raw one copied.
+    pub fn read_tensor_into(
+        &self,
+        tensor: &StoredTensor,
+        decode: &super::Decoder,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let name = &tensor.source.name;
+        let len = tensor.source.len();
+        if len != out.len() {
+            return Err(Error::Usage(format!(
+                "{}: tensor {name} is {len} bytes, not the {} of the buffer given",
+                self.path().display(),
+                out.len()
+            )));
+        }
+        let coded = match &tensor.storage {
+            Storage::Raw => {
+                let stored = self.stored_bytes(tensor);
+                if stored.len() != len {
+                    return Err(Error::corrupt(
+                        self.path(),
+                        Some(name),
+                        format!("stores {} bytes, not {len}", stored.len()),
+                    ));
+                }
+                out.copy_from_slice(stored);
+                return Ok(());
+            }
+            Storage::Coded(coded) => coded,
+        };
+        let mut written = 0;
+        self.decode_windows(name, coded, decode, |window| {
+            // The windows add up to the tensor's size, which validation
+            // tied to its shape; one past it is not copied.
+            if let Some(place) = out.get_mut(written..written + window.len()) {
+                place.copy_from_slice(window);
+            }
+            written += window.len();
+        })?;
+        if written != len {
+            return Err(Error::corrupt(
+                self.path(),
+                Some(name),
+                format!("decodes to {written} bytes, not {len}"),
+            ));
+        }
+        Ok(())
     }
 
     /// The stored bytes of a tensor: its data if raw, its header and planes
