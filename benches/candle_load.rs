@@ -40,20 +40,6 @@ fn median_seconds<T>(mut f: impl FnMut() -> T) -> f64 {
     times[RUNS / 2]
 }
 
-/// The safetensors files of `path`: itself, or a directory's, sorted.
-fn shards(path: &Path) -> Vec<PathBuf> {
-    if !path.is_dir() {
-        return vec![path.to_path_buf()];
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    files
-}
-
 fn report(original: &Path, scratch: &Path) {
     let compressed = scratch.join(original.file_name().unwrap());
     if original.is_dir() {
@@ -64,7 +50,7 @@ fn report(original: &Path, scratch: &Path) {
     }
     .unwrap();
     let cpu = Device::Cpu;
-    let files = shards(original);
+    let files = ecfloat::container::safetensors_files(original).unwrap();
     let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
     let candle = median_seconds(|| {
         files

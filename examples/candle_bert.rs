@@ -50,32 +50,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// candle-transformers' BERT from a compressed checkpoint, both ways,
+/// against the original.
+#[derive(clap::Parser)]
+struct Arguments {
+    /// Where the model runs (cuda: built with --features candle-cuda).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Target,
+    /// The compressed checkpoint and its original; by default the MiniLM
+    /// test file, compressed here.
+    #[arg(num_args = 2, value_names = ["COMPRESSED", "ORIGINAL"])]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Clone, clap::ValueEnum)]
+enum Target {
+    Cpu,
+    Cuda,
+}
+
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
-    let mut arguments: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let device = match arguments.iter().position(|a| a == "--device") {
-        None => Device::Cpu,
-        Some(at) => {
-            let name = arguments.get(at + 1).cloned().unwrap_or_default();
-            arguments.drain(at..(at + 2).min(arguments.len()));
-            match name.to_str() {
-                Some("cpu") => Device::Cpu,
-                Some("cuda") => Device::new_cuda(0).map_err(|e| {
-                    format!("--device cuda: {e} (build with --features candle-cuda)")
-                })?,
-                _ => return Err("--device takes cpu or cuda".into()),
-            }
-        }
+    let arguments = <Arguments as clap::Parser>::parse();
+    let device = match arguments.device {
+        Target::Cpu => Device::Cpu,
+        Target::Cuda => Device::new_cuda(0)
+            .map_err(|e| format!("--device cuda: {e} (build with --features candle-cuda)"))?,
     };
     let scratch = tempfile::tempdir()?;
-    let (compressed, original) = match arguments.as_slice() {
-        [] => {
+    let (compressed, original) = match arguments.paths.as_slice() {
+        [compressed, original] => (compressed.clone(), original.clone()),
+        _ => {
             let original = Path::new("../shared/testdata/all-MiniLM-L6-v2.bf16.safetensors");
             let compressed = scratch.path().join("all-MiniLM-L6-v2.bf16.ecf.safetensors");
             ecfloat::container::compress_file(original, &compressed, &Default::default())?;
             (compressed, original.to_path_buf())
         }
-        [compressed, original] => (compressed.clone(), original.clone()),
-        _ => return Err("usage: candle_bert [--device cpu|cuda] [COMPRESSED ORIGINAL]".into()),
     };
     let config: Config = serde_json::from_str(MINILM_CONFIG)?;
     let from_compressed = ecfloat::candle::var_builder(&compressed, DType::F32, &device)?;
