@@ -100,8 +100,10 @@ typedef unsigned short u16;
 #ifndef ECF_MODEL_ACCESS
 #define ECF_MODEL_ACCESS(address, bytes, store)
 #define ECF_MODEL_SKIP(store)
+#define ECF_MODEL_SHARED(address, bytes)
 #define ECF_MODEL_DECODE()
 #define ECF_MODEL_ROUND(active)
+#define ECF_MODEL_REGION()
 #endif
 
 struct Params {
@@ -214,6 +216,7 @@ __device__ __forceinline__ const Record& model_read(const Record& record) {
 // first.
 __device__ __forceinline__ u32 canonical_lookup(const u32* canonical, u32 bits, u32 max_length) {
     u32 code = 0u;
+#pragma unroll
     for (u32 len = 1u; len <= max_length; len++) {
         code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
         u32 info = canonical[TABLE_LENGTHS + len - 1u];
@@ -229,11 +232,15 @@ __device__ __forceinline__ u32 canonical_lookup(const u32* canonical, u32 bits, 
 
 // Copies the block's code table into shared memory and expands it.
 __device__ __forceinline__ void build_decode_table(Shared& sh, const u32* table, u32 thread) {
+#pragma unroll 1
     for (u32 word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
+        ECF_MODEL_REGION();
         sh.canonical[word] = load_word(table, word);
     }
     __syncthreads();
+#pragma unroll 1
     for (u32 index = thread; index < FAST_ENTRIES; index += WORKGROUP_SIZE) {
+        ECF_MODEL_REGION();
         sh.decode_table[index] = (u16)canonical_lookup(sh.canonical, index, FAST_BITS);
     }
     __syncthreads();
@@ -242,14 +249,16 @@ __device__ __forceinline__ void build_decode_table(Shared& sh, const u32* table,
 // The table entry of the codeword the stream bits `bits` begin with.
 __device__ __forceinline__ u32 table_entry(const Shared& sh, u32 bits) {
     ECF_MODEL_DECODE();
+    ECF_MODEL_SHARED(&sh.decode_table[bits & (FAST_ENTRIES - 1u)], 2u);
     u32 entry = sh.decode_table[bits & (FAST_ENTRIES - 1u)];
-    if ((entry >> ENTRY_LENGTH_SHIFT) != 0u) {
-        return entry;
+    if ((entry >> ENTRY_LENGTH_SHIFT) == 0u) {
+        ECF_MODEL_REGION();
+        entry = canonical_lookup(sh.canonical, bits, MAX_CODE_BITS);
+        // Unreachable for the complete codes the host validated; length 1
+        // keeps every decoder advancing regardless.
+        entry = entry != 0u ? entry : 1u << ENTRY_LENGTH_SHIFT;
     }
-    entry = canonical_lookup(sh.canonical, bits, MAX_CODE_BITS);
-    // Unreachable for the complete codes the host validated; length 1
-    // keeps every decoder advancing regardless.
-    return entry != 0u ? entry : 1u << ENTRY_LENGTH_SHIFT;
+    return entry;
 }
 
 // The head plane's word holding stream bit `position`.
@@ -285,6 +294,8 @@ __device__ __forceinline__ u32 ring_peek(const Shared& sh, const Segment& s, Wal
     u32 word = s.stream_word + (bit >> 5u);
     const u32* ring = sh.rings + thread * RING_WORDS;
     if (word != walker.window_word) {
+        ECF_MODEL_REGION();
+        ECF_MODEL_SHARED(&ring[(word + 1u) % RING_WORDS], 4u);
         walker.low = walker.window_word != NO_WINDOW && word == walker.window_word + 1u ? walker.high
                                                                                        : ring[word % RING_WORDS];
         walker.high = ring[(word + 1u) % RING_WORDS];
@@ -323,12 +334,15 @@ __device__ __forceinline__ void request_refill(Shared& sh, const Segment& s, Wal
 __device__ __forceinline__ void fill_rings(Shared& sh, const Segment& s, u32 sectors, u32 thread) {
     u32 words = sectors * SECTOR_WORDS;
     u32 flag = sectors == 2u ? RING_FILL : RING_REFILL;
+#pragma unroll 1
     for (u32 step = 0u; step < words; step++) {
+        ECF_MODEL_REGION();
         u32 index = step * WORKGROUP_SIZE + thread;
         u32 ring = index / words;
         u32 request = sh.ring_requests[ring];
         if ((request & flag) != 0u) {
             u32 word = (request & RING_BASE_MASK) + RING_WORDS - words + index % words;
+            ECF_MODEL_SHARED(&sh.rings[ring * RING_WORDS + word % RING_WORDS], 4u);
             sh.rings[ring * RING_WORDS + word % RING_WORDS] = load_word(s.dispatch->head, word);
         } else {
             model_skip(false);
@@ -428,7 +442,9 @@ __device__ void write_uncoded(const Segment& s, u32 thread) {
     u32 per_word = elements_per_word(p);
     u32 words = (s.block->elements + per_word - 1u) / per_word;
     u32 element_bits = p->width_bytes * 8u;
+#pragma unroll 1
     for (u32 word = thread; word < words; word += WORKGROUP_SIZE) {
+        ECF_MODEL_REGION();
         u32 first = word * per_word;
         u32 count = min(per_word, s.block->elements - first);
         u32 heads = 0u;
@@ -440,7 +456,9 @@ __device__ void write_uncoded(const Segment& s, u32 thread) {
                                 (s.block->rest_byte & 3u) * 8u + first * p->stored_rest_bits,
                                 count * p->stored_rest_bits);
         u32 value = 0u;
+#pragma unroll 1
         for (u32 k = 0u; k < count; k++) {
+            ECF_MODEL_REGION();
             u32 head_symbol = s.block->table_or_value;
             if (s.block->mode == BLOCK_RAW) {
                 head_symbol = (heads >> (k * p->head_bits)) & ((1u << p->head_bits) - 1u);
@@ -455,6 +473,7 @@ __device__ void write_uncoded(const Segment& s, u32 thread) {
 // Inclusive prefix sum of `value` over the thread block (Hillis-Steele).
 __device__ __forceinline__ u32 inclusive_prefix_sum(u32* chunk_counts, u32 thread, u32 value) {
     chunk_counts[thread] = value;
+#pragma unroll
     for (u32 offset = 1u; offset < WORKGROUP_SIZE; offset *= 2u) {
         __syncthreads();
         u32 sum = chunk_counts[thread];
@@ -475,7 +494,9 @@ __device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk, bool 
     u32 low = s.block->exceptions_start;
     u32 high = s.block->exceptions_start + s.block->exceptions_count;
     u32 found = NO_EXCEPTION;
+#pragma unroll 1
     for (u32 span = s.block->exceptions_count; span != 0u; span /= 2u) {
+        ECF_MODEL_REGION();
         if (searching && found == NO_EXCEPTION && low < high) {
             u32 middle = (low + high) / 2u;
             u32 entry = load_word(s.dispatch->exceptions, middle);
@@ -532,8 +553,12 @@ __device__ ChunkWalk count_chunk(Shared& sh, const Segment& s, u32 chunk, bool h
     open_rings(sh, s, thread);
     u32 parity = 0u;
     bool started = false;
+#pragma unroll 1
     while (true) {
+        ECF_MODEL_REGION();
+#pragma unroll 1
         while (!walker.finished) {
+            ECF_MODEL_REGION();
             if (walker.position >= begin && !started) {
                 walk.start = min(walker.position, s.block->stream_bits);
                 started = true;
@@ -571,7 +596,9 @@ __device__ void store_runs(Shared& sh, const Segment& s, u32 thread) {
     u32 run_words = RUN_ELEMENTS / per_word;
     u32 width = p->stored_rest_bits;
     u32 element_bits = p->width_bytes * 8u;
+#pragma unroll 1
     for (u32 step = 0u; step < run_words; step++) {
+        ECF_MODEL_REGION();
         u32 index = step * WORKGROUP_SIZE + thread;
         u32 run = index / run_words;
         u32 request = sh.chunk_starts[run];
@@ -589,8 +616,11 @@ __device__ void store_runs(Shared& sh, const Segment& s, u32 thread) {
                                 (s.block->rest_byte & 3u) * 8u + first * width, elements * width);
         const u32* staged = sh.runs + run * RUN_WORDS;
         u32 value = 0u;
+#pragma unroll 1
         for (u32 k = 0u; k < elements; k++) {
+            ECF_MODEL_REGION();
             u32 slot = offset + k;
+            ECF_MODEL_SHARED(&staged[slot / 4u], 4u);
             u32 symbol = (staged[slot / 4u] >> (slot % 4u * 8u)) & 0xFFu;
             symbol |= ((staged[RUN_SYMBOL_WORDS] >> slot) & 1u) << 8u;
             u32 field = (fields >> (k * width)) & ((1u << width) - 1u);
@@ -620,8 +650,12 @@ __device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has
     u32 run_count = 0u;
     u32 symbols = 0u;
     u32 ninth_bits = 0u;
+#pragma unroll 1
     while (true) {
+        ECF_MODEL_REGION();
+#pragma unroll 1
         while (!walker.finished && run_count < RUN_ELEMENTS) {
+            ECF_MODEL_REGION();
             if (walker.position >= s.block->stream_bits) {
                 // Only a stream the status check rejects ends early.
                 walker.finished = true;
@@ -686,6 +720,7 @@ __device__ __forceinline__ u32 run_boundary(const Segment& s, u32 element) {
 // `work[2 * i]` is the dispatch and `work[2 * i + 1]` the block that thread
 // block `i` decodes; `status[i]` receives the block's status word.
 extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* dispatches, const u32* work, u32* status) {
+    ECF_MODEL_REGION();
     __shared__ Shared sh;
     u32 thread = threadIdx.x;
     const Dispatch* dispatch = &model_read(dispatches[load_word(work, 2u * blockIdx.x)]);
@@ -720,7 +755,9 @@ extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* disp
     u32 chunks = (s.block->stream_bits + s.params->chunk_bits - 1u) / s.params->chunk_bits;
     u32 rounds = (chunks + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
     u32 round_base = 0u;
+#pragma unroll 1
     for (u32 round_index = 0u; round_index < rounds; round_index++) {
+        ECF_MODEL_REGION();
         u32 chunk = round_index * WORKGROUP_SIZE + thread;
         bool has_chunk = chunk < chunks;
         ECF_MODEL_ROUND(has_chunk);

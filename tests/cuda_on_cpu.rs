@@ -16,10 +16,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-use common::harness::{self, Ran};
+use common::harness::{self, Ran, Skip};
+use common::kernel_cost::{self, KernelCost, Workload};
 use common::kernel_on_cpu::{
-    KernelModel, SANITIZER, kernel_on_cpu, modelled_kernel_on_cpu, require_harness,
+    KernelModel, ModelTotals, SANITIZER, kernel_on_cpu, modelled_kernel_on_cpu, require_harness,
 };
 use ecfloat::backend;
 use ecfloat::backend::gpu::layout::DispatchLimits;
@@ -50,6 +52,7 @@ fn main() {
             an_endless_loop_ends_the_process_with_a_message,
         ),
         harness::trial("kernel_model", kernel_model),
+        harness::trial("kernel_cost", kernel_cost),
         // Minutes: `.ci/run` runs it.
         harness::on_request("under_thread_sanitizer", under_thread_sanitizer),
     ]);
@@ -98,15 +101,36 @@ fn an_endless_loop_ends_the_process_with_a_message() -> Ran {
     Ok(())
 }
 
-/// The memory-access model on the largest BF16, F16, F32 and E4M3 tensors
-/// of the test data, each encoded with the default options and decoded bit
-/// for bit: one line of figures each, and at least 90 % of the threads busy.
-fn kernel_model() -> Ran {
+/// The largest BF16, F16, F32 and E4M3 tensor of the test data, encoded
+/// with the default options and decoded bit for bit by the modelled kernel.
+struct ModelledDecode {
+    name: String,
+    dtype: &'static str,
+    model: Box<KernelModel>,
+    elements: u64,
+    output_bytes: u64,
+    coded_bytes: u64,
+}
+
+/// The modelled decodes, made once for the tests that read them.
+fn modelled_decodes() -> Result<&'static [ModelledDecode], Skip> {
+    static DECODES: OnceLock<Result<Vec<ModelledDecode>, String>> = OnceLock::new();
     let files = harness::require_testdata_files()?;
     let (backend, model) = modelled_kernel_on_cpu()?;
+    DECODES
+        .get_or_init(|| Ok(decode_largest_tensors(&files, backend.as_ref(), &model)))
+        .as_deref()
+        .map_err(|reason| Skip(reason.clone()))
+}
+
+fn decode_largest_tensors(
+    files: &[PathBuf],
+    backend: &dyn backend::Backend,
+    model: &ModelTotals,
+) -> Vec<ModelledDecode> {
     // dtype → (bytes, file, tensor name) of its largest tensor.
     let mut largest: BTreeMap<&str, (usize, PathBuf, String)> = BTreeMap::new();
-    for file in &files {
+    for file in files {
         let source = SourceFile::open(file).unwrap();
         for tensor in source.tensors() {
             let dtype = format!("{:?}", tensor.dtype);
@@ -124,6 +148,7 @@ fn kernel_model() -> Ran {
             }
         }
     }
+    let mut decodes = Vec::new();
     for (dtype, (_, file, name)) in largest {
         let source = SourceFile::open(&file).unwrap();
         let tensor = source
@@ -136,13 +161,30 @@ fn kernel_model() -> Ran {
         let encoded = codec::encode(kind, bytes, &EncodeOptions::default()).unwrap();
         let index = BlockIndex::parse(&encoded.view()).unwrap();
         *model.lock().unwrap() = KernelModel::default();
-        let decoded = backend::decode_to_host(backend.as_ref(), &encoded.view(), &index).unwrap();
+        let decoded = backend::decode_to_host(backend, &encoded.view(), &index).unwrap();
         assert!(decoded == bytes, "{name}: decoded bytes differ");
-        let counts = *model.lock().unwrap();
-        let elements = (bytes.len() / kind.width_bytes()) as f64;
+        decodes.push(ModelledDecode {
+            name,
+            dtype,
+            model: Box::new(*model.lock().unwrap()),
+            elements: (bytes.len() / kind.width_bytes()) as u64,
+            output_bytes: bytes.len() as u64,
+            coded_bytes: encoded.stored_bytes(),
+        });
+    }
+    decodes
+}
+
+/// The memory-access model on the largest tensor of each dtype: one line
+/// of figures each, and at least 90 % of the threads busy.
+fn kernel_model() -> Ran {
+    for decode in modelled_decodes()? {
+        let (name, counts) = (&decode.name, &decode.model);
+        let elements = decode.elements as f64;
         println!(
-            "kernel model: {name} {dtype} decodes_per_element={:.2} active_threads={:.2} \
+            "kernel model: {name} {} decodes_per_element={:.2} active_threads={:.2} \
              store_sectors_per_ideal={:.2} load_sectors_per_ideal={:.2} load_reads_per_byte={:.2}",
+            decode.dtype,
             counts.decodes as f64 / elements,
             counts.active_threads(),
             counts.store_sectors_per_ideal(),
@@ -168,6 +210,74 @@ fn kernel_model() -> Ran {
         );
     }
     Ok(())
+}
+
+/// The kernel's SASS weighed by the modelled decodes: one `kernel cost:`
+/// line per dtype, with the instructions, memory and latency it spends and
+/// the throughput they allow on an H100 and an H200 (tests/common/
+/// kernel_cost.rs), then the regions that issue the most.
+fn kernel_cost() -> Ran {
+    let decodes = modelled_decodes()?;
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/decode.cu"))
+            .unwrap();
+    let sass = kernel_cost::sass("sm_90")?;
+    let resident_blocks = resident_blocks(90, &sass);
+    eprintln!(
+        "kernel cost: sm_90, {} instructions, {} registers, {} bytes of shared memory, {resident_blocks} blocks per SM",
+        sass.instructions.len(),
+        sass.registers,
+        sass.shared_bytes
+    );
+    for decode in decodes {
+        let workload = Workload {
+            model: &decode.model,
+            elements: decode.elements,
+            output_bytes: decode.output_bytes,
+            coded_bytes: decode.coded_bytes,
+        };
+        let cost = KernelCost::new(&sass, &source, &workload, resident_blocks)
+            .unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "kernel cost: {} {} {}",
+            decode.name,
+            decode.dtype,
+            cost.summary()
+        );
+        let mut regions = cost.by_region.clone();
+        regions.sort_by(|a, b| (b.1 as f64 * b.2).total_cmp(&(a.1 as f64 * a.2)));
+        let total = cost.total_warp_instructions();
+        for (marker, instructions, issues) in regions.iter().take(8) {
+            eprintln!(
+                "    decode.cu:{marker}: {instructions} instructions x {:.3} issues per element = {:.3} ({:.0} %)",
+                issues / decode.elements as f64,
+                *instructions as f64 * issues / decode.elements as f64,
+                100.0 * *instructions as f64 * issues / total
+            );
+        }
+        for (limit, seconds) in cost.estimate(&kernel_cost::H100).limits {
+            eprintln!(
+                "    h100 {limit}: {:.2} TB/s",
+                decode.output_bytes as f64 / seconds / 1e12
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Thread blocks of 256 threads an SM of compute capability `capability`
+/// holds at once, by the kernel's registers and shared memory.
+#[cfg(feature = "cuda")]
+fn resident_blocks(capability: u32, sass: &kernel_cost::Sass) -> f64 {
+    let occupancy =
+        ecfloat::backend::cuda::occupancy(capability, 256, sass.registers, sass.shared_bytes)
+            .unwrap_or_else(|| panic!("no SM limits known for {capability}"));
+    occupancy * kernel_cost::H100.warps_per_sm / 8.0
+}
+
+#[cfg(not(feature = "cuda"))]
+fn resident_blocks(_capability: u32, _sass: &kernel_cost::Sass) -> f64 {
+    unreachable!("kernel_cost::sass skips without the cuda feature")
 }
 
 /// Cases that together cover exceptions, runs across chunks, several rounds, every block

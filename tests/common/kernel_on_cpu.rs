@@ -109,20 +109,24 @@ type DecodeOnCpu = unsafe extern "C" fn(
 ) -> i32;
 type MisbehavingKernel = unsafe extern "C" fn(f64, *mut c_char, usize) -> i32;
 
-/// What the memory-access model of `harness.cpp` counted over modelled
-/// launches (its `ModelCounts`).
+/// Source lines of `kernels/decode.cu` the model keeps counts for.
+pub const MODEL_LINES: usize = 4096;
+
+/// What the model of `harness.cpp` counted over modelled launches (its
+/// `ModelCounts`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
 pub struct KernelModel {
-    /// Distinct 32-byte sectors touched by the k-th global load (store) of
-    /// the threads of each warp, summed over warps, k and blocks.
+    /// Distinct 32-byte sectors touched by each warp request (the k-th
+    /// global load, or store, of the threads of a warp in one region
+    /// execution), summed over requests and blocks.
     pub load_sectors: u64,
     pub store_sectors: u64,
     /// Distinct bytes each block loaded (stored), summed over blocks.
     pub load_bytes: u64,
     pub store_bytes: u64,
-    /// Per warp and k-th access, its distinct bytes, and the whole sectors
-    /// they fill, summed.
+    /// Per warp request, its distinct bytes, and the whole sectors they
+    /// fill, summed.
     pub load_access_bytes: u64,
     pub store_access_bytes: u64,
     pub load_ideal_sectors: u64,
@@ -132,24 +136,73 @@ pub struct KernelModel {
     /// Rounds times threads, and those with a chunk to decode.
     pub thread_rounds: u64,
     pub active_thread_rounds: u64,
+    /// Warp requests, and the distinct 128-byte lines they touch.
+    pub load_requests: u64,
+    pub store_requests: u64,
+    pub load_lines: u64,
+    pub store_lines: u64,
+    /// Distinct sectors each block loaded (stored), summed over blocks.
+    pub load_block_sectors: u64,
+    pub store_block_sectors: u64,
+    /// Shared-memory warp requests, and the wavefronts they take.
+    pub shared_requests: u64,
+    pub shared_wavefronts: u64,
+    /// Region executions in which a warp waited on a global load, summed
+    /// over warps.
+    pub round_trips: u64,
+    /// Barriers met per block, summed; blocks run.
+    pub barriers: u64,
+    pub blocks: u64,
+    /// Per source line of a region: its warp issues and its executions by
+    /// threads, summed over warps.
+    pub warp_executions: [u64; MODEL_LINES],
+    pub thread_executions: [u64; MODEL_LINES],
+}
+
+impl Default for KernelModel {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
 }
 
 impl KernelModel {
     fn add(&mut self, other: &KernelModel) {
-        self.load_sectors += other.load_sectors;
-        self.store_sectors += other.store_sectors;
-        self.load_bytes += other.load_bytes;
-        self.store_bytes += other.store_bytes;
-        self.load_access_bytes += other.load_access_bytes;
-        self.store_access_bytes += other.store_access_bytes;
-        self.load_ideal_sectors += other.load_ideal_sectors;
-        self.store_ideal_sectors += other.store_ideal_sectors;
-        self.decodes += other.decodes;
-        self.thread_rounds += other.thread_rounds;
-        self.active_thread_rounds += other.active_thread_rounds;
+        let sum = |a: &mut u64, b: u64| *a += b;
+        sum(&mut self.load_sectors, other.load_sectors);
+        sum(&mut self.store_sectors, other.store_sectors);
+        sum(&mut self.load_bytes, other.load_bytes);
+        sum(&mut self.store_bytes, other.store_bytes);
+        sum(&mut self.load_access_bytes, other.load_access_bytes);
+        sum(&mut self.store_access_bytes, other.store_access_bytes);
+        sum(&mut self.load_ideal_sectors, other.load_ideal_sectors);
+        sum(&mut self.store_ideal_sectors, other.store_ideal_sectors);
+        sum(&mut self.decodes, other.decodes);
+        sum(&mut self.thread_rounds, other.thread_rounds);
+        sum(&mut self.active_thread_rounds, other.active_thread_rounds);
+        sum(&mut self.load_requests, other.load_requests);
+        sum(&mut self.store_requests, other.store_requests);
+        sum(&mut self.load_lines, other.load_lines);
+        sum(&mut self.store_lines, other.store_lines);
+        sum(&mut self.load_block_sectors, other.load_block_sectors);
+        sum(&mut self.store_block_sectors, other.store_block_sectors);
+        sum(&mut self.shared_requests, other.shared_requests);
+        sum(&mut self.shared_wavefronts, other.shared_wavefronts);
+        sum(&mut self.round_trips, other.round_trips);
+        sum(&mut self.barriers, other.barriers);
+        sum(&mut self.blocks, other.blocks);
+        for (a, b) in self.warp_executions.iter_mut().zip(&other.warp_executions) {
+            *a += b;
+        }
+        for (a, b) in self
+            .thread_executions
+            .iter_mut()
+            .zip(&other.thread_executions)
+        {
+            *a += b;
+        }
     }
 
-    /// Sectors the warps' accesses touched per sector their bytes fill:
+    /// Sectors the warps' requests touched per sector their bytes fill:
     /// what a profiler reports as sectors per request against the ideal.
     pub fn load_sectors_per_ideal(&self) -> f64 {
         self.load_sectors as f64 / self.load_ideal_sectors.max(1) as f64
@@ -322,6 +375,8 @@ fn build_harness(sanitizer: Option<&str>) -> std::result::Result<libloading::Lib
         "-fno-strict-aliasing",
         "-Wall",
         "-Wno-unused-function",
+        // `#pragma unroll` is NVRTC's.
+        "-Wno-unknown-pragmas",
     ];
     match sanitizer {
         Some("thread") => flags.extend(["-O1", "-fsanitize=thread"]),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod kernel_cost;
 pub mod kernel_on_cpu;
 
 use std::path::{Path, PathBuf};

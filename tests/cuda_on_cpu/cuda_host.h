@@ -8,10 +8,15 @@
 // block-wide barrier that also checks that all threads meet at the same
 // one, and fails instead of hanging when they never do.
 //
-// The kernel's ECF_MODEL_* hooks are defined here to feed the memory-access
-// model (harness.cpp): they record each thread's global loads and stores
-// (and those it leaves out while its warp makes them), codeword decodes
-// and rounds, when a launch is modelled.
+// The kernel's ECF_MODEL_* hooks are defined here to feed the kernel's
+// model (harness.cpp) when a launch is modelled: each ECF_MODEL_REGION()
+// records that the thread entered the braces around it, and stands for
+// those braces until they close; global and shared-memory accesses,
+// codeword decodes and rounds are recorded with the region execution they
+// belong to. The threads of a warp that run the same region execution
+// (the same loop iteration, the same branch, reached the same way) are
+// one warp issue of its instructions, and their k-th accesses in it are
+// one memory request.
 //
 // Nothing else of CUDA is emulated: a kernel that uses more (warp
 // intrinsics, atomics other than atomicMin, dynamic shared memory) does not
@@ -37,14 +42,46 @@ void syncthreads(const char* file, int line);
 // Whether the running launch is modelled; set only between launches.
 extern bool modelling;
 
-// Records, for the memory-access model, an access of the calling thread;
-// defined in harness.cpp.
+// Records, for the model, an access of the calling thread; defined in
+// harness.cpp.
 void model_access(const void* address, unsigned bytes, bool store);
 void model_skip(bool store);
+void model_shared(const void* address, unsigned bytes);
 void model_decode();
 void model_round(bool active);
+void model_enter(int line);
+void model_leave();
+
+// The region of the braces it is declared in, while they are open.
+struct ModelRegion {
+    explicit ModelRegion(int line) : entered(modelling) {
+        if (entered) {
+            model_enter(line);
+        }
+    }
+    ~ModelRegion() {
+        if (entered) {
+            model_leave();
+        }
+    }
+    ModelRegion(const ModelRegion&) = delete;
+    ModelRegion& operator=(const ModelRegion&) = delete;
+    // Launches start and stop being modelled between blocks only, but a
+    // region left must be one that was entered.
+    bool entered;
+};
 
 }  // namespace cuda_on_cpu
+
+#define ECF_MODEL_CONCAT_(a, b) a##b
+#define ECF_MODEL_CONCAT(a, b) ECF_MODEL_CONCAT_(a, b)
+#define ECF_MODEL_REGION() ::cuda_on_cpu::ModelRegion ECF_MODEL_CONCAT(ecf_model_region_, __LINE__)(__LINE__)
+#define ECF_MODEL_SHARED(address, bytes)                  \
+    do {                                                  \
+        if (::cuda_on_cpu::modelling) {                   \
+            ::cuda_on_cpu::model_shared(address, bytes);  \
+        }                                                 \
+    } while (false)
 
 #define ECF_MODEL_ACCESS(address, bytes, store)                  \
     do {                                                          \

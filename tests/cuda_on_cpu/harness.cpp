@@ -17,15 +17,20 @@
 // the others) are what order the threads, so a missing __syncthreads shows
 // as a race.
 //
-// A modelled launch also records every thread's global loads and stores,
-// in order, and after each block counts, per warp of 32 consecutive
-// threads and per k-th access of each thread (the threads of a warp issue
-// their k-th access together in uniform code; a thread that leaves one out
-// records a skip), the distinct 32-byte sectors touched: what a GPU's
-// memory system moves. Against it stands the ideal of each such warp
-// access, its distinct bytes in whole sectors, as a profiler counts
-// sectors per request; and the distinct bytes of the block, each once,
-// against the bytes its warps' accesses needed, which shows re-reads.
+// A modelled launch also records what every thread did, and after each
+// block counts it per warp of 32 consecutive threads, as a GPU would run
+// them. Each region execution (ECF_MODEL_REGION, cuda_host.h) that any
+// thread of a warp runs is one warp issue of the region's instructions;
+// the threads that run it are the busy lanes. The k-th global load (store)
+// of the threads in one region execution is one warp request: the distinct
+// 32-byte sectors and 128-byte lines it touches are what L1 and L2 move,
+// against the ideal of its distinct bytes in whole sectors; a region
+// execution that waits on a load is one round trip to memory. The k-th
+// shared-memory access is one request too, which takes as many wavefronts
+// as its bank conflicts make it. And the distinct bytes and sectors of the
+// block, each once, are what DRAM moves, against the bytes its requests
+// needed, which shows re-reads. tests/common/kernel_cost.rs weighs the
+// kernel's SASS by these counts.
 
 #include "cuda_host.h"
 
@@ -41,22 +46,26 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <tuple>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+// Source lines of kernels/decode.cu the model keeps counts for.
+constexpr unsigned MODEL_LINES = 4096;
+
 // What a modelled launch did, summed over its blocks; tests/common/
 // kernel_on_cpu.rs declares the same struct.
 struct ModelCounts {
-    // Distinct sectors per warp and k-th access, summed.
+    // Distinct sectors per warp request, summed.
     unsigned long long load_sectors;
     unsigned long long store_sectors;
     // Distinct bytes loaded and stored by each block, summed.
     unsigned long long load_bytes;
     unsigned long long store_bytes;
-    // Per warp and k-th access, its distinct bytes, and those in whole
-    // sectors, summed.
+    // Per warp request, its distinct bytes, and the sectors they would
+    // fill, summed.
     unsigned long long load_access_bytes;
     unsigned long long store_access_bytes;
     unsigned long long load_ideal_sectors;
@@ -65,6 +74,31 @@ struct ModelCounts {
     // Rounds times threads, and those of them with a chunk to decode.
     unsigned long long thread_rounds;
     unsigned long long active_thread_rounds;
+    // Warp requests, and the distinct 128-byte lines they touch: what
+    // L1 moves, a line per cycle.
+    unsigned long long load_requests;
+    unsigned long long store_requests;
+    unsigned long long load_lines;
+    unsigned long long store_lines;
+    // Distinct sectors each block loaded and stored, summed: what DRAM
+    // moves when nothing stays in L2 from one block to the next.
+    unsigned long long load_block_sectors;
+    unsigned long long store_block_sectors;
+    // Shared-memory warp requests, and the wavefronts their bank
+    // conflicts make them take.
+    unsigned long long shared_requests;
+    unsigned long long shared_wavefronts;
+    // Region executions in which a warp waited on a global load: its
+    // dependent round trips to memory, summed over warps.
+    unsigned long long round_trips;
+    // Barriers the threads of each block met, summed, and blocks run.
+    unsigned long long barriers;
+    unsigned long long blocks;
+    // By the kernel's source line of each region: its warp issues (the
+    // distinct executions among a warp's threads) and its executions by
+    // threads, summed over warps.
+    unsigned long long warp_executions[MODEL_LINES];
+    unsigned long long thread_executions[MODEL_LINES];
 };
 
 namespace cuda_on_cpu {
@@ -191,25 +225,65 @@ private:
     Clock::duration timeout_ = std::chrono::seconds(60);
 };
 
-// One global access: its address and size.
+// A region execution of a thread: the region's line, and a key that the
+// threads of a warp share when they run the same execution of it.
+struct RegionExecution {
+    unsigned line;
+    std::uint64_t key;
+};
+
+// One access: the region execution it belongs to, its place among that
+// execution's accesses of its kind, its address and size.
 struct Access {
+    std::uint64_t key;
+    unsigned ordinal;
+    bool store;
     std::uintptr_t address;
     unsigned bytes;
 };
 
+// An open region of a thread: its execution's key, how often each region
+// inside it has run so far (which tells their executions apart), and how
+// many loads, stores and shared accesses it has made.
+struct Frame {
+    std::uint64_t key;
+    std::vector<std::pair<unsigned, unsigned>> runs;
+    unsigned loads = 0;
+    unsigned stores = 0;
+    unsigned shared = 0;
+};
+
+std::uint64_t mix(std::uint64_t value) {
+    value ^= value >> 30;
+    value *= 0xbf58476d1ce4e5b9ull;
+    value ^= value >> 27;
+    value *= 0x94d049bb133111ebull;
+    return value ^ (value >> 31);
+}
+
 // What one thread did in the block being run.
 struct ThreadLog {
-    std::vector<Access> loads;
-    std::vector<Access> stores;
+    std::vector<RegionExecution> regions;
+    std::vector<Access> accesses;
+    std::vector<Access> shared;
+    std::vector<Frame> frames;
     unsigned long long decodes = 0;
     unsigned long long rounds = 0;
     unsigned long long active_rounds = 0;
 
-    // Empties the log, keeping its vectors' room for the next block.
+    // Empties the log for a new block, keeping its vectors' room: the
+    // kernel's body is the outermost region.
     void clear() {
-        loads.clear();
-        stores.clear();
+        regions.clear();
+        accesses.clear();
+        shared.clear();
+        frames.clear();
+        frames.push_back(Frame{1});
         decodes = rounds = active_rounds = 0;
+    }
+
+    Frame& frame() {
+        return frames.back();
     }
 };
 
@@ -217,16 +291,9 @@ ThreadLog thread_logs[WORKGROUP_SIZE];
 ModelCounts model_counts;
 
 constexpr std::uintptr_t SECTOR_BYTES = 32;
+constexpr std::uintptr_t LINE_BYTES = 128;
 constexpr unsigned WARP_SIZE = 32;
-
-// What the warps' accesses touched, summed over warps and k.
-struct WarpAccesses {
-    // Distinct sectors of the k-th access of each thread of a warp.
-    unsigned long long sectors = 0;
-    // Distinct bytes of that access, and the sectors they would fill.
-    unsigned long long bytes = 0;
-    unsigned long long ideal_sectors = 0;
-};
+constexpr unsigned BANKS = 32;
 
 // Bytes in the union of `ranges`, which it sorts.
 unsigned long long union_bytes(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& ranges) {
@@ -243,64 +310,153 @@ unsigned long long union_bytes(std::vector<std::pair<std::uintptr_t, std::uintpt
     return bytes;
 }
 
-WarpAccesses warp_accesses(std::vector<Access> ThreadLog::* accesses) {
-    WarpAccesses total;
-    std::vector<std::uintptr_t> sectors;
-    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
-    for (unsigned warp = 0; warp < WORKGROUP_SIZE; warp += WARP_SIZE) {
-        std::size_t longest = 0;
-        for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
-            longest = std::max(longest, (thread_logs[warp + lane].*accesses).size());
-        }
-        for (std::size_t k = 0; k < longest; ++k) {
-            sectors.clear();
-            ranges.clear();
-            for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
-                const std::vector<Access>& log = thread_logs[warp + lane].*accesses;
-                if (k < log.size() && log[k].bytes != 0) {
-                    const Access access = log[k];
-                    ranges.emplace_back(access.address, access.address + access.bytes);
-                    for (std::uintptr_t sector = access.address / SECTOR_BYTES;
-                         sector <= (access.address + access.bytes - 1) / SECTOR_BYTES; ++sector) {
-                        sectors.push_back(sector);
-                    }
-                }
+// Distinct units of `unit` bytes that `accesses` touch.
+unsigned long long distinct_units(const Access* first, const Access* last, std::uintptr_t unit,
+                                  std::vector<std::uintptr_t>& scratch) {
+    scratch.clear();
+    for (const Access* access = first; access != last; ++access) {
+        if (access->bytes != 0) {
+            for (std::uintptr_t u = access->address / unit; u <= (access->address + access->bytes - 1) / unit; ++u) {
+                scratch.push_back(u);
             }
-            std::sort(sectors.begin(), sectors.end());
-            total.sectors += std::unique(sectors.begin(), sectors.end()) - sectors.begin();
-            const unsigned long long bytes = union_bytes(ranges);
-            total.bytes += bytes;
-            total.ideal_sectors += (bytes + SECTOR_BYTES - 1) / SECTOR_BYTES;
         }
     }
-    return total;
+    std::sort(scratch.begin(), scratch.end());
+    return std::unique(scratch.begin(), scratch.end()) - scratch.begin();
 }
 
-// Bytes in the union of all threads' accesses.
-unsigned long long distinct_bytes(std::vector<Access> ThreadLog::* accesses) {
+bool same_request(const Access& a, const Access& b) {
+    return a.store == b.store && a.key == b.key && a.ordinal == b.ordinal;
+}
+
+bool request_order(const Access& a, const Access& b) {
+    return std::tie(a.store, a.key, a.ordinal, a.address) < std::tie(b.store, b.key, b.ordinal, b.address);
+}
+
+// Adds one warp's global requests to the counts: the k-th load (store) of
+// the threads in one region execution is one request.
+void account_global(std::vector<Access>& accesses) {
+    std::sort(accesses.begin(), accesses.end(), request_order);
+    std::vector<std::uintptr_t> scratch;
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
-    for (const ThreadLog& log : thread_logs) {
-        for (const Access& access : log.*accesses) {
-            if (access.bytes != 0) {
-                ranges.emplace_back(access.address, access.address + access.bytes);
+    std::vector<std::uint64_t> waits;
+    for (std::size_t begin = 0; begin < accesses.size();) {
+        std::size_t end = begin;
+        while (end < accesses.size() && same_request(accesses[begin], accesses[end])) {
+            ++end;
+        }
+        const bool store = accesses[begin].store;
+        ranges.clear();
+        for (std::size_t i = begin; i < end; ++i) {
+            if (accesses[i].bytes != 0) {
+                ranges.emplace_back(accesses[i].address, accesses[i].address + accesses[i].bytes);
             }
         }
+        const unsigned long long bytes = union_bytes(ranges);
+        if (bytes != 0) {
+            const unsigned long long sectors = distinct_units(&accesses[begin], &accesses[end], SECTOR_BYTES, scratch);
+            const unsigned long long lines = distinct_units(&accesses[begin], &accesses[end], LINE_BYTES, scratch);
+            const unsigned long long ideal = (bytes + SECTOR_BYTES - 1) / SECTOR_BYTES;
+            (store ? model_counts.store_sectors : model_counts.load_sectors) += sectors;
+            (store ? model_counts.store_lines : model_counts.load_lines) += lines;
+            (store ? model_counts.store_requests : model_counts.load_requests) += 1;
+            (store ? model_counts.store_access_bytes : model_counts.load_access_bytes) += bytes;
+            (store ? model_counts.store_ideal_sectors : model_counts.load_ideal_sectors) += ideal;
+            if (!store) {
+                waits.push_back(accesses[begin].key);
+            }
+        }
+        begin = end;
     }
-    return union_bytes(ranges);
+    std::sort(waits.begin(), waits.end());
+    model_counts.round_trips += std::unique(waits.begin(), waits.end()) - waits.begin();
+}
+
+// Adds one warp's shared-memory requests: a request takes as many
+// wavefronts as the most distinct words any bank must deliver, and at
+// least one per 128 bytes.
+void account_shared(std::vector<Access>& accesses) {
+    std::sort(accesses.begin(), accesses.end(), request_order);
+    std::vector<std::uintptr_t> words;
+    for (std::size_t begin = 0; begin < accesses.size();) {
+        std::size_t end = begin;
+        while (end < accesses.size() && same_request(accesses[begin], accesses[end])) {
+            ++end;
+        }
+        words.clear();
+        for (std::size_t i = begin; i < end; ++i) {
+            for (std::uintptr_t word = accesses[i].address / 4;
+                 word <= (accesses[i].address + accesses[i].bytes - 1) / 4; ++word) {
+                words.push_back(word);
+            }
+        }
+        std::sort(words.begin(), words.end());
+        words.erase(std::unique(words.begin(), words.end()), words.end());
+        unsigned per_bank[BANKS] = {};
+        unsigned most = 0;
+        for (std::uintptr_t word : words) {
+            most = std::max(most, ++per_bank[word % BANKS]);
+        }
+        const unsigned long long floor = (words.size() * 4 + LINE_BYTES - 1) / LINE_BYTES;
+        model_counts.shared_requests += 1;
+        model_counts.shared_wavefronts += std::max<unsigned long long>(most, floor);
+        begin = end;
+    }
+}
+
+// Adds one warp's region executions: a warp issues a region's
+// instructions once per distinct execution among its threads.
+void account_regions(std::vector<RegionExecution>& regions) {
+    std::sort(regions.begin(), regions.end(), [](const RegionExecution& a, const RegionExecution& b) {
+        return std::tie(a.line, a.key) < std::tie(b.line, b.key);
+    });
+    for (std::size_t i = 0; i < regions.size(); ++i) {
+        const unsigned line = regions[i].line;
+        model_counts.thread_executions[line] += 1;
+        if (i == 0 || regions[i - 1].line != line || regions[i - 1].key != regions[i].key) {
+            model_counts.warp_executions[line] += 1;
+        }
+    }
 }
 
 // Adds the block just run to the model's counts and clears the logs.
 void account_block() {
-    const WarpAccesses loads = warp_accesses(&ThreadLog::loads);
-    const WarpAccesses stores = warp_accesses(&ThreadLog::stores);
-    model_counts.load_sectors += loads.sectors;
-    model_counts.store_sectors += stores.sectors;
-    model_counts.load_access_bytes += loads.bytes;
-    model_counts.store_access_bytes += stores.bytes;
-    model_counts.load_ideal_sectors += loads.ideal_sectors;
-    model_counts.store_ideal_sectors += stores.ideal_sectors;
-    model_counts.load_bytes += distinct_bytes(&ThreadLog::loads);
-    model_counts.store_bytes += distinct_bytes(&ThreadLog::stores);
+    std::vector<Access> accesses;
+    std::vector<Access> shared;
+    std::vector<RegionExecution> regions;
+    for (unsigned warp = 0; warp < WORKGROUP_SIZE; warp += WARP_SIZE) {
+        accesses.clear();
+        shared.clear();
+        regions.clear();
+        for (unsigned lane = 0; lane < WARP_SIZE; ++lane) {
+            const ThreadLog& log = thread_logs[warp + lane];
+            accesses.insert(accesses.end(), log.accesses.begin(), log.accesses.end());
+            shared.insert(shared.end(), log.shared.begin(), log.shared.end());
+            regions.insert(regions.end(), log.regions.begin(), log.regions.end());
+        }
+        account_global(accesses);
+        account_shared(shared);
+        account_regions(regions);
+    }
+    // Each byte and sector the block touched, once.
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges[2];
+    std::vector<Access> touched[2];
+    for (const ThreadLog& log : thread_logs) {
+        for (const Access& access : log.accesses) {
+            if (access.bytes != 0) {
+                ranges[access.store].emplace_back(access.address, access.address + access.bytes);
+                touched[access.store].push_back(access);
+            }
+        }
+    }
+    std::vector<std::uintptr_t> scratch;
+    model_counts.load_bytes += union_bytes(ranges[0]);
+    model_counts.store_bytes += union_bytes(ranges[1]);
+    model_counts.load_block_sectors +=
+        distinct_units(touched[0].data(), touched[0].data() + touched[0].size(), SECTOR_BYTES, scratch);
+    model_counts.store_block_sectors +=
+        distinct_units(touched[1].data(), touched[1].data() + touched[1].size(), SECTOR_BYTES, scratch);
+    model_counts.blocks += 1;
     for (ThreadLog& log : thread_logs) {
         model_counts.decodes += log.decodes;
         model_counts.thread_rounds += log.rounds;
@@ -453,17 +609,30 @@ int launch(unsigned blocks, std::function<void()> kernel, double timeout_seconds
 }  // namespace
 
 void syncthreads(const char* file, int line) {
+    if (modelling && thread_index.x == 0) {
+        ++model_counts.barriers;
+    }
     pool().barrier().arrive_and_wait(Site{file, line});
 }
 
 void model_access(const void* address, unsigned bytes, bool store) {
     ThreadLog& log = thread_logs[thread_index.x];
-    (store ? log.stores : log.loads).push_back(Access{reinterpret_cast<std::uintptr_t>(address), bytes});
+    Frame& frame = log.frame();
+    log.accesses.push_back(Access{frame.key, store ? frame.stores++ : frame.loads++, store,
+                                  reinterpret_cast<std::uintptr_t>(address), bytes});
 }
 
+// An access left out while the threads beside it make theirs: it keeps
+// the thread's later accesses in step with theirs.
 void model_skip(bool store) {
+    Frame& frame = thread_logs[thread_index.x].frame();
+    ++(store ? frame.stores : frame.loads);
+}
+
+void model_shared(const void* address, unsigned bytes) {
     ThreadLog& log = thread_logs[thread_index.x];
-    (store ? log.stores : log.loads).push_back(Access{0, 0});
+    Frame& frame = log.frame();
+    log.shared.push_back(Access{frame.key, frame.shared++, false, reinterpret_cast<std::uintptr_t>(address), bytes});
 }
 
 void model_decode() {
@@ -474,6 +643,33 @@ void model_round(bool active) {
     ThreadLog& log = thread_logs[thread_index.x];
     ++log.rounds;
     log.active_rounds += active ? 1u : 0u;
+}
+
+// A region execution's key: its line, and how often the region has run in
+// the open region around it, whose key it extends.
+void model_enter(int line) {
+    if (line < 0 || line >= static_cast<int>(MODEL_LINES)) {
+        std::fprintf(stderr, "kernels/decode.cu on the CPU: a region at line %d, past the model's %u lines\n", line,
+                     MODEL_LINES);
+        std::abort();
+    }
+    ThreadLog& log = thread_logs[thread_index.x];
+    Frame& outer = log.frame();
+    unsigned run = 0;
+    auto found = std::find_if(outer.runs.begin(), outer.runs.end(),
+                              [&](const auto& entry) { return entry.first == static_cast<unsigned>(line); });
+    if (found == outer.runs.end()) {
+        outer.runs.emplace_back(line, 1u);
+    } else {
+        run = found->second++;
+    }
+    const std::uint64_t key = mix(outer.key ^ mix((static_cast<std::uint64_t>(line) << 32) | run));
+    log.regions.push_back(RegionExecution{static_cast<unsigned>(line), key});
+    log.frames.push_back(Frame{key});
+}
+
+void model_leave() {
+    thread_logs[thread_index.x].frames.pop_back();
 }
 
 }  // namespace cuda_on_cpu
