@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::{
@@ -398,8 +399,12 @@ fn classify(code: sys::CUresult, message: String) -> Error {
 
 /// Device memory: a cudarc slice, locked while a launch takes its pointer.
 pub struct CudaMemory {
-    slice: Mutex<CudaSlice<u8>>,
+    /// Never dropped as it is: [`Drop`] frees an allocation of the
+    /// backend's and forgets a borrowed one.
+    slice: Mutex<ManuallyDrop<CudaSlice<u8>>>,
     bytes: u64,
+    /// Another library's allocation, which only that library may free.
+    borrowed: bool,
 }
 
 impl DeviceMemory for CudaMemory {
@@ -412,18 +417,97 @@ impl CudaMemory {
     fn new(slice: CudaSlice<u8>) -> Self {
         CudaMemory {
             bytes: slice.num_bytes() as u64,
+            slice: Mutex::new(ManuallyDrop::new(slice)),
+            borrowed: false,
+        }
+    }
+
+    /// `len` bytes at `address`, allocated by another library, which
+    /// keeps them: no path out of this value, unwinding included, frees
+    /// them.
+    ///
+    /// # Safety
+    /// `address..address + len` must be device memory of `stream`'s
+    /// context, alive while this value is.
+    unsafe fn borrowed(stream: &Arc<CudaStream>, address: u64, len: u64) -> Self {
+        // Safety: as the caller promised. The slice is wrapped before
+        // anything else can run: from here on only `Drop` below takes it,
+        // and leaks it.
+        let slice =
+            ManuallyDrop::new(unsafe { stream.upgrade_device_ptr::<u8>(address, len as usize) });
+        CudaMemory {
+            bytes: len,
             slice: Mutex::new(slice),
+            borrowed: true,
         }
     }
 
     /// The allocation, for a client that owns it from now on.
     pub fn into_slice(self) -> CudaSlice<u8> {
-        self.slice.into_inner().unwrap_or_else(|e| e.into_inner())
+        // Borrowed memory never leaves `decode_into_borrowed`; an owned
+        // slice of it would free another library's memory.
+        assert!(!self.borrowed, "borrowed device memory handed out");
+        let mut memory = ManuallyDrop::new(self);
+        let slice = memory.slice.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Safety: the slice is taken once, and `memory`, never dropped,
+        // does not use it again; the mutex then goes without it.
+        unsafe {
+            let slice = ManuallyDrop::take(slice);
+            std::ptr::drop_in_place(&mut memory.slice);
+            slice
+        }
     }
 
-    fn slice(&self) -> MutexGuard<'_, CudaSlice<u8>> {
+    fn slice(&self) -> MutexGuard<'_, ManuallyDrop<CudaSlice<u8>>> {
         self.slice.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+impl Drop for CudaMemory {
+    fn drop(&mut self) {
+        let slice = self.slice.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Safety: taken once, here; the field is not used again.
+        let slice = unsafe { ManuallyDrop::take(slice) };
+        if self.borrowed {
+            // cudarc's bookkeeping (its events, the stream) goes; the
+            // memory stays its owner's.
+            slice.leak();
+        } else {
+            drop(slice);
+        }
+    }
+}
+
+/// Why `len` bytes of device memory at `address` cannot receive a tensor
+/// of `bytes` bytes decoded in whole words of `alignment` bytes, if they
+/// cannot. The kernel stores whole words: a store off their alignment is
+/// a sticky error that ends every later use of the CUDA context, the
+/// caller's included, so it is refused here.
+fn check_borrowed_output(address: u64, len: u64, bytes: u64, alignment: u64) -> Result<()> {
+    let problem = if address == 0 {
+        "a null address".to_string()
+    } else if !address.is_multiple_of(alignment) {
+        format!(
+            "the buffer's address {address:#x} is not a multiple of {alignment}: the decoder stores whole {alignment}-byte words"
+        )
+    } else if !len.is_multiple_of(alignment) {
+        format!(
+            "the buffer's length, {len} bytes, is not a multiple of {alignment}: the decoder stores whole {alignment}-byte words"
+        )
+    } else if len < bytes {
+        format!(
+            "a {len}-byte buffer cannot hold a {bytes}-byte tensor (it needs {} bytes: the tensor in whole {alignment}-byte words)",
+            bytes.next_multiple_of(alignment)
+        )
+    } else if address.checked_add(len).is_none() {
+        format!("a {len}-byte buffer at {address:#x} runs past the end of the address space")
+    } else {
+        return Ok(());
+    };
+    Err(super::backend_error(
+        NAME,
+        format!("decoding into borrowed device memory: {problem}"),
+    ))
 }
 
 /// Pinned host buffers for status words, kept for the next decodes:
@@ -504,7 +588,9 @@ impl GpuBackend<CudaDevice> {
     /// Decodes `tensor` into `len` bytes of device memory at `address`,
     /// which another library allocated on this backend's device and keeps;
     /// `len` is the tensor's size rounded up to whole words, which decodes
-    /// write.
+    /// write. An address or length off the 4-byte words the decoder
+    /// stores is refused. The memory is never freed here, whatever happens
+    /// during the decode.
     ///
     /// # Safety
     /// `address..address + len` must be device memory of this backend's
@@ -517,27 +603,11 @@ impl GpuBackend<CudaDevice> {
     ) -> Result<()> {
         use super::Backend;
         let bytes = tensor.decoded_bytes();
-        if !len.is_multiple_of(self.output_alignment()) || len < bytes {
-            return Err(super::backend_error(
-                NAME,
-                format!(
-                    "a {len}-byte buffer for a {bytes}-byte tensor: it must hold the tensor in whole words"
-                ),
-            ));
-        }
-        // Safety: as the caller promised; the slice is leaked below, never
-        // freed, as the memory is its owner's.
-        let slice = unsafe {
-            self.stream()
-                .upgrade_device_ptr::<u8>(address, len as usize)
-        };
-        let buffer: Box<dyn DeviceBuffer> =
-            Box::new(super::gpu::GpuBuffer::new(CudaMemory::new(slice), bytes));
-        let decoded = self.decode(&[super::DecodeJob { tensor, offset: 0 }], buffer.as_ref());
-        if let Some(memory) = Self::into_buffer(buffer) {
-            memory.into_slice().leak();
-        }
-        decoded
+        check_borrowed_output(address, len, bytes, self.output_alignment())?;
+        // Safety: as the caller promised.
+        let memory = unsafe { CudaMemory::borrowed(self.stream(), address, len) };
+        let buffer = super::gpu::GpuBuffer::new(memory, bytes);
+        self.decode(&[super::DecodeJob { tensor, offset: 0 }], &buffer)
     }
 
     /// The stream every decode runs on, for clients that compute on
@@ -803,7 +873,7 @@ impl GpuDevice for CudaDevice {
             .enumerate()
             .map(|(index, &memory)| (memory as *const CudaMemory, index))
             .collect();
-        let inputs: Vec<MutexGuard<CudaSlice<u8>>> =
+        let inputs: Vec<MutexGuard<ManuallyDrop<CudaSlice<u8>>>> =
             memories.iter().map(|memory| memory.slice()).collect();
         let read_guards: Vec<_> = inputs.iter().map(|s| s.device_ptr(stream)).collect();
         let mut output = out.slice();
@@ -954,6 +1024,25 @@ mod tests {
             kernel_target(70, &supported),
             Err(Error::KernelCompile { .. })
         ));
+    }
+
+    #[test]
+    fn borrowed_output_off_whole_words_is_refused_before_the_gpu_sees_it() {
+        let check = |address, len, bytes| check_borrowed_output(address, len, bytes, 4);
+        assert!(check(0x7f00_0000_0000, 4096, 4096).is_ok());
+        assert!(check(0x7f00_0000_0004, 1004, 1001).is_ok());
+        let refused = |address, len, bytes, naming: &str| match check(address, len, bytes) {
+            Err(Error::Backend { message, .. }) => {
+                assert!(message.contains(naming), "{message:?} names no {naming:?}")
+            }
+            other => panic!("{address:#x}, {len}, {bytes}: {other:?}"),
+        };
+        refused(0x7f00_0000_0002, 1004, 1001, "address 0x7f0000000002");
+        refused(0x7f00_0000_0001, 4096, 4096, "not a multiple of 4");
+        refused(0x7f00_0000_0000, 1002, 1001, "length, 1002 bytes");
+        refused(0x7f00_0000_0000, 1000, 1001, "needs 1004 bytes");
+        refused(0, 4096, 4096, "null address");
+        refused(u64::MAX - 3, 8, 8, "past the end");
     }
 
     #[test]
