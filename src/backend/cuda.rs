@@ -12,12 +12,19 @@
 //! hands over ([`CudaBackend::on_stream`]) — so that a decode and work on
 //! another stream can overlap. One launch decodes every segment of every
 //! job: each thread block reads its (record, block) pair from the work
-//! list the GPU core planned. Every buffer a launch reads or writes is
-//! taken through cudarc's device-pointer guards, held until the launch is
-//! queued: where cudarc tracks events (a context with streams of its own,
-//! as the backend's is), that orders later work on other streams after the
-//! decode. A client on a stream cudarc does not track waits on the
-//! decode's event ([`CudaBackend::decode_event`]).
+//! list the GPU core planned. Every tensor and output buffer a launch
+//! reads or writes is taken through cudarc's device-pointer guards, held
+//! until the launch is queued: where cudarc tracks events (a context with
+//! streams of its own, as the backend's is), that orders later work on
+//! other streams after the decode. A client on a stream cudarc does not
+//! track waits on the decode's event ([`CudaBackend::decode_event`]).
+//!
+//! What a launch needs besides those — its records and work list, staged
+//! in page-locked memory and copied on the stream, and its status words —
+//! comes from a pool of buffer sets on the backend, one set per launch in
+//! flight, reused once the event recorded after its last use has passed.
+//! The host waits on events made with `CU_EVENT_BLOCKING_SYNC`, sleeping
+//! rather than spinning while the GPU decodes.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -25,8 +32,8 @@ use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DevicePtrMut, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg, result, sys,
 };
 use cudarc::nvrtc;
 
@@ -510,17 +517,189 @@ fn check_borrowed_output(address: u64, len: u64, bytes: u64, alignment: u64) -> 
     ))
 }
 
-/// Pinned host buffers for status words, kept for the next decodes:
-/// allocating page-locked memory stalls the device's other streams.
-type PinnedPool = Arc<Mutex<Vec<PinnedHostSlice<u32>>>>;
+/// A CUDA event the host waits on without spinning: made with
+/// `CU_EVENT_BLOCKING_SYNC`, which cudarc's `CudaEvent` cannot combine
+/// with `CU_EVENT_DISABLE_TIMING` (it takes a single flag). A decode's
+/// end is one ([`CudaBackend::decode_event`]).
+pub struct Event {
+    event: sys::CUevent,
+    context: Arc<CudaContext>,
+}
 
-/// Pinned buffers kept at most; more are freed.
-const PINNED_POOL: usize = 8;
+// Safety: a CUevent is a handle the driver lets any thread use.
+unsafe impl Send for Event {}
+// Safety: as above; nothing here mutates through `&self`.
+unsafe impl Sync for Event {}
+
+impl Event {
+    /// An event of `context`; `timed` when it will time work, which costs
+    /// a timestamp on every record.
+    fn new(context: &Arc<CudaContext>, timed: bool) -> Result<Self> {
+        let mut flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32;
+        if !timed {
+            flags |= sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        }
+        let failed = driver_error("creating an event");
+        context.bind_to_thread().map_err(&failed)?;
+        let mut event = std::ptr::null_mut();
+        // Safety: the context is current; the pointer is valid for the call.
+        unsafe { sys::cuEventCreate(&mut event, flags) }
+            .result()
+            .map_err(&failed)?;
+        Ok(Event {
+            event,
+            context: context.clone(),
+        })
+    }
+
+    /// Records the work queued on `stream` so far.
+    fn record(&self, stream: &CudaStream) -> Result<()> {
+        let failed = driver_error("recording an event");
+        self.context.bind_to_thread().map_err(&failed)?;
+        // Safety: the event is live; a stream of another context is an
+        // error the driver reports.
+        unsafe { result::event::record(self.event, stream.cu_stream()) }.map_err(&failed)
+    }
+
+    /// Blocks the calling thread, without spinning, until the recorded
+    /// work is done (at once if nothing was recorded).
+    fn synchronize(&self) -> std::result::Result<(), DriverError> {
+        self.context.bind_to_thread()?;
+        // Safety: the event is live.
+        unsafe { result::event::synchronize(self.event) }
+    }
+
+    /// Seconds from this event to `end`, both timed and recorded.
+    fn seconds_until(&self, end: &Event) -> Result<f64> {
+        let failed = driver_error("reading an event");
+        self.synchronize().map_err(&failed)?;
+        end.synchronize().map_err(&failed)?;
+        // Safety: both events are live and complete.
+        let ms = unsafe { result::event::elapsed(self.event, end.event) }.map_err(&failed)?;
+        Ok(f64::from(ms) * 1e-3)
+    }
+
+    /// Makes work queued on `stream` after this call wait for the work the
+    /// event recorded, without the host waiting.
+    pub fn wait_on(&self, stream: &CudaStream) -> Result<()> {
+        let failed = driver_error("making a stream wait for an event");
+        self.context.bind_to_thread().map_err(&failed)?;
+        // Safety: the event is live; the driver checks the stream.
+        unsafe {
+            result::stream::wait_event(
+                stream.cu_stream(),
+                self.event,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(&failed)
+    }
+
+    /// The driver's handle, for a client that waits on it through another
+    /// API; it stays valid while the event is borrowed.
+    pub fn cu_event(&self) -> sys::CUevent {
+        self.event
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        let _ = self.context.bind_to_thread();
+        // Safety: destroyed once; the driver releases it once its work is
+        // done if that is still running.
+        let _ = unsafe { result::event::destroy(self.event) };
+    }
+}
+
+/// Device memory the backend keeps from one launch to the next. It is
+/// allocated and freed outside any stream: the backend may be dropped
+/// after a stream it borrowed has gone, and freeing must not touch it.
+struct PooledMemory {
+    address: sys::CUdeviceptr,
+    context: Arc<CudaContext>,
+}
+
+impl PooledMemory {
+    fn new(context: &Arc<CudaContext>, bytes: usize, what: &str) -> Result<Self> {
+        let failed = driver_error(what);
+        context.bind_to_thread().map_err(&failed)?;
+        // Safety: the context is current; every byte is written by a copy
+        // or the kernel before anything reads it.
+        let address = unsafe { result::malloc_sync(bytes) }.map_err(&failed)?;
+        Ok(PooledMemory {
+            address,
+            context: context.clone(),
+        })
+    }
+}
+
+impl Drop for PooledMemory {
+    fn drop(&mut self) {
+        let _ = self.context.bind_to_thread();
+        // Safety: freed once; its owner waited for the work that used it.
+        let _ = unsafe { result::free_sync(self.address) };
+    }
+}
+
+/// What one launch uses besides its inputs and output: its dispatch
+/// records and work list, staged in page-locked memory so that their
+/// copy to the device is asynchronous, and its status words, copied back
+/// to page-locked memory. A launch takes a set from the device's pool and
+/// gives it back when dropped, so that in steady state a decode allocates
+/// none of these; each launch in flight holds a set of its own.
+struct LaunchBuffers {
+    /// Records, then the work list (at `LaunchBuffers::work_offset`).
+    staging: PinnedHostSlice<u8>,
+    /// The same on the device, where the kernel reads them.
+    inputs: PooledMemory,
+    /// Bytes `staging` and `inputs` hold.
+    input_bytes: usize,
+    /// One word per thread block, written by every block (`decode.cu`):
+    /// no launch needs them cleared first.
+    status: PooledMemory,
+    status_host: PinnedHostSlice<u32>,
+    /// Words `status` and `status_host` hold.
+    status_words: usize,
+    /// Recorded after the last work queued that uses these buffers: the
+    /// host rewrites `staging`, and the pool reallocates or frees any of
+    /// them, only once it has passed.
+    done: Arc<Event>,
+    /// The start and end of timed submissions, made on the first.
+    timing: Option<(Arc<Event>, Arc<Event>)>,
+}
+
+impl LaunchBuffers {
+    /// Where the work list starts in `staging` and `inputs`, after
+    /// `record_bytes` of records.
+    fn work_offset(record_bytes: usize) -> usize {
+        record_bytes.next_multiple_of(16)
+    }
+}
+
+impl Drop for LaunchBuffers {
+    fn drop(&mut self) {
+        // A dropped pending decode may still be running on them.
+        let _ = self.done.synchronize();
+    }
+}
+
+/// Launch buffers not in use, kept for the next launches.
+type LaunchPool = Arc<Mutex<Vec<LaunchBuffers>>>;
+
+/// Sets kept at most: enough for the decodes in flight at once (two when
+/// the runtime decodes one group while the caller uses another) and a
+/// timed one.
+const LAUNCH_POOL: usize = 4;
+
+/// Bytes of records and work list, and status words, a set holds at
+/// least: a small decode never regrows them.
+const MIN_INPUT_BYTES: usize = 4 << 10;
+const MIN_STATUS_WORDS: usize = 256;
 
 /// An NVIDIA GPU, through one stream.
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
-    pinned_pool: PinnedPool,
+    launch_pool: LaunchPool,
     decode: CudaFunction,
     device: String,
     target: KernelTarget,
@@ -629,12 +808,12 @@ impl GpuBackend<CudaDevice> {
     }
 
     /// The event a decode records when it ends, for a client on another
-    /// stream to wait on (`stream.wait(event)`) instead of the host.
-    pub fn decode_event(pending: &dyn PendingDecode) -> Option<&CudaEvent> {
+    /// stream to wait on ([`Event::wait_on`]) instead of the host.
+    pub fn decode_event(pending: &dyn PendingDecode) -> Option<&Event> {
         pending
             .as_any()
             .downcast_ref::<GpuPending<CudaDevice>>()
-            .map(|pending| &pending.submission().end)
+            .map(|pending| &*pending.submission().end)
     }
 }
 
@@ -665,7 +844,7 @@ impl CudaDevice {
                 .total_mem()
                 .map_err(driver_error("reading the memory size"))?,
             stream,
-            pinned_pool: PinnedPool::default(),
+            launch_pool: LaunchPool::default(),
             decode,
             target,
             driver_version,
@@ -687,65 +866,168 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// A pinned buffer of at least `words` words, from the pool if it
-    /// holds one.
-    fn pinned(&self, words: usize) -> Result<PinnedHostSlice<u32>> {
-        let mut pool = self.pinned_pool.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(index) = pool.iter().position(|buffer| buffer.len() >= words) {
-            return Ok(pool.swap_remove(index));
+    /// A set of launch buffers holding at least `input_bytes` of records
+    /// and work list and `status_words` status words, with timing events
+    /// if `timed`: from the pool when it has one, grown if it must be.
+    /// Nothing queued earlier still uses it.
+    fn launch_buffers(
+        &self,
+        input_bytes: usize,
+        status_words: usize,
+        timed: bool,
+    ) -> Result<LaunchBuffers> {
+        let pooled = {
+            let mut pool = self.launch_pool.lock().unwrap_or_else(|e| e.into_inner());
+            // One that fits, else the largest, to grow.
+            let fits = pool
+                .iter()
+                .position(|b| b.input_bytes >= input_bytes && b.status_words >= status_words);
+            let index = fits.or_else(|| {
+                (0..pool.len()).max_by_key(|&i| (pool[i].input_bytes, pool[i].status_words))
+            });
+            index.map(|index| pool.swap_remove(index))
+        };
+        let context = self.stream.context();
+        let input_bytes = input_bytes.next_power_of_two().max(MIN_INPUT_BYTES);
+        let status_words = status_words.next_power_of_two().max(MIN_STATUS_WORDS);
+        let mut buffers = match pooled {
+            Some(buffers) => {
+                // Normally passed already: a launch's decode is waited for
+                // before its buffers come back.
+                buffers
+                    .done
+                    .synchronize()
+                    .map_err(driver_error("waiting for an earlier decode"))?;
+                buffers
+            }
+            None => LaunchBuffers {
+                staging: self.pinned_staging(input_bytes)?,
+                inputs: PooledMemory::new(context, input_bytes, "allocating dispatch records")?,
+                input_bytes,
+                status: PooledMemory::new(context, status_words * 4, "allocating status words")?,
+                status_host: self.pinned_status(status_words)?,
+                status_words,
+                done: Arc::new(Event::new(context, false)?),
+                timing: None,
+            },
+        };
+        if buffers.input_bytes < input_bytes {
+            buffers.staging = self.pinned_staging(input_bytes)?;
+            buffers.inputs =
+                PooledMemory::new(context, input_bytes, "allocating dispatch records")?;
+            buffers.input_bytes = input_bytes;
         }
-        drop(pool);
-        // Safety: each copy of status words writes it before it is read.
+        if buffers.status_words < status_words {
+            buffers.status_host = self.pinned_status(status_words)?;
+            buffers.status =
+                PooledMemory::new(context, status_words * 4, "allocating status words")?;
+            buffers.status_words = status_words;
+        }
+        if timed && buffers.timing.is_none() {
+            buffers.timing = Some((
+                Arc::new(Event::new(context, true)?),
+                Arc::new(Event::new(context, true)?),
+            ));
+        }
+        Ok(buffers)
+    }
+
+    /// Queues `launch`'s kernel, if it has blocks, and the copy of its
+    /// status words to the host.
+    fn queue_kernel(&self, launch: &CudaLaunch) -> Result<()> {
+        if launch.blocks == 0 {
+            return Ok(());
+        }
+        let stream = &self.stream;
+        let buffers = launch.buffers();
+        let config = LaunchConfig {
+            grid_dim: (launch.blocks, 1, 1),
+            block_dim: (layout::WORKGROUP_SIZE, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let records: sys::CUdeviceptr = buffers.inputs.address;
+        let work = records + launch.work_offset as u64;
+        let status = buffers.status.address;
+        let mut builder = stream.launch_builder(&self.decode);
+        builder.arg(&records).arg(&work).arg(&status);
+        // Safety: the kernel's parameters are these three device pointers:
+        // records and work list copied by `prepare` (ahead on this
+        // stream), and a status word per block, which every block writes.
+        // Every address in the records was built from live allocations
+        // and every offset in the descriptors was validated on the host.
+        unsafe { builder.launch(config) }.map_err(driver_error("launching the decoder"))?;
+        let failed = driver_error("copying status words");
+        // The host reads them only in `finish`, once `done` has passed.
+        let status_host = buffers.status_host.as_ptr().map_err(&failed)?.cast_mut();
+        // Safety: both buffers hold at least a word per block; the host
+        // memory is page-locked, so the copy runs on the stream.
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                status_host.cast(),
+                status,
+                launch.blocks as usize * 4,
+                stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(&failed)
+    }
+
+    /// Page-locked memory the host writes and the device reads:
+    /// write-combined, which speeds both and makes host reads slow.
+    fn pinned_staging(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+        // Safety: the records and work list are written before each copy.
+        unsafe { self.stream.context().alloc_pinned::<u8>(bytes) }
+            .map_err(driver_error("allocating page-locked staging memory"))
+    }
+
+    /// Page-locked memory the device writes and the host reads.
+    fn pinned_status(&self, words: usize) -> Result<PinnedHostSlice<u32>> {
+        // Safety: each copy of status words writes them before they are
+        // read.
         unsafe {
             self.stream
                 .context()
-                .alloc_pinned_with_flags::<u32>(words.next_power_of_two(), 0)
+                .alloc_pinned_with_flags::<u32>(words, 0)
         }
-        .map_err(driver_error("allocating pinned status words"))
-    }
-
-    fn event(&self) -> Result<CudaEvent> {
-        self.stream
-            .context()
-            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(driver_error("creating an event"))
+        .map_err(driver_error("allocating page-locked status words"))
     }
 }
 
-/// A prepared decode: its records and work list on the device, and the
-/// status words, copied back to pinned host memory by every submission.
+/// A prepared decode: its records and work list copied to the device,
+/// and the buffers that its status words come back in.
 pub struct CudaLaunch {
-    records: CudaSlice<u8>,
-    work: CudaSlice<u32>,
-    status: Mutex<CudaSlice<u32>>,
     /// Taken from the pool, and given back when the launch is dropped.
-    status_host: Mutex<Option<PinnedHostSlice<u32>>>,
-    pool: PinnedPool,
+    buffers: Option<LaunchBuffers>,
+    pool: LaunchPool,
     blocks: u32,
+    /// Where the work list starts in the records' device buffer.
+    work_offset: usize,
+}
+
+impl CudaLaunch {
+    fn buffers(&self) -> &LaunchBuffers {
+        self.buffers.as_ref().expect("a launch keeps its buffers")
+    }
 }
 
 impl Drop for CudaLaunch {
     fn drop(&mut self) {
-        let status_host = self
-            .status_host
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(buffer) = status_host.take() {
+        if let Some(buffers) = self.buffers.take() {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < PINNED_POOL {
-                // A later copy into it waits for this one's (cudarc orders
-                // copies into pinned memory by the buffer's event).
-                pool.push(buffer);
+            if pool.len() < LAUNCH_POOL {
+                // The next launch to take it waits for this one's `done`.
+                pool.push(buffers);
             }
         }
     }
 }
 
-/// A queued decode: the events before (when timed) and after it.
+/// A queued decode: the events after it and, when timed, around it.
 pub struct CudaSubmission {
-    start: Option<CudaEvent>,
     /// Recorded once the decode and the copy of its status words are done.
-    pub end: CudaEvent,
+    end: Arc<Event>,
+    timing: Option<(Arc<Event>, Arc<Event>)>,
 }
 
 impl GpuDevice for CudaDevice {
@@ -804,39 +1086,57 @@ impl GpuDevice for CudaDevice {
         &self,
         plan: &LaunchPlan<'_, CudaMemory>,
         out: &CudaMemory,
-        _timed: bool,
+        timed: bool,
     ) -> Result<CudaLaunch> {
         // The addresses are the allocations'; `submit` takes each buffer
         // through its guard again when it queues the launch.
         let address = |memory: &CudaMemory| memory.slice().device_ptr(&self.stream).0;
         let records = plan.records(address, address(out));
         let records: &[u8] = bytemuck::cast_slice(&records);
-        let mut work = plan.work_list();
-        work.resize(work.len().max(1), 0);
-        let blocks = plan.blocks.max(1) as usize;
-        let upload = |what: &str, bytes: &[u8]| {
-            self.stream
-                .clone_htod(bytes)
-                .map_err(driver_error(&format!("uploading {what}")))
-        };
-        Ok(CudaLaunch {
-            records: upload(
-                "the dispatch records",
-                if records.is_empty() { &[0] } else { records },
-            )?,
-            work: self
-                .stream
-                .clone_htod(&work)
-                .map_err(driver_error("uploading the work list"))?,
-            status: Mutex::new(
-                self.stream
-                    .alloc_zeros::<u32>(blocks)
-                    .map_err(driver_error("allocating status words"))?,
-            ),
-            status_host: Mutex::new(Some(self.pinned(blocks)?)),
-            pool: self.pinned_pool.clone(),
+        let work = plan.work_list();
+        let work: &[u8] = bytemuck::cast_slice(&work);
+        let work_offset = LaunchBuffers::work_offset(records.len());
+        let input_bytes = work_offset + work.len();
+        let blocks = plan.blocks as usize;
+        let mut launch = CudaLaunch {
+            buffers: Some(self.launch_buffers(input_bytes, blocks, timed)?),
+            pool: self.launch_pool.clone(),
             blocks: plan.blocks,
-        })
+            work_offset,
+        };
+        if blocks == 0 {
+            return Ok(launch);
+        }
+        let buffers = launch.buffers.as_mut().expect("a launch keeps its buffers");
+        let failed = driver_error("copying the dispatch records");
+        let staging = buffers.staging.as_mut_ptr().map_err(&failed)?;
+        // Safety: `staging` holds at least `input_bytes` bytes (the set was
+        // sized for them) and no queued copy reads it (its `done` passed).
+        unsafe {
+            std::ptr::copy_nonoverlapping(records.as_ptr(), staging, records.len());
+            std::ptr::copy_nonoverlapping(work.as_ptr(), staging.add(work_offset), work.len());
+        }
+        self.stream.context().bind_to_thread().map_err(&failed)?;
+        // Safety: both buffers hold `input_bytes`; the staging memory is
+        // page-locked, so the copy runs on the stream without the host,
+        // and it is not rewritten before `done`, recorded next, passes.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                buffers.inputs.address,
+                staging.cast(),
+                input_bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(&failed)?;
+        if let Err(error) = buffers.done.record(&self.stream) {
+            // Nothing marks the copy's end: wait for it before the staging
+            // memory can be reused or freed.
+            let _ = self.stream.synchronize();
+            return Err(error);
+        }
+        Ok(launch)
     }
 
     fn submit(
@@ -847,15 +1147,12 @@ impl GpuDevice for CudaDevice {
         timed: bool,
     ) -> Result<CudaSubmission> {
         let stream = &self.stream;
-        let start = if timed {
-            let event = self.event()?;
-            event
-                .record(stream)
-                .map_err(driver_error("recording an event"))?;
-            Some(event)
-        } else {
-            None
-        };
+        let buffers = launch.buffers();
+        // A launch prepared untimed is not timed: the wall clock takes over.
+        let timing = buffers.timing.clone().filter(|_| timed);
+        if let Some((start, _)) = &timing {
+            start.record(stream)?;
+        }
         // Every buffer the launch reads, each once (a tensor may be in two
         // jobs), locked in address order (so that concurrent decodes of
         // shared tensors cannot deadlock) and held until the launch is
@@ -893,35 +1190,22 @@ impl GpuDevice for CudaDevice {
             .result()
             .map_err(driver_error("copying a raw tensor"))?;
         }
-        let mut status = launch.status.lock().unwrap_or_else(|e| e.into_inner());
-        if launch.blocks > 0 {
-            let config = LaunchConfig {
-                grid_dim: (launch.blocks, 1, 1),
-                block_dim: (layout::WORKGROUP_SIZE, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut builder = stream.launch_builder(&self.decode);
-            builder
-                .arg(&launch.records)
-                .arg(&launch.work)
-                .arg(&mut *status);
-            // Safety: the kernel's parameters are these three device
-            // pointers; every address in the records was built from live
-            // allocations and every offset in the descriptors was
-            // validated on the host.
-            unsafe { builder.launch(config) }.map_err(driver_error("launching the decoder"))?;
+        let queued = self.queue_kernel(launch).and_then(|()| match &timing {
+            Some((_, end)) => end.record(stream),
+            None => Ok(()),
+        });
+        // The launch's buffers are reused once `done` passes, so it must
+        // follow whatever was queued, even where queuing failed part way.
+        if let Err(error) = buffers.done.record(stream) {
+            let _ = stream.synchronize();
+            return Err(queued.err().unwrap_or(error));
         }
-        let mut status_host = launch.status_host.lock().unwrap_or_else(|e| e.into_inner());
-        // The pinned buffer holds at least the status words.
-        let status_host = status_host.as_mut().expect("a launch keeps its buffer");
-        stream
-            .memcpy_dtoh(&*status, status_host)
-            .map_err(driver_error("copying status words"))?;
-        let end = self.event()?;
-        end.record(stream)
-            .map_err(driver_error("recording an event"))?;
+        queued?;
         drop(read_guards);
-        Ok(CudaSubmission { start, end })
+        Ok(CudaSubmission {
+            end: buffers.done.clone(),
+            timing,
+        })
     }
 
     fn finish(&self, launch: &CudaLaunch, submission: &CudaSubmission) -> Result<Finished> {
@@ -929,20 +1213,17 @@ impl GpuDevice for CudaDevice {
             .end
             .synchronize()
             .map_err(driver_error("running the decoder"))?;
-        let status_host = launch.status_host.lock().unwrap_or_else(|e| e.into_inner());
-        let status = status_host
-            .as_ref()
-            .expect("a launch keeps its buffer")
-            .as_slice()
-            .map_err(driver_error("reading status words"))?[..launch.blocks as usize]
-            .to_vec();
-        let seconds = match &submission.start {
-            Some(start) => Some(
-                start
-                    .elapsed_ms(&submission.end)
-                    .map_err(driver_error("reading an event"))? as f64
-                    * 1e-3,
-            ),
+        let status_host = launch
+            .buffers()
+            .status_host
+            .as_ptr()
+            .map_err(driver_error("reading status words"))?;
+        // Safety: the copy of the launch's status words into the buffer,
+        // which holds at least one per block, has completed.
+        let status =
+            unsafe { std::slice::from_raw_parts(status_host, launch.blocks as usize) }.to_vec();
+        let seconds = match &submission.timing {
+            Some((start, end)) => Some(start.seconds_until(end)?),
             None => None,
         };
         Ok(Finished { status, seconds })
@@ -971,22 +1252,18 @@ impl GpuDevice for CudaDevice {
             .alloc_zeros::<u8>(size)
             .map_err(driver_error("allocating copy buffers"))?;
         let mut seconds = Vec::with_capacity(repeats);
+        let context = self.stream.context();
+        let (start, end) = (Event::new(context, true)?, Event::new(context, true)?);
         // A warm-up run first.
         for run in 0..=repeats {
-            let (start, end) = (self.event()?, self.event()?);
-            start
-                .record(&self.stream)
-                .map_err(driver_error("recording an event"))?;
+            start.record(&self.stream)?;
             self.stream
                 .memcpy_dtod(&source, &mut destination)
                 .map_err(driver_error("copying"))?;
-            end.record(&self.stream)
-                .map_err(driver_error("recording an event"))?;
-            let ms = start
-                .elapsed_ms(&end)
-                .map_err(driver_error("reading an event"))?;
+            end.record(&self.stream)?;
+            let run_seconds = start.seconds_until(&end)?;
             if run > 0 {
-                seconds.push(ms as f64 * 1e-3);
+                seconds.push(run_seconds);
             }
         }
         Ok(Timings {
