@@ -1075,9 +1075,11 @@ impl GpuDevice for CudaDevice {
 
     fn alloc(&self, bytes: u64) -> Result<CudaMemory> {
         self.check_fits(bytes, "an output buffer")?;
-        let slice = self
-            .stream
-            .alloc_zeros::<u8>(bytes as usize)
+        // Not cleared: a decode writes every byte of each job's range, and
+        // the rest of a buffer is unspecified (`Backend::alloc`).
+        // Safety: no byte value is invalid for `u8`, and the host reads
+        // only bytes a decode wrote.
+        let slice = unsafe { self.stream.alloc::<u8>(bytes as usize) }
             .map_err(driver_error("allocating an output buffer"))?;
         Ok(CudaMemory::new(slice))
     }

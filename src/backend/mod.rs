@@ -122,6 +122,10 @@ pub trait Backend: Send + Sync {
     fn upload(&self, tensor: &EncodedView, index: &BlockIndex) -> Result<Box<dyn DeviceTensor>>;
     /// Copies a tensor stored raw to the device; decoding it copies it.
     fn upload_raw(&self, bytes: &[u8]) -> Result<Box<dyn DeviceTensor>>;
+    /// A buffer of `bytes` bytes to decode into. Its contents are
+    /// unspecified until a decode writes them (a GPU backend does not
+    /// clear it): a decode writes every byte of each job's range, up to
+    /// the alignment word past its end, and no other byte.
     fn alloc(&self, bytes: u64) -> Result<Box<dyn DeviceBuffer>>;
     /// Decode jobs start at multiples of this many bytes, and a job may
     /// write zeros past its tensor's end up to the next multiple of it: 4

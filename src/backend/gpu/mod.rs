@@ -55,8 +55,9 @@ pub trait GpuDevice: Send + Sync + 'static {
     /// A buffer the kernel reads, holding `bytes` (a multiple of 4, never
     /// empty). `what` names it in errors.
     fn upload(&self, what: &str, bytes: &[u8]) -> Result<Self::Buffer>;
-    /// A zeroed buffer of `bytes` (a multiple of 4) that kernels write and
-    /// the host reads back.
+    /// A buffer of `bytes` (a multiple of 4) that kernels write and the
+    /// host reads back. Its contents before a decode writes them are
+    /// unspecified: it need not be cleared.
     fn alloc(&self, bytes: u64) -> Result<Self::Buffer>;
     /// Prepares `plan`, whose output is `out`; `timed` when its
     /// submissions will be timed.
