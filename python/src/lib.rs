@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ecfloat::backend::cuda::CudaBackend;
 use ecfloat::container::source::TensorEntry;
@@ -263,30 +263,79 @@ impl Checkpoint {
         }
         py.detach(|| {
             let backend = cuda_backend(device, stream)?;
-            self.shards[*shard].decode_on_device(backend, name, address, length)
+            self.shards[*shard].decode_on_device(&backend, name, address, length)
         })
         .map_err(python_error)
     }
 }
 
-/// The CUDA backend on GPU `device`'s stream `stream`, made once per pair
-/// and kept for the program's life.
-fn cuda_backend(device: usize, stream: usize) -> Result<&'static CudaBackend, Error> {
-    static BACKENDS: OnceLock<Mutex<HashMap<(usize, usize), &'static CudaBackend>>> =
-        OnceLock::new();
-    let mut backends = BACKENDS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(&backend) = backends.get(&(device, stream)) {
-        return Ok(backend);
+/// The CUDA backend on GPU `device`'s stream `stream`: kept for the next
+/// tensors, as making one loads the decode kernel into the device.
+///
+/// Each backend holds a retain of the device's primary context, a loaded
+/// kernel module and pooled launch buffers, and a program may decode on
+/// any number of streams (`torch.cuda.Stream()`, `ExternalStream`), so
+/// only the [`CACHED_BACKENDS`] pairs used most recently keep theirs. That
+/// bound, rather than dropping a backend when its stream goes away, is
+/// because nothing says when a stream goes: CUDA cannot tell a destroyed
+/// stream handle from a live one, and torch keeps pooled streams after
+/// the Python object is gone. Dropping a backend does not touch its
+/// stream, so an evicted backend whose stream was destroyed goes cleanly;
+/// one still decoding on another thread goes when that decode returns.
+fn cuda_backend(device: usize, stream: usize) -> Result<Arc<CudaBackend>, Error> {
+    static BACKENDS: Mutex<Lru<(usize, usize), Arc<CudaBackend>>> =
+        Mutex::new(Lru::new(CACHED_BACKENDS));
+    let mut backends = BACKENDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(backend) = backends.get(&(device, stream)) {
+        return Ok(backend.clone());
     }
     // Safety: the caller passes torch's current stream of that device,
-    // which torch keeps alive.
-    let backend = unsafe { CudaBackend::on_borrowed_stream(device, stream as _) }?;
-    let backend: &'static CudaBackend = Box::leak(Box::new(backend));
-    backends.insert((device, stream), backend);
+    // which torch keeps alive while it decodes on it.
+    let backend = Arc::new(unsafe { CudaBackend::on_borrowed_stream(device, stream as _) }?);
+    let evicted = backends.insert((device, stream), backend.clone());
+    // A backend waits for its last decode as it goes: not under the lock.
+    drop(backends);
+    drop(evicted);
     Ok(backend)
+}
+
+/// Backends kept at most: more than the streams a program usually decodes
+/// on at once, few enough that each one's context retain, kernel module
+/// and buffers stay bounded.
+const CACHED_BACKENDS: usize = 8;
+
+/// A cache of at most `capacity` values that drops the least recently
+/// used; linear, for the handful of entries it keeps.
+struct Lru<K, V> {
+    /// Least recently used first.
+    entries: Vec<(K, V)>,
+    capacity: usize,
+}
+
+impl<K: PartialEq, V> Lru<K, V> {
+    const fn new(capacity: usize) -> Self {
+        Lru {
+            entries: Vec::new(),
+            capacity,
+        }
+    }
+
+    /// The value of `key`, now the most recently used.
+    fn get(&mut self, key: &K) -> Option<&V> {
+        let index = self.entries.iter().position(|(k, _)| k == key)?;
+        let entry = self.entries.remove(index);
+        self.entries.push(entry);
+        self.entries.last().map(|(_, value)| value)
+    }
+
+    /// Keeps `value` for `key` (absent) as the most recently used, and
+    /// returns the value it pushes out, for the caller to drop.
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let evicted =
+            (self.entries.len() >= self.capacity.max(1)).then(|| self.entries.remove(0).1);
+        self.entries.push((key, value));
+        evicted
+    }
 }
 
 impl Shard {
@@ -391,4 +440,27 @@ fn _ecfloat(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(verify, module)?)?;
     module.add("DeviceError", module.py().get_type::<DeviceError>())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lru;
+
+    #[test]
+    fn the_backend_cache_drops_the_least_recently_used_pair() {
+        let mut cache = Lru::new(2);
+        assert_eq!(cache.insert((0, 1), "a"), None);
+        assert_eq!(cache.insert((0, 2), "b"), None);
+        assert_eq!(cache.get(&(0, 1)), Some(&"a"));
+        // (0, 2) is now the least recently used.
+        assert_eq!(cache.insert((0, 3), "c"), Some("b"));
+        assert_eq!(cache.get(&(0, 2)), None);
+        assert_eq!(cache.get(&(0, 1)), Some(&"a"));
+        assert_eq!(cache.get(&(0, 3)), Some(&"c"));
+        // Many short-lived streams keep at most two backends.
+        for stream in 4..100 {
+            cache.insert((0, stream), "short-lived");
+            assert!(cache.entries.len() <= 2);
+        }
+    }
 }
