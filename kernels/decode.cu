@@ -1,52 +1,67 @@
 // decode.cu — rebuilds ecfloat-coded tensors on NVIDIA GPUs, bit for bit.
 //
 // This is the algorithm of shaders/decode.wgsl, with the same names for the
-// same things (block, chunk, warm-up, exception, ring, run, table, status);
-// read that file's header for the whole story. In short: one thread block
-// decodes one coded block of 64K elements. Each thread decodes one chunk
-// of the block's head stream, starting `warmup_bits` early (or at the
-// chunk's stored exception) so that it resynchronises onto true codeword
-// boundaries. Per round of 256 chunks: a count pass, a block-wide prefix
-// sum, and a write pass. Global memory is only touched in whole sectors by
-// consecutive threads: each thread reads its chunk from a ring of two
-// sectors in shared memory that the block refills together, and the write
-// pass stages each thread's decoded heads in runs of RUN_ELEMENTS, which
-// the block then joins with their rest bits and stores, word after word.
+// same things (block, chunk, warm-up, exception, window, reader, run,
+// group, status); read that file's header for the whole story. In short:
+// one thread block decodes one coded block of 64K elements, and each
+// thread one chunk of its head stream, holding its place in the stream in
+// registers. A 4096-entry decode table, built in shared memory from the
+// block's code table, gives for every 12-bit window of the stream its
+// first codeword, and a byte beside it how many whole codewords the window
+// holds. Per round of 256 chunks:
+//   1. count pass: every thread walks its chunk from its start, a window
+//      at a time, and counts the codewords that start in it;
+//   2. a block-wide prefix sum turns counts into each chunk's first
+//      element;
+//   3. write pass: every thread decodes again from its chunk's first
+//      codeword its *run*: from its first element rounded up to a multiple
+//      of RUN_ELEMENTS to the next chunk's, rounded the same way, a group
+//      of RUN_ELEMENTS at a time. It joins heads with their rest bits and
+//      stores whole 16-byte vectors, so no output word is written by two
+//      threads and nothing is staged.
 // Each chunk must start where the one before it ends, and the last must
 // end at the stream's end with as many codewords as the block has
 // elements; thread 0 writes the block's status word (0, or the first
 // problem found) for the host to check.
 //
 // Where CUDA differs from WGSL:
-//   * WGSL cannot hand a storage buffer to a function, so its plane_bits
-//     comes in a `head` and a `rest` version (head_plane_bits,
-//     rest_plane_bits); here plane_bits and load_word take the plane.
 //   * One launch decodes many tensors: each thread block reads which
 //     dispatch (tensor segment) and which block of it to decode from a
 //     work list, so a model layer's tensors go out in one launch.
-//   * The block's record is copied into shared memory, not registers, which
-//     keeps the kernel within 64 registers without spilling.
-//   * WGSL also has a compact form, for devices with 16 KiB of workgroup
-//     memory; every CUDA GPU has the 32 KiB this needs.
+//   * A layout's write path is a function template instantiated per
+//     layout, with its shifts fixed at compile time; WGSL picks the
+//     layout's shifts at run time.
+//   * Groups' rest bits are loaded and their vectors stored 16 bytes at a
+//     time; WGSL moves words.
+//   * A thread asks L1 for its chunk's stream words before it walks them,
+//     and for a group's rest bits a few groups ahead (prefetch.global.L1),
+//     so that its walk does not wait on DRAM at every new sector.
+//   * There is no compact form: every CUDA GPU has the shared memory the
+//     window counts need.
 //
 // The kernel is compiled at run time by NVRTC for the device's own
 // architecture; it includes no headers. Every offset it reads was
 // validated on the host (src/backend/gpu/layout.rs, which also holds the
-// constants and layouts below). The tests also compile it as C++ and run
-// it on the CPU (tests/cuda_on_cpu.rs): it may use only what that
-// emulates — __syncthreads, static __shared__ arrays, threadIdx/blockIdx,
-// __funnelshift_r, unsigned min/max and atomicMin — and every
-// __syncthreads must be reached by all 256 threads.
+// constants and layouts below), and a thread never reads past its block's
+// stream by more than the planes' padding, whatever the stream holds. The
+// tests also compile it as C++ and run it on the CPU (tests/cuda_on_cpu.rs):
+// it may use only what that emulates — __syncthreads, static __shared__
+// arrays, threadIdx/blockIdx, __funnelshift_r, __brev, __byte_perm,
+// unsigned min/max, atomicMin, uint2/uint4 — and every __syncthreads must
+// be reached by all 256 threads.
 //
-// Global memory is read and written only through load_word, store_word
-// and a model_read of each record copied; a thread that leaves out an
-// access its neighbours make in the same step says so (model_skip). Every
-// codeword lookup and round is marked too: the CPU execution defines the
-// ECF_MODEL_* hooks to count memory sectors per warp, decodes and idle
-// threads (its memory-access model); here they are empty.
+// The cost model (tests/common/kernel_cost.rs) weighs NVRTC's SASS of this
+// file by what its CPU execution runs: every ECF_MODEL_REGION() marks the
+// braces it stands in as a region, whose instructions a warp issues once
+// per distinct execution among its threads. So every loop is either
+// unrolled whole (`#pragma unroll`, no region inside) or kept rolled
+// (`#pragma unroll 1`) with a region as its body's first statement. In a
+// function template, `model_variant` (the template's layout) tells the
+// instantiations' counts apart. Global and shared memory are touched only
+// through the load_/store_/prefetch_/shared_ functions below, which report
+// each access to the model; here the hooks are empty (but the prefetch).
 
 typedef unsigned int u32;
-typedef unsigned short u16;
 
 #define WORKGROUP_SIZE 256u
 #define BLOCK_RAW 0u
@@ -60,15 +75,18 @@ typedef unsigned short u16;
 #define TABLE_LENGTHS 256u
 #define TABLE_INDEX_SHIFT 12u
 #define TABLE_COUNT_SHIFT 22u
-// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT; length 0
-// means the codeword is longer than FAST_BITS.
-#define ENTRY_LENGTH_SHIFT 9u
+// The decode table: one entry per window of MAX_CODE_BITS stream bits
+// (first bit in bit 0), the symbol of the window's first codeword and its
+// length on top; and per window a byte of how many whole codewords it
+// holds (up to four) and their total length: count | length <<
+// WINDOW_BITS_SHIFT.
+#define DECODE_ENTRIES 4096u
+#define WINDOW_MASK 0xFFFu
 #define ENTRY_SYMBOL_MASK 0x1FFu
-#define FAST_BITS 10u
-#define FAST_ENTRIES 1024u
+#define ENTRY_LENGTH_SHIFT 28u
+#define WINDOW_BITS_SHIFT 4u
+#define WINDOW_COUNT_MASK 0xFu
 #define NO_EXCEPTION 0xFFFFFFFFu
-// A walker that holds no ring words yet.
-#define NO_WINDOW 0xFFFFFFFFu
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 #define STATUS_OK 0u
 #define STATUS_CHUNK_START 1u
@@ -77,29 +95,32 @@ typedef unsigned short u16;
 #define STATUS_NO_BLOCK 4u
 #define STATUS_DETAIL_SHIFT 4u
 #define STATUS_NONE 0xFFFFFFFFu
-// A thread's ring: two sectors of its stream, the words `base..base + 16`
-// with `base` a multiple of SECTOR_WORDS, word w in slot w % RING_WORDS.
+// A thread's run of elements starts and ends on a multiple of
+// RUN_ELEMENTS (but at the block's end), which the fast write paths decode
+// a group at a time and store in vectors of VECTOR_BYTES.
+#define RUN_ELEMENTS 16u
+#define VECTOR_BYTES 16u
+// Zero words after each plane: a thread reads past its block's stream by
+// at most a group's codewords and two words, or by PADDING_WORDS when it
+// asks L1 for what it reads next.
+#define PADDING_WORDS 16u
+// Words in a 32-byte sector, what L1 and DRAM move at once; the write
+// pass asks L1 for a group's rest bits REST_AHEAD_GROUPS groups ahead.
 #define SECTOR_WORDS 8u
-#define RING_WORDS 16u
-// A ring request: the ring's base word, and whether the block loads both
-// sectors (RING_FILL) or the second (RING_REFILL) for it; RING_IDLE: none.
-#define RING_FILL 0x40000000u
-#define RING_REFILL 0x80000000u
-#define RING_BASE_MASK 0x3FFFFFFFu
-#define RING_IDLE 0u
-// A run: up to RUN_ELEMENTS decoded heads of consecutive elements, staged
-// as bytes in RUN_SYMBOL_WORDS words plus a word of their ninth bits. Runs
-// start at multiples of RUN_ELEMENTS in the block, so a run's elements
-// fill whole output sectors and its rest bits whole words.
-#define RUN_ELEMENTS 32u
-#define RUN_SYMBOL_WORDS 8u
-#define RUN_WORDS 9u
-// A run request: first element << RUN_COUNT_BITS | elements (0: none).
-#define RUN_COUNT_BITS 6u
+#define REST_AHEAD_GROUPS 4u
+// The layouts with a write path of their own (Params::fast_layout): the
+// element's width in bytes, the stored rest bits, the head's form.
+#define LAYOUT_GENERIC 0u
+#define LAYOUT_16_REST_8 1u
+#define LAYOUT_16_SIGNED_REST_7 2u
+#define LAYOUT_32_REST_24 3u
+#define LAYOUT_32_SIGNED_REST_23 4u
+#define LAYOUT_8_REST_1 5u
+#define LAYOUT_8_WHOLE 6u
 
 #ifndef ECF_MODEL_ACCESS
 #define ECF_MODEL_ACCESS(address, bytes, store)
-#define ECF_MODEL_SKIP(store)
+#define ECF_MODEL_PREFETCH(address) asm volatile("prefetch.global.L1 [%0];" ::"l"(address))
 #define ECF_MODEL_SHARED(address, bytes)
 #define ECF_MODEL_DECODE()
 #define ECF_MODEL_ROUND(active)
@@ -122,6 +143,11 @@ struct Params {
     u32 status_base;
     // 1: heads are sign first (FieldSplit::join).
     u32 sign_in_head;
+    // The layout of the write path: LAYOUT_*.
+    u32 fast_layout;
+    u32 reserved0;
+    u32 reserved1;
+    u32 reserved2;
 };
 
 struct Block {
@@ -147,602 +173,786 @@ struct Dispatch {
     const u32* exceptions;
     const u32* head;
     const u32* rest;
-    // The segment's first output word.
+    // The segment's first output element.
     u32* output;
-};
-
-struct Segment {
-    const Params* params;
-    const Dispatch* dispatch;
-    // The block, copied into shared memory.
-    const Block* block;
-    // The head plane's word, and the bit in it, where the stream starts.
-    u32 stream_word;
-    u32 stream_shift;
 };
 
 // What the block's threads share.
 struct Shared {
-    Block block;
-    // The block's code table, as stored, and the lookup table of its
-    // codewords up to FAST_BITS long.
+    // The block's code table, as stored.
     u32 canonical[TABLE_WORDS];
-    u16 decode_table[FAST_ENTRIES];
-    u32 rings[WORKGROUP_SIZE * RING_WORDS];
-    u32 runs[WORKGROUP_SIZE * RUN_WORDS];
-    // Per thread: its ring request; its codeword count, then the prefix
-    // sums; its chunk's start, for the thread of the chunk before it to
-    // check, then its run request.
-    u32 ring_requests[WORKGROUP_SIZE];
-    u32 chunk_counts[WORKGROUP_SIZE];
+    u32 decode_table[DECODE_ENTRIES];
+    // Per window, its whole codewords among its first four, four bytes a
+    // word; while they are counted, among its first two.
+    u32 window_counts[DECODE_ENTRIES / 4u];
+    u32 pair_counts[DECODE_ENTRIES / 4u];
+    // The prefix sum's two buffers.
+    u32 scan[2][WORKGROUP_SIZE];
+    // Per thread: where its chunk's first codeword starts, for the thread
+    // of the chunk before it to check.
     u32 chunk_starts[WORKGROUP_SIZE];
     // The lowest problem found (atomically), and the end of the round's
     // last chunk, which the next round's first chunk must start at.
     u32 block_status;
     u32 previous_end;
-    // Whether every thread has finished its walk: `pending` alternates
-    // between two words (1: nobody is walking), which thread 0 copies to
-    // `walks_finished`.
-    u32 pending[2];
-    u32 walks_finished;
 };
 
-__device__ __forceinline__ u32 load_word(const u32* words, u32 index) {
+__device__ __forceinline__ u32 load_word(const u32* __restrict__ words, u32 index) {
     ECF_MODEL_ACCESS(words + index, 4u, false);
     return words[index];
 }
 
-__device__ __forceinline__ void store_word(u32* words, u32 index, u32 value) {
+__device__ __forceinline__ uint2 load_pair(const u32* __restrict__ words, u32 index) {
+    ECF_MODEL_ACCESS(words + index, 8u, false);
+    return *reinterpret_cast<const uint2*>(words + index);
+}
+
+__device__ __forceinline__ uint4 load_quad(const u32* __restrict__ words, u32 index) {
+    ECF_MODEL_ACCESS(words + index, 16u, false);
+    return *reinterpret_cast<const uint4*>(words + index);
+}
+
+// Asks L1 for the sector holding `words[index]`, without waiting for it
+// (on the CPU, the model counts it as a load no thread waits on).
+__device__ __forceinline__ void prefetch_word(const u32* __restrict__ words, u32 index) {
+    ECF_MODEL_PREFETCH(words + index);
+}
+
+__device__ __forceinline__ void store_word(u32* __restrict__ words, u32 index, u32 value) {
     ECF_MODEL_ACCESS(words + index, 4u, true);
     words[index] = value;
 }
 
-// Marks a load (store) this thread leaves out while the threads beside it
-// make theirs.
-__device__ __forceinline__ void model_skip(bool store) {
-    ECF_MODEL_SKIP(store);
+__device__ __forceinline__ void store_quad(u32* __restrict__ words, u32 index, uint4 value) {
+    ECF_MODEL_ACCESS(words + index, 16u, true);
+    *reinterpret_cast<uint4*>(words + index) = value;
 }
 
-// Marks a record about to be copied from global memory.
-template <typename Record>
-__device__ __forceinline__ const Record& model_read(const Record& record) {
-    ECF_MODEL_ACCESS(&record, (u32)sizeof(Record), false);
-    return record;
+__device__ __forceinline__ u32 shared_load(const u32* words, u32 index) {
+    ECF_MODEL_SHARED(words + index, 4u);
+    return words[index];
 }
 
-// `symbol | length << ENTRY_LENGTH_SHIFT` of the codeword of at most
-// `max_length` bits that the stream bits `bits` (first bit in bit 0) begin
-// with, or 0 if there is none. Codewords are read most significant bit
-// first.
-__device__ __forceinline__ u32 canonical_lookup(const u32* canonical, u32 bits, u32 max_length) {
-    u32 code = 0u;
-#pragma unroll
-    for (u32 len = 1u; len <= max_length; len++) {
-        code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
-        u32 info = canonical[TABLE_LENGTHS + len - 1u];
-        u32 offset = code - (info & 0xFFFu);
-        if (offset < (info >> TABLE_COUNT_SHIFT)) {
-            u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
-            u32 symbol = (canonical[slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
-            return symbol | (len << ENTRY_LENGTH_SHIFT);
-        }
-    }
-    return 0u;
+__device__ __forceinline__ void shared_store(u32* words, u32 index, u32 value) {
+    ECF_MODEL_SHARED(words + index, 4u);
+    words[index] = value;
 }
 
-// Copies the block's code table into shared memory and expands it.
-__device__ __forceinline__ void build_decode_table(Shared& sh, const u32* table, u32 thread) {
-#pragma unroll 1
-    for (u32 word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
-        ECF_MODEL_REGION();
-        sh.canonical[word] = load_word(table, word);
-    }
-    __syncthreads();
-#pragma unroll 1
-    for (u32 index = thread; index < FAST_ENTRIES; index += WORKGROUP_SIZE) {
-        ECF_MODEL_REGION();
-        sh.decode_table[index] = (u16)canonical_lookup(sh.canonical, index, FAST_BITS);
-    }
-    __syncthreads();
-}
-
-// The table entry of the codeword the stream bits `bits` begin with.
-__device__ __forceinline__ u32 table_entry(const Shared& sh, u32 bits) {
-    ECF_MODEL_DECODE();
-    ECF_MODEL_SHARED(&sh.decode_table[bits & (FAST_ENTRIES - 1u)], 2u);
-    u32 entry = sh.decode_table[bits & (FAST_ENTRIES - 1u)];
-    if ((entry >> ENTRY_LENGTH_SHIFT) == 0u) {
-        ECF_MODEL_REGION();
-        entry = canonical_lookup(sh.canonical, bits, MAX_CODE_BITS);
-        // Unreachable for the complete codes the host validated; length 1
-        // keeps every decoder advancing regardless.
-        entry = entry != 0u ? entry : 1u << ENTRY_LENGTH_SHIFT;
-    }
-    return entry;
-}
-
-// The head plane's word holding stream bit `position`.
-__device__ __forceinline__ u32 stream_word(const Segment& s, u32 position) {
-    return s.stream_word + ((s.stream_shift + position) >> 5u);
-}
-
-// A thread's walk along the stream, through its ring.
-struct Walker {
-    // The stream bit of the next codeword.
-    u32 position;
-    // The plane word in the ring's first slot.
-    u32 ring_base;
-    // The ring's words `window_word` and the one after, which a peek at
-    // `position` reads while it is in `window_word` (NO_WINDOW: none yet).
-    u32 window_word;
-    u32 low;
-    u32 high;
-    bool finished;
+// The block's parameters, read once into registers. Its planes and output
+// are addressed from the block's own first word, so that bit offsets fit
+// 32 bits whatever the segment's size.
+struct Segment {
+    // The head plane, and the word of it where the block's stream starts.
+    const u32* plane;
+    u32 head_word;
+    const u32* head;
+    const u32* rest;
+    const u32* exceptions;
+    u32* output;
+    u32 width_bytes;
+    u32 chunk_bits;
+    u32 warmup_bits;
+    // The bit of `head` where the block's stream starts, and its length.
+    u32 stream_bit;
+    u32 stream_bits;
+    u32 elements;
+    // The bit of `rest` where the block's rest bits start.
+    u32 rest_bit;
+    u32 exceptions_start;
+    u32 exceptions_count;
 };
 
-// Whether the ring holds the two words a peek at the walker's position
-// reads.
-__device__ __forceinline__ bool ring_holds(const Segment& s, const Walker& walker) {
-    return stream_word(s, walker.position) + 1u < walker.ring_base + RING_WORDS;
+// An element's head and stored rest bits, joined (FieldSplit::join), with
+// the tensor's split read once.
+struct Join {
+    u32 width_bits;
+    u32 rest_bits;
+    u32 rest_scale;
+    u32 rest_const_value;
+    bool sign_first;
+};
+
+__device__ __forceinline__ Join join_of(const Params& p) {
+    Join join;
+    join.width_bits = p.width_bytes * 8u;
+    join.rest_bits = p.rest_bits;
+    join.rest_scale = 1u << p.rest_const_bits;
+    join.rest_const_value = p.rest_const_value;
+    join.sign_first = p.sign_in_head != 0u;
+    return join;
 }
 
-// The 32 stream bits from the walker's position, which the ring holds.
-// The walker keeps the two words it reads, so walking a word loads one
-// word of the ring instead of two per codeword.
-__device__ __forceinline__ u32 ring_peek(const Shared& sh, const Segment& s, Walker& walker, u32 thread) {
-    u32 bit = s.stream_shift + walker.position;
-    u32 word = s.stream_word + (bit >> 5u);
-    const u32* ring = sh.rings + thread * RING_WORDS;
-    if (word != walker.window_word) {
-        ECF_MODEL_REGION();
-        ECF_MODEL_SHARED(&ring[(word + 1u) % RING_WORDS], 4u);
-        walker.low = walker.window_word != NO_WINDOW && word == walker.window_word + 1u ? walker.high
-                                                                                       : ring[word % RING_WORDS];
-        walker.high = ring[(word + 1u) % RING_WORDS];
-        walker.window_word = word;
-    }
-    return __funnelshift_r(walker.low, walker.high, bit & 31u);
-}
-
-// A walker at `position`, whose ring the next open_rings loads.
-__device__ __forceinline__ Walker open_walker(Shared& sh, const Segment& s, u32 position, bool finished, u32 thread) {
-    Walker walker;
-    walker.position = position;
-    walker.ring_base = stream_word(s, position) / SECTOR_WORDS * SECTOR_WORDS;
-    walker.window_word = NO_WINDOW;
-    walker.low = 0u;
-    walker.high = 0u;
-    walker.finished = finished;
-    sh.ring_requests[thread] = finished ? RING_IDLE : walker.ring_base | RING_FILL;
-    return walker;
-}
-
-// After a walk step: the ring's first sector is spent once the walker has
-// moved past it; ask for the sector after the ring in its place.
-__device__ __forceinline__ void request_refill(Shared& sh, const Segment& s, Walker& walker, u32 thread) {
-    u32 request = RING_IDLE;
-    if (!walker.finished && stream_word(s, walker.position) >= walker.ring_base + SECTOR_WORDS) {
-        walker.ring_base += SECTOR_WORDS;
-        request = walker.ring_base | RING_REFILL;
-    }
-    sh.ring_requests[thread] = request;
-}
-
-// Loads what the rings asked for: consecutive threads load consecutive
-// words of a sector, so a warp moves whole sectors. `sectors` is 2 after
-// open_walker, 1 after request_refill. The threads meet before and after.
-__device__ __forceinline__ void fill_rings(Shared& sh, const Segment& s, u32 sectors, u32 thread) {
-    u32 words = sectors * SECTOR_WORDS;
-    u32 flag = sectors == 2u ? RING_FILL : RING_REFILL;
-#pragma unroll 1
-    for (u32 step = 0u; step < words; step++) {
-        ECF_MODEL_REGION();
-        u32 index = step * WORKGROUP_SIZE + thread;
-        u32 ring = index / words;
-        u32 request = sh.ring_requests[ring];
-        if ((request & flag) != 0u) {
-            u32 word = (request & RING_BASE_MASK) + RING_WORDS - words + index % words;
-            ECF_MODEL_SHARED(&sh.rings[ring * RING_WORDS + word % RING_WORDS], 4u);
-            sh.rings[ring * RING_WORDS + word % RING_WORDS] = load_word(s.dispatch->head, word);
-        } else {
-            model_skip(false);
-        }
-    }
-}
-
-// Loads every walker's first two sectors, with the threads' meetings
-// around it; `pending` then says nobody walks.
-__device__ __forceinline__ void open_rings(Shared& sh, const Segment& s, u32 thread) {
-    if (thread == 0u) {
-        sh.pending[0] = 1u;
-        sh.pending[1] = 1u;
-    }
-    __syncthreads();
-    fill_rings(sh, s, 2u, thread);
-    __syncthreads();
-}
-
-// The end of a walk step, in two halves around what the threads do
-// together (store_runs): the threads meet once each has published its
-// ring request (and run), and thread 0 notes whether any is still walking;
-// then the rings are refilled and the threads meet again. `pending`
-// alternates between two words with `parity`, so that each is reset a
-// step before it is used.
-__device__ __forceinline__ void meet_walkers(Shared& sh, const Walker& walker, u32 parity, u32 thread) {
-    if (!walker.finished) {
-        atomicMin(&sh.pending[parity], 0u);
-    }
-    __syncthreads();
-    if (thread == 0u) {
-        sh.walks_finished = sh.pending[parity];
-        sh.pending[parity ^ 1u] = 1u;
-    }
-}
-
-// The second half: whether every walk has finished.
-__device__ __forceinline__ bool refill_rings(Shared& sh, const Segment& s, u32& parity, u32 thread) {
-    fill_rings(sh, s, 1u, thread);
-    __syncthreads();
-    parity ^= 1u;
-    return sh.walks_finished != 0u;
-}
-
-// The element a head and its stored rest bits make (FieldSplit::join).
-__device__ __forceinline__ u32 join(const Params* p, u32 head_symbol, u32 field) {
-    u32 rest_bits = p->rest_bits;
-    if (p->sign_in_head != 0u) {
+__device__ __forceinline__ u32 join(const Join& j, u32 head, u32 field) {
+    u32 rest = field * j.rest_scale + j.rest_const_value;
+    if (j.sign_first) {
         // Sign first: the head is the element's top bits as they are.
-        return (head_symbol << rest_bits) | (field << p->rest_const_bits) | p->rest_const_value;
+        return (head << j.rest_bits) | rest;
     }
-    if (rest_bits == 0u) {
+    if (j.rest_bits == 0u) {
         // The head is the whole FP8 element, rotated left by one.
-        return ((head_symbol >> 1u) | (head_symbol << 7u)) & 0xFFu;
+        return ((head >> 1u) | (head << 7u)) & 0xFFu;
     }
-    u32 rest_value = (field << p->rest_const_bits) | p->rest_const_value;
-    u32 low_bits = rest_bits - 1u;
-    u32 sign = rest_value >> low_bits;
-    u32 low = rest_value & ((1u << low_bits) - 1u);
-    return (sign << (p->width_bytes * 8u - 1u)) | (head_symbol << low_bits) | low;
+    u32 low_bits = j.rest_bits - 1u;
+    return ((rest >> low_bits) << (j.width_bits - 1u)) | (head << low_bits) | (rest & ((1u << low_bits) - 1u));
 }
 
-// `count` bits (at most 32) of a plane from bit `bit` of word `word`;
-// the second word is read only when the bits reach into it.
-__device__ __forceinline__ u32 plane_bits(const u32* plane, u32 word, u32 bit, u32 count) {
+// `count` bits (at most 32) of a plane from bit `bit`; the second word is
+// read only when the bits reach into it.
+__device__ __forceinline__ u32 plane_bits(const u32* __restrict__ plane, u32 bit, u32 count) {
     if (count == 0u) {
-        model_skip(false);
-        model_skip(false);
         return 0u;
     }
-    word += bit >> 5u;
+    u32 word = bit >> 5u;
     u32 shift = bit & 31u;
     u32 low = load_word(plane, word);
-    u32 high = 0u;
-    if (shift + count > 32u) {
-        high = load_word(plane, word + 1u);
-    } else {
-        model_skip(false);
-    }
+    u32 high = shift + count > 32u ? load_word(plane, word + 1u) : 0u;
     u32 bits = __funnelshift_r(low, high, shift);
     return count == 32u ? bits : bits & ((1u << count) - 1u);
 }
 
-__device__ __forceinline__ u32 elements_per_word(const Params* p) {
-    return 4u / p->width_bytes;
+// ---------------------------------------------------------------------
+// The decode table.
+
+__device__ __forceinline__ u32 table_entry(const Shared& sh, u32 window) {
+    ECF_MODEL_DECODE();
+    return shared_load(sh.decode_table, window & WINDOW_MASK);
 }
 
-// Index, from the segment's first output word, of the word holding the
-// block's element `element`.
-__device__ __forceinline__ u32 output_word(const Segment& s, u32 element) {
-    return (s.block->first_element + element) / elements_per_word(s.params);
+// The window's count | total length << WINDOW_BITS_SHIFT of its whole
+// codewords.
+__device__ __forceinline__ u32 whole_codewords(const Shared& sh, u32 window) {
+    ECF_MODEL_DECODE();
+    const unsigned char* bytes = reinterpret_cast<const unsigned char*>(sh.window_counts);
+    u32 index = window & WINDOW_MASK;
+    ECF_MODEL_SHARED(bytes + index, 1u);
+    return bytes[index];
 }
 
-// Raw and constant blocks: each thread builds whole words.
-__device__ void write_uncoded(const Segment& s, u32 thread) {
-    const Params* p = s.params;
-    u32 per_word = elements_per_word(p);
-    u32 words = (s.block->elements + per_word - 1u) / per_word;
-    u32 element_bits = p->width_bytes * 8u;
+__device__ __forceinline__ u32 entry_length(u32 entry) {
+    return entry >> ENTRY_LENGTH_SHIFT;
+}
+
+__device__ __forceinline__ u32 entry_symbol(u32 entry) {
+    return entry & ENTRY_SYMBOL_MASK;
+}
+
+
+// The 12-bit-justified end of the codes of the length that `info` (a
+// table's per-length word) describes: (first code + count) << (12 - length).
+__device__ __forceinline__ u32 length_limit(u32 info, u32 length) {
+    return ((info & 0xFFFu) + (info >> TABLE_COUNT_SHIFT)) << (MAX_CODE_BITS - length);
+}
+
+// Copies the block's code table into shared memory and expands it into
+// the decode table: first each window's first codeword, then how many
+// whole codewords among its first four the window holds (four at most, so
+// that it takes two steps; fewer would also be right, only slower).
+__device__ void build_decode_table(Shared& sh, const u32* __restrict__ table, u32 thread) {
 #pragma unroll 1
-    for (u32 word = thread; word < words; word += WORKGROUP_SIZE) {
+    for (u32 word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
         ECF_MODEL_REGION();
-        u32 first = word * per_word;
-        u32 count = min(per_word, s.block->elements - first);
-        u32 heads = 0u;
-        if (s.block->mode == BLOCK_RAW) {
-            heads = plane_bits(s.dispatch->head, s.block->stream_byte >> 2u,
-                               (s.block->stream_byte & 3u) * 8u + first * p->head_bits, count * p->head_bits);
-        }
-        u32 fields = plane_bits(s.dispatch->rest, s.block->rest_byte >> 2u,
-                                (s.block->rest_byte & 3u) * 8u + first * p->stored_rest_bits,
-                                count * p->stored_rest_bits);
-        u32 value = 0u;
-#pragma unroll 1
-        for (u32 k = 0u; k < count; k++) {
-            ECF_MODEL_REGION();
-            u32 head_symbol = s.block->table_or_value;
-            if (s.block->mode == BLOCK_RAW) {
-                head_symbol = (heads >> (k * p->head_bits)) & ((1u << p->head_bits) - 1u);
-            }
-            u32 field = (fields >> (k * p->stored_rest_bits)) & ((1u << p->stored_rest_bits) - 1u);
-            value |= join(p, head_symbol, field) << (k * element_bits);
-        }
-        store_word(s.dispatch->output, output_word(s, first), value);
-    }
-}
-
-// Inclusive prefix sum of `value` over the thread block (Hillis-Steele).
-__device__ __forceinline__ u32 inclusive_prefix_sum(u32* chunk_counts, u32 thread, u32 value) {
-    chunk_counts[thread] = value;
-#pragma unroll
-    for (u32 offset = 1u; offset < WORKGROUP_SIZE; offset *= 2u) {
-        __syncthreads();
-        u32 sum = chunk_counts[thread];
-        if (thread >= offset) {
-            sum += chunk_counts[thread - offset];
-        }
-        __syncthreads();
-        chunk_counts[thread] = sum;
+        shared_store(sh.canonical, word, load_word(table, word));
     }
     __syncthreads();
-    return chunk_counts[thread];
+    // Canonical codes, read most significant bit first and justified to 12
+    // bits, tile 0..4096 in order of length: each thread fills the entries
+    // of 16 consecutive justified codes, whose windows are those codes'
+    // bits reversed.
+    u32 code = thread * (DECODE_ENTRIES / WORKGROUP_SIZE);
+    u32 length = 1u;
+    u32 info = shared_load(sh.canonical, TABLE_LENGTHS);
+#pragma unroll 1
+    for (u32 k = 0u; k < DECODE_ENTRIES / WORKGROUP_SIZE; k++) {
+        ECF_MODEL_REGION();
+#pragma unroll 1
+        while (length_limit(info, length) <= code && length < MAX_CODE_BITS) {
+            ECF_MODEL_REGION();
+            length += 1u;
+            info = shared_load(sh.canonical, TABLE_LENGTHS + length - 1u);
+        }
+        u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + (code >> (MAX_CODE_BITS - length)) - (info & 0xFFFu);
+        u32 symbol = (shared_load(sh.canonical, (slot >> 1u) & 0xFFu) >> ((slot & 1u) * 16u)) & ENTRY_SYMBOL_MASK;
+        u32 window = __brev(code) >> (32u - MAX_CODE_BITS);
+        shared_store(sh.decode_table, window, symbol | length << ENTRY_LENGTH_SHIFT);
+        code += 1u;
+    }
+    __syncthreads();
+    // How many whole codewords a window holds, and their total length, a
+    // byte each: first of its first two codewords…
+#pragma unroll 1
+    for (u32 first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
+        ECF_MODEL_REGION();
+        u32 packed = 0u;
+#pragma unroll
+        for (u32 k = 0u; k < 4u; k++) {
+            u32 window = first + k;
+            u32 length = entry_length(shared_load(sh.decode_table, window));
+            // The window after the first codeword, its unknown top bits 0:
+            // its codeword is whole if it ends within the window.
+            u32 second = entry_length(shared_load(sh.decode_table, window >> length));
+            u32 pair = length + second <= MAX_CODE_BITS ? 2u | (length + second) << WINDOW_BITS_SHIFT
+                                                        : 1u | length << WINDOW_BITS_SHIFT;
+            packed |= pair << (k * 8u);
+        }
+        shared_store(sh.pair_counts, first / 4u, packed);
+    }
+    __syncthreads();
+    // …then of its first four: the pair after its pair, if whole too.
+#pragma unroll 1
+    for (u32 first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
+        ECF_MODEL_REGION();
+        u32 pairs = shared_load(sh.pair_counts, first / 4u);
+        u32 packed = 0u;
+#pragma unroll
+        for (u32 k = 0u; k < 4u; k++) {
+            u32 window = first + k;
+            u32 pair = (pairs >> (k * 8u)) & 0xFFu;
+            u32 length = pair >> WINDOW_BITS_SHIFT;
+            u32 after = window >> length;
+            u32 next = (shared_load(sh.pair_counts, after / 4u) >> (after % 4u * 8u)) & 0xFFu;
+            u32 counts = length + (next >> WINDOW_BITS_SHIFT) <= MAX_CODE_BITS ? pair + next : pair;
+            packed |= counts << (k * 8u);
+        }
+        shared_store(sh.window_counts, first / 4u, packed);
+    }
+    __syncthreads();
+}
+
+// ---------------------------------------------------------------------
+// Walking a stream.
+
+// A thread's place in its block's head stream: the bit of the next
+// codeword (from the block's first head word), the words `low` and `high`
+// that hold at least the 32 bits from it, the bit where `low` is used up,
+// and the head plane's word after `high` (its index in the plane, not the
+// block, so that its address is one multiply-add from the plane's).
+struct Reader {
+    u32 bit;
+    u32 limit;
+    u32 low;
+    u32 high;
+    u32 next;
+};
+
+__device__ __forceinline__ Reader open_reader(const Segment& s, u32 bit) {
+    Reader reader;
+    u32 word = bit >> 5u;
+    reader.bit = bit;
+    reader.limit = (word + 1u) * 32u;
+    reader.low = load_word(s.plane, s.head_word + word);
+    reader.high = load_word(s.plane, s.head_word + word + 1u);
+    reader.next = s.head_word + word + 2u;
+    return reader;
+}
+
+// The 32 stream bits from the reader's place.
+__device__ __forceinline__ u32 peek(const Reader& reader) {
+    return __funnelshift_r(reader.low, reader.high, reader.bit);
+}
+
+// Moves the words along after the reader advanced by at most 32 bits.
+__device__ __forceinline__ void refill(const u32* __restrict__ plane, Reader& reader) {
+    if (reader.bit >= reader.limit) {
+        reader.limit += 32u;
+        reader.low = reader.high;
+        reader.high = load_word(plane, reader.next);
+        reader.next += 1u;
+    }
+}
+
+// Asks L1 for the sectors of the head words `first..=last` (capped where a
+// thread may read: PADDING_WORDS past its block's stream, `stream_end`),
+// so that a thread's walk then finds them there: the loads all go out
+// before any is waited on.
+__device__ __forceinline__ void prefetch_stream(const u32* __restrict__ head, u32 first, u32 last, u32 stream_end) {
+    last = min(last, (stream_end + 31u) / 32u + PADDING_WORDS - 1u);
+#pragma unroll 1
+    for (u32 word = first; word <= last; word += SECTOR_WORDS) {
+        ECF_MODEL_REGION();
+        prefetch_word(head, word);
+    }
 }
 
 // Binary search of the block's exceptions, stored `chunk << 8 | boundary`.
-// Every thread takes as many steps as the longest search needs, so the
-// threads of a warp load together.
-__device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk, bool searching) {
-    u32 low = s.block->exceptions_start;
-    u32 high = s.block->exceptions_start + s.block->exceptions_count;
+__device__ __forceinline__ u32 find_exception(const Segment& s, u32 chunk) {
+    u32 low = s.exceptions_start;
+    u32 high = s.exceptions_start + s.exceptions_count;
     u32 found = NO_EXCEPTION;
 #pragma unroll 1
-    for (u32 span = s.block->exceptions_count; span != 0u; span /= 2u) {
+    while (low < high) {
         ECF_MODEL_REGION();
-        if (searching && found == NO_EXCEPTION && low < high) {
-            u32 middle = (low + high) / 2u;
-            u32 entry = load_word(s.dispatch->exceptions, middle);
-            u32 entry_chunk = entry >> 8u;
-            if (entry_chunk == chunk) {
-                found = entry & 0xFFu;
-            } else if (entry_chunk < chunk) {
-                low = middle + 1u;
-            } else {
-                high = middle;
-            }
+        u32 middle = (low + high) / 2u;
+        u32 entry = load_word(s.exceptions, middle);
+        u32 entry_chunk = entry >> 8u;
+        if (entry_chunk == chunk) {
+            found = entry & 0xFFu;
+            break;
+        }
+        if (entry_chunk < chunk) {
+            low = middle + 1u;
         } else {
-            model_skip(false);
+            high = middle;
         }
     }
     return found;
 }
 
-// Where chunk `chunk` (if `has_chunk`) starts decoding: bit 0, its exception,
+// The stream bit where chunk `chunk`'s decoder starts: 0, its exception,
 // or `warmup_bits` before it.
-__device__ __forceinline__ u32 decode_start(const Segment& s, u32 chunk, bool has_chunk) {
-    u32 begin = chunk * s.params->chunk_bits;
-    u32 boundary = find_exception(s, chunk, has_chunk && chunk != 0u);
+__device__ __forceinline__ u32 decode_start(const Segment& s, u32 chunk) {
+    u32 begin = chunk * s.chunk_bits;
     if (chunk == 0u) {
         return 0u;
     }
+    u32 boundary = s.exceptions_count != 0u ? find_exception(s, chunk) : NO_EXCEPTION;
     if (boundary != NO_EXCEPTION) {
         return begin + boundary;
     }
-    u32 warmup = s.params->warmup_bits;
-    return begin > warmup ? begin - warmup : 0u;
+    return begin > s.warmup_bits ? begin - s.warmup_bits : 0u;
 }
 
-// Where a chunk's decoder stood when it reached the chunk (clamped to the
-// stream's end), where it stopped, and how many codewords it owns.
+// Where a chunk's first codeword starts (clamped to the stream's end),
+// where its last ends, and how many it owns.
 struct ChunkWalk {
     u32 start;
     u32 end;
     u32 count;
 };
 
-// Count pass: every thread walks its chunk (if `has_chunk`) and counts the
-// codewords that start in it. Every step advances at least one bit, so it
-// always ends.
-__device__ ChunkWalk count_chunk(Shared& sh, const Segment& s, u32 chunk, bool has_chunk, u32 thread) {
-    u32 begin = chunk * s.params->chunk_bits;
-    u32 stop = min(begin + s.params->chunk_bits, s.block->stream_bits);
-    ChunkWalk walk;
-    walk.start = 0u;
-    walk.end = 0u;
-    walk.count = 0u;
-    u32 start = decode_start(s, chunk, has_chunk);
-    Walker walker = open_walker(sh, s, start, !has_chunk, thread);
-    open_rings(sh, s, thread);
-    u32 parity = 0u;
-    bool started = false;
+// Count pass: the thread walks its chunk from its decode start and counts
+// the codewords that start in it, a window at a time where the window's
+// whole codewords all start on the same side of the chunk's bounds.
+// Every step advances, so it always ends.
+__device__ ChunkWalk count_chunk(const Shared& sh, const Segment& s, u32 chunk) {
+    u32 begin = s.stream_bit + chunk * s.chunk_bits;
+    u32 stop = s.stream_bit + min(chunk * s.chunk_bits + s.chunk_bits, s.stream_bits);
+    u32 start = s.stream_bit + decode_start(s, chunk);
+    prefetch_stream(s.head, start / 32u, (stop + MAX_CODE_BITS) / 32u + 1u, s.stream_bit + s.stream_bits);
+    Reader reader = open_reader(s, start);
+    // Warm-up: the codewords before the chunk, whole windows while they
+    // end by its start.
 #pragma unroll 1
-    while (true) {
+    while (reader.bit < begin) {
         ECF_MODEL_REGION();
-#pragma unroll 1
-        while (!walker.finished) {
-            ECF_MODEL_REGION();
-            if (walker.position >= begin && !started) {
-                walk.start = min(walker.position, s.block->stream_bits);
-                started = true;
-            }
-            if (walker.position >= stop) {
-                walker.finished = true;
-                break;
-            }
-            if (!ring_holds(s, walker)) {
-                break;
-            }
-            u32 entry = table_entry(sh, ring_peek(sh, s, walker, thread));
-            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
-            if (started) {
-                walk.count += 1u;
-            }
-        }
-        request_refill(sh, s, walker, thread);
-        meet_walkers(sh, walker, parity, thread);
-        if (refill_rings(sh, s, parity, thread)) {
-            break;
-        }
+        u32 window = peek(reader);
+        u32 whole = whole_codewords(sh, window) >> WINDOW_BITS_SHIFT;
+        reader.bit += reader.bit + whole <= begin ? whole : entry_length(table_entry(sh, window));
+        refill(s.plane, reader);
     }
+    ChunkWalk walk;
+    walk.start = min(reader.bit, s.stream_bit + s.stream_bits) - s.stream_bit;
+    // Whole windows while they end before the chunk's end; `counted`
+    // gathers count + 16 * length (an entry's third byte), and the lengths
+    // are the bits walked.
+    u32 counted = 0u;
+    u32 walked_from = reader.bit;
+    u32 windows_end = stop >= MAX_CODE_BITS ? stop - MAX_CODE_BITS + 1u : 0u;
+#pragma unroll 1
+    while (reader.bit < windows_end) {
+        ECF_MODEL_REGION();
+        u32 counts = whole_codewords(sh, peek(reader));
+        counted += counts;
+        reader.bit += counts >> WINDOW_BITS_SHIFT;
+        refill(s.plane, reader);
+    }
+    u32 count = counted - 16u * (reader.bit - walked_from);
+    // Then a codeword at a time up to the chunk's end.
+#pragma unroll 1
+    while (reader.bit < stop) {
+        ECF_MODEL_REGION();
+        reader.bit += entry_length(table_entry(sh, peek(reader)));
+        count += 1u;
+        refill(s.plane, reader);
+    }
+    walk.count = count;
     // A chunk that owns no codeword (only the last can) ends where it
     // starts: the codewords before the next end there.
-    walk.end = walk.count > 0u ? walker.position : walk.start;
+    walk.end = count > 0u ? reader.bit - s.stream_bit : walk.start;
     return walk;
 }
 
-// Joins the runs the threads staged with their rest bits and stores them:
-// consecutive threads build consecutive words of a run.
-__device__ void store_runs(Shared& sh, const Segment& s, u32 thread) {
-    const Params* p = s.params;
-    u32 per_word = elements_per_word(p);
-    u32 run_words = RUN_ELEMENTS / per_word;
-    u32 width = p->stored_rest_bits;
-    u32 element_bits = p->width_bytes * 8u;
-#pragma unroll 1
-    for (u32 step = 0u; step < run_words; step++) {
-        ECF_MODEL_REGION();
-        u32 index = step * WORKGROUP_SIZE + thread;
-        u32 run = index / run_words;
-        u32 request = sh.chunk_starts[run];
-        u32 offset = index % run_words * per_word;
-        u32 count = request & ((1u << RUN_COUNT_BITS) - 1u);
-        if (offset >= count) {
-            model_skip(false);
-            model_skip(false);
-            model_skip(true);
-            continue;
+// Inclusive prefix sum of `value` over the thread block (Hillis-Steele,
+// between two buffers, so one barrier a step).
+__device__ __forceinline__ u32 inclusive_prefix_sum(Shared& sh, u32 thread, u32 value) {
+    u32 sum = value;
+    shared_store(sh.scan[0], thread, sum);
+    __syncthreads();
+#pragma unroll
+    for (u32 step = 0u; step < 8u; step++) {
+        u32 offset = 1u << step;
+        if (thread >= offset) {
+            sum += shared_load(sh.scan[step & 1u], thread - offset);
         }
-        u32 first = (request >> RUN_COUNT_BITS) + offset;
-        u32 elements = min(per_word, count - offset);
-        u32 fields = plane_bits(s.dispatch->rest, s.block->rest_byte >> 2u,
-                                (s.block->rest_byte & 3u) * 8u + first * width, elements * width);
-        const u32* staged = sh.runs + run * RUN_WORDS;
-        u32 value = 0u;
-#pragma unroll 1
-        for (u32 k = 0u; k < elements; k++) {
-            ECF_MODEL_REGION();
-            u32 slot = offset + k;
-            ECF_MODEL_SHARED(&staged[slot / 4u], 4u);
-            u32 symbol = (staged[slot / 4u] >> (slot % 4u * 8u)) & 0xFFu;
-            symbol |= ((staged[RUN_SYMBOL_WORDS] >> slot) & 1u) << 8u;
-            u32 field = (fields >> (k * width)) & ((1u << width) - 1u);
-            value |= join(p, symbol, field) << (k * element_bits);
-        }
-        store_word(s.dispatch->output, output_word(s, first), value);
+        shared_store(sh.scan[(step + 1u) & 1u], thread, sum);
+        __syncthreads();
+    }
+    return sum;
+}
+
+// ---------------------------------------------------------------------
+// Writing runs.
+
+// A layout's element width in bytes, and its stored rest bits (its rest
+// bits: the fast layouts have no constant rest bits).
+__device__ constexpr u32 layout_width(u32 layout) {
+    return layout == LAYOUT_16_REST_8 || layout == LAYOUT_16_SIGNED_REST_7    ? 2u
+           : layout == LAYOUT_32_REST_24 || layout == LAYOUT_32_SIGNED_REST_23 ? 4u
+                                                                                : 1u;
+}
+
+__device__ constexpr u32 layout_rest_bits(u32 layout) {
+    return layout == LAYOUT_16_REST_8            ? 8u
+           : layout == LAYOUT_16_SIGNED_REST_7   ? 7u
+           : layout == LAYOUT_32_REST_24         ? 24u
+           : layout == LAYOUT_32_SIGNED_REST_23  ? 23u
+           : layout == LAYOUT_8_REST_1           ? 1u
+                                                 : 0u;
+}
+
+// The decode table entries of the next RUN_ELEMENTS codewords, two
+// lookups per peek at the stream (a peek holds 32 bits, a codeword at most
+// 12). An entry's low 16 bits are its symbol.
+__device__ __forceinline__ void decode_group(const Shared& sh, const u32* __restrict__ plane, Reader& reader,
+                                             u32 (&entries)[RUN_ELEMENTS]) {
+#pragma unroll
+    for (u32 k = 0u; k < RUN_ELEMENTS; k += 2u) {
+        u32 window = peek(reader);
+        u32 first = table_entry(sh, window);
+        u32 first_length = entry_length(first);
+        entries[k] = first;
+        entries[k + 1u] = table_entry(sh, window >> first_length);
+        reader.bit += first_length + entry_length(entries[k + 1u]);
+        refill(plane, reader);
     }
 }
 
-// Write pass: thread `thread` decodes the block's elements `first..end`
-// (multiples of RUN_ELEMENTS, but for the block's end) starting at its
-// chunk, whose first codeword is element `chunk_first`: it passes over
-// the codewords before `first` (the warm-up's and the previous thread's),
-// and goes on past its chunk's end up to `end`.
-__device__ void write_elements(Shared& sh, const Segment& s, u32 chunk, bool has_chunk, u32 chunk_first, u32 first,
-                               u32 end, u32 thread) {
-    u32 begin = chunk * s.params->chunk_bits;
-    u32 start = decode_start(s, chunk, has_chunk);
-    bool finished = !has_chunk || first >= end;
-    Walker walker = open_walker(sh, s, start, finished, thread);
-    open_rings(sh, s, thread);
-    // Codewords still to pass over once in the chunk.
-    u32 skip = first - chunk_first;
-    u32 parity = 0u;
-    u32* staged = sh.runs + thread * RUN_WORDS;
-    u32 run_first = first;
-    u32 run_count = 0u;
-    u32 symbols = 0u;
-    u32 ninth_bits = 0u;
+// The rest bits of RUN_ELEMENTS elements from element `element` (a
+// multiple of RUN_ELEMENTS) in `words`, from bit 0. A block's rest bits
+// start on a 16-byte boundary, so 8- and 24-bit rests fill whole 16-byte
+// loads; 1-bit rests fill half a word; 7- and 23-bit rests start in the
+// middle of a word every other group and are shifted into place.
+template <u32 LAYOUT>
+__device__ __forceinline__ void load_group_rests(const u32* __restrict__ rest, u32 element,
+                                                 u32 (&words)[(RUN_ELEMENTS * layout_rest_bits(LAYOUT) + 31u) / 32u + 1u]) {
+    constexpr u32 bits = RUN_ELEMENTS * layout_rest_bits(LAYOUT);
+    constexpr u32 count = (bits + 31u) / 32u;
+    u32 at = element * layout_rest_bits(LAYOUT);
+    if constexpr (bits == 0u) {
+        // A whole FP8 element in its head: no rest bits.
+    } else if constexpr (bits % 128u == 0u) {
+#pragma unroll
+        for (u32 q = 0u; q < count / 4u; q++) {
+            uint4 quad = load_quad(rest, at / 32u + 4u * q);
+            words[4u * q] = quad.x;
+            words[4u * q + 1u] = quad.y;
+            words[4u * q + 2u] = quad.z;
+            words[4u * q + 3u] = quad.w;
+        }
+    } else if constexpr (bits == 16u) {
+        words[0] = load_word(rest, at / 32u) >> (at % 32u);
+    } else {
+        u32 loaded[count + 1u];
+#pragma unroll
+        for (u32 w = 0u; w <= count; w++) {
+            loaded[w] = load_word(rest, at / 32u + w);
+        }
+#pragma unroll
+        for (u32 w = 0u; w < count; w++) {
+            words[w] = __funnelshift_r(loaded[w], loaded[w + 1u], at % 32u);
+        }
+    }
+    words[count] = 0u;
+}
+
+// Stored rest bits `at..at + COUNT` of a group's words.
+template <u32 COUNT, u32 WORDS>
+__device__ __forceinline__ u32 group_field(const u32 (&words)[WORDS], u32 at) {
+    u32 field = __funnelshift_r(words[at / 32u], words[at / 32u + 1u], at % 32u);
+    return COUNT == 32u ? field : field & ((1u << COUNT) - 1u);
+}
+
+// Joins a group's heads (their table entries) and rest bits into output
+// words, four a vector, and stores its vectors from output word `word`.
+// The layouts have no constant rest bits (write_layout), so each join is a
+// few fixed shifts and masks: two elements a word for 16-bit layouts, one
+// for 32-bit, four for FP8.
+template <u32 LAYOUT>
+__device__ __forceinline__ void store_group(u32* __restrict__ output, u32 word, const u32 (&entries)[RUN_ELEMENTS],
+                                            const u32 (&rests)[(RUN_ELEMENTS * layout_rest_bits(LAYOUT) + 31u) / 32u + 1u]) {
+    constexpr u32 width = layout_width(LAYOUT);
+    constexpr u32 rest_bits = layout_rest_bits(LAYOUT);
+    constexpr u32 vectors = RUN_ELEMENTS * width / VECTOR_BYTES;
+    constexpr u32 per_vector = RUN_ELEMENTS / vectors;
+#pragma unroll
+    for (u32 v = 0u; v < vectors; v++) {
+        u32 out[4];
+#pragma unroll
+        for (u32 w = 0u; w < 4u; w++) {
+            u32 first = v * per_vector + w * (4u / width);
+            if constexpr (width == 2u) {
+                // Both heads at once: an entry's low 16 bits are its symbol.
+                u32 heads = __byte_perm(entries[first], entries[first + 1u], 0x5410u);
+                u32 fields;
+                if constexpr (rest_bits == 8u) {
+                    // Two rest bytes, one in each half.
+                    fields = __byte_perm(rests[first / 4u], 0u, first % 4u == 0u ? 0x4140u : 0x4342u);
+                } else {
+                    fields = group_field<rest_bits, sizeof(rests) / 4u>(rests, first * rest_bits) |
+                             group_field<rest_bits, sizeof(rests) / 4u>(rests, (first + 1u) * rest_bits) << 16u;
+                }
+                if constexpr (LAYOUT == LAYOUT_16_REST_8) {
+                    // sign | exponent | mantissa: the rest's top bit is the sign.
+                    out[w] = ((fields << 8u) & 0x80008000u) | (heads << 7u) | (fields & 0x007F007Fu);
+                } else {
+                    out[w] = (heads << rest_bits) | fields;
+                }
+            } else if constexpr (width == 4u) {
+                u32 field = group_field<rest_bits, sizeof(rests) / 4u>(rests, first * rest_bits);
+                if constexpr (LAYOUT == LAYOUT_32_REST_24) {
+                    out[w] = ((field << 8u) & 0x80000000u) | (entries[first] << 23u) | (field & 0x007FFFFFu);
+                } else {
+                    out[w] = (entries[first] << rest_bits) | field;
+                }
+            } else {
+                u32 heads = __byte_perm(__byte_perm(entries[first], entries[first + 1u], 0x0040u),
+                                        __byte_perm(entries[first + 2u], entries[first + 3u], 0x0040u), 0x5410u);
+                if constexpr (LAYOUT == LAYOUT_8_WHOLE) {
+                    // The whole element, rotated left by one: rotate back.
+                    out[w] = ((heads >> 1u) & 0x7F7F7F7Fu) | ((heads << 7u) & 0x80808080u);
+                } else {
+                    // Exponent first with a 1-bit rest, the sign: bit k of
+                    // the four rest bits goes to the top of byte k.
+                    u32 signs = (rests[0] >> (w * 4u + v * 16u)) & 0xFu;
+                    out[w] = (heads & 0x7F7F7F7Fu) | (((signs * 0x00204081u) & 0x01010101u) << 7u);
+                }
+            }
+        }
+        store_quad(output, word + 4u * v, make_uint4(out[0], out[1], out[2], out[3]));
+    }
+}
+
+// The thread's run's whole groups, `first` to `end` (elements of the block,
+// multiples of RUN_ELEMENTS, the block's output vector-aligned), in the
+// layout's write path.
+template <u32 LAYOUT>
+__device__ void write_groups(const Shared& sh, const Segment& s, Reader& reader, u32 first, u32 end) {
+    // The variant its regions' counts go to (cuda_host.h: 0 elsewhere).
+    [[maybe_unused]] constexpr u32 model_variant = LAYOUT;
+    constexpr u32 rest_words = (RUN_ELEMENTS * layout_rest_bits(LAYOUT) + 31u) / 32u + 1u;
+    u32 stream_end = s.stream_bit + s.stream_bits;
+    u32 word = first / (4u / layout_width(LAYOUT));
 #pragma unroll 1
-    while (true) {
+    for (u32 element = first; element < end; element += RUN_ELEMENTS) {
         ECF_MODEL_REGION();
-#pragma unroll 1
-        while (!walker.finished && run_count < RUN_ELEMENTS) {
-            ECF_MODEL_REGION();
-            if (walker.position >= s.block->stream_bits) {
-                // Only a stream the status check rejects ends early.
-                walker.finished = true;
-                break;
-            }
-            if (!ring_holds(s, walker)) {
-                break;
-            }
-            u32 entry = table_entry(sh, ring_peek(sh, s, walker, thread));
-            u32 at = walker.position;
-            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
-            if (at < begin) {
-                // Warm-up: the previous chunk's codewords.
-                continue;
-            }
-            if (skip > 0u) {
-                skip -= 1u;
-                continue;
-            }
-            u32 symbol = entry & ENTRY_SYMBOL_MASK;
-            symbols |= (symbol & 0xFFu) << (run_count % 4u * 8u);
-            ninth_bits |= (symbol >> 8u) << run_count;
-            run_count += 1u;
-            if (run_count % 4u == 0u) {
-                staged[run_count / 4u - 1u] = symbols;
-                symbols = 0u;
-            }
-            if (run_first + run_count == end) {
-                walker.finished = true;
-            }
-        }
-        bool run_ready = run_count == RUN_ELEMENTS || (walker.finished && run_count > 0u);
-        if (run_ready) {
-            if (run_count % 4u != 0u) {
-                staged[run_count / 4u] = symbols;
-            }
-            staged[RUN_SYMBOL_WORDS] = ninth_bits;
-        }
-        sh.chunk_starts[thread] = run_ready ? run_first << RUN_COUNT_BITS | run_count : 0u;
-        request_refill(sh, s, walker, thread);
-        meet_walkers(sh, walker, parity, thread);
-        store_runs(sh, s, thread);
-        if (run_ready) {
-            run_first += run_count;
-            run_count = 0u;
-            symbols = 0u;
-            ninth_bits = 0u;
-        }
-        if (refill_rings(sh, s, parity, thread)) {
+        if (reader.bit >= stream_end) {
+            // Only a stream the status check rejects ends early: stop
+            // reading before the plane's padding runs out.
             break;
         }
+        // The rest bits of the group REST_AHEAD_GROUPS on, into L1: a
+        // group's are at most 48 bytes.
+        u32 ahead = min(element + REST_AHEAD_GROUPS * RUN_ELEMENTS, s.elements - 1u) * layout_rest_bits(LAYOUT);
+        prefetch_word(s.rest, ahead / 32u);
+        if constexpr (RUN_ELEMENTS * layout_rest_bits(LAYOUT) > 256u) {
+            prefetch_word(s.rest, ahead / 32u + 8u);
+        }
+        u32 rests[rest_words];
+        load_group_rests<LAYOUT>(s.rest, element, rests);
+        u32 entries[RUN_ELEMENTS];
+        decode_group(sh, s.plane, reader, entries);
+        store_group<LAYOUT>(s.output, word, entries, rests);
+        word += RUN_ELEMENTS * layout_width(LAYOUT) / 4u;
     }
 }
 
-// The first element of the thread's write pass: `element` rounded up to a
-// run boundary, within the block.
+// The thread's run from `first` to `end` (elements of the block) a word at
+// a time, any layout: a word's elements are decoded one by one and their
+// rest bits read together.
+__device__ void write_words(const Shared& sh, const Segment& s, const Params& p, Reader& reader, u32 first,
+                            u32 end) {
+    Join j = join_of(p);
+    u32 stream_end = s.stream_bit + s.stream_bits;
+    u32 per_word = 4u / s.width_bytes;
+    u32 element_bits = s.width_bytes * 8u;
+    u32 stored = p.stored_rest_bits;
+#pragma unroll 1
+    for (u32 element = first; element < end; element += per_word) {
+        ECF_MODEL_REGION();
+        if (reader.bit >= stream_end) {
+            break;
+        }
+        u32 count = min(per_word, end - element);
+        u32 fields = plane_bits(s.rest, s.rest_bit + element * stored, count * stored);
+        u32 value = 0u;
+#pragma unroll 1
+        for (u32 k = 0u; k < count; k++) {
+            ECF_MODEL_REGION();
+            u32 entry = table_entry(sh, peek(reader));
+            reader.bit += entry_length(entry);
+            refill(s.plane, reader);
+            u32 field = stored == 0u ? 0u : (fields >> (k * stored)) & ((1u << stored) - 1u);
+            value |= join(j, entry_symbol(entry), field) << (k * element_bits);
+        }
+        store_word(s.output, element / per_word, value);
+    }
+}
+
+// Write pass: the thread decodes the block's elements `first..end` (its
+// run: multiples of RUN_ELEMENTS, but for the block's end) from its
+// chunk's first codeword at `start`, which is element `chunk_first`: it
+// passes over the codewords before `first` (the previous thread's), and
+// goes on past its chunk's end up to `end`.
+__device__ void write_run(const Shared& sh, const Segment& s, const Params& p, u32 start, u32 chunk_first,
+                          u32 first, u32 end) {
+    // The chunk's words are in L1 since its count pass, and those past it
+    // since the next thread's.
+    Reader reader = open_reader(s, s.stream_bit + start);
+    // The codewords of the chunk before `first`, whole windows while they
+    // all are.
+    u32 skip = first - chunk_first;
+#pragma unroll 1
+    while (skip > 0u) {
+        ECF_MODEL_REGION();
+        u32 window = peek(reader);
+        u32 counts = whole_codewords(sh, window);
+        u32 whole = counts & WINDOW_COUNT_MASK;
+        bool all = whole <= skip;
+        reader.bit += all ? counts >> WINDOW_BITS_SHIFT : entry_length(table_entry(sh, window));
+        skip -= all ? whole : 1u;
+        refill(s.plane, reader);
+    }
+    // Whole groups in the layout's own path where the output is
+    // vector-aligned; the block's last partial group, and every other
+    // layout, a word at a time.
+    bool aligned = (reinterpret_cast<unsigned long long>(s.output) & (VECTOR_BYTES - 1u)) == 0u;
+    u32 groups_end = p.fast_layout != LAYOUT_GENERIC && aligned ? first + (end - first) / RUN_ELEMENTS * RUN_ELEMENTS
+                                                           : first;
+    switch (p.fast_layout) {
+    case LAYOUT_16_REST_8:
+        write_groups<LAYOUT_16_REST_8>(sh, s, reader, first, groups_end);
+        break;
+    case LAYOUT_16_SIGNED_REST_7:
+        write_groups<LAYOUT_16_SIGNED_REST_7>(sh, s, reader, first, groups_end);
+        break;
+    case LAYOUT_32_REST_24:
+        write_groups<LAYOUT_32_REST_24>(sh, s, reader, first, groups_end);
+        break;
+    case LAYOUT_32_SIGNED_REST_23:
+        write_groups<LAYOUT_32_SIGNED_REST_23>(sh, s, reader, first, groups_end);
+        break;
+    case LAYOUT_8_REST_1:
+        write_groups<LAYOUT_8_REST_1>(sh, s, reader, first, groups_end);
+        break;
+    case LAYOUT_8_WHOLE:
+        write_groups<LAYOUT_8_WHOLE>(sh, s, reader, first, groups_end);
+        break;
+    default:
+        break;
+    }
+    write_words(sh, s, p, reader, groups_end, end);
+}
+
+// The first element of a thread's run: `element` rounded up to a multiple
+// of RUN_ELEMENTS, within the block.
 __device__ __forceinline__ u32 run_boundary(const Segment& s, u32 element) {
     u32 rounded = (element + RUN_ELEMENTS - 1u) / RUN_ELEMENTS * RUN_ELEMENTS;
-    return min(rounded, s.block->elements);
+    return min(rounded, s.elements);
+}
+
+// Raw and constant blocks: each thread builds whole words.
+__device__ void write_uncoded(const Segment& s, const Params& p, u32 mode, u32 value_or_table, u32 thread) {
+    const u32* __restrict__ head = s.head;
+    const u32* __restrict__ rest = s.rest;
+    u32* __restrict__ output = s.output;
+    Join j = join_of(p);
+    u32 per_word = 4u / s.width_bytes;
+    u32 words = (s.elements + per_word - 1u) / per_word;
+    u32 element_bits = s.width_bytes * 8u;
+#pragma unroll 1
+    for (u32 word = thread; word < words; word += WORKGROUP_SIZE) {
+        ECF_MODEL_REGION();
+        u32 first = word * per_word;
+        u32 count = min(per_word, s.elements - first);
+        u32 heads = mode == BLOCK_RAW ? plane_bits(head, s.stream_bit + first * p.head_bits, count * p.head_bits) : 0u;
+        u32 fields = plane_bits(rest, s.rest_bit + first * p.stored_rest_bits, count * p.stored_rest_bits);
+        u32 value = 0u;
+#pragma unroll 1
+        for (u32 k = 0u; k < count; k++) {
+            ECF_MODEL_REGION();
+            u32 head_symbol = mode == BLOCK_RAW ? (heads >> (k * p.head_bits)) & ((1u << p.head_bits) - 1u)
+                                                : value_or_table;
+            u32 field = p.stored_rest_bits == 0u ? 0u
+                                                 : (fields >> (k * p.stored_rest_bits)) &
+                                                       ((1u << p.stored_rest_bits) - 1u);
+            value |= join(j, head_symbol, field) << (k * element_bits);
+        }
+        store_word(output, first / per_word, value);
+    }
 }
 
 // `work[2 * i]` is the dispatch and `work[2 * i + 1]` the block that thread
 // block `i` decodes; `status[i]` receives the block's status word.
-extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* dispatches, const u32* work, u32* status) {
+extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* __restrict__ dispatches,
+                                                          const u32* __restrict__ work, u32* __restrict__ status) {
     ECF_MODEL_REGION();
     __shared__ Shared sh;
     u32 thread = threadIdx.x;
-    const Dispatch* dispatch = &model_read(dispatches[load_word(work, 2u * blockIdx.x)]);
-    u32 block_index = load_word(work, 2u * blockIdx.x + 1u);
-    if (block_index >= dispatch->params.block_count) {
+    uint2 item = load_pair(work, 2u * blockIdx.x);
+    const Dispatch* dispatch = dispatches + item.x;
+    const u32* record = reinterpret_cast<const u32*>(&dispatch->params);
+    uint4 params_words[4];
+#pragma unroll
+    for (u32 q = 0u; q < 4u; q++) {
+        params_words[q] = load_quad(record, 4u * q);
+    }
+    Params p;
+    p.block_count = params_words[0].x;
+    p.width_bytes = params_words[0].y;
+    p.head_bits = params_words[0].z;
+    p.rest_bits = params_words[0].w;
+    p.stored_rest_bits = params_words[1].x;
+    p.rest_const_bits = params_words[1].y;
+    p.rest_const_value = params_words[1].z;
+    p.chunk_bits = params_words[1].w;
+    p.warmup_bits = params_words[2].x;
+    p.out_word = params_words[2].y;
+    p.status_base = params_words[2].z;
+    p.sign_in_head = params_words[2].w;
+    p.fast_layout = params_words[3].x;
+    if (item.y >= p.block_count) {
         if (thread == 0u) {
             store_word(status, blockIdx.x, STATUS_NO_BLOCK);
         }
         return;
     }
-    if (thread == 0u) {
-        sh.block = model_read(dispatch->blocks[block_index]);
+    const u32* block = reinterpret_cast<const u32*>(dispatch->blocks + item.y);
+    uint4 block_words[3];
+#pragma unroll
+    for (u32 q = 0u; q < 3u; q++) {
+        block_words[q] = load_quad(block, 4u * q);
     }
-    __syncthreads();
     Segment s;
-    s.params = &dispatch->params;
-    s.dispatch = dispatch;
-    s.block = &sh.block;
-    s.stream_word = s.block->stream_byte >> 2u;
-    s.stream_shift = (s.block->stream_byte & 3u) * 8u;
-    if (s.block->mode != BLOCK_CODED) {
-        write_uncoded(s, thread);
+    u32 stream_byte = block_words[0].x;
+    u32 rest_byte = block_words[2].x;
+    s.plane = dispatch->head;
+    s.head_word = stream_byte / 4u;
+    s.head = dispatch->head + stream_byte / 4u;
+    s.rest = dispatch->rest + rest_byte / 4u;
+    s.exceptions = dispatch->exceptions;
+    s.output = dispatch->output + block_words[1].w / (4u / p.width_bytes);
+    s.width_bytes = p.width_bytes;
+    s.chunk_bits = p.chunk_bits;
+    s.warmup_bits = p.warmup_bits;
+    s.stream_bit = stream_byte % 4u * 8u;
+    s.stream_bits = block_words[0].y;
+    u32 mode = block_words[0].z;
+    u32 table_or_value = block_words[0].w;
+    s.exceptions_start = block_words[1].x;
+    s.exceptions_count = block_words[1].y;
+    s.elements = block_words[1].z;
+    s.rest_bit = rest_byte % 4u * 8u;
+    if (mode != BLOCK_CODED) {
+        write_uncoded(s, p, mode, table_or_value, thread);
         if (thread == 0u) {
             store_word(status, blockIdx.x, STATUS_OK);
         }
@@ -751,8 +961,8 @@ extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* disp
     if (thread == 0u) {
         sh.block_status = STATUS_NONE;
     }
-    build_decode_table(sh, dispatch->tables + s.block->table_or_value * TABLE_WORDS, thread);
-    u32 chunks = (s.block->stream_bits + s.params->chunk_bits - 1u) / s.params->chunk_bits;
+    build_decode_table(sh, dispatch->tables + table_or_value * TABLE_WORDS, thread);
+    u32 chunks = (s.stream_bits + s.chunk_bits - 1u) / s.chunk_bits;
     u32 rounds = (chunks + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
     u32 round_base = 0u;
 #pragma unroll 1
@@ -761,18 +971,27 @@ extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* disp
         u32 chunk = round_index * WORKGROUP_SIZE + thread;
         bool has_chunk = chunk < chunks;
         ECF_MODEL_ROUND(has_chunk);
-        ChunkWalk walk = count_chunk(sh, s, chunk, has_chunk, thread);
-        sh.chunk_starts[thread] = walk.start;
-        // The prefix sum's barriers also publish chunk_starts.
-        u32 inclusive = inclusive_prefix_sum(sh.chunk_counts, thread, walk.count);
-        u32 chunk_first = round_base + inclusive - walk.count;
-        u32 round_end = round_base + sh.chunk_counts[WORKGROUP_SIZE - 1u];
+        ChunkWalk walk;
+        walk.start = 0u;
+        walk.end = 0u;
+        walk.count = 0u;
         if (has_chunk) {
+            ECF_MODEL_REGION();
+            walk = count_chunk(sh, s, chunk);
+        }
+        shared_store(sh.chunk_starts, thread, walk.start);
+        // The prefix sum's barriers also publish chunk_starts.
+        u32 inclusive = inclusive_prefix_sum(sh, thread, walk.count);
+        u32 totals = shared_load(sh.scan[0], WORKGROUP_SIZE - 1u);
+        u32 chunk_first = round_base + inclusive - walk.count;
+        u32 round_end = round_base + totals;
+        if (has_chunk) {
+            ECF_MODEL_REGION();
             if (chunk + 1u == chunks) {
-                if (walk.end != s.block->stream_bits) {
+                if (walk.end != s.stream_bits) {
                     atomicMin(&sh.block_status, STATUS_OVERRUN | chunk << STATUS_DETAIL_SHIFT);
                 }
-            } else if (thread + 1u < WORKGROUP_SIZE && walk.end != sh.chunk_starts[thread + 1u]) {
+            } else if (thread + 1u < WORKGROUP_SIZE && walk.end != shared_load(sh.chunk_starts, thread + 1u)) {
                 atomicMin(&sh.block_status, STATUS_CHUNK_START | (chunk + 1u) << STATUS_DETAIL_SHIFT);
             }
             if (thread == 0u && round_index > 0u && walk.start != sh.previous_end) {
@@ -780,26 +999,28 @@ extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* disp
             }
         }
         // Each thread writes from its chunk's first element, rounded up to
-        // a run, to the next chunk's, so the last thread of the round goes
-        // on to the round's end, rounded up the same way.
-        bool last_in_round = chunk + 1u == chunks || thread + 1u == WORKGROUP_SIZE;
-        u32 next_first = last_in_round ? round_end : round_base + sh.chunk_counts[thread];
+        // a vector, to the next chunk's, so the last thread of the round
+        // goes on to the round's end, rounded up the same way.
+        bool last_in_round = chunk + 1u >= chunks || thread + 1u == WORKGROUP_SIZE;
+        u32 next_first = last_in_round ? round_end : round_base + inclusive;
         u32 first = run_boundary(s, chunk_first);
         u32 end = run_boundary(s, next_first);
-        // chunk_starts and previous_end are rewritten below.
+        // chunk_starts, scan and previous_end are rewritten below and in
+        // the next round.
         __syncthreads();
         if (thread == WORKGROUP_SIZE - 1u) {
             sh.previous_end = walk.end;
         }
-        write_elements(sh, s, chunk, has_chunk, chunk_first, first, end, thread);
+        if (has_chunk && first < end) {
+            ECF_MODEL_REGION();
+            write_run(sh, s, p, walk.start, chunk_first, first, end);
+        }
         round_base = round_end;
-        // chunk_counts is rewritten next round.
-        __syncthreads();
     }
     if (thread == 0u) {
         u32 problem = sh.block_status;
         if (problem == STATUS_NONE) {
-            problem = round_base == s.block->elements ? STATUS_OK : STATUS_COUNT | round_base << STATUS_DETAIL_SHIFT;
+            problem = round_base == s.elements ? STATUS_OK : STATUS_COUNT | round_base << STATUS_DETAIL_SHIFT;
         }
         store_word(status, blockIdx.x, problem);
     }

@@ -20,27 +20,34 @@
 // instead. (Chunk 0 starts at bit 0.) This is the rule of
 // src/codec/sync.rs, and every decoder checks that it holds (below).
 //
+// A thread holds its place in the stream in registers — a *reader*: the
+// two stream words around the next codeword and a bit position — and looks
+// codewords up in a *decode table* of 4096 entries in workgroup memory,
+// one per *window* of 12 stream bits (a codeword's most): the window's
+// first codeword's symbol and length. Beside it, a byte per window says how
+// many whole codewords (up to four) the window holds and their total
+// length, so that counting walks a window at a time. Both are built from
+// the block's code table by the workgroup first.
+//
 // Each round of 256 chunks then goes:
-//   1. count pass: every thread decodes its chunk and counts its codewords;
+//   1. count pass: every thread walks its chunk from its start, a window at
+//      a time, and counts the codewords that start in it;
 //   2. a workgroup prefix sum turns counts into each chunk's first element;
 //   3. write pass: every thread decodes again, from its chunk's first
-//      element rounded up to a *run* boundary (a multiple of RUN_ELEMENTS
-//      in the block) up to the next chunk's, rounded up the same way: it
-//      passes over the few codewords before, and goes on a few codewords
-//      into the next chunk. So every element is written by one thread, and
-//      no output word is shared by two.
+//      codeword, its *run*: from its chunk's first element rounded up to a
+//      multiple of RUN_ELEMENTS in the block to the next chunk's, rounded
+//      up the same way. It passes over the few codewords before, and goes
+//      on a few codewords into the next chunk. So every element is written
+//      by one thread, and no output word is shared by two. A run is
+//      decoded a *group* of RUN_ELEMENTS at a time: their heads, joined
+//      with their rest bits by the layout's own shifts (Params.fast_layout),
+//      are
+//      stored as whole vectors of VECTOR_BYTES; layouts without a path of
+//      their own, and a block's last partial group, go a word at a time.
 //
-// Memory is touched in whole 32-byte sectors by consecutive threads, as
-// GPUs move it fastest:
-//   * a thread reads its stream from a *ring* of two sectors in workgroup
-//     memory. Threads walk until their ring runs dry, then all meet; the
-//     workgroup loads every spent sector's successor, consecutive threads
-//     loading consecutive words of it, and they walk on;
-//   * the write pass stages each thread's decoded heads as a *run* of up to
-//     RUN_ELEMENTS in workgroup memory. When runs are full, the workgroup
-//     joins them with their rest bits and stores them, consecutive threads
-//     building consecutive words of a run: a run fills whole sectors of
-//     output, and its rest bits are whole words.
+// Nothing is staged in workgroup memory and no thread waits for another
+// between the passes: a thread's stream words and rest bits come straight
+// from memory, and its output goes straight there.
 //
 // A wrong exception or warm-up would make a chunk start off the true
 // codeword boundaries and decode garbage that looks like codewords. So each
@@ -49,18 +56,22 @@
 // hold as many codewords as elements: that is exactly when chunked decoding
 // equals decoding in order (src/codec/sync.rs). Thread 0 writes the
 // block's *status word* — 0, or the first problem, as the CPU decoder would
-// report it — and the host turns it into an error naming the block.
+// report it — and the host turns it into an error naming the block. A
+// thread never reads past its block's stream by more than the planes'
+// padding (PADDING_WORDS), whatever the stream holds.
 //
 // Raw and constant blocks need no decoding: every thread builds whole
 // words directly. Blocks start on word boundaries, and a tensor's output
 // is padded to a whole word, so no word is shared by two workgroups.
 //
-// The code table arrives in canonical form (symbols sorted by code length,
-// plus the first code and first symbol index of each length). It is copied
-// into workgroup memory and expanded there into a lookup table of the
-// codewords up to FAST_BITS long, indexed by the next FAST_BITS stream
-// bits; the rare longer codeword is looked up in the canonical form.
-// Everything the shader reads was validated on the host.
+// The compact form, for devices with only WebGPU's default 16 KiB of
+// workgroup memory, keeps two 16-bit entries in each decode table word
+// (the windows 2048 apart: a pair of consecutive codes' windows) and no
+// window counts: it counts one codeword at a time. It decodes the same
+// bits, more slowly. Everything the shader reads was validated on the
+// host (src/backend/gpu/layout.rs, which holds the constants and layouts
+// below); kernels/decode.cu is the same algorithm for CUDA, with the same
+// names.
 
 struct Params {
     block_count: u32,
@@ -78,6 +89,11 @@ struct Params {
     status_base: u32,
     // 1: heads are sign first (FieldSplit::join).
     sign_in_head: u32,
+    // The layout of the write path: LAYOUT_*.
+    fast_layout: u32,
+    reserved0: u32,
+    reserved1: u32,
+    reserved2: u32,
 }
 
 struct Block {
@@ -120,15 +136,18 @@ const TABLE_WORDS: u32 = 268u;
 const TABLE_LENGTHS: u32 = 256u;
 const TABLE_INDEX_SHIFT: u32 = 12u;
 const TABLE_COUNT_SHIFT: u32 = 22u;
-// A decode table entry: symbol | length << ENTRY_LENGTH_SHIFT; length 0
-// means the codeword is longer than FAST_BITS.
-const ENTRY_LENGTH_SHIFT: u32 = 9u;
+// The decode table: one entry per window of MAX_CODE_BITS stream bits
+// (first bit in bit 0), the symbol of the window's first codeword and its
+// length on top; and per window a byte of how many whole codewords it
+// holds (up to four) and their total length: count | length <<
+// WINDOW_BITS_SHIFT.
+const DECODE_ENTRIES: u32 = 4096u;
+const WINDOW_MASK: u32 = 0xFFFu;
 const ENTRY_SYMBOL_MASK: u32 = 0x1FFu;
-const FAST_BITS: u32 = 10u;
-const FAST_ENTRIES: u32 = 1024u;
+const ENTRY_LENGTH_SHIFT: u32 = 28u;
+const WINDOW_BITS_SHIFT: u32 = 4u;
+const WINDOW_COUNT_MASK: u32 = 0xFu;
 const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
-// A walker that holds no ring words yet.
-const NO_WINDOW: u32 = 0xFFFFFFFFu;
 // A block's status word: problem | detail << STATUS_DETAIL_SHIFT.
 const STATUS_OK: u32 = 0u;
 const STATUS_CHUNK_START: u32 = 1u;
@@ -137,46 +156,48 @@ const STATUS_COUNT: u32 = 3u;
 const STATUS_NO_BLOCK: u32 = 4u;
 const STATUS_DETAIL_SHIFT: u32 = 4u;
 const STATUS_NONE: u32 = 0xFFFFFFFFu;
-// A thread's ring: two sectors of its stream, the words `base..base + 16`
-// with `base` a multiple of SECTOR_WORDS, word w in slot w % RING_WORDS.
-const SECTOR_WORDS: u32 = 8u;
-const RING_WORDS: u32 = 16u;
-// A ring request: the ring's base word, and whether the workgroup loads
-// both sectors (RING_FILL) or the second (RING_REFILL) for it; RING_IDLE:
-// none.
-const RING_FILL: u32 = 0x40000000u;
-const RING_REFILL: u32 = 0x80000000u;
-const RING_BASE_MASK: u32 = 0x3FFFFFFFu;
-const RING_IDLE: u32 = 0u;
-// A run: up to RUN_ELEMENTS decoded heads of consecutive elements, staged
-// as bytes in RUN_SYMBOL_WORDS words plus a word of their ninth bits.
-const RUN_ELEMENTS: u32 = 32u;
-const RUN_SYMBOL_WORDS: u32 = 8u;
-const RUN_WORDS: u32 = 9u;
-// A run request: first element << RUN_COUNT_BITS | elements (0: none).
-const RUN_COUNT_BITS: u32 = 6u;
+// A thread's run of elements starts and ends on a multiple of
+// RUN_ELEMENTS (but at the block's end), which the fast write paths decode
+// a group at a time and store in vectors of VECTOR_BYTES.
+const RUN_ELEMENTS: u32 = 16u;
+const VECTOR_BYTES: u32 = 16u;
+// Zero words after each plane: a thread reads past its block's stream by
+// at most a group's codewords and two words.
+const PADDING_WORDS: u32 = 16u;
+// The layouts with a write path of their own (Params.fast_layout): the
+// element's width in bits, the stored rest bits, the head's form.
+const LAYOUT_GENERIC: u32 = 0u;
+const LAYOUT_16_REST_8: u32 = 1u;
+const LAYOUT_16_SIGNED_REST_7: u32 = 2u;
+const LAYOUT_32_REST_24: u32 = 3u;
+const LAYOUT_32_SIGNED_REST_23: u32 = 4u;
+const LAYOUT_8_REST_1: u32 = 5u;
+const LAYOUT_8_WHOLE: u32 = 6u;
+// Words of a group's rest bits, and one more: a 32-bit layout's sixteen
+// 24-bit rests.
+const GROUP_REST_WORDS: u32 = 13u;
+// The compact form sets these (src/backend/wgpu.rs): two entries a decode
+// table word, no window counts.
+const COMPACT: bool = false;
+const DECODE_TABLE_WORDS: u32 = 4096u;
+const WINDOW_COUNT_WORDS: u32 = 1024u;
 
-// The block's code table, as stored, and the lookup table of its
-// codewords up to FAST_BITS long (two entries per word).
+// The block's code table, as stored.
 var<workgroup> canonical: array<u32, TABLE_WORDS>;
-var<workgroup> decode_table: array<u32, FAST_ENTRIES / 2u>;
-var<workgroup> rings: array<u32, WORKGROUP_SIZE * RING_WORDS>;
-var<workgroup> runs: array<u32, WORKGROUP_SIZE * RUN_WORDS>;
-// Per thread: its ring request; its codeword count, then the prefix sums;
-// its chunk's start, for the thread of the chunk before it to check, then
-// its run request.
-var<workgroup> ring_requests: array<u32, WORKGROUP_SIZE>;
-var<workgroup> chunk_counts: array<u32, WORKGROUP_SIZE>;
+var<workgroup> decode_table: array<u32, DECODE_TABLE_WORDS>;
+// Per window, its whole codewords among its first four, four bytes a word;
+// while they are counted, among its first two.
+var<workgroup> window_counts: array<u32, WINDOW_COUNT_WORDS>;
+var<workgroup> pair_counts: array<u32, WINDOW_COUNT_WORDS>;
+// The prefix sum's two buffers.
+var<workgroup> scan: array<array<u32, WORKGROUP_SIZE>, 2>;
+// Per thread: where its chunk's first codeword starts, for the thread of
+// the chunk before it to check.
 var<workgroup> chunk_starts: array<u32, WORKGROUP_SIZE>;
 // The lowest problem found, and the end of the round's last chunk, which
 // the next round's first chunk must start at.
 var<workgroup> block_status: atomic<u32>;
 var<workgroup> previous_end: u32;
-// Whether every thread has finished its walk: `pending` alternates between
-// two words (1: nobody is walking), which thread 0 copies to
-// `walks_finished` for all to load uniformly.
-var<workgroup> pending: array<atomic<u32>, 2>;
-var<workgroup> walks_finished: u32;
 // Block fields that steer control flow, shared so they are uniform.
 var<workgroup> shared_mode: u32;
 var<workgroup> shared_chunks: u32;
@@ -195,6 +216,7 @@ fn decode(
         return;
     }
     let block = blocks[block_index];
+    let s = segment_of(block);
     if (thread == 0u) {
         shared_mode = block.mode;
         shared_chunks = (block.stream_bits + params.chunk_bits - 1u) / params.chunk_bits;
@@ -202,7 +224,7 @@ fn decode(
     }
     let mode = workgroupUniformLoad(&shared_mode);
     if (mode != BLOCK_CODED) {
-        write_uncoded(block, thread);
+        write_uncoded(s, block.mode, block.table_or_value, thread);
         if (thread == 0u) {
             status[status_index] = STATUS_OK;
         }
@@ -215,12 +237,16 @@ fn decode(
     for (var round_index = 0u; round_index < rounds; round_index++) {
         let chunk = round_index * WORKGROUP_SIZE + thread;
         let has_chunk = chunk < chunks;
-        let walk = count_chunk(block, chunk, has_chunk, thread);
+        var walk = ChunkWalk(0u, 0u, 0u);
+        if (has_chunk) {
+            walk = count_chunk(s, chunk);
+        }
         chunk_starts[thread] = walk.start;
         // The prefix sum's barriers also publish chunk_starts.
         let inclusive = inclusive_prefix_sum(thread, walk.count);
+        let totals = scan[0][WORKGROUP_SIZE - 1u];
         let chunk_first = round_base + inclusive - walk.count;
-        let round_end = round_base + chunk_counts[WORKGROUP_SIZE - 1u];
+        let round_end = round_base + totals;
         if (has_chunk) {
             if (chunk + 1u == chunks) {
                 if (walk.end != block.stream_bits) {
@@ -234,21 +260,23 @@ fn decode(
             }
         }
         // Each thread writes from its chunk's first element, rounded up to
-        // a run, to the next chunk's, so the last thread of the round goes
-        // on to the round's end, rounded up the same way.
-        let last_in_round = chunk + 1u == chunks || thread + 1u == WORKGROUP_SIZE;
-        let next_first = select(round_base + chunk_counts[thread], round_end, last_in_round);
-        let first = run_boundary(block, chunk_first);
-        let end = run_boundary(block, next_first);
-        // chunk_starts and previous_end are rewritten below.
+        // a multiple of RUN_ELEMENTS, to the next chunk's, so the last
+        // thread of the round goes on to the round's end, rounded up the
+        // same way.
+        let last_in_round = chunk + 1u >= chunks || thread + 1u == WORKGROUP_SIZE;
+        let next_first = select(round_base + inclusive, round_end, last_in_round);
+        let first = run_boundary(s, chunk_first);
+        let end = run_boundary(s, next_first);
+        // chunk_starts, scan and previous_end are rewritten below and in
+        // the next round.
         workgroupBarrier();
         if (thread == WORKGROUP_SIZE - 1u) {
             previous_end = walk.end;
         }
-        write_elements(block, chunk, has_chunk, chunk_first, first, end, thread);
+        if (has_chunk && first < end) {
+            write_run(s, walk.start, chunk_first, first, end);
+        }
         round_base = round_end;
-        // chunk_counts is rewritten next round.
-        workgroupBarrier();
     }
     if (thread == 0u) {
         var problem = atomicLoad(&block_status);
@@ -259,185 +287,57 @@ fn decode(
     }
 }
 
-// `symbol | length << ENTRY_LENGTH_SHIFT` of the codeword of at most
-// `max_length` bits that the stream bits `bits` (first bit in bit 0) begin
-// with, or 0 if there is none. Codewords are read most significant bit
-// first.
-fn canonical_lookup(bits: u32, max_length: u32) -> u32 {
-    var code = 0u;
-    for (var len = 1u; len <= max_length; len++) {
-        code = (code << 1u) | ((bits >> (len - 1u)) & 1u);
-        let info = canonical[TABLE_LENGTHS + len - 1u];
-        let offset = code - (info & 0xFFFu);
-        if (offset < (info >> TABLE_COUNT_SHIFT)) {
-            let slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + offset;
-            let symbol = (canonical[slot / 2u] >> (16u * (slot % 2u))) & 0xFFFFu;
-            return symbol | (len << ENTRY_LENGTH_SHIFT);
-        }
-    }
-    return 0u;
+// The block's parameters. Its stream and rest bits are addressed from
+// their planes' words where they start, so that bit offsets fit 32 bits
+// whatever the segment's size.
+struct Segment {
+    // The word of `head` where the block's stream starts, the bit of it
+    // where it does, and its length.
+    head_word: u32,
+    stream_bit: u32,
+    stream_bits: u32,
+    // The word of `rest` where the block's rest bits start, and the bit.
+    rest_word: u32,
+    rest_bit: u32,
+    // The word of `output` of the block's first element.
+    out_word: u32,
+    elements: u32,
+    exceptions_start: u32,
+    exceptions_count: u32,
 }
 
-// Copies the table at `base` into workgroup memory and expands it.
-fn build_decode_table(base: u32, thread: u32) {
-    for (var word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
-        canonical[word] = tables[base + word];
-    }
-    workgroupBarrier();
-    for (var word = thread; word < FAST_ENTRIES / 2u; word += WORKGROUP_SIZE) {
-        let low = canonical_lookup(word * 2u, FAST_BITS);
-        let high = canonical_lookup(word * 2u + 1u, FAST_BITS);
-        decode_table[word] = low | (high << 16u);
-    }
-    workgroupBarrier();
+fn segment_of(block: Block) -> Segment {
+    return Segment(
+        block.stream_byte / 4u,
+        block.stream_byte % 4u * 8u,
+        block.stream_bits,
+        block.rest_byte / 4u,
+        block.rest_byte % 4u * 8u,
+        params.out_word + block.first_element / (4u / params.width_bytes),
+        block.elements,
+        block.exceptions_start,
+        block.exceptions_count,
+    );
 }
 
-// The table entry of the codeword the stream bits `bits` begin with.
-fn table_entry(bits: u32) -> u32 {
-    let index = bits & (FAST_ENTRIES - 1u);
-    let entry = (decode_table[index >> 1u] >> ((index & 1u) * 16u)) & 0xFFFFu;
-    if ((entry >> ENTRY_LENGTH_SHIFT) != 0u) {
-        return entry;
-    }
-    let long_entry = canonical_lookup(bits, MAX_CODE_BITS);
-    // Unreachable for the complete codes the host validated; length 1
-    // keeps every decoder advancing regardless.
-    return select(1u << ENTRY_LENGTH_SHIFT, long_entry, long_entry != 0u);
-}
-
-// hi:lo shifted right by `shift` (0..=31), low word.
+// hi:lo shifted right by `shift` (taken mod 32), low word.
 fn funnel_shift(low: u32, high: u32, shift: u32) -> u32 {
-    return (low >> shift) | select(0u, high << ((32u - shift) & 31u), shift != 0u);
-}
-
-// The head plane's word holding the block's stream bit `position`.
-fn stream_word(block: Block, position: u32) -> u32 {
-    return (block.stream_byte >> 2u) + (((block.stream_byte & 3u) * 8u + position) >> 5u);
-}
-
-// A thread's walk along the stream, through its ring.
-struct Walker {
-    // The stream bit of the next codeword.
-    position: u32,
-    // The plane word in the ring's first slot.
-    ring_base: u32,
-    // The ring's words `window_word` and the one after, which a peek at
-    // `position` reads while it is in `window_word` (NO_WINDOW: none yet).
-    window_word: u32,
-    low: u32,
-    high: u32,
-    finished: bool,
-}
-
-// Whether the ring holds the two words a peek at the walker's position
-// reads.
-fn ring_holds(block: Block, walker: Walker) -> bool {
-    return stream_word(block, walker.position) + 1u < walker.ring_base + RING_WORDS;
-}
-
-// The 32 stream bits from the walker's position, which the ring holds.
-// The walker keeps the two words it reads, so walking a word loads one
-// word of the ring instead of two per codeword.
-fn ring_peek(block: Block, walker: ptr<function, Walker>, thread: u32) -> u32 {
-    let bit = (block.stream_byte & 3u) * 8u + (*walker).position;
-    let word = (block.stream_byte >> 2u) + (bit >> 5u);
-    let ring = thread * RING_WORDS;
-    if (word != (*walker).window_word) {
-        if ((*walker).window_word != NO_WINDOW && word == (*walker).window_word + 1u) {
-            (*walker).low = (*walker).high;
-        } else {
-            (*walker).low = rings[ring + word % RING_WORDS];
-        }
-        (*walker).high = rings[ring + (word + 1u) % RING_WORDS];
-        (*walker).window_word = word;
-    }
-    return funnel_shift((*walker).low, (*walker).high, bit & 31u);
-}
-
-// A walker at `position`, whose ring the next open_rings loads.
-fn open_walker(block: Block, position: u32, finished: bool, thread: u32) -> Walker {
-    let base = stream_word(block, position) / SECTOR_WORDS * SECTOR_WORDS;
-    ring_requests[thread] = select(base | RING_FILL, RING_IDLE, finished);
-    return Walker(position, base, NO_WINDOW, 0u, 0u, finished);
-}
-
-// After a walk step: the ring's first sector is spent once the walker has
-// moved past it; ask for the sector after the ring in its place.
-fn request_refill(block: Block, walker: ptr<function, Walker>, thread: u32) {
-    var request = RING_IDLE;
-    if (!(*walker).finished && stream_word(block, (*walker).position) >= (*walker).ring_base + SECTOR_WORDS) {
-        (*walker).ring_base += SECTOR_WORDS;
-        request = (*walker).ring_base | RING_REFILL;
-    }
-    ring_requests[thread] = request;
-}
-
-// Loads what the rings asked for: consecutive threads load consecutive
-// words of a sector, so a subgroup moves whole sectors. `sectors` is 2
-// after open_walker, 1 after request_refill. The threads meet before and
-// after.
-fn fill_rings(sectors: u32, thread: u32) {
-    let words = sectors * SECTOR_WORDS;
-    let flag = select(RING_REFILL, RING_FILL, sectors == 2u);
-    for (var step = 0u; step < words; step++) {
-        let index = step * WORKGROUP_SIZE + thread;
-        let ring = index / words;
-        let request = ring_requests[ring];
-        if ((request & flag) != 0u) {
-            let word = (request & RING_BASE_MASK) + RING_WORDS - words + index % words;
-            rings[ring * RING_WORDS + word % RING_WORDS] = head[word];
-        }
-    }
-}
-
-// Loads every walker's first two sectors, with the threads' meetings
-// around it; `pending` then says nobody walks.
-fn open_rings(thread: u32) {
-    if (thread == 0u) {
-        atomicStore(&pending[0], 1u);
-        atomicStore(&pending[1], 1u);
-    }
-    workgroupBarrier();
-    fill_rings(2u, thread);
-    workgroupBarrier();
-}
-
-// The end of a walk step, in two halves around what the threads do
-// together (store_runs): the threads meet once each has published its
-// ring request (and run), and thread 0 notes whether any is still walking;
-// then the rings are refilled and the threads meet again. `pending`
-// alternates between two words with `parity`, so that each is reset a
-// step before it is used.
-fn meet_walkers(walker: Walker, parity: u32, thread: u32) {
-    if (!walker.finished) {
-        atomicMin(&pending[parity], 0u);
-    }
-    workgroupBarrier();
-    if (thread == 0u) {
-        walks_finished = atomicLoad(&pending[parity]);
-        atomicStore(&pending[parity ^ 1u], 1u);
-    }
-}
-
-// The second half: whether every walk has finished.
-fn refill_rings(parity: ptr<function, u32>, thread: u32) -> bool {
-    fill_rings(1u, thread);
-    *parity ^= 1u;
-    return workgroupUniformLoad(&walks_finished) != 0u;
+    let amount = shift & 31u;
+    return (low >> amount) | select(0u, high << ((32u - amount) & 31u), amount != 0u);
 }
 
 // The element a head and its stored rest bits make (FieldSplit::join).
 fn join(head_symbol: u32, field: u32) -> u32 {
     let rest_bits = params.rest_bits;
+    let rest_value = (field << params.rest_const_bits) | params.rest_const_value;
     if (params.sign_in_head != 0u) {
         // Sign first: the head is the element's top bits as they are.
-        return (head_symbol << rest_bits) | (field << params.rest_const_bits) | params.rest_const_value;
+        return (head_symbol << rest_bits) | rest_value;
     }
     if (rest_bits == 0u) {
         // The head is the whole FP8 element, rotated left by one.
         return ((head_symbol >> 1u) | (head_symbol << 7u)) & 0xFFu;
     }
-    let rest_value = (field << params.rest_const_bits) | params.rest_const_value;
     let low_bits = rest_bits - 1u;
     let sign = rest_value >> low_bits;
     let low = rest_value & ((1u << low_bits) - 1u);
@@ -475,90 +375,197 @@ fn rest_plane_bits(word: u32, bit: u32, count: u32) -> u32 {
     return select(bits & ((1u << count) - 1u), bits, count == 32u);
 }
 
-fn elements_per_word() -> u32 {
-    return 4u / params.width_bytes;
-}
+// ---------------------------------------------------------------------
+// The decode table.
 
-// Output word holding the block's element `element`.
-fn output_word(block: Block, element: u32) -> u32 {
-    return params.out_word + (block.first_element + element) / elements_per_word();
-}
-
-// Raw and constant blocks: each thread builds whole words.
-fn write_uncoded(block: Block, thread: u32) {
-    let per_word = elements_per_word();
-    let words = (block.elements + per_word - 1u) / per_word;
-    let element_bits = params.width_bytes * 8u;
-    for (var word = thread; word < words; word += WORKGROUP_SIZE) {
-        let first = word * per_word;
-        let count = min(per_word, block.elements - first);
-        var heads = 0u;
-        if (block.mode == BLOCK_RAW) {
-            heads = head_plane_bits(block.stream_byte >> 2u, (block.stream_byte & 3u) * 8u + first * params.head_bits,
-                              count * params.head_bits);
-        }
-        let fields = rest_plane_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * params.stored_rest_bits,
-                               count * params.stored_rest_bits);
-        var value = 0u;
-        for (var k = 0u; k < count; k++) {
-            var head_symbol = block.table_or_value;
-            if (block.mode == BLOCK_RAW) {
-                head_symbol = (heads >> (k * params.head_bits)) & ((1u << params.head_bits) - 1u);
-            }
-            let field = (fields >> (k * params.stored_rest_bits)) & ((1u << params.stored_rest_bits) - 1u);
-            value |= join(head_symbol, field) << (k * element_bits);
-        }
-        output[output_word(block, first)] = value;
+// The entry of a window's first codeword.
+fn table_entry(window: u32) -> u32 {
+    let index = window & WINDOW_MASK;
+    if (COMPACT) {
+        let half = (decode_table[index % DECODE_TABLE_WORDS] >> (index / DECODE_TABLE_WORDS * 16u)) & 0xFFFFu;
+        return (half & ENTRY_SYMBOL_MASK) | ((half >> 12u) << ENTRY_LENGTH_SHIFT);
     }
+    return decode_table[index];
 }
 
-// Inclusive prefix sum of `value` over the workgroup (Hillis-Steele).
-fn inclusive_prefix_sum(thread: u32, value: u32) -> u32 {
-    chunk_counts[thread] = value;
-    for (var offset = 1u; offset < WORKGROUP_SIZE; offset *= 2u) {
-        workgroupBarrier();
-        var sum = chunk_counts[thread];
-        if (thread >= offset) {
-            sum += chunk_counts[thread - offset];
-        }
-        workgroupBarrier();
-        chunk_counts[thread] = sum;
+// The window's count | total length << WINDOW_BITS_SHIFT of its whole
+// codewords (the compact form: its first codeword only).
+fn whole_codewords(window: u32) -> u32 {
+    if (COMPACT) {
+        return 1u | (entry_length(table_entry(window)) << WINDOW_BITS_SHIFT);
+    }
+    let index = window & WINDOW_MASK;
+    return (window_counts[index / 4u] >> (index % 4u * 8u)) & 0xFFu;
+}
+
+fn entry_length(entry: u32) -> u32 {
+    return entry >> ENTRY_LENGTH_SHIFT;
+}
+
+fn entry_symbol(entry: u32) -> u32 {
+    return entry & ENTRY_SYMBOL_MASK;
+}
+
+// The 12-bit-justified end of the codes of the length that `info` (a
+// table's per-length word) describes: (first code + count) << (12 - length).
+fn length_limit(info: u32, length: u32) -> u32 {
+    return ((info & 0xFFFu) + (info >> TABLE_COUNT_SHIFT)) << (MAX_CODE_BITS - length);
+}
+
+// A 12-bit justified code's bits in reverse order: its window. (By hand:
+// Metal before 2.1 has no bit reversal.)
+fn reversed_code(code: u32) -> u32 {
+    var bits = code;
+    bits = ((bits >> 1u) & 0x555u) | ((bits & 0x555u) << 1u);
+    bits = ((bits >> 2u) & 0x333u) | ((bits & 0x333u) << 2u);
+    bits = (bits & 0x0F0u) | ((bits & 0x00Fu) << 8u) | ((bits >> 8u) & 0x00Fu);
+    return bits & WINDOW_MASK;
+}
+
+// Copies the table at `base` into workgroup memory and expands it into the
+// decode table: first each window's first codeword, then how many whole
+// codewords among its first four the window holds (four at most, so that
+// it takes two steps; fewer would also be right, only slower).
+fn build_decode_table(base: u32, thread: u32) {
+    for (var word = thread; word < TABLE_WORDS; word += WORKGROUP_SIZE) {
+        canonical[word] = tables[base + word];
     }
     workgroupBarrier();
-    return chunk_counts[thread];
+    // Canonical codes, read most significant bit first and justified to 12
+    // bits, tile 0..4096 in order of length: each thread fills the entries
+    // of 16 consecutive justified codes, whose windows are those codes'
+    // bits reversed (so an even code's and the next one's windows are 2048
+    // apart, and share a word in the compact form).
+    var code = thread * (DECODE_ENTRIES / WORKGROUP_SIZE);
+    var length = 1u;
+    var info = canonical[TABLE_LENGTHS];
+    var even_entry = 0u;
+    for (var k = 0u; k < DECODE_ENTRIES / WORKGROUP_SIZE; k++) {
+        while (length_limit(info, length) <= code && length < MAX_CODE_BITS) {
+            length += 1u;
+            info = canonical[TABLE_LENGTHS + length - 1u];
+        }
+        let slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + (code >> (MAX_CODE_BITS - length)) - (info & 0xFFFu);
+        let symbol = (canonical[(slot >> 1u) & 0xFFu] >> ((slot & 1u) * 16u)) & ENTRY_SYMBOL_MASK;
+        let window = reversed_code(code);
+        if (COMPACT) {
+            let entry = symbol | (length << 12u);
+            if ((code & 1u) == 0u) {
+                even_entry = entry;
+            } else {
+                decode_table[window % DECODE_TABLE_WORDS] = even_entry | (entry << 16u);
+            }
+        } else {
+            decode_table[window] = symbol | (length << ENTRY_LENGTH_SHIFT);
+        }
+        code += 1u;
+    }
+    workgroupBarrier();
+    if (COMPACT) {
+        return;
+    }
+    // How many whole codewords a window holds, and their total length, a
+    // byte each: first of its first two codewords…
+    for (var first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
+        var packed = 0u;
+        for (var k = 0u; k < 4u; k++) {
+            let window = first + k;
+            let length = entry_length(decode_table[window]);
+            // The window after the first codeword, its unknown top bits 0:
+            // its codeword is whole if it ends within the window.
+            let second = entry_length(decode_table[window >> length]);
+            let pair = select(1u | (length << WINDOW_BITS_SHIFT), 2u | ((length + second) << WINDOW_BITS_SHIFT),
+                              length + second <= MAX_CODE_BITS);
+            packed |= pair << (k * 8u);
+        }
+        pair_counts[first / 4u] = packed;
+    }
+    workgroupBarrier();
+    // …then of its first four: the pair after its pair, if whole too.
+    for (var first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
+        let pairs = pair_counts[first / 4u];
+        var packed = 0u;
+        for (var k = 0u; k < 4u; k++) {
+            let window = first + k;
+            let pair = (pairs >> (k * 8u)) & 0xFFu;
+            let length = pair >> WINDOW_BITS_SHIFT;
+            let after = window >> length;
+            let next = (pair_counts[after / 4u] >> (after % 4u * 8u)) & 0xFFu;
+            let counts = select(pair, pair + next, length + (next >> WINDOW_BITS_SHIFT) <= MAX_CODE_BITS);
+            packed |= counts << (k * 8u);
+        }
+        window_counts[first / 4u] = packed;
+    }
+    workgroupBarrier();
+}
+
+// ---------------------------------------------------------------------
+// Walking a stream.
+
+// A thread's place in its block's head stream: the bit of the next
+// codeword (from the block's first head word), the words `low` and `high`
+// that hold at least the 32 bits from it, the bit where `low` is used up,
+// and the head plane's word after `high`.
+struct Reader {
+    bit: u32,
+    limit: u32,
+    low: u32,
+    high: u32,
+    next: u32,
+}
+
+fn open_reader(s: Segment, bit: u32) -> Reader {
+    let word = bit >> 5u;
+    return Reader(bit, (word + 1u) * 32u, head[s.head_word + word], head[s.head_word + word + 1u],
+                  s.head_word + word + 2u);
+}
+
+// The 32 stream bits from the reader's place.
+fn peek(reader: Reader) -> u32 {
+    return funnel_shift(reader.low, reader.high, reader.bit);
+}
+
+// Moves the words along after the reader advanced by at most 32 bits.
+fn refill(reader: ptr<function, Reader>) {
+    if ((*reader).bit >= (*reader).limit) {
+        (*reader).limit += 32u;
+        (*reader).low = (*reader).high;
+        (*reader).high = head[(*reader).next];
+        (*reader).next += 1u;
+    }
 }
 
 // Binary search of the block's exceptions, stored `chunk << 8 | boundary`
-// in chunk order. Every thread takes as many steps as the longest search
-// needs, so the threads of a subgroup load together.
-fn find_exception(block: Block, chunk: u32, searching: bool) -> u32 {
-    var low = block.exceptions_start;
-    var high = block.exceptions_start + block.exceptions_count;
-    var found = NO_EXCEPTION;
-    for (var span = block.exceptions_count; span != 0u; span /= 2u) {
-        if (searching && found == NO_EXCEPTION && low < high) {
-            let middle = (low + high) / 2u;
-            let entry = exceptions[middle];
-            let entry_chunk = entry >> 8u;
-            if (entry_chunk == chunk) {
-                found = entry & 0xFFu;
-            } else if (entry_chunk < chunk) {
-                low = middle + 1u;
-            } else {
-                high = middle;
-            }
+// in chunk order.
+fn find_exception(s: Segment, chunk: u32) -> u32 {
+    var low = s.exceptions_start;
+    var high = s.exceptions_start + s.exceptions_count;
+    while (low < high) {
+        let middle = (low + high) / 2u;
+        let entry = exceptions[middle];
+        let entry_chunk = entry >> 8u;
+        if (entry_chunk == chunk) {
+            return entry & 0xFFu;
+        }
+        if (entry_chunk < chunk) {
+            low = middle + 1u;
+        } else {
+            high = middle;
         }
     }
-    return found;
+    return NO_EXCEPTION;
 }
 
-// Where chunk `chunk` (if `has_chunk`) starts decoding: bit 0, its exception,
+// The stream bit where chunk `chunk`'s decoder starts: 0, its exception,
 // or `warmup_bits` before it.
-fn decode_start(block: Block, chunk: u32, has_chunk: bool) -> u32 {
+fn decode_start(s: Segment, chunk: u32) -> u32 {
     let begin = chunk * params.chunk_bits;
-    let boundary = find_exception(block, chunk, has_chunk && chunk != 0u);
     if (chunk == 0u) {
         return 0u;
+    }
+    var boundary = NO_EXCEPTION;
+    if (s.exceptions_count != 0u) {
+        boundary = find_exception(s, chunk);
     }
     if (boundary != NO_EXCEPTION) {
         return begin + boundary;
@@ -566,172 +573,314 @@ fn decode_start(block: Block, chunk: u32, has_chunk: bool) -> u32 {
     return select(0u, begin - params.warmup_bits, begin > params.warmup_bits);
 }
 
-// Where a chunk's decoder stood when it reached the chunk (clamped to the
-// stream's end), where it stopped, and how many codewords it owns.
+// Where a chunk's first codeword starts (clamped to the stream's end),
+// where its last ends, and how many it owns.
 struct ChunkWalk {
     start: u32,
     end: u32,
     count: u32,
 }
 
-// Count pass: every thread walks its chunk (if `has_chunk`) and counts the
-// codewords that start in it. Every step advances at least one bit, so it
-// always ends.
-fn count_chunk(block: Block, chunk: u32, has_chunk: bool, thread: u32) -> ChunkWalk {
-    let begin = chunk * params.chunk_bits;
-    let stop = min(begin + params.chunk_bits, block.stream_bits);
-    var walk = ChunkWalk(0u, 0u, 0u);
-    let start = decode_start(block, chunk, has_chunk);
-    var walker = open_walker(block, start, !has_chunk, thread);
-    open_rings(thread);
-    var parity = 0u;
-    var started = false;
-    loop {
-        loop {
-            if (walker.finished) {
-                break;
-            }
-            if (walker.position >= begin && !started) {
-                walk.start = min(walker.position, block.stream_bits);
-                started = true;
-            }
-            if (walker.position >= stop) {
-                walker.finished = true;
-                break;
-            }
-            if (!ring_holds(block, walker)) {
-                break;
-            }
-            let entry = table_entry(ring_peek(block, &walker, thread));
-            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
-            if (started) {
-                walk.count += 1u;
-            }
-        }
-        request_refill(block, &walker, thread);
-        meet_walkers(walker, parity, thread);
-        if (refill_rings(&parity, thread)) {
-            break;
-        }
+// Count pass: the thread walks its chunk from its decode start and counts
+// the codewords that start in it, a window at a time where the window's
+// whole codewords all start on the same side of the chunk's bounds.
+// Every step advances, so it always ends.
+fn count_chunk(s: Segment, chunk: u32) -> ChunkWalk {
+    let begin = s.stream_bit + chunk * params.chunk_bits;
+    let stop = s.stream_bit + min(chunk * params.chunk_bits + params.chunk_bits, s.stream_bits);
+    var reader = open_reader(s, s.stream_bit + decode_start(s, chunk));
+    // Warm-up: the codewords before the chunk, whole windows while they
+    // end by its start.
+    while (reader.bit < begin) {
+        let window = peek(reader);
+        let whole = whole_codewords(window) >> WINDOW_BITS_SHIFT;
+        reader.bit += select(entry_length(table_entry(window)), whole, reader.bit + whole <= begin);
+        refill(&reader);
     }
+    var walk = ChunkWalk(min(reader.bit, s.stream_bit + s.stream_bits) - s.stream_bit, 0u, 0u);
+    // Whole windows while they end before the chunk's end; `counted`
+    // gathers count + 16 * length, and the lengths are the bits walked.
+    var counted = 0u;
+    let walked_from = reader.bit;
+    let windows_end = select(0u, stop - MAX_CODE_BITS + 1u, stop >= MAX_CODE_BITS);
+    while (reader.bit < windows_end) {
+        let counts = whole_codewords(peek(reader));
+        counted += counts;
+        reader.bit += counts >> WINDOW_BITS_SHIFT;
+        refill(&reader);
+    }
+    var count = counted - 16u * (reader.bit - walked_from);
+    // Then a codeword at a time up to the chunk's end.
+    while (reader.bit < stop) {
+        reader.bit += entry_length(table_entry(peek(reader)));
+        count += 1u;
+        refill(&reader);
+    }
+    walk.count = count;
     // A chunk that owns no codeword (only the last can) ends where it
     // starts: the codewords before the next end there.
-    walk.end = select(walk.start, walker.position, walk.count > 0u);
+    walk.end = select(walk.start, reader.bit - s.stream_bit, count > 0u);
     return walk;
 }
 
-// Joins the runs the threads staged with their rest bits and stores them:
-// consecutive threads build consecutive words of a run.
-fn store_runs(block: Block, thread: u32) {
-    let per_word = elements_per_word();
-    let run_words = RUN_ELEMENTS / per_word;
-    let width = params.stored_rest_bits;
-    let element_bits = params.width_bytes * 8u;
-    for (var step = 0u; step < run_words; step++) {
-        let index = step * WORKGROUP_SIZE + thread;
-        let run = index / run_words;
-        let request = chunk_starts[run];
-        let offset = index % run_words * per_word;
-        let count = request & ((1u << RUN_COUNT_BITS) - 1u);
-        if (offset >= count) {
-            continue;
+// Inclusive prefix sum of `value` over the workgroup (Hillis-Steele,
+// between two buffers, so one barrier a step).
+fn inclusive_prefix_sum(thread: u32, value: u32) -> u32 {
+    var sum = value;
+    scan[0][thread] = sum;
+    workgroupBarrier();
+    for (var step = 0u; step < 8u; step++) {
+        let offset = 1u << step;
+        if (thread >= offset) {
+            sum += scan[step & 1u][thread - offset];
         }
-        let first = (request >> RUN_COUNT_BITS) + offset;
-        let elements = min(per_word, count - offset);
-        let fields = rest_plane_bits(block.rest_byte >> 2u, (block.rest_byte & 3u) * 8u + first * width, elements * width);
-        let staged = run * RUN_WORDS;
-        var value = 0u;
-        for (var k = 0u; k < elements; k++) {
-            let slot = offset + k;
-            var symbol = (runs[staged + slot / 4u] >> (slot % 4u * 8u)) & 0xFFu;
-            symbol |= ((runs[staged + RUN_SYMBOL_WORDS] >> slot) & 1u) << 8u;
-            let field = (fields >> (k * width)) & ((1u << width) - 1u);
-            value |= join(symbol, field) << (k * element_bits);
+        scan[(step + 1u) & 1u][thread] = sum;
+        workgroupBarrier();
+    }
+    return sum;
+}
+
+// ---------------------------------------------------------------------
+// Writing runs.
+
+// A layout's element width in bytes, and its stored rest bits (its rest
+// bits: the layouts with a path of their own have no constant rest bits).
+fn layout_width(fast: u32) -> u32 {
+    switch fast {
+        case LAYOUT_16_REST_8, LAYOUT_16_SIGNED_REST_7: {
+            return 2u;
         }
-        output[output_word(block, first)] = value;
+        case LAYOUT_32_REST_24, LAYOUT_32_SIGNED_REST_23: {
+            return 4u;
+        }
+        default: {
+            return 1u;
+        }
     }
 }
 
-// Write pass: thread `thread` decodes the block's elements `first..end`
-// (multiples of RUN_ELEMENTS, but for the block's end) starting at its
-// chunk, whose first codeword is element `chunk_first`: it passes over
-// the codewords before `first` (the warm-up's and the previous thread's),
-// and goes on past its chunk's end up to `end`.
-fn write_elements(block: Block, chunk: u32, has_chunk: bool, chunk_first: u32, first: u32, end: u32, thread: u32) {
-    let begin = chunk * params.chunk_bits;
-    let start = decode_start(block, chunk, has_chunk);
-    var walker = open_walker(block, start, !has_chunk || first >= end, thread);
-    open_rings(thread);
-    // Codewords still to pass over once in the chunk.
-    var skip = first - chunk_first;
-    var parity = 0u;
-    let staged = thread * RUN_WORDS;
-    var run_first = first;
-    var run_count = 0u;
-    var symbols = 0u;
-    var ninth_bits = 0u;
-    loop {
-        loop {
-            if (walker.finished || run_count == RUN_ELEMENTS) {
-                break;
+fn layout_rest_bits(fast: u32) -> u32 {
+    switch fast {
+        case LAYOUT_16_REST_8: {
+            return 8u;
+        }
+        case LAYOUT_16_SIGNED_REST_7: {
+            return 7u;
+        }
+        case LAYOUT_32_REST_24: {
+            return 24u;
+        }
+        case LAYOUT_32_SIGNED_REST_23: {
+            return 23u;
+        }
+        case LAYOUT_8_REST_1: {
+            return 1u;
+        }
+        default: {
+            return 0u;
+        }
+    }
+}
+
+// The decode table entries of the next RUN_ELEMENTS codewords, two
+// lookups per peek at the stream (a peek holds 32 bits, a codeword at most
+// 12). An entry's low 16 bits are its symbol.
+fn decode_group(reader: ptr<function, Reader>) -> array<u32, RUN_ELEMENTS> {
+    var entries: array<u32, RUN_ELEMENTS>;
+    for (var k = 0u; k < RUN_ELEMENTS; k += 2u) {
+        let window = peek(*reader);
+        let first = table_entry(window);
+        let first_length = entry_length(first);
+        entries[k] = first;
+        entries[k + 1u] = table_entry(window >> first_length);
+        (*reader).bit += first_length + entry_length(entries[k + 1u]);
+        refill(reader);
+    }
+    return entries;
+}
+
+// The rest bits of RUN_ELEMENTS elements from element `element` (a
+// multiple of RUN_ELEMENTS) in `words`, from bit 0 (the block's rest bits
+// start on a 16-byte boundary, but 1-, 7- and 23-bit rests start in the
+// middle of a word every other group).
+fn load_group_rests(s: Segment, rest_bits: u32, element: u32) -> array<u32, GROUP_REST_WORDS> {
+    var words: array<u32, GROUP_REST_WORDS>;
+    let at = s.rest_bit + element * rest_bits;
+    let first = s.rest_word + at / 32u;
+    let count = (RUN_ELEMENTS * rest_bits + 31u) / 32u;
+    for (var w = 0u; w < count; w++) {
+        words[w] = funnel_shift(rest[first + w], rest[first + w + 1u], at);
+    }
+    return words;
+}
+
+// Stored rest bits `at..at + count` (count < 32) of a group's words.
+fn group_field(words: array<u32, GROUP_REST_WORDS>, at: u32, count: u32) -> u32 {
+    let w = at / 32u;
+    return funnel_shift(words[w], words[w + 1u], at) & ((1u << count) - 1u);
+}
+
+// Joins a group's heads (their table entries) and rest bits into output
+// words, and stores them from output word `word`. The layouts have no
+// constant rest bits (write_layout), so each join is a few fixed shifts
+// and masks: two elements a word for 16-bit layouts, one for 32-bit, four
+// for FP8.
+fn store_group(fast: u32, word: u32, entries: array<u32, RUN_ELEMENTS>, rests: array<u32, GROUP_REST_WORDS>) {
+    let width = layout_width(fast);
+    let rest_bits = layout_rest_bits(fast);
+    let per_word = 4u / width;
+    for (var w = 0u; w < RUN_ELEMENTS / per_word; w++) {
+        let first = w * per_word;
+        var value = 0u;
+        if (width == 2u) {
+            // Both heads at once: an entry's low 16 bits are its symbol.
+            let heads = (entries[first] & 0xFFFFu) | (entries[first + 1u] << 16u);
+            let fields = group_field(rests, first * rest_bits, rest_bits) |
+                (group_field(rests, (first + 1u) * rest_bits, rest_bits) << 16u);
+            if (fast == LAYOUT_16_REST_8) {
+                // sign | exponent | mantissa: the rest's top bit is the sign.
+                value = ((fields << 8u) & 0x80008000u) | (heads << 7u) | (fields & 0x007F007Fu);
+            } else {
+                value = (heads << rest_bits) | fields;
             }
-            if (walker.position >= block.stream_bits) {
-                // Only a stream the status check rejects ends early.
-                walker.finished = true;
-                break;
+        } else if (width == 4u) {
+            let field = group_field(rests, first * rest_bits, rest_bits);
+            if (fast == LAYOUT_32_REST_24) {
+                value = ((field << 8u) & 0x80000000u) | (entries[first] << 23u) | (field & 0x007FFFFFu);
+            } else {
+                value = (entries[first] << rest_bits) | field;
             }
-            if (!ring_holds(block, walker)) {
-                break;
-            }
-            let entry = table_entry(ring_peek(block, &walker, thread));
-            let at = walker.position;
-            walker.position += max(entry >> ENTRY_LENGTH_SHIFT, 1u);
-            if (at < begin) {
-                // Warm-up: the previous chunk's codewords.
-                continue;
-            }
-            if (skip > 0u) {
-                skip -= 1u;
-                continue;
-            }
-            let symbol = entry & ENTRY_SYMBOL_MASK;
-            symbols |= (symbol & 0xFFu) << (run_count % 4u * 8u);
-            ninth_bits |= (symbol >> 8u) << run_count;
-            run_count += 1u;
-            if (run_count % 4u == 0u) {
-                runs[staged + run_count / 4u - 1u] = symbols;
-                symbols = 0u;
-            }
-            if (run_first + run_count == end) {
-                walker.finished = true;
+        } else {
+            let heads = (entries[first] & 0xFFu) | ((entries[first + 1u] & 0xFFu) << 8u) |
+                ((entries[first + 2u] & 0xFFu) << 16u) | ((entries[first + 3u] & 0xFFu) << 24u);
+            if (fast == LAYOUT_8_WHOLE) {
+                // The whole element, rotated left by one: rotate back.
+                value = ((heads >> 1u) & 0x7F7F7F7Fu) | ((heads << 7u) & 0x80808080u);
+            } else {
+                // Exponent first with a 1-bit rest, the sign: bit k of the
+                // four rest bits goes to the top of byte k.
+                let signs = (rests[0] >> (w * 4u)) & 0xFu;
+                value = (heads & 0x7F7F7F7Fu) | (((signs * 0x00204081u) & 0x01010101u) << 7u);
             }
         }
-        let run_ready = run_count == RUN_ELEMENTS || (walker.finished && run_count > 0u);
-        if (run_ready) {
-            if (run_count % 4u != 0u) {
-                runs[staged + run_count / 4u] = symbols;
-            }
-            runs[staged + RUN_SYMBOL_WORDS] = ninth_bits;
-        }
-        chunk_starts[thread] = select(0u, (run_first << RUN_COUNT_BITS) | run_count, run_ready);
-        request_refill(block, &walker, thread);
-        meet_walkers(walker, parity, thread);
-        store_runs(block, thread);
-        if (run_ready) {
-            run_first += run_count;
-            run_count = 0u;
-            symbols = 0u;
-            ninth_bits = 0u;
-        }
-        if (refill_rings(&parity, thread)) {
+        output[word + w] = value;
+    }
+}
+
+// The thread's run's whole groups, `first` to `end` (elements of the block,
+// multiples of RUN_ELEMENTS, the block's output vector-aligned), in the
+// layout's write path.
+fn write_groups(s: Segment, reader: ptr<function, Reader>, first: u32, end: u32) {
+    let fast = params.fast_layout;
+    let stream_end = s.stream_bit + s.stream_bits;
+    let rest_bits = layout_rest_bits(fast);
+    var word = s.out_word + first / (4u / layout_width(fast));
+    for (var element = first; element < end; element += RUN_ELEMENTS) {
+        if ((*reader).bit >= stream_end) {
+            // Only a stream the status check rejects ends early: stop
+            // reading before the plane's padding runs out.
             break;
         }
+        let rests = load_group_rests(s, rest_bits, element);
+        let entries = decode_group(reader);
+        store_group(fast, word, entries, rests);
+        word += RUN_ELEMENTS * layout_width(fast) / 4u;
     }
 }
 
-// The first element of the thread's write pass: `element` rounded up to a
-// run boundary, within the block.
-fn run_boundary(block: Block, element: u32) -> u32 {
+// The thread's run from `first` to `end` (elements of the block) a word at
+// a time, any layout: a word's elements are decoded one by one and their
+// rest bits read together.
+fn write_words(s: Segment, reader: ptr<function, Reader>, first: u32, end: u32) {
+    let stream_end = s.stream_bit + s.stream_bits;
+    let per_word = 4u / params.width_bytes;
+    let element_bits = params.width_bytes * 8u;
+    let stored = params.stored_rest_bits;
+    for (var element = first; element < end; element += per_word) {
+        if ((*reader).bit >= stream_end) {
+            break;
+        }
+        let count = min(per_word, end - element);
+        let fields = rest_plane_bits(s.rest_word, s.rest_bit + element * stored, count * stored);
+        var value = 0u;
+        for (var k = 0u; k < count; k++) {
+            let entry = table_entry(peek(*reader));
+            (*reader).bit += entry_length(entry);
+            refill(reader);
+            var field = 0u;
+            if (stored != 0u) {
+                field = (fields >> (k * stored)) & ((1u << stored) - 1u);
+            }
+            value |= join(entry_symbol(entry), field) << (k * element_bits);
+        }
+        output[s.out_word + element / per_word] = value;
+    }
+}
+
+// Write pass: the thread decodes the block's elements `first..end` (its
+// run: multiples of RUN_ELEMENTS, but for the block's end) from its
+// chunk's first codeword at `start`, which is element `chunk_first`: it
+// passes over the codewords before `first` (the previous thread's), and
+// goes on past its chunk's end up to `end`.
+fn write_run(s: Segment, start: u32, chunk_first: u32, first: u32, end: u32) {
+    var reader = open_reader(s, s.stream_bit + start);
+    // The codewords of the chunk before `first`, whole windows while they
+    // all are.
+    var skip = first - chunk_first;
+    while (skip > 0u) {
+        let window = peek(reader);
+        let counts = whole_codewords(window);
+        let whole = counts & WINDOW_COUNT_MASK;
+        let all = whole <= skip;
+        reader.bit += select(entry_length(table_entry(window)), counts >> WINDOW_BITS_SHIFT, all);
+        skip -= select(1u, whole, all);
+        refill(&reader);
+    }
+    // Whole groups in the layout's own path where the output is
+    // vector-aligned; the block's last partial group, and every other
+    // layout, a word at a time.
+    let aligned = s.out_word % (VECTOR_BYTES / 4u) == 0u;
+    var groups_end = first;
+    if (params.fast_layout != LAYOUT_GENERIC && aligned) {
+        groups_end = first + (end - first) / RUN_ELEMENTS * RUN_ELEMENTS;
+    }
+    write_groups(s, &reader, first, groups_end);
+    write_words(s, &reader, groups_end, end);
+}
+
+// The first element of a thread's run: `element` rounded up to a multiple
+// of RUN_ELEMENTS, within the block.
+fn run_boundary(s: Segment, element: u32) -> u32 {
     let rounded = (element + RUN_ELEMENTS - 1u) / RUN_ELEMENTS * RUN_ELEMENTS;
-    return min(rounded, block.elements);
+    return min(rounded, s.elements);
+}
+
+// Raw and constant blocks: each thread builds whole words.
+fn write_uncoded(s: Segment, mode: u32, value_or_table: u32, thread: u32) {
+    let per_word = 4u / params.width_bytes;
+    let words = (s.elements + per_word - 1u) / per_word;
+    let element_bits = params.width_bytes * 8u;
+    for (var word = thread; word < words; word += WORKGROUP_SIZE) {
+        let first = word * per_word;
+        let count = min(per_word, s.elements - first);
+        var heads = 0u;
+        if (mode == BLOCK_RAW) {
+            heads = head_plane_bits(s.head_word, s.stream_bit + first * params.head_bits, count * params.head_bits);
+        }
+        let fields = rest_plane_bits(s.rest_word, s.rest_bit + first * params.stored_rest_bits,
+                                     count * params.stored_rest_bits);
+        var value = 0u;
+        for (var k = 0u; k < count; k++) {
+            var head_symbol = value_or_table;
+            if (mode == BLOCK_RAW) {
+                head_symbol = (heads >> (k * params.head_bits)) & ((1u << params.head_bits) - 1u);
+            }
+            var field = 0u;
+            if (params.stored_rest_bits != 0u) {
+                field = (fields >> (k * params.stored_rest_bits)) & ((1u << params.stored_rest_bits) - 1u);
+            }
+            value |= join(head_symbol, field) << (k * element_bits);
+        }
+        output[s.out_word + word] = value;
+    }
 }

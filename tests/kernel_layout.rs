@@ -21,6 +21,8 @@ fn parse(source: &str) -> naga::Module {
     naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)))
 }
 
+/// Workgroup memory as WebGPU counts it: each variable rounded up to 16
+/// bytes.
 #[cfg(feature = "wgpu")]
 fn workgroup_bytes(module: &naga::Module) -> u32 {
     module
@@ -28,7 +30,12 @@ fn workgroup_bytes(module: &naga::Module) -> u32 {
         .iter()
         .map(|(_, v)| v)
         .filter(|v| v.space == naga::AddressSpace::WorkGroup)
-        .map(|v| module.types[v.ty].inner.size(module.to_ctx()))
+        .map(|v| {
+            module.types[v.ty]
+                .inner
+                .size(module.to_ctx())
+                .next_multiple_of(16)
+        })
         .sum()
 }
 

@@ -23,30 +23,26 @@ const NAME: &str = "wgpu";
 const DECODE_SHADER: &str = include_str!("../../shaders/decode.wgsl");
 const COPY_SHADER: &str = include_str!("../../shaders/copy.wgsl");
 
-/// Bytes of workgroup memory the decode shader declares: the code table
-/// and its lookup table (268 + 512 words), the rings and runs (16 and 9
-/// words per thread), three per-thread arrays (256 words each) and seven
-/// shared words: within the 32 KiB that Apple, Intel and lavapipe allow.
-/// `tests/kernel_layout.rs` checks it against the shader.
-pub const DECODE_WORKGROUP_BYTES: u32 = (268 + 512 + 256 * (16 + 9) + 3 * 256 + 7) * 4;
+/// Bytes of workgroup memory the decode shader declares, each variable
+/// rounded up to 16 bytes as WebGPU counts them: the code table (268
+/// words), the decode table (4096), the window and pair counts (1024 each),
+/// the prefix sum's two buffers and the chunk starts (256 words each), and
+/// four single words. Within the 32 KiB that Apple, Intel, AMD, NVIDIA and
+/// lavapipe allow. `tests/kernel_layout.rs` checks it against the shader.
+pub const DECODE_WORKGROUP_BYTES: u32 = (268 + 4096 + 2 * 1024 + 3 * 256) * 4 + 4 * 16;
 
-/// The decode shader's constants that size its workgroup memory, as its
-/// compact form sets them for devices with only WebGPU's default 16 KiB:
-/// rings of two 16-byte spans, runs of 8 elements, and a lookup table of
-/// 1-bit codewords only, longer ones being looked up in the canonical
-/// table. It decodes the same bits, more slowly.
-const COMPACT_CONSTANTS: [(&str, u32); 7] = [
-    ("SECTOR_WORDS", 4),
-    ("RING_WORDS", 8),
-    ("FAST_BITS", 1),
-    ("FAST_ENTRIES", 2),
-    ("RUN_ELEMENTS", 8),
-    ("RUN_SYMBOL_WORDS", 2),
-    ("RUN_WORDS", 3),
+/// The decode shader's constants that its compact form sets, for devices
+/// with only WebGPU's default 16 KiB: two 16-bit entries a decode table
+/// word, and no window counts (one word each, unused), so that the count
+/// pass walks a codeword at a time. It decodes the same bits, more slowly.
+const COMPACT_CONSTANTS: [(&str, &str); 3] = [
+    ("COMPACT", "bool = true"),
+    ("DECODE_TABLE_WORDS", "u32 = 2048u"),
+    ("WINDOW_COUNT_WORDS", "u32 = 1u"),
 ];
 
 /// Bytes of workgroup memory the compact decode shader declares.
-pub const COMPACT_DECODE_WORKGROUP_BYTES: u32 = (268 + 1 + 256 * (8 + 3) + 3 * 256 + 7) * 4;
+pub const COMPACT_DECODE_WORKGROUP_BYTES: u32 = (268 + 2048 + 3 * 256) * 4 + 2 * 16 + 4 * 16;
 
 const _: () = assert!(DECODE_WORKGROUP_BYTES <= 32 << 10);
 const _: () = assert!(COMPACT_DECODE_WORKGROUP_BYTES <= 16 << 10);
@@ -58,12 +54,11 @@ pub fn decode_shader_source(compact: bool) -> std::borrow::Cow<'static, str> {
     }
     let mut source = String::with_capacity(DECODE_SHADER.len());
     for line in DECODE_SHADER.lines() {
-        let compact_value = COMPACT_CONSTANTS.iter().find_map(|&(name, value)| {
-            line.starts_with(&format!("const {name}: u32 = "))
-                .then_some((name, value))
-        });
+        let compact_value = COMPACT_CONSTANTS
+            .iter()
+            .find(|&&(name, _)| line.starts_with(&format!("const {name}: ")));
         match compact_value {
-            Some((name, value)) => source.push_str(&format!("const {name}: u32 = {value}u;")),
+            Some((name, value)) => source.push_str(&format!("const {name}: {value};")),
             None => source.push_str(line),
         }
         source.push('\n');

@@ -20,10 +20,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use super::harness::{Skip, absent};
+use super::harness::Skip;
 use super::kernel_on_cpu::KernelModel;
 
 /// What a pipe does per SM per clock, in lanes (threads), on compute
@@ -42,8 +40,8 @@ pub enum Pipe {
     Conversion,
     /// Warp shuffles.
     Shuffle,
-    /// Loads, stores and atomics, global and shared: an issue each, their
-    /// traffic counted apart.
+    /// Loads, stores and atomics, global and shared: their traffic is
+    /// counted apart.
     Memory,
     /// Uniform datapath instructions: one per warp, not per lane.
     Uniform,
@@ -69,8 +67,10 @@ impl Pipe {
             Pipe::Integer | Pipe::Multiply => Some(64.0),
             Pipe::Float => Some(128.0),
             Pipe::Conversion => Some(16.0),
-            Pipe::Shuffle => Some(32.0),
-            Pipe::Memory | Pipe::Uniform | Pipe::Control => None,
+            // The MIO queue hands the load/store pipe one instruction per
+            // SM per clock (NVIDIA's account of its memory pipeline).
+            Pipe::Shuffle | Pipe::Memory => Some(32.0),
+            Pipe::Uniform | Pipe::Control => None,
         }
     }
 
@@ -120,9 +120,13 @@ pub struct Machine {
     /// copy achieves.
     pub dram_bytes_per_second: f64,
     pub dram_latency_cycles: f64,
+    /// An L1 hit's latency (an assumption: ≈ 33 cycles measured on Hopper
+    /// and Ampere by microbenchmarks).
+    pub l1_latency_cycles: f64,
     /// Warp-instructions an SM issues per clock, at most.
     pub issue_per_clock: f64,
-    /// L1/shared-memory wavefronts per SM per clock.
+    /// L1 wavefronts per SM per clock: shared-memory wavefronts, and those
+    /// of global requests, share L1's data path.
     pub wavefronts_per_clock: f64,
     /// What a barrier costs the block that meets at it, in cycles (an
     /// assumption: the warps' arrival and release).
@@ -137,6 +141,7 @@ pub const H100: Machine = Machine {
     clock_hz: 1.755e9,
     dram_bytes_per_second: 2.9e12,
     dram_latency_cycles: 600.0,
+    l1_latency_cycles: 33.0,
     issue_per_clock: 4.0,
     wavefronts_per_clock: 1.0,
     barrier_cycles: 24.0,
@@ -150,14 +155,26 @@ pub const H200: Machine = Machine {
 };
 
 /// One SASS instruction: its opcode, pipe, whether a predicate guards it,
-/// and its source lines, innermost first (the line, then the lines it was
-/// inlined at).
+/// its source lines, innermost first (the line, then the lines it was
+/// inlined at), the registers it writes and reads, and where an
+/// unconditional branch goes (an index into the listing).
 #[derive(Clone, Debug)]
 pub struct Instruction {
     pub opcode: String,
     pub pipe: Pipe,
     pub predicated: bool,
     pub lines: Vec<u32>,
+    pub writes: Vec<u32>,
+    pub reads: Vec<u32>,
+    pub jump: Option<usize>,
+}
+
+impl Instruction {
+    /// A load from global memory, whose latency a warp may wait on.
+    fn is_global_load(&self) -> bool {
+        let base = self.opcode.split('.').next().unwrap_or_default();
+        base == "LDG" || base == "LD"
+    }
 }
 
 /// The kernel as NVRTC compiled it for one architecture.
@@ -169,7 +186,11 @@ pub struct Sass {
 }
 
 /// nvdisasm, or why it cannot run: `ECF_NVDISASM` names it, else PATH.
-fn nvdisasm() -> Result<PathBuf, Skip> {
+#[cfg(feature = "cuda")]
+fn nvdisasm() -> Result<std::path::PathBuf, Skip> {
+    use super::harness::absent;
+    use std::path::PathBuf;
+    use std::process::Command;
     let program = std::env::var_os("ECF_NVDISASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("nvdisasm"));
@@ -197,7 +218,9 @@ fn nvdisasm() -> Result<PathBuf, Skip> {
 /// had here: NVRTC and nvdisasm are needed, no GPU.
 #[cfg(feature = "cuda")]
 pub fn sass(architecture: &str) -> Result<Sass, Skip> {
+    use super::harness::absent;
     use ecfloat::backend::cuda;
+    use std::process::Command;
     if !cuda::nvrtc_present() {
         return Err(absent("nvrtc", "libnvrtc.so.12 cannot be loaded"));
     }
@@ -205,7 +228,7 @@ pub fn sass(architecture: &str) -> Result<Sass, Skip> {
     let kernel = cuda::compile_kernel(architecture).unwrap_or_else(|e| panic!("{e}"));
     let (registers, shared_bytes) = cuda::resource_usage(&kernel.log)
         .unwrap_or_else(|| panic!("{architecture}: ptxas reported nothing:\n{}", kernel.log));
-    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cost");
+    let directory = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cost");
     std::fs::create_dir_all(&directory).unwrap();
     let cubin = directory.join(format!(
         "decode-{architecture}-{}.cubin",
@@ -257,6 +280,8 @@ pub fn parse_sass(listing: &str) -> Vec<Instruction> {
     let mut instructions = Vec::new();
     let mut lines: Vec<u32> = Vec::new();
     let mut chain: Vec<u32> = Vec::new();
+    let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+    let mut jumps: Vec<(usize, String)> = Vec::new();
     for text in listing.lines() {
         let text = text.trim();
         if let Some(comment) = text.strip_prefix("//## File ") {
@@ -268,35 +293,110 @@ pub fn parse_sass(listing: &str) -> Vec<Instruction> {
             }
             continue;
         }
+        if let Some(label) = text.strip_suffix(':').filter(|l| l.starts_with(".L")) {
+            labels.insert(label.to_string(), instructions.len());
+            continue;
+        }
         let Some(code) = text
             .strip_prefix("/*")
             .and_then(|rest| rest.split_once("*/"))
-            .map(|(_, code)| code.trim())
+            .map(|(_, code)| code.trim().trim_end_matches(';').trim())
         else {
             continue;
         };
-        let mut words = code.split_whitespace();
-        let Some(mut first) = words.next() else {
-            continue;
-        };
+        let (mut head, mut operands) = code.split_once(char::is_whitespace).unwrap_or((code, ""));
         let mut predicated = false;
-        if let Some(guard) = first.strip_prefix('@') {
+        if let Some(guard) = head.strip_prefix('@') {
             predicated = guard != "PT";
-            first = match words.next() {
-                Some(word) => word,
-                None => continue,
-            };
+            (head, operands) = operands
+                .trim()
+                .split_once(char::is_whitespace)
+                .unwrap_or((operands.trim(), ""));
         }
-        let opcode = first.trim_end_matches(';');
-        let base = opcode.split('.').next().unwrap_or(opcode);
+        let opcode = head.to_string();
+        let base = opcode.split('.').next().unwrap_or_default();
+        let operands: Vec<&str> = operands.split(',').map(str::trim).collect();
+        let stores = [
+            "ST", "STG", "STS", "STL", "RED", "BRA", "EXIT", "BAR", "BSYNC", "BSSY",
+        ];
+        let (writes, reads) = if stores.contains(&base) || operands.is_empty() {
+            (
+                Vec::new(),
+                operands.iter().flat_map(|o| registers(o)).collect(),
+            )
+        } else {
+            let mut writes = registers(operands[0]);
+            // A load's destination spans as many registers as it loads.
+            if base == "LDG" || base == "LD" || base == "LDS" {
+                let width = if opcode.contains(".128") {
+                    4
+                } else if opcode.contains(".64") {
+                    2
+                } else {
+                    1
+                };
+                if let Some(&first) = writes.first() {
+                    writes = (first..first + width).collect();
+                }
+            }
+            (
+                writes,
+                operands[1..].iter().flat_map(|o| registers(o)).collect(),
+            )
+        };
+        if base == "BRA"
+            && !predicated
+            && let Some(label) = operands.first().and_then(|o| o.split('`').nth(1))
+        {
+            let label = label.trim_start_matches('(').trim_end_matches(')');
+            jumps.push((instructions.len(), label.to_string()));
+        }
         instructions.push(Instruction {
-            opcode: opcode.to_string(),
             pipe: Pipe::of(base),
+            opcode,
             predicated,
             lines: lines.clone(),
+            writes,
+            reads,
+            jump: None,
         });
     }
+    for (index, label) in jumps {
+        instructions[index].jump = labels.get(&label).copied();
+    }
     instructions
+}
+
+/// The general registers an operand names: `R12`, `R4.64` (two), within
+/// an address; not `RZ`, uniform (`UR`) or special (`SR_`) registers.
+fn registers(operand: &str) -> Vec<u32> {
+    let bytes = operand.as_bytes();
+    let mut found = Vec::new();
+    let mut index = 0;
+    while index < bytes.len() {
+        let starts = bytes[index] == b'R'
+            && (index == 0
+                || !bytes[index - 1].is_ascii_alphanumeric() && bytes[index - 1] != b'_');
+        if !starts {
+            index += 1;
+            continue;
+        }
+        let digits = operand[index + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        if digits == 0 {
+            index += 1;
+            continue;
+        }
+        let register: u32 = operand[index + 1..index + 1 + digits].parse().unwrap_or(0);
+        index += 1 + digits;
+        found.push(register);
+        if operand[index..].starts_with(".64") {
+            found.push(register + 1);
+        }
+    }
+    found
 }
 
 /// A region of the kernel: the braces around an `ECF_MODEL_REGION()`,
@@ -336,7 +436,7 @@ pub fn regions(source: &str) -> Result<Vec<Region>, String> {
                 if let Some(marker) = marker {
                     regions.push(Region {
                         marker,
-                        lines: first..=number,
+                        lines: statement_start(&lines, first)..=number,
                     });
                 }
                 rest = &rest[1..];
@@ -360,6 +460,23 @@ pub fn regions(source: &str) -> Result<Vec<Region>, String> {
     check_loops(&lines, &regions)?;
     regions.sort_by_key(|r| r.marker);
     Ok(regions)
+}
+
+/// The first line of the statement whose last line is `line`: a loop's or
+/// a function's head may take several lines before its brace.
+fn statement_start(lines: &[&str], line: u32) -> u32 {
+    let mut start = line;
+    while start > 1 {
+        let previous = lines[start as usize - 2].trim();
+        if previous.is_empty()
+            || previous.starts_with('#')
+            || previous.ends_with([';', '{', '}', ':'])
+        {
+            break;
+        }
+        start -= 1;
+    }
+    start
 }
 
 /// Every `for`, `while` and `do` must follow `#pragma unroll` (and hold no
@@ -483,20 +600,26 @@ fn innermost(regions: &[Region], line: u32, excluding: Option<usize>) -> Option<
         .map(|(index, _)| index)
 }
 
-/// Each instruction's region (`None` for the copies of a region that is
-/// not weighed, below), and each region's parent: the region whose issues
-/// weigh a region that the compiler predicated instead of branching
-/// around.
+/// Each instruction's region and variant (`None` for the copies of a
+/// region that are not weighed, below), and each region's parent: the
+/// region whose issues weigh a region that the compiler predicated instead
+/// of branching around.
 ///
-/// A region in a function inlined at several places has a copy at each,
-/// and the CPU execution counts the region's runs at all of them together:
-/// each run is weighed by the largest copy, and the others are left out.
+/// A region in a function template has a copy per instantiation, called
+/// as `name<VARIANT>(…)` with VARIANT a `#define`d constant: the copy
+/// inlined there is that variant's, which the CPU execution counts apart
+/// (`model_variant`). A region in a function inlined at several places
+/// otherwise has a copy at each, and the CPU execution counts the region's
+/// runs at all of them together: each run is weighed by the largest copy,
+/// and the others are left out.
 struct Attribution {
-    region: Vec<Option<usize>>,
+    region: Vec<Option<(usize, u32)>>,
     parent: Vec<Option<usize>>,
 }
 
-fn attribute(sass: &Sass, regions: &[Region]) -> Result<Attribution, String> {
+fn attribute(sass: &Sass, source: &str, regions: &[Region]) -> Result<Attribution, String> {
+    let source_lines: Vec<&str> = source.lines().collect();
+    let source_lines = source_lines.as_slice();
     let outermost = (0..regions.len())
         .max_by_key(|&i| regions[i].lines.end() - regions[i].lines.start())
         .ok_or("decode.cu has no ECF_MODEL_REGION()")?;
@@ -511,6 +634,12 @@ fn attribute(sass: &Sass, regions: &[Region]) -> Result<Attribution, String> {
             .enumerate()
             .find_map(|(depth, &line)| innermost(regions, line, None).map(|r| (depth, r)));
         let Some((depth, index)) = place else {
+            if let Some(line) = instruction.lines.first() {
+                return Err(format!(
+                    "decode.cu:{line} compiled to {} outside every region (a function that was not inlined?)",
+                    instruction.opcode
+                ));
+            }
             // No line of its own: it belongs with the instruction before.
             found.push(previous);
             continue;
@@ -536,9 +665,84 @@ fn attribute(sass: &Sass, regions: &[Region]) -> Result<Attribution, String> {
     }
     let region = found
         .iter()
-        .map(|&(index, site)| (largest[&index].0 == site).then_some(index))
-        .collect();
+        .map(|&(index, site)| match variant_of(source_lines, site)? {
+            Some(variant) => Ok(Some((index, variant))),
+            None => Ok((largest[&index].0 == site).then_some((index, 0))),
+        })
+        .collect::<Result<_, String>>()?;
     Ok(Attribution { region, parent })
+}
+
+/// Instructions between the global load `load` and the first that reads
+/// what it loaded, following unconditional forward branches; `None` when no
+/// instruction of `region` does before the value is overwritten, the code
+/// leaves the region, or a branch goes back (the next iteration reads it: a
+/// load ahead).
+fn load_use_distance(instructions: &[Instruction], load: usize, region: &Region) -> Option<usize> {
+    let loaded = &instructions[load].writes;
+    let mut index = load + 1;
+    let mut distance = 0;
+    while index < instructions.len() && distance < 4096 {
+        let instruction = &instructions[index];
+        if !instruction.lines.is_empty()
+            && !instruction.lines.iter().any(|l| region.lines.contains(l))
+        {
+            return None;
+        }
+        distance += 1;
+        if instruction.reads.iter().any(|r| loaded.contains(r)) {
+            return Some(distance);
+        }
+        if !loaded.is_empty() && loaded.iter().all(|r| instruction.writes.contains(r)) {
+            return None;
+        }
+        match instruction.jump {
+            Some(target) if target <= index => return None,
+            Some(target) => index = target,
+            None => index += 1,
+        }
+    }
+    None
+}
+
+/// The variant of a copy inlined at `site` (the call lines, innermost
+/// first): the first call of a template with a `#define`d constant
+/// argument, `name<CONSTANT>(`, else none.
+fn variant_of(source_lines: &[&str], site: &[u32]) -> Result<Option<u32>, String> {
+    for &line in site {
+        let Some(text) = source_lines.get(line as usize - 1) else {
+            continue;
+        };
+        let Some(open) = text.find('<') else {
+            continue;
+        };
+        let Some(close) = text[open..].find(">(").map(|c| open + c) else {
+            continue;
+        };
+        let name = text[open + 1..close].trim();
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            continue;
+        }
+        return define_value(source_lines, name)
+            .map(Some)
+            .ok_or_else(|| format!("decode.cu:{line}: {name} is not a #define'd constant"));
+    }
+    Ok(None)
+}
+
+/// The value of `#define NAME value` in the kernel.
+fn define_value(source_lines: &[&str], name: &str) -> Option<u32> {
+    source_lines.iter().find_map(|line| {
+        let rest = line.strip_prefix("#define ")?.strip_prefix(name)?;
+        let value = rest.trim().trim_end_matches('u');
+        match value.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => value.parse().ok(),
+        }
+    })
 }
 
 /// The inputs of an estimate: one decode, modelled.
@@ -550,20 +754,35 @@ pub struct Workload<'a> {
     pub coded_bytes: u64,
 }
 
+/// Round trips a region's warp issues make to memory: how many missed L1
+/// and how many hit, and how many instructions the warp issues between the
+/// load and its first use.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundTrips {
+    pub distance: f64,
+    pub misses: f64,
+    pub hits: f64,
+}
+
 /// What the kernel spends on a workload, per the SASS and the execution.
 pub struct KernelCost {
+    /// Per region whose loads the warp waits on in the region.
+    pub round_trips: Vec<RoundTrips>,
     /// Warp-instructions issued, by pipe.
     pub warp_instructions: BTreeMap<Pipe, f64>,
     /// Lane executions behind them: busy lanes = threads / (32 * warps).
     pub thread_instructions: f64,
-    /// Per region marker: instructions in its SASS, and warp issues.
-    pub by_region: Vec<(u32, usize, f64)>,
+    /// Per region marker and variant: instructions in its SASS, and warp
+    /// issues.
+    pub by_region: Vec<(u32, u32, usize, f64)>,
     pub elements: f64,
     pub output_bytes: f64,
     pub ideal_bytes: f64,
     pub dram_bytes: f64,
     pub shared_wavefronts: f64,
-    pub global_lines: f64,
+    pub global_wavefronts: f64,
+    /// Round trips a warp waits on per block (every load issue of a region
+    /// whose SASS reads a loaded value in the same iteration).
     pub round_trips_per_warp_block: f64,
     pub barriers_per_block: f64,
     pub blocks: f64,
@@ -589,65 +808,119 @@ impl KernelCost {
         resident_blocks: f64,
     ) -> Result<Self, String> {
         let regions = regions(source)?;
-        let attribution = attribute(sass, &regions)?;
+        let attribution = attribute(sass, source, &regions)?;
         let model = workload.model;
-        let weight = |index: usize| -> (f64, f64) {
-            let marker = regions[index].marker as usize;
+        let weight = |index: usize, variant: u32| -> (f64, f64) {
+            let marker = regions[index].marker;
             (
-                model.warp_executions[marker] as f64,
-                model.thread_executions[marker] as f64,
+                model.warp_executions(marker, variant) as f64,
+                model.thread_executions(marker, variant) as f64,
             )
         };
         // A region whose every instruction is predicated was not branched
         // around: it issues whenever the region around it does.
-        let mut predicated_only = vec![true; regions.len()];
-        let mut instruction_count = vec![0usize; regions.len()];
+        // Per (region, variant): whether every instruction is predicated,
+        // and how many there are.
+        let mut copies: BTreeMap<(usize, u32), (bool, usize)> = BTreeMap::new();
         let weighed = || {
             sass.instructions
                 .iter()
                 .zip(&attribution.region)
-                .filter_map(|(instruction, index)| index.map(|index| (instruction, index)))
+                .filter_map(|(instruction, place)| place.map(|place| (instruction, place)))
         };
-        for (instruction, index) in weighed() {
-            predicated_only[index] &= instruction.predicated;
-            instruction_count[index] += 1;
+        for (instruction, place) in weighed() {
+            let copy = copies.entry(place).or_insert((true, 0));
+            copy.0 &= instruction.predicated;
+            copy.1 += 1;
         }
-        let issue_weight = |index: usize| -> (f64, f64) {
+        // A region whose every instruction is predicated was not branched
+        // around: it issues whenever the region around it does.
+        let issue_weight = |(index, variant): (usize, u32)| -> (f64, f64) {
             match attribution.parent[index] {
-                Some(parent) if predicated_only[index] => weight(parent),
-                _ => weight(index),
+                Some(parent) if copies[&(index, variant)].0 => weight(parent, variant),
+                _ => weight(index, variant),
             }
         };
         let mut warp_instructions: BTreeMap<Pipe, f64> = BTreeMap::new();
         let mut thread_instructions = 0.0;
-        for (instruction, index) in weighed() {
-            let (warps, threads) = issue_weight(index);
+        for (instruction, place) in weighed() {
+            let (warps, threads) = issue_weight(place);
             *warp_instructions.entry(instruction.pipe).or_default() += warps;
             thread_instructions += threads;
         }
-        let by_region = (0..regions.len())
-            .filter(|&i| instruction_count[i] > 0)
-            .map(|i| (regions[i].marker, instruction_count[i], issue_weight(i).0))
+        let by_region = copies
+            .iter()
+            .map(|(&place, &(_, count))| {
+                (
+                    regions[place.0].marker,
+                    place.1,
+                    count,
+                    issue_weight(place).0,
+                )
+            })
             .collect();
-        let blocks = model.blocks.max(1) as f64;
+        // Per copy whose loads a warp waits on: the shortest distance from
+        // such a load to its first use, and the copy's warp issues with
+        // loads, with an L1 miss among them and without.
+        let mut waits: BTreeMap<(usize, u32), usize> = BTreeMap::new();
+        for (index, (instruction, place)) in sass
+            .instructions
+            .iter()
+            .zip(&attribution.region)
+            .enumerate()
+        {
+            let Some(place) = *place else { continue };
+            if !instruction.is_global_load() {
+                continue;
+            }
+            if let Some(distance) = load_use_distance(&sass.instructions, index, &regions[place.0])
+            {
+                let shortest = waits.entry(place).or_insert(distance);
+                *shortest = (*shortest).min(distance);
+            }
+        }
+        let round_trips = waits
+            .iter()
+            .map(|(&(index, variant), &distance)| {
+                let (misses, hits) = model.load_executions(regions[index].marker, variant);
+                RoundTrips {
+                    distance: distance as f64,
+                    misses: misses as f64,
+                    hits: hits as f64,
+                }
+            })
+            .collect::<Vec<_>>();
+        let blocks = model.counts.blocks.max(1) as f64;
         let warps_per_block = 256.0 / 32.0;
         let total: f64 = warp_instructions.values().sum();
         Ok(KernelCost {
+            round_trips,
             warp_instructions,
             thread_instructions,
             by_region,
             elements: workload.elements as f64,
             output_bytes: workload.output_bytes as f64,
             ideal_bytes: (workload.coded_bytes + workload.output_bytes) as f64,
-            dram_bytes: 32.0 * (model.load_block_sectors + model.store_block_sectors) as f64,
-            shared_wavefronts: model.shared_wavefronts as f64,
-            global_lines: (model.load_lines + model.store_lines) as f64,
-            round_trips_per_warp_block: model.round_trips as f64 / (blocks * warps_per_block),
-            barriers_per_block: model.barriers as f64 / blocks,
+            dram_bytes: 32.0
+                * (model.counts.load_block_sectors + model.counts.store_block_sectors) as f64,
+            shared_wavefronts: model.counts.shared_wavefronts as f64,
+            global_wavefronts: (model.counts.load_wavefronts + model.counts.store_wavefronts)
+                as f64,
+            round_trips_per_warp_block: 0.0,
+            barriers_per_block: model.counts.barriers as f64 / blocks,
             blocks,
             warps_per_block,
             resident_blocks,
             warp_instructions_per_warp_block: total / (blocks * warps_per_block),
+        })
+        .map(|mut cost: KernelCost| {
+            cost.round_trips_per_warp_block = cost
+                .round_trips
+                .iter()
+                .map(|r| r.misses + r.hits)
+                .sum::<f64>()
+                / (cost.blocks * cost.warps_per_block);
+            cost
         })
     }
 
@@ -675,12 +948,27 @@ impl KernelCost {
         }
         limits.push((
             "smem",
-            (self.shared_wavefronts + self.global_lines) / (machine.wavefronts_per_clock * clocks),
+            (self.shared_wavefronts + self.global_wavefronts)
+                / (machine.wavefronts_per_clock * clocks),
         ));
         limits.push(("memory", self.dram_bytes / machine.dram_bytes_per_second));
-        // A block takes at least its warps' round trips, its barriers and
-        // its busiest warp's own issue; an SM overlaps its resident blocks.
-        let block_cycles = self.round_trips_per_warp_block * machine.dram_latency_cycles
+        // A warp waits on a load for its latency, less the cycles of the
+        // instructions it issues before the first use, each at best one
+        // turn among the SM's resident warps. A block takes at least its
+        // warps' waits, its barriers and a warp's own issue; an SM overlaps
+        // its resident blocks.
+        let turn = self.resident_blocks * self.warps_per_block / machine.issue_per_clock;
+        let waits: f64 = self
+            .round_trips
+            .iter()
+            .map(|r| {
+                let hidden = (r.distance - 1.0) * turn;
+                r.misses * (machine.dram_latency_cycles - hidden).max(0.0)
+                    + r.hits * (machine.l1_latency_cycles - hidden).max(0.0)
+            })
+            .sum::<f64>()
+            / (self.blocks * self.warps_per_block);
+        let block_cycles = waits
             + self.barriers_per_block * machine.barrier_cycles
             + self.warp_instructions_per_warp_block;
         limits.push((

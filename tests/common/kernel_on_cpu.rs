@@ -105,18 +105,23 @@ type DecodeOnCpu = unsafe extern "C" fn(
     f64,
     *mut c_char,
     usize,
-    *mut KernelModel,
+    *mut ModelCounts,
+    *mut u64,
 ) -> i32;
 type MisbehavingKernel = unsafe extern "C" fn(f64, *mut c_char, usize) -> i32;
 
-/// Source lines of `kernels/decode.cu` the model keeps counts for.
+/// Source lines of `kernels/decode.cu`, and variants of a region (the
+/// instantiations of a function template), the model keeps counts for; a
+/// region's counts are at `variant * MODEL_LINES + line`.
 pub const MODEL_LINES: usize = 4096;
+pub const MODEL_VARIANTS: usize = 8;
+pub const MODEL_REGIONS: usize = MODEL_LINES * MODEL_VARIANTS;
 
-/// What the model of `harness.cpp` counted over modelled launches (its
+/// What the model of `harness.cpp` counted over a launch (its
 /// `ModelCounts`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
-pub struct KernelModel {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModelCounts {
     /// Distinct 32-byte sectors touched by each warp request (the k-th
     /// global load, or store, of the threads of a warp in one region
     /// execution), summed over requests and blocks.
@@ -136,11 +141,16 @@ pub struct KernelModel {
     /// Rounds times threads, and those with a chunk to decode.
     pub thread_rounds: u64,
     pub active_thread_rounds: u64,
-    /// Warp requests, and the distinct 128-byte lines they touch.
+    /// Warp requests, the distinct 128-byte lines they touch, and the L1
+    /// wavefronts they take (four lines, or four sectors, a wavefront).
     pub load_requests: u64,
     pub store_requests: u64,
     pub load_lines: u64,
     pub store_lines: u64,
+    pub load_wavefronts: u64,
+    pub store_wavefronts: u64,
+    /// Prefetches into L1 (their lines and wavefronts count as loads').
+    pub prefetch_requests: u64,
     /// Distinct sectors each block loaded (stored), summed over blocks.
     pub load_block_sectors: u64,
     pub store_block_sectors: u64,
@@ -153,74 +163,112 @@ pub struct KernelModel {
     /// Barriers met per block, summed; blocks run.
     pub barriers: u64,
     pub blocks: u64,
-    /// Per source line of a region: its warp issues and its executions by
-    /// threads, summed over warps.
-    pub warp_executions: [u64; MODEL_LINES],
-    pub thread_executions: [u64; MODEL_LINES],
+}
+
+/// What the model counted over modelled launches: the totals, and per
+/// region its warp issues, its executions by threads, and its warp issues
+/// with global loads (with an L1 miss among them, and without), summed
+/// over warps.
+#[derive(Clone, Debug)]
+pub struct KernelModel {
+    pub counts: ModelCounts,
+    /// The harness's `RegionCounts`: its four arrays of `MODEL_REGIONS`.
+    regions: Vec<u64>,
 }
 
 impl Default for KernelModel {
     fn default() -> Self {
-        bytemuck::Zeroable::zeroed()
+        KernelModel {
+            counts: ModelCounts::default(),
+            regions: vec![0; 4 * MODEL_REGIONS],
+        }
     }
 }
 
 impl KernelModel {
     fn add(&mut self, other: &KernelModel) {
-        let sum = |a: &mut u64, b: u64| *a += b;
-        sum(&mut self.load_sectors, other.load_sectors);
-        sum(&mut self.store_sectors, other.store_sectors);
-        sum(&mut self.load_bytes, other.load_bytes);
-        sum(&mut self.store_bytes, other.store_bytes);
-        sum(&mut self.load_access_bytes, other.load_access_bytes);
-        sum(&mut self.store_access_bytes, other.store_access_bytes);
-        sum(&mut self.load_ideal_sectors, other.load_ideal_sectors);
-        sum(&mut self.store_ideal_sectors, other.store_ideal_sectors);
-        sum(&mut self.decodes, other.decodes);
-        sum(&mut self.thread_rounds, other.thread_rounds);
-        sum(&mut self.active_thread_rounds, other.active_thread_rounds);
-        sum(&mut self.load_requests, other.load_requests);
-        sum(&mut self.store_requests, other.store_requests);
-        sum(&mut self.load_lines, other.load_lines);
-        sum(&mut self.store_lines, other.store_lines);
-        sum(&mut self.load_block_sectors, other.load_block_sectors);
-        sum(&mut self.store_block_sectors, other.store_block_sectors);
-        sum(&mut self.shared_requests, other.shared_requests);
-        sum(&mut self.shared_wavefronts, other.shared_wavefronts);
-        sum(&mut self.round_trips, other.round_trips);
-        sum(&mut self.barriers, other.barriers);
-        sum(&mut self.blocks, other.blocks);
-        for (a, b) in self.warp_executions.iter_mut().zip(&other.warp_executions) {
+        let (a, b) = (&mut self.counts, &other.counts);
+        for (a, b) in [
+            (&mut a.load_sectors, b.load_sectors),
+            (&mut a.store_sectors, b.store_sectors),
+            (&mut a.load_bytes, b.load_bytes),
+            (&mut a.store_bytes, b.store_bytes),
+            (&mut a.load_access_bytes, b.load_access_bytes),
+            (&mut a.store_access_bytes, b.store_access_bytes),
+            (&mut a.load_ideal_sectors, b.load_ideal_sectors),
+            (&mut a.store_ideal_sectors, b.store_ideal_sectors),
+            (&mut a.decodes, b.decodes),
+            (&mut a.thread_rounds, b.thread_rounds),
+            (&mut a.active_thread_rounds, b.active_thread_rounds),
+            (&mut a.load_requests, b.load_requests),
+            (&mut a.store_requests, b.store_requests),
+            (&mut a.load_lines, b.load_lines),
+            (&mut a.store_lines, b.store_lines),
+            (&mut a.load_wavefronts, b.load_wavefronts),
+            (&mut a.store_wavefronts, b.store_wavefronts),
+            (&mut a.prefetch_requests, b.prefetch_requests),
+            (&mut a.load_block_sectors, b.load_block_sectors),
+            (&mut a.store_block_sectors, b.store_block_sectors),
+            (&mut a.shared_requests, b.shared_requests),
+            (&mut a.shared_wavefronts, b.shared_wavefronts),
+            (&mut a.round_trips, b.round_trips),
+            (&mut a.barriers, b.barriers),
+            (&mut a.blocks, b.blocks),
+        ] {
             *a += b;
         }
-        for (a, b) in self
-            .thread_executions
-            .iter_mut()
-            .zip(&other.thread_executions)
-        {
+        for (a, b) in self.regions.iter_mut().zip(&other.regions) {
             *a += b;
         }
+    }
+
+    /// Warp issues of the region at `line` in `variant`.
+    pub fn warp_executions(&self, line: u32, variant: u32) -> u64 {
+        self.regions[Self::region(line, variant)]
+    }
+
+    /// Executions by threads of the region at `line` in `variant`.
+    pub fn thread_executions(&self, line: u32, variant: u32) -> u64 {
+        self.regions[MODEL_REGIONS + Self::region(line, variant)]
+    }
+
+    /// Warp issues of the region that loaded from global memory with an L1
+    /// miss among the loads, and without one.
+    pub fn load_executions(&self, line: u32, variant: u32) -> (u64, u64) {
+        let region = Self::region(line, variant);
+        (
+            self.regions[2 * MODEL_REGIONS + region],
+            self.regions[3 * MODEL_REGIONS + region],
+        )
+    }
+
+    fn region(line: u32, variant: u32) -> usize {
+        assert!(
+            (line as usize) < MODEL_LINES && (variant as usize) < MODEL_VARIANTS,
+            "region at line {line}, variant {variant}: past the model's counts"
+        );
+        variant as usize * MODEL_LINES + line as usize
     }
 
     /// Sectors the warps' requests touched per sector their bytes fill:
     /// what a profiler reports as sectors per request against the ideal.
     pub fn load_sectors_per_ideal(&self) -> f64 {
-        self.load_sectors as f64 / self.load_ideal_sectors.max(1) as f64
+        self.counts.load_sectors as f64 / self.counts.load_ideal_sectors.max(1) as f64
     }
 
     pub fn store_sectors_per_ideal(&self) -> f64 {
-        self.store_sectors as f64 / self.store_ideal_sectors.max(1) as f64
+        self.counts.store_sectors as f64 / self.counts.store_ideal_sectors.max(1) as f64
     }
 
     /// Bytes the warps' loads needed per distinct byte the block read:
     /// 1 when every byte is loaded once, 2 when each is read twice.
     pub fn load_reads_per_byte(&self) -> f64 {
-        self.load_access_bytes as f64 / self.load_bytes.max(1) as f64
+        self.counts.load_access_bytes as f64 / self.counts.load_bytes.max(1) as f64
     }
 
     /// The share of thread rounds with a chunk to decode.
     pub fn active_threads(&self) -> f64 {
-        self.active_thread_rounds as f64 / self.thread_rounds.max(1) as f64
+        self.counts.active_thread_rounds as f64 / self.counts.thread_rounds.max(1) as f64
     }
 }
 
@@ -244,10 +292,17 @@ impl Harness {
         let decode: libloading::Symbol<DecodeOnCpu> =
             unsafe { self.library.get(b"ecf_decode_on_cpu") }.expect("the harness exports it");
         let mut message = [0 as c_char; 1024];
-        let model = model.map_or(std::ptr::null_mut(), |model| model as *mut KernelModel);
+        let (counts, regions) =
+            model.map_or((std::ptr::null_mut(), std::ptr::null_mut()), |model| {
+                (
+                    &mut model.counts as *mut ModelCounts,
+                    model.regions.as_mut_ptr(),
+                )
+            });
         // Safety: the records point at live buffers that the GPU core
         // sized and validated, as for a GPU; the others are valid slices,
-        // and `model` is null or a valid ModelCounts.
+        // and `counts` and `regions` are null or a valid ModelCounts and
+        // RegionCounts (4 * MODEL_REGIONS words).
         let failed = unsafe {
             decode(
                 records,
@@ -257,7 +312,8 @@ impl Harness {
                 kernel_timeout(),
                 message.as_mut_ptr(),
                 message.len(),
-                model,
+                counts,
+                regions,
             )
         };
         launch_result(failed, &message)

@@ -19,8 +19,11 @@
 // one memory request.
 //
 // Nothing else of CUDA is emulated: a kernel that uses more (warp
-// intrinsics, atomics other than atomicMin, dynamic shared memory) does not
-// compile here, which is the point.
+// intrinsics, atomics other than atomicMin, dynamic shared memory, vector
+// types other than uint2 and uint4) does not compile here, which is the
+// point. (__byte_perm's selectors that replicate a sign bit are not
+// emulated either; the kernel uses none.) A prefetch into L1, inline PTX
+// on the GPU, is ECF_MODEL_PREFETCH here: the model's sectors, no load.
 #pragma once
 
 #include <atomic>
@@ -45,18 +48,18 @@ extern bool modelling;
 // Records, for the model, an access of the calling thread; defined in
 // harness.cpp.
 void model_access(const void* address, unsigned bytes, bool store);
-void model_skip(bool store);
+void model_prefetch(const void* address);
 void model_shared(const void* address, unsigned bytes);
 void model_decode();
 void model_round(bool active);
-void model_enter(int line);
+void model_enter(int line, unsigned variant);
 void model_leave();
 
 // The region of the braces it is declared in, while they are open.
 struct ModelRegion {
-    explicit ModelRegion(int line) : entered(modelling) {
+    ModelRegion(int line, unsigned variant) : entered(modelling) {
         if (entered) {
-            model_enter(line);
+            model_enter(line, variant);
         }
     }
     ~ModelRegion() {
@@ -73,9 +76,20 @@ struct ModelRegion {
 
 }  // namespace cuda_on_cpu
 
+// The variant a region's counts go to: 0, but in a function template that
+// declares its own (the kernel's write paths: their layout).
+constexpr unsigned model_variant = 0;
+
 #define ECF_MODEL_CONCAT_(a, b) a##b
 #define ECF_MODEL_CONCAT(a, b) ECF_MODEL_CONCAT_(a, b)
-#define ECF_MODEL_REGION() ::cuda_on_cpu::ModelRegion ECF_MODEL_CONCAT(ecf_model_region_, __LINE__)(__LINE__)
+#define ECF_MODEL_REGION() \
+    ::cuda_on_cpu::ModelRegion ECF_MODEL_CONCAT(ecf_model_region_, __LINE__)(__LINE__, model_variant)
+#define ECF_MODEL_PREFETCH(address)                 \
+    do {                                            \
+        if (::cuda_on_cpu::modelling) {             \
+            ::cuda_on_cpu::model_prefetch(address);  \
+        }                                           \
+    } while (false)
 #define ECF_MODEL_SHARED(address, bytes)                  \
     do {                                                  \
         if (::cuda_on_cpu::modelling) {                   \
@@ -88,12 +102,6 @@ struct ModelRegion {
         if (::cuda_on_cpu::modelling) {                           \
             ::cuda_on_cpu::model_access(address, bytes, store);   \
         }                                                         \
-    } while (false)
-#define ECF_MODEL_SKIP(store)                  \
-    do {                                       \
-        if (::cuda_on_cpu::modelling) {        \
-            ::cuda_on_cpu::model_skip(store);  \
-        }                                      \
     } while (false)
 #define ECF_MODEL_DECODE()                   \
     do {                                     \
@@ -116,6 +124,37 @@ struct ModelRegion {
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __syncthreads() ::cuda_on_cpu::syncthreads(__FILE__, __LINE__)
+
+struct uint2 {
+    unsigned x, y;
+};
+
+struct uint4 {
+    unsigned x, y, z, w;
+};
+
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
+    return uint4{x, y, z, w};
+}
+
+// Bytes of y:x picked by the selector's four nibbles, low byte first.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned selector) {
+    const unsigned long long bytes = (static_cast<unsigned long long>(y) << 32) | x;
+    unsigned result = 0;
+    for (unsigned k = 0; k < 4; ++k) {
+        result |= static_cast<unsigned>((bytes >> (((selector >> (4 * k)) & 7u) * 8)) & 0xFFu) << (8 * k);
+    }
+    return result;
+}
+
+// The bits of x in reverse order.
+inline unsigned __brev(unsigned x) {
+    x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+    x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+    x = ((x >> 4) & 0x0F0F0F0Fu) | ((x & 0x0F0F0F0Fu) << 4);
+    x = ((x >> 8) & 0x00FF00FFu) | ((x & 0x00FF00FFu) << 8);
+    return (x >> 16) | (x << 16);
+}
 
 // hi:lo shifted right by shift % 32, low word.
 inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned shift) {

@@ -21,16 +21,19 @@
 // block counts it per warp of 32 consecutive threads, as a GPU would run
 // them. Each region execution (ECF_MODEL_REGION, cuda_host.h) that any
 // thread of a warp runs is one warp issue of the region's instructions;
-// the threads that run it are the busy lanes. The k-th global load (store)
-// of the threads in one region execution is one warp request: the distinct
-// 32-byte sectors and 128-byte lines it touches are what L1 and L2 move,
-// against the ideal of its distinct bytes in whole sectors; a region
-// execution that waits on a load is one round trip to memory. The k-th
-// shared-memory access is one request too, which takes as many wavefronts
-// as its bank conflicts make it. And the distinct bytes and sectors of the
-// block, each once, are what DRAM moves, against the bytes its requests
-// needed, which shows re-reads. tests/common/kernel_cost.rs weighs the
-// kernel's SASS by these counts.
+// the threads that run it are the busy lanes. The k-th global load (store,
+// prefetch) of the threads in one region execution is one warp request:
+// the distinct 32-byte sectors and 128-byte lines it touches are what L1
+// and L2 move, against the ideal of its distinct bytes in whole sectors,
+// and L1 takes a wavefront (a cycle) for every four lines or four sectors
+// of it. A region execution with loads is a round trip to memory: to DRAM
+// if one of its loads is the first touch of a sector by its thread in the
+// block (an L1 miss), else to L1; whether the warp waits for it, the
+// kernel's SASS tells. The k-th shared-memory access is one request too,
+// which takes as many wavefronts as its bank conflicts make it. And the
+// distinct bytes and sectors of the block, each once, are what DRAM moves,
+// against the bytes its requests needed, which shows re-reads.
+// tests/common/kernel_cost.rs weighs the kernel's SASS by these counts.
 
 #include "cuda_host.h"
 
@@ -52,8 +55,12 @@
 #include <thread>
 #include <vector>
 
-// Source lines of kernels/decode.cu the model keeps counts for.
+// Source lines of kernels/decode.cu, and variants of a region (the
+// instantiations of a function template), the model keeps counts for: a
+// region's counts are at variant * MODEL_LINES + line.
 constexpr unsigned MODEL_LINES = 4096;
+constexpr unsigned MODEL_VARIANTS = 8;
+constexpr unsigned MODEL_REGIONS = MODEL_LINES * MODEL_VARIANTS;
 
 // What a modelled launch did, summed over its blocks; tests/common/
 // kernel_on_cpu.rs declares the same struct.
@@ -74,12 +81,17 @@ struct ModelCounts {
     // Rounds times threads, and those of them with a chunk to decode.
     unsigned long long thread_rounds;
     unsigned long long active_thread_rounds;
-    // Warp requests, and the distinct 128-byte lines they touch: what
-    // L1 moves, a line per cycle.
+    // Warp requests, the distinct 128-byte lines they touch, and the
+    // wavefronts L1 takes for them: its tag stage resolves four lines of
+    // four sectors a cycle.
     unsigned long long load_requests;
     unsigned long long store_requests;
     unsigned long long load_lines;
     unsigned long long store_lines;
+    unsigned long long load_wavefronts;
+    unsigned long long store_wavefronts;
+    // Prefetches into L1 (their lines and wavefronts are the loads').
+    unsigned long long prefetch_requests;
     // Distinct sectors each block loaded and stored, summed: what DRAM
     // moves when nothing stays in L2 from one block to the next.
     unsigned long long load_block_sectors;
@@ -94,11 +106,18 @@ struct ModelCounts {
     // Barriers the threads of each block met, summed, and blocks run.
     unsigned long long barriers;
     unsigned long long blocks;
-    // By the kernel's source line of each region: its warp issues (the
-    // distinct executions among a warp's threads) and its executions by
-    // threads, summed over warps.
-    unsigned long long warp_executions[MODEL_LINES];
-    unsigned long long thread_executions[MODEL_LINES];
+};
+
+// Per region (variant * MODEL_LINES + line): its warp issues (the distinct
+// executions among a warp's threads), then its executions by threads,
+// summed over warps.
+struct RegionCounts {
+    unsigned long long warp_executions[MODEL_REGIONS];
+    unsigned long long thread_executions[MODEL_REGIONS];
+    // Of the warp issues, those in which some thread loaded from global
+    // memory: with an L1 miss among the loads, and without.
+    unsigned long long miss_executions[MODEL_REGIONS];
+    unsigned long long hit_executions[MODEL_REGIONS];
 };
 
 namespace cuda_on_cpu {
@@ -225,21 +244,27 @@ private:
     Clock::duration timeout_ = std::chrono::seconds(60);
 };
 
-// A region execution of a thread: the region's line, and a key that the
-// threads of a warp share when they run the same execution of it.
+// A region execution of a thread: the region, and a key that the threads
+// of a warp share when they run the same execution of it.
 struct RegionExecution {
-    unsigned line;
+    unsigned region;
     std::uint64_t key;
 };
 
 // One access: the region execution it belongs to, its place among that
 // execution's accesses of its kind, its address and size.
+enum class Kind : unsigned { load, store, prefetch };
+
 struct Access {
     std::uint64_t key;
     unsigned ordinal;
-    bool store;
+    Kind kind;
     std::uintptr_t address;
     unsigned bytes;
+    // The region the access was made in, and for a load whether it is the
+    // thread's first touch of a sector in this block (an L1 miss).
+    unsigned region;
+    bool miss;
 };
 
 // An open region of a thread: its execution's key, how often each region
@@ -247,9 +272,11 @@ struct Access {
 // many loads, stores and shared accesses it has made.
 struct Frame {
     std::uint64_t key;
+    unsigned region;
     std::vector<std::pair<unsigned, unsigned>> runs;
     unsigned loads = 0;
     unsigned stores = 0;
+    unsigned prefetches = 0;
     unsigned shared = 0;
 };
 
@@ -267,6 +294,8 @@ struct ThreadLog {
     std::vector<Access> accesses;
     std::vector<Access> shared;
     std::vector<Frame> frames;
+    // The sectors the thread has loaded in this block.
+    std::vector<std::uintptr_t> sectors;
     unsigned long long decodes = 0;
     unsigned long long rounds = 0;
     unsigned long long active_rounds = 0;
@@ -278,7 +307,8 @@ struct ThreadLog {
         accesses.clear();
         shared.clear();
         frames.clear();
-        frames.push_back(Frame{1});
+        frames.push_back(Frame{1, 0});
+        sectors.clear();
         decodes = rounds = active_rounds = 0;
     }
 
@@ -289,6 +319,7 @@ struct ThreadLog {
 
 ThreadLog thread_logs[WORKGROUP_SIZE];
 ModelCounts model_counts;
+RegionCounts region_counts;
 
 constexpr std::uintptr_t SECTOR_BYTES = 32;
 constexpr std::uintptr_t LINE_BYTES = 128;
@@ -326,11 +357,11 @@ unsigned long long distinct_units(const Access* first, const Access* last, std::
 }
 
 bool same_request(const Access& a, const Access& b) {
-    return a.store == b.store && a.key == b.key && a.ordinal == b.ordinal;
+    return a.kind == b.kind && a.key == b.key && a.ordinal == b.ordinal;
 }
 
 bool request_order(const Access& a, const Access& b) {
-    return std::tie(a.store, a.key, a.ordinal, a.address) < std::tie(b.store, b.key, b.ordinal, b.address);
+    return std::tie(a.kind, a.key, a.ordinal, a.address) < std::tie(b.kind, b.key, b.ordinal, b.address);
 }
 
 // Adds one warp's global requests to the counts: the k-th load (store) of
@@ -339,13 +370,15 @@ void account_global(std::vector<Access>& accesses) {
     std::sort(accesses.begin(), accesses.end(), request_order);
     std::vector<std::uintptr_t> scratch;
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
-    std::vector<std::uint64_t> waits;
+    // Per region execution with loads: its region and whether one missed.
+    std::vector<std::tuple<std::uint64_t, unsigned, bool>> waits;
     for (std::size_t begin = 0; begin < accesses.size();) {
         std::size_t end = begin;
         while (end < accesses.size() && same_request(accesses[begin], accesses[end])) {
             ++end;
         }
-        const bool store = accesses[begin].store;
+        const bool store = accesses[begin].kind == Kind::store;
+        const bool prefetch = accesses[begin].kind == Kind::prefetch;
         ranges.clear();
         for (std::size_t i = begin; i < end; ++i) {
             if (accesses[i].bytes != 0) {
@@ -357,19 +390,40 @@ void account_global(std::vector<Access>& accesses) {
             const unsigned long long sectors = distinct_units(&accesses[begin], &accesses[end], SECTOR_BYTES, scratch);
             const unsigned long long lines = distinct_units(&accesses[begin], &accesses[end], LINE_BYTES, scratch);
             const unsigned long long ideal = (bytes + SECTOR_BYTES - 1) / SECTOR_BYTES;
-            (store ? model_counts.store_sectors : model_counts.load_sectors) += sectors;
             (store ? model_counts.store_lines : model_counts.load_lines) += lines;
-            (store ? model_counts.store_requests : model_counts.load_requests) += 1;
-            (store ? model_counts.store_access_bytes : model_counts.load_access_bytes) += bytes;
-            (store ? model_counts.store_ideal_sectors : model_counts.load_ideal_sectors) += ideal;
-            if (!store) {
-                waits.push_back(accesses[begin].key);
+            (store ? model_counts.store_wavefronts : model_counts.load_wavefronts) +=
+                std::max((lines + 3) / 4, (sectors + 3) / 4);
+            // A prefetch is L1's work, not a request anyone reads.
+            if (prefetch) {
+                model_counts.prefetch_requests += 1;
+            } else {
+                (store ? model_counts.store_sectors : model_counts.load_sectors) += sectors;
+                (store ? model_counts.store_requests : model_counts.load_requests) += 1;
+                (store ? model_counts.store_access_bytes : model_counts.load_access_bytes) += bytes;
+                (store ? model_counts.store_ideal_sectors : model_counts.load_ideal_sectors) += ideal;
+            }
+            if (accesses[begin].kind == Kind::load) {
+                bool miss = false;
+                for (std::size_t i = begin; i < end; ++i) {
+                    miss |= accesses[i].miss;
+                }
+                waits.emplace_back(accesses[begin].key, accesses[begin].region, miss);
             }
         }
         begin = end;
     }
     std::sort(waits.begin(), waits.end());
-    model_counts.round_trips += std::unique(waits.begin(), waits.end()) - waits.begin();
+    for (std::size_t i = 0; i < waits.size();) {
+        std::size_t j = i;
+        bool miss = false;
+        while (j < waits.size() && std::get<0>(waits[j]) == std::get<0>(waits[i])) {
+            miss |= std::get<2>(waits[j]);
+            ++j;
+        }
+        model_counts.round_trips += 1;
+        (miss ? region_counts.miss_executions : region_counts.hit_executions)[std::get<1>(waits[i])] += 1;
+        i = j;
+    }
 }
 
 // Adds one warp's shared-memory requests: a request takes as many
@@ -408,13 +462,13 @@ void account_shared(std::vector<Access>& accesses) {
 // instructions once per distinct execution among its threads.
 void account_regions(std::vector<RegionExecution>& regions) {
     std::sort(regions.begin(), regions.end(), [](const RegionExecution& a, const RegionExecution& b) {
-        return std::tie(a.line, a.key) < std::tie(b.line, b.key);
+        return std::tie(a.region, a.key) < std::tie(b.region, b.key);
     });
     for (std::size_t i = 0; i < regions.size(); ++i) {
-        const unsigned line = regions[i].line;
-        model_counts.thread_executions[line] += 1;
-        if (i == 0 || regions[i - 1].line != line || regions[i - 1].key != regions[i].key) {
-            model_counts.warp_executions[line] += 1;
+        const unsigned region = regions[i].region;
+        region_counts.thread_executions[region] += 1;
+        if (i == 0 || regions[i - 1].region != region || regions[i - 1].key != regions[i].key) {
+            region_counts.warp_executions[region] += 1;
         }
     }
 }
@@ -444,8 +498,9 @@ void account_block() {
     for (const ThreadLog& log : thread_logs) {
         for (const Access& access : log.accesses) {
             if (access.bytes != 0) {
-                ranges[access.store].emplace_back(access.address, access.address + access.bytes);
-                touched[access.store].push_back(access);
+                const bool store = access.kind == Kind::store;
+                ranges[store].emplace_back(access.address, access.address + access.bytes);
+                touched[store].push_back(access);
             }
         }
     }
@@ -585,10 +640,13 @@ std::mutex launches;
 // Runs one launch at a time, whatever the callers' threads; modelled when
 // `model` is given, which then receives the counts.
 int launch(unsigned blocks, std::function<void()> kernel, double timeout_seconds, char* message,
-           std::size_t message_len, ModelCounts* model = nullptr) {
+           std::size_t message_len, ModelCounts* model = nullptr, RegionCounts* regions = nullptr) {
     std::lock_guard lock(launches);
     modelling = model != nullptr;
     model_counts = ModelCounts{};
+    if (modelling) {
+        std::memset(&region_counts, 0, sizeof region_counts);
+    }
     for (ThreadLog& log : thread_logs) {
         log.clear();
     }
@@ -598,6 +656,9 @@ int launch(unsigned blocks, std::function<void()> kernel, double timeout_seconds
     modelling = false;
     if (model != nullptr) {
         *model = model_counts;
+        if (regions != nullptr) {
+            *regions = region_counts;
+        }
     }
     if (failure.empty()) {
         return 0;
@@ -615,24 +676,46 @@ void syncthreads(const char* file, int line) {
     pool().barrier().arrive_and_wait(Site{file, line});
 }
 
+namespace {
+
+// Marks the sectors of a load as in the thread's L1 and says whether one
+// was not yet.
+bool touch(ThreadLog& log, std::uintptr_t at, unsigned bytes) {
+    bool miss = false;
+    for (std::uintptr_t sector = at / SECTOR_BYTES; sector <= (at + bytes - 1) / SECTOR_BYTES; ++sector) {
+        if (std::find(log.sectors.begin(), log.sectors.end(), sector) == log.sectors.end()) {
+            log.sectors.push_back(sector);
+            miss = true;
+        }
+    }
+    return miss;
+}
+
+}  // namespace
+
 void model_access(const void* address, unsigned bytes, bool store) {
     ThreadLog& log = thread_logs[thread_index.x];
     Frame& frame = log.frame();
-    log.accesses.push_back(Access{frame.key, store ? frame.stores++ : frame.loads++, store,
-                                  reinterpret_cast<std::uintptr_t>(address), bytes});
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(address);
+    const bool miss = !store && touch(log, at, bytes);
+    log.accesses.push_back(Access{frame.key, store ? frame.stores++ : frame.loads++,
+                                  store ? Kind::store : Kind::load, at, bytes, frame.region, miss});
 }
 
-// An access left out while the threads beside it make theirs: it keeps
-// the thread's later accesses in step with theirs.
-void model_skip(bool store) {
-    Frame& frame = thread_logs[thread_index.x].frame();
-    ++(store ? frame.stores : frame.loads);
+// A prefetch into L1: it brings the sector in for the thread's later loads.
+void model_prefetch(const void* address) {
+    ThreadLog& log = thread_logs[thread_index.x];
+    Frame& frame = log.frame();
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(address) / SECTOR_BYTES * SECTOR_BYTES;
+    touch(log, at, SECTOR_BYTES);
+    log.accesses.push_back(Access{frame.key, frame.prefetches++, Kind::prefetch, at, SECTOR_BYTES, frame.region, false});
 }
 
 void model_shared(const void* address, unsigned bytes) {
     ThreadLog& log = thread_logs[thread_index.x];
     Frame& frame = log.frame();
-    log.shared.push_back(Access{frame.key, frame.shared++, false, reinterpret_cast<std::uintptr_t>(address), bytes});
+    log.shared.push_back(
+        Access{frame.key, frame.shared++, Kind::load, reinterpret_cast<std::uintptr_t>(address), bytes, frame.region, false});
 }
 
 void model_decode() {
@@ -645,27 +728,30 @@ void model_round(bool active) {
     log.active_rounds += active ? 1u : 0u;
 }
 
-// A region execution's key: its line, and how often the region has run in
-// the open region around it, whose key it extends.
-void model_enter(int line) {
-    if (line < 0 || line >= static_cast<int>(MODEL_LINES)) {
-        std::fprintf(stderr, "kernels/decode.cu on the CPU: a region at line %d, past the model's %u lines\n", line,
-                     MODEL_LINES);
+// A region execution's key: its region, and how often the region has run
+// in the open region around it, whose key it extends.
+void model_enter(int line, unsigned variant) {
+    if (line < 0 || line >= static_cast<int>(MODEL_LINES) || variant >= MODEL_VARIANTS) {
+        std::fprintf(stderr,
+                     "kernels/decode.cu on the CPU: a region at line %d, variant %u, past the model's %u lines and %u "
+                     "variants\n",
+                     line, variant, MODEL_LINES, MODEL_VARIANTS);
         std::abort();
     }
+    const unsigned region = variant * MODEL_LINES + static_cast<unsigned>(line);
     ThreadLog& log = thread_logs[thread_index.x];
     Frame& outer = log.frame();
     unsigned run = 0;
     auto found = std::find_if(outer.runs.begin(), outer.runs.end(),
-                              [&](const auto& entry) { return entry.first == static_cast<unsigned>(line); });
+                              [&](const auto& entry) { return entry.first == region; });
     if (found == outer.runs.end()) {
-        outer.runs.emplace_back(line, 1u);
+        outer.runs.emplace_back(region, 1u);
     } else {
         run = found->second++;
     }
-    const std::uint64_t key = mix(outer.key ^ mix((static_cast<std::uint64_t>(line) << 32) | run));
-    log.regions.push_back(RegionExecution{static_cast<unsigned>(line), key});
-    log.frames.push_back(Frame{key});
+    const std::uint64_t key = mix(outer.key ^ mix((static_cast<std::uint64_t>(region) << 32) | run));
+    log.regions.push_back(RegionExecution{region, key});
+    log.frames.push_back(Frame{key, region});
 }
 
 void model_leave() {
@@ -675,14 +761,14 @@ void model_leave() {
 }  // namespace cuda_on_cpu
 
 // Decodes the work list's `blocks` blocks as a launch of the CUDA decoder
-// with those arguments would, modelled when `counts` is not null (it then
-// receives what the memory-access model counted). Returns 0, or 1 with what
-// failed in `message`.
+// with those arguments would, modelled when `counts` is not null (it and
+// `regions` then receive what the model counted). Returns 0, or 1 with
+// what failed in `message`.
 extern "C" int ecf_decode_on_cpu(const Dispatch* dispatches, const u32* work, u32* status, u32 blocks,
                                  double timeout_seconds, char* message, std::size_t message_len,
-                                 ModelCounts* counts) {
+                                 ModelCounts* counts, RegionCounts* regions) {
     return cuda_on_cpu::launch(
-        blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len, counts);
+        blocks, [=] { decode(dispatches, work, status); }, timeout_seconds, message, message_len, counts, regions);
 }
 
 // A kernel with a barrier in divergent code, to show that the harness

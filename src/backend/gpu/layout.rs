@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::codec::huffman::{ALPHABET, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS};
+use crate::codec::huffman::{ALPHABET, MAX_CODE_BITS};
 use crate::codec::index::{BlockIndex, BlockMode};
 use crate::codec::table::CodeLengths;
 use crate::codec::{EncodedView, StreamProblem, TensorParams};
@@ -43,6 +43,42 @@ pub const TABLE_COUNT_SHIFT: u32 = 22;
 /// A chunk without a sync exception.
 pub const NO_EXCEPTION: u32 = u32::MAX;
 
+/// Entries of a kernel's decode table: one per window of `MAX_CODE_BITS`
+/// stream bits, the first in bit 0.
+pub const DECODE_ENTRIES: u32 = 1 << MAX_CODE_BITS;
+pub const WINDOW_MASK: u32 = DECODE_ENTRIES - 1;
+/// A decode table entry: the symbol of the window's first codeword (9
+/// bits), and its length on top, where one instruction adds it to a
+/// position. Beside it, per window a byte of how many whole codewords the
+/// window holds (up to four) and their total length above them.
+pub const ENTRY_SYMBOL_MASK: u32 = 0x1FF;
+pub const ENTRY_LENGTH_SHIFT: u32 = 28;
+pub const WINDOW_BITS_SHIFT: u32 = 4;
+pub const WINDOW_COUNT_MASK: u32 = 0xF;
+
+/// A thread's run of elements starts and ends on a multiple of
+/// `RUN_ELEMENTS` (but at a block's end), which the fast write paths decode
+/// a group at a time and store in vectors of `VECTOR_BYTES`.
+pub const RUN_ELEMENTS: u32 = 16;
+pub const VECTOR_BYTES: u32 = 16;
+
+/// The kernels' write paths (`Params::fast_layout`): layouts with a path of
+/// their own, by element width in bits, stored rest bits and head form; any
+/// other goes a word at a time (`LAYOUT_GENERIC`).
+pub const LAYOUT_GENERIC: u32 = 0;
+/// BF16 and F16, exponent first with an 8-bit head.
+pub const LAYOUT_16_REST_8: u32 = 1;
+/// BF16, sign first with a 9-bit head.
+pub const LAYOUT_16_SIGNED_REST_7: u32 = 2;
+/// F32, exponent first with an 8-bit head.
+pub const LAYOUT_32_REST_24: u32 = 3;
+/// F32, sign first with a 9-bit head.
+pub const LAYOUT_32_SIGNED_REST_23: u32 = 4;
+/// FP8, exponent first with a 7-bit head: the sign is the rest.
+pub const LAYOUT_8_REST_1: u32 = 5;
+/// FP8, exponent first with an 8-bit head: the whole element, rotated.
+pub const LAYOUT_8_WHOLE: u32 = 6;
+
 /// What a workgroup reports for its block, in its status word:
 /// `problem | detail << STATUS_DETAIL_SHIFT`, 0 when the block decoded.
 /// The problems are [`StreamProblem`]'s, in its order.
@@ -62,21 +98,33 @@ pub const STATUS_DETAIL_SHIFT: u32 = 4;
 pub const STATUS_NONE: u32 = u32::MAX;
 
 /// The kernels' constants, by the names both kernels give them.
-pub const KERNEL_CONSTANTS: [(&str, u32); 21] = [
+pub const KERNEL_CONSTANTS: [(&str, u32); 33] = [
     ("WORKGROUP_SIZE", WORKGROUP_SIZE),
     ("BLOCK_RAW", BLOCK_RAW),
     ("BLOCK_CONSTANT", BLOCK_CONSTANT),
     ("BLOCK_CODED", BLOCK_CODED),
     ("MAX_CODE_BITS", MAX_CODE_BITS),
-    ("SECTOR_WORDS", SECTOR_WORDS),
-    ("RING_WORDS", RING_WORDS),
     ("TABLE_WORDS", TABLE_WORDS as u32),
     ("TABLE_LENGTHS", TABLE_LENGTHS as u32),
     ("TABLE_INDEX_SHIFT", TABLE_INDEX_SHIFT),
     ("TABLE_COUNT_SHIFT", TABLE_COUNT_SHIFT),
+    ("DECODE_ENTRIES", DECODE_ENTRIES),
+    ("WINDOW_MASK", WINDOW_MASK),
+    ("ENTRY_SYMBOL_MASK", ENTRY_SYMBOL_MASK),
     ("ENTRY_LENGTH_SHIFT", ENTRY_LENGTH_SHIFT),
-    ("ENTRY_SYMBOL_MASK", ENTRY_SYMBOL_MASK as u32),
+    ("WINDOW_BITS_SHIFT", WINDOW_BITS_SHIFT),
+    ("WINDOW_COUNT_MASK", WINDOW_COUNT_MASK),
     ("NO_EXCEPTION", NO_EXCEPTION),
+    ("RUN_ELEMENTS", RUN_ELEMENTS),
+    ("VECTOR_BYTES", VECTOR_BYTES),
+    ("PADDING_WORDS", PLANE_PADDING_WORDS as u32),
+    ("LAYOUT_GENERIC", LAYOUT_GENERIC),
+    ("LAYOUT_16_REST_8", LAYOUT_16_REST_8),
+    ("LAYOUT_16_SIGNED_REST_7", LAYOUT_16_SIGNED_REST_7),
+    ("LAYOUT_32_REST_24", LAYOUT_32_REST_24),
+    ("LAYOUT_32_SIGNED_REST_23", LAYOUT_32_SIGNED_REST_23),
+    ("LAYOUT_8_REST_1", LAYOUT_8_REST_1),
+    ("LAYOUT_8_WHOLE", LAYOUT_8_WHOLE),
     ("STATUS_OK", STATUS_OK),
     ("STATUS_CHUNK_START", STATUS_CHUNK_START),
     ("STATUS_OVERRUN", STATUS_OVERRUN),
@@ -105,16 +153,13 @@ pub(crate) fn status_problem(
     }
 }
 
-/// Words in a 32-byte memory sector, the unit in which the kernels load
-/// a head stream.
-pub const SECTOR_WORDS: u32 = 8;
-/// Words in a thread's ring: the two sectors of its stream it decodes
-/// from.
-pub const RING_WORDS: u32 = 2 * SECTOR_WORDS;
-
-/// Words of zero padding after the head and rest planes: a ring may hold
-/// words up to a ring past the word after a stream's last.
-pub const PLANE_PADDING_WORDS: usize = (RING_WORDS + SECTOR_WORDS) as usize;
+/// Words of zero padding after the head and rest planes (`PADDING_WORDS`
+/// in the kernels). A thread checks that it is still in its block's stream
+/// before each group, then reads at most a group's codewords (16 of at
+/// most 12 bits) and two words ahead; it asks L1 for words up to
+/// `PADDING_WORDS` past its block's stream, and the rest bits of a group
+/// reach at most a word past its last.
+pub const PLANE_PADDING_WORDS: usize = 16;
 
 /// The largest byte offset inside one segment: offsets are 32-bit in the
 /// kernels, and 2^31 − 1 is the largest binding every API allows.
@@ -185,6 +230,11 @@ kernel_struct! {
         pub status_base: u32,
         /// 1 when heads are sign first, 0 when exponent first.
         pub sign_in_head: u32,
+        /// The layout of the kernels' write path, `LAYOUT_*`.
+        pub fast_layout: u32,
+        pub reserved0: u32,
+        pub reserved1: u32,
+        pub reserved2: u32,
     }
 }
 
@@ -252,6 +302,7 @@ impl Segment {
     pub(crate) fn dispatch_params(&self, params: &TensorParams) -> DispatchParams {
         let split = params.split;
         DispatchParams {
+            fast_layout: write_layout(params),
             block_count: self.descriptors.len() as u32,
             width_bytes: split.kind.width_bytes() as u32,
             head_bits: split.head_bits,
@@ -264,6 +315,34 @@ impl Segment {
             sign_in_head: split.sign_in_head as u32,
             ..DispatchParams::default()
         }
+    }
+}
+
+/// The kernels' write path for a tensor's split. A layout's own path joins
+/// heads and rest bits with fixed shifts, so its rest bits hold no
+/// constant bits, and reads its rest bits at fixed places a group of
+/// `RUN_ELEMENTS` at a time, which holds because every block starts on a
+/// multiple of 1024 elements: its rest bits start on a 16-byte boundary
+/// whatever their width.
+fn write_layout(params: &TensorParams) -> u32 {
+    let split = params.split;
+    const _: () = assert!(crate::codec::MIN_BLOCK_ELEMENTS.is_multiple_of(128));
+    if split.rest_const_bits != 0 {
+        return LAYOUT_GENERIC;
+    }
+    match (
+        split.kind.width_bits(),
+        split.sign_in_head,
+        split.head_bits,
+        split.stored_rest_bits(),
+    ) {
+        (16, false, 8, 8) => LAYOUT_16_REST_8,
+        (16, true, 9, 7) => LAYOUT_16_SIGNED_REST_7,
+        (32, false, 8, 24) => LAYOUT_32_REST_24,
+        (32, true, 9, 23) => LAYOUT_32_SIGNED_REST_23,
+        (8, false, 7, 1) => LAYOUT_8_REST_1,
+        (8, false, 8, 0) => LAYOUT_8_WHOLE,
+        _ => LAYOUT_GENERIC,
     }
 }
 
