@@ -313,9 +313,16 @@ __device__ __forceinline__ u32 plane_bits(const u32* __restrict__ plane, u32 bit
 // ---------------------------------------------------------------------
 // The decode table.
 
+// Where a window's entry is in the decode table: its first five bits,
+// which the most frequent codewords make much alike across a warp's
+// lookups, are mixed with the next five before they pick a bank.
+__device__ __forceinline__ u32 table_slot(u32 window) {
+    return (window & WINDOW_MASK) ^ ((window >> 5u) & 0x1Fu);
+}
+
 __device__ __forceinline__ u32 table_entry(const Shared& sh, u32 window) {
     ECF_MODEL_DECODE();
-    return shared_load(sh.decode_table, window & WINDOW_MASK);
+    return shared_load(sh.decode_table, table_slot(window));
 }
 
 // The window's count | total length << WINDOW_BITS_SHIFT of its whole
@@ -373,7 +380,7 @@ __device__ void build_decode_table(Shared& sh, const u32* __restrict__ table, u3
         u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + (code >> (MAX_CODE_BITS - length)) - (info & 0xFFFu);
         u32 symbol = (shared_load(sh.canonical, (slot >> 1u) & 0xFFu) >> ((slot & 1u) * 16u)) & ENTRY_SYMBOL_MASK;
         u32 window = __brev(code) >> (32u - MAX_CODE_BITS);
-        shared_store(sh.decode_table, window, symbol | length << ENTRY_LENGTH_SHIFT);
+        shared_store(sh.decode_table, table_slot(window), symbol | length << ENTRY_LENGTH_SHIFT);
         code += 1u;
     }
     __syncthreads();
@@ -386,10 +393,10 @@ __device__ void build_decode_table(Shared& sh, const u32* __restrict__ table, u3
 #pragma unroll
         for (u32 k = 0u; k < 4u; k++) {
             u32 window = first + k;
-            u32 length = entry_length(shared_load(sh.decode_table, window));
+            u32 length = entry_length(shared_load(sh.decode_table, table_slot(window)));
             // The window after the first codeword, its unknown top bits 0:
             // its codeword is whole if it ends within the window.
-            u32 second = entry_length(shared_load(sh.decode_table, window >> length));
+            u32 second = entry_length(shared_load(sh.decode_table, table_slot(window >> length)));
             u32 pair = length + second <= MAX_CODE_BITS ? 2u | (length + second) << WINDOW_BITS_SHIFT
                                                         : 1u | length << WINDOW_BITS_SHIFT;
             packed |= pair << (k * 8u);

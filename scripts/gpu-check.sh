@@ -4,11 +4,16 @@
 # on every backend (CUDA and wgpu required where an NVIDIA GPU is present),
 # and benchmarks decoding on each GPU backend, all into one report.
 #
-#   scripts/gpu-check.sh [ECF] [DATA_DIR] [REPORT]
+#   scripts/gpu-check.sh [ECF] [DATA_DIR] [REPORT] [COST]
 #
 # ECF       the ecf binary (default ./ecf)
 # DATA_DIR  safetensors files to check and bench (default .gpu; may be absent)
 # REPORT    the report to write (default $OUT/gpu-report.txt, else ./gpu-report.txt)
+# COST      the kernel cost model's estimates, `kernel cost:` lines that
+#           `cargo test --release --test cuda_on_cpu kernel_cost` writes to
+#           target/kernel-cost.txt (default DATA_DIR/kernel-cost.txt): each
+#           is printed beside the CUDA decode of its tensor, to calibrate
+#           the model against what the GPU does
 #
 # Vulkan needs its loader: carried Debian packages in .gl/*.deb are unpacked
 # first. NVRTC comes from the CUDA toolkit (/usr/local/cuda).
@@ -17,6 +22,7 @@ set -uo pipefail
 ECF=${1:-./ecf}
 DATA=${2:-.gpu}
 REPORT=${3:-${OUT:-.}/gpu-report.txt}
+COST=${4:-$DATA/kernel-cost.txt}
 
 if ls .gl/*.deb >/dev/null 2>&1; then
     for package in .gl/*.deb; do dpkg -x "$package" /; done
@@ -37,6 +43,26 @@ fi
 
 step() { printf '\n## %s\n$ %s\n' "$1" "${*:2}"; "${@:2}"; echo "(exit status $?)"; }
 
+# The model's line for the largest float tensor of safetensors file $1 (the
+# tensor `bench --largest` decodes), if COST has one.
+estimate() {
+    [ -f "$COST" ] || return 0
+    python3 - "$1" "$COST" <<'PYTHON'
+import json, struct, sys
+with open(sys.argv[1], "rb") as file:
+    header = json.loads(file.read(struct.unpack("<Q", file.read(8))[0]))
+header.pop("__metadata__", None)
+floats = {"BF16", "F16", "F32", "F8_E4M3", "F8_E5M2"}
+# A compressed file keeps its source header in __metadata__; the test data
+# are plain files.
+name, info = max(((n, i) for n, i in header.items() if i["dtype"] in floats),
+                 key=lambda item: item[1]["data_offsets"][1] - item[1]["data_offsets"][0], default=(None, None))
+for line in open(sys.argv[2]):
+    if name and line.startswith(f"kernel cost: {name} {info['dtype']} "):
+        print("model estimate:", line.split("kernel cost: ", 1)[1].rstrip())
+PYTHON
+}
+
 {
     echo "# ecfloat GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     uname -srm
@@ -47,6 +73,7 @@ step() { printf '\n## %s\n$ %s\n' "$1" "${*:2}"; "${@:2}"; echo "(exit status $?
         step "decode, 1 GiB synthetic BF16, $backend" "$ECF" bench --synthetic BF16 --size 1GiB --backend "$backend" --repeats 20
         for file in "${files[@]}"; do
             step "decode, largest tensor of $file, $backend" "$ECF" bench "$file" --largest --backend "$backend" --repeats 20
+            [ "$backend" = cuda ] && estimate "$file"
         done
     done
 } 2>&1 | grep -v 'XDG_RUNTIME_DIR' | tee "$REPORT"

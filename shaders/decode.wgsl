@@ -66,7 +66,7 @@
 //
 // The compact form, for devices with only WebGPU's default 16 KiB of
 // workgroup memory, keeps two 16-bit entries in each decode table word
-// (the windows 2048 apart: a pair of consecutive codes' windows) and no
+// (the slots 2048 apart: a pair of consecutive codes' windows) and no
 // window counts: it counts one codeword at a time. It decodes the same
 // bits, more slowly. Everything the shader reads was validated on the
 // host (src/backend/gpu/layout.rs, which holds the constants and layouts
@@ -378,9 +378,16 @@ fn rest_plane_bits(word: u32, bit: u32, count: u32) -> u32 {
 // ---------------------------------------------------------------------
 // The decode table.
 
+// Where a window's entry is in the decode table: its first five bits,
+// which the most frequent codewords make much alike across a subgroup's
+// lookups, are mixed with the next five before they pick a bank.
+fn table_slot(window: u32) -> u32 {
+    return (window & WINDOW_MASK) ^ ((window >> 5u) & 0x1Fu);
+}
+
 // The entry of a window's first codeword.
 fn table_entry(window: u32) -> u32 {
-    let index = window & WINDOW_MASK;
+    let index = table_slot(window);
     if (COMPACT) {
         let half = (decode_table[index % DECODE_TABLE_WORDS] >> (index / DECODE_TABLE_WORDS * 16u)) & 0xFFFFu;
         return (half & ENTRY_SYMBOL_MASK) | ((half >> 12u) << ENTRY_LENGTH_SHIFT);
@@ -435,7 +442,7 @@ fn build_decode_table(base: u32, thread: u32) {
     // bits, tile 0..4096 in order of length: each thread fills the entries
     // of 16 consecutive justified codes, whose windows are those codes'
     // bits reversed (so an even code's and the next one's windows are 2048
-    // apart, and share a word in the compact form).
+    // apart, as are their slots, which share a word in the compact form).
     var code = thread * (DECODE_ENTRIES / WORKGROUP_SIZE);
     var length = 1u;
     var info = canonical[TABLE_LENGTHS];
@@ -448,15 +455,16 @@ fn build_decode_table(base: u32, thread: u32) {
         let slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + (code >> (MAX_CODE_BITS - length)) - (info & 0xFFFu);
         let symbol = (canonical[(slot >> 1u) & 0xFFu] >> ((slot & 1u) * 16u)) & ENTRY_SYMBOL_MASK;
         let window = reversed_code(code);
+        let entry_slot = table_slot(window);
         if (COMPACT) {
             let entry = symbol | (length << 12u);
             if ((code & 1u) == 0u) {
                 even_entry = entry;
             } else {
-                decode_table[window % DECODE_TABLE_WORDS] = even_entry | (entry << 16u);
+                decode_table[entry_slot % DECODE_TABLE_WORDS] = even_entry | (entry << 16u);
             }
         } else {
-            decode_table[window] = symbol | (length << ENTRY_LENGTH_SHIFT);
+            decode_table[entry_slot] = symbol | (length << ENTRY_LENGTH_SHIFT);
         }
         code += 1u;
     }
@@ -470,10 +478,10 @@ fn build_decode_table(base: u32, thread: u32) {
         var packed = 0u;
         for (var k = 0u; k < 4u; k++) {
             let window = first + k;
-            let length = entry_length(decode_table[window]);
+            let length = entry_length(table_entry(window));
             // The window after the first codeword, its unknown top bits 0:
             // its codeword is whole if it ends within the window.
-            let second = entry_length(decode_table[window >> length]);
+            let second = entry_length(table_entry(window >> length));
             let pair = select(1u | (length << WINDOW_BITS_SHIFT), 2u | ((length + second) << WINDOW_BITS_SHIFT),
                               length + second <= MAX_CODE_BITS);
             packed |= pair << (k * 8u);

@@ -228,7 +228,8 @@ fn target_tbps(dtype: &str) -> f64 {
 /// The kernel's SASS weighed by the modelled decodes: one `kernel cost:`
 /// line per dtype, with the instructions, memory and latency it spends and
 /// the throughput they allow on an H100 and an H200 (tests/common/
-/// kernel_cost.rs), then the regions that issue the most.
+/// kernel_cost.rs), then the regions that issue the most. The lines also go
+/// to `target/kernel-cost.txt`.
 fn kernel_cost() -> Ran {
     let decodes = modelled_decodes()?;
     let source =
@@ -245,6 +246,7 @@ fn kernel_cost() -> Ran {
         sass.registers,
         sass.shared_bytes
     );
+    let mut lines = String::new();
     for decode in decodes {
         let workload = Workload {
             model: &decode.model,
@@ -254,12 +256,15 @@ fn kernel_cost() -> Ran {
         };
         let cost = KernelCost::new(&sass, &source, &workload, resident_blocks)
             .unwrap_or_else(|e| panic!("{e}"));
-        println!(
+        let line = format!(
             "kernel cost: {} {} {}",
             decode.name,
             decode.dtype,
             cost.summary()
         );
+        println!("{line}");
+        lines += &line;
+        lines.push('\n');
         let ampere_cost = KernelCost::new(&ampere, &source, &workload, ampere_resident_blocks)
             .unwrap_or_else(|e| panic!("{e}"));
         eprintln!(
@@ -311,6 +316,9 @@ fn kernel_cost() -> Ran {
             );
         }
     }
+    // For scripts/gpu-check.sh, which prints each beside what it measures.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../kernel-cost.txt");
+    std::fs::write(&target, lines).unwrap();
     Ok(())
 }
 

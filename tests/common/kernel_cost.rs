@@ -156,8 +156,8 @@ pub const H200: Machine = Machine {
 
 /// One SASS instruction: its opcode, pipe, whether a predicate guards it,
 /// its source lines, innermost first (the line, then the lines it was
-/// inlined at), the registers it writes and reads, and where an
-/// unconditional branch goes (an index into the listing).
+/// inlined at), the registers it writes and reads, and where a branch goes
+/// (an index into the listing), and whether it always does.
 #[derive(Clone, Debug)]
 pub struct Instruction {
     pub opcode: String,
@@ -166,6 +166,7 @@ pub struct Instruction {
     pub lines: Vec<u32>,
     pub writes: Vec<u32>,
     pub reads: Vec<u32>,
+    pub target: Option<usize>,
     pub jump: Option<usize>,
 }
 
@@ -345,7 +346,6 @@ pub fn parse_sass(listing: &str) -> Vec<Instruction> {
             )
         };
         if base == "BRA"
-            && !predicated
             && let Some(label) = operands.first().and_then(|o| o.split('`').nth(1))
         {
             let label = label.trim_start_matches('(').trim_end_matches(')');
@@ -358,11 +358,16 @@ pub fn parse_sass(listing: &str) -> Vec<Instruction> {
             lines: lines.clone(),
             writes,
             reads,
+            target: None,
             jump: None,
         });
     }
     for (index, label) in jumps {
-        instructions[index].jump = labels.get(&label).copied();
+        let target = labels.get(&label).copied();
+        instructions[index].target = target;
+        if !instructions[index].predicated {
+            instructions[index].jump = target;
+        }
     }
     instructions
 }
@@ -841,10 +846,38 @@ impl KernelCost {
                 _ => weight(index, variant),
             }
         };
+        // A loop's instructions before the first its back edge goes to
+        // (its preheader: set-up and the first test) run once per entry,
+        // as often as the region around it.
+        let mut body_starts: BTreeMap<(usize, u32), usize> = BTreeMap::new();
+        for (index, (instruction, place)) in sass
+            .instructions
+            .iter()
+            .zip(&attribution.region)
+            .enumerate()
+        {
+            if let (Some(place), Some(target)) = (*place, instruction.target)
+                && target <= index
+                && attribution.region[target] == Some(place)
+            {
+                let start = body_starts.entry(place).or_insert(target);
+                *start = (*start).min(target);
+            }
+        }
         let mut warp_instructions: BTreeMap<Pipe, f64> = BTreeMap::new();
         let mut thread_instructions = 0.0;
-        for (instruction, place) in weighed() {
-            let (warps, threads) = issue_weight(place);
+        for (index, (instruction, place)) in sass
+            .instructions
+            .iter()
+            .zip(&attribution.region)
+            .enumerate()
+        {
+            let Some(place) = *place else { continue };
+            let preheader = body_starts.get(&place).is_some_and(|&start| index < start);
+            let (warps, threads) = match attribution.parent[place.0] {
+                Some(parent) if preheader => weight(parent, place.1),
+                _ => issue_weight(place),
+            };
             *warp_instructions.entry(instruction.pipe).or_default() += warps;
             thread_instructions += threads;
         }
