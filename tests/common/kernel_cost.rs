@@ -81,7 +81,7 @@ impl Pipe {
             Pipe::Float => "float",
             Pipe::Conversion => "conversion",
             Pipe::Shuffle => "shuffle",
-            Pipe::Memory => "memory",
+            Pipe::Memory => "load-store",
             Pipe::Uniform => "uniform",
             Pipe::Control => "control",
         }
