@@ -76,14 +76,20 @@ typedef unsigned int u32;
 #define TABLE_INDEX_SHIFT 12u
 #define TABLE_COUNT_SHIFT 22u
 // The decode table: one entry per window of MAX_CODE_BITS stream bits
-// (first bit in bit 0), the symbol of the window's first codeword and its
-// length on top; and per window a byte of how many whole codewords it
+// (first bit in bit 0): the symbol of the window's first codeword and its
+// length; when the second codeword is whole in the window too, ENTRY_PAIR
+// and its symbol; and on top the length of what the entry decodes (one
+// codeword or two). Per window also a byte of how many whole codewords it
 // holds (up to four) and their total length: count | length <<
 // WINDOW_BITS_SHIFT.
 #define DECODE_ENTRIES 4096u
 #define WINDOW_MASK 0xFFFu
 #define ENTRY_SYMBOL_MASK 0x1FFu
-#define ENTRY_LENGTH_SHIFT 28u
+#define ENTRY_LENGTH_SHIFT 9u
+#define ENTRY_LENGTH_MASK 0xFu
+#define ENTRY_PAIR 0x2000u
+#define ENTRY_SECOND_SHIFT 16u
+#define ENTRY_STEP_SHIFT 28u
 #define WINDOW_BITS_SHIFT 4u
 #define WINDOW_COUNT_MASK 0xFu
 #define NO_EXCEPTION 0xFFFFFFFFu
@@ -245,7 +251,6 @@ struct Segment {
     // The head plane, and the word of it where the block's stream starts.
     const u32* plane;
     u32 head_word;
-    const u32* head;
     const u32* rest;
     const u32* exceptions;
     u32* output;
@@ -335,14 +340,14 @@ __device__ __forceinline__ u32 whole_codewords(const Shared& sh, u32 window) {
     return bytes[index];
 }
 
+// The length of the entry's first codeword.
 __device__ __forceinline__ u32 entry_length(u32 entry) {
-    return entry >> ENTRY_LENGTH_SHIFT;
+    return (entry >> ENTRY_LENGTH_SHIFT) & ENTRY_LENGTH_MASK;
 }
 
 __device__ __forceinline__ u32 entry_symbol(u32 entry) {
     return entry & ENTRY_SYMBOL_MASK;
 }
-
 
 // The 12-bit-justified end of the codes of the length that `info` (a
 // table's per-length word) describes: (first code + count) << (12 - length).
@@ -380,39 +385,50 @@ __device__ void build_decode_table(Shared& sh, const u32* __restrict__ table, u3
         u32 slot = ((info >> TABLE_INDEX_SHIFT) & 0x3FFu) + (code >> (MAX_CODE_BITS - length)) - (info & 0xFFFu);
         u32 symbol = (shared_load(sh.canonical, (slot >> 1u) & 0xFFu) >> ((slot & 1u) * 16u)) & ENTRY_SYMBOL_MASK;
         u32 window = __brev(code) >> (32u - MAX_CODE_BITS);
-        shared_store(sh.decode_table, table_slot(window), symbol | length << ENTRY_LENGTH_SHIFT);
+        shared_store(sh.decode_table, table_slot(window),
+                     symbol | length << ENTRY_LENGTH_SHIFT | length << ENTRY_STEP_SHIFT);
         code += 1u;
     }
     __syncthreads();
-    // How many whole codewords a window holds, and their total length, a
-    // byte each: first of its first two codewords…
-#pragma unroll 1
-    for (u32 first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
-        ECF_MODEL_REGION();
+    // Each window's first two codewords: its entry with the second when
+    // that is whole too (which waits in registers until no thread reads
+    // entries any more), and how many whole codewords there are, and their
+    // total length, a byte each…
+    u32 pair_entries[DECODE_ENTRIES / WORKGROUP_SIZE];
+#pragma unroll
+    for (u32 round = 0u; round < DECODE_ENTRIES / WORKGROUP_SIZE / 4u; round++) {
+        u32 first = thread * 4u + round * WORKGROUP_SIZE * 4u;
         u32 packed = 0u;
 #pragma unroll
         for (u32 k = 0u; k < 4u; k++) {
             u32 window = first + k;
-            u32 length = entry_length(shared_load(sh.decode_table, table_slot(window)));
+            u32 entry = shared_load(sh.decode_table, table_slot(window));
+            u32 length = entry_length(entry);
             // The window after the first codeword, its unknown top bits 0:
             // its codeword is whole if it ends within the window.
-            u32 second = entry_length(shared_load(sh.decode_table, table_slot(window >> length)));
-            u32 pair = length + second <= MAX_CODE_BITS ? 2u | (length + second) << WINDOW_BITS_SHIFT
-                                                        : 1u | length << WINDOW_BITS_SHIFT;
+            u32 next = shared_load(sh.decode_table, table_slot(window >> length));
+            u32 both = length + entry_length(next);
+            bool whole = both <= MAX_CODE_BITS;
+            pair_entries[round * 4u + k] =
+                whole ? (entry & (ENTRY_SYMBOL_MASK | ENTRY_LENGTH_MASK << ENTRY_LENGTH_SHIFT)) | ENTRY_PAIR |
+                            entry_symbol(next) << ENTRY_SECOND_SHIFT | both << ENTRY_STEP_SHIFT
+                      : entry;
+            u32 pair = whole ? 2u | both << WINDOW_BITS_SHIFT : 1u | length << WINDOW_BITS_SHIFT;
             packed |= pair << (k * 8u);
         }
         shared_store(sh.pair_counts, first / 4u, packed);
     }
     __syncthreads();
     // …then of its first four: the pair after its pair, if whole too.
-#pragma unroll 1
-    for (u32 first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
-        ECF_MODEL_REGION();
+#pragma unroll
+    for (u32 round = 0u; round < DECODE_ENTRIES / WORKGROUP_SIZE / 4u; round++) {
+        u32 first = thread * 4u + round * WORKGROUP_SIZE * 4u;
         u32 pairs = shared_load(sh.pair_counts, first / 4u);
         u32 packed = 0u;
 #pragma unroll
         for (u32 k = 0u; k < 4u; k++) {
             u32 window = first + k;
+            shared_store(sh.decode_table, table_slot(window), pair_entries[round * 4u + k]);
             u32 pair = (pairs >> (k * 8u)) & 0xFFu;
             u32 length = pair >> WINDOW_BITS_SHIFT;
             u32 after = window >> length;
@@ -467,16 +483,16 @@ __device__ __forceinline__ void refill(const u32* __restrict__ plane, Reader& re
     }
 }
 
-// Asks L1 for the sectors of the head words `first..=last` (capped where a
-// thread may read: PADDING_WORDS past its block's stream, `stream_end`),
+// Asks L1 for the sectors of the block's head words `first..=last`
+// (capped where a thread may read: PADDING_WORDS past the block's stream),
 // so that a thread's walk then finds them there: the loads all go out
 // before any is waited on.
-__device__ __forceinline__ void prefetch_stream(const u32* __restrict__ head, u32 first, u32 last, u32 stream_end) {
-    last = min(last, (stream_end + 31u) / 32u + PADDING_WORDS - 1u);
+__device__ __forceinline__ void prefetch_stream(const Segment& s, u32 first, u32 last) {
+    last = min(last, (s.stream_bit + s.stream_bits + 31u) / 32u + PADDING_WORDS - 1u);
 #pragma unroll 1
     for (u32 word = first; word <= last; word += SECTOR_WORDS) {
         ECF_MODEL_REGION();
-        prefetch_word(head, word);
+        prefetch_word(s.plane, s.head_word + word);
     }
 }
 
@@ -534,7 +550,7 @@ __device__ ChunkWalk count_chunk(const Shared& sh, const Segment& s, u32 chunk) 
     u32 begin = s.stream_bit + chunk * s.chunk_bits;
     u32 stop = s.stream_bit + min(chunk * s.chunk_bits + s.chunk_bits, s.stream_bits);
     u32 start = s.stream_bit + decode_start(s, chunk);
-    prefetch_stream(s.head, start / 32u, (stop + MAX_CODE_BITS) / 32u + 1u, s.stream_bit + s.stream_bits);
+    prefetch_stream(s, start / 32u, (stop + MAX_CODE_BITS) / 32u + 1u);
     Reader reader = open_reader(s, start);
     // Warm-up: the codewords before the chunk, whole windows while they
     // end by its start.
@@ -616,19 +632,28 @@ __device__ constexpr u32 layout_rest_bits(u32 layout) {
                                                  : 0u;
 }
 
-// The decode table entries of the next RUN_ELEMENTS codewords, two
-// lookups per peek at the stream (a peek holds 32 bits, a codeword at most
-// 12). An entry's low 16 bits are its symbol.
+// The symbols of the next RUN_ELEMENTS codewords, two a peek at the
+// stream (a peek holds 32 bits, two codewords at most 24) and two a word,
+// the first in the low half: one lookup where the window holds both whole
+// (a pair entry holds them just so), else two.
 __device__ __forceinline__ void decode_group(const Shared& sh, const u32* __restrict__ plane, Reader& reader,
-                                             u32 (&entries)[RUN_ELEMENTS]) {
+                                             u32 (&symbol_pairs)[RUN_ELEMENTS / 2u]) {
 #pragma unroll
-    for (u32 k = 0u; k < RUN_ELEMENTS; k += 2u) {
+    for (u32 k = 0u; k < RUN_ELEMENTS / 2u; k++) {
         u32 window = peek(reader);
-        u32 first = table_entry(sh, window);
-        u32 first_length = entry_length(first);
-        entries[k] = first;
-        entries[k + 1u] = table_entry(sh, window >> first_length);
-        reader.bit += first_length + entry_length(entries[k + 1u]);
+        u32 entry = table_entry(sh, window);
+        u32 both = entry & (ENTRY_SYMBOL_MASK | ENTRY_SYMBOL_MASK << ENTRY_SECOND_SHIFT);
+        u32 step = entry >> ENTRY_STEP_SHIFT;
+        if ((entry & ENTRY_PAIR) == 0u) {
+            ECF_MODEL_REGION();
+            // The second codeword is not whole in the window: the window
+            // after the first holds it.
+            u32 next = table_entry(sh, window >> step);
+            both = entry_symbol(entry) | entry_symbol(next) << ENTRY_SECOND_SHIFT;
+            step += entry_length(next);
+        }
+        symbol_pairs[k] = both;
+        reader.bit += step;
         refill(plane, reader);
     }
 }
@@ -678,13 +703,14 @@ __device__ __forceinline__ u32 group_field(const u32 (&words)[WORDS], u32 at) {
     return COUNT == 32u ? field : field & ((1u << COUNT) - 1u);
 }
 
-// Joins a group's heads (their table entries) and rest bits into output
+// Joins a group's heads (their symbols) and rest bits into output
 // words, four a vector, and stores its vectors from output word `word`.
 // The layouts have no constant rest bits (write_layout), so each join is a
 // few fixed shifts and masks: two elements a word for 16-bit layouts, one
 // for 32-bit, four for FP8.
 template <u32 LAYOUT>
-__device__ __forceinline__ void store_group(u32* __restrict__ output, u32 word, const u32 (&entries)[RUN_ELEMENTS],
+__device__ __forceinline__ void store_group(u32* __restrict__ output, u32 word,
+                                            const u32 (&symbol_pairs)[RUN_ELEMENTS / 2u],
                                             const u32 (&rests)[(RUN_ELEMENTS * layout_rest_bits(LAYOUT) + 31u) / 32u + 1u]) {
     constexpr u32 width = layout_width(LAYOUT);
     constexpr u32 rest_bits = layout_rest_bits(LAYOUT);
@@ -697,8 +723,8 @@ __device__ __forceinline__ void store_group(u32* __restrict__ output, u32 word, 
         for (u32 w = 0u; w < 4u; w++) {
             u32 first = v * per_vector + w * (4u / width);
             if constexpr (width == 2u) {
-                // Both heads at once: an entry's low 16 bits are its symbol.
-                u32 heads = __byte_perm(entries[first], entries[first + 1u], 0x5410u);
+                // Both heads at once.
+                u32 heads = symbol_pairs[first / 2u];
                 u32 fields;
                 if constexpr (rest_bits == 8u) {
                     // Two rest bytes, one in each half.
@@ -715,14 +741,15 @@ __device__ __forceinline__ void store_group(u32* __restrict__ output, u32 word, 
                 }
             } else if constexpr (width == 4u) {
                 u32 field = group_field<rest_bits, sizeof(rests) / 4u>(rests, first * rest_bits);
+                u32 head = first % 2u == 0u ? symbol_pairs[first / 2u] & ENTRY_SYMBOL_MASK
+                                            : symbol_pairs[first / 2u] >> ENTRY_SECOND_SHIFT;
                 if constexpr (LAYOUT == LAYOUT_32_REST_24) {
-                    out[w] = ((field << 8u) & 0x80000000u) | (entries[first] << 23u) | (field & 0x007FFFFFu);
+                    out[w] = ((field << 8u) & 0x80000000u) | (head << 23u) | (field & 0x007FFFFFu);
                 } else {
-                    out[w] = (entries[first] << rest_bits) | field;
+                    out[w] = (head << rest_bits) | field;
                 }
             } else {
-                u32 heads = __byte_perm(__byte_perm(entries[first], entries[first + 1u], 0x0040u),
-                                        __byte_perm(entries[first + 2u], entries[first + 3u], 0x0040u), 0x5410u);
+                u32 heads = __byte_perm(symbol_pairs[first / 2u], symbol_pairs[first / 2u + 1u], 0x6420u);
                 if constexpr (LAYOUT == LAYOUT_8_WHOLE) {
                     // The whole element, rotated left by one: rotate back.
                     out[w] = ((heads >> 1u) & 0x7F7F7F7Fu) | ((heads << 7u) & 0x80808080u);
@@ -763,11 +790,11 @@ __device__ void write_groups(const Shared& sh, const Segment& s, Reader& reader,
         if constexpr (RUN_ELEMENTS * layout_rest_bits(LAYOUT) > 256u) {
             prefetch_word(s.rest, ahead / 32u + 8u);
         }
+        u32 symbol_pairs[RUN_ELEMENTS / 2u];
+        decode_group(sh, s.plane, reader, symbol_pairs);
         u32 rests[rest_words];
         load_group_rests<LAYOUT>(s.rest, element, rests);
-        u32 entries[RUN_ELEMENTS];
-        decode_group(sh, s.plane, reader, entries);
-        store_group<LAYOUT>(s.output, word, entries, rests);
+        store_group<LAYOUT>(s.output, word, symbol_pairs, rests);
         word += RUN_ELEMENTS * layout_width(LAYOUT) / 4u;
     }
 }
@@ -868,7 +895,7 @@ __device__ __forceinline__ u32 run_boundary(const Segment& s, u32 element) {
 
 // Raw and constant blocks: each thread builds whole words.
 __device__ void write_uncoded(const Segment& s, const Params& p, u32 mode, u32 value_or_table, u32 thread) {
-    const u32* __restrict__ head = s.head;
+    const u32* __restrict__ head = s.plane + s.head_word;
     const u32* __restrict__ rest = s.rest;
     u32* __restrict__ output = s.output;
     Join j = join_of(p);
@@ -943,7 +970,6 @@ extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* __re
     u32 rest_byte = block_words[2].x;
     s.plane = dispatch->head;
     s.head_word = stream_byte / 4u;
-    s.head = dispatch->head + stream_byte / 4u;
     s.rest = dispatch->rest + rest_byte / 4u;
     s.exceptions = dispatch->exceptions;
     s.output = dispatch->output + block_words[1].w / (4u / p.width_bytes);

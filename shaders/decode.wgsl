@@ -137,14 +137,20 @@ const TABLE_LENGTHS: u32 = 256u;
 const TABLE_INDEX_SHIFT: u32 = 12u;
 const TABLE_COUNT_SHIFT: u32 = 22u;
 // The decode table: one entry per window of MAX_CODE_BITS stream bits
-// (first bit in bit 0), the symbol of the window's first codeword and its
-// length on top; and per window a byte of how many whole codewords it
+// (first bit in bit 0): the symbol of the window's first codeword and its
+// length; when the second codeword is whole in the window too, ENTRY_PAIR
+// and its symbol; and on top the length of what the entry decodes (one
+// codeword or two). Per window also a byte of how many whole codewords it
 // holds (up to four) and their total length: count | length <<
 // WINDOW_BITS_SHIFT.
 const DECODE_ENTRIES: u32 = 4096u;
 const WINDOW_MASK: u32 = 0xFFFu;
 const ENTRY_SYMBOL_MASK: u32 = 0x1FFu;
-const ENTRY_LENGTH_SHIFT: u32 = 28u;
+const ENTRY_LENGTH_SHIFT: u32 = 9u;
+const ENTRY_LENGTH_MASK: u32 = 0xFu;
+const ENTRY_PAIR: u32 = 0x2000u;
+const ENTRY_SECOND_SHIFT: u32 = 16u;
+const ENTRY_STEP_SHIFT: u32 = 28u;
 const WINDOW_BITS_SHIFT: u32 = 4u;
 const WINDOW_COUNT_MASK: u32 = 0xFu;
 const NO_EXCEPTION: u32 = 0xFFFFFFFFu;
@@ -389,8 +395,9 @@ fn table_slot(window: u32) -> u32 {
 fn table_entry(window: u32) -> u32 {
     let index = table_slot(window);
     if (COMPACT) {
+        // A 16-bit entry, the low half of a whole one: one codeword.
         let half = (decode_table[index % DECODE_TABLE_WORDS] >> (index / DECODE_TABLE_WORDS * 16u)) & 0xFFFFu;
-        return (half & ENTRY_SYMBOL_MASK) | ((half >> 12u) << ENTRY_LENGTH_SHIFT);
+        return half | (entry_length(half) << ENTRY_STEP_SHIFT);
     }
     return decode_table[index];
 }
@@ -405,8 +412,9 @@ fn whole_codewords(window: u32) -> u32 {
     return (window_counts[index / 4u] >> (index % 4u * 8u)) & 0xFFu;
 }
 
+// The length of the entry's first codeword.
 fn entry_length(entry: u32) -> u32 {
-    return entry >> ENTRY_LENGTH_SHIFT;
+    return (entry >> ENTRY_LENGTH_SHIFT) & ENTRY_LENGTH_MASK;
 }
 
 fn entry_symbol(entry: u32) -> u32 {
@@ -457,14 +465,14 @@ fn build_decode_table(base: u32, thread: u32) {
         let window = reversed_code(code);
         let entry_slot = table_slot(window);
         if (COMPACT) {
-            let entry = symbol | (length << 12u);
+            let entry = symbol | (length << ENTRY_LENGTH_SHIFT);
             if ((code & 1u) == 0u) {
                 even_entry = entry;
             } else {
                 decode_table[entry_slot % DECODE_TABLE_WORDS] = even_entry | (entry << 16u);
             }
         } else {
-            decode_table[entry_slot] = symbol | (length << ENTRY_LENGTH_SHIFT);
+            decode_table[entry_slot] = symbol | (length << ENTRY_LENGTH_SHIFT) | (length << ENTRY_STEP_SHIFT);
         }
         code += 1u;
     }
@@ -472,29 +480,41 @@ fn build_decode_table(base: u32, thread: u32) {
     if (COMPACT) {
         return;
     }
-    // How many whole codewords a window holds, and their total length, a
-    // byte each: first of its first two codewords…
-    for (var first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
+    // Each window's first two codewords: its entry with the second when
+    // that is whole too (written once no thread reads entries any more),
+    // and how many whole codewords there are, and their total length, a
+    // byte each…
+    var pair_entries: array<u32, DECODE_ENTRIES / WORKGROUP_SIZE>;
+    for (var round = 0u; round < DECODE_ENTRIES / WORKGROUP_SIZE / 4u; round++) {
+        let first = thread * 4u + round * WORKGROUP_SIZE * 4u;
         var packed = 0u;
         for (var k = 0u; k < 4u; k++) {
             let window = first + k;
-            let length = entry_length(table_entry(window));
+            let entry = table_entry(window);
+            let length = entry_length(entry);
             // The window after the first codeword, its unknown top bits 0:
             // its codeword is whole if it ends within the window.
-            let second = entry_length(table_entry(window >> length));
-            let pair = select(1u | (length << WINDOW_BITS_SHIFT), 2u | ((length + second) << WINDOW_BITS_SHIFT),
-                              length + second <= MAX_CODE_BITS);
+            let next = table_entry(window >> length);
+            let both = length + entry_length(next);
+            let whole = both <= MAX_CODE_BITS;
+            pair_entries[round * 4u + k] = select(entry,
+                (entry & (ENTRY_SYMBOL_MASK | (ENTRY_LENGTH_MASK << ENTRY_LENGTH_SHIFT))) | ENTRY_PAIR |
+                    (entry_symbol(next) << ENTRY_SECOND_SHIFT) | (both << ENTRY_STEP_SHIFT),
+                whole);
+            let pair = select(1u | (length << WINDOW_BITS_SHIFT), 2u | (both << WINDOW_BITS_SHIFT), whole);
             packed |= pair << (k * 8u);
         }
         pair_counts[first / 4u] = packed;
     }
     workgroupBarrier();
     // …then of its first four: the pair after its pair, if whole too.
-    for (var first = thread * 4u; first < DECODE_ENTRIES; first += WORKGROUP_SIZE * 4u) {
+    for (var round = 0u; round < DECODE_ENTRIES / WORKGROUP_SIZE / 4u; round++) {
+        let first = thread * 4u + round * WORKGROUP_SIZE * 4u;
         let pairs = pair_counts[first / 4u];
         var packed = 0u;
         for (var k = 0u; k < 4u; k++) {
             let window = first + k;
+            decode_table[table_slot(window)] = pair_entries[round * 4u + k];
             let pair = (pairs >> (k * 8u)) & 0xFFu;
             let length = pair >> WINDOW_BITS_SHIFT;
             let after = window >> length;
@@ -690,21 +710,29 @@ fn layout_rest_bits(fast: u32) -> u32 {
     }
 }
 
-// The decode table entries of the next RUN_ELEMENTS codewords, two
-// lookups per peek at the stream (a peek holds 32 bits, a codeword at most
-// 12). An entry's low 16 bits are its symbol.
-fn decode_group(reader: ptr<function, Reader>) -> array<u32, RUN_ELEMENTS> {
-    var entries: array<u32, RUN_ELEMENTS>;
-    for (var k = 0u; k < RUN_ELEMENTS; k += 2u) {
+// The symbols of the next RUN_ELEMENTS codewords, two a peek at the
+// stream (a peek holds 32 bits, two codewords at most 24) and two a word,
+// the first in the low half: one lookup where the window holds both whole
+// (a pair entry holds them just so), else two.
+fn decode_group(reader: ptr<function, Reader>) -> array<u32, RUN_ELEMENTS / 2u> {
+    var symbol_pairs: array<u32, RUN_ELEMENTS / 2u>;
+    for (var k = 0u; k < RUN_ELEMENTS / 2u; k++) {
         let window = peek(*reader);
-        let first = table_entry(window);
-        let first_length = entry_length(first);
-        entries[k] = first;
-        entries[k + 1u] = table_entry(window >> first_length);
-        (*reader).bit += first_length + entry_length(entries[k + 1u]);
+        let entry = table_entry(window);
+        var both = entry & (ENTRY_SYMBOL_MASK | (ENTRY_SYMBOL_MASK << ENTRY_SECOND_SHIFT));
+        var step = entry >> ENTRY_STEP_SHIFT;
+        if ((entry & ENTRY_PAIR) == 0u) {
+            // The second codeword is not whole in the window: the window
+            // after the first holds it.
+            let next = table_entry(window >> step);
+            both = entry_symbol(entry) | (entry_symbol(next) << ENTRY_SECOND_SHIFT);
+            step += entry_length(next);
+        }
+        symbol_pairs[k] = both;
+        (*reader).bit += step;
         refill(reader);
     }
-    return entries;
+    return symbol_pairs;
 }
 
 // The rest bits of RUN_ELEMENTS elements from element `element` (a
@@ -728,12 +756,12 @@ fn group_field(words: array<u32, GROUP_REST_WORDS>, at: u32, count: u32) -> u32 
     return funnel_shift(words[w], words[w + 1u], at) & ((1u << count) - 1u);
 }
 
-// Joins a group's heads (their table entries) and rest bits into output
+// Joins a group's heads (their symbols) and rest bits into output
 // words, and stores them from output word `word`. The layouts have no
 // constant rest bits (write_layout), so each join is a few fixed shifts
 // and masks: two elements a word for 16-bit layouts, one for 32-bit, four
 // for FP8.
-fn store_group(fast: u32, word: u32, entries: array<u32, RUN_ELEMENTS>, rests: array<u32, GROUP_REST_WORDS>) {
+fn store_group(fast: u32, word: u32, symbol_pairs: array<u32, RUN_ELEMENTS / 2u>, rests: array<u32, GROUP_REST_WORDS>) {
     let width = layout_width(fast);
     let rest_bits = layout_rest_bits(fast);
     let per_word = 4u / width;
@@ -741,8 +769,8 @@ fn store_group(fast: u32, word: u32, entries: array<u32, RUN_ELEMENTS>, rests: a
         let first = w * per_word;
         var value = 0u;
         if (width == 2u) {
-            // Both heads at once: an entry's low 16 bits are its symbol.
-            let heads = (entries[first] & 0xFFFFu) | (entries[first + 1u] << 16u);
+            // Both heads at once.
+            let heads = symbol_pairs[first / 2u];
             let fields = group_field(rests, first * rest_bits, rest_bits) |
                 (group_field(rests, (first + 1u) * rest_bits, rest_bits) << 16u);
             if (fast == LAYOUT_16_REST_8) {
@@ -753,14 +781,17 @@ fn store_group(fast: u32, word: u32, entries: array<u32, RUN_ELEMENTS>, rests: a
             }
         } else if (width == 4u) {
             let field = group_field(rests, first * rest_bits, rest_bits);
+            let head = (symbol_pairs[first / 2u] >> ((first % 2u) * ENTRY_SECOND_SHIFT)) & ENTRY_SYMBOL_MASK;
             if (fast == LAYOUT_32_REST_24) {
-                value = ((field << 8u) & 0x80000000u) | (entries[first] << 23u) | (field & 0x007FFFFFu);
+                value = ((field << 8u) & 0x80000000u) | (head << 23u) | (field & 0x007FFFFFu);
             } else {
-                value = (entries[first] << rest_bits) | field;
+                value = (head << rest_bits) | field;
             }
         } else {
-            let heads = (entries[first] & 0xFFu) | ((entries[first + 1u] & 0xFFu) << 8u) |
-                ((entries[first + 2u] & 0xFFu) << 16u) | ((entries[first + 3u] & 0xFFu) << 24u);
+            let low = symbol_pairs[first / 2u];
+            let high = symbol_pairs[first / 2u + 1u];
+            let heads = (low & 0xFFu) | ((low >> 8u) & 0xFF00u) | ((high & 0xFFu) << 16u) |
+                ((high << 8u) & 0xFF000000u);
             if (fast == LAYOUT_8_WHOLE) {
                 // The whole element, rotated left by one: rotate back.
                 value = ((heads >> 1u) & 0x7F7F7F7Fu) | ((heads << 7u) & 0x80808080u);
@@ -790,8 +821,8 @@ fn write_groups(s: Segment, reader: ptr<function, Reader>, first: u32, end: u32)
             break;
         }
         let rests = load_group_rests(s, rest_bits, element);
-        let entries = decode_group(reader);
-        store_group(fast, word, entries, rests);
+        let symbol_pairs = decode_group(reader);
+        store_group(fast, word, symbol_pairs, rests);
         word += RUN_ELEMENTS * layout_width(fast) / 4u;
     }
 }

@@ -53,6 +53,10 @@ fn main() {
         ),
         harness::trial("kernel_model", kernel_model),
         harness::trial("kernel_cost", kernel_cost),
+        harness::trial(
+            "the_cost_model_spreads_a_region_over_an_unrolled_loops_copies",
+            the_cost_model_spreads_a_region_over_an_unrolled_loops_copies,
+        ),
         // Minutes: `.ci/run` runs it.
         harness::on_request("under_thread_sanitizer", under_thread_sanitizer),
     ]);
@@ -230,6 +234,33 @@ fn target_tbps(dtype: &str) -> f64 {
 /// the throughput they allow on an H100 and an H200 (tests/common/
 /// kernel_cost.rs), then the regions that issue the most. The lines also go
 /// to `target/kernel-cost.txt`.
+/// A region inside `#pragma unroll` loops is compiled once per iteration
+/// of each, so its executed count is spread over that many copies; a loop
+/// whose iterations its head does not give is refused.
+fn the_cost_model_spreads_a_region_over_an_unrolled_loops_copies() -> Ran {
+    let source = "#define PAIRS 8u
+__device__ void f(u32* out, u32 n) {
+#pragma unroll
+    for (u32 k = 0u; k < PAIRS / 2u; k++) {
+#pragma unroll
+        for (u32 j = 2u; j < 8u; j += 3u) {
+            if (out[k] == j) {
+                ECF_MODEL_REGION();
+                out[k] += j;
+            }
+        }
+    }
+}
+";
+    let regions = kernel_cost::regions(source).expect("the source's loops are countable");
+    assert_eq!(regions.len(), 1);
+    assert_eq!((regions[0].marker, regions[0].copies), (8, 4 * 2));
+    let uncountable = source.replace("k < PAIRS / 2u", "k < n");
+    let refusal = kernel_cost::regions(&uncountable).expect_err("`k < n` gives no count");
+    assert!(refusal.contains("cannot be counted"), "{refusal}");
+    Ok(())
+}
+
 fn kernel_cost() -> Ran {
     let decodes = modelled_decodes()?;
     let source =
@@ -288,14 +319,22 @@ fn kernel_cost() -> Ran {
             cost.dram_bytes / cost.ideal_bytes
         );
         let mut regions = cost.by_region.clone();
-        regions.sort_by(|a, b| (b.2 as f64 * b.3).total_cmp(&(a.2 as f64 * a.3)));
+        regions.sort_by(|a, b| b.warp_instructions.total_cmp(&a.warp_instructions));
         let total = cost.total_warp_instructions();
-        for (marker, variant, instructions, issues) in regions.iter().take(10) {
+        let regions_total: f64 = regions.iter().map(|r| r.warp_instructions).sum();
+        assert!(
+            (regions_total - total).abs() <= 1e-9 * total,
+            "the regions' warp-instructions add up to {regions_total}, the kernel's to {total}"
+        );
+        for region in regions.iter().take(10) {
             eprintln!(
-                "    decode.cu:{marker} (variant {variant}): {instructions} instructions x {:.4} issues per element = {:.3} ({:.0} %)",
-                issues / decode.elements as f64,
-                *instructions as f64 * issues / decode.elements as f64,
-                100.0 * *instructions as f64 * issues / total
+                "    decode.cu:{} (variant {}): {} instructions, body issued {:.4} per element: {:.3} ({:.0} %)",
+                region.marker,
+                region.variant,
+                region.instructions,
+                region.issues / decode.elements as f64,
+                region.warp_instructions / decode.elements as f64,
+                100.0 * region.warp_instructions / total
             );
         }
         let per_element = |count: u64| count as f64 / decode.elements as f64;

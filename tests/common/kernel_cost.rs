@@ -411,6 +411,9 @@ fn registers(operand: &str) -> Vec<u32> {
 pub struct Region {
     pub marker: u32,
     pub lines: RangeInclusive<u32>,
+    /// The copies of it the compiler makes by unrolling the loops around
+    /// it: the CPU execution counts the runs of all of them together.
+    pub copies: u32,
 }
 
 /// The kernel's regions, after checking that every loop is either fully
@@ -442,6 +445,7 @@ pub fn regions(source: &str) -> Result<Vec<Region>, String> {
                     regions.push(Region {
                         marker,
                         lines: statement_start(&lines, first)..=number,
+                        copies: 1,
                     });
                 }
                 rest = &rest[1..];
@@ -462,7 +466,7 @@ pub fn regions(source: &str) -> Result<Vec<Region>, String> {
             }
         }
     }
-    check_loops(&lines, &regions)?;
+    check_loops(&lines, &mut regions)?;
     regions.sort_by_key(|r| r.marker);
     Ok(regions)
 }
@@ -484,10 +488,12 @@ fn statement_start(lines: &[&str], line: u32) -> u32 {
     start
 }
 
-/// Every `for`, `while` and `do` must follow `#pragma unroll` (and hold no
-/// region) or `#pragma unroll 1` (and open a region as its body's first
-/// statement).
-fn check_loops(lines: &[&str], regions: &[Region]) -> Result<(), String> {
+/// Every `for`, `while` and `do` must follow `#pragma unroll 1` (and open
+/// a region as its body's first statement) or `#pragma unroll`: then the
+/// compiler makes a copy of its body per iteration, so where a region is
+/// inside, its iterations must be counted from its head
+/// (`unrolled_iterations`), and the region has that many copies.
+fn check_loops(lines: &[&str], regions: &mut [Region]) -> Result<(), String> {
     let is_loop = |text: &str| {
         let text = text.trim_start();
         ["for (", "while (", "do {"]
@@ -523,10 +529,15 @@ fn check_loops(lines: &[&str], regions: &[Region]) -> Result<(), String> {
             "#pragma unroll" => {
                 let span = lines_of_loop(lines, index);
                 if let Some(inner) = regions.iter().find(|r| span.contains(&r.marker)) {
-                    return Err(format!(
-                        "decode.cu:{number}: an unrolled loop holds the region of line {}: its copies would be weighed once per iteration each",
-                        inner.marker
-                    ));
+                    let iterations = unrolled_iterations(lines, text).ok_or_else(|| {
+                        format!(
+                            "decode.cu:{number}: an unrolled loop holds the region of line {}, and its iterations cannot be counted from its head",
+                            inner.marker
+                        )
+                    })?;
+                    for region in regions.iter_mut().filter(|r| span.contains(&r.marker)) {
+                        region.copies *= iterations;
+                    }
                 }
             }
             _ => {
@@ -537,6 +548,39 @@ fn check_loops(lines: &[&str], regions: &[Region]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The iterations of a loop whose head is `for (u32 k = A; k < B; k += S)`
+/// (or `k++`), its bounds numbers or `#define`d constants, or one such
+/// divided by another.
+fn unrolled_iterations(lines: &[&str], head: &str) -> Option<u32> {
+    let term = |text: &str| -> Option<u32> {
+        let text = text.trim().trim_end_matches('u');
+        text.parse().ok().or_else(|| {
+            lines.iter().find_map(|line| {
+                let rest = line.trim().strip_prefix("#define ")?.strip_prefix(text)?;
+                rest.trim().trim_end_matches('u').parse().ok()
+            })
+        })
+    };
+    let value = |text: &str| -> Option<u32> {
+        match text.split_once('/') {
+            Some((dividend, divisor)) => term(dividend)?.checked_div(term(divisor)?),
+            None => term(text),
+        }
+    };
+    let inside = head.trim().strip_prefix("for (")?;
+    let mut parts = inside.split(';');
+    let (init, test, step) = (parts.next()?, parts.next()?, parts.next()?);
+    let start = value(init.split('=').nth(1)?)?;
+    let end = value(test.split('<').nth(1)?)?;
+    let step = step.split(')').next()?.trim();
+    let stride = if step.ends_with("++") {
+        1
+    } else {
+        value(step.split("+=").nth(1)?)?
+    };
+    (stride > 0 && end >= start).then(|| (end - start).div_ceil(stride))
 }
 
 /// The lines of the loop starting at `index`: to its body's closing brace.
@@ -769,6 +813,20 @@ pub struct RoundTrips {
     pub hits: f64,
 }
 
+/// One region (one instantiation of it) in the cost.
+#[derive(Clone, Debug)]
+pub struct RegionCost {
+    pub marker: u32,
+    pub variant: u32,
+    /// Its instructions in the SASS.
+    pub instructions: usize,
+    /// How often a warp issues its body.
+    pub issues: f64,
+    /// Its instructions as issued: the body's by `issues`, a loop's
+    /// preheader by the region around it.
+    pub warp_instructions: f64,
+}
+
 /// What the kernel spends on a workload, per the SASS and the execution.
 pub struct KernelCost {
     /// Per region whose loads the warp waits on in the region.
@@ -777,9 +835,8 @@ pub struct KernelCost {
     pub warp_instructions: BTreeMap<Pipe, f64>,
     /// Lane executions behind them: busy lanes = threads / (32 * warps).
     pub thread_instructions: f64,
-    /// Per region marker and variant: instructions in its SASS, and warp
-    /// issues.
-    pub by_region: Vec<(u32, u32, usize, f64)>,
+    /// Per region and variant: its SASS and what the warps issue of it.
+    pub by_region: Vec<RegionCost>,
     pub elements: f64,
     pub output_bytes: f64,
     pub ideal_bytes: f64,
@@ -815,11 +872,13 @@ impl KernelCost {
         let regions = regions(source)?;
         let attribution = attribute(sass, source, &regions)?;
         let model = workload.model;
+        // The runs of a region in an unrolled loop are spread over its
+        // copies, one per iteration.
         let weight = |index: usize, variant: u32| -> (f64, f64) {
-            let marker = regions[index].marker;
+            let (marker, copies) = (regions[index].marker, regions[index].copies as f64);
             (
-                model.warp_executions(marker, variant) as f64,
-                model.thread_executions(marker, variant) as f64,
+                model.warp_executions(marker, variant) as f64 / copies,
+                model.thread_executions(marker, variant) as f64 / copies,
             )
         };
         // A region whose every instruction is predicated was not branched
@@ -865,6 +924,7 @@ impl KernelCost {
             }
         }
         let mut warp_instructions: BTreeMap<Pipe, f64> = BTreeMap::new();
+        let mut region_warp_instructions: BTreeMap<(usize, u32), f64> = BTreeMap::new();
         let mut thread_instructions = 0.0;
         for (index, (instruction, place)) in sass
             .instructions
@@ -879,17 +939,17 @@ impl KernelCost {
                 _ => issue_weight(place),
             };
             *warp_instructions.entry(instruction.pipe).or_default() += warps;
+            *region_warp_instructions.entry(place).or_default() += warps;
             thread_instructions += threads;
         }
         let by_region = copies
             .iter()
-            .map(|(&place, &(_, count))| {
-                (
-                    regions[place.0].marker,
-                    place.1,
-                    count,
-                    issue_weight(place).0,
-                )
+            .map(|(&place, &(_, instructions))| RegionCost {
+                marker: regions[place.0].marker,
+                variant: place.1,
+                instructions,
+                issues: issue_weight(place).0,
+                warp_instructions: region_warp_instructions[&place],
             })
             .collect();
         // Per copy whose loads a warp waits on: the shortest distance from

@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::codec::huffman::{ALPHABET, MAX_CODE_BITS};
+use crate::codec::huffman::{self, ALPHABET, MAX_CODE_BITS};
 use crate::codec::index::{BlockIndex, BlockMode};
 use crate::codec::table::CodeLengths;
 use crate::codec::{EncodedView, StreamProblem, TensorParams};
@@ -47,12 +47,19 @@ pub const NO_EXCEPTION: u32 = u32::MAX;
 /// stream bits, the first in bit 0.
 pub const DECODE_ENTRIES: u32 = 1 << MAX_CODE_BITS;
 pub const WINDOW_MASK: u32 = DECODE_ENTRIES - 1;
-/// A decode table entry: the symbol of the window's first codeword (9
-/// bits), and its length on top, where one instruction adds it to a
-/// position. Beside it, per window a byte of how many whole codewords the
+/// A decode table entry: the symbol of the window's first codeword and
+/// its length, as the CPU decoder's entry holds them (the compact shader
+/// keeps just that, two a word); when the second codeword is whole in the
+/// window too, `ENTRY_PAIR` and its symbol; and on top the length of what
+/// the entry decodes, one codeword or two, where one instruction adds it to
+/// a position. Beside it, per window a byte of how many whole codewords the
 /// window holds (up to four) and their total length above them.
-pub const ENTRY_SYMBOL_MASK: u32 = 0x1FF;
-pub const ENTRY_LENGTH_SHIFT: u32 = 28;
+pub const ENTRY_SYMBOL_MASK: u32 = huffman::ENTRY_SYMBOL_MASK as u32;
+pub const ENTRY_LENGTH_SHIFT: u32 = huffman::ENTRY_LENGTH_SHIFT;
+pub const ENTRY_LENGTH_MASK: u32 = 0xF;
+pub const ENTRY_PAIR: u32 = 0x2000;
+pub const ENTRY_SECOND_SHIFT: u32 = 16;
+pub const ENTRY_STEP_SHIFT: u32 = 28;
 pub const WINDOW_BITS_SHIFT: u32 = 4;
 pub const WINDOW_COUNT_MASK: u32 = 0xF;
 
@@ -98,7 +105,7 @@ pub const STATUS_DETAIL_SHIFT: u32 = 4;
 pub const STATUS_NONE: u32 = u32::MAX;
 
 /// The kernels' constants, by the names both kernels give them.
-pub const KERNEL_CONSTANTS: [(&str, u32); 33] = [
+pub const KERNEL_CONSTANTS: [(&str, u32); 37] = [
     ("WORKGROUP_SIZE", WORKGROUP_SIZE),
     ("BLOCK_RAW", BLOCK_RAW),
     ("BLOCK_CONSTANT", BLOCK_CONSTANT),
@@ -112,6 +119,10 @@ pub const KERNEL_CONSTANTS: [(&str, u32); 33] = [
     ("WINDOW_MASK", WINDOW_MASK),
     ("ENTRY_SYMBOL_MASK", ENTRY_SYMBOL_MASK),
     ("ENTRY_LENGTH_SHIFT", ENTRY_LENGTH_SHIFT),
+    ("ENTRY_LENGTH_MASK", ENTRY_LENGTH_MASK),
+    ("ENTRY_PAIR", ENTRY_PAIR),
+    ("ENTRY_SECOND_SHIFT", ENTRY_SECOND_SHIFT),
+    ("ENTRY_STEP_SHIFT", ENTRY_STEP_SHIFT),
     ("WINDOW_BITS_SHIFT", WINDOW_BITS_SHIFT),
     ("WINDOW_COUNT_MASK", WINDOW_COUNT_MASK),
     ("NO_EXCEPTION", NO_EXCEPTION),
