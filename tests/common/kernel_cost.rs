@@ -886,13 +886,17 @@ impl KernelCost {
         // Per (region, variant): whether every instruction is predicated,
         // and how many there are.
         let mut copies: BTreeMap<(usize, u32), (bool, usize)> = BTreeMap::new();
-        let weighed = || {
+        // The instructions in a region: index, instruction, (region, variant).
+        let placed = || {
             sass.instructions
                 .iter()
                 .zip(&attribution.region)
-                .filter_map(|(instruction, place)| place.map(|place| (instruction, place)))
+                .enumerate()
+                .filter_map(|(index, (instruction, place))| {
+                    place.map(|place| (index, instruction, place))
+                })
         };
-        for (instruction, place) in weighed() {
+        for (_, instruction, place) in placed() {
             let copy = copies.entry(place).or_insert((true, 0));
             copy.0 &= instruction.predicated;
             copy.1 += 1;
@@ -909,13 +913,8 @@ impl KernelCost {
         // (its preheader: set-up and the first test) run once per entry,
         // as often as the region around it.
         let mut body_starts: BTreeMap<(usize, u32), usize> = BTreeMap::new();
-        for (index, (instruction, place)) in sass
-            .instructions
-            .iter()
-            .zip(&attribution.region)
-            .enumerate()
-        {
-            if let (Some(place), Some(target)) = (*place, instruction.target)
+        for (index, instruction, place) in placed() {
+            if let Some(target) = instruction.target
                 && target <= index
                 && attribution.region[target] == Some(place)
             {
@@ -926,13 +925,7 @@ impl KernelCost {
         let mut warp_instructions: BTreeMap<Pipe, f64> = BTreeMap::new();
         let mut region_warp_instructions: BTreeMap<(usize, u32), f64> = BTreeMap::new();
         let mut thread_instructions = 0.0;
-        for (index, (instruction, place)) in sass
-            .instructions
-            .iter()
-            .zip(&attribution.region)
-            .enumerate()
-        {
-            let Some(place) = *place else { continue };
+        for (index, instruction, place) in placed() {
             let preheader = body_starts.get(&place).is_some_and(|&start| index < start);
             let (warps, threads) = match attribution.parent[place.0] {
                 Some(parent) if preheader => weight(parent, place.1),
@@ -956,13 +949,7 @@ impl KernelCost {
         // such a load to its first use, and the copy's warp issues with
         // loads, with an L1 miss among them and without.
         let mut waits: BTreeMap<(usize, u32), usize> = BTreeMap::new();
-        for (index, (instruction, place)) in sass
-            .instructions
-            .iter()
-            .zip(&attribution.region)
-            .enumerate()
-        {
-            let Some(place) = *place else { continue };
+        for (index, instruction, place) in placed() {
             if !instruction.is_global_load() {
                 continue;
             }
