@@ -3,9 +3,9 @@
 // This is the algorithm of shaders/decode.wgsl, with the same names for the
 // same things (block, chunk, warm-up, exception, window, reader, run,
 // group, status); read that file's header for the whole story. In short:
-// one thread block decodes one coded block of 64K elements, and each
-// thread one chunk of its head stream, holding its place in the stream in
-// registers. A 4096-entry decode table, built in shared memory from the
+// one thread block decodes one coded block (64K elements by default),
+// and each thread one chunk of its head stream, holding its place in the
+// stream in registers. A 4096-entry decode table, built in shared memory from the
 // block's code table, gives for every 12-bit window of the stream its
 // first codeword, and a byte beside it how many whole codewords the window
 // holds. Per round of 256 chunks:
@@ -17,12 +17,14 @@
 //      codeword its *run*: from its first element rounded up to a multiple
 //      of RUN_ELEMENTS to the next chunk's, rounded the same way, a group
 //      of RUN_ELEMENTS at a time. It joins heads with their rest bits and
-//      stores whole 16-byte vectors, so no output word is written by two
-//      threads and nothing is staged.
+//      stores them in 16-byte vectors (the fast layouts; the others, and a
+//      block's last partial group, a word at a time), so no output word is
+//      written by two threads and nothing is staged.
 // Each chunk must start where the one before it ends, and the last must
 // end at the stream's end with as many codewords as the block has
-// elements; thread 0 writes the block's status word (0, or the first
-// problem found) for the host to check.
+// elements; thread 0 writes the block's status word (0, or the lowest
+// problem found: the one the CPU decoder reports first) for the host to
+// check.
 //
 // Where CUDA differs from WGSL:
 //   * One launch decodes many tensors: each thread block reads which
@@ -31,8 +33,8 @@
 //   * A layout's write path is a function template instantiated per
 //     layout, with its shifts fixed at compile time; WGSL picks the
 //     layout's shifts at run time.
-//   * Groups' rest bits are loaded and their vectors stored 16 bytes at a
-//     time; WGSL moves words.
+//   * Groups' 8- and 24-bit rests are loaded, and groups' vectors stored,
+//     16 bytes at a time; WGSL moves words.
 //   * A thread asks L1 for its chunk's stream words before it walks them,
 //     and for a group's rest bits a few groups ahead (prefetch.global.L1),
 //     so that its walk does not wait on DRAM at every new sector.
@@ -54,12 +56,15 @@
 // file by what its CPU execution runs: every ECF_MODEL_REGION() marks the
 // braces it stands in as a region, whose instructions a warp issues once
 // per distinct execution among its threads. So every loop is either
-// unrolled whole (`#pragma unroll`, no region inside) or kept rolled
-// (`#pragma unroll 1`) with a region as its body's first statement. In a
-// function template, `model_variant` (the template's layout) tells the
-// instantiations' counts apart. Global and shared memory are touched only
-// through the load_/store_/prefetch_/shared_ functions below, which report
-// each access to the model; here the hooks are empty (but the prefetch).
+// unrolled whole (`#pragma unroll`; a region in it, inside a branch, has a
+// copy per iteration, so the loop's head must give their number) or kept
+// rolled (`#pragma unroll 1`) with a region as its body's first statement.
+// In a function template, `model_variant` (the template's layout) tells
+// the instantiations' counts apart. The planes, the output and the tables
+// are touched only through the load_/store_/prefetch_/shared_ functions
+// below, which report each access to the model (the block's records and
+// its status, a few words a block, directly); here the hooks are empty
+// (but the prefetch).
 
 typedef unsigned int u32;
 
@@ -115,7 +120,7 @@ typedef unsigned int u32;
 #define SECTOR_WORDS 8u
 #define REST_AHEAD_GROUPS 4u
 // The layouts with a write path of their own (Params::fast_layout): the
-// element's width in bytes, the stored rest bits, the head's form.
+// element's width in bits, the stored rest bits, the head's form.
 #define LAYOUT_GENERIC 0u
 #define LAYOUT_16_REST_8 1u
 #define LAYOUT_16_SIGNED_REST_7 2u
@@ -189,8 +194,9 @@ struct Shared {
     u32 canonical[TABLE_WORDS];
     u32 decode_table[DECODE_ENTRIES];
     // Per window, its whole codewords among its first four, four bytes a
-    // word; while they are counted, among its first two.
+    // word…
     u32 window_counts[DECODE_ENTRIES / 4u];
+    // …made from each window's among its first two, the same way.
     u32 pair_counts[DECODE_ENTRIES / 4u];
     // The prefix sum's two buffers.
     u32 scan[2][WORKGROUP_SIZE];
@@ -244,9 +250,10 @@ __device__ __forceinline__ void shared_store(u32* words, u32 index, u32 value) {
     words[index] = value;
 }
 
-// The block's parameters, read once into registers. Its planes and output
-// are addressed from the block's own first word, so that bit offsets fit
-// 32 bits whatever the segment's size.
+// The block's parameters, read once into registers. Its stream is
+// addressed from the word of the head plane where it starts, its rest bits
+// and output from their own first words, so that bit offsets fit 32 bits
+// whatever the segment's size.
 struct Segment {
     // The head plane, and the word of it where the block's stream starts.
     const u32* plane;
@@ -257,7 +264,8 @@ struct Segment {
     u32 width_bytes;
     u32 chunk_bits;
     u32 warmup_bits;
-    // The bit of `head` where the block's stream starts, and its length.
+    // The bit of `plane` where the block's stream starts (from
+    // `head_word`), and its length.
     u32 stream_bit;
     u32 stream_bits;
     u32 elements;
@@ -288,6 +296,8 @@ __device__ __forceinline__ Join join_of(const Params& p) {
 }
 
 __device__ __forceinline__ u32 join(const Join& j, u32 head, u32 field) {
+    // field << rest_const_bits | rest_const_value, as WGSL has it, in one
+    // multiply-add: the constant fits its bits (validated on the host).
     u32 rest = field * j.rest_scale + j.rest_const_value;
     if (j.sign_first) {
         // Sign first: the head is the element's top bits as they are.
@@ -565,7 +575,7 @@ __device__ ChunkWalk count_chunk(const Shared& sh, const Segment& s, u32 chunk) 
     ChunkWalk walk;
     walk.start = min(reader.bit, s.stream_bit + s.stream_bits) - s.stream_bit;
     // Whole windows while they end before the chunk's end; `counted`
-    // gathers count + 16 * length (an entry's third byte), and the lengths
+    // gathers count + 16 * length (a window's count byte), and the lengths
     // are the bits walked.
     u32 counted = 0u;
     u32 walked_from = reader.bit;
@@ -894,7 +904,7 @@ __device__ __forceinline__ u32 run_boundary(const Segment& s, u32 element) {
 }
 
 // Raw and constant blocks: each thread builds whole words.
-__device__ void write_uncoded(const Segment& s, const Params& p, u32 mode, u32 value_or_table, u32 thread) {
+__device__ void write_uncoded(const Segment& s, const Params& p, u32 mode, u32 table_or_value, u32 thread) {
     const u32* __restrict__ head = s.plane + s.head_word;
     const u32* __restrict__ rest = s.rest;
     u32* __restrict__ output = s.output;
@@ -914,7 +924,7 @@ __device__ void write_uncoded(const Segment& s, const Params& p, u32 mode, u32 v
         for (u32 k = 0u; k < count; k++) {
             ECF_MODEL_REGION();
             u32 head_symbol = mode == BLOCK_RAW ? (heads >> (k * p.head_bits)) & ((1u << p.head_bits) - 1u)
-                                                : value_or_table;
+                                                : table_or_value;
             u32 field = p.stored_rest_bits == 0u ? 0u
                                                  : (fields >> (k * p.stored_rest_bits)) &
                                                        ((1u << p.stored_rest_bits) - 1u);
@@ -1032,8 +1042,9 @@ extern "C" __global__ void __launch_bounds__(256, 4) decode(const Dispatch* __re
             }
         }
         // Each thread writes from its chunk's first element, rounded up to
-        // a vector, to the next chunk's, so the last thread of the round
-        // goes on to the round's end, rounded up the same way.
+        // a multiple of RUN_ELEMENTS, to the next chunk's, so the last
+        // thread of the round goes on to the round's end, rounded up the
+        // same way.
         bool last_in_round = chunk + 1u >= chunks || thread + 1u == WORKGROUP_SIZE;
         u32 next_first = last_in_round ? round_end : round_base + inclusive;
         u32 first = run_boundary(s, chunk_first);

@@ -4,8 +4,8 @@
 // few more top bits, and the sign when it is coded; at most 9 bits) and a
 // *rest* (the sign when it is not, and the low mantissa bits). Rests are
 // stored raw at a fixed width, so element k's rest is just bits k*S.. of
-// the rest plane. Heads are Huffman-coded per *block* of 64K elements, one
-// code table per block; one workgroup decodes one block.
+// the rest plane. Heads are Huffman-coded per *block* (64K elements by
+// default), one code table per block; one workgroup decodes one block.
 //
 // The hard part of decoding Huffman in parallel is that codewords have
 // different lengths: nobody knows where the k-th codeword starts without
@@ -41,13 +41,13 @@
 //      by one thread, and no output word is shared by two. A run is
 //      decoded a *group* of RUN_ELEMENTS at a time: their heads, joined
 //      with their rest bits by the layout's own shifts (Params.fast_layout),
-//      are
-//      stored as whole vectors of VECTOR_BYTES; layouts without a path of
-//      their own, and a block's last partial group, go a word at a time.
+//      are stored a vector's words at a time, VECTOR_BYTES as CUDA stores
+//      them at once; layouts without a path of their own, and a block's
+//      last partial group, go a word at a time.
 //
 // Nothing is staged in workgroup memory and no thread waits for another
-// between the passes: a thread's stream words and rest bits come straight
-// from memory, and its output goes straight there.
+// within a pass: a thread's stream words and rest bits come straight from
+// memory, and its output goes straight there.
 //
 // A wrong exception or warm-up would make a chunk start off the true
 // codeword boundaries and decode garbage that looks like codewords. So each
@@ -181,12 +181,12 @@ const LAYOUT_8_REST_1: u32 = 5u;
 const LAYOUT_8_WHOLE: u32 = 6u;
 // Words of a group's rest bits, and one more: a 32-bit layout's sixteen
 // 24-bit rests.
-const GROUP_REST_WORDS: u32 = 13u;
+const GROUP_REST_WORDS: u32 = RUN_ELEMENTS * 24u / 32u + 1u;
 // The compact form sets these (src/backend/wgpu.rs): two entries a decode
 // table word, no window counts.
 const COMPACT: bool = false;
-const DECODE_TABLE_WORDS: u32 = 4096u;
-const WINDOW_COUNT_WORDS: u32 = 1024u;
+const DECODE_TABLE_WORDS: u32 = DECODE_ENTRIES;
+const WINDOW_COUNT_WORDS: u32 = DECODE_ENTRIES / 4u;
 
 // The block's code table, as stored.
 var<workgroup> canonical: array<u32, TABLE_WORDS>;
@@ -736,12 +736,12 @@ fn decode_group(reader: ptr<function, Reader>) -> array<u32, RUN_ELEMENTS / 2u> 
 }
 
 // The rest bits of RUN_ELEMENTS elements from element `element` (a
-// multiple of RUN_ELEMENTS) in `words`, from bit 0 (the block's rest bits
-// start on a 16-byte boundary, but 1-, 7- and 23-bit rests start in the
-// middle of a word every other group).
+// multiple of RUN_ELEMENTS) in `words`, from bit 0. A block's rest bits
+// start on a 16-byte boundary (write_layout: `rest_bit` is 0), but 1-, 7-
+// and 23-bit rests start in the middle of a word every other group.
 fn load_group_rests(s: Segment, rest_bits: u32, element: u32) -> array<u32, GROUP_REST_WORDS> {
     var words: array<u32, GROUP_REST_WORDS>;
-    let at = s.rest_bit + element * rest_bits;
+    let at = element * rest_bits;
     let first = s.rest_word + at / 32u;
     let count = (RUN_ELEMENTS * rest_bits + 31u) / 32u;
     for (var w = 0u; w < count; w++) {
@@ -820,8 +820,8 @@ fn write_groups(s: Segment, reader: ptr<function, Reader>, first: u32, end: u32)
             // reading before the plane's padding runs out.
             break;
         }
-        let rests = load_group_rests(s, rest_bits, element);
         let symbol_pairs = decode_group(reader);
+        let rests = load_group_rests(s, rest_bits, element);
         store_group(fast, word, symbol_pairs, rests);
         word += RUN_ELEMENTS * layout_width(fast) / 4u;
     }
@@ -895,7 +895,7 @@ fn run_boundary(s: Segment, element: u32) -> u32 {
 }
 
 // Raw and constant blocks: each thread builds whole words.
-fn write_uncoded(s: Segment, mode: u32, value_or_table: u32, thread: u32) {
+fn write_uncoded(s: Segment, mode: u32, table_or_value: u32, thread: u32) {
     let per_word = 4u / params.width_bytes;
     let words = (s.elements + per_word - 1u) / per_word;
     let element_bits = params.width_bytes * 8u;
@@ -910,7 +910,7 @@ fn write_uncoded(s: Segment, mode: u32, value_or_table: u32, thread: u32) {
                                      count * params.stored_rest_bits);
         var value = 0u;
         for (var k = 0u; k < count; k++) {
-            var head_symbol = value_or_table;
+            var head_symbol = table_or_value;
             if (mode == BLOCK_RAW) {
                 head_symbol = (heads >> (k * params.head_bits)) & ((1u << params.head_bits) - 1u);
             }

@@ -100,8 +100,8 @@ pub const STATUS_COUNT: u32 = 3;
 /// The work list names a block the dispatch does not have.
 pub const STATUS_NO_BLOCK: u32 = 4;
 pub const STATUS_DETAIL_SHIFT: u32 = 4;
-/// No problem found yet; lower than every status but `STATUS_OK` would be
-/// (kernels keep the lowest problem with an atomic minimum).
+/// No problem found yet: higher than every status, so that the kernels'
+/// atomic minimum replaces it with any problem found and keeps the lowest.
 pub const STATUS_NONE: u32 = u32::MAX;
 
 /// The kernels' constants, by the names both kernels give them.
@@ -168,8 +168,9 @@ pub(crate) fn status_problem(
 /// in the kernels). A thread checks that it is still in its block's stream
 /// before each group, then reads at most a group's codewords (16 of at
 /// most 12 bits) and two words ahead; it asks L1 for words up to
-/// `PADDING_WORDS` past its block's stream, and the rest bits of a group
-/// reach at most a word past its last.
+/// `PADDING_WORDS` past its block's stream, the rest bits of a group
+/// reach at most a word past its last, and CUDA asks L1 for rest bits at
+/// most 8 words past the block's last element's.
 pub const PLANE_PADDING_WORDS: usize = 16;
 
 /// The largest byte offset inside one segment: offsets are 32-bit in the
