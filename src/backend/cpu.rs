@@ -34,6 +34,40 @@ impl CpuBackend {
     pub fn with_sync_check(check: SyncCheck) -> Self {
         CpuBackend { check }
     }
+
+    /// Decodes `jobs` into `out`, memory the caller owns (a framework's
+    /// tensor), as [`Backend::decode`] does into a buffer of this
+    /// backend's: each job's tensor lands at its offset, checked first
+    /// against `out`'s length and the other jobs.
+    pub fn decode_into_host(&self, jobs: &[DecodeJob], out: &mut [u8]) -> Result<()> {
+        check_jobs(NAME, jobs, out.len() as u64, self.output_alignment())?;
+        for (number, job) in jobs.iter().enumerate() {
+            let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
+            let start = job.offset as usize;
+            let out = &mut out[start..start + tensor.decoded_bytes() as usize];
+            match tensor {
+                CpuTensor::Coded {
+                    params,
+                    head,
+                    rest,
+                    index_bytes,
+                    index,
+                } => {
+                    let view = EncodedView {
+                        params,
+                        head,
+                        rest,
+                        index: index_bytes,
+                    };
+                    let blocks = 0..index.blocks.len();
+                    codec::decode::decode_blocks_with(&view, index, blocks, self.check, out)
+                        .map_err(corrupt(number))?;
+                }
+                CpuTensor::Raw(raw) => out.copy_from_slice(raw),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn corrupt(job: usize) -> impl FnOnce(codec::CodecError) -> Error {
@@ -145,35 +179,9 @@ impl Backend for CpuBackend {
     }
 
     fn decode(&self, jobs: &[DecodeJob], out: &dyn DeviceBuffer) -> Result<()> {
-        check_jobs(NAME, jobs, out.len(), self.output_alignment())?;
         let out = downcast::<CpuBuffer>(NAME, out.as_any())?;
         let mut bytes = out.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        for (number, job) in jobs.iter().enumerate() {
-            let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
-            let start = job.offset as usize;
-            let out = &mut bytes[start..start + tensor.decoded_bytes() as usize];
-            match tensor {
-                CpuTensor::Coded {
-                    params,
-                    head,
-                    rest,
-                    index_bytes,
-                    index,
-                } => {
-                    let view = EncodedView {
-                        params,
-                        head,
-                        rest,
-                        index: index_bytes,
-                    };
-                    let blocks = 0..index.blocks.len();
-                    codec::decode::decode_blocks_with(&view, index, blocks, self.check, out)
-                        .map_err(corrupt(number))?;
-                }
-                CpuTensor::Raw(raw) => out.copy_from_slice(raw),
-            }
-        }
-        Ok(())
+        self.decode_into_host(jobs, &mut bytes)
     }
 
     fn decode_to_host(

@@ -780,13 +780,40 @@ impl GpuBackend<CudaDevice> {
         address: u64,
         len: u64,
     ) -> Result<()> {
-        use super::Backend;
-        let bytes = tensor.decoded_bytes();
-        check_borrowed_output(address, len, bytes, self.output_alignment())?;
+        let job = super::DecodeJob { tensor, offset: 0 };
         // Safety: as the caller promised.
+        unsafe { self.start_decode_into_borrowed(&[job], address, len) }?.wait()
+    }
+
+    /// Queues the decode of `jobs` into `len` bytes of device memory at
+    /// `address`, as [`decode_into_borrowed`](Self::decode_into_borrowed)
+    /// does one tensor, and returns without waiting: work queued on this
+    /// backend's stream afterwards, or on a stream that waits on
+    /// [`decode_event`](Self::decode_event), sees the output, and waiting
+    /// on the returned decode checks every block.
+    ///
+    /// # Safety
+    /// `address..address + len` must be device memory of this backend's
+    /// context that nothing else uses until the decode ends, and stay
+    /// allocated until then.
+    pub unsafe fn start_decode_into_borrowed(
+        &self,
+        jobs: &[super::DecodeJob],
+        address: u64,
+        len: u64,
+    ) -> Result<Box<dyn PendingDecode>> {
+        use super::Backend;
+        let bytes = jobs
+            .iter()
+            .map(|job| job.offset.saturating_add(job.tensor.decoded_bytes()))
+            .max()
+            .unwrap_or(0);
+        check_borrowed_output(address, len, bytes, self.output_alignment())?;
+        // Safety: as the caller promised. The queued decode does not need
+        // this value once queued: dropping it never frees the memory.
         let memory = unsafe { CudaMemory::borrowed(self.stream(), address, len) };
-        let buffer = super::gpu::GpuBuffer::new(memory, bytes);
-        self.decode(&[super::DecodeJob { tensor, offset: 0 }], &buffer)
+        let buffer = super::gpu::GpuBuffer::new(memory, len);
+        self.decode_async(jobs, &buffer)
     }
 
     /// The stream every decode runs on, for clients that compute on

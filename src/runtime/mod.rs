@@ -94,6 +94,30 @@ pub struct Group {
     pub bytes: u64,
 }
 
+impl Group {
+    /// Tensors `tensors`, of `decoded_bytes(tensor)` bytes each, one after
+    /// another in a buffer, each at a 4-byte-aligned offset: GPU decoders
+    /// store whole words, and every float dtype's elements stay aligned.
+    pub fn packed(
+        name: String,
+        tensors: Vec<usize>,
+        decoded_bytes: impl Fn(usize) -> u64,
+    ) -> Group {
+        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut bytes = 0;
+        for &t in &tensors {
+            offsets.push(bytes);
+            bytes = (bytes + decoded_bytes(t)).next_multiple_of(4);
+        }
+        Group {
+            name,
+            tensors,
+            offsets,
+            bytes,
+        }
+    }
+}
+
 /// Where a decoded tensor is in its group buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
@@ -250,20 +274,7 @@ impl<'b> Model<'b> {
         let groups = options.grouping.groups(&names);
         let groups: Vec<Group> = groups
             .into_iter()
-            .map(|(name, members)| {
-                let mut offsets = Vec::with_capacity(members.len());
-                let mut bytes = 0;
-                for &t in &members {
-                    offsets.push(bytes);
-                    bytes = (bytes + tensors[t].decoded_bytes).next_multiple_of(4);
-                }
-                Group {
-                    name,
-                    tensors: members,
-                    offsets,
-                    bytes,
-                }
-            })
+            .map(|(name, members)| Group::packed(name, members, |t| tensors[t].decoded_bytes))
             .collect();
         for (index, group) in groups.iter().enumerate() {
             for &t in &group.tensors {
