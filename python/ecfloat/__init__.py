@@ -20,11 +20,12 @@ from typing import Any, Dict, List, Optional, Union
 
 from ._ecfloat import Checkpoint as _Checkpoint
 from ._ecfloat import DeviceError
+from ._ecfloat import __version__
 from ._ecfloat import compress as _compress
 from ._ecfloat import decompress as _decompress
 from ._ecfloat import verify as _verify
 
-__all__ = ["DeviceError", "compress_file", "decompress_file", "safe_open", "verify"]
+__all__ = ["DeviceError", "__version__", "compress_file", "decompress_file", "safe_open", "verify"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -71,10 +72,13 @@ class safe_open:
     ``framework`` is ``"pt"`` (torch tensors) or ``"np"`` (NumPy arrays,
     with ``ml_dtypes`` for BF16 and FP8); ``device`` is where torch tensors
     go (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …): on a GPU they are decoded
-    there, on torch's current stream.
+    there, on torch's current stream. ``backend`` is accepted as
+    safetensors accepts it (``"mmap"``, ``"pread"``) and changes nothing:
+    the file is mapped and each tensor's pages leave memory once decoded.
+    Usable with or without ``with``.
     """
 
-    def __init__(self, path: PathLike, framework: str = "pt", device: Union[str, int] = "cpu") -> None:
+    def __init__(self, path: PathLike, framework: str = "pt", device: Union[str, int] = "cpu", backend: Optional[str] = None) -> None:
         if framework not in ("pt", "torch", "np", "numpy"):
             raise ValueError(f"framework {framework!r}: ecfloat reads into 'pt' (torch) or 'np' (numpy)")
         self._framework = "pt" if framework in ("pt", "torch") else "np"
@@ -91,6 +95,10 @@ class safe_open:
         """Tensor names, sorted, as safetensors lists them."""
         return self._checkpoint.keys()
 
+    def offset_keys(self) -> List[str]:
+        """Tensor names in the order of their data in the original file."""
+        return self._checkpoint.keys_in_data_order()
+
     def metadata(self) -> Optional[Dict[str, str]]:
         """The original file's ``__metadata__`` (the first shard's)."""
         return self._checkpoint.metadata()
@@ -105,3 +113,36 @@ class safe_open:
         from .numpy import _read
 
         return _read(self._checkpoint, name)
+
+    def get_slice(self, name: str) -> "TensorSlice":
+        """Tensor ``name`` as safetensors' ``get_slice`` gives it: its dtype
+        and shape now, its values (or a part of them, ``slice[0:128]``)
+        when indexed. Raises ``KeyError`` for a name the checkpoint lacks."""
+        self._checkpoint.info(name)
+        return TensorSlice(self, name)
+
+
+class TensorSlice:
+    """A tensor of a ``safe_open`` checkpoint, decoded when indexed: the
+    whole tensor is decoded, then the part asked for is copied out, so a
+    loader that reads a tensor in parts decodes it once per part."""
+
+    def __init__(self, opened: safe_open, name: str) -> None:
+        self._opened = opened
+        self._name = name
+
+    def get_dtype(self) -> str:
+        """The dtype as safetensors names it (``"BF16"``)."""
+        return self._opened._checkpoint.info(self._name)[0]
+
+    def get_shape(self) -> List[int]:
+        return list(self._opened._checkpoint.info(self._name)[1])
+
+    def __getitem__(self, index: Any) -> Any:
+        tensor = self._opened.get_tensor(self._name)
+        if index is Ellipsis or index == slice(None):
+            return tensor
+        part = tensor[index]
+        # A part of its own, as safetensors returns: not a view that keeps
+        # the whole tensor alive.
+        return part.clone() if hasattr(part, "clone") else part.copy()

@@ -30,9 +30,23 @@ create_exception!(
     "A decode device (a GPU backend) is unavailable or failed."
 );
 
+mod coded;
+mod commands;
+
 /// The crate's error as the Python exception that fits it.
-fn python_error(error: Error) -> PyErr {
+pub(crate) fn python_error(error: Error) -> PyErr {
     let message = error.to_string();
+    exception_of(&error, message)
+}
+
+/// The crate's error as the Python exception that fits it, saying what
+/// was being done: "decoding block model.layers.3: …".
+pub(crate) fn python_error_in(error: Error, doing: &str) -> PyErr {
+    let message = format!("{doing}: {error}");
+    exception_of(&error, message)
+}
+
+fn exception_of(error: &Error, message: String) -> PyErr {
     match error {
         Error::Io { .. } => PyOSError::new_err(message),
         Error::Backend { .. }
@@ -207,6 +221,11 @@ impl Checkpoint {
         names
     }
 
+    /// Tensor names in the order of their data in the original files.
+    fn keys_in_data_order(&self) -> Vec<String> {
+        self.tensors.iter().map(|t| t.0.clone()).collect()
+    }
+
     /// The first file's `__metadata__`, as the original file had it.
     fn metadata(&self) -> Option<HashMap<String, String>> {
         self.shards.first().and_then(|s| s.metadata().cloned())
@@ -241,6 +260,20 @@ impl Checkpoint {
             self.shards[*shard].read_into(name, out)
         })
         .map_err(python_error)
+    }
+
+    /// The tensors of `groups`, a list of `(block name, tensor names)`,
+    /// kept coded: in host memory, or with `cuda=(device, stream)` on that
+    /// GPU, decoding on that stream (a `CUstream` address). Each tensor is
+    /// checked once here; the file's pages leave memory as it goes.
+    #[pyo3(signature = (groups, cuda=None))]
+    fn keep_coded(
+        &self,
+        py: Python<'_>,
+        groups: Vec<(String, Vec<String>)>,
+        cuda: Option<(usize, usize)>,
+    ) -> PyResult<coded::CodedWeights> {
+        coded::CodedWeights::keep(self, py, groups, cuda)
     }
 
     /// Decodes tensor `name` on GPU `device`, on `stream` (the address of a
@@ -376,8 +409,18 @@ impl Shard {
     }
 }
 
+/// Whether `path` is a file `ecf compress` wrote (a safetensors file whose
+/// metadata names the ecfloat format), by its header alone.
+#[pyfunction]
+fn is_compressed(py: Python<'_>, path: PathBuf) -> PyResult<bool> {
+    let file = py
+        .detach(|| SourceFile::open(&path))
+        .map_err(python_error)?;
+    Ok(file.ecf_version().is_some())
+}
+
 /// A command's report as the JSON the CLI prints with `--json`.
-fn json_report(report: &impl serde::Serialize) -> PyResult<String> {
+pub(crate) fn json_report(report: &impl serde::Serialize) -> PyResult<String> {
     serde_json::to_string(report)
         .map_err(|e| PyRuntimeError::new_err(format!("the report does not serialise: {e}")))
 }
@@ -435,6 +478,12 @@ fn verify(py: Python<'_>, path: PathBuf, backend: &str) -> PyResult<String> {
 #[pymodule]
 fn _ecfloat(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Checkpoint>()?;
+    module.add_class::<coded::CodedWeights>()?;
+    module.add_class::<coded::BlockDecode>()?;
+    module.add_function(wrap_pyfunction!(coded::layer_block, module)?)?;
+    module.add_function(wrap_pyfunction!(is_compressed, module)?)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    commands::register(module)?;
     module.add_function(wrap_pyfunction!(compress, module)?)?;
     module.add_function(wrap_pyfunction!(decompress, module)?)?;
     module.add_function(wrap_pyfunction!(verify, module)?)?;
