@@ -17,6 +17,11 @@
 #
 # Vulkan needs its loader: carried Debian packages in .gl/*.deb are unpacked
 # first. NVRTC comes from the CUDA toolkit (/usr/local/cuda).
+#
+# The Python package's GPU tests and model benchmark run too where the
+# machine's Python has torch and transformers and a wheel built elsewhere
+# (`maturin build --release -m python/Cargo.toml`) is in DATA_DIR; the
+# report says why they did not run otherwise.
 set -uo pipefail
 
 ECF=${1:-./ecf}
@@ -63,6 +68,26 @@ for line in open(sys.argv[2]):
 PYTHON
 }
 
+# The Python package on the GPU: its tests (every CUDA case; skips are
+# listed) and models kept coded against transformers' own loading.
+python_on_gpu() {
+    local wheel
+    wheel=$(ls "$DATA"/ecfloat-*.whl 2>/dev/null | head -n 1)
+    if [ -z "$wheel" ]; then
+        printf '\n## Python on the GPU: not run (no ecfloat wheel in %s)\n' "$DATA"
+        return 0
+    fi
+    if ! python3 -c 'import torch, transformers, safetensors, pytest' 2>/dev/null; then
+        printf '\n## Python on the GPU: not run (this Python lacks torch, transformers, safetensors or pytest)\n'
+        return 0
+    fi
+    local venv
+    venv=$(mktemp -d)/venv
+    python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q --no-deps "$wheel"
+    step "Python tests, CUDA included" "$venv/bin/python" -m pytest -q -rs python/tests
+    step "models kept coded, cuda" "$venv/bin/python" python/benchmarks/models.py --device cuda
+}
+
 {
     echo "# ecfloat GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     uname -srm
@@ -76,4 +101,5 @@ PYTHON
             [ "$backend" = cuda ] && estimate "$file"
         done
     done
+    python_on_gpu
 } 2>&1 | grep -v 'XDG_RUNTIME_DIR' | tee "$REPORT"

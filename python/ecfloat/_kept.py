@@ -59,11 +59,10 @@ def placeholder(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor
 class KeptWeights:
     """The coded weights of one module and the hooks that decode them."""
 
-    def __init__(self, weights: CodedWeights, blocks: List[Block], device: torch.device, source: str, decode_stream=None) -> None:
+    def __init__(self, weights: CodedWeights, blocks: List[Block], device: torch.device, decode_stream=None) -> None:
         self.weights = weights
         self.blocks = blocks
         self.device = device
-        self.source = source
         self.decode_stream = decode_stream
         self.largest_block_bytes = max((b.nbytes for b in blocks), default=0)
         # Buffers ("slots"): two on a GPU (one decoding while the other is

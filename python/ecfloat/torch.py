@@ -307,7 +307,7 @@ def load_model(
         decoded[key] = tensor
     kept = None
     if blocks:
-        kept = _keep(checkpoint, blocks, device, path, state)
+        kept = _keep(checkpoint, blocks, device, state)
 
     for key, tensor in decoded.items():
         _replace(model, aliases.get(key, [key]), tensor, key in parameters)
@@ -324,7 +324,7 @@ def load_model(
     return missing, unexpected
 
 
-def _keep(checkpoint: _Checkpoint, blocks, device: torch.device, path: str, state) -> _kept.KeptWeights:
+def _keep(checkpoint: _Checkpoint, blocks, device: torch.device, state) -> _kept.KeptWeights:
     decode_stream = None
     cuda = None
     if device.type == "cuda":
@@ -351,7 +351,7 @@ def _keep(checkpoint: _Checkpoint, blocks, device: torch.device, path: str, stat
                 )
             )
         kept_blocks.append(_kept.Block(index, block, module_path, nbytes, members))
-    return _kept.KeptWeights(weights, kept_blocks, device, path, decode_stream)
+    return _kept.KeptWeights(weights, kept_blocks, device, decode_stream)
 
 
 def memory(model: torch.nn.Module) -> Dict[str, int]:

@@ -61,15 +61,7 @@ impl Kept {
     }
 
     fn jobs(&self, group: &Group) -> Vec<DecodeJob<'_>> {
-        group
-            .tensors
-            .iter()
-            .zip(&group.offsets)
-            .map(|(&t, &offset)| DecodeJob {
-                tensor: self.tensors[t].device.as_ref(),
-                offset,
-            })
-            .collect()
+        group.jobs(|t| self.tensors[t].device.as_ref())
     }
 
     /// `error`, from decoding `group`, with the failing tensor's file and

@@ -116,6 +116,22 @@ impl Group {
             bytes,
         }
     }
+
+    /// The group's decode jobs: each tensor, as `device_tensor` gives it
+    /// by its index, at its offset.
+    pub fn jobs<'a>(
+        &self,
+        device_tensor: impl Fn(usize) -> &'a dyn DeviceTensor,
+    ) -> Vec<DecodeJob<'a>> {
+        self.tensors
+            .iter()
+            .zip(&self.offsets)
+            .map(|(&t, &offset)| DecodeJob {
+                tensor: device_tensor(t),
+                offset,
+            })
+            .collect()
+    }
 }
 
 /// Where a decoded tensor is in its group buffer.
@@ -383,15 +399,7 @@ impl<'b> Model<'b> {
                 self.groups.len()
             ))
         })?;
-        Ok(group
-            .tensors
-            .iter()
-            .zip(&group.offsets)
-            .map(|(&t, &offset)| DecodeJob {
-                tensor: self.tensors[t].device.as_ref(),
-                offset,
-            })
-            .collect())
+        Ok(group.jobs(|t| self.tensors[t].device.as_ref()))
     }
 
     /// Names the tensor, and its file, of a failing job of `group`'s decode.
