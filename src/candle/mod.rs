@@ -23,15 +23,14 @@
 //! [`CompressedModel::with_backend`] takes any other backend, whose decoded
 //! bytes reach candle through the host.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use safetensors::tensor::TensorView;
 
-use crate::container::{CompressedFile, Storage, cpu_decoder};
+use crate::container::{CompressedCheckpoint, Storage, cpu_decoder};
 use crate::error::{Error, Result};
 
 #[cfg(feature = "candle-cuda")]
@@ -43,61 +42,34 @@ pub use resident::{
 };
 
 /// The tensors of a compressed file, or of every compressed shard of a
-/// checkpoint directory, by name.
+/// checkpoint directory, by name, as a `VarBuilder` backend.
 pub struct CompressedTensors {
-    files: Vec<CompressedFile>,
-    /// Which file holds each tensor.
-    owners: HashMap<String, usize>,
+    checkpoint: CompressedCheckpoint,
 }
 
 impl CompressedTensors {
     /// Opens `path`: a compressed file, or a directory whose
     /// `*.ecf.safetensors` shards are read (what `ecf compress DIR` writes).
     pub fn open(path: &Path) -> Result<Self> {
-        let paths = if path.is_dir() {
-            compressed_shards(path)?
-        } else {
-            vec![path.to_path_buf()]
-        };
-        let mut files = Vec::with_capacity(paths.len());
-        let mut owners: HashMap<String, usize> = HashMap::new();
-        for path in &paths {
-            let file = CompressedFile::open(path)?;
-            for tensor in &file.tensors {
-                let name = &tensor.source.name;
-                if let Some(&earlier) = owners.get(name) {
-                    return Err(Error::corrupt(
-                        path,
-                        Some(name),
-                        format!("the tensor is also in {}", paths[earlier].display()),
-                    ));
-                }
-                owners.insert(name.clone(), files.len());
-            }
-            files.push(file);
-        }
-        Ok(CompressedTensors { files, owners })
+        Ok(CompressedTensors {
+            checkpoint: CompressedCheckpoint::open(path)?,
+        })
     }
 
     /// The names of all tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.owners.keys().map(String::as_str)
+        self.checkpoint.names()
     }
 
     /// Tensor `name` decoded on the CPU, as candle's safetensors loading
     /// would make it from the original file, on `device`.
     pub fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
-        let file = self
-            .owners
-            .get(name)
-            .map(|&index| &self.files[index])
-            .ok_or_else(|| {
-                candle_core::Error::CannotFindTensor {
-                    path: name.to_string(),
-                }
-                .bt()
-            })?;
-        let tensor = file.tensor(name).map_err(candle_error)?;
+        let (file, tensor) = self.checkpoint.get(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })?;
         let (dtype, shape) = (tensor.source.dtype, tensor.source.shape.clone());
         if let Storage::Raw = tensor.storage {
             let bytes = file.stored_bytes(tensor);
@@ -236,33 +208,8 @@ impl SimpleBackend for CompressedTensors {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.owners.contains_key(name)
+        self.checkpoint.contains(name)
     }
-}
-
-/// The `*.ecf.safetensors` files of directory `dir`, in name order.
-fn compressed_shards(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut shards = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let is_shard = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_some_and(|name| name.ends_with(".ecf.safetensors"));
-        if is_shard {
-            shards.push(path);
-        }
-    }
-    if shards.is_empty() {
-        return Err(Error::corrupt(
-            dir,
-            None,
-            "holds no compressed shards (*.ecf.safetensors)".to_string(),
-        ));
-    }
-    shards.sort();
-    Ok(shards)
 }
 
 /// The crate's error as candle's, with its message.

@@ -6,9 +6,11 @@
 //! * [`read`] — opens and validates a compressed file.
 //! * [`write`](mod@write) — writes safetensors files atomically.
 //! * [`compress`] / [`decompress`] — whole-file operations.
+//! * [`checkpoint`] — a file or a directory of shards as one set of tensors.
 //!
 //! `docs/FORMAT.md` is the specification.
 
+pub mod checkpoint;
 pub mod compress;
 pub mod decompress;
 pub mod directory;
@@ -17,6 +19,7 @@ pub mod schema;
 pub mod source;
 pub mod write;
 
+pub use checkpoint::CompressedCheckpoint;
 pub use compress::{CompressOptions, CompressReport, compress_file};
 pub use decompress::{
     DecodeChecks, Decoder, cpu_decoder, decompress_file, verify_file, verify_file_with,

@@ -262,7 +262,7 @@ impl<'b> Model<'b> {
     /// Opens a compressed file, or every compressed `.safetensors` file of
     /// a directory, and uploads every tensor to `backend`.
     pub fn open(path: &Path, backend: &'b dyn Backend, options: ModelOptions) -> Result<Self> {
-        let files = model_files(path)?;
+        let files = crate::container::checkpoint::compressed_files(path)?;
         let mut tensors = Vec::new();
         for file_path in &files {
             let file = CompressedFile::open(file_path)?;
@@ -425,22 +425,4 @@ impl<'b> Model<'b> {
             largest_group_bytes: self.largest_group,
         }
     }
-}
-
-/// The compressed files of a model: the file itself, or each ecfloat file
-/// in a directory, sorted by name.
-fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = crate::container::safetensors_files(path)?;
-    files
-        .retain(|p| crate::container::SourceFile::open(p).is_ok_and(|f| f.ecf_version().is_some()));
-    if files.is_empty() {
-        return Err(Error::Usage(format!(
-            "{}: no ecfloat-compressed .safetensors files in this directory",
-            path.display()
-        )));
-    }
-    Ok(files)
 }
