@@ -22,6 +22,7 @@ use super::{BackendInfo, Clock, Timings, backend_error, unavailable};
 const NAME: &str = "wgpu";
 const DECODE_SHADER: &str = include_str!("../../shaders/decode.wgsl");
 const COPY_SHADER: &str = include_str!("../../shaders/copy.wgsl");
+const WIDEN_SHADER: &str = include_str!("../../shaders/widen.wgsl");
 
 /// Bytes of workgroup memory the decode shader declares, each variable
 /// rounded up to 16 bytes as WebGPU counts them: the code table (268
@@ -79,6 +80,8 @@ pub struct LimitOverrides {
 
 /// A GPU opened through wgpu.
 pub struct WgpuDevice {
+    instance: wgpu::Instance,
+    adapter: wgpu::Adapter,
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
@@ -88,6 +91,9 @@ pub struct WgpuDevice {
     decode_layout: wgpu::BindGroupLayout,
     copy_pipeline: wgpu::ComputePipeline,
     copy_layout: wgpu::BindGroupLayout,
+    /// The widening pipelines (BF16, F16) and their layout, made on first
+    /// use: only a framework sharing the device needs them.
+    widen: Mutex<Option<Arc<WidenPipelines>>>,
     /// Timestamp queries are available for device-side timing.
     timestamps: bool,
     /// The decode shader is the compact one (too little workgroup memory
@@ -112,7 +118,22 @@ impl GpuBackend<WgpuDevice> {
     }
 
     pub fn with_limits(overrides: LimitOverrides) -> Result<Self> {
-        Ok(GpuBackend::from_device(WgpuDevice::open(overrides)?))
+        Ok(GpuBackend::from_device(WgpuDevice::open(
+            overrides,
+            Features::Decoder,
+        )?))
+    }
+
+    /// Opens the highest-performance adapter with every feature it has
+    /// that a framework sharing the device may use (all but mappable
+    /// primary buffers and experimental ones), and its limits: cubecl, for
+    /// one, decides what it may use from the adapter, and fails on a
+    /// device that lacks what the adapter has.
+    pub fn shared() -> Result<Self> {
+        Ok(GpuBackend::from_device(WgpuDevice::open(
+            LimitOverrides::default(),
+            Features::Adapter,
+        )?))
     }
 
     /// The device and queue, for clients that compute on decoded buffers.
@@ -127,8 +148,17 @@ impl DeviceMemory for wgpu::Buffer {
     }
 }
 
+/// Which features a device is opened with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Features {
+    /// Those the decoder uses.
+    Decoder,
+    /// The adapter's, for a device shared with a framework.
+    Adapter,
+}
+
 impl WgpuDevice {
-    fn open(overrides: LimitOverrides) -> Result<Self> {
+    fn open(overrides: LimitOverrides, features: Features) -> Result<Self> {
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
         descriptor.backends = wgpu::Backends::PRIMARY;
         descriptor.flags = wgpu::InstanceFlags::empty().with_env();
@@ -157,10 +187,12 @@ impl WgpuDevice {
             ));
         }
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let required_features = if timestamps {
-            wgpu::Features::TIMESTAMP_QUERY
-        } else {
-            wgpu::Features::empty()
+        let required_features = match features {
+            Features::Adapter => adapter.features().difference(
+                wgpu::Features::MAPPABLE_PRIMARY_BUFFERS | wgpu::Features::all_experimental_mask(),
+            ),
+            Features::Decoder if timestamps => wgpu::Features::TIMESTAMP_QUERY,
+            Features::Decoder => wgpu::Features::empty(),
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ecfloat"),
@@ -220,6 +252,8 @@ impl WgpuDevice {
             &[Binding::Uniform, Binding::Read, Binding::ReadWrite],
         )?;
         Ok(WgpuDevice {
+            instance,
+            adapter,
             device,
             queue,
             info,
@@ -229,6 +263,7 @@ impl WgpuDevice {
             decode_layout,
             copy_pipeline,
             copy_layout,
+            widen: Mutex::new(None),
             timestamps,
             compact_shader: compact,
             lost,
@@ -240,8 +275,143 @@ impl WgpuDevice {
         &self.device
     }
 
+    /// The instance and adapter the device was opened from, for a
+    /// framework that takes over an existing device.
+    pub fn origin(&self) -> (&wgpu::Instance, &wgpu::Adapter) {
+        (&self.instance, &self.adapter)
+    }
+
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// Widens `elements` 16-bit floats of `dtype` (BF16 or F16) from the
+    /// start of `narrow` into f32 at byte `offset` of `wide`, exactly as
+    /// the `half` crate's `to_f32` converts each (`shaders/widen.wgsl`),
+    /// and waits for it. `offset` must be a multiple of the device's
+    /// storage-buffer offset alignment; work submitted to the queue before
+    /// this call runs before it.
+    pub fn widen(
+        &self,
+        dtype: safetensors::Dtype,
+        narrow: &wgpu::Buffer,
+        wide: &wgpu::Buffer,
+        offset: u64,
+        elements: u64,
+    ) -> Result<()> {
+        let entry_point = match dtype {
+            safetensors::Dtype::BF16 => 0,
+            safetensors::Dtype::F16 => 1,
+            other => {
+                return Err(backend_error(
+                    NAME,
+                    format!("widening {other:?} to f32: only BF16 and F16 are widened"),
+                ));
+            }
+        };
+        if elements == 0 {
+            return Ok(());
+        }
+        let narrow_bytes = (elements * 2).next_multiple_of(4);
+        let wide_bytes = elements * 4;
+        let alignment = u64::from(self.limits.min_storage_buffer_offset_alignment);
+        let problem = if u32::try_from(elements).is_err() {
+            Some(format!(
+                "{elements} elements are more than one dispatch counts"
+            ))
+        } else if narrow.size() < narrow_bytes {
+            Some(format!(
+                "a {}-byte source cannot hold {elements} 16-bit values",
+                narrow.size()
+            ))
+        } else if offset
+            .checked_add(wide_bytes)
+            .is_none_or(|end| end > wide.size())
+        {
+            Some(format!(
+                "{wide_bytes} bytes at {offset} run past the {}-byte destination",
+                wide.size()
+            ))
+        } else if !offset.is_multiple_of(alignment) {
+            Some(format!(
+                "the destination offset {offset} is not a multiple of {alignment}"
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(backend_error(
+                NAME,
+                format!("widening {dtype:?} to f32: {problem}"),
+            ));
+        }
+        let pipelines = self.widen_pipelines()?;
+        let (pipeline, bind_layout) = &pipelines.pipelines[entry_point];
+        let workgroups = (elements.div_ceil(layout::WORKGROUP_SIZE as u64) as u32)
+            .min(self.dispatch_limits.max_workgroups)
+            .min(65_535);
+        let submission = self.scoped("widening to f32", || {
+            let params = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("widen params"),
+                    contents: bytemuck::cast_slice(&[
+                        elements as u32,
+                        workgroups * layout::WORKGROUP_SIZE,
+                        0,
+                        0,
+                    ]),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("widen"),
+                layout: bind_layout,
+                entries: &[
+                    entry(0, buffer_range(&params, 0, 16)),
+                    entry(1, buffer_range(narrow, 0, narrow_bytes)),
+                    entry(2, buffer_range(wide, offset, wide_bytes)),
+                ],
+            });
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("widen"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &bind_group, &[0]);
+                pass.dispatch_workgroups(workgroups, 1, 1);
+            }
+            self.queue.submit([encoder.finish()])
+        })?;
+        self.wait_for(submission)
+    }
+
+    fn widen_pipelines(&self) -> Result<Arc<WidenPipelines>> {
+        let mut widen = self.widen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pipelines) = widen.as_ref() {
+            return Ok(pipelines.clone());
+        }
+        let bindings = [Binding::Uniform, Binding::Read, Binding::ReadWrite];
+        let bf16 = compute_pipeline(
+            &self.device,
+            &self.lost,
+            "widen_bf16",
+            WIDEN_SHADER,
+            &bindings,
+        )?;
+        let f16 = compute_pipeline(
+            &self.device,
+            &self.lost,
+            "widen_f16",
+            WIDEN_SHADER,
+            &bindings,
+        )?;
+        let pipelines = Arc::new(WidenPipelines {
+            pipelines: [bf16, f16],
+        });
+        *widen = Some(pipelines.clone());
+        Ok(pipelines)
     }
 
     /// Runs `work` inside error scopes and turns what they catch into one
@@ -825,6 +995,12 @@ fn scoped<T>(
         return Err(backend_error(NAME, format!("{what}: {error}")));
     }
     Ok(value)
+}
+
+/// The pipelines of `shaders/widen.wgsl`, BF16 then F16, each with its
+/// bind group layout.
+struct WidenPipelines {
+    pipelines: [(wgpu::ComputePipeline, wgpu::BindGroupLayout); 2],
 }
 
 #[derive(Clone, Copy)]
