@@ -24,21 +24,9 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use ecfloat::candle::{CompressedModel, CompressedTensors};
 
-const RUNS: usize = 5;
+mod common;
 
-/// Median seconds of `RUNS` runs of `f`, after a warm-up run.
-fn median_seconds<T>(mut f: impl FnMut() -> T) -> f64 {
-    std::hint::black_box(f());
-    let mut times: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let started = Instant::now();
-            std::hint::black_box(f());
-            started.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[RUNS / 2]
-}
+use common::median_seconds;
 
 fn report(original: &Path, scratch: &Path) {
     let compressed = scratch.join(original.file_name().unwrap());

@@ -54,6 +54,8 @@
 //! [`runtime::Model`].
 
 pub mod backend;
+#[cfg(feature = "burn")]
+pub mod burn;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod codec;
@@ -67,6 +69,6 @@ pub mod tools;
 pub use error::{Error, Result};
 
 /// The README's Rust examples, compiled as doctests.
-#[cfg(all(doctest, feature = "candle"))]
+#[cfg(all(doctest, feature = "candle", feature = "burn"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -1,0 +1,215 @@
+//! A BERT encoder of burn-nn modules (post-norm, as BERT is), whose
+//! parameters are named as Hugging Face's BERT checkpoints name theirs, up
+//! to [`BertConfig::key_remapper`] and burn-store's
+//! `PyTorchToBurnAdapter`: what the burn integration is proven on, with
+//! sentence-transformers' all-MiniLM-L6-v2.
+
+use ::burn::module::Module;
+use ::burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use ::burn::tensor::activation::{gelu, softmax};
+use ::burn::tensor::{Device, Int, Tensor};
+use burn_store::KeyRemapper;
+
+/// The shape of a BERT model.
+#[derive(Clone, Debug)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    pub max_positions: usize,
+    pub token_types: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl BertConfig {
+    /// sentence-transformers' all-MiniLM-L6-v2.
+    pub fn minilm_l6() -> Self {
+        BertConfig {
+            vocab_size: 30522,
+            hidden_size: 384,
+            layers: 6,
+            heads: 12,
+            intermediate_size: 1536,
+            max_positions: 512,
+            token_types: 2,
+            layer_norm_eps: 1e-12,
+        }
+    }
+
+    /// The renamings from a Hugging Face BERT checkpoint's tensor names to
+    /// this module's paths, for a store's `remap`.
+    pub fn key_remapper() -> KeyRemapper {
+        KeyRemapper::from_patterns(vec![
+            (r"\.LayerNorm\.", ".layer_norm."),
+            (r"\.self\.", ".self_attention."),
+        ])
+        .expect("the patterns are regular expressions")
+    }
+
+    /// The model, its parameters initialised on `device` (to be loaded).
+    pub fn init(&self, device: &Device) -> Bert {
+        let linear = |input, output| LinearConfig::new(input, output).init(device);
+        let norm = || {
+            LayerNormConfig::new(self.hidden_size)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let hidden = self.hidden_size;
+        Bert {
+            embeddings: BertEmbeddings {
+                word_embeddings: EmbeddingConfig::new(self.vocab_size, hidden).init(device),
+                position_embeddings: EmbeddingConfig::new(self.max_positions, hidden).init(device),
+                token_type_embeddings: EmbeddingConfig::new(self.token_types, hidden).init(device),
+                layer_norm: norm(),
+            },
+            encoder: BertEncoder {
+                layer: (0..self.layers)
+                    .map(|_| BertLayer {
+                        attention: BertAttention {
+                            self_attention: BertSelfAttention {
+                                query: linear(hidden, hidden),
+                                key: linear(hidden, hidden),
+                                value: linear(hidden, hidden),
+                                heads: self.heads,
+                            },
+                            output: BertProjection {
+                                dense: linear(hidden, hidden),
+                                layer_norm: norm(),
+                            },
+                        },
+                        intermediate: BertIntermediate {
+                            dense: linear(hidden, self.intermediate_size),
+                        },
+                        output: BertProjection {
+                            dense: linear(self.intermediate_size, hidden),
+                            layer_norm: norm(),
+                        },
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Bert {
+    pub embeddings: BertEmbeddings,
+    pub encoder: BertEncoder,
+}
+
+impl Bert {
+    /// The last hidden state, `[batch, tokens, hidden]`, of `token_ids`
+    /// (`[batch, tokens]`, every token attended to), all of token type 0.
+    pub fn forward(&self, token_ids: Tensor<2, Int>) -> Tensor<3> {
+        let mut hidden = self.embeddings.forward(token_ids);
+        for layer in &self.encoder.layer {
+            hidden = layer.forward(hidden);
+        }
+        hidden
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub token_type_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+}
+
+impl BertEmbeddings {
+    fn forward(&self, token_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, tokens] = token_ids.dims();
+        let device = token_ids.device();
+        let positions = Tensor::<1, Int>::arange(0..tokens as i64, &device)
+            .reshape([1, tokens])
+            .repeat_dim(0, batch);
+        let types = Tensor::<2, Int>::zeros([batch, tokens], &device);
+        let sum = self.word_embeddings.forward(token_ids)
+            + self.token_type_embeddings.forward(types)
+            + self.position_embeddings.forward(positions);
+        self.layer_norm.forward(sum)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder {
+    pub layer: Vec<BertLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    pub intermediate: BertIntermediate,
+    pub output: BertProjection,
+}
+
+impl BertLayer {
+    fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let attended = self.attention.forward(hidden);
+        let expanded = gelu(self.intermediate.dense.forward(attended.clone()));
+        self.output.forward(expanded, attended)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertAttention {
+    pub self_attention: BertSelfAttention,
+    pub output: BertProjection,
+}
+
+impl BertAttention {
+    fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let context = self.self_attention.forward(hidden.clone());
+        self.output.forward(context, hidden)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub heads: usize,
+}
+
+impl BertSelfAttention {
+    fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [batch, tokens, width] = hidden.dims();
+        let head_width = width / self.heads;
+        let split = |x: Tensor<3>| {
+            x.reshape([batch, tokens, self.heads, head_width])
+                .swap_dims(1, 2)
+        };
+        let query = split(self.query.forward(hidden.clone()));
+        let key = split(self.key.forward(hidden.clone()));
+        let value = split(self.value.forward(hidden));
+        let scores = query.matmul(key.swap_dims(2, 3)) / (head_width as f64).sqrt();
+        softmax(scores, 3)
+            .matmul(value)
+            .swap_dims(1, 2)
+            .reshape([batch, tokens, width])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertIntermediate {
+    pub dense: Linear,
+}
+
+/// A projection back to the hidden width, added to the residual and
+/// normalised (BERT's `…output`).
+#[derive(Module, Debug)]
+pub struct BertProjection {
+    pub dense: Linear,
+    pub layer_norm: LayerNorm,
+}
+
+impl BertProjection {
+    fn forward(&self, input: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        self.layer_norm
+            .forward(self.dense.forward(input) + residual)
+    }
+}

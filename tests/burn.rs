@@ -1,0 +1,499 @@
+//! Compressed checkpoints in burn: a module loaded through
+//! `ecfloat::burn::EcfStore` holds, bit for bit, what the same module holds
+//! loaded by burn-store's `SafetensorsStore` from the original with the
+//! same options, and computes the same outputs: all-MiniLM-L6-v2 as a burn
+//! BERT on burn's CPU backend (ndarray) and on wgpu (lavapipe in CI). Bad
+//! input gives burn-store's kind of error naming the tensor. Without the
+//! `burn` feature, the test data or a wgpu adapter, the tests show as
+//! ignored, with the reason.
+
+mod common;
+
+use common::harness::{self, Ran};
+
+macro_rules! trials {
+    ($($test:ident),* $(,)?) => {
+        vec![$(harness::trial(stringify!($test), with_burn!($test))),*]
+    };
+}
+
+#[cfg(feature = "burn")]
+macro_rules! with_burn {
+    ($test:ident) => {
+        $test
+    };
+}
+
+#[cfg(not(feature = "burn"))]
+macro_rules! with_burn {
+    ($test:ident) => {
+        || -> Ran {
+            Err(harness::absent(
+                "burn",
+                "not compiled in (build with --features burn)",
+            ))
+        }
+    };
+}
+
+fn main() {
+    harness::run(trials![
+        every_tensor_of_the_test_files_reads_as_burn_store_reads_it,
+        minilm_bert_on_ndarray_is_bit_identical,
+        minilm_bert_on_wgpu_is_bit_identical,
+        a_saved_module_loads_back_bit_identical,
+        missing_mismatched_and_corrupt_tensors_are_named_errors,
+        every_16_bit_value_decodes_on_the_shared_device_as_burn_converts_it,
+        minilm_decodes_on_the_shared_device_as_burn_store_loads_it,
+    ]);
+}
+
+#[cfg(feature = "burn")]
+mod support {
+    use std::path::Path;
+
+    use burn::module::Module;
+    use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+    use burn_store::burn_pack::Tensor as PackTensor;
+    use burn_store::{
+        FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+        SafetensorsStore,
+    };
+    use ecfloat::burn::EcfStore;
+    use ecfloat::burn::bert::{Bert, BertConfig};
+
+    #[derive(Module, Debug)]
+    pub struct Pair {
+        pub first: burn::nn::Linear,
+        pub second: burn::nn::Linear,
+    }
+
+    /// The dtype policy both stores load with: PyTorch's layouts and
+    /// names to burn's, every float to F32.
+    pub fn adapter() -> impl ModuleAdapter + 'static {
+        PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
+    }
+
+    pub fn original_store(path: &Path) -> SafetensorsStore {
+        SafetensorsStore::from_file(path)
+            .remap(BertConfig::key_remapper())
+            .with_from_adapter(adapter())
+    }
+
+    pub fn compressed_store(path: &Path) -> EcfStore {
+        EcfStore::from_file(path)
+            .remap(BertConfig::key_remapper())
+            .with_from_adapter(adapter())
+    }
+
+    /// Every tensor of `module`, by path: dtype, shape and bytes.
+    pub fn contents(module: &impl Module) -> Vec<(String, DType, Vec<usize>, Vec<u8>)> {
+        let mut tensors: Vec<_> = module
+            .collect(None, None, false)
+            .into_iter()
+            .map(|tensor: PackTensor| {
+                let (name, dtype, shape) =
+                    (tensor.name.clone(), tensor.dtype, tensor.shape.to_vec());
+                let bytes = tensor.into_bytes().unwrap().to_vec();
+                (name, dtype, shape, bytes)
+            })
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    }
+
+    /// A fixed batch of token ids: 2 sequences of 16.
+    pub fn token_ids(device: &Device) -> Tensor<2, Int> {
+        let ids: Vec<i64> = (0..32).map(|i| (i * 977 + 101) % 30522).collect();
+        Tensor::from_data(TensorData::new(ids, [2, 16]), device)
+    }
+
+    /// MiniLM loaded both ways on `device`; panics where they differ in a
+    /// parameter or an output bit, or the loads report differently.
+    pub fn bert_both_ways(original: &Path, device: &Device) {
+        let compressed_dir = tempfile::tempdir().unwrap();
+        let compressed = compressed_dir.path().join("minilm.ecf.safetensors");
+        ecfloat::container::compress_file(original, &compressed, &Default::default()).unwrap();
+
+        let config = BertConfig::minilm_l6();
+        let mut theirs: Bert = config.init(device);
+        let their_result = theirs.load_from(&mut original_store(original)).unwrap();
+        let mut ours: Bert = config.init(device);
+        let our_result = ours.load_from(&mut compressed_store(&compressed)).unwrap();
+        assert_eq!(our_result.applied, their_result.applied);
+        assert_eq!(our_result.unused, their_result.unused);
+        assert!(our_result.missing.is_empty() && our_result.errors.is_empty());
+        assert_eq!(our_result.applied.len(), 101, "{our_result}");
+
+        let (our_tensors, their_tensors) = (contents(&ours), contents(&theirs));
+        assert_eq!(our_tensors.len(), their_tensors.len());
+        for (got, want) in our_tensors.iter().zip(&their_tensors) {
+            assert_eq!((&got.0, got.1, &got.2), (&want.0, want.1, &want.2));
+            assert!(got.3 == want.3, "{}: bits differ", got.0);
+        }
+        let our_output = ours.forward(token_ids(device)).into_data();
+        let their_output = theirs.forward(token_ids(device)).into_data();
+        assert_eq!(our_output.shape().to_vec(), vec![2, 16, 384]);
+        assert!(
+            our_output.as_bytes() == their_output.as_bytes(),
+            "outputs differ"
+        );
+    }
+
+    /// The load error of `store` into `module`, as text.
+    pub fn load_error<M: Module, S: ModuleStore>(mut module: M, store: &mut S) -> String {
+        match module.load_from(store) {
+            Ok(result) => panic!("loaded: {result}"),
+            Err(error) => error.to_string(),
+        }
+    }
+}
+
+#[cfg(feature = "burn")]
+fn every_tensor_of_the_test_files_reads_as_burn_store_reads_it() -> Ran {
+    use burn_store::{ModuleStore, SafetensorsStore};
+    use ecfloat::burn::EcfStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    for file in harness::require_testdata_files()? {
+        let compressed = dir.path().join(file.file_name().unwrap());
+        ecfloat::container::compress_file(&file, &compressed, &Default::default()).unwrap();
+        let mut theirs = SafetensorsStore::from_file(&file);
+        let mut ours = EcfStore::from_file(&compressed);
+        let (their_keys, our_keys) = (theirs.keys(), ours.keys());
+        let their_keys = match their_keys {
+            Ok(keys) => keys,
+            Err(their_error) => {
+                // burn has no F8 dtypes: both refuse the file, ours naming
+                // the tensor.
+                let our_error = our_keys.unwrap_err().to_string();
+                assert!(their_error.to_string().contains("Unsupported dtype"));
+                assert!(
+                    our_error.contains("burn has no F8_E4M3 dtype")
+                        && our_error.contains(&*compressed.to_string_lossy()),
+                    "{our_error}"
+                );
+                continue;
+            }
+        };
+        assert_eq!(our_keys.unwrap(), their_keys, "{}", file.display());
+        for key in &their_keys {
+            let want = theirs.get_tensor(key).unwrap().unwrap().clone();
+            let got = ours.get_tensor(key).unwrap().unwrap().clone();
+            assert_eq!((got.dtype, &got.shape), (want.dtype, &want.shape), "{key}");
+            assert!(
+                got.to_bytes().unwrap().to_vec() == want.to_bytes().unwrap().to_vec(),
+                "{}: {key}: bits differ",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn minilm_bert_on_ndarray_is_bit_identical() -> Ran {
+    let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
+    #[allow(deprecated)]
+    let device = burn::tensor::Device::ndarray();
+    support::bert_both_ways(&original, &device);
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn minilm_bert_on_wgpu_is_bit_identical() -> Ran {
+    let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
+    // burn's wgpu device panics without an adapter: ask ecfloat's first.
+    harness::require_backend("wgpu")?;
+    let device = burn::tensor::Device::from(burn::backend::wgpu::WgpuDevice::default());
+    support::bert_both_ways(&original, &device);
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn a_saved_module_loads_back_bit_identical() -> Ran {
+    use burn::nn::LinearConfig;
+    use burn::tensor::Device;
+    use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore};
+    use ecfloat::burn::EcfStore;
+
+    use support::Pair;
+
+    #[allow(deprecated)]
+    let device = Device::ndarray();
+    let pair = |device: &Device| Pair {
+        first: LinearConfig::new(96, 80).init(device),
+        second: LinearConfig::new(80, 3).init(device),
+    };
+    let saved = pair(&device);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pair.ecf.safetensors");
+    saved.save_into(&mut EcfStore::from_file(&path)).unwrap();
+    // Not replaced unless asked.
+    let again = saved.save_into(&mut EcfStore::from_file(&path));
+    assert!(again.unwrap_err().to_string().contains("overwrite(true)"));
+    saved
+        .save_into(&mut EcfStore::from_file(&path).overwrite(true))
+        .unwrap();
+    let only_files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(only_files.len(), 1, "a plain file was left behind");
+
+    let mut loaded = pair(&device);
+    let result = loaded.load_from(&mut EcfStore::from_file(&path)).unwrap();
+    assert_eq!(result.applied.len(), 4);
+    assert!(support::contents(&loaded) == support::contents(&saved));
+    // What the file holds reads as burn-store reads its own save.
+    let plain = dir.path().join("pair.safetensors");
+    saved
+        .save_into(&mut SafetensorsStore::from_file(&plain))
+        .unwrap();
+    let mut theirs = SafetensorsStore::from_file(&plain);
+    let mut ours = EcfStore::from_file(&path);
+    for key in theirs.keys().unwrap() {
+        let want = theirs
+            .get_tensor(&key)
+            .unwrap()
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let got = ours.get_tensor(&key).unwrap().unwrap().to_bytes().unwrap();
+        assert!(got.to_vec() == want.to_vec(), "{key}: bits differ");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn missing_mismatched_and_corrupt_tensors_are_named_errors() -> Ran {
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Device;
+    use burn_store::ModuleSnapshot;
+    use ecfloat::burn::EcfStore;
+
+    use support::Pair;
+
+    #[derive(Module, Debug)]
+    struct Triple {
+        first: Linear,
+        second: Linear,
+        third: Linear,
+    }
+    #[allow(deprecated)]
+    let device = Device::ndarray();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pair.ecf.safetensors");
+    let pair = Pair {
+        first: LinearConfig::new(512, 256).init(&device),
+        second: LinearConfig::new(256, 3).init(&device),
+    };
+    pair.save_into(&mut EcfStore::from_file(&path)).unwrap();
+
+    // A tensor the module wants and the file lacks.
+    let triple = Triple {
+        first: LinearConfig::new(512, 256).init(&device),
+        second: LinearConfig::new(256, 3).init(&device),
+        third: LinearConfig::new(3, 3).init(&device),
+    };
+    let error = support::load_error(triple, &mut EcfStore::from_file(&path));
+    assert!(
+        error.contains("Tensor not found") && error.contains("third"),
+        "{error}"
+    );
+    // ...reported, not refused, when partial loads are allowed.
+    let mut triple = Triple {
+        first: LinearConfig::new(512, 256).init(&device),
+        second: LinearConfig::new(256, 3).init(&device),
+        third: LinearConfig::new(3, 3).init(&device),
+    };
+    let result = triple
+        .load_from(&mut EcfStore::from_file(&path).allow_partial(true))
+        .unwrap();
+    assert_eq!(result.missing.len(), 2, "{result}");
+
+    // A shape that differs from the module's.
+    let wider = Pair {
+        first: LinearConfig::new(512, 128).init(&device),
+        second: LinearConfig::new(256, 3).init(&device),
+    };
+    let error = support::load_error(wider, &mut EcfStore::from_file(&path));
+    assert!(
+        error.contains("Validation failed") && error.contains("first.weight"),
+        "{error}"
+    );
+
+    // A coded tensor whose planes are damaged: the decode's error names
+    // the file and the tensor, and nothing panics.
+    let file = ecfloat::container::CompressedFile::open(&path).unwrap();
+    let tensor = file.tensor("first.weight").unwrap();
+    let ecfloat::container::Storage::Coded(_) = &tensor.storage else {
+        panic!("first.weight is not coded");
+    };
+    let stored = file.stored_bytes(tensor);
+    let offset = stored.as_ptr() as usize - file.data().as_ptr() as usize;
+    let data_start = std::fs::metadata(&path).unwrap().len() as usize - file.data().len();
+    let middle = data_start + offset + stored.len() / 2;
+    drop(file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte ^= 0x5a;
+    }
+    let corrupt = dir.path().join("corrupt.ecf.safetensors");
+    std::fs::write(&corrupt, bytes).unwrap();
+    let fresh = Pair {
+        first: LinearConfig::new(512, 256).init(&device),
+        second: LinearConfig::new(256, 3).init(&device),
+    };
+    let error = support::load_error(fresh, &mut EcfStore::from_file(&corrupt));
+    assert!(
+        error.contains("first.weight") && error.contains("corrupt.ecf.safetensors"),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// The shared device, or why the wgpu tests cannot run here.
+#[cfg(feature = "burn")]
+fn require_shared_device() -> Result<ecfloat::burn::SharedDevice, harness::Skip> {
+    ecfloat::burn::SharedDevice::open().map_err(|e| harness::absent("wgpu", e))
+}
+
+/// A tensor of `checkpoint` decoded on `shared` as `dtype`, as bytes.
+#[cfg(feature = "burn")]
+fn decoded_on(
+    shared: &ecfloat::burn::SharedDevice,
+    checkpoint: &ecfloat::container::CompressedCheckpoint,
+    name: &str,
+    rank: usize,
+    dtype: burn::tensor::DType,
+) -> ecfloat::Result<Vec<u8>> {
+    let data = match rank {
+        1 => shared
+            .decode_tensor::<1>(checkpoint, name, dtype)?
+            .into_data(),
+        2 => shared
+            .decode_tensor::<2>(checkpoint, name, dtype)?
+            .into_data(),
+        3 => shared
+            .decode_tensor::<3>(checkpoint, name, dtype)?
+            .into_data(),
+        4 => shared
+            .decode_tensor::<4>(checkpoint, name, dtype)?
+            .into_data(),
+        _ => panic!("{name}: rank {rank}"),
+    };
+    Ok(data.as_bytes().to_vec())
+}
+
+#[cfg(feature = "burn")]
+fn every_16_bit_value_decodes_on_the_shared_device_as_burn_converts_it() -> Ran {
+    use burn::tensor::{DType, TensorData};
+    use ecfloat::container::CompressedCheckpoint;
+    use safetensors::tensor::TensorView;
+
+    let shared = require_shared_device()?;
+    let every: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+    // Odd lengths too: a tensor that ends mid-word.
+    let odd = &every[..2 * 4099];
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("every.safetensors");
+    let views = [
+        (
+            "bf16",
+            TensorView::new(safetensors::Dtype::BF16, vec![256, 256], &every).unwrap(),
+        ),
+        (
+            "f16",
+            TensorView::new(safetensors::Dtype::F16, vec![256, 256], &every).unwrap(),
+        ),
+        (
+            "bf16_odd",
+            TensorView::new(safetensors::Dtype::BF16, vec![4099], odd).unwrap(),
+        ),
+        (
+            "f16_odd",
+            TensorView::new(safetensors::Dtype::F16, vec![4099], odd).unwrap(),
+        ),
+    ];
+    safetensors::serialize_to_file(views, None, &plain).unwrap();
+    let compressed = dir.path().join("every.ecf.safetensors");
+    ecfloat::container::compress_file(&plain, &compressed, &Default::default()).unwrap();
+    let checkpoint = CompressedCheckpoint::open(&compressed).unwrap();
+    for (name, stored, bytes, rank) in [
+        ("bf16", DType::BF16, &every[..], 2),
+        ("f16", DType::F16, &every[..], 2),
+        ("bf16_odd", DType::BF16, odd, 1),
+        ("f16_odd", DType::F16, odd, 1),
+    ] {
+        let elements = bytes.len() / 2;
+        let shape = if rank == 2 {
+            vec![256, 256]
+        } else {
+            vec![elements]
+        };
+        let want =
+            TensorData::from_bytes_vec(bytes.to_vec(), shape, stored).convert_dtype(DType::F32);
+        let got = decoded_on(&shared, &checkpoint, name, rank, DType::F32).unwrap();
+        assert!(got == want.as_bytes(), "{name} widened to F32: bits differ");
+        if shared.device().supports_dtype(stored) {
+            let got = decoded_on(&shared, &checkpoint, name, rank, stored).unwrap();
+            assert!(got == bytes, "{name} as stored: bits differ");
+        } else {
+            let error = decoded_on(&shared, &checkpoint, name, rank, stored)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(name) && error.contains("holds no"),
+                "{error}"
+            );
+        }
+    }
+    let error = decoded_on(&shared, &checkpoint, "bf16", 1, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("bf16") && error.contains("dimensions"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn minilm_decodes_on_the_shared_device_as_burn_store_loads_it() -> Ran {
+    use burn::tensor::{DType, TensorData};
+    use burn_store::{ModuleStore, SafetensorsStore};
+    use ecfloat::container::CompressedCheckpoint;
+
+    let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
+    let shared = require_shared_device()?;
+    let dir = tempfile::tempdir().unwrap();
+    let compressed = dir.path().join("minilm.ecf.safetensors");
+    ecfloat::container::compress_file(&original, &compressed, &Default::default()).unwrap();
+    let checkpoint = CompressedCheckpoint::open(&compressed).unwrap();
+    let mut theirs = SafetensorsStore::from_file(&original);
+    for name in theirs.keys().unwrap() {
+        let tensor = theirs.get_tensor(&name).unwrap().unwrap().clone();
+        if !tensor.dtype.is_float() {
+            let error = decoded_on(
+                &shared,
+                &checkpoint,
+                &name,
+                tensor.shape.len(),
+                tensor.dtype,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(&name) && error.contains("only float tensors"),
+                "{error}"
+            );
+            continue;
+        }
+        let wanted = DType::F32;
+        let (dtype, shape) = (tensor.dtype, tensor.shape.to_vec());
+        let want = TensorData::from_bytes(tensor.into_bytes().unwrap(), shape.clone(), dtype)
+            .convert_dtype(wanted);
+        let got = decoded_on(&shared, &checkpoint, &name, shape.len(), wanted).unwrap();
+        assert!(got == want.as_bytes(), "{name}: bits differ");
+    }
+    Ok(())
+}
