@@ -68,6 +68,18 @@ mod support {
         pub second: burn::nn::Linear,
     }
 
+    impl Pair {
+        /// Two layers, 512 inputs to `width` outputs and 256 to 3,
+        /// initialised on `device`.
+        pub fn new(width: usize, device: &Device) -> Self {
+            use burn::nn::LinearConfig;
+            Pair {
+                first: LinearConfig::new(512, width).init(device),
+                second: LinearConfig::new(256, 3).init(device),
+            }
+        }
+    }
+
     /// The dtype policy both stores load with: PyTorch's layouts and
     /// names to burn's, every float to F32.
     pub fn adapter() -> impl ModuleAdapter + 'static {
@@ -212,7 +224,6 @@ fn minilm_bert_on_wgpu_is_bit_identical() -> Ran {
 
 #[cfg(feature = "burn")]
 fn a_saved_module_loads_back_bit_identical() -> Ran {
-    use burn::nn::LinearConfig;
     use burn::tensor::Device;
     use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore};
     use ecfloat::burn::EcfStore;
@@ -221,11 +232,7 @@ fn a_saved_module_loads_back_bit_identical() -> Ran {
 
     #[allow(deprecated)]
     let device = Device::ndarray();
-    let pair = |device: &Device| Pair {
-        first: LinearConfig::new(96, 80).init(device),
-        second: LinearConfig::new(80, 3).init(device),
-    };
-    let saved = pair(&device);
+    let saved = Pair::new(256, &device);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pair.ecf.safetensors");
     saved.save_into(&mut EcfStore::from_file(&path)).unwrap();
@@ -238,7 +245,7 @@ fn a_saved_module_loads_back_bit_identical() -> Ran {
     let only_files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(only_files.len(), 1, "a plain file was left behind");
 
-    let mut loaded = pair(&device);
+    let mut loaded = Pair::new(256, &device);
     let result = loaded.load_from(&mut EcfStore::from_file(&path)).unwrap();
     assert_eq!(result.applied.len(), 4);
     assert!(support::contents(&loaded) == support::contents(&saved));
@@ -282,10 +289,7 @@ fn missing_mismatched_and_corrupt_tensors_are_named_errors() -> Ran {
     let device = Device::ndarray();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pair.ecf.safetensors");
-    let pair = Pair {
-        first: LinearConfig::new(512, 256).init(&device),
-        second: LinearConfig::new(256, 3).init(&device),
-    };
+    let pair = Pair::new(256, &device);
     pair.save_into(&mut EcfStore::from_file(&path)).unwrap();
 
     // A tensor the module wants and the file lacks.
@@ -311,10 +315,7 @@ fn missing_mismatched_and_corrupt_tensors_are_named_errors() -> Ran {
     assert_eq!(result.missing.len(), 2, "{result}");
 
     // A shape that differs from the module's.
-    let wider = Pair {
-        first: LinearConfig::new(512, 128).init(&device),
-        second: LinearConfig::new(256, 3).init(&device),
-    };
+    let wider = Pair::new(128, &device);
     let error = support::load_error(wider, &mut EcfStore::from_file(&path));
     assert!(
         error.contains("Validation failed") && error.contains("first.weight"),
@@ -339,13 +340,19 @@ fn missing_mismatched_and_corrupt_tensors_are_named_errors() -> Ran {
     }
     let corrupt = dir.path().join("corrupt.ecf.safetensors");
     std::fs::write(&corrupt, bytes).unwrap();
-    let fresh = Pair {
-        first: LinearConfig::new(512, 256).init(&device),
-        second: LinearConfig::new(256, 3).init(&device),
-    };
+    let fresh = Pair::new(256, &device);
     let error = support::load_error(fresh, &mut EcfStore::from_file(&corrupt));
     assert!(
         error.contains("first.weight") && error.contains("corrupt.ecf.safetensors"),
+        "{error}"
+    );
+
+    // A remapping that is not a regular expression: an error at use.
+    let fresh = Pair::new(256, &device);
+    let mut store = EcfStore::from_file(&path).with_key_remapping("first(", "x");
+    let error = support::load_error(fresh, &mut store);
+    assert!(
+        error.contains("key remapping \"first(\"") && error.contains("pair.ecf.safetensors"),
         "{error}"
     );
     Ok(())

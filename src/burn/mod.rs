@@ -65,6 +65,8 @@ pub struct EcfStore {
     path: PathBuf,
     filter: PathFilter,
     remapper: KeyRemapper,
+    /// Why a remapping pattern given was refused, if one was.
+    invalid_pattern: Option<String>,
     validate: bool,
     allow_partial: bool,
     skip_enum_variants: bool,
@@ -83,6 +85,7 @@ impl EcfStore {
             path: path.into(),
             filter: PathFilter::new(),
             remapper: KeyRemapper::new(),
+            invalid_pattern: None,
             validate: true,
             allow_partial: false,
             skip_enum_variants: false,
@@ -120,22 +123,35 @@ impl EcfStore {
     }
 
     /// Adds a remapping of tensor names: `from_pattern` (a regular
-    /// expression) replaced by `to_pattern`.
-    ///
-    /// # Panics
-    /// Where `from_pattern` is not a regular expression, as
-    /// `SafetensorsStore::with_key_remapping` does.
+    /// expression) replaced by `to_pattern`. A pattern that is not a
+    /// regular expression makes every later use of the store an error
+    /// naming it (where `SafetensorsStore` panics).
     pub fn with_key_remapping(
         mut self,
         from_pattern: impl AsRef<str>,
         to_pattern: impl Into<String>,
     ) -> Self {
-        self.remapper = self
-            .remapper
-            .add_pattern(from_pattern, to_pattern)
-            .expect("Invalid regex pattern");
+        let from_pattern = from_pattern.as_ref();
+        match self.remapper.clone().add_pattern(from_pattern, to_pattern) {
+            Ok(remapper) => self.remapper = remapper,
+            Err(e) => {
+                self.invalid_pattern
+                    .get_or_insert_with(|| format!("key remapping {from_pattern:?}: {e}"));
+            }
+        }
         self.tensors = None;
         self
+    }
+
+    /// The first remapping pattern that was not a regular expression, as
+    /// an error.
+    fn check_patterns(&self) -> Result<(), EcfStoreError> {
+        match &self.invalid_pattern {
+            Some(problem) => {
+                Err(Error::Usage(format!("{}: {problem}", self.path.display())).into())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Whether tensors that could not be applied make the load an error
@@ -178,6 +194,7 @@ impl EcfStore {
     }
 
     fn tensors(&mut self) -> Result<&BTreeMap<String, PackTensor>, EcfStoreError> {
+        self.check_patterns()?;
         if self.tensors.is_none() {
             let tensors = lazy_tensors(&self.path)?;
             let (remapped, _) = self.remapper.remap(tensors);
@@ -201,6 +218,7 @@ impl ModuleStore for EcfStore {
     /// replace the destination only once it is whole); the plain file is
     /// removed whatever happens.
     fn collect_from<M: ModuleSnapshot>(&mut self, module: &M) -> Result<(), Self::Error> {
+        self.check_patterns()?;
         self.tensors = None;
         let filter = (!self.filter.is_empty()).then(|| self.filter.clone());
         let tensors = module.collect(
