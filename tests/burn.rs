@@ -45,6 +45,10 @@ fn main() {
         missing_mismatched_and_corrupt_tensors_are_named_errors,
         every_16_bit_value_decodes_on_the_shared_device_as_burn_converts_it,
         minilm_decodes_on_the_shared_device_as_burn_store_loads_it,
+        minilm_bert_kept_coded_on_ndarray_is_bit_identical,
+        minilm_bert_kept_coded_on_the_shared_device_is_bit_identical,
+        kept_coded_weights_of_every_dtype_are_burn_stores_bits,
+        kept_coded_layers_refuse_what_they_cannot_hold,
     ]);
 }
 
@@ -59,8 +63,8 @@ mod support {
         FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
         SafetensorsStore,
     };
-    use ecfloat::burn::EcfStore;
     use ecfloat::burn::bert::{Bert, BertConfig};
+    use ecfloat::burn::{CodedWeights, EcfStore};
 
     #[derive(Module, Debug)]
     pub struct Pair {
@@ -149,6 +153,52 @@ mod support {
         assert!(
             our_output.as_bytes() == their_output.as_bytes(),
             "outputs differ"
+        );
+    }
+
+    /// MiniLM with its linear layers kept coded in `weights` (opened on
+    /// `compressed`, a compression of `original`), the rest loaded from
+    /// `compressed`, against burn-store's loading of `original` on the
+    /// same device: panics where an output bit differs, in two forwards.
+    pub fn bert_kept_coded(original: &Path, compressed: &Path, weights: &CodedWeights) {
+        let device = weights.device();
+        let config = BertConfig::minilm_l6();
+        let mut theirs: Bert = config.init(device);
+        let their_result = theirs.load_from(&mut original_store(original)).unwrap();
+        let mut ours = config.init_kept_coded(weights).unwrap();
+        let our_result = ours.load_from(&mut compressed_store(compressed)).unwrap();
+        assert!(our_result.missing.is_empty() && our_result.errors.is_empty());
+        // Every linear weight is kept coded, not loaded: 6 layers of 6.
+        assert_eq!(our_result.applied.len(), 101 - 36, "{our_result}");
+        assert_eq!(
+            our_result.unused.len(),
+            their_result.unused.len() + 36,
+            "{our_result}"
+        );
+
+        let their_output = theirs.forward(token_ids(device)).into_data();
+        for run in ["first", "second"] {
+            let our_output = ours.forward(token_ids(device)).into_data();
+            assert_eq!(our_output.shape().to_vec(), vec![2, 16, 384]);
+            assert!(
+                our_output.as_bytes() == their_output.as_bytes(),
+                "{run} forward: outputs differ"
+            );
+        }
+
+        let memory = weights.memory();
+        let largest = 384 * 1536 * 4;
+        assert_eq!(
+            memory.decoded_bytes,
+            6 * (4 * 384 * 384 + 2 * 384 * 1536) * 4
+        );
+        assert!(
+            memory.coded_bytes < memory.decoded_bytes / 2,
+            "{memory:?}: BF16 weights, coded, are under half their F32 size"
+        );
+        assert!(
+            (largest / 2..=2 * largest).contains(&memory.buffer_bytes),
+            "{memory:?}: one buffer of the largest weight"
         );
     }
 
@@ -502,5 +552,159 @@ fn minilm_decodes_on_the_shared_device_as_burn_store_loads_it() -> Ran {
         let got = decoded_on(&shared, &checkpoint, &name, shape.len(), wanted).unwrap();
         assert!(got == want.as_bytes(), "{name}: bits differ");
     }
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn minilm_bert_kept_coded_on_ndarray_is_bit_identical() -> Ran {
+    let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let compressed = dir.path().join("minilm.ecf.safetensors");
+    ecfloat::container::compress_file(&original, &compressed, &Default::default()).unwrap();
+    #[allow(deprecated)]
+    let device = burn::tensor::Device::ndarray();
+    let weights = ecfloat::burn::CodedWeights::open(&compressed, &device).unwrap();
+    support::bert_kept_coded(&original, &compressed, &weights);
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn minilm_bert_kept_coded_on_the_shared_device_is_bit_identical() -> Ran {
+    let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
+    let shared = require_shared_device()?;
+    let dir = tempfile::tempdir().unwrap();
+    let compressed = dir.path().join("minilm.ecf.safetensors");
+    ecfloat::container::compress_file(&original, &compressed, &Default::default()).unwrap();
+    let weights = ecfloat::burn::CodedWeights::open_shared(&compressed, &shared).unwrap();
+    support::bert_kept_coded(&original, &compressed, &weights);
+    Ok(())
+}
+
+/// A compressed checkpoint of one linear weight per float dtype, odd
+/// shapes, every bit pattern the seed gives (NaNs, infinities, subnormals
+/// among them), and the plain file it was compressed from.
+#[cfg(feature = "burn")]
+fn odd_linear_weights(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use safetensors::tensor::TensorView;
+
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut bytes = |count: usize| -> Vec<u8> {
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let (bf16, f16, f32) = (bytes(2 * 7 * 5), bytes(2 * 7 * 5), bytes(4 * 3 * 9));
+    let views = [
+        (
+            "bf16.weight",
+            TensorView::new(safetensors::Dtype::BF16, vec![7, 5], &bf16).unwrap(),
+        ),
+        (
+            "f16.weight",
+            TensorView::new(safetensors::Dtype::F16, vec![7, 5], &f16).unwrap(),
+        ),
+        (
+            "f32.weight",
+            TensorView::new(safetensors::Dtype::F32, vec![3, 9], &f32).unwrap(),
+        ),
+    ];
+    let plain = dir.join("odd.safetensors");
+    safetensors::serialize_to_file(views, None, &plain).unwrap();
+    let compressed = dir.join("odd.ecf.safetensors");
+    ecfloat::container::compress_file(&plain, &compressed, &Default::default()).unwrap();
+    (plain, compressed)
+}
+
+#[cfg(feature = "burn")]
+fn kept_coded_weights_of_every_dtype_are_burn_stores_bits() -> Ran {
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn_store::{ModuleSnapshot, SafetensorsStore};
+    use ecfloat::burn::CodedWeights;
+
+    #[derive(Module, Debug)]
+    struct One {
+        layer: Linear,
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, compressed) = odd_linear_weights(dir.path());
+    #[allow(deprecated)]
+    let mut places = vec![(
+        "host",
+        CodedWeights::open(&compressed, &burn::tensor::Device::ndarray()).unwrap(),
+    )];
+    match require_shared_device() {
+        Ok(shared) => places.push((
+            "shared",
+            CodedWeights::open_shared(&compressed, &shared).unwrap(),
+        )),
+        Err(skip) => println!("shared device not tried: {skip:?}"),
+    }
+    for (place, weights) in &places {
+        let device = weights.device();
+        for (prefix, [output, input]) in [("bf16", [7, 5]), ("f16", [7, 5]), ("f32", [3, 9])] {
+            let mut theirs = One {
+                layer: LinearConfig::new(input, output)
+                    .with_bias(false)
+                    .init(device),
+            };
+            let mut store = SafetensorsStore::from_file(&plain)
+                .with_key_remapping(format!("^{prefix}\\."), "layer.")
+                .with_from_adapter(support::adapter())
+                .allow_partial(true);
+            let result = theirs.load_from(&mut store).unwrap();
+            assert_eq!(result.applied, ["layer.weight"], "{result}");
+            let want = theirs.layer.weight.val().into_data();
+
+            let coded = weights.linear(prefix, input, output, false).unwrap();
+            assert_eq!(coded.weight.dims(), [input, output]);
+            // Twice: the second decode reuses the buffer the first filled.
+            for run in ["first", "second"] {
+                let got = coded.weight.get().unwrap().into_data();
+                assert_eq!(got.shape().to_vec(), vec![input, output]);
+                assert!(
+                    got.as_bytes() == want.as_bytes(),
+                    "{place}, {prefix}, {run} decode: bits differ"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn kept_coded_layers_refuse_what_they_cannot_hold() -> Ran {
+    use ecfloat::burn::CodedWeights;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_, compressed) = odd_linear_weights(dir.path());
+    #[allow(deprecated)]
+    let weights = CodedWeights::open(&compressed, &burn::tensor::Device::ndarray()).unwrap();
+    let error = weights.linear("bf16", 7, 5, true).unwrap_err().to_string();
+    assert!(
+        error.contains("bf16.weight") && error.contains("[7, 5]") && error.contains("odd.ecf"),
+        "{error}"
+    );
+    let error = weights
+        .linear("absent", 7, 5, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("absent.weight") && error.contains("not in"),
+        "{error}"
+    );
+    let layer = weights.linear("bf16", 5, 7, true).unwrap();
+    let input = burn::tensor::Tensor::<2>::zeros([2, 4], weights.device());
+    let error = layer.try_forward(input).unwrap_err().to_string();
+    assert!(
+        error.contains("bf16.weight") && error.contains("width 4"),
+        "{error}"
+    );
     Ok(())
 }

@@ -91,7 +91,7 @@ pub struct WgpuDevice {
     decode_layout: wgpu::BindGroupLayout,
     copy_pipeline: wgpu::ComputePipeline,
     copy_layout: wgpu::BindGroupLayout,
-    /// The widening pipelines (BF16, F16) and their layout, made on first
+    /// The widening pipelines (BF16, F16, F32) and their layout, made on first
     /// use: only a framework sharing the device needs them.
     widen: Mutex<Option<Arc<WidenPipelines>>>,
     /// Timestamp queries are available for device-side timing.
@@ -285,12 +285,14 @@ impl WgpuDevice {
         &self.queue
     }
 
-    /// Widens `elements` 16-bit floats of `dtype` (BF16 or F16) from the
-    /// start of `narrow` into f32 at byte `offset` of `wide`, exactly as
-    /// the `half` crate's `to_f32` converts each (`shaders/widen.wgsl`),
-    /// and waits for it. `offset` must be a multiple of the device's
-    /// storage-buffer offset alignment; work submitted to the queue before
-    /// this call runs before it.
+    /// Widens `elements` floats of `dtype` (BF16, F16, or F32, which is
+    /// only copied) from the start of `narrow` into f32 at byte `offset`
+    /// of `wide`, exactly as the `half` crate's `to_f32` converts each
+    /// (`shaders/widen.wgsl`), and waits for it. With `transpose`, the
+    /// source is a `[rows, columns]` matrix written as its
+    /// `[columns, rows]` transpose. `offset` must be a multiple of the
+    /// device's storage-buffer offset alignment; work submitted to the
+    /// queue before this call runs before it.
     pub fn widen(
         &self,
         dtype: safetensors::Dtype,
@@ -298,30 +300,43 @@ impl WgpuDevice {
         wide: &wgpu::Buffer,
         offset: u64,
         elements: u64,
+        transpose: Option<[u64; 2]>,
     ) -> Result<()> {
-        let entry_point = match dtype {
-            safetensors::Dtype::BF16 => 0,
-            safetensors::Dtype::F16 => 1,
+        let (entry_point, element_bytes) = match dtype {
+            safetensors::Dtype::BF16 => (0, 2),
+            safetensors::Dtype::F16 => (1, 2),
+            safetensors::Dtype::F32 => (2, 4),
             other => {
                 return Err(backend_error(
                     NAME,
-                    format!("widening {other:?} to f32: only BF16 and F16 are widened"),
+                    format!("widening {other:?} to f32: only BF16, F16 and F32 are widened"),
                 ));
             }
         };
+        let [rows, columns] = transpose.unwrap_or([0, 0]);
+        if transpose.is_some() && rows.checked_mul(columns) != Some(elements) {
+            return Err(backend_error(
+                NAME,
+                format!(
+                    "widening {dtype:?} to f32: a {rows}×{columns} matrix is not {elements} elements"
+                ),
+            ));
+        }
         if elements == 0 {
             return Ok(());
         }
-        let narrow_bytes = (elements * 2).next_multiple_of(4);
+        let narrow_bytes = (elements * element_bytes).next_multiple_of(4);
         let wide_bytes = elements * 4;
         let alignment = u64::from(self.limits.min_storage_buffer_offset_alignment);
-        let problem = if u32::try_from(elements).is_err() {
+        // The shader's element index, stepped by a whole dispatch, must not
+        // wrap: half the 32-bit range leaves room for any step.
+        let problem = if elements > u64::from(u32::MAX / 2) {
             Some(format!(
                 "{elements} elements are more than one dispatch counts"
             ))
         } else if narrow.size() < narrow_bytes {
             Some(format!(
-                "a {}-byte source cannot hold {elements} 16-bit values",
+                "a {}-byte source cannot hold {elements} {dtype:?} values",
                 narrow.size()
             ))
         } else if offset
@@ -358,8 +373,8 @@ impl WgpuDevice {
                     contents: bytemuck::cast_slice(&[
                         elements as u32,
                         workgroups * layout::WORKGROUP_SIZE,
-                        0,
-                        0,
+                        columns as u32,
+                        rows as u32,
                     ]),
                     usage: wgpu::BufferUsages::UNIFORM,
                 });
@@ -407,8 +422,15 @@ impl WgpuDevice {
             WIDEN_SHADER,
             &bindings,
         )?;
+        let f32 = compute_pipeline(
+            &self.device,
+            &self.lost,
+            "widen_f32",
+            WIDEN_SHADER,
+            &bindings,
+        )?;
         let pipelines = Arc::new(WidenPipelines {
-            pipelines: [bf16, f16],
+            pipelines: [bf16, f16, f32],
         });
         *widen = Some(pipelines.clone());
         Ok(pipelines)
@@ -997,10 +1019,10 @@ fn scoped<T>(
     Ok(value)
 }
 
-/// The pipelines of `shaders/widen.wgsl`, BF16 then F16, each with its
-/// bind group layout.
+/// The pipelines of `shaders/widen.wgsl`, BF16, F16 then F32, each with
+/// its bind group layout.
 struct WidenPipelines {
-    pipelines: [(wgpu::ComputePipeline, wgpu::BindGroupLayout); 2],
+    pipelines: [(wgpu::ComputePipeline, wgpu::BindGroupLayout); 3],
 }
 
 #[derive(Clone, Copy)]

@@ -2,13 +2,37 @@
 //! parameters are named as Hugging Face's BERT checkpoints name theirs, up
 //! to [`BertConfig::key_remapper`] and burn-store's
 //! `PyTorchToBurnAdapter`: what the burn integration is proven on, with
-//! sentence-transformers' all-MiniLM-L6-v2.
+//! sentence-transformers' all-MiniLM-L6-v2. Its linear layers are burn's
+//! [`Linear`], or [`CodedLinear`] with their weights kept coded
+//! ([`BertConfig::init_kept_coded`]).
+
+use std::convert::Infallible;
 
 use ::burn::module::Module;
 use ::burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use ::burn::tensor::activation::{gelu, softmax};
 use ::burn::tensor::{Device, Int, Tensor};
 use burn_store::KeyRemapper;
+
+use super::coded::{CodedLinear, CodedWeights};
+use crate::error::Error;
+
+/// A linear layer of BERT's blocks: burn's [`Linear`], or a [`CodedLinear`].
+pub trait BertLinear: Module {
+    fn forward(&self, input: Tensor<3>) -> Tensor<3>;
+}
+
+impl BertLinear for Linear {
+    fn forward(&self, input: Tensor<3>) -> Tensor<3> {
+        Linear::forward(self, input)
+    }
+}
+
+impl BertLinear for CodedLinear {
+    fn forward(&self, input: Tensor<3>) -> Tensor<3> {
+        CodedLinear::forward(self, input)
+    }
+}
 
 /// The shape of a BERT model.
 #[derive(Clone, Debug)]
@@ -50,56 +74,89 @@ impl BertConfig {
 
     /// The model, its parameters initialised on `device` (to be loaded).
     pub fn init(&self, device: &Device) -> Bert {
-        let linear = |input, output| LinearConfig::new(input, output).init(device);
+        let linear = |_: &str, input, output| {
+            Ok::<_, Infallible>(LinearConfig::new(input, output).init(device))
+        };
+        match self.init_with(device, linear) {
+            Ok(model) => model,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The model with every linear layer's weight kept coded in `weights`
+    /// (a Hugging Face BERT checkpoint), on its device; the other
+    /// parameters, biases among them, are initialised to be loaded.
+    pub fn init_kept_coded(&self, weights: &CodedWeights) -> Result<Bert<CodedLinear>, Error> {
+        self.init_with(weights.device(), |prefix, input, output| {
+            weights.linear(prefix, input, output, true)
+        })
+    }
+
+    /// The model, with each linear layer made by `linear` from its prefix
+    /// in a Hugging Face BERT checkpoint, its inputs and its outputs.
+    fn init_with<L: BertLinear, E>(
+        &self,
+        device: &Device,
+        mut linear: impl FnMut(&str, usize, usize) -> Result<L, E>,
+    ) -> Result<Bert<L>, E> {
         let norm = || {
             LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
         let hidden = self.hidden_size;
-        Bert {
+        let mut layers = Vec::with_capacity(self.layers);
+        for index in 0..self.layers {
+            let prefix = format!("encoder.layer.{index}");
+            layers.push(BertLayer {
+                attention: BertAttention {
+                    self_attention: BertSelfAttention {
+                        query: linear(&format!("{prefix}.attention.self.query"), hidden, hidden)?,
+                        key: linear(&format!("{prefix}.attention.self.key"), hidden, hidden)?,
+                        value: linear(&format!("{prefix}.attention.self.value"), hidden, hidden)?,
+                        heads: self.heads,
+                    },
+                    output: BertProjection {
+                        dense: linear(&format!("{prefix}.attention.output.dense"), hidden, hidden)?,
+                        layer_norm: norm(),
+                    },
+                },
+                intermediate: BertIntermediate {
+                    dense: linear(
+                        &format!("{prefix}.intermediate.dense"),
+                        hidden,
+                        self.intermediate_size,
+                    )?,
+                },
+                output: BertProjection {
+                    dense: linear(
+                        &format!("{prefix}.output.dense"),
+                        self.intermediate_size,
+                        hidden,
+                    )?,
+                    layer_norm: norm(),
+                },
+            });
+        }
+        Ok(Bert {
             embeddings: BertEmbeddings {
                 word_embeddings: EmbeddingConfig::new(self.vocab_size, hidden).init(device),
                 position_embeddings: EmbeddingConfig::new(self.max_positions, hidden).init(device),
                 token_type_embeddings: EmbeddingConfig::new(self.token_types, hidden).init(device),
                 layer_norm: norm(),
             },
-            encoder: BertEncoder {
-                layer: (0..self.layers)
-                    .map(|_| BertLayer {
-                        attention: BertAttention {
-                            self_attention: BertSelfAttention {
-                                query: linear(hidden, hidden),
-                                key: linear(hidden, hidden),
-                                value: linear(hidden, hidden),
-                                heads: self.heads,
-                            },
-                            output: BertProjection {
-                                dense: linear(hidden, hidden),
-                                layer_norm: norm(),
-                            },
-                        },
-                        intermediate: BertIntermediate {
-                            dense: linear(hidden, self.intermediate_size),
-                        },
-                        output: BertProjection {
-                            dense: linear(self.intermediate_size, hidden),
-                            layer_norm: norm(),
-                        },
-                    })
-                    .collect(),
-            },
-        }
+            encoder: BertEncoder { layer: layers },
+        })
     }
 }
 
 #[derive(Module, Debug)]
-pub struct Bert {
+pub struct Bert<L: Module + BertLinear = Linear> {
     pub embeddings: BertEmbeddings,
-    pub encoder: BertEncoder,
+    pub encoder: BertEncoder<L>,
 }
 
-impl Bert {
+impl<L: Module + BertLinear> Bert<L> {
     /// The last hidden state, `[batch, tokens, hidden]`, of `token_ids`
     /// (`[batch, tokens]`, every token attended to), all of token type 0.
     pub fn forward(&self, token_ids: Tensor<2, Int>) -> Tensor<3> {
@@ -135,18 +192,18 @@ impl BertEmbeddings {
 }
 
 #[derive(Module, Debug)]
-pub struct BertEncoder {
-    pub layer: Vec<BertLayer>,
+pub struct BertEncoder<L: Module + BertLinear = Linear> {
+    pub layer: Vec<BertLayer<L>>,
 }
 
 #[derive(Module, Debug)]
-pub struct BertLayer {
-    pub attention: BertAttention,
-    pub intermediate: BertIntermediate,
-    pub output: BertProjection,
+pub struct BertLayer<L: Module + BertLinear = Linear> {
+    pub attention: BertAttention<L>,
+    pub intermediate: BertIntermediate<L>,
+    pub output: BertProjection<L>,
 }
 
-impl BertLayer {
+impl<L: Module + BertLinear> BertLayer<L> {
     fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let attended = self.attention.forward(hidden);
         let expanded = gelu(self.intermediate.dense.forward(attended.clone()));
@@ -155,12 +212,12 @@ impl BertLayer {
 }
 
 #[derive(Module, Debug)]
-pub struct BertAttention {
-    pub self_attention: BertSelfAttention,
-    pub output: BertProjection,
+pub struct BertAttention<L: Module + BertLinear = Linear> {
+    pub self_attention: BertSelfAttention<L>,
+    pub output: BertProjection<L>,
 }
 
-impl BertAttention {
+impl<L: Module + BertLinear> BertAttention<L> {
     fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let context = self.self_attention.forward(hidden.clone());
         self.output.forward(context, hidden)
@@ -168,14 +225,14 @@ impl BertAttention {
 }
 
 #[derive(Module, Debug)]
-pub struct BertSelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+pub struct BertSelfAttention<L: Module + BertLinear = Linear> {
+    pub query: L,
+    pub key: L,
+    pub value: L,
     pub heads: usize,
 }
 
-impl BertSelfAttention {
+impl<L: Module + BertLinear> BertSelfAttention<L> {
     fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [batch, tokens, width] = hidden.dims();
         let head_width = width / self.heads;
@@ -195,19 +252,19 @@ impl BertSelfAttention {
 }
 
 #[derive(Module, Debug)]
-pub struct BertIntermediate {
-    pub dense: Linear,
+pub struct BertIntermediate<L: Module + BertLinear = Linear> {
+    pub dense: L,
 }
 
 /// A projection back to the hidden width, added to the residual and
 /// normalised (BERT's `…output`).
 #[derive(Module, Debug)]
-pub struct BertProjection {
-    pub dense: Linear,
+pub struct BertProjection<L: Module + BertLinear = Linear> {
+    pub dense: L,
     pub layer_norm: LayerNorm,
 }
 
-impl BertProjection {
+impl<L: Module + BertLinear> BertProjection<L> {
     fn forward(&self, input: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         self.layer_norm
             .forward(self.dense.forward(input) + residual)

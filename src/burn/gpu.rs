@@ -10,6 +10,8 @@
 //! decoder, which stores whole 4-byte words, writes the slice and at most
 //! its padding.
 
+use std::sync::Arc;
+
 use ::burn::backend::Wgpu;
 use ::burn::backend::wgpu::{RuntimeOptions, WgpuSetup};
 use ::burn::tensor::{DType, Device, Tensor};
@@ -24,10 +26,19 @@ use crate::error::{Error, Result};
 
 const NAME: &str = "wgpu";
 
-/// A wgpu device that ecfloat's decoder and burn share.
+/// A wgpu device that ecfloat's decoder and burn share. Clones share it.
+#[derive(Clone)]
 pub struct SharedDevice {
-    backend: WgpuBackend,
+    backend: Arc<WgpuBackend>,
     device: Device,
+}
+
+impl std::fmt::Debug for SharedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDevice")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SharedDevice {
@@ -46,7 +57,7 @@ impl SharedDevice {
         let device = cubecl_wgpu::try_init_device(setup, RuntimeOptions::default())
             .map_err(|e| unavailable(NAME, format!("burn cannot take over the device: {e}")))?;
         Ok(SharedDevice {
-            backend,
+            backend: Arc::new(backend),
             device: Device::from(device),
         })
     }
@@ -180,6 +191,7 @@ impl SharedDevice {
                 &resource.buffer,
                 resource.offset,
                 elements as u64,
+                None,
             )?;
         } else if decoded_bytes > 0 {
             let out = GpuBuffer::new(resource.buffer.clone(), resource.buffer.size());

@@ -26,8 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod bert;
+mod coded;
 mod gpu;
 
+pub use coded::{CodedLinear, CodedMemory, CodedWeight, CodedWeights};
 pub use gpu::SharedDevice;
 
 use ::burn::tensor::{Bytes, DType};

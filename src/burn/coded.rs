@@ -1,0 +1,497 @@
+//! Weights kept coded (the DFloat11 mode): a linear layer whose weight stays
+//! in its compressed form and is decoded just before each `forward`, into
+//! one buffer every kept-coded weight of a [`CodedWeights`] reuses.
+//!
+//! On a [`SharedDevice`] the coded blocks are uploaded once and the WGSL
+//! decoder decodes them on the GPU, widened to F32 and laid out as burn's
+//! `Linear` holds its weight (`[in, out]`) straight into a burn tensor's
+//! buffer. On any other burn device (burn's CPU backend, ndarray, among
+//! them) the coded bytes stay in host memory, the CPU decoder decodes them
+//! and checks them against the checksum recorded at compression, and the
+//! weight is handed to the device as burn's own loading hands it.
+//!
+//! The F32 weight a forward computes with has the bits burn-store's
+//! loading of the original gives with `PyTorchToBurnAdapter` and
+//! `FloatCastAdapter::to(F32)`, so a model with its linear layers kept
+//! coded computes what the same model loaded decoded computes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ::burn::backend::Wgpu;
+use ::burn::module::{Module, Param};
+use ::burn::tensor::module::linear;
+use ::burn::tensor::{DType, Device, Tensor, TensorData};
+use cubecl_wgpu::{AutoCompiler, WgpuServer};
+use serde::Serialize;
+
+use super::SharedDevice;
+use crate::backend::wgpu::WgpuBackend;
+use crate::backend::{Backend, DecodeJob, DeviceBuffer, DeviceTensor, backend_error};
+use crate::container::{CompressedCheckpoint, Storage, cpu_decoder};
+use crate::error::{Error, Result};
+
+const NAME: &str = "wgpu";
+
+/// A compressed checkpoint whose weights [`CodedLinear`] layers keep coded.
+/// Clones share the checkpoint, the coded weights and the decode buffer.
+#[derive(Clone)]
+pub struct CodedWeights {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    checkpoint: CompressedCheckpoint,
+    place: Place,
+    state: Mutex<State>,
+}
+
+/// Where the coded weights live and are decoded.
+enum Place {
+    /// In host memory, decoded by the CPU decoder, then handed to `device`.
+    Host { device: Device },
+    /// On the shared GPU, decoded by the WGSL decoder.
+    Shared { shared: SharedDevice },
+}
+
+#[derive(Default)]
+struct State {
+    /// Every weight a layer keeps coded, by name: its coded blocks on the
+    /// GPU where the place is shared.
+    weights: HashMap<String, KeptWeight>,
+    buffers: Buffers,
+}
+
+/// What every weight is decoded into.
+#[derive(Default)]
+struct Buffers {
+    /// The decoded bytes of the weight decoded last, as stored (host), or
+    /// the GPU buffer the decoder writes them into before they are widened.
+    host_scratch: Vec<u8>,
+    device_scratch: Option<Box<dyn DeviceBuffer>>,
+    /// The burn tensor each weight is widened into on the GPU, as many F32
+    /// elements as the largest weight.
+    wide: Option<Tensor<1>>,
+}
+
+struct KeptWeight {
+    dtype: safetensors::Dtype,
+    /// `[out, in]`, as the checkpoint stores it.
+    shape: [usize; 2],
+    coded_bytes: u64,
+    uploaded: Option<Box<dyn DeviceTensor>>,
+}
+
+/// What a [`CodedWeights`] holds for its kept-coded weights, in bytes.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct CodedMemory {
+    /// The coded weights (and any stored raw), held for the model's life:
+    /// in device memory on a shared device, in host memory otherwise.
+    pub coded_bytes: u64,
+    /// The buffers each weight is decoded into: the decoder's output and
+    /// the F32 weight, each the size of the largest weight (on the host,
+    /// the decoder's output; the F32 weight is burn's for one forward).
+    pub buffer_bytes: u64,
+    /// The same weights decoded, as F32: what a model loaded decoded holds
+    /// for them.
+    pub decoded_bytes: u64,
+}
+
+impl std::fmt::Debug for CodedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match &self.inner.place {
+            Place::Host { device } => format!("host, for {device:?}"),
+            Place::Shared { shared } => format!("{:?}", shared.device()),
+        };
+        f.debug_struct("CodedWeights")
+            .field("place", &place)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CodedWeights {
+    /// Opens a compressed file or checkpoint directory whose weights stay
+    /// coded in host memory and are decoded by the CPU decoder for layers
+    /// on `device`.
+    pub fn open(path: &std::path::Path, device: &Device) -> Result<Self> {
+        Ok(Self::new(
+            CompressedCheckpoint::open(path)?,
+            Place::Host {
+                device: device.clone(),
+            },
+        ))
+    }
+
+    /// Opens a compressed file or checkpoint directory whose weights are
+    /// uploaded coded to `shared` and decoded there by the WGSL decoder.
+    pub fn open_shared(path: &std::path::Path, shared: &SharedDevice) -> Result<Self> {
+        Ok(Self::new(
+            CompressedCheckpoint::open(path)?,
+            Place::Shared {
+                shared: shared.clone(),
+            },
+        ))
+    }
+
+    fn new(checkpoint: CompressedCheckpoint, place: Place) -> Self {
+        CodedWeights {
+            inner: Arc::new(Inner {
+                checkpoint,
+                place,
+                state: Mutex::default(),
+            }),
+        }
+    }
+
+    /// burn's device the layers compute on.
+    pub fn device(&self) -> &Device {
+        match &self.inner.place {
+            Place::Host { device } => device,
+            Place::Shared { shared } => shared.device(),
+        }
+    }
+
+    /// A linear layer of `input` features to `output` whose weight is the
+    /// checkpoint's `{prefix}.weight`, kept coded, stored as PyTorch stores
+    /// it (`[output, input]`; BF16, F16 or F32). Its bias, where `bias`,
+    /// is an ordinary parameter, zeros until a store loads
+    /// `{prefix}.bias` into it.
+    pub fn linear(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        bias: bool,
+    ) -> Result<CodedLinear> {
+        let name = format!("{prefix}.weight");
+        let (file, stored) = self
+            .inner
+            .checkpoint
+            .get(&name)
+            .ok_or_else(|| Error::Usage(format!("tensor {name} is not in the checkpoint")))?;
+        let source = &stored.source;
+        let problem = if !matches!(
+            source.dtype,
+            safetensors::Dtype::BF16 | safetensors::Dtype::F16 | safetensors::Dtype::F32
+        ) {
+            Some(format!(
+                "a {:?} weight cannot be kept coded: BF16, F16 and F32 can",
+                source.dtype
+            ))
+        } else if source.shape != [output, input] {
+            Some(format!(
+                "its shape is {:?}; a linear layer of {input} inputs and {output} outputs \
+                 stores [{output}, {input}]",
+                source.shape
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::corrupt(file.path(), Some(&name), problem));
+        }
+        let mut state = self.state();
+        if !state.weights.contains_key(&name) {
+            let uploaded = match &self.inner.place {
+                Place::Host { .. } => None,
+                Place::Shared { shared } => {
+                    let backend = shared.backend();
+                    let uploaded = match &stored.storage {
+                        Storage::Raw => backend.upload_raw(file.stored_bytes(stored)),
+                        Storage::Coded(coded) => file
+                            .block_index(&name, coded)
+                            .and_then(|index| backend.upload(&file.view(coded), &index)),
+                    };
+                    Some(uploaded.map_err(|e| e.in_tensor(file.path(), &name))?)
+                }
+            };
+            let coded_bytes = match &uploaded {
+                Some(uploaded) => uploaded.resident_bytes(),
+                None => file.stored_bytes(stored).len() as u64,
+            };
+            state.weights.insert(
+                name.clone(),
+                KeptWeight {
+                    dtype: source.dtype,
+                    shape: [output, input],
+                    coded_bytes,
+                    uploaded,
+                },
+            );
+        }
+        drop(state);
+        let bias = bias.then(|| Param::from_tensor(Tensor::zeros([output], self.device())));
+        Ok(CodedLinear {
+            bias,
+            weight: CodedWeight {
+                weights: self.clone(),
+                name,
+                input,
+                output,
+            },
+        })
+    }
+
+    /// What the kept-coded weights hold.
+    pub fn memory(&self) -> CodedMemory {
+        let state = self.state();
+        let coded_bytes = state.weights.values().map(|w| w.coded_bytes).sum();
+        let decoded_bytes = state
+            .weights
+            .values()
+            .map(|w| (w.shape[0] * w.shape[1] * 4) as u64)
+            .sum();
+        let buffers = &state.buffers;
+        let wide_bytes = buffers
+            .wide
+            .as_ref()
+            .map_or(0, |wide| (wide.shape().num_elements() * 4) as u64);
+        let scratch_bytes = buffers
+            .device_scratch
+            .as_ref()
+            .map_or(buffers.host_scratch.capacity() as u64, |scratch| {
+                scratch.len()
+            });
+        CodedMemory {
+            coded_bytes,
+            buffer_bytes: scratch_bytes + wide_bytes,
+            decoded_bytes,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Weight `name`, decoded as F32 and laid out `[in, out]`.
+    fn decode(&self, name: &str) -> Result<Tensor<2>> {
+        let mut state = self.state();
+        let state = &mut *state;
+        let weight = state
+            .weights
+            .get(name)
+            .ok_or_else(|| Error::Usage(format!("tensor {name} is not kept coded")))?;
+        let [output, input] = weight.shape;
+        match &self.inner.place {
+            Place::Host { device } => {
+                let (file, stored) = self.inner.checkpoint.get(name).ok_or_else(|| {
+                    Error::Usage(format!("tensor {name} is not in the checkpoint"))
+                })?;
+                let scratch = &mut state.buffers.host_scratch;
+                scratch.clear();
+                scratch.resize(stored.source.len(), 0);
+                file.read_tensor_into(stored, &cpu_decoder(Default::default()), scratch)?;
+                let wide = widen_transposed(weight.dtype, scratch, [output, input]);
+                Ok(Tensor::from_data(
+                    TensorData::new(wide, [input, output]),
+                    (device, DType::F32),
+                ))
+            }
+            Place::Shared { shared } => {
+                let uploaded = weight
+                    .uploaded
+                    .as_deref()
+                    .ok_or_else(|| backend_error(NAME, "the weight was not uploaded"))?;
+                let largest = state
+                    .weights
+                    .values()
+                    .map(|w| w.shape[0] * w.shape[1])
+                    .max()
+                    .unwrap_or(0);
+                decode_on_device(
+                    shared,
+                    &mut state.buffers,
+                    largest,
+                    uploaded,
+                    weight.dtype,
+                    [output, input],
+                )
+                .map_err(|e| e.in_tensor(self.inner_path(name), name))
+            }
+        }
+    }
+
+    fn inner_path(&self, name: &str) -> &std::path::Path {
+        self.inner
+            .checkpoint
+            .get(name)
+            .map_or(std::path::Path::new(""), |(file, _)| file.path())
+    }
+}
+
+/// Decodes `uploaded` on the shared device into the reused scratch, widens
+/// it into the reused burn tensor transposed, and returns that tensor's
+/// first `out × in` elements as `[in, out]`. The buffers are made, or
+/// remade, for `largest` elements.
+fn decode_on_device(
+    shared: &SharedDevice,
+    state: &mut Buffers,
+    largest: usize,
+    uploaded: &dyn DeviceTensor,
+    dtype: safetensors::Dtype,
+    [output, input]: [usize; 2],
+) -> Result<Tensor<2>> {
+    let backend = shared.backend();
+    let elements = output * input;
+    let largest = largest.max(1);
+    let decoded_capacity = (largest as u64 * 4).next_multiple_of(backend.output_alignment());
+    if state
+        .device_scratch
+        .as_ref()
+        .is_none_or(|scratch| scratch.len() < decoded_capacity)
+    {
+        state.device_scratch = None;
+        state.device_scratch = Some(backend.alloc(decoded_capacity)?);
+    }
+    if state
+        .wide
+        .as_ref()
+        .is_none_or(|wide| wide.shape().num_elements() < largest)
+    {
+        state.wide = Some(Tensor::<1>::empty([largest], (shared.device(), DType::F32)));
+    }
+    let (Some(scratch), Some(wide)) = (&state.device_scratch, &state.wide) else {
+        return Err(backend_error(NAME, "no decode buffer"));
+    };
+    if uploaded.decoded_bytes() > 0 {
+        backend.decode(
+            &[DecodeJob {
+                tensor: uploaded,
+                offset: 0,
+            }],
+            scratch.as_ref(),
+        )?;
+    }
+    let narrow = WgpuBackend::buffer(scratch.as_ref())
+        .ok_or_else(|| backend_error(NAME, "the decode buffer is not wgpu's"))?;
+    let primitive = wide.clone().try_into_primitive::<Wgpu>().map_err(|e| {
+        backend_error(
+            NAME,
+            format!("the burn tensor is not on a wgpu device: {e:?}"),
+        )
+    })?;
+    // Taking the resource submits cubecl's pending work first: the forward
+    // that read the weight decoded before this one runs before it is
+    // overwritten.
+    let managed = primitive
+        .client
+        .get_resource::<WgpuServer<AutoCompiler>>(primitive.handle.clone())
+        .map_err(|e| backend_error(NAME, format!("burn's buffer: {e:?}")))?;
+    let resource = managed.resource();
+    if resource.size < elements as u64 * 4 {
+        return Err(backend_error(
+            NAME,
+            format!(
+                "burn's {}-byte buffer cannot take a {elements}-element weight",
+                resource.size
+            ),
+        ));
+    }
+    backend.device().widen(
+        dtype,
+        narrow,
+        &resource.buffer,
+        resource.offset,
+        elements as u64,
+        Some([output as u64, input as u64]),
+    )?;
+    drop(managed);
+    Ok(wide.clone().slice(0..elements).reshape([input, output]))
+}
+
+/// `[rows, columns]` values of `dtype` (BF16, F16 or F32) as F32, written
+/// as their `[columns, rows]` transpose: burn-store's loading with
+/// `PyTorchToBurnAdapter` (a transposition) and `FloatCastAdapter::to(F32)`
+/// (the `half` crate's `to_f32`).
+fn widen_transposed(
+    dtype: safetensors::Dtype,
+    bytes: &[u8],
+    [rows, columns]: [usize; 2],
+) -> Vec<f32> {
+    let value = |i: usize| -> f32 {
+        match dtype {
+            safetensors::Dtype::BF16 => {
+                half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+            }
+            safetensors::Dtype::F16 => {
+                half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+            }
+            _ => f32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ]),
+        }
+    };
+    let mut wide = Vec::with_capacity(rows * columns);
+    for column in 0..columns {
+        wide.extend((0..rows).map(|row| value(row * columns + column)));
+    }
+    wide
+}
+
+/// One kept-coded weight of a [`CodedWeights`].
+#[derive(Clone, Debug)]
+pub struct CodedWeight {
+    weights: CodedWeights,
+    name: String,
+    input: usize,
+    output: usize,
+}
+
+impl CodedWeight {
+    /// The checkpoint's name for it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `[in, out]`, as [`get`](Self::get) gives it.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.input, self.output]
+    }
+
+    /// The weight decoded, `[in, out]` F32 as burn's `Linear` holds it;
+    /// it is valid until another weight of the same [`CodedWeights`] is
+    /// decoded, which overwrites the buffer it is in.
+    pub fn get(&self) -> Result<Tensor<2>> {
+        self.weights.decode(&self.name)
+    }
+}
+
+/// A linear layer whose weight stays coded ([`CodedWeights::linear`]); its
+/// bias is an ordinary parameter, loaded by a store as `Linear`'s is. Moving
+/// it to another device moves the bias only.
+#[derive(Module, Debug)]
+pub struct CodedLinear {
+    pub bias: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub weight: CodedWeight,
+}
+
+impl CodedLinear {
+    /// burn's `Linear::forward` with the weight decoded for it. Panics where
+    /// the decode fails (the device lost, or host memory changed under a
+    /// checked weight), naming the file and the weight, as burn's own
+    /// operations panic on device failures; [`try_forward`](Self::try_forward)
+    /// returns the error instead.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        match self.try_forward(input) {
+            Ok(output) => output,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`forward`](Self::forward), with a failed decode as an error.
+    pub fn try_forward<const D: usize>(&self, input: Tensor<D>) -> Result<Tensor<D>> {
+        let width = input.dims()[D - 1];
+        if width != self.weight.input {
+            return Err(Error::Usage(format!(
+                "{}: an input of width {width} to a layer of {} inputs",
+                self.weight.name, self.weight.input
+            )));
+        }
+        let weight = self.weight.get()?;
+        Ok(linear(input, weight, self.bias.as_ref().map(Param::val)))
+    }
+}
