@@ -45,6 +45,8 @@ fn main() {
         missing_mismatched_and_corrupt_tensors_are_named_errors,
         every_16_bit_value_decodes_on_the_shared_device_as_burn_converts_it,
         minilm_decodes_on_the_shared_device_as_burn_store_loads_it,
+        minilm_bert_decoded_on_the_shared_device_is_bit_identical,
+        a_shared_device_store_falls_back_and_names_corrupt_tensors,
         minilm_bert_kept_coded_on_ndarray_is_bit_identical,
         minilm_bert_kept_coded_on_the_shared_device_is_bit_identical,
         kept_coded_weights_of_every_dtype_are_burn_stores_bits,
@@ -64,7 +66,7 @@ mod support {
         SafetensorsStore,
     };
     use ecfloat::burn::bert::{Bert, BertConfig};
-    use ecfloat::burn::{CodedWeights, EcfStore};
+    use ecfloat::burn::{CodedWeights, EcfStore, SharedDevice};
 
     #[derive(Module, Debug)]
     pub struct Pair {
@@ -124,9 +126,10 @@ mod support {
         Tensor::from_data(TensorData::new(ids, [2, 16]), device)
     }
 
-    /// MiniLM loaded both ways on `device`; panics where they differ in a
+    /// MiniLM loaded both ways on `device` (ours decoded on `shared`, where
+    /// given, whose device `device` then is); panics where they differ in a
     /// parameter or an output bit, or the loads report differently.
-    pub fn bert_both_ways(original: &Path, device: &Device) {
+    pub fn bert_both_ways(original: &Path, device: &Device, shared: Option<&SharedDevice>) {
         let compressed_dir = tempfile::tempdir().unwrap();
         let compressed = compressed_dir.path().join("minilm.ecf.safetensors");
         ecfloat::container::compress_file(original, &compressed, &Default::default()).unwrap();
@@ -135,7 +138,17 @@ mod support {
         let mut theirs: Bert = config.init(device);
         let their_result = theirs.load_from(&mut original_store(original)).unwrap();
         let mut ours: Bert = config.init(device);
-        let our_result = ours.load_from(&mut compressed_store(&compressed)).unwrap();
+        let mut store = compressed_store(&compressed);
+        if let Some(shared) = shared {
+            store = store.on_shared_device(shared);
+        }
+        let our_result = ours.load_from(&mut store).unwrap();
+        let expected_on_device = if shared.is_some() {
+            our_result.applied.clone()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(store.decoded_on_device(), expected_on_device);
         assert_eq!(our_result.applied, their_result.applied);
         assert_eq!(our_result.unused, their_result.unused);
         assert!(our_result.missing.is_empty() && our_result.errors.is_empty());
@@ -258,7 +271,7 @@ fn minilm_bert_on_ndarray_is_bit_identical() -> Ran {
     let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
     #[allow(deprecated)]
     let device = burn::tensor::Device::ndarray();
-    support::bert_both_ways(&original, &device);
+    support::bert_both_ways(&original, &device, None);
     Ok(())
 }
 
@@ -268,7 +281,7 @@ fn minilm_bert_on_wgpu_is_bit_identical() -> Ran {
     // burn's wgpu device panics without an adapter: ask ecfloat's first.
     harness::require_backend("wgpu")?;
     let device = burn::tensor::Device::from(burn::backend::wgpu::WgpuDevice::default());
-    support::bert_both_ways(&original, &device);
+    support::bert_both_ways(&original, &device, None);
     Ok(())
 }
 
@@ -704,6 +717,80 @@ fn kept_coded_layers_refuse_what_they_cannot_hold() -> Ran {
     let error = layer.try_forward(input).unwrap_err().to_string();
     assert!(
         error.contains("bf16.weight") && error.contains("width 4"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn minilm_bert_decoded_on_the_shared_device_is_bit_identical() -> Ran {
+    let original = harness::require_testdata()?.join("all-MiniLM-L6-v2.bf16.safetensors");
+    let shared = require_shared_device()?;
+    support::bert_both_ways(&original, shared.device(), Some(&shared));
+    Ok(())
+}
+
+#[cfg(feature = "burn")]
+fn a_shared_device_store_falls_back_and_names_corrupt_tensors() -> Ran {
+    use burn_store::{ModuleSnapshot, SafetensorsStore};
+    use ecfloat::burn::EcfStore;
+    use ecfloat::container::{CompressedFile, Storage};
+
+    let shared = require_shared_device()?;
+    let dir = tempfile::tempdir().unwrap();
+    let saved = support::Pair::new(4096, shared.device());
+    let plain = dir.path().join("pair.safetensors");
+    saved
+        .save_into(&mut SafetensorsStore::from_file(&plain))
+        .unwrap();
+    let path = dir.path().join("pair.ecf.safetensors");
+    ecfloat::container::compress_file(&plain, &path, &Default::default()).unwrap();
+
+    // Whole, it loads on the device as burn-store loads the original.
+    let mut loaded = support::Pair::new(4096, shared.device());
+    let mut store = EcfStore::from_file(&path).on_shared_device(&shared);
+    let result = loaded.load_from(&mut store).unwrap();
+    assert_eq!(result.applied.len(), 4, "{result}");
+    assert!(support::contents(&loaded) == support::contents(&saved));
+    assert_eq!(store.decoded_on_device(), result.applied);
+
+    // An adapter the device does not follow (F32 made F16): decoded on the
+    // host, as burn-store loads the original.
+    let adapter = || burn_store::FloatCastAdapter::to(burn::tensor::DType::F16);
+    let mut theirs = support::Pair::new(4096, shared.device());
+    let mut their_store = SafetensorsStore::from_file(&plain).with_from_adapter(adapter());
+    theirs.load_from(&mut their_store).unwrap();
+    let mut ours = support::Pair::new(4096, shared.device());
+    let mut store = EcfStore::from_file(&path)
+        .with_from_adapter(adapter())
+        .on_shared_device(&shared);
+    let result = ours.load_from(&mut store).unwrap();
+    assert_eq!(result.applied.len(), 4, "{result}");
+    assert!(store.decoded_on_device().is_empty());
+    assert!(support::contents(&ours) == support::contents(&theirs));
+
+    // Its coded exponents damaged: the block index's check or the GPU
+    // decoder's fails (which depends on the random weights), named.
+    let file = CompressedFile::open(&path).unwrap();
+    let tensor = file.tensor("first.weight").unwrap();
+    let Storage::Coded(coded) = &tensor.storage else {
+        panic!("first.weight is not coded");
+    };
+    let data_start = std::fs::metadata(&path).unwrap().len() as usize - file.data().len();
+    let head = coded.head_range.clone();
+    let middle = data_start + (head.start + head.end) / 2;
+    drop(file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte ^= 0x5a;
+    }
+    let corrupt = dir.path().join("corrupt.ecf.safetensors");
+    std::fs::write(&corrupt, bytes).unwrap();
+    let fresh = support::Pair::new(4096, shared.device());
+    let mut store = EcfStore::from_file(&corrupt).on_shared_device(&shared);
+    let error = support::load_error(fresh, &mut store);
+    assert!(
+        error.contains("first.weight") && error.contains("corrupt.ecf.safetensors"),
         "{error}"
     );
     Ok(())

@@ -87,29 +87,34 @@ impl SharedDevice {
         let (file, stored) = checkpoint.get(name).ok_or_else(|| {
             Error::Usage(format!("tensor {name} is not in the compressed checkpoint"))
         })?;
-        self.decode_stored(file, stored, dtype)
+        self.decode_stored(file, stored, dtype, false)
             .map_err(|e| e.in_tensor(file.path(), name))
     }
 
-    fn decode_stored<const D: usize>(
+    /// [`decode_tensor`](Self::decode_tensor) of a tensor of `file`; with
+    /// `transpose`, a matrix decoded as its transpose, in F32 (as burn's
+    /// `Linear` holds a PyTorch linear weight).
+    pub(super) fn decode_stored<const D: usize>(
         &self,
         file: &CompressedFile,
         stored: &StoredTensor,
         dtype: DType,
+        transpose: bool,
     ) -> Result<Tensor<D>> {
         let source = &stored.source;
         let stored_dtype = burn_dtype(source.dtype)
             .ok_or_else(|| backend_error(NAME, format!("burn has no {:?} dtype", source.dtype)))?;
-        let shape: [usize; D] = source
-            .shape
-            .clone()
-            .try_into()
-            .map_err(|shape: Vec<usize>| {
-                backend_error(
-                    NAME,
-                    format!("a tensor of {} dimensions asked for as {D}", shape.len()),
-                )
-            })?;
+        let mut shape: [usize; D] =
+            source
+                .shape
+                .clone()
+                .try_into()
+                .map_err(|shape: Vec<usize>| {
+                    backend_error(
+                        NAME,
+                        format!("a tensor of {} dimensions asked for as {D}", shape.len()),
+                    )
+                })?;
         if !stored_dtype.is_float() || !dtype.is_float() {
             return Err(backend_error(
                 NAME,
@@ -130,6 +135,22 @@ impl SharedDevice {
                 ));
             }
         };
+        let transposed = match (transpose, shape.as_slice()) {
+            (false, _) => None,
+            (true, &[rows, columns]) if dtype == DType::F32 => {
+                shape.swap(0, 1);
+                Some([rows as u64, columns as u64])
+            }
+            (true, _) => {
+                return Err(backend_error(
+                    NAME,
+                    format!(
+                        "only a matrix made F32 is decoded transposed, not a {D}-dimensional {dtype:?} tensor"
+                    ),
+                ));
+            }
+        };
+        let widened = widened || transposed.is_some();
         if !self.device.supports_dtype(dtype) {
             return Err(backend_error(
                 NAME,
@@ -191,7 +212,7 @@ impl SharedDevice {
                 &resource.buffer,
                 resource.offset,
                 elements as u64,
-                None,
+                transposed,
             )?;
         } else if decoded_bytes > 0 {
             let out = GpuBuffer::new(resource.buffer.clone(), resource.buffer.size());

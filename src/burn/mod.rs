@@ -19,12 +19,23 @@
 //! [`decode_tensor`](SharedDevice::decode_tensor) decodes a tensor with the
 //! WGSL decoder straight into a burn tensor's buffer, widened from BF16 or
 //! F16 to F32 on the device where asked, with the bits burn's own loading
-//! gives.
+//! gives. A store [`on_shared_device`](EcfStore::on_shared_device) loads
+//! that way every float parameter on that device whose adapter asks for
+//! nothing the device cannot do; the decoder checks every block as it
+//! decodes (the checksum, which needs the decoded bytes on the host, is
+//! checked on the host path only, as candle's and the runtime's GPU paths
+//! do).
+//!
+//! [`CodedWeights`] and [`CodedLinear`] keep linear weights coded (the
+//! DFloat11 mode) and decode each just before its layer runs, into one
+//! reused buffer; [`bert::BertConfig::init_kept_coded`] builds a BERT that
+//! way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod apply;
 pub mod bert;
 mod coded;
 mod gpu;
@@ -75,8 +86,21 @@ pub struct EcfStore {
     overwrite: bool,
     from_adapter: Box<dyn ModuleAdapter>,
     to_adapter: Box<dyn ModuleAdapter>,
-    /// The checkpoint's tensors, remapped, opened on first use.
-    tensors: Option<BTreeMap<String, PackTensor>>,
+    /// Where float parameters on its device are decoded by the WGSL
+    /// decoder.
+    shared: Option<SharedDevice>,
+    /// The checkpoint, opened on first use.
+    opened: Option<Opened>,
+    /// The parameters the last load decoded on the shared device.
+    decoded_on_device: Vec<String>,
+}
+
+struct Opened {
+    checkpoint: Arc<CompressedCheckpoint>,
+    /// Its tensors, by their remapped names.
+    tensors: BTreeMap<String, PackTensor>,
+    /// Each remapped name's name in the checkpoint.
+    sources: BTreeMap<String, String>,
 }
 
 impl EcfStore {
@@ -94,8 +118,28 @@ impl EcfStore {
             overwrite: false,
             from_adapter: Box::new(IdentityAdapter),
             to_adapter: Box::new(IdentityAdapter),
-            tensors: None,
+            shared: None,
+            opened: None,
+            decoded_on_device: Vec::new(),
         }
+    }
+
+    /// Decodes every float tensor loaded into a parameter on `shared`'s
+    /// device with the WGSL decoder, straight into the parameter's buffer,
+    /// where the `from` adapter does to it only what the device can do
+    /// (nothing, a widening to F32, the transposition of a matrix made
+    /// F32: `FloatCastAdapter`, `PyTorchToBurnAdapter`); any other tensor
+    /// is decoded on the host, as without a shared device. The loaded bits
+    /// are the same either way.
+    pub fn on_shared_device(mut self, shared: &SharedDevice) -> Self {
+        self.shared = Some(shared.clone());
+        self
+    }
+
+    /// The parameters (by their paths in the module) the last load decoded
+    /// on the shared device; the others it loaded were decoded on the host.
+    pub fn decoded_on_device(&self) -> &[String] {
+        &self.decoded_on_device
     }
 
     /// Loads or saves only the module paths `filter` matches.
@@ -120,7 +164,7 @@ impl EcfStore {
     /// matched to the module's paths.
     pub fn remap(mut self, remapper: KeyRemapper) -> Self {
         self.remapper = remapper;
-        self.tensors = None;
+        self.opened = None;
         self
     }
 
@@ -141,7 +185,7 @@ impl EcfStore {
                     .get_or_insert_with(|| format!("key remapping {from_pattern:?}: {e}"));
             }
         }
-        self.tensors = None;
+        self.opened = None;
         self
     }
 
@@ -195,19 +239,29 @@ impl EcfStore {
         self
     }
 
-    fn tensors(&mut self) -> Result<&BTreeMap<String, PackTensor>, EcfStoreError> {
+    fn opened(&mut self) -> Result<&Opened, EcfStoreError> {
         self.check_patterns()?;
-        if self.tensors.is_none() {
-            let tensors = lazy_tensors(&self.path)?;
-            let (remapped, _) = self.remapper.remap(tensors);
-            self.tensors = Some(
-                remapped
+        if self.opened.is_none() {
+            let checkpoint = Arc::new(CompressedCheckpoint::open(&self.path)?);
+            let tensors = lazy_tensors(&checkpoint)?;
+            let (remapped, names) = self.remapper.remap(tensors);
+            self.opened = Some(Opened {
+                checkpoint,
+                tensors: remapped
                     .into_iter()
                     .map(|tensor| (tensor.name.clone(), tensor))
                     .collect(),
-            );
+                sources: names.into_iter().collect(),
+            });
         }
-        Ok(self.tensors.get_or_insert_default())
+        match &self.opened {
+            Some(opened) => Ok(opened),
+            None => unreachable!("opened above"),
+        }
+    }
+
+    fn tensors(&mut self) -> Result<&BTreeMap<String, PackTensor>, EcfStoreError> {
+        Ok(&self.opened()?.tensors)
     }
 }
 
@@ -221,7 +275,7 @@ impl ModuleStore for EcfStore {
     /// removed whatever happens.
     fn collect_from<M: ModuleSnapshot>(&mut self, module: &M) -> Result<(), Self::Error> {
         self.check_patterns()?;
-        self.tensors = None;
+        self.opened = None;
         let filter = (!self.filter.is_empty()).then(|| self.filter.clone());
         let tensors = module.collect(
             filter,
@@ -263,14 +317,35 @@ impl ModuleStore for EcfStore {
     }
 
     fn apply_to<M: ModuleSnapshot>(&mut self, module: &mut M) -> Result<ApplyResult, Self::Error> {
-        let tensors: Vec<PackTensor> = self.tensors()?.values().cloned().collect();
         let filter = (!self.filter.is_empty()).then(|| self.filter.clone());
-        let result = module.apply(
-            tensors,
-            filter,
-            Some(self.from_adapter.clone_box()),
-            self.skip_enum_variants,
-        );
+        let adapter = Some(self.from_adapter.clone_box());
+        let skip_enum_variants = self.skip_enum_variants;
+        let shared = self.shared.clone();
+        self.decoded_on_device.clear();
+        let opened = self.opened()?;
+        let result = match &shared {
+            Some(shared) => {
+                let mut applier = apply::DeviceApplier::new(
+                    shared,
+                    &opened.checkpoint,
+                    &opened.tensors,
+                    &opened.sources,
+                    filter,
+                    adapter,
+                    skip_enum_variants,
+                );
+                // A module's clone shares its tensors: only the loaded ones
+                // are new.
+                *module = module.clone().map(&mut applier);
+                let (result, decoded) = applier.into_result();
+                self.decoded_on_device = decoded;
+                result
+            }
+            None => {
+                let tensors: Vec<PackTensor> = opened.tensors.values().cloned().collect();
+                module.apply(tensors, filter, adapter, skip_enum_variants)
+            }
+        };
         if self.validate && !result.errors.is_empty() {
             let errors: Vec<String> = result.errors.iter().map(ToString::to_string).collect();
             return Err(EcfStoreError::ValidationFailed(format!(
@@ -302,10 +377,9 @@ impl ModuleStore for EcfStore {
     }
 }
 
-/// Every tensor of the checkpoint at `path`, under its own name, its bytes
-/// decoded on the CPU when asked for.
-fn lazy_tensors(path: &Path) -> Result<Vec<PackTensor>, EcfStoreError> {
-    let checkpoint = Arc::new(CompressedCheckpoint::open(path)?);
+/// Every tensor of `checkpoint`, under its own name, its bytes decoded on
+/// the CPU when asked for.
+fn lazy_tensors(checkpoint: &Arc<CompressedCheckpoint>) -> Result<Vec<PackTensor>, EcfStoreError> {
     let mut tensors = Vec::new();
     for (file, stored) in checkpoint.tensors() {
         let source = &stored.source;
