@@ -1,5 +1,5 @@
-//! Loading all-MiniLM-L6-v2 into burn, against burn-store's own loading of
-//! the original in the same run:
+//! all-MiniLM-L6-v2 in burn, against burn-store's own loading of the
+//! original in the same run:
 //! `cargo bench --features burn --bench burn_load [-- ORIGINAL]`.
 //!
 //! ORIGINAL is the BF16 MiniLM checkpoint (default: the test data's),
@@ -7,27 +7,27 @@
 //! burn's CPU backend (ndarray) and on the wgpu device ecfloat shares with
 //! burn (lavapipe, on a machine without a GPU), it times:
 //!
-//! - `burn-store`: `SafetensorsStore` of the original into a burn BERT,
-//!   every float made F32 (`FloatCastAdapter`) and PyTorch's layouts
-//!   burn's (`PyTorchToBurnAdapter`);
-//! - `EcfStore`: the same from the compressed file, decoded on the CPU;
-//! - on wgpu, `decode on device`: every float tensor of the compressed file
-//!   decoded by the WGSL decoder into burn tensors and widened to F32 on
-//!   the device ([`ecfloat::burn::SharedDevice::decode_tensor`]), against
-//!   burn-store's loading of the same tensors, without a module.
+//! - loading: `SafetensorsStore` of the original into a burn BERT, every
+//!   float made F32 (`FloatCastAdapter`) and PyTorch's layouts burn's
+//!   (`PyTorchToBurnAdapter`), against `EcfStore` of the compressed file
+//!   with the same options (on wgpu, decoding on the device,
+//!   `on_shared_device`);
+//! - a forward of 2 sequences of 16 tokens, the model loaded decoded
+//!   against its linear weights kept coded (`CodedWeights`), with the
+//!   bytes each holds.
 //!
-//! Each load ends with the device synchronised.
+//! Each load and forward ends with the device synchronised.
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device, Tensor};
+use burn::module::Module;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_store::{
     FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
     SafetensorsStore,
 };
-use ecfloat::burn::bert::BertConfig;
-use ecfloat::burn::{EcfStore, SharedDevice};
-use ecfloat::container::CompressedCheckpoint;
+use ecfloat::burn::bert::{Bert, BertConfig, BertLinear};
+use ecfloat::burn::{CodedWeights, EcfStore, SharedDevice};
 
 mod common;
 
@@ -37,94 +37,92 @@ fn adapter() -> impl ModuleAdapter + 'static {
     PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
 }
 
+fn original_store(original: &Path) -> SafetensorsStore {
+    SafetensorsStore::from_file(original)
+        .remap(BertConfig::key_remapper())
+        .with_from_adapter(adapter())
+}
+
+fn compressed_store(compressed: &Path, shared: Option<&SharedDevice>) -> EcfStore {
+    let store = EcfStore::from_file(compressed)
+        .remap(BertConfig::key_remapper())
+        .with_from_adapter(adapter());
+    match shared {
+        Some(shared) => store.on_shared_device(shared),
+        None => store,
+    }
+}
+
 /// A BERT loaded from `store` on `device`, synchronised.
-fn load_bert<S: ModuleStore>(device: &Device, store: &mut S) {
+fn load_bert<S: ModuleStore>(device: &Device, store: &mut S) -> Bert {
     let mut model = BertConfig::minilm_l6().init(device);
     model.load_from(store).unwrap();
     device.sync().unwrap();
+    model
 }
 
-fn compare_stores(name: &str, device: &Device, original: &Path, compressed: &Path) {
-    let theirs = median_seconds(|| {
-        let mut store = SafetensorsStore::from_file(original)
-            .remap(BertConfig::key_remapper())
-            .with_from_adapter(adapter());
-        load_bert(device, &mut store)
-    });
-    let ours = median_seconds(|| {
-        let mut store = EcfStore::from_file(compressed)
-            .remap(BertConfig::key_remapper())
-            .with_from_adapter(adapter());
-        load_bert(device, &mut store)
-    });
+fn compare_loads(
+    name: &str,
+    device: &Device,
+    original: &Path,
+    compressed: &Path,
+    shared: Option<&SharedDevice>,
+) {
+    let theirs = median_seconds(|| load_bert(device, &mut original_store(original)));
+    let ours = median_seconds(|| load_bert(device, &mut compressed_store(compressed, shared)));
+    let how = if shared.is_some() {
+        "BERT through a store, decoded on the device"
+    } else {
+        "BERT through a store"
+    };
     println!(
-        "| {name} | BERT through a store | {:.3} s | {:.3} s | {:.2}× |",
-        theirs,
-        ours,
+        "| {name} | {how} | {theirs:.3} s | {ours:.3} s | {:.2}× |",
         ours / theirs
     );
 }
 
-/// Every float tensor of the original, made F32 tensors on `shared`'s
-/// device by burn-store, and decoded there by ecfloat.
-fn compare_device_decode(shared: &SharedDevice, original: &Path, compressed: &Path) {
-    let device = shared.device();
-    let theirs = median_seconds(|| {
-        let mut store = SafetensorsStore::from_file(original);
-        let tensors: Vec<_> = store.get_all_tensors().unwrap().values().cloned().collect();
-        let made: Vec<Tensor<1>> = tensors
-            .into_iter()
-            .filter(|tensor| tensor.dtype.is_float())
-            .map(|tensor| {
-                let (dtype, elements) = (tensor.dtype, tensor.shape.iter().product::<usize>());
-                let data = burn::tensor::TensorData::from_bytes(
-                    tensor.into_bytes().unwrap(),
-                    vec![elements],
-                    dtype,
-                )
-                .convert_dtype(DType::F32);
-                Tensor::<1>::from_data(data, device)
-            })
-            .collect();
-        device.sync().unwrap();
-        made
-    });
-    let ours = median_seconds(|| {
-        let checkpoint = CompressedCheckpoint::open(compressed).unwrap();
-        let names: Vec<String> = checkpoint.names().map(str::to_string).collect();
-        let made: Vec<Tensor<1>> = names
-            .iter()
-            .filter_map(|name| {
-                let (_, stored) = checkpoint.get(name).unwrap();
-                let elements = stored.source.shape.iter().product::<usize>();
-                let float = matches!(
-                    stored.source.dtype,
-                    safetensors::Dtype::BF16 | safetensors::Dtype::F16
-                );
-                match stored.source.shape.len() {
-                    1 if float => Some(
-                        shared
-                            .decode_tensor::<1>(&checkpoint, name, DType::F32)
-                            .unwrap(),
-                    ),
-                    2 if float => Some(
-                        shared
-                            .decode_tensor::<2>(&checkpoint, name, DType::F32)
-                            .unwrap()
-                            .reshape([elements]),
-                    ),
-                    _ => None,
-                }
-            })
-            .collect();
-        device.sync().unwrap();
-        made
-    });
+/// A forward of a fixed batch, synchronised.
+fn forward<L: BertLinear>(model: &Bert<L>, device: &Device) -> Tensor<3> {
+    let ids: Vec<i64> = (0..32).map(|i| (i * 977 + 101) % 30522).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), device);
+    let output = model.forward(ids);
+    device.sync().unwrap();
+    output
+}
+
+fn compare_forwards(
+    name: &str,
+    device: &Device,
+    original: &Path,
+    compressed: &Path,
+    shared: Option<&SharedDevice>,
+) {
+    let decoded = load_bert(device, &mut original_store(original));
+    let weights = match shared {
+        Some(shared) => CodedWeights::open_shared(compressed, shared),
+        None => CodedWeights::open(compressed, device),
+    }
+    .unwrap();
+    let mut coded = BertConfig::minilm_l6().init_kept_coded(&weights).unwrap();
+    coded
+        .load_from(&mut compressed_store(compressed, shared))
+        .unwrap();
+    let theirs = median_seconds(|| forward(&decoded, device));
+    let ours = median_seconds(|| forward(&coded, device));
+    let memory = weights.memory();
+    let decoded_bytes = decoded.num_params() as u64 * 4;
+    let coded_bytes = coded.num_params() as u64 * 4 + memory.coded_bytes + memory.buffer_bytes;
     println!(
-        "| wgpu (shared) | every 16-bit float tensor as F32, no module | {:.3} s | {:.3} s | {:.2}× |",
-        theirs,
-        ours,
+        "| {name} | forward of 2×16 tokens, loaded decoded against kept coded | {theirs:.4} s | {ours:.4} s | {:.2}× |",
         ours / theirs
+    );
+    println!(
+        "| {name} | weights held (kept coded: {:.2} MB coded, {:.2} MB buffers) | {:.2} MB | {:.2} MB | {:.2}× |",
+        memory.coded_bytes as f64 / 1e6,
+        memory.buffer_bytes as f64 / 1e6,
+        decoded_bytes as f64 / 1e6,
+        coded_bytes as f64 / 1e6,
+        coded_bytes as f64 / decoded_bytes as f64
     );
 }
 
@@ -144,11 +142,27 @@ fn main() {
     println!("| device | what | burn-store, original | ecfloat, compressed | ratio |");
     println!("|---|---|---|---|---|");
     #[allow(deprecated)]
-    compare_stores("ndarray", &Device::ndarray(), &original, &compressed);
+    let ndarray = Device::ndarray();
+    compare_loads("ndarray", &ndarray, &original, &compressed, None);
+    compare_forwards("ndarray", &ndarray, &original, &compressed, None);
     match SharedDevice::open() {
         Ok(shared) => {
-            compare_stores("wgpu (shared)", shared.device(), &original, &compressed);
-            compare_device_decode(&shared, &original, &compressed);
+            let device = shared.device();
+            compare_loads("wgpu (shared)", device, &original, &compressed, None);
+            compare_loads(
+                "wgpu (shared)",
+                device,
+                &original,
+                &compressed,
+                Some(&shared),
+            );
+            compare_forwards(
+                "wgpu (shared)",
+                device,
+                &original,
+                &compressed,
+                Some(&shared),
+            );
         }
         Err(e) => println!("wgpu: not measured ({e})"),
     }

@@ -1,8 +1,10 @@
-//! all-MiniLM-L6-v2 as a burn BERT, loaded from its compressed checkpoint
-//! with `ecfloat::burn::EcfStore` and from the original with burn-store's
-//! `SafetensorsStore`, the same options for both, on burn's CPU backend
-//! (ndarray) and on wgpu where an adapter is found. Prints `identical` for
-//! each, or what differs and exits 1.
+//! all-MiniLM-L6-v2 as a burn BERT, from its compressed checkpoint against
+//! burn-store's `SafetensorsStore` loading of the original with the same
+//! options, on burn's CPU backend (ndarray) and on a wgpu device shared
+//! with ecfloat's decoder where an adapter is found, in two modes: loaded
+//! decoded (`ecfloat::burn::EcfStore`; on wgpu, decoded on the device) and
+//! with every linear layer's weight kept coded (`CodedWeights`). Prints
+//! `identical` for each, or what differs and exits 1.
 //!
 //! ```sh
 //! cargo run --release --features burn --example burn_bert [-- ORIGINAL.safetensors]
@@ -13,20 +15,17 @@ use std::process::ExitCode;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_store::{
-    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    SafetensorsStore,
+    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
 };
-use ecfloat::burn::EcfStore;
-use ecfloat::burn::bert::{Bert, BertConfig};
+use ecfloat::burn::bert::{Bert, BertConfig, BertLinear};
+use ecfloat::burn::{CodedWeights, EcfStore, SharedDevice};
 
-/// The last hidden state of a fixed batch (2 sequences of 16 tokens) from
-/// the model loaded from `store`, as bytes.
-fn embeddings(device: &Device, store: &mut impl ModuleStore) -> Result<Vec<u8>, String> {
-    let mut model: Bert = BertConfig::minilm_l6().init(device);
-    model.load_from(store).map_err(|e| e.to_string())?;
+/// The last hidden state of a fixed batch (2 sequences of 16 tokens), as
+/// bytes.
+fn embeddings<L: BertLinear>(model: &Bert<L>, device: &Device) -> Vec<u8> {
     let ids: Vec<i64> = (0..32).map(|i| (i * 977 + 101) % 30522).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), device);
-    Ok(model.forward(ids).into_data().as_bytes().to_vec())
+    model.forward(ids).into_data().as_bytes().to_vec()
 }
 
 /// PyTorch's layouts and names to burn's, every float to F32.
@@ -34,14 +33,54 @@ fn adapter() -> impl ModuleAdapter + 'static {
     PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
 }
 
-fn compare(original: &Path, compressed: &Path, device: &Device) -> Result<bool, String> {
-    let mut theirs = SafetensorsStore::from_file(original)
+fn compressed_store(compressed: &Path, shared: Option<&SharedDevice>) -> EcfStore {
+    let store = EcfStore::from_file(compressed)
         .remap(BertConfig::key_remapper())
         .with_from_adapter(adapter());
-    let mut ours = EcfStore::from_file(compressed)
+    match shared {
+        Some(shared) => store.on_shared_device(shared),
+        None => store,
+    }
+}
+
+/// Whether each mode's output on `device` is the original's, in order:
+/// loaded decoded, kept coded.
+fn compare(
+    original: &Path,
+    compressed: &Path,
+    device: &Device,
+    shared: Option<&SharedDevice>,
+) -> Result<[bool; 2], String> {
+    let config = BertConfig::minilm_l6();
+    let mut theirs: Bert = config.init(device);
+    let mut their_store = SafetensorsStore::from_file(original)
         .remap(BertConfig::key_remapper())
         .with_from_adapter(adapter());
-    Ok(embeddings(device, &mut ours)? == embeddings(device, &mut theirs)?)
+    theirs
+        .load_from(&mut their_store)
+        .map_err(|e| e.to_string())?;
+    let want = embeddings(&theirs, device);
+
+    let mut decoded: Bert = config.init(device);
+    decoded
+        .load_from(&mut compressed_store(compressed, shared))
+        .map_err(|e| e.to_string())?;
+
+    let weights = match shared {
+        Some(shared) => CodedWeights::open_shared(compressed, shared),
+        None => CodedWeights::open(compressed, device),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut coded = config
+        .init_kept_coded(&weights)
+        .map_err(|e| e.to_string())?;
+    coded
+        .load_from(&mut compressed_store(compressed, shared))
+        .map_err(|e| e.to_string())?;
+    Ok([
+        embeddings(&decoded, device) == want,
+        embeddings(&coded, device) == want,
+    ])
 }
 
 fn main() -> ExitCode {
@@ -65,21 +104,24 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     #[allow(deprecated)]
-    let mut devices = vec![("ndarray", Device::ndarray())];
-    match ecfloat::backend::open("wgpu") {
-        Ok(_) => devices.push((
-            "wgpu",
-            Device::from(burn::backend::wgpu::WgpuDevice::default()),
-        )),
+    let mut devices = vec![("ndarray", Device::ndarray(), None)];
+    match SharedDevice::open() {
+        Ok(shared) => devices.push(("wgpu", shared.device().clone(), Some(shared))),
         Err(e) => println!("wgpu: not run ({e})"),
     }
     let mut all_identical = true;
-    for (name, device) in devices {
-        match compare(&original, &compressed, &device) {
-            Ok(true) => println!("{name}, loaded decoded: identical"),
-            Ok(false) => {
-                println!("{name}, loaded decoded: outputs differ");
-                all_identical = false;
+    for (name, device, shared) in &devices {
+        match compare(&original, &compressed, device, shared.as_ref()) {
+            Ok(identical) => {
+                for (mode, identical) in ["loaded decoded", "kept coded"].iter().zip(identical) {
+                    let verdict = if identical {
+                        "identical"
+                    } else {
+                        "outputs differ"
+                    };
+                    println!("{name}, {mode}: {verdict}");
+                    all_identical &= identical;
+                }
             }
             Err(e) => {
                 println!("{name}: {e}");
