@@ -22,6 +22,12 @@
 # machine's Python has torch and transformers and a wheel built elsewhere
 # (`maturin build --release -m python/Cargo.toml`) is in DATA_DIR; the
 # report says why they did not run otherwise.
+#
+# burn on the GPU's Vulkan driver runs too where DATA_DIR has the binaries
+# built elsewhere (`cargo build --release --features burn --example
+# burn_bert`, and `cargo bench --features burn --bench burn_load --no-run`,
+# whose binary target/release/deps/burn_load-* is copied as `burn_load`)
+# and all-MiniLM-L6-v2.bf16.safetensors.
 set -uo pipefail
 
 ECF=${1:-./ecf}
@@ -88,6 +94,18 @@ python_on_gpu() {
     step "models kept coded, cuda" "$venv/bin/python" python/benchmarks/models.py --device cuda
 }
 
+# burn on the shared wgpu device: MiniLM loaded decoded and kept coded
+# against burn-store's loading, and the load and forward benchmark.
+burn_on_gpu() {
+    local model="$DATA/all-MiniLM-L6-v2.bf16.safetensors"
+    if [ ! -x "$DATA/burn_bert" ] || [ ! -f "$model" ]; then
+        printf '\n## burn on the GPU: not run (no burn_bert binary or MiniLM in %s)\n' "$DATA"
+        return 0
+    fi
+    step "burn, MiniLM loaded decoded and kept coded" "$DATA/burn_bert" "$model"
+    [ -x "$DATA/burn_load" ] && step "burn, loading and forward" "$DATA/burn_load" "$model" --bench
+}
+
 {
     echo "# ecfloat GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     uname -srm
@@ -102,4 +120,5 @@ python_on_gpu() {
         done
     done
     python_on_gpu
+    burn_on_gpu
 } 2>&1 | grep -v 'XDG_RUNTIME_DIR' | tee "$REPORT"

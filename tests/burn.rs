@@ -199,6 +199,23 @@ mod support {
             );
         }
 
+        // Layers sharing one decode buffer, run from two threads at once.
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    let model = ours.clone();
+                    scope.spawn(move || model.forward(token_ids(device)).into_data())
+                })
+                .collect();
+            for run in runs {
+                let output = run.join().unwrap();
+                assert!(
+                    output.as_bytes() == their_output.as_bytes(),
+                    "a forward on another thread: outputs differ"
+                );
+            }
+        });
+
         let memory = weights.memory();
         let largest = 384 * 1536 * 4;
         assert_eq!(
@@ -677,7 +694,7 @@ fn kept_coded_weights_of_every_dtype_are_burn_stores_bits() -> Ran {
 
             let coded = weights.linear(prefix, input, output, false).unwrap();
             assert_eq!(coded.weight.dims(), [input, output]);
-            // Twice: the second decode reuses the buffer the first filled.
+            // Twice: the decoder's scratch buffer is reused.
             for run in ["first", "second"] {
                 let got = coded.weight.get().unwrap().into_data();
                 assert_eq!(got.shape().to_vec(), vec![input, output]);

@@ -263,10 +263,40 @@ impl CodedWeights {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Weight `name`, decoded as F32 and laid out `[in, out]`.
-    fn decode(&self, name: &str) -> Result<Tensor<2>> {
+    /// burn's `Linear::forward` of `input` with weight `name` decoded into
+    /// the reused buffer. The state stays locked until the forward is
+    /// submitted to the device, so a forward on another thread cannot
+    /// overwrite the weight before this one has read it.
+    fn forward<const D: usize>(
+        &self,
+        name: &str,
+        input: Tensor<D>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Tensor<D>> {
         let mut state = self.state();
-        let state = &mut *state;
+        let weight = self.decode(&mut state, name, false)?;
+        let output = linear(input, weight, bias);
+        if let Place::Shared { .. } = &self.inner.place {
+            let primitive = output.clone().try_into_primitive::<Wgpu>().map_err(|e| {
+                backend_error(
+                    NAME,
+                    format!("the burn tensor is not on a wgpu device: {e:?}"),
+                )
+            })?;
+            primitive
+                .client
+                .flush()
+                .map_err(|e| backend_error(NAME, format!("submitting the forward: {e:?}")))
+                .map_err(|e| e.in_tensor(self.path_of(name), name))?;
+        }
+        drop(state);
+        Ok(output)
+    }
+
+    /// Weight `name`, decoded as F32 and laid out `[in, out]`: into the
+    /// reused buffer (valid until the next decode), or where `fresh`, into
+    /// a tensor of its own.
+    fn decode(&self, state: &mut State, name: &str, fresh: bool) -> Result<Tensor<2>> {
         let weight = state
             .weights
             .get(name)
@@ -305,13 +335,14 @@ impl CodedWeights {
                     uploaded,
                     weight.dtype,
                     [output, input],
+                    fresh,
                 )
-                .map_err(|e| e.in_tensor(self.inner_path(name), name))
+                .map_err(|e| e.in_tensor(self.path_of(name), name))
             }
         }
     }
 
-    fn inner_path(&self, name: &str) -> &std::path::Path {
+    fn path_of(&self, name: &str) -> &std::path::Path {
         self.inner
             .checkpoint
             .get(name)
@@ -320,9 +351,9 @@ impl CodedWeights {
 }
 
 /// Decodes `uploaded` on the shared device into the reused scratch, widens
-/// it into the reused burn tensor transposed, and returns that tensor's
-/// first `out × in` elements as `[in, out]`. The buffers are made, or
-/// remade, for `largest` elements.
+/// it transposed into the reused burn tensor (or, where `fresh`, a new
+/// one), and returns that tensor's first `out × in` elements as
+/// `[in, out]`. The buffers are made, or remade, for `largest` elements.
 fn decode_on_device(
     shared: &SharedDevice,
     state: &mut Buffers,
@@ -330,6 +361,7 @@ fn decode_on_device(
     uploaded: &dyn DeviceTensor,
     dtype: safetensors::Dtype,
     [output, input]: [usize; 2],
+    fresh: bool,
 ) -> Result<Tensor<2>> {
     let backend = shared.backend();
     let elements = output * input;
@@ -350,8 +382,13 @@ fn decode_on_device(
     {
         state.wide = Some(Tensor::<1>::empty([largest], (shared.device(), DType::F32)));
     }
-    let (Some(scratch), Some(wide)) = (&state.device_scratch, &state.wide) else {
+    let (Some(scratch), Some(reused)) = (&state.device_scratch, &state.wide) else {
         return Err(backend_error(NAME, "no decode buffer"));
+    };
+    let wide = if fresh {
+        &Tensor::<1>::empty([elements.max(1)], (shared.device(), DType::F32))
+    } else {
+        reused
     };
     if uploaded.decoded_bytes() > 0 {
         backend.decode(
@@ -451,11 +488,11 @@ impl CodedWeight {
         [self.input, self.output]
     }
 
-    /// The weight decoded, `[in, out]` F32 as burn's `Linear` holds it;
-    /// it is valid until another weight of the same [`CodedWeights`] is
-    /// decoded, which overwrites the buffer it is in.
+    /// The weight decoded into a tensor of its own, `[in, out]` F32 as
+    /// burn's `Linear` holds it.
     pub fn get(&self) -> Result<Tensor<2>> {
-        self.weights.decode(&self.name)
+        let mut state = self.weights.state();
+        self.weights.decode(&mut state, &self.name, true)
     }
 }
 
@@ -491,7 +528,8 @@ impl CodedLinear {
                 self.weight.name, self.weight.input
             )));
         }
-        let weight = self.weight.get()?;
-        Ok(linear(input, weight, self.bias.as_ref().map(Param::val)))
+        self.weight
+            .weights
+            .forward(&self.weight.name, input, self.bias.as_ref().map(Param::val))
     }
 }
