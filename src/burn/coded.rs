@@ -22,13 +22,11 @@ use ::burn::backend::Wgpu;
 use ::burn::module::{Module, Param};
 use ::burn::tensor::module::linear;
 use ::burn::tensor::{DType, Device, Tensor, TensorData};
-use cubecl_wgpu::{AutoCompiler, WgpuServer};
 use serde::Serialize;
 
 use super::SharedDevice;
-use crate::backend::wgpu::WgpuBackend;
-use crate::backend::{Backend, DecodeJob, DeviceBuffer, DeviceTensor, backend_error};
-use crate::container::{CompressedCheckpoint, Storage, cpu_decoder};
+use crate::backend::{Backend, DeviceBuffer, DeviceTensor, backend_error};
+use crate::container::{CompressedCheckpoint, cpu_decoder};
 use crate::error::{Error, Result};
 
 const NAME: &str = "wgpu";
@@ -194,16 +192,11 @@ impl CodedWeights {
         if !state.weights.contains_key(&name) {
             let uploaded = match &self.inner.place {
                 Place::Host { .. } => None,
-                Place::Shared { shared } => {
-                    let backend = shared.backend();
-                    let uploaded = match &stored.storage {
-                        Storage::Raw => backend.upload_raw(file.stored_bytes(stored)),
-                        Storage::Coded(coded) => file
-                            .block_index(&name, coded)
-                            .and_then(|index| backend.upload(&file.view(coded), &index)),
-                    };
-                    Some(uploaded.map_err(|e| e.in_tensor(file.path(), &name))?)
-                }
+                Place::Shared { shared } => Some(
+                    shared
+                        .upload(file, stored)
+                        .map_err(|e| e.in_tensor(file.path(), &name))?,
+                ),
             };
             let coded_bytes = match &uploaded {
                 Some(uploaded) => uploaded.resident_bytes(),
@@ -385,55 +378,19 @@ fn decode_on_device(
     let (Some(scratch), Some(reused)) = (&state.device_scratch, &state.wide) else {
         return Err(backend_error(NAME, "no decode buffer"));
     };
-    let wide = if fresh {
-        &Tensor::<1>::empty([elements.max(1)], (shared.device(), DType::F32))
+    let target = if fresh {
+        Tensor::<1>::empty([elements.max(1)], (shared.device(), DType::F32))
     } else {
-        reused
+        reused.clone()
     };
-    if uploaded.decoded_bytes() > 0 {
-        backend.decode(
-            &[DecodeJob {
-                tensor: uploaded,
-                offset: 0,
-            }],
-            scratch.as_ref(),
-        )?;
-    }
-    let narrow = WgpuBackend::buffer(scratch.as_ref())
-        .ok_or_else(|| backend_error(NAME, "the decode buffer is not wgpu's"))?;
-    let primitive = wide.clone().try_into_primitive::<Wgpu>().map_err(|e| {
-        backend_error(
-            NAME,
-            format!("the burn tensor is not on a wgpu device: {e:?}"),
-        )
-    })?;
-    // Taking the resource submits cubecl's pending work first: the forward
-    // that read the weight decoded before this one runs before it is
-    // overwritten.
-    let managed = primitive
-        .client
-        .get_resource::<WgpuServer<AutoCompiler>>(primitive.handle.clone())
-        .map_err(|e| backend_error(NAME, format!("burn's buffer: {e:?}")))?;
-    let resource = managed.resource();
-    if resource.size < elements as u64 * 4 {
-        return Err(backend_error(
-            NAME,
-            format!(
-                "burn's {}-byte buffer cannot take a {elements}-element weight",
-                resource.size
-            ),
-        ));
-    }
-    backend.device().widen(
+    let wide = shared.decode_transposed_into(
+        target,
+        uploaded,
         dtype,
-        narrow,
-        &resource.buffer,
-        resource.offset,
-        elements as u64,
-        Some([output as u64, input as u64]),
+        [output as u64, input as u64],
+        scratch.as_ref(),
     )?;
-    drop(managed);
-    Ok(wide.clone().slice(0..elements).reshape([input, output]))
+    Ok(wide.slice(0..elements).reshape([input, output]))
 }
 
 /// `[rows, columns]` values of `dtype` (BF16, F16 or F32) as F32, written

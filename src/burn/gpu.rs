@@ -20,7 +20,7 @@ use cubecl_wgpu::{AutoCompiler, WgpuServer};
 use super::burn_dtype;
 use crate::backend::gpu::GpuBuffer;
 use crate::backend::wgpu::WgpuBackend;
-use crate::backend::{Backend, DecodeJob, DeviceTensor, backend_error, unavailable};
+use crate::backend::{Backend, DecodeJob, DeviceBuffer, DeviceTensor, backend_error, unavailable};
 use crate::container::{CompressedCheckpoint, CompressedFile, Storage, StoredTensor};
 use crate::error::{Error, Result};
 
@@ -157,74 +157,156 @@ impl SharedDevice {
                 format!("the device holds no {dtype:?} tensors (load it as F32)"),
             ));
         }
-        let uploaded: Box<dyn DeviceTensor> = match &stored.storage {
-            Storage::Raw => self.backend.upload_raw(file.stored_bytes(stored))?,
-            Storage::Coded(coded) => {
-                let index = file.block_index(&source.name, coded)?;
-                self.backend.upload(&file.view(coded), &index)?
-            }
-        };
+        let uploaded = self.upload(file, stored)?;
         let decoded_bytes = uploaded.decoded_bytes();
         let elements: usize = shape.iter().product();
-
+        let written = if widened {
+            elements as u64 * 4
+        } else {
+            decoded_bytes.next_multiple_of(self.backend.output_alignment())
+        };
         let tensor = Tensor::<D>::empty(shape, (&self.device, dtype));
+        let widening = widened.then_some(Widening {
+            dtype: source.dtype,
+            elements: elements as u64,
+            transposed,
+        });
+        self.write_into(tensor, written, |resource| {
+            self.fill(resource, uploaded.as_ref(), widening, None)
+        })
+    }
+
+    /// Writes `uploaded` decoded into `resource`: as decoded, or where
+    /// `widening`, through `scratch` (or a buffer of its own) widened to
+    /// F32.
+    fn fill(
+        &self,
+        resource: &cubecl_wgpu::WgpuResource,
+        uploaded: &dyn DeviceTensor,
+        widening: Option<Widening>,
+        scratch: Option<&dyn DeviceBuffer>,
+    ) -> Result<()> {
+        let decoded_bytes = uploaded.decoded_bytes();
+        let Some(widening) = widening else {
+            if decoded_bytes > 0 {
+                let out = GpuBuffer::new(resource.buffer.clone(), resource.buffer.size());
+                self.backend.decode(
+                    &[DecodeJob {
+                        tensor: uploaded,
+                        offset: resource.offset,
+                    }],
+                    &out,
+                )?;
+            }
+            return Ok(());
+        };
+        let owned;
+        let scratch = match scratch {
+            Some(scratch) => scratch,
+            None => {
+                owned = self
+                    .backend
+                    .alloc(decoded_bytes.next_multiple_of(4).max(4))?;
+                owned.as_ref()
+            }
+        };
+        if decoded_bytes > 0 {
+            self.backend.decode(
+                &[DecodeJob {
+                    tensor: uploaded,
+                    offset: 0,
+                }],
+                scratch,
+            )?;
+        }
+        let narrow = WgpuBackend::buffer(scratch)
+            .ok_or_else(|| backend_error(NAME, "the scratch buffer is not wgpu's"))?;
+        self.backend.device().widen(
+            widening.dtype,
+            narrow,
+            &resource.buffer,
+            resource.offset,
+            widening.elements,
+            widening.transposed,
+        )
+    }
+
+    /// Tensor `stored` of `file` on the device, coded (or raw, as stored).
+    pub(super) fn upload(
+        &self,
+        file: &CompressedFile,
+        stored: &StoredTensor,
+    ) -> Result<Box<dyn DeviceTensor>> {
+        match &stored.storage {
+            Storage::Raw => self.backend.upload_raw(file.stored_bytes(stored)),
+            Storage::Coded(coded) => {
+                let index = file.block_index(&stored.source.name, coded)?;
+                self.backend.upload(&file.view(coded), &index)
+            }
+        }
+    }
+
+    /// Runs `write` on the wgpu buffer behind burn tensor `tensor` once it
+    /// is known to hold `written` bytes, and gives the tensor back. Taking
+    /// the buffer submits cubecl's pending work first, so what burn has
+    /// asked of the tensor runs before the write; holding it keeps cubecl
+    /// from moving or reusing it.
+    pub(super) fn write_into<const D: usize>(
+        &self,
+        tensor: Tensor<D>,
+        written: u64,
+        write: impl FnOnce(&cubecl_wgpu::WgpuResource) -> Result<()>,
+    ) -> Result<Tensor<D>> {
         let primitive = tensor.try_into_primitive::<Wgpu>().map_err(|e| {
             backend_error(
                 NAME,
                 format!("the burn tensor is not on a wgpu device: {e:?}"),
             )
         })?;
-        // Holding the resource keeps cubecl from moving or reusing it, and
-        // taking it submits cubecl's pending work first.
         let managed = primitive
             .client
             .get_resource::<WgpuServer<AutoCompiler>>(primitive.handle.clone())
             .map_err(|e| backend_error(NAME, format!("burn's buffer: {e:?}")))?;
         let resource = managed.resource();
         let room = primitive.handle.size();
-        let written = if widened {
-            elements as u64 * 4
-        } else {
-            decoded_bytes.next_multiple_of(self.backend.output_alignment())
-        };
         if written > room || resource.size > room {
             return Err(backend_error(
                 NAME,
                 format!("burn's {room}-byte allocation cannot take the {written} bytes written"),
             ));
         }
-        if widened {
-            let narrow = self
-                .backend
-                .alloc(decoded_bytes.next_multiple_of(4).max(4))?;
-            self.backend.decode(
-                &[DecodeJob {
-                    tensor: uploaded.as_ref(),
-                    offset: 0,
-                }],
-                narrow.as_ref(),
-            )?;
-            let narrow = WgpuBackend::buffer(narrow.as_ref())
-                .ok_or_else(|| backend_error(NAME, "the scratch buffer is not wgpu's"))?;
-            self.backend.device().widen(
-                source.dtype,
-                narrow,
-                &resource.buffer,
-                resource.offset,
-                elements as u64,
-                transposed,
-            )?;
-        } else if decoded_bytes > 0 {
-            let out = GpuBuffer::new(resource.buffer.clone(), resource.buffer.size());
-            self.backend.decode(
-                &[DecodeJob {
-                    tensor: uploaded.as_ref(),
-                    offset: resource.offset,
-                }],
-                &out,
-            )?;
-        }
+        write(resource)?;
         drop(managed);
         Ok(Tensor::from_primitive::<Wgpu>(primitive))
     }
+
+    /// Decodes `uploaded`, a `[rows, columns]` matrix of `dtype`, through
+    /// `scratch` into `tensor` (F32, at least `rows × columns` elements) as
+    /// its `[columns, rows]` F32 transpose, and gives the tensor back.
+    pub(super) fn decode_transposed_into(
+        &self,
+        tensor: Tensor<1>,
+        uploaded: &dyn DeviceTensor,
+        dtype: safetensors::Dtype,
+        [rows, columns]: [u64; 2],
+        scratch: &dyn DeviceBuffer,
+    ) -> Result<Tensor<1>> {
+        let widening = Widening {
+            dtype,
+            elements: rows * columns,
+            transposed: Some([rows, columns]),
+        };
+        self.write_into(tensor, widening.elements * 4, |resource| {
+            self.fill(resource, uploaded, Some(widening), Some(scratch))
+        })
+    }
+}
+
+/// A decoded tensor made F32 on its way into burn's buffer.
+#[derive(Clone, Copy)]
+struct Widening {
+    dtype: safetensors::Dtype,
+    elements: u64,
+    /// `[rows, columns]` of a matrix written transposed.
+    transposed: Option<[u64; 2]>,
 }
