@@ -86,9 +86,10 @@ pub struct CodedMemory {
     /// The coded weights (and any stored raw), held for the model's life:
     /// in device memory on a shared device, in host memory otherwise.
     pub coded_bytes: u64,
-    /// The buffers each weight is decoded into: the decoder's output and
-    /// the F32 weight, each the size of the largest weight (on the host,
-    /// the decoder's output; the F32 weight is burn's for one forward).
+    /// The buffers each weight is decoded into, each the size of the
+    /// largest weight: the decoder's output, as stored, and (on a shared
+    /// device) the F32 weight. On the host the F32 weight is a tensor
+    /// burn holds for one forward.
     pub buffer_bytes: u64,
     /// The same weights decoded, as F32: what a model loaded decoded holds
     /// for them.
@@ -315,12 +316,16 @@ impl CodedWeights {
                     .uploaded
                     .as_deref()
                     .ok_or_else(|| backend_error(NAME, "the weight was not uploaded"))?;
-                let largest = state
-                    .weights
-                    .values()
-                    .map(|w| w.shape[0] * w.shape[1])
-                    .max()
-                    .unwrap_or(0);
+                let elements = |w: &KeptWeight| w.shape[0] * w.shape[1];
+                let largest = Largest {
+                    elements: state.weights.values().map(elements).max().unwrap_or(0),
+                    decoded_bytes: state
+                        .weights
+                        .values()
+                        .map(|w| (elements(w) * w.dtype.bitsize() / 8) as u64)
+                        .max()
+                        .unwrap_or(0),
+                };
                 decode_on_device(
                     shared,
                     &mut state.buffers,
@@ -343,14 +348,22 @@ impl CodedWeights {
     }
 }
 
+/// The most any kept-coded weight needs.
+#[derive(Clone, Copy)]
+struct Largest {
+    elements: usize,
+    /// Decoded, as stored.
+    decoded_bytes: u64,
+}
+
 /// Decodes `uploaded` on the shared device into the reused scratch, widens
 /// it transposed into the reused burn tensor (or, where `fresh`, a new
 /// one), and returns that tensor's first `out × in` elements as
-/// `[in, out]`. The buffers are made, or remade, for `largest` elements.
+/// `[in, out]`. The buffers are made, or remade, for the `largest` weight.
 fn decode_on_device(
     shared: &SharedDevice,
     state: &mut Buffers,
-    largest: usize,
+    largest: Largest,
     uploaded: &dyn DeviceTensor,
     dtype: safetensors::Dtype,
     [output, input]: [usize; 2],
@@ -358,8 +371,11 @@ fn decode_on_device(
 ) -> Result<Tensor<2>> {
     let backend = shared.backend();
     let elements = output * input;
-    let largest = largest.max(1);
-    let decoded_capacity = (largest as u64 * 4).next_multiple_of(backend.output_alignment());
+    let decoded_capacity = largest
+        .decoded_bytes
+        .max(1)
+        .next_multiple_of(backend.output_alignment());
+    let largest = largest.elements.max(1);
     if state
         .device_scratch
         .as_ref()
