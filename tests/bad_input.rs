@@ -266,6 +266,65 @@ fn rejects_an_unknown_format_version() {
 }
 
 #[test]
+fn rejects_a_file_checksum_not_spelt_in_lowercase() {
+    let (_dir, path) = compressed_sample();
+    let bytes = std::fs::read(&path).unwrap();
+    let (header, _) = read_header(&bytes);
+    let digest = header["__metadata__"]["ecf.source_xxh3"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Each the same number, spelt as FORMAT.md §1 does not allow.
+    let uppercase = digest.to_uppercase();
+    let signed = format!("+{}", &digest[1..]);
+    for spelling in [uppercase, signed] {
+        if spelling == digest || (spelling.starts_with('+') && !digest.starts_with('0')) {
+            continue;
+        }
+        let mut header = header.clone();
+        header["__metadata__"]["ecf.source_xxh3"] = serde_json::json!(spelling);
+        write(&path, &with_header(&bytes, &header));
+        assert_rejected(
+            &path,
+            |e| matches!(e, Error::Corrupt { .. }),
+            &[&format!(
+                "checksum {spelling:?} is not 16 lowercase hex digits"
+            )],
+        );
+    }
+}
+
+#[test]
+fn rejects_a_header_that_repeats_a_key() {
+    // Whichever value a parser keeps, one reader would see another file:
+    // both orders are refused, before anything else is read.
+    for (first, second) in [("3", "2"), ("2", "3")] {
+        let (_dir, path) = compressed_sample();
+        let bytes = std::fs::read(&path).unwrap();
+        let (header, data_start) = read_header(&bytes);
+        let json = serde_json::to_string(&header).unwrap();
+        let original = "\"ecf.version\":\"2\"";
+        assert_eq!(json.matches(original).count(), 1, "{json}");
+        let mut json = json
+            .replace(
+                original,
+                &format!("\"ecf.version\":\"{first}\",\"ecf.version\":\"{second}\""),
+            )
+            .into_bytes();
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut rewritten = (json.len() as u64).to_le_bytes().to_vec();
+        rewritten.extend_from_slice(&json);
+        rewritten.extend_from_slice(&bytes[data_start..]);
+        write(&path, &rewritten);
+        assert_rejected(
+            &path,
+            |e| matches!(e, Error::NotSafetensors { .. }),
+            &["the key \"ecf.version\" appears twice in one JSON object"],
+        );
+    }
+}
+
+#[test]
 fn flipped_bits_in_the_coded_stream_are_caught() {
     let (_dir, path) = compressed_sample();
     let original = std::fs::read(&path).unwrap();

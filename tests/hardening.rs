@@ -236,6 +236,37 @@ fn directory_manifests_are_checked_before_anything_is_rebuilt() {
 }
 
 #[test]
+fn a_manifest_that_repeats_a_key_is_refused() {
+    // Whichever value a parser keeps, one reader would see another manifest.
+    for (first, second) in [("2", "99"), ("99", "2")] {
+        let root = tempfile::tempdir().unwrap();
+        let compressed = compressed_checkpoint(root.path());
+        let path = compressed.join("ecfloat.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = replace_once(
+            &text,
+            "\"version\": 2",
+            &format!("\"version\": {first},\n  \"version\": {second}"),
+        );
+        std::fs::write(&path, text).unwrap();
+        for command in ["decompress", "verify"] {
+            let output = ecf_path(&[command], &compressed);
+            assert_fails_cleanly(
+                &output,
+                &format!("version {first} then {second}: {command}"),
+                "the key \"version\" appears twice in one JSON object",
+            );
+        }
+    }
+}
+
+/// `text` with its one occurrence of `from` replaced by `to`.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from} in {text}");
+    text.replace(from, to)
+}
+
+#[test]
 fn a_copied_file_that_would_land_on_a_rebuilt_shard_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let compressed = compressed_checkpoint(root.path());

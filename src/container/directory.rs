@@ -378,6 +378,9 @@ fn read_manifest(input: &Path) -> Result<Manifest> {
         }
         Err(e) => return Err(Error::io(&path, e)),
     };
+    super::schema::check_unique_keys(text.as_bytes()).map_err(|reason| {
+        Error::corrupt(&path, None, format!("the manifest is ambiguous: {reason}"))
+    })?;
     let manifest: Manifest = serde_json::from_str(&text)
         .map_err(|e| Error::corrupt(&path, None, format!("the manifest is invalid: {e}")))?;
     if manifest.format != super::schema::FORMAT_NAME {

@@ -166,6 +166,9 @@ impl CompressedFile {
             schema::MAX_HEADER_BYTES,
         )
         .map_err(|e| corrupt(format!("the recorded source header does not inflate: {e}")))?;
+        schema::check_unique_keys(&source_header).map_err(|reason| {
+            corrupt(format!("the recorded source header is ambiguous: {reason}"))
+        })?;
         let source_metadata: Metadata = serde_json::from_slice(&source_header).map_err(|e| {
             let named = serde_json::from_slice(&source_header)
                 .ok()

@@ -156,16 +156,143 @@ pub fn format_checksum(checksum: u64) -> String {
     format!("{checksum:016x}")
 }
 
+/// A checksum as the format writes it: exactly 16 lowercase hex digits
+/// (`from_str_radix` alone would also take uppercase digits and a `+`).
 pub(crate) fn parse_checksum(text: &str) -> Result<u64, String> {
-    if text.len() != 16 {
-        return Err(format!("checksum {text:?} is not 16 hex digits"));
+    let lowercase_hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    if text.len() != 16 || !text.bytes().all(lowercase_hex) {
+        return Err(format!("checksum {text:?} is not 16 lowercase hex digits"));
     }
-    u64::from_str_radix(text, 16).map_err(|_| format!("checksum {text:?} is not 16 hex digits"))
+    u64::from_str_radix(text, 16)
+        .map_err(|_| format!("checksum {text:?} is not 16 lowercase hex digits"))
+}
+
+/// Fails naming the first key that appears twice in one object of `json`,
+/// at any depth: a JSON parser keeps the first or the last of two values,
+/// so two readers of one file could otherwise see two different files.
+/// Keys are compared after their escapes are resolved. JSON that does not
+/// parse passes here, for the caller's own parser to report.
+pub(crate) fn check_unique_keys(json: &[u8]) -> Result<(), String> {
+    use serde::de::DeserializeSeed;
+
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    match UniqueKeys.deserialize(&mut deserializer) {
+        Err(e) if e.is_data() => Err(e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// A JSON value walked for keys repeated within one object.
+struct UniqueKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(UniqueKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one JSON object (every key once, FORMAT.md §1)"
+                )));
+            }
+            map.next_value_seed(UniqueKeys)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_repeated_in_any_object_is_named() {
+        for (json, key) in [
+            (r#"{"a":1,"a":2}"#, "a"),
+            (r#"{"t":{"dtype":"F32","dtype":"BF16"}}"#, "dtype"),
+            (r#"[{"x":[{"k":1,"k":1}]}]"#, "k"),
+            // The same key after its escapes are resolved.
+            (r#"{"ab":1,"\u0061b":2}"#, "ab"),
+        ] {
+            let error = check_unique_keys(json.as_bytes()).unwrap_err();
+            assert!(
+                error.contains(&format!("the key {key:?} appears twice")),
+                "{json}: {error}"
+            );
+        }
+        for json in [
+            r#"{"a":{"b":1},"b":{"a":1}}"#,
+            r#"[{"a":1},{"a":1}]"#,
+            "{} \t\n",
+            // Not JSON: for the caller's parser to report.
+            "{\"a\":",
+        ] {
+            assert_eq!(check_unique_keys(json.as_bytes()), Ok(()), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_checksum_is_16_lowercase_hex_digits() {
+        assert_eq!(
+            parse_checksum("0123456789abcdef"),
+            Ok(0x0123_4567_89ab_cdef)
+        );
+        for text in [
+            "0123456789ABCDEF",
+            "+123456789abcdef",
+            "0123456789abcde",
+            " 123456789abcdef",
+        ] {
+            assert!(parse_checksum(text).is_err(), "{text}");
+        }
+    }
 
     #[test]
     fn coded_header_round_trips() {

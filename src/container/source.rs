@@ -41,9 +41,25 @@ impl TensorEntry {
     }
 }
 
+/// The header JSON of a safetensors file's bytes, where its length prefix
+/// fits in them.
+fn header_json(bytes: &[u8]) -> Option<&[u8]> {
+    let length: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let end = usize::try_from(u64::from_le_bytes(length))
+        .ok()?
+        .checked_add(8)?;
+    bytes.get(8..end)
+}
+
 impl SourceFile {
     pub fn open(path: &Path) -> Result<Self> {
         let map = map_file(path)?;
+        if let Some(json) = header_json(&map) {
+            super::schema::check_unique_keys(json).map_err(|reason| Error::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: format!("its header is ambiguous: {reason}"),
+            })?;
+        }
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| Error::NotSafetensors {
                 path: path.to_path_buf(),
