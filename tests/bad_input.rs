@@ -325,6 +325,34 @@ fn rejects_a_header_that_repeats_a_key() {
 }
 
 #[test]
+fn a_buffer_of_the_wrong_size_is_an_error_and_left_untouched() {
+    use ecfloat::container::{CompressedFile, cpu_decoder};
+
+    let (_dir, path) = compressed_sample();
+    let file = CompressedFile::open(&path).unwrap();
+    let decoder = cpu_decoder(Default::default());
+    for name in ["layers.0.attn.weight", "position_ids"] {
+        let tensor = file.tensor(name).unwrap();
+        let len = tensor.source.len();
+        for size in [len - 8, len + 8] {
+            let mut buffer = vec![0xa5u8; size];
+            let error = file
+                .read_tensor_into(tensor, &decoder, &mut buffer)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(name) && error.contains(&format!("not the {size}")),
+                "{error}"
+            );
+            assert!(buffer.iter().all(|&b| b == 0xa5), "{name}: written to");
+        }
+        let mut buffer = vec![0u8; len];
+        file.read_tensor_into(tensor, &decoder, &mut buffer)
+            .unwrap();
+    }
+}
+
+#[test]
 fn flipped_bits_in_the_coded_stream_are_caught() {
     let (_dir, path) = compressed_sample();
     let original = std::fs::read(&path).unwrap();

@@ -45,6 +45,7 @@ fn main() {
         a_compressed_model_gives_every_tensor_as_candle_loads_it,
         a_compressed_model_decodes_through_the_cuda_kernel_on_the_cpu,
         compressed_modules_compute_what_candle_nn_computes,
+        a_flipped_mantissa_bit_is_an_error_naming_the_tensor,
     ]);
 }
 
@@ -355,5 +356,34 @@ fn compressed_modules_compute_what_candle_nn_computes() -> Ran {
     );
     fn shared<T: Send + Sync>(_: &T) {}
     shared(&model);
+    Ok(())
+}
+
+/// The one corruption only a tensor's checksum sees, a flipped raw
+/// mantissa bit: candle's loading refuses the tensor, naming it, and loads
+/// the others.
+#[cfg(feature = "candle")]
+fn a_flipped_mantissa_bit_is_an_error_naming_the_tensor() -> Ran {
+    use candle_core::{DType, Device};
+    use ecfloat::candle::{CompressedTensors, var_builder};
+
+    let dir = tempfile::tempdir().unwrap();
+    let plain = common::write_sample(dir.path());
+    let path = dir.path().join("sample.ecf.safetensors");
+    ecfloat::container::compress_file(&plain, &path, &Default::default()).unwrap();
+    let name = "layers.0.attn.weight";
+    common::flip_rest_bit(&path, name);
+    let cpu = Device::Cpu;
+    let named = |error: String| {
+        assert!(
+            error.contains(name) && error.contains("checksum"),
+            "{error}"
+        );
+    };
+    let tensors = CompressedTensors::open(&path).unwrap();
+    named(tensors.load(name, &cpu).unwrap_err().to_string());
+    tensors.load("layers.0.mlp.weight", &cpu).unwrap();
+    let builder = var_builder(&path, DType::F32, &cpu).unwrap();
+    named(builder.get((300, 128), name).unwrap_err().to_string());
     Ok(())
 }

@@ -117,6 +117,28 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Flips one bit in the middle of coded tensor `name`'s rest plane in the
+/// file at `path`: raw mantissa bits, which only the tensor's checksum can
+/// tell from the original's.
+#[allow(dead_code)]
+pub fn flip_rest_bit(path: &Path, name: &str) {
+    use ecfloat::container::{CompressedFile, Storage};
+
+    let file = CompressedFile::open(path).unwrap();
+    let tensor = file.tensor(name).unwrap();
+    let Storage::Coded(coded) = &tensor.storage else {
+        panic!("{name} is not coded");
+    };
+    let data_start = std::fs::metadata(path).unwrap().len() as usize - file.data().len();
+    let rest = coded.rest_range.clone();
+    assert!(!rest.is_empty(), "{name} has no rest plane");
+    let middle = data_start + (rest.start + rest.end) / 2;
+    drop(file);
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[middle] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// The safetensors header of `bytes` as JSON, and where the data starts.
 pub fn read_header(bytes: &[u8]) -> (serde_json::Value, usize) {
     let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
