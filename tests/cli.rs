@@ -131,6 +131,36 @@ fn verify_and_bench_report_in_json() {
 }
 
 #[test]
+fn verify_says_which_checks_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    assert!(ecf_path(&["compress"], &source).status.success());
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    let output = ecf_path(&["verify", "--backend", "cpu"], &compressed);
+    assert!(
+        stdout(&output).contains("file checksum matches"),
+        "{}",
+        stdout(&output)
+    );
+
+    // A tensor that fails: no file was rebuilt, so none was compared.
+    common::flip_rest_bit(&compressed, "layers.0.attn.weight");
+    let output = ecf_path(&["verify", "--backend", "cpu"], &compressed);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains("1 failed; file checksum not compared: 1 tensor failed"),
+        "{text}"
+    );
+    let output = ecf_path(&["verify", "--backend", "cpu", "--json"], &compressed);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        report["files"][0]["file_checksum_matches"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
 fn demo_checks_every_bit_and_reports_the_ratio() {
     let output = ecf(&["demo", "--repeats", "1"]);
     assert!(output.status.success(), "{}", stderr(&output));

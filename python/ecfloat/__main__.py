@@ -265,10 +265,14 @@ def verify_text(report: Dict[str, Any]) -> List[str]:
         lines.extend(f"FAIL {tensor['error']}" for tensor in tensors if tensor["error"] is not None)
         failed = sum(1 for tensor in tensors if not tensor["ok"])
         coded = sum(1 for tensor in tensors if tensor["coded"])
+        matches = file["file_checksum_matches"]
+        if matches is None:
+            file_checksum = f"file checksum not compared: {count_text(failed, 'tensor')} failed"
+        else:
+            file_checksum = f"file checksum {'matches' if matches else 'DIFFERS'}"
         lines.append(
             f"{file['file']}: {'OK' if file['ok'] else 'FAILED'} ({count_text(len(tensors), 'tensor')}, {coded} coded,"
-            f" decoded on {file['backend']}; {failed} failed; file checksum"
-            f" {'matches' if file['file_checksum_matches'] else 'DIFFERS'}) in {file['seconds']:.2f} s"
+            f" decoded on {file['backend']}; {failed} failed; {file_checksum}) in {file['seconds']:.2f} s"
         )
     return lines
 
