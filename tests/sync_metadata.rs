@@ -49,7 +49,7 @@ type Backends = [Box<dyn Backend>];
 type BackendsTest = fn(&Backends);
 
 fn main() {
-    let tests: [(&str, BackendsTest); 8] = [
+    let tests: [(&str, BackendsTest); 9] = [
         (
             "the_sample_decodes_everywhere",
             the_sample_decodes_everywhere,
@@ -73,6 +73,10 @@ fn main() {
         (
             "an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right",
             an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right,
+        ),
+        (
+            "a_chunk_start_broken_at_a_round_boundary_is_rejected_everywhere",
+            a_chunk_start_broken_at_a_round_boundary_is_rejected_everywhere,
         ),
         (
             "another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere",
@@ -351,29 +355,73 @@ fn a_missing_sync_exception_is_rejected_everywhere(backends: &Backends) {
 fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right(backends: &Backends) {
     let (original, tensor) = sample();
     let records = Records::of(&tensor);
+    let entry = &records.index.blocks[0];
+    let chunk = (1..tensor.params.geometry.chunk_count(entry.stream_bits))
+        .find(|&c| records.exceptions[0].iter().all(|e| e.chunk as u64 != c))
+        .unwrap();
+    exceptions_decode_only_where_right(backends, &tensor, &original, 0, chunk);
+}
+
+/// The chunk start each round of a GPU workgroup's chunks begins with is
+/// checked against the previous round's end by the round's first thread
+/// alone: a start broken exactly there is rejected as within a round.
+fn a_chunk_start_broken_at_a_round_boundary_is_rejected_everywhere(backends: &Backends) {
+    use ecfloat::backend::gpu::layout::WORKGROUP_SIZE;
+
+    // Short chunks: a block of thousands, many rounds.
+    let original = synth::heavy_tailed_bytes(FloatKind::Bf16, 65_536, 12);
+    let options = EncodeOptions {
+        chunk_bits: Some(64),
+        ..sample_options()
+    };
+    let tensor = codec::encode(FloatKind::Bf16, &original, &options).unwrap();
+    let records = Records::of(&tensor);
+    let chunks = tensor
+        .params
+        .geometry
+        .chunk_count(records.index.blocks[0].stream_bits);
+    assert!(chunks > 3 * WORKGROUP_SIZE as u64, "{chunks} chunks");
+    let mut tried = 0;
+    for round in 1..=3u64 {
+        let chunk = round * WORKGROUP_SIZE as u64;
+        if records.exceptions[0]
+            .iter()
+            .any(|e| e.chunk as u64 == chunk)
+        {
+            continue;
+        }
+        exceptions_decode_only_where_right(backends, &tensor, &original, 0, chunk);
+        tried += 1;
+    }
+    assert!(tried >= 2, "only {tried} round boundaries tried");
+}
+
+/// An exception added at `chunk` of `block` (which has none) decodes where
+/// it names the first boundary the warm-up lands on, and is rejected for
+/// that chunk's start everywhere where it names the next bit.
+fn exceptions_decode_only_where_right(
+    backends: &Backends,
+    tensor: &EncodedTensor,
+    original: &[u8],
+    block: usize,
+    chunk: u64,
+) {
+    let records = Records::of(tensor);
     let geometry = tensor.params.geometry;
-    let block = 0;
     let entry = &records.index.blocks[block];
     let stream =
         &tensor.head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize];
     let BlockMode::Coded { table } = entry.mode else {
-        panic!("the sample's first block is coded")
+        panic!("block {block} is coded")
     };
     let decode_table = codec::huffman::DecodeTable::new(
         &records.index.tables[table as usize],
         records.index.table_max_len[table as usize] as u32,
     );
-    let chunk = (1..geometry.chunk_count(entry.stream_bits))
-        .find(|&c| {
-            records.exceptions[block]
-                .iter()
-                .all(|e| e.chunk as u64 != c)
-        })
-        .unwrap();
     let landing = geometry.warmup_landing(stream, entry.stream_bits, &decode_table, chunk);
     let right = (landing - chunk * geometry.chunk_bits as u64) as u8;
     for boundary in [right, (right + 1) % 12] {
-        let mut records = Records::of(&tensor);
+        let mut records = Records::of(tensor);
         let exceptions = &mut records.exceptions[block];
         let at = exceptions.partition_point(|e| (e.chunk as u64) < chunk);
         exceptions.insert(
@@ -384,7 +432,7 @@ fn an_exception_where_the_warmup_lands_right_decodes_only_if_it_is_right(backend
             },
         );
         let what = format!("chunk {chunk} with an exception at {boundary} (true: {right})");
-        let outcome = agreed_outcome(&what, backends, &records.write(&tensor), &original);
+        let outcome = agreed_outcome(&what, backends, &records.write(tensor), original);
         if boundary == right {
             assert_eq!(outcome, Outcome::Decoded, "{what}");
         } else {
