@@ -360,3 +360,41 @@ def test_reports_read_as_the_binary_prints_them(checkpoint, tmp_path):
 
 def test_ecfloat_torch_saves_as_it_loads():
     assert ecfloat.torch.save_file is save_file
+
+
+def test_a_flipped_mantissa_bit_and_a_wrong_sized_buffer_are_errors_naming_the_tensor(tmp_path):
+    import numpy
+
+    tensors = sample_tensors()
+    plain, ours = tmp_path / "plain.safetensors", tmp_path / "model.ecf.safetensors"
+    safetensors.torch.save_file(tensors, plain)
+    save_file(tensors, ours)
+
+    # A buffer of the wrong size, for a coded tensor and a plain file's: a
+    # ValueError naming the tensor, the buffer left as it was.
+    for path, name in ((ours, "layers.0.mlp.weight"), (plain, "layers.0.norm.weight")):
+        checkpoint = _ecfloat.Checkpoint(str(path))
+        size = tensors[name].numel() * tensors[name].element_size()
+        for wrong in (size - 8, size + 8):
+            buffer = numpy.full(wrong, 0xA5, dtype=numpy.uint8)
+            with pytest.raises(ValueError, match=re.escape(name)):
+                checkpoint.read_into(name, buffer.ctypes.data, wrong)
+            assert (buffer == 0xA5).all(), (path.name, name, wrong)
+
+    # The last bytes are the last coded tensor's raw mantissas: a flipped
+    # bit there is seen only by that tensor's checksum, which every read
+    # checks.
+    entries = {name: info for name, info in header(ours).items() if name != "__metadata__"}
+    last = max(entries, key=lambda name: entries[name]["data_offsets"][1])
+    corrupted = tmp_path / "corrupted.ecf.safetensors"
+    data = bytearray(ours.read_bytes())
+    data[-1] ^= 0x10
+    corrupted.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(last) + ".*checksum"):
+        ecfloat.torch.load_file(corrupted)
+    with ecfloat.safe_open(corrupted) as f:
+        with pytest.raises(ValueError, match=re.escape(last)):
+            f.get_tensor(last)
+        others = [name for name in f.keys() if name != last]
+        for name in others:
+            assert same_bits(f.get_tensor(name), tensors[name]), name
