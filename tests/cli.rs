@@ -196,6 +196,16 @@ fn analyze_reports_the_same_study_for_plain_and_compressed_files() {
     let compressed = dir.path().join("sample.ecf.safetensors");
     let plot = dir.path().join("study.svg");
 
+    let png = dir.path().join("study.png");
+    let output = ecf_path(&["analyze", "--plot", png.to_str().unwrap()], &source);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("the plot is written as SVG; give a file name ending in .svg"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!png.exists(), "nothing written");
+
     let output = ecf_path(
         &["analyze", "--json", "--plot", plot.to_str().unwrap()],
         &source,

@@ -288,6 +288,19 @@ fn study_file(path: &Path, tensors: &mut Vec<TensorAnalysis>) -> Result<()> {
 /// Studies every float tensor of `path` (a file or a directory of them)
 /// and, with `plot`, draws the study there as SVG.
 pub fn analyze(path: &Path, plot: Option<&Path>) -> Result<AnalysisReport> {
+    // Refused before the study, which can take minutes: the plot is SVG,
+    // and a `.png` name would hold SVG.
+    if let Some(output) = plot {
+        let svg = output
+            .extension()
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("svg"));
+        if !svg {
+            return Err(Error::Usage(format!(
+                "{}: the plot is written as SVG; give a file name ending in .svg",
+                output.display()
+            )));
+        }
+    }
     let report = study(path)?;
     if let Some(output) = plot {
         draw(&report, output)?;
