@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._ecfloat import Checkpoint as _Checkpoint
 from ._ecfloat import DeviceError
@@ -30,6 +30,22 @@ __all__ = ["DeviceError", "__version__", "compress_file", "decompress_file", "sa
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+# The command line's hint for an existing output; from Python it is an argument.
+_FORCE_OPTION_HINT = "(pass --force to replace it)"
+
+
+def _run_command(command: Callable[[], str]) -> Dict[str, Any]:
+    """A command's JSON report, its errors naming ``force=True`` where the
+    command line names ``--force``."""
+    try:
+        return json.loads(command())
+    except ValueError as error:
+        message = str(error)
+        if message.endswith(_FORCE_OPTION_HINT):
+            raise ValueError(message[: -len(_FORCE_OPTION_HINT)] + "(pass force=True to replace it)") from None
+        raise
+
+
 def compress_file(source: PathLike, output: Optional[PathLike] = None, *, force: bool = False) -> Dict[str, Any]:
     """Compresses a safetensors file, or a checkpoint directory, as ``ecf
     compress`` does.
@@ -40,7 +56,7 @@ def compress_file(source: PathLike, output: Optional[PathLike] = None, *, force:
     seconds). Raises ``ValueError`` for a file that is not valid
     safetensors and ``OSError`` for I/O; nothing is left half-written.
     """
-    return json.loads(_compress(os.fspath(source), None if output is None else os.fspath(output), force))
+    return _run_command(lambda: _compress(os.fspath(source), None if output is None else os.fspath(output), force))
 
 
 def decompress_file(source: PathLike, output: Optional[PathLike] = None, *, force: bool = False) -> Dict[str, Any]:
@@ -49,7 +65,7 @@ def decompress_file(source: PathLike, output: Optional[PathLike] = None, *, forc
 
     Returns the command's JSON report as a dict.
     """
-    return json.loads(_decompress(os.fspath(source), None if output is None else os.fspath(output), force))
+    return _run_command(lambda: _decompress(os.fspath(source), None if output is None else os.fspath(output), force))
 
 
 def verify(path: PathLike, *, backend: str = "cpu") -> Dict[str, Any]:

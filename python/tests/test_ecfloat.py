@@ -109,8 +109,10 @@ def test_compress_decompress_and_verify_report_as_the_cli_does(tmp_path):
     safetensors.torch.save_file(weights, source)
     report = ecfloat.compress_file(source)
     assert report["output"].endswith("small.ecf.safetensors") and report["ratio"] < 0.9
-    with pytest.raises(ValueError, match="refusing to overwrite an existing file"):
+    with pytest.raises(ValueError, match=r"refusing to overwrite an existing file \(pass force=True to replace it\)$"):
         ecfloat.compress_file(source)
+    with pytest.raises(ValueError, match=r"\(pass force=True to replace it\)$"):
+        ecfloat.decompress_file(report["output"], source)
     assert ecfloat.compress_file(source, force=True)["ratio"] == report["ratio"]
     checked = ecfloat.verify(report["output"])
     assert checked["ok"] and checked["files"][0]["tensors"][0]["name"] == "w"
