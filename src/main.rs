@@ -23,7 +23,7 @@ Examples:
   ecf compress model.safetensors           # writes model.ecf.safetensors
   ecf compress checkpoint/ -o small/       # every shard of a checkpoint directory
   ecf decompress model.ecf.safetensors     # writes model.safetensors, byte for byte
-  ecf verify model.ecf.safetensors --backend auto
+  ecf verify model.ecf.safetensors --backend auto   # on a GPU where there is one (default: cpu)
   ecf inspect model.ecf.safetensors --json
   ecf bench model.safetensors --backend cuda
   ecf selftest                             # every backend present, every bit checked";
