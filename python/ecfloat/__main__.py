@@ -23,7 +23,7 @@ Examples:
   python -m ecfloat compress model.safetensors           # writes model.ecf.safetensors
   python -m ecfloat compress checkpoint/ -o small/       # every shard of a checkpoint directory
   python -m ecfloat decompress model.ecf.safetensors     # writes model.safetensors, byte for byte
-  python -m ecfloat verify model.ecf.safetensors --backend auto
+  python -m ecfloat verify model.ecf.safetensors --backend auto   # on a GPU where there is one (default: cpu)
   python -m ecfloat inspect model.ecf.safetensors --json"""
 
 BACKEND_CHOICES = ["auto", "cpu", "wgpu", "cuda"]
