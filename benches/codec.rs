@@ -1,7 +1,6 @@
 //! Codec throughput on the CPU, against memcpy of the same bytes in the
 //! same run: `cargo bench --bench codec [-- FILE...]`. Decode is timed as
-//! `ecf decompress` runs it (sync metadata checked where the decoder's
-//! lanes start) and as `verify` and the CPU backend run it (every chunk's).
+//! every reader runs it, every chunk's sync metadata checked.
 //!
 //! Without files it uses 64 MiB of synthetic heavy-tailed weights per dtype;
 //! with files, every float tensor in them (e.g. ../shared/testdata/*).
@@ -10,7 +9,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ecfloat::codec::decode::{SyncCheck, decode_blocks_with};
+use ecfloat::codec::decode::decode_blocks;
 use ecfloat::codec::{self, BlockIndex, EncodeOptions, FloatKind};
 use ecfloat::synth;
 use ecfloat::tools::bench::load_float_tensors;
@@ -46,16 +45,12 @@ fn report(label: &str, tensors: &[(FloatKind, Vec<u8>)]) {
             std::hint::black_box(codec::encode(*kind, b, &options).unwrap());
         }
     });
-    let mut decode_with = |check: SyncCheck| {
-        time_runs(41, || {
-            for ((e, index), out) in encoded.iter().zip(&indexes).zip(&mut out) {
-                let blocks = 0..index.blocks.len();
-                decode_blocks_with(&e.view(), index, blocks, check, out).unwrap();
-            }
-        })
-    };
-    let (decode, decode_best) = decode_with(SyncCheck::Lanes);
-    let (checked, _) = decode_with(SyncCheck::AllChunks);
+    let (decode, decode_best) = time_runs(41, || {
+        for ((e, index), out) in encoded.iter().zip(&indexes).zip(&mut out) {
+            let blocks = 0..index.blocks.len();
+            decode_blocks(&e.view(), index, blocks, out).unwrap();
+        }
+    });
     for ((_, original), decoded) in tensors.iter().zip(&out) {
         assert!(original == decoded, "{label}: decode is not exact");
     }
@@ -65,12 +60,11 @@ fn report(label: &str, tensors: &[(FloatKind, Vec<u8>)]) {
     let stored: u64 = encoded.iter().map(|e| e.stored_bytes()).sum();
     let gbps = |s: f64| bytes as f64 / s / 1e9;
     println!(
-        "{label:<40} ratio {:.4}  encode {:6.3} GB/s  decode {:6.3} GB/s (best {:6.3}, every chunk checked {:6.3})  memcpy {:6.2} GB/s  decode/memcpy {:.3}",
+        "{label:<40} ratio {:.4}  encode {:6.3} GB/s  decode {:6.3} GB/s (best {:6.3})  memcpy {:6.2} GB/s  decode/memcpy {:.3}",
         stored as f64 / bytes as f64,
         gbps(encode),
         gbps(decode),
         gbps(decode_best),
-        gbps(checked),
         gbps(copy),
         copy / decode,
     );

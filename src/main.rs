@@ -329,7 +329,7 @@ fn run(cli: Cli) -> std::result::Result<ExitCode, Stop> {
             repeats,
             json,
         } => {
-            let backend = bench::open_backend(&backend.name)?;
+            let backend = ecfloat::backend::open(&backend.name)?;
             if model {
                 let report = match (&path, synthetic) {
                     (Some(path), _) => bench::bench_model(path, backend.as_ref(), repeats)?,

@@ -330,7 +330,7 @@ fn a_buffer_of_the_wrong_size_is_an_error_and_left_untouched() {
 
     let (_dir, path) = compressed_sample();
     let file = CompressedFile::open(&path).unwrap();
-    let decoder = cpu_decoder(Default::default());
+    let decoder = cpu_decoder();
     for name in ["layers.0.attn.weight", "position_ids"] {
         let tensor = file.tensor(name).unwrap();
         let len = tensor.source.len();

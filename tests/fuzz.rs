@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ecfloat::codec::{EncodeOptions, decode::SyncCheck};
+use ecfloat::codec::EncodeOptions;
 use ecfloat::conformance::Family;
 use ecfloat::container::{self, CompressOptions, Decoder, write::TensorData};
 use rand::{Rng, SeedableRng};
@@ -201,7 +201,7 @@ fn judge(path: &Path, originals: &[&[u8]]) -> Result<Verdict, String> {
     let run = || -> Result<Verdict, String> {
         let _ = ecfloat::tools::inspect::inspect(path);
         let _ = ecfloat::tools::analyze::analyze(path, None);
-        let verdict = verdict(path, &container::cpu_decoder(SyncCheck::AllChunks));
+        let verdict = verdict(path, &container::cpu_decoder());
         let rebuilt = path.with_extension("rebuilt");
         let decompressed = container::decompress_file(path, &rebuilt, true, &Default::default());
         if decompressed.is_ok() {
@@ -345,7 +345,7 @@ fn the_corpus_is_rejected_or_rebuilt_exactly_on_the_cpu() -> Ran {
 /// `backend` judges every corpus file as the CPU does: the same files
 /// rejected, the same tensors failing their checksum.
 fn the_corpus_is_judged_as_on_the_cpu(backend: &dyn ecfloat::backend::Backend) {
-    let cpu = container::cpu_decoder(SyncCheck::AllChunks);
+    let cpu = container::cpu_decoder();
     let decode = ecfloat::backend::decoder(backend);
     let name = backend.name();
     for file in corpus() {
@@ -413,7 +413,7 @@ fn regenerate_corpus() -> Ran {
         }
         let path = dir.path().join("file.ecf.safetensors");
         std::fs::write(&path, &bytes).unwrap();
-        let verdict = verdict(&path, &container::cpu_decoder(SyncCheck::AllChunks));
+        let verdict = verdict(&path, &container::cpu_decoder());
         let kind = kind_of(&verdict);
         if kinds.contains_key(&kind) {
             continue;
@@ -447,10 +447,7 @@ fn regenerate_corpus() -> Ran {
                 rest: Vec::new(),
             },
         );
-        let verdict = verdict(
-            &corpus.join(&file),
-            &container::cpu_decoder(SyncCheck::AllChunks),
-        );
+        let verdict = verdict(&corpus.join(&file), &container::cpu_decoder());
         listing.push_str(&format!(
             "- `{file}`: {elements} BF16 elements claimed in blocks of {block_elements}, {} index bytes — {}\n",
             blocks * record_bytes,

@@ -10,7 +10,6 @@ mod common;
 
 use ecfloat::backend::gpu::layout::DispatchLimits;
 use ecfloat::backend::{self, Backend, CpuBackend};
-use ecfloat::codec::decode::SyncCheck;
 use ecfloat::codec::index::{BlockRecord, ChunkException, write_record};
 use ecfloat::codec::{
     self, BlockIndex, BlockMode, CodecError, EncodeOptions, EncodedTensor, FloatKind, StreamProblem,
@@ -83,8 +82,8 @@ fn main() {
             another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere,
         ),
         (
-            "decompress_checks_what_it_needs_and_verify_every_chunk",
-            decompress_checks_what_it_needs_and_verify_every_chunk,
+            "decompress_rejects_what_verify_rejects",
+            decompress_rejects_what_verify_rejects,
         ),
     ];
     let mut trials = Vec::new();
@@ -459,18 +458,21 @@ fn another_warmup_or_chunk_size_is_rejected_or_decoded_alike_everywhere(backends
     assert!(rejected >= 3, "most changes must be caught: {rejected}");
 }
 
-fn decompress_checks_what_it_needs_and_verify_every_chunk(backends: &Backends) {
-    // The file, compressed, with one exception made wrong: decompress
-    // rebuilds it exactly (its decoder does not use that exception, and
-    // every checksum holds); verify rejects it, on every backend, naming
-    // the tensor and block.
+fn decompress_rejects_what_verify_rejects(backends: &Backends) {
+    // The file, compressed, then changed two ways that leave its stream
+    // decodable in order and every checksum right: one exception made
+    // wrong (in a chunk where none of the CPU decoder's lanes starts, so
+    // that its bytes would not change), and the warm-up set to nothing.
+    // Both break the sync rule: decompress refuses each, leaving no
+    // output, with the error verify gives on every backend.
     let directory = tempfile::tempdir().unwrap();
     let (original, tensor) = sample();
     let source = directory.path().join("model.safetensors");
+    let name = "layers.0.mlp.weight";
     common::write_safetensors(
         &source,
         &[common::SampleTensor {
-            name: "layers.0.mlp.weight",
+            name,
             dtype: "BF16",
             shape: vec![original.len() as u64 / 2],
             bytes: original.clone(),
@@ -483,6 +485,8 @@ fn decompress_checks_what_it_needs_and_verify_every_chunk(backends: &Backends) {
         ..CompressOptions::default()
     };
     container::compress_file(&source, &compressed, &options).unwrap();
+    let elements = original.len() as u64 / 2;
+
     let records = Records::of(&tensor);
     let (block, exception) = records
         .exceptions
@@ -491,8 +495,6 @@ fn decompress_checks_what_it_needs_and_verify_every_chunk(backends: &Backends) {
         .find_map(|(b, e)| {
             e.iter()
                 .find(|e| {
-                    // Not the first chunk of one of the CPU decoder's lanes,
-                    // where even its sequential decode uses the exception.
                     let chunks = tensor.params.geometry.chunk_count(records.stream_bits[b]);
                     (1..codec::decode::LANES as u64).all(|l| chunks * l / 4 != e.chunk as u64)
                 })
@@ -505,55 +507,60 @@ fn decompress_checks_what_it_needs_and_verify_every_chunk(backends: &Backends) {
         .position(|e| e.chunk == exception.chunk)
         .unwrap();
     wrong.exceptions[block][number].first_boundary = (exception.first_boundary + 1) % 12;
-    let elements = original.len() as u64 / 2;
-    let index = wrong.write(&tensor).index;
+    let wrong_exception = directory.path().join("wrong-exception.ecf.safetensors");
+    std::fs::copy(&compressed, &wrong_exception).unwrap();
     common::replace_coded_index(
-        &compressed,
-        "layers.0.mlp.weight",
+        &wrong_exception,
+        name,
         FloatKind::Bf16,
         elements,
-        &index,
+        &wrong.write(&tensor).index,
     );
 
-    let rebuilt = directory.path().join("rebuilt.safetensors");
-    container::decompress_file(&compressed, &rebuilt, false, &Default::default()).unwrap();
-    assert_eq!(
-        std::fs::read(&rebuilt).unwrap(),
-        std::fs::read(&source).unwrap()
-    );
-    // The sequential decode accepts it; checking every chunk does not.
-    let wrong_tensor = wrong.write(&tensor);
-    let view = wrong_tensor.view();
-    let index = BlockIndex::parse(&view).unwrap();
-    let mut out = vec![0u8; original.len()];
-    let blocks = 0..index.blocks.len();
-    codec::decode::decode_blocks_with(&view, &index, blocks.clone(), SyncCheck::Lanes, &mut out)
-        .unwrap();
-    assert_eq!(out, original);
-    assert!(codec::decode_blocks(&view, &index, blocks, &mut out).is_err());
+    let mut no_warmup_tensor = tensor.clone();
+    no_warmup_tensor.params.geometry.warmup_bits = 0;
+    let Outcome::Rejected(CodecError::CorruptStream {
+        block: no_warmup_block,
+        problem: StreamProblem::ChunkStart { chunk },
+    }) = outcome(&CpuBackend::new(), &no_warmup_tensor, &original)
+    else {
+        panic!("a warm-up of nothing breaks a chunk start of the sample")
+    };
+    let no_warmup = directory.path().join("no-warmup.ecf.safetensors");
+    std::fs::copy(&compressed, &no_warmup).unwrap();
+    common::rewrite_coded_tensor(&no_warmup, name, FloatKind::Bf16, elements, |coded, _| {
+        coded.params.geometry.warmup_bits = 0
+    });
 
-    for backend in backends {
-        let checks = ecfloat::tools::verify::verify_file_on(
-            &compressed,
-            backend.as_ref(),
-            &Default::default(),
-        )
-        .unwrap();
-        let errors: Vec<String> = checks
-            .tensors
-            .iter()
-            .filter_map(|t| t.error.as_ref().map(|e| e.to_string()))
-            .collect();
-        assert_eq!(errors.len(), 1, "{}: {errors:?}", backend.name());
+    for (path, block, chunk) in [
+        (&wrong_exception, block, exception.chunk as u64),
+        (&no_warmup, no_warmup_block, chunk),
+    ] {
         let expected = format!(
-            "tensor layers.0.mlp.weight: corrupt coded stream in block {block}: chunk {} does not start",
-            exception.chunk
+            "tensor {name}: corrupt coded stream in block {block}: chunk {chunk} does not start"
         );
-        assert!(
-            errors[0].contains(&expected),
-            "{}: {}",
-            backend.name(),
-            errors[0]
-        );
+        let rebuilt = directory.path().join("rebuilt.safetensors");
+        let error = container::decompress_file(path, &rebuilt, false, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&expected), "decompress: {error}");
+        assert!(!rebuilt.exists(), "decompress left an output");
+        for backend in backends {
+            let checks =
+                ecfloat::tools::verify::verify_file_on(path, backend.as_ref(), &Default::default())
+                    .unwrap();
+            let errors: Vec<String> = checks
+                .tensors
+                .iter()
+                .filter_map(|t| t.error.as_ref().map(|e| e.to_string()))
+                .collect();
+            assert_eq!(errors.len(), 1, "{}: {errors:?}", backend.name());
+            assert!(
+                errors[0].contains(&expected),
+                "{}: {}",
+                backend.name(),
+                errors[0]
+            );
+        }
     }
 }

@@ -218,7 +218,7 @@ fn upload(
                     if let Decoder::Host(_) = decoder {
                         scratch.clear();
                         scratch.resize(tensor.source.len(), 0);
-                        let decode = container::cpu_decoder(Default::default());
+                        let decode = container::cpu_decoder();
                         file.read_tensor_into(tensor, &decode, scratch)?;
                     }
                     file.block_index(name, coded)

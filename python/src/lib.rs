@@ -119,7 +119,7 @@ impl Shard {
             }
             Shard::Compressed(file) => {
                 let tensor = file.tensor(name)?;
-                let decode = container::cpu_decoder(Default::default());
+                let decode = container::cpu_decoder();
                 let read = file.read_tensor_into(tensor, &decode, out);
                 file.release(tensor);
                 read

@@ -4,7 +4,6 @@
 use std::any::Any;
 use std::sync::Mutex;
 
-use crate::codec::decode::SyncCheck;
 use crate::codec::{self, BlockIndex, EncodedView, TensorParams};
 use crate::error::{Error, Result};
 
@@ -15,24 +14,15 @@ use super::{
 
 const NAME: &str = "cpu";
 
-/// The CPU decoder behind the backend contract. By default it checks every
-/// chunk's sync metadata, so that it accepts exactly what the GPU backends
-/// accept ([`SyncCheck::AllChunks`]).
+/// The CPU decoder behind the backend contract. It checks every chunk's
+/// sync metadata, so that it accepts exactly what the GPU backends accept
+/// ([`codec::decode::decode_blocks`]).
 #[derive(Default)]
-pub struct CpuBackend {
-    check: SyncCheck,
-}
+pub struct CpuBackend;
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend::default()
-    }
-
-    /// A backend that checks only the sync metadata its own decode needs
-    /// ([`SyncCheck::Lanes`]): the bytes it writes are the same, faster,
-    /// but a file it accepts may still fail on a GPU.
-    pub fn with_sync_check(check: SyncCheck) -> Self {
-        CpuBackend { check }
+        CpuBackend
     }
 
     /// Decodes `jobs` into `out`, memory the caller owns (a framework's
@@ -60,7 +50,7 @@ impl CpuBackend {
                         index: index_bytes,
                     };
                     let blocks = 0..index.blocks.len();
-                    codec::decode::decode_blocks_with(&view, index, blocks, self.check, out)
+                    codec::decode::decode_blocks(&view, index, blocks, out)
                         .map_err(corrupt(number))?;
                 }
                 CpuTensor::Raw(raw) => out.copy_from_slice(raw),
@@ -191,8 +181,7 @@ impl Backend for CpuBackend {
         out: &mut [u8],
     ) -> Result<()> {
         let blocks = 0..index.blocks.len();
-        codec::decode::decode_blocks_with(tensor, index, blocks, self.check, out)
-            .map_err(corrupt(0))
+        codec::decode::decode_blocks(tensor, index, blocks, out).map_err(corrupt(0))
     }
 
     fn time_copy(&self, bytes: u64, repeats: usize) -> Result<Timings> {

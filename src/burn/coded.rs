@@ -304,7 +304,7 @@ impl CodedWeights {
                 let scratch = &mut state.buffers.host_scratch;
                 scratch.clear();
                 scratch.resize(stored.source.len(), 0);
-                file.read_tensor_into(stored, &cpu_decoder(Default::default()), scratch)?;
+                file.read_tensor_into(stored, &cpu_decoder(), scratch)?;
                 let wide = widen_transposed(weight.dtype, scratch, [output, input]);
                 Ok(Tensor::from_data(
                     TensorData::new(wide, [input, output]),

@@ -420,7 +420,7 @@ fn decode(checkpoint: &CompressedCheckpoint, name: &str) -> Result<Bytes, PackEr
         ))
     })?;
     bytes.resize(tensor.source.len(), 0);
-    let decoder = cpu_decoder(Default::default());
+    let decoder = cpu_decoder();
     file.read_tensor_into(tensor, &decoder, &mut bytes)
         .map_err(|e| PackError::ValidationError(e.to_string()))?;
     Ok(Bytes::from_bytes_vec(bytes))

@@ -13,9 +13,10 @@
 //! dtypes, the same conversion (`to_dtype`) and shape check in the
 //! `VarBuilder`, the same error for a dtype candle lacks (F8 E5M2). A
 //! tensor the `VarBuilder` decodes on the CPU is also checked against the
-//! checksum recorded at compression; one decoded on a GPU, and a
-//! `CompressedModel`'s, is checked as the runtime checks it (the decoder's
-//! own validation of every block), as the bytes stay where they are.
+//! checksum recorded at compression; one decoded on a GPU by the decoder's
+//! own validation of every block, as the bytes stay where they are. A
+//! `CompressedModel` checks as the runtime does: every block, and the
+//! checksums on each layer's first decode.
 //!
 //! On candle's CPU device the decoding is on the CPU. With the
 //! `candle-cuda` feature, on a CUDA device it is on the GPU, on the
@@ -92,7 +93,7 @@ impl CompressedTensors {
                 cuda_device,
             );
         }
-        let decoder = cpu_decoder(Default::default());
+        let decoder = cpu_decoder();
         filled_tensor(file.path(), name, dtype, shape, device, |out| {
             file.read_tensor_into(tensor, &decoder, out)
                 .map_err(candle_error)

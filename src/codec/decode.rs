@@ -38,40 +38,15 @@ pub fn decode(view: &EncodedView, out: &mut [u8]) -> Result<(), CodecError> {
     decode_blocks(view, &index, 0..index.blocks.len(), out)
 }
 
-/// How much of a block's sync metadata the CPU decoder checks. A
-/// sequential decoder needs none of it (this one uses it only to start its
-/// lanes); every GPU decoder starts every chunk from it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SyncCheck {
-    /// Where the decoder's lanes start, and everything the bytes depend on:
-    /// a wrong exception elsewhere cannot change what this decoder writes,
-    /// and is not looked for. Cheaper, for rebuilding files.
-    Lanes,
-    /// Every chunk, as the GPU decoders start them: a tensor this accepts
-    /// decodes the same on every backend, and one it rejects fails on every
-    /// backend, with the same [`StreamProblem`].
-    #[default]
-    AllChunks,
-}
-
 /// Decodes `blocks` of a tensor, with an index already parsed (and so
-/// validated) from `view`, into `out`, which holds exactly those blocks,
-/// checking all of its sync metadata ([`SyncCheck::AllChunks`]).
+/// validated) from `view`, into `out`, which holds exactly those blocks.
+/// Every chunk's sync metadata is checked as the GPU decoders use it, so
+/// that a tensor this accepts decodes the same on every backend and one it
+/// rejects fails on every backend, with the same [`StreamProblem`].
 pub fn decode_blocks(
     view: &EncodedView,
     index: &BlockIndex,
     blocks: Range<usize>,
-    out: &mut [u8],
-) -> Result<(), CodecError> {
-    decode_blocks_with(view, index, blocks, SyncCheck::AllChunks, out)
-}
-
-/// [`decode_blocks`], checking as much sync metadata as `check` says.
-pub fn decode_blocks_with(
-    view: &EncodedView,
-    index: &BlockIndex,
-    blocks: Range<usize>,
-    check: SyncCheck,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
     let params = view.params;
@@ -86,14 +61,7 @@ pub fn decode_blocks_with(
     let block_bytes = block_elements * params.kind().width_bytes();
     let decode_one = |offset: usize, out_block: &mut [u8]| {
         SCRATCH.with_borrow_mut(|scratch| {
-            decode_block(
-                view,
-                index,
-                blocks.start + offset,
-                check,
-                scratch,
-                out_block,
-            )
+            decode_block(view, index, blocks.start + offset, scratch, out_block)
         })
     };
     if blocks.len() <= 1 {
@@ -153,7 +121,6 @@ fn decode_block(
     view: &EncodedView,
     index: &BlockIndex,
     block: usize,
-    check: SyncCheck,
     scratch: &mut BlockScratch,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
@@ -163,7 +130,7 @@ fn decode_block(
         scratch.heads.resize(elements, 0);
     }
     let mut heads = std::mem::take(&mut scratch.heads);
-    let result = decode_heads(view, index, block, check, scratch, &mut heads[..elements]);
+    let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
     if result.is_ok() {
         let first_element = block as u64 * view.params.block_elements as u64;
         let heads = &heads[..elements];
@@ -184,7 +151,6 @@ fn decode_heads(
     view: &EncodedView,
     index: &BlockIndex,
     block: usize,
-    check: SyncCheck,
     scratch: &mut BlockScratch,
     heads: &mut [u16],
 ) -> Result<(), CodecError> {
@@ -211,7 +177,7 @@ fn decode_heads(
                 geometry,
                 exceptions,
             };
-            decode_coded_lanes(&code, check, heads, &mut scratch.lanes)
+            decode_coded_lanes(&code, heads, &mut scratch.lanes)
                 .map_err(|problem| CodecError::CorruptStream { block, problem })?;
         }
     }
@@ -298,7 +264,6 @@ const NOT_NOTED: Note = Note {
 /// warm-up.
 fn decode_coded_lanes(
     code: &BlockCode,
-    check: SyncCheck,
     heads: &mut [u16],
     scratch: &mut LaneScratch,
 ) -> Result<(), StreamProblem> {
@@ -326,9 +291,8 @@ fn decode_coded_lanes(
     // Where each lane started: the next lane's first chunk must start
     // where the lane before it ends.
     let landing = position;
-    let all_chunks = check == SyncCheck::AllChunks;
     let mut marks: [LaneMarks; LANES] =
-        std::array::from_fn(|lane| LaneMarks::new(code, lane, &first_chunk, all_chunks));
+        std::array::from_fn(|lane| LaneMarks::new(code, lane, &first_chunk));
     // A lane of n bits holds at most n codewords, so these never overflow.
     for (lane, buffer) in scratch.heads.iter_mut().enumerate() {
         let capacity = (end[lane].saturating_sub(begin[lane]) + 1) as usize;
@@ -424,14 +388,8 @@ fn decode_coded_lanes(
     }
 
     // The chunks in order, so that the first wrong one is reported.
-    let lane_starts = (1..LANES).map(|lane| first_chunk[lane]);
-    let checked: &mut dyn Iterator<Item = u64> = if all_chunks {
-        &mut (1..chunk_count)
-    } else {
-        &mut lane_starts.filter(|&chunk| chunk > 0)
-    };
     let mut exceptions = code.exceptions.iter().peekable();
-    for chunk in checked {
+    for chunk in 1..chunk_count {
         while exceptions.next_if(|e| (e.chunk as u64) < chunk).is_some() {}
         let exception = exceptions
             .next_if(|e| e.chunk as u64 == chunk)
@@ -483,12 +441,12 @@ struct LaneMarks {
 }
 
 impl LaneMarks {
-    /// The marks of lane `lane`; none without `noted`.
-    fn new(code: &BlockCode, lane: usize, first_chunk: &[u64; LANES + 1], noted: bool) -> Self {
+    /// The marks of lane `lane`.
+    fn new(code: &BlockCode, lane: usize, first_chunk: &[u64; LANES + 1]) -> Self {
         let chunk = first_chunk[lane] + 1;
         let mut marks = LaneMarks {
             chunk,
-            end_chunk: if noted { first_chunk[lane + 1] } else { chunk },
+            end_chunk: first_chunk[lane + 1],
             next: 0,
             exception: code
                 .exceptions
@@ -958,14 +916,7 @@ pub fn decode_block_by_chunks(
     let BlockMode::Coded { table } = entry.mode else {
         let mut scratch = BlockScratch::default();
         let mut heads = vec![0; elements];
-        decode_heads(
-            view,
-            index,
-            block,
-            SyncCheck::Lanes,
-            &mut scratch,
-            &mut heads,
-        )?;
+        decode_heads(view, index, block, &mut scratch, &mut heads)?;
         return Ok(heads);
     };
     let t = table as usize;
@@ -1021,14 +972,7 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
                     scratch.heads.resize(elements, 0);
                 }
                 let mut heads = std::mem::take(&mut scratch.heads);
-                let result = decode_heads(
-                    view,
-                    index,
-                    block,
-                    SyncCheck::Lanes,
-                    scratch,
-                    &mut heads[..elements],
-                );
+                let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
                 let mut histogram = [0u64; ALPHABET];
                 for &head in &heads[..elements] {
                     histogram[head as usize] += 1;

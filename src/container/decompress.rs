@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::codec::decode::{SyncCheck, decode_blocks_with};
+use crate::codec::decode::decode_blocks;
 use crate::codec::{BlockIndex, EncodedView};
 use crate::error::{Error, Result};
 
@@ -54,17 +54,13 @@ impl DecodeChecks {
 /// `decode_to_host`. A corrupt tensor is [`Error::CorruptJob`] (job 0).
 pub type Decoder<'a> = dyn Fn(&EncodedView, &BlockIndex, &mut [u8]) -> Result<()> + Sync + 'a;
 
-/// The CPU decoder as a [`Decoder`], checking `check` of the sync metadata.
-pub fn cpu_decoder(
-    check: SyncCheck,
-) -> impl Fn(&EncodedView, &BlockIndex, &mut [u8]) -> Result<()> + Sync {
+/// The CPU decoder as a [`Decoder`].
+pub fn cpu_decoder() -> impl Fn(&EncodedView, &BlockIndex, &mut [u8]) -> Result<()> + Sync {
     move |view, index, out| {
-        decode_blocks_with(view, index, 0..index.blocks.len(), check, out).map_err(|source| {
-            Error::CorruptJob {
-                backend: "cpu".to_string(),
-                job: 0,
-                source,
-            }
+        decode_blocks(view, index, 0..index.blocks.len(), out).map_err(|source| Error::CorruptJob {
+            backend: "cpu".to_string(),
+            job: 0,
+            source,
         })
     }
 }
@@ -80,9 +76,7 @@ pub fn decompress_file(
     let file = CompressedFile::open(input)?;
     let mut out = AtomicOutput::create(output, force, &[input])?;
     super::write::check_free_space(output, file.source_len())?;
-    // Rebuilding needs only the sync metadata the CPU decoder itself uses;
-    // every tensor's checksum is checked either way.
-    let decode = cpu_decoder(SyncCheck::Lanes);
+    let decode = cpu_decoder();
     let checks = rebuild(&file, &decode, true, progress, |bytes| out.write_all(bytes))?;
     if !checks.file_matches() {
         return Err(Error::ChecksumMismatch {
@@ -99,11 +93,7 @@ pub fn decompress_file(
 /// Decodes everything on the CPU, checking every checksum and every chunk's
 /// sync metadata, and reports each tensor.
 pub fn verify_file(input: &Path) -> Result<DecodeChecks> {
-    verify_file_with(
-        input,
-        &cpu_decoder(SyncCheck::AllChunks),
-        &Progress::default(),
-    )
+    verify_file_with(input, &cpu_decoder(), &Progress::default())
 }
 
 /// Decodes everything with `decode` and checks every checksum.

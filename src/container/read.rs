@@ -303,21 +303,22 @@ impl CompressedFile {
             )
         })?;
         self.decode_windows(name, coded, decode, |window| {
-            bytes.extend_from_slice(window)
+            bytes.extend_from_slice(window);
+            Ok(())
         })?;
         Ok(bytes)
     }
 
     /// Decodes coded tensor `name` with `decode` a window of blocks at a
     /// time into one reused buffer, hands each window's bytes to `visit` in
-    /// order, and then checks the tensor's checksum: memory bounded by a
-    /// window, whatever the tensor claims.
+    /// order (stopping at its first error), and then checks the tensor's
+    /// checksum: memory bounded by a window, whatever the tensor claims.
     pub fn decode_windows(
         &self,
         name: &str,
         coded: &CodedTensor,
         decode: &super::Decoder,
-        mut visit: impl FnMut(&[u8]),
+        mut visit: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let view = self.view(coded);
         let mut walker = self.index_walker(name, coded)?;
@@ -331,7 +332,7 @@ impl CompressedFile {
             decode(&window.view(&view), &window.index, &mut buffer)
                 .map_err(|e| e.in_tensor(self.path(), name))?;
             hash.update(&buffer);
-            visit(&buffer);
+            visit(&buffer)?;
         }
         coded.check_checksum(self.path(), name, hash.digest())
     }
@@ -370,19 +371,27 @@ impl CompressedFile {
             Storage::Coded(coded) => coded,
         };
         let mut written = 0;
+        let out_len = out.len();
         self.decode_windows(name, coded, decode, |window| {
-            // The windows add up to the tensor's size, which validation
-            // tied to its shape; one past it is not copied.
-            if let Some(place) = out.get_mut(written..written + window.len()) {
-                place.copy_from_slice(window);
-            }
+            let place = out
+                .get_mut(written..written + window.len())
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        self.path(),
+                        Some(name),
+                        format!("decodes to more than the {out_len} bytes of the buffer given"),
+                    )
+                })?;
+            place.copy_from_slice(window);
             written += window.len();
+            Ok(())
         })?;
-        if written != len {
+        // Every byte of `out` written, whatever the windows added up to.
+        if written != out_len {
             return Err(Error::corrupt(
                 self.path(),
                 Some(name),
-                format!("decodes to {written} bytes, not {len}"),
+                format!("decodes to {written} bytes, not {out_len}"),
             ));
         }
         Ok(())

@@ -8,7 +8,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{Backend, Clock, DecodeJob, Timings};
-use crate::codec::decode::SyncCheck;
 use crate::codec::{self, BlockIndex, EncodeOptions, EncodedTensor, FloatKind};
 use crate::conformance;
 use crate::container::{CompressedFile, SourceFile, cpu_decoder};
@@ -121,7 +120,7 @@ fn load_file_float_tensors(path: &Path) -> Result<Vec<FloatTensor>> {
         let Some(kind) = FloatKind::from_safetensors_name(&dtype) else {
             continue;
         };
-        let bytes = file.decode_tensor(tensor, &cpu_decoder(SyncCheck::Lanes))?;
+        let bytes = file.decode_tensor(tensor, &cpu_decoder())?;
         if !bytes.is_empty() {
             tensors.push(FloatTensor {
                 name: tensor.source.name.clone(),
@@ -343,20 +342,6 @@ pub fn bench_model(path: &Path, backend: &dyn Backend, repeats: usize) -> Result
         groups,
         memory,
         saved_bytes: memory.uncompressed_bytes as i64 - memory.peak_bytes as i64,
-    })
-}
-
-/// The backend `bench` times. On the CPU it decodes as `decompress` does,
-/// checking the sync metadata its own lanes use, not every chunk's as
-/// `verify` does: the speed to compare with other tools' decompression.
-pub fn open_backend(name: &str) -> Result<Box<dyn Backend>> {
-    let backend = crate::backend::open(name)?;
-    Ok(if backend.name() == "cpu" {
-        Box::new(crate::backend::CpuBackend::with_sync_check(
-            crate::codec::decode::SyncCheck::Lanes,
-        ))
-    } else {
-        backend
     })
 }
 

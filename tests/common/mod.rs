@@ -289,7 +289,23 @@ pub fn conformance_trials(module: &str, open: OpenBackend) -> Vec<libtest_mimic:
 /// Replaces the index plane of the coded tensor `name` (of `elements`
 /// elements of `kind`) in a compressed file, moving the tensors after it.
 pub fn replace_coded_index(path: &Path, name: &str, kind: FloatKind, elements: u64, index: &[u8]) {
+    rewrite_coded_tensor(path, name, kind, elements, |_, old_index| {
+        *old_index = index.to_vec()
+    });
+}
+
+/// Lets `edit` change the coded header and the index plane of the coded
+/// tensor `name` (of `elements` elements of `kind`) in a compressed file,
+/// moving the tensors after it; the header's plane lengths follow.
+pub fn rewrite_coded_tensor(
+    path: &Path,
+    name: &str,
+    kind: FloatKind,
+    elements: u64,
+    edit: impl FnOnce(&mut ecfloat::container::schema::CodedHeader, &mut Vec<u8>),
+) {
     use ecfloat::container::schema::{self, CodedHeader};
+    let mut edit = Some(edit);
     let bytes = std::fs::read(path).unwrap();
     let (mut header, data_start) = read_header(&bytes);
     let mut tensors: Vec<(String, usize, usize)> = header
@@ -311,11 +327,14 @@ pub fn replace_coded_index(path: &Path, name: &str, kind: FloatKind, elements: u
         if tensor == name {
             let (mut coded, len) =
                 CodedHeader::read(&tensor_bytes, schema::FORMAT_VERSION, kind, elements).unwrap();
-            let planes = tensor_bytes[len + coded.index_len as usize..].to_vec();
+            let index_end = len + coded.index_len as usize;
+            let mut index = tensor_bytes[len..index_end].to_vec();
+            let planes = tensor_bytes[index_end..].to_vec();
+            (edit.take().expect("one tensor of that name"))(&mut coded, &mut index);
             coded.index_len = index.len() as u64;
             tensor_bytes.clear();
             coded.write(&mut tensor_bytes);
-            tensor_bytes.extend_from_slice(index);
+            tensor_bytes.extend_from_slice(&index);
             tensor_bytes.extend_from_slice(&planes);
             header[&tensor]["shape"] = serde_json::json!([tensor_bytes.len()]);
         }

@@ -9,7 +9,7 @@
 //! ([`plan`]), and turns the status word every block reports into an error
 //! that names the job, the block and the problem, exactly as the CPU
 //! decoder does. A GPU therefore accepts exactly the files the CPU decoder
-//! accepts ([`crate::codec::decode::SyncCheck::AllChunks`]) and never hands
+//! accepts ([`crate::codec::decode::decode_blocks`]) and never hands
 //! out the bytes of a block it could not decode.
 
 use std::any::Any;
