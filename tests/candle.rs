@@ -385,5 +385,12 @@ fn a_flipped_mantissa_bit_is_an_error_naming_the_tensor() -> Ran {
     tensors.load("layers.0.mlp.weight", &cpu).unwrap();
     let builder = var_builder(&path, DType::F32, &cpu).unwrap();
     named(builder.get((300, 128), name).unwrap_err().to_string());
+    // Kept coded: the layer's first decode is refused, and each after it.
+    let model = ecfloat::candle::CompressedModel::open(&path, DType::F32, &cpu).unwrap();
+    let weight = model.weight(name).unwrap();
+    for _ in 0..2 {
+        named(weight.get().unwrap_err().to_string());
+    }
+    model.weight("layers.1.attn.weight").unwrap().get().unwrap();
     Ok(())
 }

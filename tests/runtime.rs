@@ -23,19 +23,29 @@ fn compressed_model(dir: &Path) -> (PathBuf, PathBuf) {
     (source, compressed)
 }
 
+/// A test of the runtime on one backend.
+type BackendTest = fn(&dyn Backend);
+
 fn main() {
+    let tests: [(&str, BackendTest); 2] = [
+        (
+            "decodes_every_group_exactly_with_two_buffers",
+            decodes_every_group_exactly_with_two_buffers,
+        ),
+        (
+            "a_flipped_mantissa_bit_fails_the_first_decode_naming_the_tensor",
+            a_flipped_mantissa_bit_fails_the_first_decode_naming_the_tensor,
+        ),
+    ];
     let mut trials: Vec<_> = ["cpu", "wgpu", "cuda"]
         .into_iter()
-        .map(|name| {
-            harness::trial(
-                format!("{name}::decodes_every_group_exactly_with_two_buffers"),
-                move || {
-                    decodes_every_group_exactly_with_two_buffers(
-                        harness::require_backend(name)?.as_ref(),
-                    );
+        .flat_map(|name| {
+            tests.map(|(test_name, test)| {
+                harness::trial(format!("{name}::{test_name}"), move || {
+                    test(harness::require_backend(name)?.as_ref());
                     Ok(())
-                },
-            )
+                })
+            })
         })
         .collect();
     trials.extend([
@@ -120,6 +130,41 @@ fn decodes_every_group_exactly_with_two_buffers(backend: &dyn Backend) {
     assert!(memory.peak_bytes <= memory.resident_bytes + two_groups + 64);
     assert!(memory.resident_bytes < memory.uncompressed_bytes);
     eprintln!("{}: {memory:?}", backend.name());
+}
+
+/// The one corruption only a tensor's checksum sees, a flipped raw
+/// mantissa bit: the group's first decode is refused, naming the file and
+/// the tensor, and the other groups decode.
+fn a_flipped_mantissa_bit_fails_the_first_decode_naming_the_tensor(backend: &dyn Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = common::write_sample(dir.path());
+    let compressed = dir.path().join("sample.ecf.safetensors");
+    container::compress_file(&source, &compressed, &CompressOptions::default()).unwrap();
+    let name = "layers.0.attn.weight";
+    common::flip_rest_bit(&compressed, name);
+    let model = Model::open(&compressed, backend, ModelOptions::default()).unwrap();
+    let broken = model.group_of(name).unwrap();
+    for _ in 0..2 {
+        let error = model
+            .decode_group(broken, model.group_buffer().unwrap())
+            .err()
+            .expect("a flipped bit is refused")
+            .to_string();
+        assert!(
+            error.contains(name)
+                && error.contains("sample.ecf.safetensors")
+                && error.contains("checksum"),
+            "{}: {error}",
+            backend.name()
+        );
+    }
+    let sources = [SourceFile::open(&source).unwrap()];
+    for group in (0..model.groups().len()).filter(|&g| g != broken) {
+        let decoded = model
+            .decode_group(group, model.group_buffer().unwrap())
+            .unwrap();
+        check_decoded_group(backend, &decoded, &sources);
+    }
 }
 
 fn groups_the_real_model_by_layer() -> Ran {

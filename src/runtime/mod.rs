@@ -10,7 +10,9 @@
 //! the decoded group keeps it until [`DecodedGroup::into_buffer`] gives it
 //! back, so no buffer can be decoded into while its views are in use. With
 //! two buffers, [`Model::start_decode`] decodes the next group while the
-//! caller computes on the current one.
+//! caller computes on the current one. Each group's first decode is
+//! checked against its tensors' recorded checksums (read back once);
+//! every decode, against the decoder's validation of every block.
 //!
 //! ```
 //! use ecfloat::backend::CpuBackend;
@@ -79,6 +81,8 @@ pub struct ModelTensor {
     pub decoded_bytes: u64,
     /// Index of its group in [`Model::groups`].
     pub group: usize,
+    /// The checksum of its decoded bytes recorded at compression, if coded.
+    checksum: Option<u64>,
     device: Box<dyn DeviceTensor>,
 }
 
@@ -256,6 +260,8 @@ pub struct Model<'b> {
     groups: Vec<Group>,
     largest_group: u64,
     scratch_bytes: Cell<u64>,
+    /// Per group, whether a decode of it has matched its checksums.
+    checked: Vec<Cell<bool>>,
 }
 
 impl<'b> Model<'b> {
@@ -282,6 +288,10 @@ impl<'b> Model<'b> {
                     shape: source.shape.iter().map(|&d| d as u64).collect(),
                     decoded_bytes: source.len() as u64,
                     group: 0,
+                    checksum: match &stored.storage {
+                        Storage::Raw => None,
+                        Storage::Coded(coded) => Some(coded.checksum),
+                    },
                     device,
                 });
             }
@@ -301,6 +311,7 @@ impl<'b> Model<'b> {
         Ok(Model {
             backend,
             tensors,
+            checked: groups.iter().map(|_| Cell::new(false)).collect(),
             groups,
             largest_group,
             scratch_bytes: Cell::new(0),
@@ -384,11 +395,47 @@ impl<'b> Model<'b> {
                 "group decode {group} was not started on this model"
             )));
         }
+        self.check_first_decode(group, buffer.buffer.as_ref())?;
         Ok(DecodedGroup {
             model: self,
             group,
             buffer,
         })
+    }
+
+    /// Checks a group's first successful decode against the checksums
+    /// recorded at compression, reading its bytes back once (on a GPU, a
+    /// copy to the host): the decoder's validation of every block cannot
+    /// see a flipped raw bit, which only the checksum does. Later decodes
+    /// of the group run the same decoder on the same resident planes, and
+    /// are not read back.
+    fn check_first_decode(&self, group: usize, buffer: &dyn DeviceBuffer) -> Result<()> {
+        if self.checked[group].get() {
+            return Ok(());
+        }
+        let members = &self.groups[group];
+        let mut bytes = Vec::new();
+        for (&t, &offset) in members.tensors.iter().zip(&members.offsets) {
+            let tensor = &self.tensors[t];
+            let Some(expected) = tensor.checksum else {
+                continue;
+            };
+            bytes.resize(tensor.decoded_bytes as usize, 0);
+            self.backend
+                .download(buffer, offset, &mut bytes)
+                .map_err(|e| e.in_tensor(&tensor.file, &tensor.name))?;
+            let actual = xxhash_rust::xxh3::xxh3_64(&bytes);
+            if actual != expected {
+                return Err(Error::ChecksumMismatch {
+                    path: tensor.file.clone(),
+                    tensor: Some(tensor.name.clone()),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        self.checked[group].set(true);
+        Ok(())
     }
 
     /// The decode jobs of a group.
