@@ -61,6 +61,34 @@ fn refuses_to_overwrite_without_force() {
     let output = ecf_path(&["compress", "--force"], &source);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_ne!(std::fs::read(&target).unwrap(), b"precious");
+    // Nothing else is left beside it.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["sample.ecf.safetensors", "sample.safetensors"]);
+}
+
+#[test]
+fn an_output_in_a_missing_directory_is_named_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_sample(dir.path());
+    let target = dir.path().join("missing/sample.ecf.safetensors");
+    let output = ecf(&[
+        "compress",
+        source.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected = format!(
+        "{}: no directory {} to write it in",
+        target.display(),
+        dir.path().join("missing").display()
+    );
+    assert!(stderr(&output).contains(&expected), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("partial"), "{}", stderr(&output));
 }
 
 #[test]

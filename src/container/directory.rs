@@ -226,7 +226,7 @@ impl StagedDirectory {
         }
         let parent = super::write::parent_directory(target);
         let staging = tempfile::Builder::new()
-            .prefix(".ecf-partial-")
+            .prefix(super::write::TEMPORARY_PREFIX)
             .tempdir_in(parent)
             .map_err(|e| Error::io(parent, e))?;
         Ok(StagedDirectory {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
-use tempfile::NamedTempFile;
+use tempfile::TempPath;
 
 use crate::error::{Error, Result};
 
@@ -202,14 +202,18 @@ pub fn check_free_space(target: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// An output file written under a temporary name in the target's directory
-/// and renamed into place by [`AtomicOutput::commit`]; dropped uncommitted,
-/// or when a signal stops the process, it leaves nothing behind.
+/// An output file that gets its name only in [`AtomicOutput::commit`],
+/// once complete. On Linux it is written as an unnamed file in the
+/// target's directory (`O_TMPFILE`) and linked into place, so that even a
+/// killed process leaves nothing behind; elsewhere, or on a file system
+/// without unnamed files, it is written under a temporary name and renamed,
+/// removed if dropped uncommitted or when a signal stops the process.
 pub struct AtomicOutput {
-    writer: BufWriter<NamedTempFile>,
+    writer: BufWriter<File>,
+    /// The temporary name, where the file has one.
+    temp_path: Option<(TempPath, PartialOutput)>,
     target: PathBuf,
     force: bool,
-    _partial: PartialOutput,
 }
 
 impl AtomicOutput {
@@ -218,21 +222,37 @@ impl AtomicOutput {
     pub fn create(target: &Path, force: bool, inputs: &[&Path]) -> Result<Self> {
         check_target(target, force, inputs)?;
         let directory = parent_directory(target);
+        if !directory.is_dir() {
+            return Err(Error::io(
+                target,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no directory {} to write it in", directory.display()),
+                ),
+            ));
+        }
+        let output = |file, temp_path| AtomicOutput {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            temp_path,
+            target: target.to_path_buf(),
+            force,
+        };
+        #[cfg(target_os = "linux")]
+        if let Some(file) = unnamed::create(directory).map_err(|e| Error::io(target, e))? {
+            return Ok(output(file, None));
+        }
         let mut builder = tempfile::Builder::new();
-        builder.prefix(".ecf-partial-");
+        builder.prefix(TEMPORARY_PREFIX);
         // A new output gets the permissions any new file would (0666 less
         // the umask), not the temporary file's private 0600.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let temp = builder
+        let (file, temp_path) = builder
             .tempfile_in(directory)
-            .map_err(|e| Error::io(directory, e))?;
-        Ok(AtomicOutput {
-            _partial: PartialOutput::register(temp.path()),
-            writer: BufWriter::with_capacity(1 << 20, temp),
-            target: target.to_path_buf(),
-            force,
-        })
+            .map_err(|e| Error::io(target, e))?
+            .into_parts();
+        let partial = PartialOutput::register(&temp_path);
+        Ok(output(file, Some((temp_path, partial))))
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
@@ -246,33 +266,88 @@ impl AtomicOutput {
         self.writer
             .flush()
             .map_err(|e| Error::io(&self.target, e))?;
-        Ok(self.writer.get_mut().as_file_mut())
+        Ok(self.writer.get_mut())
     }
 
     /// Makes the file durable and gives it its name.
     pub fn commit(self) -> Result<()> {
         let target = self.target;
-        let temp = self
+        let file = self
             .writer
             .into_inner()
             .map_err(|e| Error::io(&target, e.into_error()))?;
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io(&target, e))?;
-        let persisted = if self.force {
-            temp.persist(&target)
-        } else {
-            temp.persist_noclobber(&target)
+        file.sync_all().map_err(|e| Error::io(&target, e))?;
+        let named = match self.temp_path {
+            Some((temp_path, _partial)) if self.force => {
+                temp_path.persist(&target).map_err(|e| e.error)
+            }
+            Some((temp_path, _partial)) => {
+                temp_path.persist_noclobber(&target).map_err(|e| e.error)
+            }
+            #[cfg(target_os = "linux")]
+            None => unnamed::link(&file, &target, self.force),
+            #[cfg(not(target_os = "linux"))]
+            None => unreachable!("only Linux writes unnamed files"),
         };
-        persisted.map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+        named.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::OutputExists {
                     path: target.clone(),
                 }
             } else {
-                Error::io(&target, e.error)
+                Error::io(&target, e)
             }
-        })?;
+        })
+    }
+}
+
+/// The name an output has while it is written, where it has one.
+pub(crate) const TEMPORARY_PREFIX: &str = ".ecf-partial-";
+
+/// Linux's unnamed files: created in a directory without a name
+/// (`O_TMPFILE`), given one by linking the open file into place.
+#[cfg(target_os = "linux")]
+mod unnamed {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+
+    /// An unnamed file in `directory`, or `None` where its file system (or
+    /// a missing /proc, through which it is linked) does not allow one.
+    pub(super) fn create(directory: &Path) -> io::Result<Option<File>> {
+        if !Path::new("/proc/self/fd").is_dir() {
+            return Ok(None);
+        }
+        // Mode 0666, less the umask, as any new file.
+        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        match rustix::fs::open(directory, flags, Mode::from_raw_mode(0o666)) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Names `file`, an unnamed file, `target`; replaces an existing
+    /// `target` only with `force`.
+    pub(super) fn link(file: &File, target: &Path, force: bool) -> io::Result<()> {
+        let open_file = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let link_as = |name: &Path| -> io::Result<()> {
+            rustix::fs::linkat(CWD, open_file.as_str(), CWD, name, AtFlags::SYMLINK_FOLLOW)?;
+            Ok(())
+        };
+        if !force {
+            return link_as(target);
+        }
+        // A link never replaces a file: link under a temporary name beside
+        // the target, then rename that over it.
+        let directory = super::parent_directory(target);
+        let linked = tempfile::Builder::new()
+            .prefix(super::TEMPORARY_PREFIX)
+            .make_in(directory, |name| link_as(name))?;
+        linked.persist(target).map_err(|e| e.error)?;
         Ok(())
     }
 }
