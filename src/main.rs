@@ -36,7 +36,8 @@ Examples:
     after_help = EXAMPLES
 )]
 struct Cli {
-    /// Worker threads for encoding and CPU decoding (default: all cores).
+    /// Worker threads for encoding and CPU decoding, by every command that
+    /// reads or writes weights (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     /// No progress bar (one is shown only when stderr is a terminal anyway).
@@ -49,7 +50,7 @@ struct Cli {
 /// `--json`, shared by every command that prints a report.
 #[derive(Args)]
 struct JsonFlag {
-    /// Print one JSON document on stdout instead of text (fields: docs/JSON.md).
+    /// Print one JSON document on stdout instead of text (fields: `ecf docs json`).
     #[arg(long)]
     json: bool,
 }
@@ -162,7 +163,8 @@ Examples:
         /// A safetensors file (plain or compressed) or a directory of them.
         #[arg(value_name = "PATH")]
         path: PathBuf,
-        /// Draw the exponent distributions and entropy bounds as SVG.
+        /// Draw the exponent distributions and the entropies the α-stable
+        /// model predicts against those measured, as SVG.
         #[arg(long, value_name = "OUT.svg")]
         plot: Option<PathBuf>,
         #[command(flatten)]
@@ -187,6 +189,12 @@ Examples:
     Backends {
         #[command(flatten)]
         json: JsonFlag,
+    },
+    /// Print a document: the fields of every command's --json report
+    /// (json), or the compressed file format (format).
+    Docs {
+        #[arg(value_name = "DOCUMENT", value_parser = PossibleValuesParser::new(["json", "format"]))]
+        document: String,
     },
     /// Compress a built-in sample model, decode it on every backend, check
     /// every bit.
@@ -377,6 +385,11 @@ fn run(cli: Cli) -> std::result::Result<ExitCode, Stop> {
         }
         Command::Backends { json } => emit(&backends::list(), json.json),
         Command::Demo { repeats, json } => emit(&demo::run(repeats)?, json.json),
+        Command::Docs { document } => {
+            let text = ecfloat::tools::document(&document)?;
+            write_stdout(|out| out.write_all(text.as_bytes()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

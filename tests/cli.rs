@@ -71,6 +71,20 @@ fn refuses_to_overwrite_without_force() {
 }
 
 #[test]
+fn docs_prints_the_documents_the_help_points_at() {
+    for (name, path) in [("json", "docs/JSON.md"), ("format", "docs/FORMAT.md")] {
+        let output = ecf(&["docs", name]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let shipped =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path));
+        assert_eq!(stdout(&output), shipped.unwrap(), "{name}");
+    }
+    let help = stdout(&ecf(&["inspect", "--help"]));
+    assert!(help.contains("`ecf docs json`"), "{help}");
+    assert_eq!(ecf(&["docs", "manual"]).status.code(), Some(2));
+}
+
+#[test]
 fn an_output_in_a_missing_directory_is_named_as_given() {
     let dir = tempfile::tempdir().unwrap();
     let source = write_sample(dir.path());
@@ -340,8 +354,10 @@ fn assert_documented(command: &str, output: &std::process::Output, opaque: &[&st
         });
         // The elements of an array that is empty here cannot show their fields.
         let under_empty_array = printed.iter().any(|p| path.starts_with(&format!("{p}[]")));
+        // Nor can the fields of an object that is null here.
+        let under_null = printed.iter().any(|p| path.starts_with(&format!("{p}.")));
         assert!(
-            shown || under_empty_array,
+            shown || under_empty_array || under_null,
             "docs/JSON.md lists `{path}` for ecf {command}, which it does not print"
         );
     }

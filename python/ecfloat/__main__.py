@@ -4,7 +4,7 @@ and output, for an installation that has the Python package and not the
 ``ecf`` binary.
 
 Each command prints its report as text or, with ``--json``, as the JSON
-document ``ecf`` prints (fields: docs/JSON.md). Exit status: 0 on success,
+document ``ecf`` prints (fields: ``python -m ecfloat docs json``). Exit status: 0 on success,
 1 on an error (one line on stderr) or a failed check, 2 on a usage error.
 """
 
@@ -28,13 +28,15 @@ Examples:
 
 BACKEND_CHOICES = ["auto", "cpu", "wgpu", "cuda"]
 
-JSON_HELP = "Print one JSON document on stdout instead of text (fields: docs/JSON.md)"
+JSON_HELP = "Print one JSON document on stdout instead of text (fields: `ecf docs json`)"
 OUTPUT_HELP = "Where to write (default: derived from INPUT, beside it)"
 FORCE_HELP = (
     "Replace OUT if it exists (only a regular file or a directory ecf could have written; never a device, FIFO or the"
     " input itself)"
 )
-THREADS_HELP = "Worker threads for encoding and CPU decoding (default: all cores)"
+THREADS_HELP = (
+    "Worker threads for encoding and CPU decoding, by every command that reads or writes weights (default: all cores)"
+)
 QUIET_HELP = "No progress bar (one is shown only when stderr is a terminal anyway)"
 
 
@@ -88,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog=PROG,
         description="Lossless compression of model weights, decoded on the CPU or GPU: the compress, decompress,"
-        " inspect and verify commands of the ecf command line",
+        " inspect, verify and docs commands of the ecf command line",
         epilog=EXAMPLES,
         formatter_class=formatter,
     )
@@ -146,6 +148,12 @@ def parser() -> argparse.ArgumentParser:
         " which) [default: cpu] [possible values: auto, cpu, wgpu, cuda]",
     )
     verify.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    docs = command(
+        "docs",
+        "Print a document: the fields of every command's --json report (json), or the compressed file format (format)",
+    )
+    docs.add_argument("document", metavar="DOCUMENT", choices=["json", "format"], help="json or format")
     return top
 
 
@@ -163,6 +171,10 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.threads is not None:
         _ecfloat.use_threads(arguments.threads)
     # No command here draws a progress bar, so --quiet has nothing to hide.
+    if arguments.command == "docs":
+        sys.stdout.write(_ecfloat.document(arguments.document))
+        sys.stdout.flush()
+        return 0
     if arguments.command == "compress":
         report = json.loads(_ecfloat.compress(arguments.input, arguments.output, arguments.force))
         text: Callable[[Dict[str, Any]], List[str]] = compress_text
@@ -230,12 +242,19 @@ def _optional(value: Optional[float], precision: int) -> str:
 
 def compress_text(report: Dict[str, Any]) -> List[str]:
     coded, raw = report["coded_tensors"], report["raw_tensors"]
+    weights = report.get("weights")
     lines = [
         f"{report['input']} -> {report['output']}: {bytes_text(report['source_bytes'])} ->"
-        f" {bytes_text(report['compressed_bytes'])} ({100.0 * report['ratio']:.2f}% of the original),"
+        f" {bytes_text(report['compressed_bytes'])} ({100.0 * report['ratio']:.2f}% of the original"
+        f"{', every file' if weights else ''}),"
         f" {coded} of {count_text(coded + raw, 'tensor')} coded, {report['seconds']:.2f} s"
         f" ({report['source_bytes'] / max(report['seconds'], 1e-9) / 1e6:.0f} MB/s)"
     ]
+    if weights:
+        lines.append(
+            f"safetensors files alone: {bytes_text(weights['source_bytes'])} ->"
+            f" {bytes_text(weights['compressed_bytes'])} ({100.0 * weights['ratio']:.2f}% of the original)"
+        )
     copied = report.get("copied_files") or []
     if copied:
         total = sum(file["bytes"] for file in copied)

@@ -34,6 +34,13 @@ fn use_threads(py: Python<'_>, threads: usize) -> PyResult<()> {
         .map_err(crate::python_error)
 }
 
+/// `ecf docs NAME`: the text of a document the binary carries (`json`,
+/// `format`).
+#[pyfunction]
+fn document(name: &str) -> PyResult<&'static str> {
+    tools::document(name).map_err(crate::python_error)
+}
+
 /// A tensor as `save_file` receives it: (name, dtype as safetensors names
 /// it, shape, address, length) of host memory the caller holds.
 type TensorSpec = (String, String, Vec<usize>, usize, usize);
@@ -263,6 +270,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(inspect, module)?)?;
     module.add_function(wrap_pyfunction!(save_file, module)?)?;
     module.add_function(wrap_pyfunction!(use_threads, module)?)?;
+    module.add_function(wrap_pyfunction!(document, module)?)?;
     Ok(())
 }
 

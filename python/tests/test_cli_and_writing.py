@@ -350,6 +350,8 @@ def test_reports_read_as_the_binary_prints_them(checkpoint, tmp_path):
         ["verify", corrupted],
         ["verify", "--json", corrupted],
         ["inspect", "missing"],
+        ["docs", "json"],
+        ["docs", "format"],
     ):
         ours = ecf(*arguments, cwd=tmp_path)
         theirs = subprocess.run([binary, *map(str, arguments)], cwd=tmp_path, capture_output=True, text=True)

@@ -28,6 +28,28 @@ pub trait Report: serde::Serialize {
     }
 }
 
+/// The documents `ecf docs` prints, by name: what an installed binary has
+/// in place of the source tree's `docs/`.
+pub const DOCUMENTS: [(&str, &str); 2] = [
+    ("json", include_str!("../../docs/JSON.md")),
+    ("format", include_str!("../../docs/FORMAT.md")),
+];
+
+/// The text of document `name` of [`DOCUMENTS`].
+pub fn document(name: &str) -> crate::Result<&'static str> {
+    DOCUMENTS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, text)| *text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = DOCUMENTS.iter().map(|(known, _)| *known).collect();
+            crate::Error::Usage(format!(
+                "no document {name:?}; there are {}",
+                names.join(", ")
+            ))
+        })
+}
+
 /// Sets the number of worker threads for encoding and CPU decoding; call
 /// once, before any work.
 pub fn use_threads(threads: usize) -> crate::Result<()> {
