@@ -433,10 +433,11 @@ fn short_name(name: &str) -> String {
 }
 
 /// Draws the study as an SVG: above, each dtype's exponent distribution
-/// (the straight line on a log scale is the geometric law a power-law tail
-/// gives); below, each tensor's exponent entropy against its fitted tail
-/// index α, over the band of entropies α implies; a legend column beside
-/// them, so that no legend covers a point.
+/// (on a log scale, small weights spread evenly near zero rise as a
+/// straight line, their share doubling per binade, and the power-law tail
+/// falls on the right); below, each tensor's exponent entropy against its
+/// fitted tail index α, over the band of entropies the α-stable model
+/// predicts; a legend column beside them, so that no legend covers a point.
 fn draw(report: &AnalysisReport, output: &Path) -> Result<()> {
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -506,7 +507,7 @@ fn draw(report: &AnalysisReport, output: &Path) -> Result<()> {
     let min_y = all.fold(0f64, |lo, &(_, y)| lo.min(y));
     let mut chart = ChartBuilder::on(&top)
         .caption(
-            "Exponent distribution: a power-law tail falls as a straight line",
+            "Exponent distribution: small weights rise on the left, the tail falls on the right",
             ("sans-serif", 22),
         )
         .margin(15)
@@ -674,7 +675,11 @@ fn draw(report: &AnalysisReport, output: &Path) -> Result<()> {
         ))
         .map_err(|e| failed(&e))?;
     legend
-        .draw(&Text::new("entropy range α implies", (40, y), body.clone()))
+        .draw(&Text::new(
+            "entropy the α-stable model predicts",
+            (40, y),
+            body.clone(),
+        ))
         .map_err(|e| failed(&e))?;
     y += 30;
     let unfitted = report.tensors.len() - fitted.len();
@@ -683,7 +688,7 @@ fn draw(report: &AnalysisReport, output: &Path) -> Result<()> {
         "the six largest are named.".to_string(),
         String::new(),
         "A point above the band is expected:".to_string(),
-        "the band counts the power-law tail".to_string(),
+        "the model counts the power-law tail".to_string(),
         "only; small weights spread over".to_string(),
         "the binades below a tensor's typical".to_string(),
         "magnitude and add entropy.".to_string(),
@@ -723,7 +728,7 @@ impl Report for AnalysisReport {
         writeln!(
             out,
             "{:<width$} {:<8} {:>12} {:>7} {:>9} {:>6} {:>12}",
-            "tensor", "dtype", "elements", "H(exp)", "distinct", "alpha", "H bounds"
+            "tensor", "dtype", "elements", "H(exp)", "distinct", "alpha", "H model"
         )?;
         for t in &self.tensors {
             writeln!(
@@ -752,21 +757,22 @@ impl Report for AnalysisReport {
         if let (Some(alpha), Some(range)) = (self.alpha, self.entropy_bounds) {
             writeln!(
                 out,
-                "stable-law index α = {alpha:.3} (element-weighted); exponent entropy bounds {}",
+                "stable-law index α = {alpha:.3} (element-weighted); the α-stable tail model predicts \
+                 an exponent entropy of {} bits (measured: H(exp) above)",
                 bounds(Some(range))
             )?;
             for limit in &self.limits {
                 writeln!(
                     out,
-                    "  {:<8} {} raw bits + exponent → {:.2}..{:.2} bits per weight",
+                    "  {:<8} {} raw bits + exponent → {:.2}..{:.2} bits per weight (model)",
                     limit.dtype, limit.raw_bits, limit.bits_per_weight[0], limit.bits_per_weight[1]
                 )?;
             }
             writeln!(
                 out,
-                "note: the bounds count the power-law tail above a tensor's typical magnitude only; \
-                 the binades below it (where small weights spread evenly) add entropy they leave out, \
-                 so a measured H above them is expected"
+                "note: the model counts the power-law tail above a tensor's typical magnitude only; \
+                 the binades below it (where small weights spread evenly) add entropy it leaves out, \
+                 so a measured H above its prediction is expected"
             )?;
         }
         if let Some(plot) = &self.plot {
