@@ -71,12 +71,32 @@ fn a_sharded_checkpoint_round_trips_byte_for_byte() {
 
     let output = ecf(&["compress", original.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
+    let text = common::stdout(&output);
+    assert!(
+        text.contains("% of the original, every file)")
+            && text.contains("safetensors files alone: "),
+        "{text}"
+    );
     let compressed = root.path().join("model.ecf");
     assert!(
         compressed
             .join("model-00001-of-00002.ecf.safetensors")
             .exists()
     );
+    // The ratio of the safetensors files alone is the one inspect gives.
+    let report = |output: std::process::Output| -> serde_json::Value {
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let again = report(ecf(&[
+        "compress",
+        "--force",
+        "--json",
+        original.to_str().unwrap(),
+    ]));
+    let inspected = report(ecf(&["inspect", "--json", compressed.to_str().unwrap()]));
+    assert_eq!(again["weights"]["ratio"], inspected["ratio"]);
+    assert_ne!(again["ratio"], inspected["ratio"]);
     assert!(
         compressed.join("tokenizer/vocab.txt").exists(),
         "other files are copied"

@@ -20,12 +20,24 @@ pub struct CompressSummary {
     pub compressed_bytes: u64,
     /// `compressed_bytes / source_bytes`.
     pub ratio: f64,
+    /// For a directory, its safetensors files alone (what `inspect`
+    /// compares): every other file, copied or rewritten, left out.
+    pub weights: Option<WeightFiles>,
     pub coded_tensors: usize,
     pub raw_tensors: usize,
     /// Files of a directory copied unchanged (not safetensors files).
     pub copied_files: Vec<CopiedFile>,
     pub seconds: f64,
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// The safetensors files of a directory, before and after.
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightFiles {
+    pub source_bytes: u64,
+    pub compressed_bytes: u64,
+    /// `compressed_bytes / source_bytes`.
+    pub ratio: f64,
 }
 
 /// A file a directory compress copied as it was.
@@ -52,8 +64,25 @@ pub fn compress(
         progress,
         ..CompressOptions::default()
     };
+    let mut weights = None;
     let (source_bytes, compressed_bytes, seconds, tensors, copied) = if input.is_dir() {
         let report = container::compress_directory(input, &output, &options)?;
+        let shard_bytes = |bytes: fn(&container::CompressReport) -> u64| {
+            report
+                .shards
+                .iter()
+                .map(|(_, shard)| bytes(shard))
+                .sum::<u64>()
+        };
+        let (source_bytes, compressed_bytes) = (
+            shard_bytes(|s| s.source_bytes),
+            shard_bytes(|s| s.compressed_bytes),
+        );
+        weights = Some(WeightFiles {
+            source_bytes,
+            compressed_bytes,
+            ratio: compressed_bytes as f64 / source_bytes.max(1) as f64,
+        });
         let tensors: Vec<_> = report
             .shards
             .iter()
@@ -92,6 +121,7 @@ pub fn compress(
         source_bytes,
         compressed_bytes,
         ratio: compressed_bytes as f64 / source_bytes.max(1) as f64,
+        weights,
         coded_tensors,
         raw_tensors: tensors.len() - coded_tensors,
         copied_files: copied,
@@ -104,17 +134,31 @@ impl Report for CompressSummary {
     fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(
             out,
-            "{} -> {}: {} -> {} ({:.2}% of the original), {} of {} coded, {:.2} s ({:.0} MB/s)",
+            "{} -> {}: {} -> {} ({:.2}% of the original{}), {} of {} coded, {:.2} s ({:.0} MB/s)",
             self.input.display(),
             self.output.display(),
             Bytes(self.source_bytes),
             Bytes(self.compressed_bytes),
             100.0 * self.ratio,
+            if self.weights.is_some() {
+                ", every file"
+            } else {
+                ""
+            },
             self.coded_tensors,
             count((self.coded_tensors + self.raw_tensors) as u64, "tensor"),
             self.seconds,
             self.source_bytes as f64 / self.seconds.max(1e-9) / 1e6,
         )?;
+        if let Some(weights) = &self.weights {
+            writeln!(
+                out,
+                "safetensors files alone: {} -> {} ({:.2}% of the original)",
+                Bytes(weights.source_bytes),
+                Bytes(weights.compressed_bytes),
+                100.0 * weights.ratio
+            )?;
+        }
         if !self.copied_files.is_empty() {
             let bytes: u64 = self.copied_files.iter().map(|f| f.bytes).sum();
             writeln!(
