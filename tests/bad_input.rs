@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{ecf_path, read_header, stderr, stdout, with_header, write_sample};
+use common::{ecf, ecf_path, read_header, stderr, stdout, with_header, write_sample};
 use ecfloat::Error;
 use ecfloat::codec::FloatKind;
 use ecfloat::codec::huffman::{self, ALPHABET};
@@ -392,6 +392,95 @@ fn rejects_an_uncompressed_file_given_to_decompress() {
         |e| matches!(e, Error::NotCompressed { .. }),
         &["not an ecfloat-compressed file"],
     );
+}
+
+#[test]
+fn rejects_a_missing_or_foreign_format_name() {
+    for format in [None, Some("ecfloat2"), Some("ECFLOAT")] {
+        let (_dir, path) = compressed_sample();
+        let bytes = std::fs::read(&path).unwrap();
+        let (mut header, _) = read_header(&bytes);
+        let metadata = header["__metadata__"].as_object_mut().unwrap();
+        match format {
+            Some(name) => metadata.insert("ecf.format".to_string(), serde_json::json!(name)),
+            None => metadata.remove("ecf.format"),
+        };
+        write(&path, &with_header(&bytes, &header));
+        assert_rejected(
+            &path,
+            |e| matches!(e, Error::NotCompressed { .. }),
+            &["not an ecfloat-compressed file"],
+        );
+    }
+}
+
+/// What FORMAT.md accepts as changing no decoded byte (its preamble): each
+/// variation of the header's text beyond its meaning decompresses to the
+/// original bytes and verifies on every backend.
+#[test]
+fn header_text_beyond_its_meaning_is_accepted_everywhere() {
+    let (dir, path) = compressed_sample();
+    let original = std::fs::read(write_sample(tempfile::tempdir().unwrap().path())).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (header, data_start) = read_header(&bytes);
+    let compact = serde_json::to_string(&header).unwrap();
+    let reordered: serde_json::Map<String, serde_json::Value> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let mut other_metadata = header.clone();
+    let metadata = other_metadata["__metadata__"].as_object_mut().unwrap();
+    metadata.remove("format");
+    metadata.insert("note".to_string(), serde_json::json!("added"));
+    let variations = [
+        (
+            "pretty-printed",
+            serde_json::to_string_pretty(&header).unwrap(),
+        ),
+        ("a tab and a newline after it", format!("{compact}\t\n")),
+        ("a space before it", format!(" {compact}")),
+        (
+            "its tensors in another order",
+            serde_json::to_string(&reordered).unwrap(),
+        ),
+        (
+            "other metadata than ecf.*",
+            serde_json::to_string(&other_metadata).unwrap(),
+        ),
+    ];
+    for (what, json) in variations {
+        let mut json = json.into_bytes();
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&json);
+        file.extend_from_slice(&bytes[data_start..]);
+        let changed = dir.path().join("changed.ecf.safetensors");
+        write(&changed, &file);
+        let rebuilt = dir.path().join("rebuilt.safetensors");
+        let output = ecf(&[
+            "decompress",
+            "--force",
+            changed.to_str().unwrap(),
+            "-o",
+            rebuilt.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{what}: {}", stderr(&output));
+        assert!(std::fs::read(&rebuilt).unwrap() == original, "{what}");
+        for backend in ["cpu", "wgpu", "cuda"] {
+            if common::harness::require_backend(backend).is_err() {
+                continue;
+            }
+            let output = ecf_path(&["verify", "--backend", backend], &changed);
+            assert!(
+                output.status.success(),
+                "{what}, {backend}: {}",
+                stderr(&output)
+            );
+        }
+    }
 }
 
 #[test]
