@@ -476,9 +476,29 @@ pub fn check_batch(backend: &dyn Backend, cases: &[Case]) -> Result<(), String> 
     Ok(())
 }
 
+/// A tensor that claims fewer decoded bytes than it holds: jobs checked by
+/// its claim fit the buffer, yet its decode would run past it, as if the
+/// host's check of the jobs had gone wrong.
+struct Understated(Box<dyn backend::DeviceTensor>);
+
+impl backend::DeviceTensor for Understated {
+    fn decoded_bytes(&self) -> u64 {
+        4
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        self.0.resident_bytes()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self.0.as_any()
+    }
+}
+
 /// The backend refuses, before its device sees them, jobs that overlap,
-/// that run past the buffer's end or that start off its alignment; and
-/// decodes jobs that touch but do not overlap.
+/// that run past the buffer's end or that start off its alignment, and
+/// refuses by itself a decode that would write past the buffer whatever
+/// the jobs claim; and decodes jobs that touch but do not overlap.
 pub fn check_job_validation(backend: &dyn Backend) -> Result<(), String> {
     let original = synth::heavy_tailed_bytes(FloatKind::Bf16, 1001, 7);
     let encoded = codec::encode(FloatKind::Bf16, &original, &EncodeOptions::default())
@@ -503,6 +523,19 @@ pub fn check_job_validation(backend: &dyn Backend) -> Result<(), String> {
     if alignment > 1 {
         refused.push(("a job off the alignment", vec![job(1)]));
     }
+    let understated = Understated(
+        backend
+            .upload(&encoded.view(), &index)
+            .map_err(|e| e.to_string())?,
+    );
+    let last_word = (second + len - 4) / alignment * alignment;
+    refused.push((
+        "a tensor claiming fewer bytes than it decodes",
+        vec![backend::DecodeJob {
+            tensor: &understated,
+            offset: last_word,
+        }],
+    ));
     for (what, jobs) in refused {
         match backend.decode(&jobs, out.as_ref()) {
             Err(crate::Error::Backend { .. }) => {}

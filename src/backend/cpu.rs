@@ -33,8 +33,24 @@ impl CpuBackend {
         check_jobs(NAME, jobs, out.len() as u64, self.output_alignment())?;
         for (number, job) in jobs.iter().enumerate() {
             let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
-            let start = job.offset as usize;
-            let out = &mut out[start..start + tensor.decoded_bytes() as usize];
+            // Checked again here, so that no plan can make this backend
+            // write outside `out`.
+            let out_len = out.len();
+            let out = usize::try_from(job.offset)
+                .ok()
+                .and_then(|start| {
+                    out.get_mut(start..start.checked_add(tensor.decoded_bytes() as usize)?)
+                })
+                .ok_or_else(|| {
+                    backend_error(
+                        NAME,
+                        format!(
+                            "a decode would write {} bytes at byte {} of a {out_len}-byte output",
+                            tensor.decoded_bytes(),
+                            job.offset
+                        ),
+                    )
+                })?;
             match tensor {
                 CpuTensor::Coded {
                     params,

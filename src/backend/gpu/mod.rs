@@ -313,8 +313,8 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         out: &dyn DeviceBuffer,
     ) -> Result<Box<dyn PendingDecode>> {
         check_jobs(self.name(), jobs, out.len(), OUTPUT_ALIGNMENT)?;
+        let plan = LaunchPlan::new(self.name(), jobs, out.len())?;
         let out = self.output(out)?;
-        let plan = LaunchPlan::new(self.name(), jobs)?;
         let launch = self.device.prepare(&plan, out, false)?;
         let submission = self.device.submit(&plan, &launch, out, false)?;
         Ok(Box::new(GpuPending {
@@ -347,8 +347,8 @@ impl<D: GpuDevice> Backend for GpuBackend<D> {
         repeats: usize,
     ) -> Result<Timings> {
         check_jobs(self.name(), jobs, out.len(), OUTPUT_ALIGNMENT)?;
+        let plan = LaunchPlan::new(self.name(), jobs, out.len())?;
         let out = self.output(out)?;
-        let plan = LaunchPlan::new(self.name(), jobs)?;
         let origins = plan.origins();
         let launch = self.device.prepare(&plan, out, true)?;
         let mut device_seconds = Vec::with_capacity(repeats);

@@ -5,7 +5,7 @@
 //! executed on the CPU, so the host side of every launch is one piece of
 //! code.
 
-use crate::backend::{DecodeJob, downcast};
+use crate::backend::{DecodeJob, backend_error, downcast};
 use crate::codec::CodecError;
 use crate::error::{Error, Result};
 
@@ -57,9 +57,12 @@ pub struct BlockOrigin {
 }
 
 impl<'a, B: 'static> LaunchPlan<'a, B> {
-    /// Plans `jobs`, whose tensors must be `backend`'s [`GpuTensor`]s and
-    /// whose ranges [`crate::backend::check_jobs`] has checked.
-    pub fn new(backend: &str, jobs: &'a [DecodeJob<'a>]) -> Result<Self> {
+    /// Plans `jobs`, whose tensors must be `backend`'s [`GpuTensor`]s, into
+    /// an output of `output_len` bytes. [`crate::backend::check_jobs`]
+    /// checks the jobs' ranges first; the plan still refuses, by itself,
+    /// any copy or dispatch that would write past the output, as the
+    /// kernels write where a record points.
+    pub fn new(backend: &str, jobs: &'a [DecodeJob<'a>], output_len: u64) -> Result<Self> {
         let mut plan = LaunchPlan {
             copies: Vec::new(),
             dispatches: Vec::new(),
@@ -97,6 +100,22 @@ impl<'a, B: 'static> LaunchPlan<'a, B> {
             }
         }
         plan.blocks = u32::try_from(blocks).map_err(|_| too_many_blocks(backend))?;
+        let writes = (plan.copies.iter().map(|c| (c.offset, c.bytes))).chain(
+            plan.dispatches
+                .iter()
+                .map(|d| (d.output_offset, d.output_bytes)),
+        );
+        for (offset, bytes) in writes {
+            if offset.checked_add(bytes).is_none_or(|end| end > output_len) {
+                return Err(backend_error(
+                    backend,
+                    format!(
+                        "a decode would write {bytes} bytes at byte {offset} of a \
+                         {output_len}-byte output"
+                    ),
+                ));
+            }
+        }
         Ok(plan)
     }
 
