@@ -21,37 +21,14 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use burn_store::{
-    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    SafetensorsStore,
-};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_store::{ModuleSnapshot, ModuleStore};
 use ecfloat::burn::bert::{Bert, BertConfig, BertLinear};
-use ecfloat::burn::{CodedWeights, EcfStore, SharedDevice};
+use ecfloat::burn::{CodedWeights, SharedDevice};
 
 mod common;
 
 use common::median_seconds;
-
-fn adapter() -> impl ModuleAdapter + 'static {
-    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
-}
-
-fn original_store(original: &Path) -> SafetensorsStore {
-    SafetensorsStore::from_file(original)
-        .remap(BertConfig::key_remapper())
-        .with_from_adapter(adapter())
-}
-
-fn compressed_store(compressed: &Path, shared: Option<&SharedDevice>) -> EcfStore {
-    let store = EcfStore::from_file(compressed)
-        .remap(BertConfig::key_remapper())
-        .with_from_adapter(adapter());
-    match shared {
-        Some(shared) => store.on_shared_device(shared),
-        None => store,
-    }
-}
 
 /// A BERT loaded from `store` on `device`, synchronised.
 fn load_bert<S: ModuleStore>(device: &Device, store: &mut S) -> Bert {
@@ -68,8 +45,13 @@ fn compare_loads(
     compressed: &Path,
     shared: Option<&SharedDevice>,
 ) {
-    let theirs = median_seconds(|| load_bert(device, &mut original_store(original)));
-    let ours = median_seconds(|| load_bert(device, &mut compressed_store(compressed, shared)));
+    let theirs = median_seconds(|| load_bert(device, &mut BertConfig::original_store(original)));
+    let ours = median_seconds(|| {
+        load_bert(
+            device,
+            &mut BertConfig::compressed_store(compressed, shared),
+        )
+    });
     let how = if shared.is_some() {
         "BERT through a store, decoded on the device"
     } else {
@@ -97,7 +79,7 @@ fn compare_forwards(
     compressed: &Path,
     shared: Option<&SharedDevice>,
 ) {
-    let decoded = load_bert(device, &mut original_store(original));
+    let decoded = load_bert(device, &mut BertConfig::original_store(original));
     let weights = match shared {
         Some(shared) => CodedWeights::open_shared(compressed, shared),
         None => CodedWeights::open(compressed, device),
@@ -105,7 +87,7 @@ fn compare_forwards(
     .unwrap();
     let mut coded = BertConfig::minilm_l6().init_kept_coded(&weights).unwrap();
     coded
-        .load_from(&mut compressed_store(compressed, shared))
+        .load_from(&mut BertConfig::compressed_store(compressed, shared))
         .unwrap();
     let theirs = median_seconds(|| forward(&decoded, device));
     let ours = median_seconds(|| forward(&coded, device));

@@ -13,12 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use burn_store::{
-    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
-};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_store::ModuleSnapshot;
 use ecfloat::burn::bert::{Bert, BertConfig, BertLinear};
-use ecfloat::burn::{CodedWeights, EcfStore, SharedDevice};
+use ecfloat::burn::{CodedWeights, SharedDevice};
 
 /// The last hidden state of a fixed batch (2 sequences of 16 tokens), as
 /// bytes.
@@ -26,21 +24,6 @@ fn embeddings<L: BertLinear>(model: &Bert<L>, device: &Device) -> Vec<u8> {
     let ids: Vec<i64> = (0..32).map(|i| (i * 977 + 101) % 30522).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), device);
     model.forward(ids).into_data().as_bytes().to_vec()
-}
-
-/// PyTorch's layouts and names to burn's, every float to F32.
-fn adapter() -> impl ModuleAdapter + 'static {
-    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
-}
-
-fn compressed_store(compressed: &Path, shared: Option<&SharedDevice>) -> EcfStore {
-    let store = EcfStore::from_file(compressed)
-        .remap(BertConfig::key_remapper())
-        .with_from_adapter(adapter());
-    match shared {
-        Some(shared) => store.on_shared_device(shared),
-        None => store,
-    }
 }
 
 /// Whether each mode's output on `device` is the original's, in order:
@@ -53,17 +36,14 @@ fn compare(
 ) -> Result<[bool; 2], String> {
     let config = BertConfig::minilm_l6();
     let mut theirs: Bert = config.init(device);
-    let mut their_store = SafetensorsStore::from_file(original)
-        .remap(BertConfig::key_remapper())
-        .with_from_adapter(adapter());
     theirs
-        .load_from(&mut their_store)
+        .load_from(&mut BertConfig::original_store(original))
         .map_err(|e| e.to_string())?;
     let want = embeddings(&theirs, device);
 
     let mut decoded: Bert = config.init(device);
     decoded
-        .load_from(&mut compressed_store(compressed, shared))
+        .load_from(&mut BertConfig::compressed_store(compressed, shared))
         .map_err(|e| e.to_string())?;
 
     let weights = match shared {
@@ -75,7 +55,7 @@ fn compare(
         .init_kept_coded(&weights)
         .map_err(|e| e.to_string())?;
     coded
-        .load_from(&mut compressed_store(compressed, shared))
+        .load_from(&mut BertConfig::compressed_store(compressed, shared))
         .map_err(|e| e.to_string())?;
     Ok([
         embeddings(&decoded, device) == want,

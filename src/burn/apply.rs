@@ -161,17 +161,12 @@ impl<'a> DeviceApplier<'a> {
         if let [rows, columns] = shape[..]
             && adapted_dtype == DType::F32
             && adapted_shape == [columns, rows]
+            && adapted_values == super::transposed(|i| values[i], [rows, columns])
         {
-            let values = &values;
-            let transposed: Vec<f32> = (0..columns)
-                .flat_map(|column| (0..rows).map(move |row| values[row * columns + column]))
-                .collect();
-            if adapted_values == transposed {
-                return Some(Effect {
-                    dtype: DType::F32,
-                    transpose: true,
-                });
-            }
+            return Some(Effect {
+                dtype: DType::F32,
+                transpose: true,
+            });
         }
         None
     }

@@ -11,10 +11,13 @@ use std::convert::Infallible;
 use ::burn::module::Module;
 use ::burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use ::burn::tensor::activation::{gelu, softmax};
-use ::burn::tensor::{Device, Int, Tensor};
-use burn_store::KeyRemapper;
+use ::burn::tensor::{DType, Device, Int, Tensor};
+use burn_store::{
+    FloatCastAdapter, KeyRemapper, ModuleAdapter, PyTorchToBurnAdapter, SafetensorsStore,
+};
 
 use super::coded::{CodedLinear, CodedWeights};
+use super::{EcfStore, SharedDevice};
 use crate::error::Error;
 
 /// A linear layer of BERT's blocks: burn's [`Linear`], or a [`CodedLinear`].
@@ -70,6 +73,32 @@ impl BertConfig {
             (r"\.self\.", ".self_attention."),
         ])
         .expect("the patterns are regular expressions")
+    }
+
+    /// What else loading a Hugging Face checkpoint as an F32 model takes:
+    /// PyTorch's layouts to burn's, every float widened to F32.
+    pub fn pytorch_f32_adapter() -> impl ModuleAdapter + 'static {
+        PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
+    }
+
+    /// burn-store's loading of an original checkpoint into this model, F32.
+    pub fn original_store(path: &std::path::Path) -> SafetensorsStore {
+        SafetensorsStore::from_file(path)
+            .remap(Self::key_remapper())
+            .with_from_adapter(Self::pytorch_f32_adapter())
+    }
+
+    /// ecfloat's loading of a compressed checkpoint into this model, as
+    /// [`original_store`](Self::original_store) loads the original: decoded
+    /// on the host, or on `shared` where given.
+    pub fn compressed_store(path: &std::path::Path, shared: Option<&SharedDevice>) -> EcfStore {
+        let store = EcfStore::from_file(path)
+            .remap(Self::key_remapper())
+            .with_from_adapter(Self::pytorch_f32_adapter());
+        match shared {
+            Some(shared) => store.on_shared_device(shared),
+            None => store,
+        }
     }
 
     /// The model, its parameters initialised on `device` (to be loaded).

@@ -434,11 +434,7 @@ fn widen_transposed(
             ]),
         }
     };
-    let mut wide = Vec::with_capacity(rows * columns);
-    for column in 0..columns {
-        wide.extend((0..rows).map(|row| value(row * columns + column)));
-    }
-    wide
+    super::transposed(value, [rows, columns])
 }
 
 /// One kept-coded weight of a [`CodedWeights`].

@@ -517,3 +517,13 @@ impl safetensors::View for PlainTensor {
         self.bytes.len()
     }
 }
+
+/// The `[columns, rows]` transpose of `[rows, columns]` values, the one at
+/// flat index `i` being `value(i)`: what `PyTorchToBurnAdapter` does to a
+/// linear layer's weight.
+fn transposed<T>(value: impl Fn(usize) -> T, [rows, columns]: [usize; 2]) -> Vec<T> {
+    let value = &value;
+    (0..columns)
+        .flat_map(|column| (0..rows).map(move |row| value(row * columns + column)))
+        .collect()
+}
