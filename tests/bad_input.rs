@@ -483,6 +483,45 @@ fn header_text_beyond_its_meaning_is_accepted_everywhere() {
     }
 }
 
+/// FORMAT.md §1: set bits after the end of the source header's final
+/// DEFLATE block, within its last byte, change nothing and are accepted.
+#[test]
+fn set_bits_after_the_final_deflate_block_are_accepted() {
+    let (dir, path) = compressed_sample();
+    let original = std::fs::read(write_sample(tempfile::tempdir().unwrap().path())).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (header, data_start) = read_header(&bytes);
+    let offsets = &header[ecfloat::container::schema::SOURCE_HEADER_TENSOR]["data_offsets"];
+    let deflated = data_start..data_start + offsets[1].as_u64().unwrap() as usize;
+    let deflated = deflated.start + offsets[0].as_u64().unwrap() as usize..deflated.end;
+    let last = deflated.end - 1;
+    let inflated = miniz_oxide::inflate::decompress_to_vec(&bytes[deflated.clone()]).unwrap();
+    let mut padding_bits = 0;
+    for bit in 0..8 {
+        let mut changed = bytes.clone();
+        changed[last] |= 1 << bit;
+        // A bit the stream uses changes what it inflates to, or breaks it.
+        if changed[last] == bytes[last]
+            || miniz_oxide::inflate::decompress_to_vec(&changed[deflated.clone()]).ok()
+                != Some(inflated.clone())
+        {
+            continue;
+        }
+        padding_bits += 1;
+        let variant = dir.path().join("padded.ecf.safetensors");
+        write(&variant, &changed);
+        let rebuilt = dir.path().join("rebuilt.safetensors");
+        container::decompress_file(&variant, &rebuilt, true, &Default::default()).unwrap();
+        assert!(std::fs::read(&rebuilt).unwrap() == original, "bit {bit}");
+        let output = ecf_path(&["verify"], &variant);
+        assert!(output.status.success(), "bit {bit}: {}", stderr(&output));
+    }
+    assert!(
+        padding_bits > 0,
+        "the sample's stream ends inside its last byte"
+    );
+}
+
 #[test]
 fn rejects_compressing_a_compressed_file() {
     let (_dir, path) = compressed_sample();
