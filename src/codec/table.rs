@@ -214,6 +214,27 @@ mod tests {
         assert!(error.contains("padding"), "{error}");
     }
 
+    /// FORMAT.md: a `lo..hi` range wider than the symbols used changes no
+    /// length, and is read as the writer's own table.
+    #[test]
+    fn reads_a_range_wider_than_the_symbols_used() {
+        let mut lengths = [0u8; ALPHABET];
+        lengths[10] = 1;
+        lengths[11] = 2;
+        lengths[12] = 2;
+        let mut bytes = Vec::new();
+        write_table(&lengths, 256, &mut bytes);
+        assert_eq!(&bytes[..2], [10, 12]);
+        // Two more unused symbols below: lo 8, then a zero run of two
+        // (opcode 1 1 1, count 00000: one whole byte, 0b0000_0111), the
+        // rest unchanged.
+        let mut wider = vec![8, 12, 0b0000_0111];
+        wider.extend_from_slice(&bytes[2..]);
+        let (read, used) = read_table(&wider, 256).expect("a wider range is valid");
+        assert_eq!(read, lengths);
+        assert_eq!(used, wider.len());
+    }
+
     #[test]
     fn rejects_range_outside_alphabet() {
         let mut lengths = [0u8; ALPHABET];
