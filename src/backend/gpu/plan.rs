@@ -100,13 +100,16 @@ impl<'a, B: 'static> LaunchPlan<'a, B> {
             }
         }
         plan.blocks = u32::try_from(blocks).map_err(|_| too_many_blocks(backend))?;
+        // Writes are of whole words, and an output buffer holds its length
+        // rounded up to them.
+        let limit = output_len.next_multiple_of(4);
         let writes = (plan.copies.iter().map(|c| (c.offset, c.bytes))).chain(
             plan.dispatches
                 .iter()
                 .map(|d| (d.output_offset, d.output_bytes)),
         );
         for (offset, bytes) in writes {
-            if offset.checked_add(bytes).is_none_or(|end| end > output_len) {
+            if offset.checked_add(bytes).is_none_or(|end| end > limit) {
                 return Err(backend_error(
                     backend,
                     format!(
