@@ -210,10 +210,18 @@ pub fn check_free_space(target: &Path, bytes: u64) -> Result<()> {
 /// removed if dropped uncommitted or when a signal stops the process.
 pub struct AtomicOutput {
     writer: BufWriter<File>,
-    /// The temporary name, where the file has one.
-    temp_path: Option<(TempPath, PartialOutput)>,
+    staging: Staging,
     target: PathBuf,
     force: bool,
+}
+
+/// Where an output lies until it is committed.
+enum Staging {
+    /// Nowhere: Linux's unnamed file.
+    #[cfg(target_os = "linux")]
+    Unnamed,
+    /// Under a temporary name, removed if dropped uncommitted.
+    Named(TempPath, PartialOutput),
 }
 
 impl AtomicOutput {
@@ -231,15 +239,15 @@ impl AtomicOutput {
                 ),
             ));
         }
-        let output = |file, temp_path| AtomicOutput {
+        let output = |file, staging| AtomicOutput {
             writer: BufWriter::with_capacity(1 << 20, file),
-            temp_path,
+            staging,
             target: target.to_path_buf(),
             force,
         };
         #[cfg(target_os = "linux")]
         if let Some(file) = unnamed::create(directory).map_err(|e| Error::io(target, e))? {
-            return Ok(output(file, None));
+            return Ok(output(file, Staging::Unnamed));
         }
         let mut builder = tempfile::Builder::new();
         builder.prefix(TEMPORARY_PREFIX);
@@ -252,7 +260,7 @@ impl AtomicOutput {
             .map_err(|e| Error::io(target, e))?
             .into_parts();
         let partial = PartialOutput::register(&temp_path);
-        Ok(output(file, Some((temp_path, partial))))
+        Ok(output(file, Staging::Named(temp_path, partial)))
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
@@ -277,17 +285,15 @@ impl AtomicOutput {
             .into_inner()
             .map_err(|e| Error::io(&target, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&target, e))?;
-        let named = match self.temp_path {
-            Some((temp_path, _partial)) if self.force => {
+        let named = match self.staging {
+            Staging::Named(temp_path, _partial) if self.force => {
                 temp_path.persist(&target).map_err(|e| e.error)
             }
-            Some((temp_path, _partial)) => {
+            Staging::Named(temp_path, _partial) => {
                 temp_path.persist_noclobber(&target).map_err(|e| e.error)
             }
             #[cfg(target_os = "linux")]
-            None => unnamed::link(&file, &target, self.force),
-            #[cfg(not(target_os = "linux"))]
-            None => unreachable!("only Linux writes unnamed files"),
+            Staging::Unnamed => unnamed::link(&file, &target, self.force),
         };
         named.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
