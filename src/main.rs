@@ -193,7 +193,7 @@ Examples:
     /// Print a document: the fields of every command's --json report
     /// (json), or the compressed file format (format).
     Docs {
-        #[arg(value_name = "DOCUMENT", value_parser = PossibleValuesParser::new(["json", "format"]))]
+        #[arg(value_name = "DOCUMENT", value_parser = PossibleValuesParser::new(ecfloat::tools::DOCUMENTS.map(|(name, _)| name)))]
         document: String,
     },
     /// Compress a built-in sample model, decode it on every backend, check

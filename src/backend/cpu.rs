@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 use super::{
     Backend, BackendInfo, Clock, DecodeJob, DeviceBuffer, DeviceTensor, Timings, backend_error,
-    check_download, check_jobs, downcast,
+    check_download, check_jobs, downcast, overrun_error,
 };
 
 const NAME: &str = "cpu";
@@ -42,14 +42,7 @@ impl CpuBackend {
                     out.get_mut(start..start.checked_add(tensor.decoded_bytes() as usize)?)
                 })
                 .ok_or_else(|| {
-                    backend_error(
-                        NAME,
-                        format!(
-                            "a decode would write {} bytes at byte {} of a {out_len}-byte output",
-                            tensor.decoded_bytes(),
-                            job.offset
-                        ),
-                    )
+                    overrun_error(NAME, tensor.decoded_bytes(), job.offset, out_len as u64)
                 })?;
             match tensor {
                 CpuTensor::Coded {

@@ -279,6 +279,17 @@ pub(crate) fn backend_error(backend: &str, message: impl Into<String>) -> Error 
     }
 }
 
+/// A decode that would write `bytes` at byte `offset` of an output of
+/// `output_len` bytes, past its end: refused by every backend itself.
+pub(crate) fn overrun_error(backend: &str, bytes: u64, offset: u64, output_len: u64) -> Error {
+    backend_error(
+        backend,
+        format!(
+            "a decode would write {bytes} bytes at byte {offset} of a {output_len}-byte output"
+        ),
+    )
+}
+
 /// The backend cannot be used on this machine, and why.
 pub fn unavailable(backend: &str, reason: impl Into<String>) -> Error {
     Error::BackendUnavailable {

@@ -5,7 +5,7 @@
 //! executed on the CPU, so the host side of every launch is one piece of
 //! code.
 
-use crate::backend::{DecodeJob, backend_error, downcast};
+use crate::backend::{DecodeJob, downcast, overrun_error};
 use crate::codec::CodecError;
 use crate::error::{Error, Result};
 
@@ -110,13 +110,7 @@ impl<'a, B: 'static> LaunchPlan<'a, B> {
         );
         for (offset, bytes) in writes {
             if offset.checked_add(bytes).is_none_or(|end| end > limit) {
-                return Err(backend_error(
-                    backend,
-                    format!(
-                        "a decode would write {bytes} bytes at byte {offset} of a \
-                         {output_len}-byte output"
-                    ),
-                ));
+                return Err(overrun_error(backend, bytes, offset, output_len));
             }
         }
         Ok(plan)
