@@ -5,8 +5,11 @@
 //! head stream is decoded in [`LANES`] interleaved lanes: lane 0 starts at the
 //! block's first bit, the others at a chunk boundary chosen by the same
 //! warm-up rule the GPU uses ([`super::sync`]). Their dependency chains are
-//! independent, so the core overlaps the table lookups. The lanes' outputs
-//! are stitched together, then every head is joined with its rest bits.
+//! independent, so the core overlaps the table lookups. Each lookup in a
+//! [`MultiSymbolTable`] decodes every whole codeword of the next 12 bits, up
+//! to four (three or four BF16 exponents). Each lane's heads are then joined
+//! with their rest bits where they lie; the join and the lookups are compiled
+//! a second time for AVX2 and BMI2, chosen at run time.
 //!
 //! The decoder also checks the sync metadata it does not need itself: every
 //! chunk must start where the GPU decoders would start it. A file this
@@ -20,8 +23,8 @@ use rayon::prelude::*;
 use super::bits::{FieldReader, load_le_u64_padded, peek_bits};
 use super::float::FieldSplit;
 use super::huffman::{
-    ALPHABET, DecodeTable, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS, TABLE_ENTRIES,
-    TABLE_MASK,
+    ALPHABET, DecodeTable, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS, MULTI_SYMBOLS,
+    MultiSymbolTable, TABLE_ENTRIES, TABLE_MASK, multi_length_and_count, multi_symbols,
 };
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
@@ -95,6 +98,8 @@ struct BlockScratch {
     lanes: LaneScratch,
     /// The decode table last built, and the code it was built for.
     table: Option<(CodeLengths, DecodeTable)>,
+    /// The multi-symbol table last filled, and the code it was filled for.
+    multi: (Option<CodeLengths>, MultiSymbolTable),
     /// The join table of one-byte elements last built, and its split.
     join_table: Option<(FieldSplit, Vec<u8>)>,
 }
@@ -117,6 +122,11 @@ fn cached_table<'a>(
     (lengths, table)
 }
 
+/// Decodes block `block` into `out`: compiled twice, for any x86-64 (or
+/// other target) and for cores with AVX2 and BMI2, chosen at run time.
+/// Both are the same code, so they decode the same bits; the second lets
+/// the compiler use one-instruction variable shifts in the lookups and
+/// 32-byte vectors in the joins.
 fn decode_block(
     view: &EncodedView,
     index: &BlockIndex,
@@ -124,19 +134,75 @@ fn decode_block(
     scratch: &mut BlockScratch,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    let split = view.params.split;
-    let elements = out.len() / split.kind.width_bytes();
-    if scratch.heads.len() < elements {
-        scratch.heads.resize(elements, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the features it is compiled for are present.
+        return unsafe { decode_block_avx2(view, index, block, scratch, out) };
     }
+    decode_block_portable(view, index, block, scratch, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+fn decode_block_avx2(
+    view: &EncodedView,
+    index: &BlockIndex,
+    block: usize,
+    scratch: &mut BlockScratch,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    decode_block_inline(view, index, block, scratch, out)
+}
+
+fn decode_block_portable(
+    view: &EncodedView,
+    index: &BlockIndex,
+    block: usize,
+    scratch: &mut BlockScratch,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    decode_block_inline(view, index, block, scratch, out)
+}
+
+#[inline(always)]
+fn decode_block_inline(
+    view: &EncodedView,
+    index: &BlockIndex,
+    block: usize,
+    scratch: &mut BlockScratch,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let split = view.params.split;
+    let width = split.kind.width_bytes();
+    let first_element = block as u64 * view.params.block_elements as u64;
+    if let BlockMode::Coded { table } = index.blocks[block].mode {
+        // Each lane's heads are joined where they lie: no copy into one
+        // buffer first.
+        let written = decode_coded_block(view, index, block, table, scratch, out.len() / width)?;
+        let mut element = 0;
+        for (lane, &count) in written.iter().enumerate() {
+            join_segment(
+                &split,
+                &scratch.lanes.heads[lane][..count],
+                view.rest,
+                first_element + element as u64,
+                &mut scratch.join_table,
+                &mut out[element * width..(element + count) * width],
+            );
+            element += count;
+        }
+        return Ok(());
+    }
+    let elements = out.len() / width;
     let mut heads = std::mem::take(&mut scratch.heads);
+    if heads.len() < elements {
+        heads.resize(elements, 0);
+    }
     let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
     if result.is_ok() {
-        let first_element = block as u64 * view.params.block_elements as u64;
-        let heads = &heads[..elements];
         join_block(
             &split,
-            heads,
+            &heads[..elements],
             view.rest,
             first_element,
             &mut scratch.join_table,
@@ -147,6 +213,7 @@ fn decode_block(
     result
 }
 
+/// Decodes the heads of block `block` into `heads`, in order.
 fn decode_heads(
     view: &EncodedView,
     index: &BlockIndex,
@@ -155,33 +222,65 @@ fn decode_heads(
     heads: &mut [u16],
 ) -> Result<(), CodecError> {
     let entry = &index.blocks[block];
-    let stream =
-        &view.head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize];
     match entry.mode {
         BlockMode::Constant(value) => heads.fill(value),
         BlockMode::Raw => {
+            let stream = &view.head[entry.stream_offset as usize..]
+                [..entry.stream_bits.div_ceil(8) as usize];
             let bits = view.params.split.head_bits;
             for (i, head) in heads.iter_mut().enumerate() {
                 *head = peek_bits(stream, i as u64 * bits as u64, bits) as u16;
             }
         }
         BlockMode::Coded { table } => {
-            let exceptions = index.block_exceptions(block);
-            let geometry = view.params.geometry;
-            let (lengths, table) = cached_table(&mut scratch.table, index, table);
-            let code = BlockCode {
-                stream,
-                stream_bits: entry.stream_bits,
-                table,
-                lengths,
-                geometry,
-                exceptions,
-            };
-            decode_coded_lanes(&code, heads, &mut scratch.lanes)
-                .map_err(|problem| CodecError::CorruptStream { block, problem })?;
+            let written = decode_coded_block(view, index, block, table, scratch, heads.len())?;
+            let mut offset = 0;
+            for (lane, &count) in written.iter().enumerate() {
+                heads[offset..offset + count].copy_from_slice(&scratch.lanes.heads[lane][..count]);
+                offset += count;
+            }
         }
     }
     Ok(())
+}
+
+/// Streams shorter than this decode one codeword per lookup: filling a
+/// [`MultiSymbolTable`] costs about as much as decoding this many bits
+/// with it saves.
+const MULTI_SYMBOL_MIN_BITS: u64 = 1 << 14;
+
+/// Decodes coded block `block` (of `elements` heads) into the lanes'
+/// buffers of `scratch`; returns how many heads each lane holds.
+#[inline(always)]
+fn decode_coded_block(
+    view: &EncodedView,
+    index: &BlockIndex,
+    block: usize,
+    table: u32,
+    scratch: &mut BlockScratch,
+    elements: usize,
+) -> Result<[usize; LANES], CodecError> {
+    let entry = &index.blocks[block];
+    let stream =
+        &view.head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize];
+    let (lengths, single) = cached_table(&mut scratch.table, index, table);
+    let (cached, multi) = &mut scratch.multi;
+    let use_multi = entry.stream_bits >= MULTI_SYMBOL_MIN_BITS;
+    if use_multi && cached.as_ref() != Some(lengths) {
+        multi.rebuild(single);
+        *cached = Some(*lengths);
+    }
+    let multi = use_multi.then_some(&*multi);
+    let code = BlockCode {
+        stream,
+        stream_bits: entry.stream_bits,
+        table: single,
+        lengths,
+        geometry: view.params.geometry,
+        exceptions: index.block_exceptions(block),
+    };
+    decode_coded_lanes(&code, multi, elements, &mut scratch.lanes)
+        .map_err(|problem| CodecError::CorruptStream { block, problem })
 }
 
 /// One coded block's stream and what decoding it needs.
@@ -228,12 +327,15 @@ impl BlockCode<'_> {
 #[derive(Default)]
 struct LaneScratch {
     heads: [Vec<u16>; LANES],
+    /// Where each lane's rounds of several codewords per lookup start.
+    round_starts: [Vec<RoundStart>; LANES],
     /// Per chunk, the codeword start its lane noted (see `LaneMarks`).
     notes: Vec<Note>,
 }
 
-/// A codeword start a lane noted: its bit position, and where the
-/// codeword is in the lane's output.
+/// A codeword start a lane noted for a chunk (at or before its mark, or
+/// the lane's first where the lane began past it): its bit position, and
+/// where the codeword is in the lane's output.
 #[derive(Clone, Copy)]
 struct Note {
     position: u64,
@@ -249,24 +351,29 @@ const NOT_NOTED: Note = Note {
     codeword: 0,
 };
 
-/// Decodes a coded block in `LANES` interleaved lanes and checks its sync
-/// metadata. Lane `l` covers the chunks from `l * chunks / LANES` on and
-/// writes into its own buffer; the lanes are then concatenated into
-/// `heads`.
+/// Decodes a coded block of `elements` heads in `LANES` interleaved lanes
+/// and checks its sync metadata. Lane `l` covers the chunks from
+/// `l * chunks / LANES` on and writes into its own buffer; returns how
+/// many heads each lane wrote. With a [`MultiSymbolTable`] the lanes
+/// decode several codewords per lookup while far from their ends; without
+/// one (a short stream), and near the ends, one at a time.
 ///
 /// The check: every chunk's decoder — warm-up or exception — must start
 /// exactly where the codewords before the chunk end, as [`super::sync`]
 /// requires; the GPU kernels check the same, so a block fails on every
 /// backend or on none, with the same [`StreamProblem`]. For each chunk
-/// inside it, a lane notes one codeword start as it passes (see
-/// [`LaneMarks`]); a chunk's warm-up is then decoded only until it meets
-/// the lane's codewords, a few codewords typically, not across the whole
-/// warm-up.
+/// inside it, a lane notes a codeword start near the chunk's mark (see
+/// [`LaneMarks`]) — where its last round before the mark began, so that
+/// the rounds never stop for a chunk; a chunk's warm-up is then decoded
+/// only until it meets the lane's codewords, a few codewords typically,
+/// not across the whole warm-up.
+#[inline(always)]
 fn decode_coded_lanes(
     code: &BlockCode,
-    heads: &mut [u16],
+    multi: Option<&MultiSymbolTable>,
+    elements: usize,
     scratch: &mut LaneScratch,
-) -> Result<(), StreamProblem> {
+) -> Result<[usize; LANES], StreamProblem> {
     let stream_bits = code.stream_bits;
     let chunk_count = code.geometry.chunk_count(stream_bits);
     let chunk_bits = code.geometry.chunk_bits as u64;
@@ -293,79 +400,95 @@ fn decode_coded_lanes(
     let landing = position;
     let mut marks: [LaneMarks; LANES] =
         std::array::from_fn(|lane| LaneMarks::new(code, lane, &first_chunk));
-    // A lane of n bits holds at most n codewords, so these never overflow.
+    // Every codeword is at least one bit, so a lane writes at most as many
+    // heads as it has bits from where it starts; a round may store past
+    // its last head, into the slack.
     for (lane, buffer) in scratch.heads.iter_mut().enumerate() {
-        let capacity = (end[lane].saturating_sub(begin[lane]) + 1) as usize;
+        let bits = end[lane].saturating_sub(begin[lane].min(landing[lane]));
+        let capacity = bits as usize + 1 + ROUND_WINDOW;
         if buffer.len() < capacity {
             buffer.resize(capacity, 0);
         }
+        // A round takes at least one bit per lookup.
+        let rounds = bits as usize / LOOKUPS_PER_ROUND + 1;
+        if scratch.round_starts[lane].len() < rounds {
+            scratch.round_starts[lane].resize(rounds, RoundStart::default());
+        }
     }
     let notes = &mut scratch.notes;
+    let mut written = [0usize; LANES];
 
-    // Fast path: all lanes decode `SYMBOLS_PER_REFILL` codewords at a time
-    // from 64-bit bit buffers, for as long as the lane closest to its end
-    // (or to the end of the stream, for whole-word loads) surely has them.
-    // The inner loop also stops where a lane crosses a mark.
+    // Fast path: all lanes decode `LOOKUPS_PER_ROUND` lookups at a time
+    // from 64-bit words, for as long as the lane closest to its end (or
+    // to the end of the stream, for whole-word loads) surely has them;
+    // then each lane that stopped short goes on alone. No lane stops at
+    // its chunks: each notes where its rounds start, and a chunk's note is
+    // taken from them afterwards.
     let load_limit = (code.stream.len() as u64).saturating_sub(16) * 8;
-    let round_bits = MAX_CODE_BITS as u64 * SYMBOLS_PER_REFILL as u64;
+    let round_bits = MAX_CODE_BITS as u64 * LOOKUPS_PER_ROUND as u64;
     // A lane may start another round while it stands before this.
     let round_end = std::array::from_fn::<u64, LANES, _>(|lane| {
         end[lane].min(load_limit).saturating_sub(round_bits) + 1
     });
-    let mut done = 0;
-    if (0..LANES).all(|lane| position[lane] < round_end[lane] && end[lane] >= round_bits) {
+    if let Some(multi) = multi {
         let stream = code.stream;
-        let [out0, out1, out2, out3] = scratch.heads.each_mut().map(|v| v.as_mut_slice());
-        let [mut l0, mut l1, mut l2, mut l3] = position.map(LaneReader::new);
-        loop {
-            let stop: [u64; LANES] =
-                std::array::from_fn(|lane| round_end[lane].min(marks[lane].next));
+        let mut rounds = [0usize; LANES];
+        if (0..LANES).all(|lane| position[lane] < round_end[lane] && end[lane] >= round_bits) {
+            let [out0, out1, out2, out3] = scratch.heads.each_mut().map(|v| v.as_mut_slice());
+            let [starts0, starts1, starts2, starts3] =
+                scratch.round_starts.each_mut().map(|v| v.as_mut_slice());
+            let [mut l0, mut l1, mut l2, mut l3] = position.map(LaneReader::new);
+            let mut round = 0;
             loop {
                 // Interleaved, so that the four lanes' lookups overlap.
-                let symbols = [
-                    l0.decode_batch(stream, entries),
-                    l1.decode_batch(stream, entries),
-                    l2.decode_batch(stream, entries),
-                    l3.decode_batch(stream, entries),
-                ];
-                let next = done + SYMBOLS_PER_REFILL;
-                out0[done..next].copy_from_slice(&symbols[0]);
-                out1[done..next].copy_from_slice(&symbols[1]);
-                out2[done..next].copy_from_slice(&symbols[2]);
-                out3[done..next].copy_from_slice(&symbols[3]);
-                done = next;
-                if l0.position() >= stop[0]
-                    || l1.position() >= stop[1]
-                    || l2.position() >= stop[2]
-                    || l3.position() >= stop[3]
+                l0.decode_round(stream, multi, out0, &mut starts0[round]);
+                l1.decode_round(stream, multi, out1, &mut starts1[round]);
+                l2.decode_round(stream, multi, out2, &mut starts2[round]);
+                l3.decode_round(stream, multi, out3, &mut starts3[round]);
+                round += 1;
+                if l0.position >= round_end[0]
+                    || l1.position >= round_end[1]
+                    || l2.position >= round_end[2]
+                    || l3.position >= round_end[3]
                 {
                     break;
                 }
             }
-            let at = [l0.position(), l1.position(), l2.position(), l3.position()];
-            let outputs = [&out0[..done], &out1[..done], &out2[..done], &out3[..done]];
-            for lane in 0..LANES {
-                // Marks can be closer than a batch (a short chunk with a
-                // long warm-up): note every one it crossed.
-                while at[lane] >= marks[lane].next {
-                    notes[marks[lane].chunk as usize] = batch_crossing(
-                        code.lengths,
-                        outputs[lane],
-                        at[lane],
-                        lane,
-                        marks[lane].next,
-                    );
-                    marks[lane].advance(code);
+            rounds = [round; LANES];
+            position = [l0.position, l1.position, l2.position, l3.position];
+            written = [l0.written, l1.written, l2.written, l3.written];
+        }
+        for lane in 0..LANES {
+            if position[lane] < round_end[lane] && end[lane] >= round_bits {
+                let out = scratch.heads[lane].as_mut_slice();
+                let starts = scratch.round_starts[lane].as_mut_slice();
+                let mut reader = LaneReader::new(position[lane]);
+                reader.written = written[lane];
+                while reader.position < round_end[lane] {
+                    reader.decode_round(stream, multi, out, &mut starts[rounds[lane]]);
+                    rounds[lane] += 1;
                 }
+                position[lane] = reader.position;
+                written[lane] = reader.written;
             }
-            if (0..LANES).any(|lane| at[lane] >= round_end[lane]) {
-                break;
+            // Each chunk the rounds passed gets the start of the last
+            // round that began at or before its mark (or the lane's first
+            // round, where the lane began past it).
+            let starts = &scratch.round_starts[lane][..rounds[lane]];
+            let mut round = 0;
+            while marks[lane].next < position[lane] && !starts.is_empty() {
+                let mark = marks[lane].next;
+                round += starts[round + 1..].partition_point(|start| start.position <= mark);
+                notes[marks[lane].chunk as usize] = Note {
+                    position: starts[round].position,
+                    lane: lane as u32,
+                    codeword: starts[round].written as u32,
+                };
+                marks[lane].advance(code);
             }
         }
-        position = [l0.position(), l1.position(), l2.position(), l3.position()];
     }
-    let mut written = [done; LANES];
-    // Each lane's tail, one codeword at a time.
+    // The rest of each lane, one codeword at a time.
     for lane in 0..LANES {
         let out = &mut scratch.heads[lane];
         loop {
@@ -400,7 +523,13 @@ fn decode_coded_lanes(
             None => {
                 let note = notes[chunk as usize];
                 note.position != u64::MAX
-                    && code.starts_right(chunk, exception, note, &scratch.heads[note.lane as usize])
+                    && code.starts_right(
+                        chunk,
+                        exception,
+                        note,
+                        &scratch.heads[note.lane as usize],
+                        position[note.lane as usize],
+                    )
             }
         };
         if !right {
@@ -411,25 +540,19 @@ fn decode_coded_lanes(
         return Err(StreamProblem::Overrun);
     }
     let total: usize = written.iter().sum();
-    if total != heads.len() {
+    if total != elements {
         return Err(StreamProblem::Count {
             codewords: total as u64,
-            elements: heads.len() as u64,
+            elements: elements as u64,
         });
     }
-    let mut offset = 0;
-    for lane in 0..LANES {
-        heads[offset..offset + written[lane]]
-            .copy_from_slice(&scratch.heads[lane][..written[lane]]);
-        offset += written[lane];
-    }
-    Ok(())
+    Ok(written)
 }
 
-/// The one position per chunk a lane notes as it decodes: the first
-/// codeword start at or after the chunk's warm-up start — or, for a chunk
-/// with a sync exception or a warm-up of a chunk or more, at or after the
-/// chunk's beginning. Marks within a lane increase.
+/// The one position per chunk near which a lane notes a codeword start:
+/// the chunk's warm-up start — or, for a chunk with a sync exception or a
+/// warm-up of a chunk or more, the chunk's beginning. Marks within a lane
+/// increase.
 struct LaneMarks {
     /// The chunk of the next mark; the lane's chunks end at `end_chunk`.
     chunk: u64,
@@ -486,51 +609,19 @@ impl LaneMarks {
     }
 }
 
-/// The lane's last batch of codewords ends `output` and the lane stands at
-/// `position`, at or past `mark`: the first of the batch's codeword starts
-/// (or `position`) at or past `mark`.
-#[cold]
-fn batch_crossing(
-    lengths: &CodeLengths,
-    output: &[u16],
-    position: u64,
-    lane: usize,
-    mark: u64,
-) -> Note {
-    let first = output.len() - SYMBOLS_PER_REFILL;
-    let batch = &output[first..];
-    let mut start = position
-        - batch
-            .iter()
-            .map(|&s| lengths[s as usize] as u64)
-            .sum::<u64>();
-    let mut codeword = first;
-    for &symbol in batch {
-        if start >= mark {
-            break;
-        }
-        start += lengths[symbol as usize] as u64;
-        codeword += 1;
-    }
-    Note {
-        position: start,
-        lane: lane as u32,
-        codeword: codeword as u32,
-    }
-}
-
 impl BlockCode<'_> {
     /// Whether chunk `chunk` (inside a lane) starts where the codewords
     /// before it end, given the lane's `note` for it (see [`LaneMarks`])
-    /// and the lane's codewords. The chunk's warm-up path and the lane's
-    /// codewords are walked side by side: once they meet, the warm-up is
-    /// sure to land on the chunk's first codeword.
+    /// and the lane's codewords, which end at `lane_end`. The chunk's
+    /// warm-up path and the lane's codewords are walked side by side: once
+    /// they meet, the warm-up is sure to land on the chunk's first codeword.
     fn starts_right(
         &self,
         chunk: u64,
         exception: Option<u32>,
         note: Note,
         symbols: &[u16],
+        lane_end: u64,
     ) -> bool {
         let chunk_begin = chunk * self.geometry.chunk_bits as u64;
         // The lane's codeword starts, from the noted one on.
@@ -556,7 +647,17 @@ impl BlockCode<'_> {
                     truth += if behind { 0 } else { truth_step };
                     codeword += usize::from(!behind);
                 }
-                (path >= chunk_begin).then_some(path)
+                if path < chunk_begin {
+                    // They met: the warm-up starts the chunk at its first
+                    // codeword, within the stream unless the lane's last
+                    // codeword ran past it.
+                    if lane_end <= self.stream_bits {
+                        return true;
+                    }
+                    None
+                } else {
+                    Some(path)
+                }
             }
         };
         // The chunk's first codeword: where the codewords before it end.
@@ -570,60 +671,116 @@ impl BlockCode<'_> {
     }
 }
 
-/// Codewords each lane decodes between refills: four of at most 12 bits
-/// fit in the 56 bits a refill guarantees.
-const SYMBOLS_PER_REFILL: usize = 4;
+/// Lookups each lane makes between refills: four of at most 12 bits fit
+/// in the 57 bits a refill guarantees.
+const LOOKUPS_PER_ROUND: usize = 4;
+/// The heads a round may write into, from where it starts: each lookup
+/// stores a whole entry's four slots at an offset of at most 12, masked to
+/// 15 so that the bound is plain to the compiler.
+const ROUND_WINDOW: usize = 16 + MULTI_SYMBOLS - 1;
 
-/// One lane's reader: its position in the stream and the stream's bits
-/// from there on, reloaded from the stream before every few codewords.
-/// Two registers a lane, so that four lanes' state stays in registers.
+/// Where a round of a lane starts: a codeword start, and how many heads
+/// the lane wrote before it.
+#[derive(Clone, Copy, Default)]
+struct RoundStart {
+    position: u64,
+    written: usize,
+}
+
+/// One lane's reader: its position in the stream and the heads it wrote.
+/// Two registers a lane between rounds.
 struct LaneReader {
     position: u64,
-    bits: u64,
+    written: usize,
 }
 
 impl LaneReader {
     fn new(position: u64) -> Self {
-        LaneReader { position, bits: 0 }
+        LaneReader {
+            position,
+            written: 0,
+        }
     }
 
-    /// Loads at least 57 bits from the position on; the position must be
-    /// at least 8 bytes before the end of `stream`.
+    /// Decodes `LOOKUPS_PER_ROUND` lookups' codewords into `out` after the
+    /// heads written so far, noting in `start` where the round starts; the
+    /// position must be at least 16 bytes before the end of `stream`.
     #[inline(always)]
-    fn refill(&mut self, stream: &[u8]) {
-        let byte = (self.position / 8) as usize;
-        let word = u64::from_le_bytes(stream[byte..byte + 8].try_into().expect("eight bytes"));
-        self.bits = word >> (self.position % 8);
-    }
-
-    #[inline(always)]
-    fn decode(&mut self, entries: &[u16; TABLE_ENTRIES]) -> u16 {
-        let entry = entries[(self.bits & TABLE_MASK) as usize];
-        let len = entry >> ENTRY_LENGTH_SHIFT;
-        self.bits >>= len;
-        self.position += len as u64;
-        entry & ENTRY_SYMBOL_MASK
-    }
-
-    /// Decodes `SYMBOLS_PER_REFILL` codewords; their symbols, in order.
-    #[inline(always)]
-    fn decode_batch(
+    fn decode_round(
         &mut self,
         stream: &[u8],
-        entries: &[u16; TABLE_ENTRIES],
-    ) -> [u16; SYMBOLS_PER_REFILL] {
-        self.refill(stream);
-        std::array::from_fn(|_| self.decode(entries))
+        table: &MultiSymbolTable,
+        out: &mut [u16],
+        start: &mut RoundStart,
+    ) {
+        *start = RoundStart {
+            position: self.position,
+            written: self.written,
+        };
+        let byte = (self.position / 8) as usize;
+        let word = u64::from_le_bytes(stream[byte..byte + 8].try_into().expect("eight bytes"))
+            >> (self.position % 8);
+        let window: &mut [u16; ROUND_WINDOW] = (&mut out[self.written..][..ROUND_WINDOW])
+            .try_into()
+            .expect("a round's window");
+        let mut consumed = 0;
+        let mut at = 0;
+        for _ in 0..LOOKUPS_PER_ROUND {
+            let entry = table.entry(word >> consumed);
+            let (length, count) = multi_length_and_count(entry);
+            let slots: [u16; MULTI_SYMBOLS] = bytemuck::cast(multi_symbols(entry).to_ne_bytes());
+            let offset = at & 15;
+            window[offset..offset + MULTI_SYMBOLS].copy_from_slice(&slots);
+            consumed += length;
+            at += count;
+        }
+        self.position += consumed as u64;
+        self.written += at;
     }
+}
 
-    fn position(&self) -> u64 {
-        self.position
+/// Joins the heads of the elements from `first_element` on, which need
+/// not start a byte of the rest plane: those before the first that does
+/// are joined one at a time, the others by [`join_block`].
+#[inline(always)]
+fn join_segment(
+    split: &FieldSplit,
+    heads: &[u16],
+    rest: &[u8],
+    first_element: u64,
+    join_table: &mut Option<(FieldSplit, Vec<u8>)>,
+    out: &mut [u8],
+) {
+    let stored_bits = split.stored_rest_bits();
+    let width = split.kind.width_bytes();
+    let lead = if stored_bits.is_multiple_of(8) {
+        0
+    } else {
+        ((8 - first_element % 8) % 8).min(heads.len() as u64) as usize
+    };
+    for (k, (element, &head)) in out.chunks_exact_mut(width).zip(&heads[..lead]).enumerate() {
+        let field = peek_bits(
+            rest,
+            (first_element + k as u64) * stored_bits as u64,
+            stored_bits,
+        );
+        let value = split.join(head as u32, field);
+        element.copy_from_slice(&value.to_le_bytes()[..width]);
     }
+    join_block(
+        split,
+        &heads[lead..],
+        rest,
+        first_element + lead as u64,
+        join_table,
+        &mut out[lead * width..],
+    );
 }
 
 /// Rebuilds the elements of one block from its heads and the rest plane.
 /// The common splits (a whole-byte rest of 8 or 24 bits, no rest at all)
 /// have their own loops; the others read the rest bits as a stream.
+#[inline(always)]
 fn join_block(
     split: &FieldSplit,
     heads: &[u16],
@@ -744,6 +901,7 @@ fn join_block(
 /// The join of one-byte elements whose rest is the sign alone (a 7-bit
 /// head): each byte of the rest plane holds eight signs, which
 /// [`SIGN_BYTES`] spreads onto the top bits of eight heads at once.
+#[inline(always)]
 fn join_signs(heads: &[u16], rest: &[u8], out: &mut [u8]) {
     let groups = heads.len() / 8;
     for ((elements, heads), &signs) in out
@@ -789,6 +947,7 @@ fn byte_join_table(split: &FieldSplit) -> Vec<u8> {
 }
 
 /// The join for one-byte elements with a rest, through their join table.
+#[inline(always)]
 fn join_bytes(stored_bits: u32, table: &[u8], heads: &[u16], rest: &[u8], out: &mut [u8]) {
     let field_mask = (1u32 << stored_bits) - 1;
     let mut fields = FieldReader::new(rest);
@@ -809,6 +968,7 @@ fn join_bytes(stored_bits: u32, table: &[u8], heads: &[u16], rest: &[u8], out: &
 /// fields fill exactly `stored_bits` bytes, so up to 16 bits they are read
 /// eight at a time from one 128-bit word; wider fields and a last partial
 /// group are read as a stream.
+#[inline(always)]
 fn join_packed<const WIDTH: usize>(split: &FieldSplit, heads: &[u16], rest: &[u8], out: &mut [u8]) {
     // FieldSplit::join with its parameters hoisted out of the loop; the
     // rest is never empty here. Sign first, the sign is the head's: it
@@ -988,4 +1148,153 @@ pub fn head_histogram(view: &EncodedView, index: &BlockIndex) -> Result<Histogra
                 Ok(total)
             },
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::codec::{EncodeOptions, EncodedTensor, FloatKind, encode};
+    use crate::synth;
+
+    /// Decodes coded block `block` of `tensor`, whose head plane is
+    /// replaced by `head` and the block's exceptions by `exceptions`, with
+    /// the multi-symbol table or one codeword at a time: the heads, or the
+    /// problem found.
+    fn decode_lanes(
+        tensor: &EncodedTensor,
+        index: &BlockIndex,
+        block: usize,
+        head: &[u8],
+        exceptions: &[ChunkException],
+        several_per_lookup: bool,
+    ) -> Result<Vec<u16>, StreamProblem> {
+        let entry = &index.blocks[block];
+        let BlockMode::Coded { table } = entry.mode else {
+            unreachable!("only coded blocks are compared")
+        };
+        let t = table as usize;
+        let lengths = &index.tables[t];
+        let single = DecodeTable::new(lengths, index.table_max_len[t] as u32);
+        let mut multi = MultiSymbolTable::default();
+        multi.rebuild(&single);
+        let code = BlockCode {
+            stream: &head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize],
+            stream_bits: entry.stream_bits,
+            table: &single,
+            lengths,
+            geometry: tensor.params.geometry,
+            exceptions,
+        };
+        let elements = tensor.params.block_len(block as u64) as usize;
+        let mut scratch = LaneScratch::default();
+        let written = decode_coded_lanes(
+            &code,
+            several_per_lookup.then_some(&multi),
+            elements,
+            &mut scratch,
+        )?;
+        Ok((0..LANES)
+            .flat_map(|lane| scratch.heads[lane][..written[lane]].to_vec())
+            .collect())
+    }
+
+    /// The multi-symbol path against one codeword per lookup, on whole
+    /// blocks long enough for it, intact and with bits of their streams
+    /// flipped or their sync exceptions moved: the same heads, or the same
+    /// problem.
+    #[test]
+    fn several_codewords_per_lookup_decode_as_one_at_a_time() {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2027);
+        let geometries = [
+            (None, 64),
+            (Some(64), 8),
+            (Some(1024), 1024),
+            (Some(192), 100),
+        ];
+        let mut compared = [0usize; 2];
+        for (case, kind) in [
+            FloatKind::Bf16,
+            FloatKind::F16,
+            FloatKind::F8E4M3,
+            FloatKind::F32,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (chunk_bits, warmup_bits) = geometries[case];
+            let options = EncodeOptions {
+                block_elements: 1 << 14,
+                chunk_bits,
+                warmup_bits,
+                ..EncodeOptions::default()
+            };
+            let bytes = synth::heavy_tailed_bytes(kind, 3 << 14, case as u64);
+            let tensor = encode(kind, &bytes, &options).unwrap();
+            let index = BlockIndex::parse(&tensor.view()).unwrap();
+            for block in 0..index.blocks.len() {
+                if !matches!(index.blocks[block].mode, BlockMode::Coded { .. })
+                    || index.blocks[block].stream_bits < MULTI_SYMBOL_MIN_BITS
+                {
+                    continue;
+                }
+                let exceptions = index.block_exceptions(block).to_vec();
+                let entry = &index.blocks[block];
+                for trial in 0..60 {
+                    let mut head = tensor.head.clone();
+                    let mut moved = exceptions.clone();
+                    if trial > 0 {
+                        for _ in 0..rng.random_range(1..4) {
+                            let bit =
+                                entry.stream_offset * 8 + rng.random_range(0..entry.stream_bits);
+                            head[(bit / 8) as usize] ^= 1 << (bit % 8);
+                        }
+                    }
+                    if trial % 3 == 2
+                        && let Some(exception) = moved.first_mut()
+                    {
+                        exception.first_boundary = exception.first_boundary.wrapping_add(1);
+                    }
+                    let several = decode_lanes(&tensor, &index, block, &head, &moved, true);
+                    let one = decode_lanes(&tensor, &index, block, &head, &moved, false);
+                    assert_eq!(several, one, "{kind} block {block}, trial {trial}");
+                    if trial == 0 {
+                        let start = block * options.block_elements as usize;
+                        let expected: Vec<u16> = (start..start + several.as_ref().unwrap().len())
+                            .map(|i| tensor.params.split.split(kind.load(&bytes, i)).0 as u16)
+                            .collect();
+                        assert_eq!(several.unwrap(), expected, "{kind} block {block}");
+                    }
+                    compared[usize::from(trial > 0)] += 1;
+                }
+            }
+        }
+        assert!(
+            compared[0] >= 8,
+            "too few blocks took the multi-symbol path: {compared:?}"
+        );
+    }
+
+    /// The decoder compiled for AVX2 and BMI2 (where the core has them)
+    /// and the portable one rebuild the same bytes.
+    #[test]
+    fn the_portable_decoder_and_the_dispatched_one_agree() {
+        for (seed, kind) in FloatKind::ALL.into_iter().enumerate() {
+            let bytes = synth::heavy_tailed_bytes(kind, (1 << 16) + 77, seed as u64);
+            let tensor = encode(kind, &bytes, &EncodeOptions::default()).unwrap();
+            let view = tensor.view();
+            let index = BlockIndex::parse(&view).unwrap();
+            let block_bytes = tensor.params.block_elements as usize * kind.width_bytes();
+            let mut scratch = BlockScratch::default();
+            for (block, original) in bytes.chunks(block_bytes).enumerate() {
+                let mut portable = vec![0; original.len()];
+                let mut dispatched = vec![0; original.len()];
+                decode_block_portable(&view, &index, block, &mut scratch, &mut portable).unwrap();
+                decode_block(&view, &index, block, &mut scratch, &mut dispatched).unwrap();
+                assert!(portable == original, "{kind} block {block}: portable");
+                assert!(dispatched == original, "{kind} block {block}: dispatched");
+            }
+        }
+    }
 }

@@ -253,9 +253,181 @@ impl DecodeTable {
     }
 }
 
+/// Codewords one lookup in a [`MultiSymbolTable`] gives at most.
+pub const MULTI_SYMBOLS: usize = 4;
+/// A [`MultiSymbolTable`] entry holds its symbols in four 16-bit slots,
+/// slot `k` at bits `16k..16k + 16`; each symbol takes a slot's low 9
+/// bits. The spare bits above hold the entry's total code length (bits
+/// 9..13 of the first slot) and its symbol count (the last slot's top 3
+/// bits, so that one shift reads it).
+const MULTI_SLOT_SYMBOLS: u64 = 0x01FF_01FF_01FF_01FF;
+const MULTI_LENGTH_SHIFT: u32 = MAX_HEAD_BITS;
+const MULTI_LENGTH: u64 = 0xF << MULTI_LENGTH_SHIFT;
+const MULTI_COUNT_SHIFT: u32 = 61;
+
+/// A decode table that gives, for the next [`MAX_CODE_BITS`] bits of a
+/// stream, every whole codeword they hold, up to [`MULTI_SYMBOLS`]: where
+/// codewords are short (exponents of 2–3 bits' entropy) one lookup decodes
+/// three or four. The greedy decode of the window, so a decoder that
+/// follows it reads exactly the codewords a one-symbol table would.
+pub struct MultiSymbolTable {
+    entries: Box<[u64; TABLE_ENTRIES]>,
+}
+
+impl Default for MultiSymbolTable {
+    fn default() -> Self {
+        MultiSymbolTable {
+            entries: Box::new([0; TABLE_ENTRIES]),
+        }
+    }
+}
+
+impl MultiSymbolTable {
+    /// Fills the table from the one-symbol table of the same code, reusing
+    /// its memory, one window width at a time: the entries of width `k`
+    /// hold the codewords of the `k`-bit windows. Widening a window by its
+    /// top bit keeps its codewords and adds at most one, the codeword that
+    /// ends exactly at that bit, so each entry of width `k` is the entry of
+    /// width `k - 1` below it plus one lookup; the entries of width 12 are
+    /// the table. Every step is free of branches, and the two halves'
+    /// entries are independent, so the core overlaps them.
+    #[inline(always)]
+    pub fn rebuild(&mut self, single: &DecodeTable) {
+        let single = &single.entries;
+        let entries = &mut self.entries;
+        // Width 0: no codeword.
+        entries[0] = 0;
+        for width in 1..=MAX_CODE_BITS {
+            let half = 1usize << (width - 1);
+            let (low, high) = entries[..2 * half].split_at_mut(half);
+            for (window, (low, high)) in low.iter_mut().zip(high).enumerate() {
+                let narrower = *low;
+                *low = widened(narrower, window, width, single);
+                *high = widened(narrower, window + half, width, single);
+            }
+        }
+    }
+
+    /// The entry for the low [`MAX_CODE_BITS`] bits of `bits`.
+    #[inline(always)]
+    pub(crate) fn entry(&self, bits: u64) -> u64 {
+        self.entries[(bits & TABLE_MASK) as usize]
+    }
+}
+
+/// The symbols of a [`MultiSymbolTable`] entry as four 16-bit heads that
+/// one native store of the word writes in order; slots past its count
+/// are zero.
+#[inline(always)]
+pub(crate) fn multi_symbols(entry: u64) -> u64 {
+    let symbols = entry & MULTI_SLOT_SYMBOLS;
+    if cfg!(target_endian = "little") {
+        symbols
+    } else {
+        // Slot 0 must come first in memory: the slots in reverse order.
+        let halves = symbols.rotate_left(32);
+        (halves & 0x0000_FFFF_0000_FFFF) << 16 | (halves >> 16) & 0x0000_FFFF_0000_FFFF
+    }
+}
+
+/// The total code length and the symbol count of a [`MultiSymbolTable`]
+/// entry.
+#[inline(always)]
+pub(crate) fn multi_length_and_count(entry: u64) -> (u32, usize) {
+    (
+        (entry >> MULTI_LENGTH_SHIFT) as u32 & 0xF,
+        (entry >> MULTI_COUNT_SHIFT) as usize,
+    )
+}
+
+/// The entry of `window` as `width` bits wide, from `narrower`, its
+/// entry one bit narrower: plus the codeword that ends at bit `width`, if
+/// one does and there is room for it.
+#[inline(always)]
+fn widened(narrower: u64, window: usize, width: u32, single: &[u16; TABLE_ENTRIES]) -> u64 {
+    let (length, count) = multi_length_and_count(narrower);
+    // The bits after the entry's codewords, zero-filled above the window:
+    // a codeword that reaches past it is longer than the room left.
+    let next = single[window >> length & TABLE_MASK as usize];
+    let next_length = (next >> ENTRY_LENGTH_SHIFT) as u32;
+    let grows = count < MULTI_SYMBOLS && length + next_length == width;
+    let meta = (width as u64) << MULTI_LENGTH_SHIFT | (count as u64 + 1) << MULTI_COUNT_SHIFT;
+    // Without a branch: the grown entry is computed whatever (its symbol
+    // shifted into slot `count`, or nowhere when there is no room) and
+    // chosen by a mask.
+    let symbol = ((next & ENTRY_SYMBOL_MASK) as u64)
+        .checked_shl(16 * count as u32)
+        .unwrap_or(0);
+    let grown = narrower & !(MULTI_LENGTH | 7 << MULTI_COUNT_SHIFT) | symbol | meta;
+    let chosen = 0u64.wrapping_sub(grows as u64);
+    narrower ^ (grown ^ narrower) & chosen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every entry of the multi-symbol table is the greedy decode of its
+    /// window with the one-symbol table: up to four codewords, each whole
+    /// within the 12 bits.
+    #[test]
+    fn multi_symbol_entries_are_the_greedy_decode_of_their_window() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(27);
+        let mut codes: Vec<[u64; ALPHABET]> = vec![
+            // Two symbols: every window holds four one-bit codewords.
+            counts_of(&[(0, 1), (511, 1)]),
+            // A skewed exponent-like code, and every symbol at once (long
+            // codes up to the limit).
+            counts_of(&[
+                (120, 1000),
+                (121, 600),
+                (119, 300),
+                (122, 50),
+                (0, 1),
+                (255, 1),
+            ]),
+            [1; ALPHABET],
+        ];
+        for _ in 0..40 {
+            let mut counts = [0u64; ALPHABET];
+            for _ in 0..rng.random_range(2..300) {
+                counts[rng.random_range(0..ALPHABET)] += 1 << rng.random_range(0..20);
+            }
+            if counts.iter().filter(|&&c| c > 0).count() >= 2 {
+                codes.push(counts);
+            }
+        }
+        let mut multi = MultiSymbolTable::default();
+        for counts in &codes {
+            let lengths = limited_code_lengths(counts, MAX_CODE_BITS);
+            let max_len = validate_lengths(&lengths).unwrap();
+            let single = DecodeTable::new(&lengths, max_len);
+            multi.rebuild(&single);
+            for window in 0..TABLE_ENTRIES as u64 {
+                let (mut symbols, mut used) = (Vec::new(), 0);
+                while symbols.len() < MULTI_SYMBOLS {
+                    let (symbol, len) = single.lookup(window >> used);
+                    if used + len > MAX_CODE_BITS {
+                        break;
+                    }
+                    symbols.push(symbol as u16);
+                    used += len;
+                }
+                let entry = multi.entry(window);
+                let slots: [u16; MULTI_SYMBOLS] =
+                    bytemuck::cast(multi_symbols(entry).to_ne_bytes());
+                let mut expected = [0u16; MULTI_SYMBOLS];
+                expected[..symbols.len()].copy_from_slice(&symbols);
+                assert_eq!(slots, expected, "window {window:#05x}");
+                assert_eq!(
+                    multi_length_and_count(entry),
+                    (used, symbols.len()),
+                    "window {window:#05x}"
+                );
+            }
+        }
+    }
 
     fn counts_of(pairs: &[(usize, u64)]) -> [u64; ALPHABET] {
         let mut counts = [0u64; ALPHABET];
