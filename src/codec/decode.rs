@@ -5,9 +5,11 @@
 //! head stream is decoded in [`LANES`] interleaved lanes: lane 0 starts at the
 //! block's first bit, the others at a chunk boundary chosen by the same
 //! warm-up rule the GPU uses ([`super::sync`]). Their dependency chains are
-//! independent, so the core overlaps the table lookups. Each lookup in a
-//! [`MultiSymbolTable`] decodes every whole codeword of the next 12 bits, up
-//! to four (three or four BF16 exponents). Each lane's heads are then joined
+//! independent, so the core overlaps the table lookups. Where a block is long
+//! enough to pay for filling it, each lookup in a [`MultiSymbolTable`]
+//! decodes every whole codeword of the next 12 bits, up to four (three or
+//! four BF16 exponents); shorter blocks look up one codeword at a time in
+//! the same rounds. Each lane's heads are then joined
 //! with their rest bits where they lie; the join and the lookups are compiled
 //! a second time for AVX2 and BMI2, chosen at run time.
 //!
@@ -24,7 +26,8 @@ use super::bits::{FieldReader, load_le_u64_padded, peek_bits};
 use super::float::FieldSplit;
 use super::huffman::{
     ALPHABET, DecodeTable, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS, MULTI_SYMBOLS,
-    MultiSymbolTable, TABLE_ENTRIES, TABLE_MASK, multi_length_and_count, multi_symbols,
+    MultiSymbolTable, TABLE_ENTRIES, TABLE_MASK, multi_entry_of_one, multi_length_and_count,
+    multi_symbols,
 };
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
@@ -244,10 +247,19 @@ fn decode_heads(
     Ok(())
 }
 
-/// Streams shorter than this decode one codeword per lookup: filling a
-/// [`MultiSymbolTable`] costs about as much as decoding this many bits
-/// with it saves.
-const MULTI_SYMBOL_MIN_BITS: u64 = 1 << 14;
+/// Whether a block of `elements` codewords in `stream_bits` bits decodes
+/// faster through a [`MultiSymbolTable`] than one codeword per lookup.
+/// Filling the table costs about as many instructions as 16,000 lookups
+/// (8,190 widened entries); a 12-bit lookup gives about 11.5 / L codewords
+/// of mean length L, at most four, so the lookups saved are
+/// `elements × (1 − L / 11.5)`. Counted with callgrind on the test files:
+/// BF16 blocks (L ≈ 2.7) gain from about 20,000 elements, E4M3 (L ≈ 6.6)
+/// from about 40,000.
+fn multi_symbol_pays(elements: u64, stream_bits: u64) -> bool {
+    const FILL_IN_LOOKUPS: u64 = 16_000;
+    // elements − stream_bits / 11.5 > FILL_IN_LOOKUPS, in integers.
+    (23 * elements).saturating_sub(2 * stream_bits) > 23 * FILL_IN_LOOKUPS
+}
 
 /// Decodes coded block `block` (of `elements` heads) into the lanes'
 /// buffers of `scratch`; returns how many heads each lane holds.
@@ -265,7 +277,7 @@ fn decode_coded_block(
         &view.head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize];
     let (lengths, single) = cached_table(&mut scratch.table, index, table);
     let (cached, multi) = &mut scratch.multi;
-    let use_multi = entry.stream_bits >= MULTI_SYMBOL_MIN_BITS;
+    let use_multi = multi_symbol_pays(elements as u64, entry.stream_bits);
     if use_multi && cached.as_ref() != Some(lengths) {
         multi.rebuild(single);
         *cached = Some(*lengths);
@@ -328,7 +340,7 @@ impl BlockCode<'_> {
 struct LaneScratch {
     heads: [Vec<u16>; LANES],
     /// Where each lane's rounds of several codewords per lookup start.
-    round_starts: [Vec<RoundStart>; LANES],
+    round_starts: Vec<[RoundStart; LANES]>,
     /// Per chunk, the codeword start its lane noted (see `LaneMarks`).
     notes: Vec<Note>,
 }
@@ -411,11 +423,12 @@ fn decode_coded_lanes(
         }
         // A round takes at least one bit per lookup.
         let rounds = bits as usize / LOOKUPS_PER_ROUND + 1;
-        if scratch.round_starts[lane].len() < rounds {
-            scratch.round_starts[lane].resize(rounds, RoundStart::default());
+        if scratch.round_starts.len() < rounds {
+            scratch
+                .round_starts
+                .resize(rounds, [RoundStart::default(); LANES]);
         }
     }
-    let notes = &mut scratch.notes;
     let mut written = [0usize; LANES];
 
     // Fast path: all lanes decode `LOOKUPS_PER_ROUND` lookups at a time
@@ -425,69 +438,33 @@ fn decode_coded_lanes(
     // its chunks: each notes where its rounds start, and a chunk's note is
     // taken from them afterwards.
     let load_limit = (code.stream.len() as u64).saturating_sub(16) * 8;
-    let round_bits = MAX_CODE_BITS as u64 * LOOKUPS_PER_ROUND as u64;
     // A lane may start another round while it stands before this.
     let round_end = std::array::from_fn::<u64, LANES, _>(|lane| {
-        end[lane].min(load_limit).saturating_sub(round_bits) + 1
+        end[lane].min(load_limit).saturating_sub(ROUND_BITS) + 1
     });
-    if let Some(multi) = multi {
-        let stream = code.stream;
-        let mut rounds = [0usize; LANES];
-        if (0..LANES).all(|lane| position[lane] < round_end[lane] && end[lane] >= round_bits) {
-            let [out0, out1, out2, out3] = scratch.heads.each_mut().map(|v| v.as_mut_slice());
-            let [starts0, starts1, starts2, starts3] =
-                scratch.round_starts.each_mut().map(|v| v.as_mut_slice());
-            let [mut l0, mut l1, mut l2, mut l3] = position.map(LaneReader::new);
-            let mut round = 0;
-            loop {
-                // Interleaved, so that the four lanes' lookups overlap.
-                l0.decode_round(stream, multi, out0, &mut starts0[round]);
-                l1.decode_round(stream, multi, out1, &mut starts1[round]);
-                l2.decode_round(stream, multi, out2, &mut starts2[round]);
-                l3.decode_round(stream, multi, out3, &mut starts3[round]);
-                round += 1;
-                if l0.position >= round_end[0]
-                    || l1.position >= round_end[1]
-                    || l2.position >= round_end[2]
-                    || l3.position >= round_end[3]
-                {
-                    break;
-                }
-            }
-            rounds = [round; LANES];
-            position = [l0.position, l1.position, l2.position, l3.position];
-            written = [l0.written, l1.written, l2.written, l3.written];
-        }
-        for lane in 0..LANES {
-            if position[lane] < round_end[lane] && end[lane] >= round_bits {
-                let out = scratch.heads[lane].as_mut_slice();
-                let starts = scratch.round_starts[lane].as_mut_slice();
-                let mut reader = LaneReader::new(position[lane]);
-                reader.written = written[lane];
-                while reader.position < round_end[lane] {
-                    reader.decode_round(stream, multi, out, &mut starts[rounds[lane]]);
-                    rounds[lane] += 1;
-                }
-                position[lane] = reader.position;
-                written[lane] = reader.written;
-            }
-            // Each chunk the rounds passed gets the start of the last
-            // round that began at or before its mark (or the lane's first
-            // round, where the lane began past it).
-            let starts = &scratch.round_starts[lane][..rounds[lane]];
-            let mut round = 0;
-            while marks[lane].next < position[lane] && !starts.is_empty() {
-                let mark = marks[lane].next;
-                round += starts[round + 1..].partition_point(|start| start.position <= mark);
-                notes[marks[lane].chunk as usize] = Note {
-                    position: starts[round].position,
-                    lane: lane as u32,
-                    codeword: starts[round].written as u32,
-                };
-                marks[lane].advance(code);
-            }
-        }
+    match multi {
+        Some(multi) => decode_rounds(
+            code,
+            multi,
+            scratch,
+            &mut marks,
+            &mut position,
+            &mut written,
+            &round_end,
+            &end,
+        ),
+        None => decode_rounds(
+            code,
+            code.table,
+            scratch,
+            &mut marks,
+            &mut position,
+            &mut written,
+            &round_end,
+            &end,
+        ),
     }
+    let notes = &mut scratch.notes;
     // The rest of each lane, one codeword at a time.
     for lane in 0..LANES {
         let out = &mut scratch.heads[lane];
@@ -547,6 +524,79 @@ fn decode_coded_lanes(
         });
     }
     Ok(written)
+}
+
+/// The lanes' rounds: all four at once from `position`, for as long as
+/// each has a whole round before its `round_end`; then each lane that
+/// stopped short alone. Notes every chunk mark the rounds passed, and
+/// leaves each lane's position and heads written where its rounds ended.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decode_rounds<T: RoundTable>(
+    code: &BlockCode,
+    table: &T,
+    scratch: &mut LaneScratch,
+    marks: &mut [LaneMarks; LANES],
+    position: &mut [u64; LANES],
+    written: &mut [usize; LANES],
+    round_end: &[u64; LANES],
+    end: &[u64; LANES],
+) {
+    let stream = code.stream;
+    let mut rounds = [0usize; LANES];
+    if (0..LANES).all(|lane| position[lane] < round_end[lane] && end[lane] >= ROUND_BITS) {
+        let [out0, out1, out2, out3] = scratch.heads.each_mut().map(|v| v.as_mut_slice());
+        let [mut l0, mut l1, mut l2, mut l3] = position.map(LaneReader::new);
+        let mut round = 0;
+        loop {
+            // Interleaved, so that the four lanes' lookups overlap.
+            let [start0, start1, start2, start3] = &mut scratch.round_starts[round];
+            l0.decode_round(stream, table, out0, start0);
+            l1.decode_round(stream, table, out1, start1);
+            l2.decode_round(stream, table, out2, start2);
+            l3.decode_round(stream, table, out3, start3);
+            round += 1;
+            if l0.position >= round_end[0]
+                || l1.position >= round_end[1]
+                || l2.position >= round_end[2]
+                || l3.position >= round_end[3]
+            {
+                break;
+            }
+        }
+        rounds = [round; LANES];
+        *position = [l0.position, l1.position, l2.position, l3.position];
+        *written = [l0.written, l1.written, l2.written, l3.written];
+    }
+    for lane in 0..LANES {
+        if position[lane] < round_end[lane] && end[lane] >= ROUND_BITS {
+            let out = scratch.heads[lane].as_mut_slice();
+            let mut reader = LaneReader::new(position[lane]);
+            reader.written = written[lane];
+            while reader.position < round_end[lane] {
+                let start = &mut scratch.round_starts[rounds[lane]][lane];
+                reader.decode_round(stream, table, out, start);
+                rounds[lane] += 1;
+            }
+            position[lane] = reader.position;
+            written[lane] = reader.written;
+        }
+        // Each chunk the rounds passed gets the start of the last
+        // round that began at or before its mark (or the lane's first
+        // round, where the lane began past it).
+        let starts = &scratch.round_starts[..rounds[lane]];
+        let mut round = 0;
+        while marks[lane].next < position[lane] && !starts.is_empty() {
+            let mark = marks[lane].next;
+            round += starts[round + 1..].partition_point(|row| row[lane].position() <= mark);
+            scratch.notes[marks[lane].chunk as usize] = Note {
+                position: starts[round][lane].position(),
+                lane: lane as u32,
+                codeword: starts[round][lane].written(),
+            };
+            marks[lane].advance(code);
+        }
+    }
 }
 
 /// The one position per chunk near which a lane notes a codeword start:
@@ -674,17 +724,53 @@ impl BlockCode<'_> {
 /// Lookups each lane makes between refills: four of at most 12 bits fit
 /// in the 57 bits a refill guarantees.
 const LOOKUPS_PER_ROUND: usize = 4;
+/// The most bits a round takes.
+const ROUND_BITS: u64 = MAX_CODE_BITS as u64 * LOOKUPS_PER_ROUND as u64;
 /// The heads a round may write into, from where it starts: each lookup
 /// stores a whole entry's four slots at an offset of at most 12, masked to
 /// 15 so that the bound is plain to the compiler.
 const ROUND_WINDOW: usize = 16 + MULTI_SYMBOLS - 1;
 
+/// What a lane's rounds look the next 12 bits up in: an entry of up to
+/// four symbols, as a [`MultiSymbolTable`] gives them. The one-symbol table
+/// gives one, and costs nothing to fill: short streams use it.
+trait RoundTable {
+    fn round_entry(&self, bits: u64) -> u64;
+}
+
+impl RoundTable for MultiSymbolTable {
+    #[inline(always)]
+    fn round_entry(&self, bits: u64) -> u64 {
+        self.entry(bits)
+    }
+}
+
+impl RoundTable for DecodeTable {
+    #[inline(always)]
+    fn round_entry(&self, bits: u64) -> u64 {
+        multi_entry_of_one(self.entries[(bits & TABLE_MASK) as usize])
+    }
+}
+
 /// Where a round of a lane starts: a codeword start, and how many heads
-/// the lane wrote before it.
+/// the lane wrote before it, in one word (one store a round). A block's
+/// stream is shorter than 2^24 bits (at most 2^20 codes of at most 12
+/// bits, as its index is checked to say), so both fit 32 bits.
 #[derive(Clone, Copy, Default)]
-struct RoundStart {
-    position: u64,
-    written: usize,
+struct RoundStart(u64);
+
+impl RoundStart {
+    fn new(position: u64, written: usize) -> Self {
+        RoundStart(position << 32 | written as u64)
+    }
+
+    fn position(self) -> u64 {
+        self.0 >> 32
+    }
+
+    fn written(self) -> u32 {
+        self.0 as u32
+    }
 }
 
 /// One lane's reader: its position in the stream and the heads it wrote.
@@ -706,17 +792,14 @@ impl LaneReader {
     /// heads written so far, noting in `start` where the round starts; the
     /// position must be at least 16 bytes before the end of `stream`.
     #[inline(always)]
-    fn decode_round(
+    fn decode_round<T: RoundTable>(
         &mut self,
         stream: &[u8],
-        table: &MultiSymbolTable,
+        table: &T,
         out: &mut [u16],
         start: &mut RoundStart,
     ) {
-        *start = RoundStart {
-            position: self.position,
-            written: self.written,
-        };
+        *start = RoundStart::new(self.position, self.written);
         let byte = (self.position / 8) as usize;
         let word = u64::from_le_bytes(stream[byte..byte + 8].try_into().expect("eight bytes"))
             >> (self.position % 8);
@@ -726,7 +809,7 @@ impl LaneReader {
         let mut consumed = 0;
         let mut at = 0;
         for _ in 0..LOOKUPS_PER_ROUND {
-            let entry = table.entry(word >> consumed);
+            let entry = table.round_entry(word >> consumed);
             let (length, count) = multi_length_and_count(entry);
             let slots: [u16; MULTI_SYMBOLS] = bytemuck::cast(multi_symbols(entry).to_ne_bytes());
             let offset = at & 15;
@@ -1200,10 +1283,10 @@ mod tests {
             .collect())
     }
 
-    /// The multi-symbol path against one codeword per lookup, on whole
-    /// blocks long enough for it, intact and with bits of their streams
-    /// flipped or their sync exceptions moved: the same heads, or the same
-    /// problem.
+    /// Rounds through the multi-symbol table against rounds of one
+    /// codeword per lookup, on whole blocks, intact (against the original
+    /// heads) and with bits of their streams flipped or their sync
+    /// exceptions moved: the same heads, or the same problem.
     #[test]
     fn several_codewords_per_lookup_decode_as_one_at_a_time() {
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2027);
@@ -1234,9 +1317,7 @@ mod tests {
             let tensor = encode(kind, &bytes, &options).unwrap();
             let index = BlockIndex::parse(&tensor.view()).unwrap();
             for block in 0..index.blocks.len() {
-                if !matches!(index.blocks[block].mode, BlockMode::Coded { .. })
-                    || index.blocks[block].stream_bits < MULTI_SYMBOL_MIN_BITS
-                {
+                if !matches!(index.blocks[block].mode, BlockMode::Coded { .. }) {
                     continue;
                 }
                 let exceptions = index.block_exceptions(block).to_vec();

@@ -330,6 +330,15 @@ pub(crate) fn multi_symbols(entry: u64) -> u64 {
     }
 }
 
+/// The [`MultiSymbolTable`] entry of the one codeword a [`DecodeTable`]
+/// entry gives: its symbol and length already lie where a multi-symbol
+/// entry's first slot holds them.
+#[inline(always)]
+pub(crate) fn multi_entry_of_one(entry: u16) -> u64 {
+    const { assert!(ENTRY_LENGTH_SHIFT == MULTI_LENGTH_SHIFT) };
+    entry as u64 | 1 << MULTI_COUNT_SHIFT
+}
+
 /// The total code length and the symbol count of a [`MultiSymbolTable`]
 /// entry.
 #[inline(always)]
