@@ -154,7 +154,7 @@ fn decode_block_avx2(
     scratch: &mut BlockScratch,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    decode_block_inline(view, index, block, scratch, out)
+    decode_block_inline::<true>(view, index, block, scratch, out)
 }
 
 fn decode_block_portable(
@@ -164,11 +164,12 @@ fn decode_block_portable(
     scratch: &mut BlockScratch,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    decode_block_inline(view, index, block, scratch, out)
+    decode_block_inline::<false>(view, index, block, scratch, out)
 }
 
+/// The decoder, with `AVX2` true in the build for cores with AVX2.
 #[inline(always)]
-fn decode_block_inline(
+fn decode_block_inline<const AVX2: bool>(
     view: &EncodedView,
     index: &BlockIndex,
     block: usize,
@@ -184,7 +185,7 @@ fn decode_block_inline(
         let written = decode_coded_block(view, index, block, table, scratch, out.len() / width)?;
         let mut element = 0;
         for (lane, &count) in written.iter().enumerate() {
-            join_segment(
+            join_segment::<AVX2>(
                 &split,
                 &scratch.lanes.heads[lane][..count],
                 view.rest,
@@ -203,7 +204,7 @@ fn decode_block_inline(
     }
     let result = decode_heads(view, index, block, scratch, &mut heads[..elements]);
     if result.is_ok() {
-        join_block(
+        join_block::<AVX2>(
             &split,
             &heads[..elements],
             view.rest,
@@ -826,7 +827,7 @@ impl LaneReader {
 /// not start a byte of the rest plane: those before the first that does
 /// are joined one at a time, the others by [`join_block`].
 #[inline(always)]
-fn join_segment(
+fn join_segment<const AVX2: bool>(
     split: &FieldSplit,
     heads: &[u16],
     rest: &[u8],
@@ -850,7 +851,7 @@ fn join_segment(
         let value = split.join(head as u32, field);
         element.copy_from_slice(&value.to_le_bytes()[..width]);
     }
-    join_block(
+    join_block::<AVX2>(
         split,
         &heads[lead..],
         rest,
@@ -864,7 +865,7 @@ fn join_segment(
 /// The common splits (a whole-byte rest of 8 or 24 bits, no rest at all)
 /// have their own loops; the others read the rest bits as a stream.
 #[inline(always)]
-fn join_block(
+fn join_block<const AVX2: bool>(
     split: &FieldSplit,
     heads: &[u16],
     rest: &[u8],
@@ -916,6 +917,12 @@ fn join_block(
         (4, 23, 0) if split.sign_in_head => {
             // Sign first, nine head bits (F32): eight rests of 23 bits fill
             // 23 bytes, read at constant offsets.
+            let joined = joined_with_avx2::<AVX2>(F32Join::SignFirst, heads, rest, out);
+            let (heads, rest, out) = (
+                &heads[joined..],
+                &rest[joined / 8 * 23..],
+                &mut out[joined * 4..],
+            );
             let groups = heads.len() / 8;
             let (out_groups, _) = out.as_chunks_mut::<32>();
             let (head_groups, _) = heads.as_chunks::<8>();
@@ -947,6 +954,12 @@ fn join_block(
             }
         }
         (4, 24, 0) if exponent_first => {
+            let joined = joined_with_avx2::<AVX2>(F32Join::ExponentFirst, heads, rest, out);
+            let (heads, rest, out) = (
+                &heads[joined..],
+                &rest[joined * 3..],
+                &mut out[joined * 4..],
+            );
             for ((quad, &head), rest) in
                 out.chunks_exact_mut(4).zip(heads).zip(rest.chunks_exact(3))
             {
@@ -979,6 +992,36 @@ fn join_block(
         (2, ..) => join_packed::<2>(split, heads, rest, out),
         _ => join_packed::<4>(split, heads, rest, out),
     }
+}
+
+/// The FP32 joins with an AVX2 form.
+#[derive(Clone, Copy)]
+enum F32Join {
+    SignFirst,
+    ExponentFirst,
+}
+
+/// How many of the elements (a multiple of eight) the AVX2 form of `join`
+/// joined: none unless this is the decoder's AVX2 build.
+#[inline(always)]
+fn joined_with_avx2<const AVX2: bool>(
+    join: F32Join,
+    heads: &[u16],
+    rest: &[u8],
+    out: &mut [u8],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: the AVX2 build runs only where the core has AVX2.
+        return unsafe {
+            match join {
+                F32Join::SignFirst => super::avx2::join_f32_sign_first(heads, rest, out),
+                F32Join::ExponentFirst => super::avx2::join_f32_exponent_first(heads, rest, out),
+            }
+        };
+    }
+    let _ = (join, heads, rest, out);
+    0
 }
 
 /// The join of one-byte elements whose rest is the sign alone (a 7-bit
@@ -1361,21 +1404,41 @@ mod tests {
     /// and the portable one rebuild the same bytes.
     #[test]
     fn the_portable_decoder_and_the_dispatched_one_agree() {
+        let mut sign_first = 0;
         for (seed, kind) in FloatKind::ALL.into_iter().enumerate() {
-            let bytes = synth::heavy_tailed_bytes(kind, (1 << 16) + 77, seed as u64);
-            let tensor = encode(kind, &bytes, &EncodeOptions::default()).unwrap();
-            let view = tensor.view();
-            let index = BlockIndex::parse(&view).unwrap();
-            let block_bytes = tensor.params.block_elements as usize * kind.width_bytes();
-            let mut scratch = BlockScratch::default();
-            for (block, original) in bytes.chunks(block_bytes).enumerate() {
-                let mut portable = vec![0; original.len()];
-                let mut dispatched = vec![0; original.len()];
-                decode_block_portable(&view, &index, block, &mut scratch, &mut portable).unwrap();
-                decode_block(&view, &index, block, &mut scratch, &mut dispatched).unwrap();
-                assert!(portable == original, "{kind} block {block}: portable");
-                assert!(dispatched == original, "{kind} block {block}: dispatched");
+            for positive in [false, true] {
+                let mut bytes = synth::heavy_tailed_bytes(kind, (1 << 16) + 77, seed as u64);
+                if positive {
+                    // Signs cleared: a sign-first split.
+                    let width = kind.width_bytes();
+                    bytes
+                        .iter_mut()
+                        .skip(width - 1)
+                        .step_by(width)
+                        .for_each(|b| *b &= 0x7F);
+                }
+                let tensor = encode(kind, &bytes, &EncodeOptions::default()).unwrap();
+                sign_first += usize::from(tensor.params.split.sign_in_head);
+                agree(kind, &bytes, &tensor);
             }
+        }
+        assert!(sign_first >= 3, "only {sign_first} sign-first tensors");
+    }
+
+    /// Decodes every block of `tensor` with the portable build and the
+    /// dispatched one, and compares both with `bytes`.
+    fn agree(kind: FloatKind, bytes: &[u8], tensor: &EncodedTensor) {
+        let view = tensor.view();
+        let index = BlockIndex::parse(&view).unwrap();
+        let block_bytes = tensor.params.block_elements as usize * kind.width_bytes();
+        let mut scratch = BlockScratch::default();
+        for (block, original) in bytes.chunks(block_bytes).enumerate() {
+            let mut portable = vec![0; original.len()];
+            let mut dispatched = vec![0; original.len()];
+            decode_block_portable(&view, &index, block, &mut scratch, &mut portable).unwrap();
+            decode_block(&view, &index, block, &mut scratch, &mut dispatched).unwrap();
+            assert!(portable == original, "{kind} block {block}: portable");
+            assert!(dispatched == original, "{kind} block {block}: dispatched");
         }
     }
 }

@@ -11,6 +11,8 @@
 //! The codec knows nothing of files or devices. `docs/FORMAT.md` specifies
 //! every byte it produces.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod bits;
 pub mod decode;
 pub mod encode;

@@ -1,0 +1,155 @@
+//! AVX2 joins of FP32 elements, for the decoder build that runs on cores
+//! with AVX2 (chosen at run time, see `decode::decode_block`). Eight heads
+//! and the eight rests after them become eight elements: two 16-byte loads
+//! of the rest plane, a byte shuffle that puts each rest's bytes in its
+//! 32-bit lane, a shift per lane and a mask. The portable joins in
+//! [`super::decode`] decode the same bits; they stay the reference and
+//! finish the elements these leave.
+
+use std::arch::x86_64::*;
+
+/// Where each of four elements' bytes start within 16 loaded bytes, and
+/// how far its field sits above that byte: the shuffle picks four bytes
+/// per element (or three and a zero), the shift aligns the field.
+struct Gather {
+    shuffle: [i8; 16],
+    shifts: [i32; 4],
+}
+
+/// Sign-first FP32 (nine head bits, 23-bit rests): eight rests fill 23
+/// bytes. Elements 0–3 are read from the group's first byte, elements 4–7
+/// from its byte 11.
+const SIGN_FIRST: [Gather; 2] = [
+    Gather {
+        shuffle: [0, 1, 2, 3, 2, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11],
+        shifts: [0, 7, 6, 5],
+    },
+    Gather {
+        shuffle: [0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 12],
+        shifts: [4, 3, 2, 1],
+    },
+];
+const SIGN_FIRST_SECOND_LOAD: usize = 11;
+
+/// Exponent-first FP32 (eight head bits, 24-bit rests of sign and low
+/// mantissa): eight rests fill 24 bytes. Elements 0–3 are read from the
+/// group's first byte, elements 4–7 from its byte 12.
+const EXPONENT_FIRST: Gather = Gather {
+    shuffle: [0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1],
+    shifts: [0; 4],
+};
+const EXPONENT_FIRST_SECOND_LOAD: usize = 12;
+
+/// The eight rests of a group, each in its 32-bit lane: 16 bytes from
+/// `group` and 16 from `group + second`.
+///
+/// # Safety
+/// `rest` must hold 16 bytes from `group + second`.
+#[target_feature(enable = "avx2")]
+unsafe fn gather(rest: &[u8], group: usize, second: usize, layout: [&Gather; 2]) -> __m256i {
+    debug_assert!(group + second + 16 <= rest.len());
+    // SAFETY: both loads lie within `rest`, as the caller promises.
+    let (low, high) = unsafe {
+        (
+            _mm_loadu_si128(rest.as_ptr().add(group).cast()),
+            _mm_loadu_si128(rest.as_ptr().add(group + second).cast()),
+        )
+    };
+    let bytes = _mm256_set_m128i(high, low);
+    let pattern = |g: &Gather| std::array::from_fn::<i8, 16, _>(|i| g.shuffle[i]);
+    let [p0, p1] = [pattern(layout[0]), pattern(layout[1])];
+    let shuffle = _mm256_setr_epi8(
+        p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7], p0[8], p0[9], p0[10], p0[11],
+        p0[12], p0[13], p0[14], p0[15], p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p1[7],
+        p1[8], p1[9], p1[10], p1[11], p1[12], p1[13], p1[14], p1[15],
+    );
+    let [s0, s1] = [layout[0].shifts, layout[1].shifts];
+    let shifts = _mm256_setr_epi32(s0[0], s0[1], s0[2], s0[3], s1[0], s1[1], s1[2], s1[3]);
+    _mm256_srlv_epi32(_mm256_shuffle_epi8(bytes, shuffle), shifts)
+}
+
+/// Eight heads, each in its 32-bit lane.
+#[target_feature(enable = "avx2")]
+fn heads_of(group: &[u16; 8]) -> __m256i {
+    // SAFETY: the 16 bytes loaded are the array's.
+    _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(group.as_ptr().cast()) })
+}
+
+/// Stores eight elements as 32 little-endian bytes.
+#[target_feature(enable = "avx2")]
+fn store(elements: __m256i, out: &mut [u8; 32]) {
+    // SAFETY: the 32 bytes stored are the array's.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), elements) }
+}
+
+/// Joins sign-first FP32 elements (`head << 23 | rest`) in whole groups of
+/// eight, for as long as the group's loads stay within `rest`; returns how
+/// many elements it joined, a multiple of eight.
+#[target_feature(enable = "avx2")]
+pub(crate) fn join_f32_sign_first(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
+    const GROUP_BYTES: usize = 23;
+    let loadable = rest
+        .len()
+        .saturating_sub(SIGN_FIRST_SECOND_LOAD + 16 - GROUP_BYTES);
+    let groups = (heads.len() / 8)
+        .min(out.len() / 32)
+        .min(loadable / GROUP_BYTES);
+    let (head_groups, _) = heads.as_chunks::<8>();
+    let (out_groups, _) = out.as_chunks_mut::<32>();
+    let field_mask = _mm256_set1_epi32(0x7F_FFFF);
+    for (group, (heads, out)) in head_groups.iter().zip(out_groups).take(groups).enumerate() {
+        // SAFETY: `groups` keeps both loads of every group within `rest`.
+        let fields = unsafe {
+            gather(
+                rest,
+                group * GROUP_BYTES,
+                SIGN_FIRST_SECOND_LOAD,
+                [&SIGN_FIRST[0], &SIGN_FIRST[1]],
+            )
+        };
+        let elements = _mm256_or_si256(
+            _mm256_slli_epi32::<23>(heads_of(heads)),
+            _mm256_and_si256(fields, field_mask),
+        );
+        store(elements, out);
+    }
+    groups * 8
+}
+
+/// Joins exponent-first FP32 elements (the rest's top bit is the sign, its
+/// other 23 bits the mantissa, the head the exponent) in whole groups of
+/// eight, for as long as the group's loads stay within `rest`; returns how
+/// many elements it joined, a multiple of eight.
+#[target_feature(enable = "avx2")]
+pub(crate) fn join_f32_exponent_first(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
+    const GROUP_BYTES: usize = 24;
+    let loadable = rest
+        .len()
+        .saturating_sub(EXPONENT_FIRST_SECOND_LOAD + 16 - GROUP_BYTES);
+    let groups = (heads.len() / 8)
+        .min(out.len() / 32)
+        .min(loadable / GROUP_BYTES);
+    let (head_groups, _) = heads.as_chunks::<8>();
+    let (out_groups, _) = out.as_chunks_mut::<32>();
+    let mantissa_mask = _mm256_set1_epi32(0x7F_FFFF);
+    let sign_mask = _mm256_set1_epi32(i32::MIN);
+    for (group, (heads, out)) in head_groups.iter().zip(out_groups).take(groups).enumerate() {
+        // SAFETY: `groups` keeps both loads of every group within `rest`.
+        let rests = unsafe {
+            gather(
+                rest,
+                group * GROUP_BYTES,
+                EXPONENT_FIRST_SECOND_LOAD,
+                [&EXPONENT_FIRST, &EXPONENT_FIRST],
+            )
+        };
+        let sign = _mm256_and_si256(_mm256_slli_epi32::<8>(rests), sign_mask);
+        let exponent = _mm256_slli_epi32::<23>(heads_of(heads));
+        let mantissa = _mm256_and_si256(rests, mantissa_mask);
+        store(
+            _mm256_or_si256(_mm256_or_si256(sign, exponent), mantissa),
+            out,
+        );
+    }
+    groups * 8
+}
