@@ -153,3 +153,76 @@ pub(crate) fn join_f32_exponent_first(heads: &[u16], rest: &[u8], out: &mut [u8]
     }
     groups * 8
 }
+
+/// Sign-first 16-bit elements (nine head bits, 7-bit rests): eight rests
+/// fill 7 bytes. Each element's field lies within the two bytes from
+/// byte `7k / 8`, `7k % 8` bits up; the 16 bytes loaded are seen by both
+/// halves of the shuffle, so elements 4–7 are picked from the same bytes.
+const SEVEN_BIT: [Gather; 2] = [
+    Gather {
+        shuffle: [0, 1, -1, -1, 0, 1, -1, -1, 1, 2, -1, -1, 2, 3, -1, -1],
+        shifts: [0, 7, 6, 5],
+    },
+    Gather {
+        shuffle: [3, 4, -1, -1, 4, 5, -1, -1, 5, 6, -1, -1, 6, 7, -1, -1],
+        shifts: [4, 3, 2, 1],
+    },
+];
+
+/// Eight sign-first 16-bit elements of group `group` (seven rest bytes
+/// each) in 32-bit lanes.
+///
+/// # Safety
+/// `rest` must hold 16 bytes from `7 * group`.
+#[target_feature(enable = "avx2")]
+unsafe fn seven_bit_group(heads: &[u16; 8], rest: &[u8], group: usize) -> __m256i {
+    debug_assert!(7 * group + 16 <= rest.len());
+    // SAFETY: the load lies within `rest`, as the caller promises.
+    let bytes = unsafe { _mm_loadu_si128(rest.as_ptr().add(7 * group).cast()) };
+    let pattern = |g: &Gather| std::array::from_fn::<i8, 16, _>(|i| g.shuffle[i]);
+    let [p0, p1] = [pattern(&SEVEN_BIT[0]), pattern(&SEVEN_BIT[1])];
+    let shuffle = _mm256_setr_epi8(
+        p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7], p0[8], p0[9], p0[10], p0[11],
+        p0[12], p0[13], p0[14], p0[15], p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p1[7],
+        p1[8], p1[9], p1[10], p1[11], p1[12], p1[13], p1[14], p1[15],
+    );
+    let [s0, s1] = [SEVEN_BIT[0].shifts, SEVEN_BIT[1].shifts];
+    let shifts = _mm256_setr_epi32(s0[0], s0[1], s0[2], s0[3], s1[0], s1[1], s1[2], s1[3]);
+    let fields = _mm256_srlv_epi32(
+        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(bytes), shuffle),
+        shifts,
+    );
+    _mm256_or_si256(
+        _mm256_slli_epi32::<7>(heads_of(heads)),
+        _mm256_and_si256(fields, _mm256_set1_epi32(0x7F)),
+    )
+}
+
+/// Joins sign-first 16-bit elements (`head << 7 | rest`, BF16 and FP16
+/// with nine head bits) sixteen at a time, for as long as the loads stay
+/// within `rest`; returns how many elements it joined, a multiple of 16.
+#[target_feature(enable = "avx2")]
+pub(crate) fn join_16bit_sign_first(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
+    // Two groups of eight a step; the second's load reaches 7 + 16 bytes
+    // into the step's 14.
+    let loadable = rest.len().saturating_sub(7 + 16 - 14);
+    let steps = (heads.len() / 16).min(out.len() / 32).min(loadable / 14);
+    let (head_pairs, _) = heads.as_chunks::<16>();
+    let (out_steps, _) = out.as_chunks_mut::<32>();
+    for (step, (heads, out)) in head_pairs.iter().zip(out_steps).take(steps).enumerate() {
+        let (first, second) = heads.split_at(8);
+        let (first, second) = (first.try_into().unwrap(), second.try_into().unwrap());
+        // SAFETY: `steps` keeps both groups' loads within `rest`.
+        let (low, high) = unsafe {
+            (
+                seven_bit_group(first, rest, 2 * step),
+                seven_bit_group(second, rest, 2 * step + 1),
+            )
+        };
+        // Packing works within 128-bit halves: put the four 64-bit
+        // quarters back in element order.
+        let packed = _mm256_packus_epi32(low, high);
+        store(_mm256_permute4x64_epi64::<0b11_01_10_00>(packed), out);
+    }
+    steps * 16
+}

@@ -895,6 +895,12 @@ fn join_block<const AVX2: bool>(
             // bits): eight rests of seven bits fill seven bytes, read with
             // one load and constant shifts, in fixed-size groups so that
             // the loop over a group unrolls.
+            let joined = joined_with_avx2::<AVX2>(Avx2Join::SevenBitRests, heads, rest, out);
+            let (heads, rest, out) = (
+                &heads[joined..],
+                &rest[joined / 8 * 7..],
+                &mut out[joined * 2..],
+            );
             let groups = heads.len() / 8;
             let (out_groups, _) = out.as_chunks_mut::<16>();
             let (head_groups, _) = heads.as_chunks::<8>();
@@ -917,7 +923,7 @@ fn join_block<const AVX2: bool>(
         (4, 23, 0) if split.sign_in_head => {
             // Sign first, nine head bits (F32): eight rests of 23 bits fill
             // 23 bytes, read at constant offsets.
-            let joined = joined_with_avx2::<AVX2>(F32Join::SignFirst, heads, rest, out);
+            let joined = joined_with_avx2::<AVX2>(Avx2Join::F32SignFirst, heads, rest, out);
             let (heads, rest, out) = (
                 &heads[joined..],
                 &rest[joined / 8 * 23..],
@@ -954,7 +960,7 @@ fn join_block<const AVX2: bool>(
             }
         }
         (4, 24, 0) if exponent_first => {
-            let joined = joined_with_avx2::<AVX2>(F32Join::ExponentFirst, heads, rest, out);
+            let joined = joined_with_avx2::<AVX2>(Avx2Join::F32ExponentFirst, heads, rest, out);
             let (heads, rest, out) = (
                 &heads[joined..],
                 &rest[joined * 3..],
@@ -994,18 +1000,20 @@ fn join_block<const AVX2: bool>(
     }
 }
 
-/// The FP32 joins with an AVX2 form.
+/// The joins with an AVX2 form.
 #[derive(Clone, Copy)]
-enum F32Join {
-    SignFirst,
-    ExponentFirst,
+enum Avx2Join {
+    F32SignFirst,
+    F32ExponentFirst,
+    /// Sign first, nine head bits, 16-bit elements (BF16, FP16).
+    SevenBitRests,
 }
 
 /// How many of the elements (a multiple of eight) the AVX2 form of `join`
 /// joined: none unless this is the decoder's AVX2 build.
 #[inline(always)]
 fn joined_with_avx2<const AVX2: bool>(
-    join: F32Join,
+    join: Avx2Join,
     heads: &[u16],
     rest: &[u8],
     out: &mut [u8],
@@ -1015,8 +1023,11 @@ fn joined_with_avx2<const AVX2: bool>(
         // SAFETY: the AVX2 build runs only where the core has AVX2.
         return unsafe {
             match join {
-                F32Join::SignFirst => super::avx2::join_f32_sign_first(heads, rest, out),
-                F32Join::ExponentFirst => super::avx2::join_f32_exponent_first(heads, rest, out),
+                Avx2Join::F32SignFirst => super::avx2::join_f32_sign_first(heads, rest, out),
+                Avx2Join::F32ExponentFirst => {
+                    super::avx2::join_f32_exponent_first(heads, rest, out)
+                }
+                Avx2Join::SevenBitRests => super::avx2::join_16bit_sign_first(heads, rest, out),
             }
         };
     }
