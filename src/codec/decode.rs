@@ -736,10 +736,15 @@ const ROUND_WINDOW: usize = 16 + MULTI_SYMBOLS - 1;
 /// four symbols, as a [`MultiSymbolTable`] gives them. The one-symbol table
 /// gives one, and costs nothing to fill: short streams use it.
 trait RoundTable {
+    /// Every entry holds exactly one symbol: a round stores one head per
+    /// lookup, and reads no count.
+    const ONE_SYMBOL: bool;
     fn round_entry(&self, bits: u64) -> u64;
 }
 
 impl RoundTable for MultiSymbolTable {
+    const ONE_SYMBOL: bool = false;
+
     #[inline(always)]
     fn round_entry(&self, bits: u64) -> u64 {
         self.entry(bits)
@@ -747,6 +752,8 @@ impl RoundTable for MultiSymbolTable {
 }
 
 impl RoundTable for DecodeTable {
+    const ONE_SYMBOL: bool = true;
+
     #[inline(always)]
     fn round_entry(&self, bits: u64) -> u64 {
         multi_entry_of_one(self.entries[(bits & TABLE_MASK) as usize])
@@ -809,14 +816,20 @@ impl LaneReader {
             .expect("a round's window");
         let mut consumed = 0;
         let mut at = 0;
-        for _ in 0..LOOKUPS_PER_ROUND {
+        for lookup in 0..LOOKUPS_PER_ROUND {
             let entry = table.round_entry(word >> consumed);
             let (length, count) = multi_length_and_count(entry);
-            let slots: [u16; MULTI_SYMBOLS] = bytemuck::cast(multi_symbols(entry).to_ne_bytes());
-            let offset = at & 15;
-            window[offset..offset + MULTI_SYMBOLS].copy_from_slice(&slots);
+            if T::ONE_SYMBOL {
+                window[lookup] = (entry & ENTRY_SYMBOL_MASK as u64) as u16;
+                at += 1;
+            } else {
+                let slots: [u16; MULTI_SYMBOLS] =
+                    bytemuck::cast(multi_symbols(entry).to_ne_bytes());
+                let offset = at & 15;
+                window[offset..offset + MULTI_SYMBOLS].copy_from_slice(&slots);
+                at += count;
+            }
             consumed += length;
-            at += count;
         }
         self.position += consumed as u64;
         self.written += at;
