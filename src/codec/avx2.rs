@@ -19,7 +19,7 @@ struct Gather {
 /// Sign-first FP32 (nine head bits, 23-bit rests): eight rests fill 23
 /// bytes. Elements 0–3 are read from the group's first byte, elements 4–7
 /// from its byte 11.
-const SIGN_FIRST: [Gather; 2] = [
+const SIGN_FIRST_F32: [Gather; 2] = [
     Gather {
         shuffle: [0, 1, 2, 3, 2, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11],
         shifts: [0, 7, 6, 5],
@@ -34,7 +34,7 @@ const SIGN_FIRST_SECOND_LOAD: usize = 11;
 /// Exponent-first FP32 (eight head bits, 24-bit rests of sign and low
 /// mantissa): eight rests fill 24 bytes. Elements 0–3 are read from the
 /// group's first byte, elements 4–7 from its byte 12.
-const EXPONENT_FIRST: Gather = Gather {
+const EXPONENT_FIRST_F32: Gather = Gather {
     shuffle: [0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1],
     shifts: [0; 4],
 };
@@ -82,76 +82,60 @@ fn store(elements: __m256i, out: &mut [u8; 32]) {
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), elements) }
 }
 
-/// Joins sign-first FP32 elements (`head << 23 | rest`) in whole groups of
-/// eight, for as long as the group's loads stay within `rest`; returns how
-/// many elements it joined, a multiple of eight.
+/// Joins FP32 elements in whole groups of eight, for as long as the
+/// group's loads stay within `rest`; returns how many elements it joined,
+/// a multiple of eight. Sign first, an element is `head << 23 | rest`;
+/// exponent first, the rest's top bit is the sign, its other 23 bits the
+/// mantissa, and the head the exponent between them.
 #[target_feature(enable = "avx2")]
-pub(crate) fn join_f32_sign_first(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
-    const GROUP_BYTES: usize = 23;
-    let loadable = rest
-        .len()
-        .saturating_sub(SIGN_FIRST_SECOND_LOAD + 16 - GROUP_BYTES);
+fn join_f32<const SIGN_FIRST: bool>(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
+    let (group_bytes, second_load, layout) = if SIGN_FIRST {
+        (
+            23,
+            SIGN_FIRST_SECOND_LOAD,
+            [&SIGN_FIRST_F32[0], &SIGN_FIRST_F32[1]],
+        )
+    } else {
+        (
+            24,
+            EXPONENT_FIRST_SECOND_LOAD,
+            [&EXPONENT_FIRST_F32, &EXPONENT_FIRST_F32],
+        )
+    };
+    let loadable = rest.len().saturating_sub(second_load + 16 - group_bytes);
     let groups = (heads.len() / 8)
         .min(out.len() / 32)
-        .min(loadable / GROUP_BYTES);
+        .min(loadable / group_bytes);
     let (head_groups, _) = heads.as_chunks::<8>();
     let (out_groups, _) = out.as_chunks_mut::<32>();
-    let field_mask = _mm256_set1_epi32(0x7F_FFFF);
+    let low_23_bits = _mm256_set1_epi32(0x7F_FFFF);
     for (group, (heads, out)) in head_groups.iter().zip(out_groups).take(groups).enumerate() {
         // SAFETY: `groups` keeps both loads of every group within `rest`.
-        let fields = unsafe {
-            gather(
-                rest,
-                group * GROUP_BYTES,
-                SIGN_FIRST_SECOND_LOAD,
-                [&SIGN_FIRST[0], &SIGN_FIRST[1]],
-            )
-        };
-        let elements = _mm256_or_si256(
-            _mm256_slli_epi32::<23>(heads_of(heads)),
-            _mm256_and_si256(fields, field_mask),
-        );
+        let rests = unsafe { gather(rest, group * group_bytes, second_load, layout) };
+        let heads = _mm256_slli_epi32::<23>(heads_of(heads));
+        let mut elements = _mm256_or_si256(heads, _mm256_and_si256(rests, low_23_bits));
+        if !SIGN_FIRST {
+            let sign = _mm256_slli_epi32::<8>(rests);
+            elements = _mm256_or_si256(
+                elements,
+                _mm256_and_si256(sign, _mm256_set1_epi32(i32::MIN)),
+            );
+        }
         store(elements, out);
     }
     groups * 8
 }
 
-/// Joins exponent-first FP32 elements (the rest's top bit is the sign, its
-/// other 23 bits the mantissa, the head the exponent) in whole groups of
-/// eight, for as long as the group's loads stay within `rest`; returns how
-/// many elements it joined, a multiple of eight.
+/// [`join_f32`] of sign-first elements (nine head bits, 23-bit rests).
+#[target_feature(enable = "avx2")]
+pub(crate) fn join_f32_sign_first(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
+    join_f32::<true>(heads, rest, out)
+}
+
+/// [`join_f32`] of exponent-first elements (eight head bits, 24-bit rests).
 #[target_feature(enable = "avx2")]
 pub(crate) fn join_f32_exponent_first(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
-    const GROUP_BYTES: usize = 24;
-    let loadable = rest
-        .len()
-        .saturating_sub(EXPONENT_FIRST_SECOND_LOAD + 16 - GROUP_BYTES);
-    let groups = (heads.len() / 8)
-        .min(out.len() / 32)
-        .min(loadable / GROUP_BYTES);
-    let (head_groups, _) = heads.as_chunks::<8>();
-    let (out_groups, _) = out.as_chunks_mut::<32>();
-    let mantissa_mask = _mm256_set1_epi32(0x7F_FFFF);
-    let sign_mask = _mm256_set1_epi32(i32::MIN);
-    for (group, (heads, out)) in head_groups.iter().zip(out_groups).take(groups).enumerate() {
-        // SAFETY: `groups` keeps both loads of every group within `rest`.
-        let rests = unsafe {
-            gather(
-                rest,
-                group * GROUP_BYTES,
-                EXPONENT_FIRST_SECOND_LOAD,
-                [&EXPONENT_FIRST, &EXPONENT_FIRST],
-            )
-        };
-        let sign = _mm256_and_si256(_mm256_slli_epi32::<8>(rests), sign_mask);
-        let exponent = _mm256_slli_epi32::<23>(heads_of(heads));
-        let mantissa = _mm256_and_si256(rests, mantissa_mask);
-        store(
-            _mm256_or_si256(_mm256_or_si256(sign, exponent), mantissa),
-            out,
-        );
-    }
-    groups * 8
+    join_f32::<false>(heads, rest, out)
 }
 
 /// Sign-first 16-bit elements (nine head bits, 7-bit rests): eight rests

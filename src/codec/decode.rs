@@ -888,7 +888,8 @@ fn join_block<const AVX2: bool>(
 ) {
     let stored_bits = split.stored_rest_bits();
     let kind = split.kind;
-    // Blocks hold a multiple of 8 elements, so a block's rest starts on a byte.
+    // The first element is a block's or join_segment's first after its
+    // lead, a multiple of 8, so its rest starts on a byte.
     let rest = &rest[(first_element * stored_bits as u64 / 8) as usize..];
     let exponent_first = !split.sign_in_head;
     match (kind.width_bytes(), stored_bits, split.rest_const_bits) {
