@@ -55,16 +55,24 @@ unsafe fn gather(rest: &[u8], group: usize, second: usize, layout: [&Gather; 2])
             _mm_loadu_si128(rest.as_ptr().add(group + second).cast()),
         )
     };
-    let bytes = _mm256_set_m128i(high, low);
-    let pattern = |g: &Gather| std::array::from_fn::<i8, 16, _>(|i| g.shuffle[i]);
-    let [p0, p1] = [pattern(layout[0]), pattern(layout[1])];
-    let shuffle = _mm256_setr_epi8(
-        p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7], p0[8], p0[9], p0[10], p0[11],
-        p0[12], p0[13], p0[14], p0[15], p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p1[7],
-        p1[8], p1[9], p1[10], p1[11], p1[12], p1[13], p1[14], p1[15],
+    place(_mm256_set_m128i(high, low), layout)
+}
+
+/// Each lane's field moved to the bottom of its 32 bits: `bytes` shuffled
+/// by the layouts' patterns (the first for the low 16 bytes, the second
+/// for the high) and shifted right by their shifts.
+#[target_feature(enable = "avx2")]
+fn place(bytes: __m256i, layout: [&Gather; 2]) -> __m256i {
+    // SAFETY: each load reads one 16-byte array.
+    let sixteen_bytes = |array: *const i8| unsafe { _mm_loadu_si128(array.cast()) };
+    let shuffle = _mm256_set_m128i(
+        sixteen_bytes(layout[1].shuffle.as_ptr()),
+        sixteen_bytes(layout[0].shuffle.as_ptr()),
     );
-    let [s0, s1] = [layout[0].shifts, layout[1].shifts];
-    let shifts = _mm256_setr_epi32(s0[0], s0[1], s0[2], s0[3], s1[0], s1[1], s1[2], s1[3]);
+    let shifts = _mm256_set_m128i(
+        sixteen_bytes(layout[1].shifts.as_ptr().cast()),
+        sixteen_bytes(layout[0].shifts.as_ptr().cast()),
+    );
     _mm256_srlv_epi32(_mm256_shuffle_epi8(bytes, shuffle), shifts)
 }
 
@@ -163,18 +171,9 @@ unsafe fn seven_bit_group(heads: &[u16; 8], rest: &[u8], group: usize) -> __m256
     debug_assert!(7 * group + 16 <= rest.len());
     // SAFETY: the load lies within `rest`, as the caller promises.
     let bytes = unsafe { _mm_loadu_si128(rest.as_ptr().add(7 * group).cast()) };
-    let pattern = |g: &Gather| std::array::from_fn::<i8, 16, _>(|i| g.shuffle[i]);
-    let [p0, p1] = [pattern(&SEVEN_BIT[0]), pattern(&SEVEN_BIT[1])];
-    let shuffle = _mm256_setr_epi8(
-        p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7], p0[8], p0[9], p0[10], p0[11],
-        p0[12], p0[13], p0[14], p0[15], p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p1[7],
-        p1[8], p1[9], p1[10], p1[11], p1[12], p1[13], p1[14], p1[15],
-    );
-    let [s0, s1] = [SEVEN_BIT[0].shifts, SEVEN_BIT[1].shifts];
-    let shifts = _mm256_setr_epi32(s0[0], s0[1], s0[2], s0[3], s1[0], s1[1], s1[2], s1[3]);
-    let fields = _mm256_srlv_epi32(
-        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(bytes), shuffle),
-        shifts,
+    let fields = place(
+        _mm256_broadcastsi128_si256(bytes),
+        [&SEVEN_BIT[0], &SEVEN_BIT[1]],
     );
     _mm256_or_si256(
         _mm256_slli_epi32::<7>(heads_of(heads)),
