@@ -193,8 +193,7 @@ pub(crate) fn join_16bit_sign_first(heads: &[u16], rest: &[u8], out: &mut [u8]) 
     let (head_pairs, _) = heads.as_chunks::<16>();
     let (out_steps, _) = out.as_chunks_mut::<32>();
     for (step, (heads, out)) in head_pairs.iter().zip(out_steps).take(steps).enumerate() {
-        let (first, second) = heads.split_at(8);
-        let (first, second) = (first.try_into().unwrap(), second.try_into().unwrap());
+        let [first, second] = bytemuck::cast_ref::<[u16; 16], [[u16; 8]; 2]>(heads);
         // SAFETY: `steps` keeps both groups' loads within `rest`.
         let (low, high) = unsafe {
             (
