@@ -251,7 +251,7 @@ fn decode_heads(
 /// Whether a block of `elements` codewords in `stream_bits` bits decodes
 /// faster through a [`MultiSymbolTable`] than one codeword per lookup.
 /// Filling the table costs about as many instructions as 16,000 lookups
-/// (8,190 widened entries); a 12-bit lookup gives about 11.5 / L codewords
+/// (its 4,096 entries and up to 7,000 of narrower windows); a 12-bit lookup gives about 11.5 / L codewords
 /// of mean length L, at most four, so the lookups saved are
 /// `elements × (1 − L / 11.5)`. Counted with callgrind on the test files:
 /// BF16 blocks (L ≈ 2.7) gain from about 20,000 elements, E4M3 (L ≈ 6.6)
@@ -280,7 +280,7 @@ fn decode_coded_block(
     let (cached, multi) = &mut scratch.multi;
     let use_multi = multi_symbol_pays(elements as u64, entry.stream_bits);
     if use_multi && cached.as_ref() != Some(lengths) {
-        multi.rebuild(single);
+        multi.rebuild(lengths);
         *cached = Some(*lengths);
     }
     let multi = use_multi.then_some(&*multi);
@@ -446,7 +446,7 @@ fn decode_coded_lanes(
     match multi {
         Some(multi) => decode_rounds(
             code,
-            multi,
+            multi.entries(),
             scratch,
             &mut marks,
             &mut position,
@@ -456,7 +456,7 @@ fn decode_coded_lanes(
         ),
         None => decode_rounds(
             code,
-            code.table,
+            &*code.table.entries,
             scratch,
             &mut marks,
             &mut position,
@@ -589,7 +589,7 @@ fn decode_rounds<T: RoundTable>(
         let mut round = 0;
         while marks[lane].next < position[lane] && !starts.is_empty() {
             let mark = marks[lane].next;
-            round += starts[round + 1..].partition_point(|row| row[lane].position() <= mark);
+            round = last_start_at_or_before(starts, lane, round, mark);
             scratch.notes[marks[lane].chunk as usize] = Note {
                 position: starts[round][lane].position(),
                 lane: lane as u32,
@@ -598,6 +598,26 @@ fn decode_rounds<T: RoundTable>(
             marks[lane].advance(code);
         }
     }
+}
+
+/// The last of lane `lane`'s round starts from `round` on that is at or
+/// before `mark` (or `round` itself, where none after it is). Galloping from
+/// `round`: the next chunk's mark is a dozen rounds on, so the search stays
+/// within a few cache lines instead of halving the whole lane.
+fn last_start_at_or_before(
+    starts: &[[RoundStart; LANES]],
+    lane: usize,
+    mut round: usize,
+    mark: u64,
+) -> usize {
+    let at_or_before = |row: &[RoundStart; LANES]| row[lane].position() <= mark;
+    let mut step = 1;
+    while starts.get(round + step).is_some_and(at_or_before) {
+        round += step;
+        step *= 2;
+    }
+    let bracket = &starts[round + 1..(round + step).min(starts.len())];
+    round + bracket.partition_point(at_or_before)
 }
 
 /// The one position per chunk near which a lane notes a codeword start:
@@ -734,7 +754,9 @@ const ROUND_WINDOW: usize = 16 + MULTI_SYMBOLS - 1;
 
 /// What a lane's rounds look the next 12 bits up in: an entry of up to
 /// four symbols, as a [`MultiSymbolTable`] gives them. The one-symbol table
-/// gives one, and costs nothing to fill: short streams use it.
+/// gives one, and costs nothing to fill: short streams use it. Implemented
+/// on the bare entry arrays, so that their address is one register the
+/// rounds keep, not a field reloaded after every store of heads.
 trait RoundTable {
     /// Every entry holds exactly one symbol: a round stores one head per
     /// lookup, and reads no count.
@@ -742,21 +764,23 @@ trait RoundTable {
     fn round_entry(&self, bits: u64) -> u64;
 }
 
-impl RoundTable for MultiSymbolTable {
+/// A [`MultiSymbolTable`]'s entries.
+impl RoundTable for [u64; TABLE_ENTRIES] {
     const ONE_SYMBOL: bool = false;
 
     #[inline(always)]
     fn round_entry(&self, bits: u64) -> u64 {
-        self.entry(bits)
+        self[(bits & TABLE_MASK) as usize]
     }
 }
 
-impl RoundTable for DecodeTable {
+/// A [`DecodeTable`]'s entries.
+impl RoundTable for [u16; TABLE_ENTRIES] {
     const ONE_SYMBOL: bool = true;
 
     #[inline(always)]
     fn round_entry(&self, bits: u64) -> u64 {
-        multi_entry_of_one(self.entries[(bits & TABLE_MASK) as usize])
+        multi_entry_of_one(self[(bits & TABLE_MASK) as usize])
     }
 }
 
@@ -1329,7 +1353,7 @@ mod tests {
         let lengths = &index.tables[t];
         let single = DecodeTable::new(lengths, index.table_max_len[t] as u32);
         let mut multi = MultiSymbolTable::default();
-        multi.rebuild(&single);
+        multi.rebuild(lengths);
         let code = BlockCode {
             stream: &head[entry.stream_offset as usize..][..entry.stream_bits.div_ceil(8) as usize],
             stream_bits: entry.stream_bits,

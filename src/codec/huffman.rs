@@ -230,13 +230,27 @@ impl DecodeTable {
     pub fn new(lengths: &[u8; ALPHABET], max_len: u32) -> Self {
         let codes = canonical_codes(lengths);
         let mut entries = Box::new([0u16; TABLE_ENTRIES]);
+        // Each codeword's entry at its own code, the one window below
+        // `1 << len` that begins with it...
         for (symbol, &len) in lengths.iter().enumerate() {
-            if len == 0 {
-                continue;
+            if len != 0 {
+                entries[codes[symbol] as usize] =
+                    symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT;
             }
-            let entry = symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT;
-            for index in (codes[symbol] as usize..TABLE_ENTRIES).step_by(1 << len) {
-                entries[index] = entry;
+        }
+        // ...and the windows above by doubling: a window of `width + 1`
+        // bits with its top bit set holds a codeword of its own (placed
+        // above), or the codeword of the window without that bit. In the
+        // second case the entry is still empty: every entry is nonzero (a
+        // length of at least one), and the code is complete, so no window
+        // is left empty. Whole ranges, so the loop vectorises; far fewer
+        // instructions than a strided fill per codeword.
+        for width in 0..MAX_CODE_BITS {
+            let half = 1usize << width;
+            let (low, high) = entries[..2 * half].split_at_mut(half);
+            for (high, &low) in high.iter_mut().zip(low.iter()) {
+                // A select, not a conditional store, so that it vectorises.
+                *high = if *high == 0 { low } else { *high };
             }
         }
         DecodeTable { max_len, entries }
@@ -262,7 +276,6 @@ pub const MULTI_SYMBOLS: usize = 4;
 /// bits, so that one shift reads it).
 const MULTI_SLOT_SYMBOLS: u64 = 0x01FF_01FF_01FF_01FF;
 const MULTI_LENGTH_SHIFT: u32 = MAX_HEAD_BITS;
-const MULTI_LENGTH: u64 = 0xF << MULTI_LENGTH_SHIFT;
 const MULTI_COUNT_SHIFT: u32 = 61;
 
 /// A decode table that gives, for the next [`MAX_CODE_BITS`] bits of a
@@ -272,47 +285,116 @@ const MULTI_COUNT_SHIFT: u32 = 61;
 /// follows it reads exactly the codewords a one-symbol table would.
 pub struct MultiSymbolTable {
     entries: Box<[u64; TABLE_ENTRIES]>,
+    /// The entries of narrower windows with fewer codewords, that the
+    /// entries are built from (see [`MultiSymbolTable::rebuild`]).
+    fewer: [Box<[u64; TABLE_ENTRIES]>; 2],
 }
 
 impl Default for MultiSymbolTable {
     fn default() -> Self {
         MultiSymbolTable {
             entries: Box::new([0; TABLE_ENTRIES]),
+            fewer: [Box::new([0; TABLE_ENTRIES]), Box::new([0; TABLE_ENTRIES])],
         }
     }
 }
 
 impl MultiSymbolTable {
-    /// Fills the table from the one-symbol table of the same code, reusing
-    /// its memory, one window width at a time: the entries of width `k`
-    /// hold the codewords of the `k`-bit windows. Widening a window by its
-    /// top bit keeps its codewords and adds at most one, the codeword that
-    /// ends exactly at that bit, so each entry of width `k` is the entry of
-    /// width `k - 1` below it plus one lookup; the entries of width 12 are
-    /// the table. Every step is free of branches, and the two halves'
-    /// entries are independent, so the core overlaps them.
+    /// Fills the table for the code of `lengths` (already checked by
+    /// [`validate_lengths`]), reusing its memory.
+    ///
+    /// A window's entry is its first codeword followed by the entry of the
+    /// window that remains after it, which is narrower and may hold one
+    /// codeword fewer. So the entries are built in levels: level `c` holds,
+    /// for every window of every width up to 12, its first `c` codewords
+    /// (those whole within the window). A window of `m` bits is stored at
+    /// index `1 << m | bits`, so the window left after a codeword of `len`
+    /// bits at index `i` is at `i >> len`, and the windows a codeword
+    /// begins are `j << len | code` for every `j` from 1: one run over `j`
+    /// per codeword and level, reading the level below in order. Level 4
+    /// at width 12 is the table. A level needs only the widths the level
+    /// above reads, 12 less a shortest codeword per level above.
     #[inline(always)]
-    pub fn rebuild(&mut self, single: &DecodeTable) {
-        let single = &single.entries;
-        let entries = &mut self.entries;
-        // Width 0: no codeword.
-        entries[0] = 0;
-        for width in 1..=MAX_CODE_BITS {
-            let half = 1usize << (width - 1);
-            let (low, high) = entries[..2 * half].split_at_mut(half);
-            for (window, (low, high)) in low.iter_mut().zip(high).enumerate() {
-                let narrower = *low;
-                *low = widened(narrower, window, width, single);
-                *high = widened(narrower, window + half, width, single);
+    pub fn rebuild(&mut self, lengths: &[u8; ALPHABET]) {
+        let codes = canonical_codes(lengths);
+        let mut codewords = [(0u64, 0u32, 0usize); ALPHABET];
+        let mut used = 0;
+        for (symbol, &len) in lengths.iter().enumerate() {
+            if len != 0 {
+                let entry = multi_entry_of_one(symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT);
+                codewords[used] = (entry, len as u32, codes[symbol] as usize);
+                used += 1;
             }
+        }
+        let codewords = &codewords[..used];
+        let shortest = codewords.iter().map(|&(_, len, _)| len).min().unwrap_or(1);
+        // The indices past the widest window level `level` needs.
+        let limit = |level: u32| {
+            2usize << MAX_CODE_BITS.saturating_sub((MULTI_SYMBOLS as u32 - level) * shortest)
+        };
+        // Level 0 is empty everywhere: the entries one level up take a
+        // codeword and nothing after it.
+        let [below, above] = &mut self.fewer;
+        below[..limit(0)].fill(0);
+        for level in 1..MULTI_SYMBOLS as u32 {
+            let limit = limit(level);
+            // A window whose first codeword is longer than it stays empty.
+            above[..limit].fill(0);
+            for &(entry, len, code) in codewords {
+                let rows = 1..(limit >> len).max(1);
+                spread(entry, len, code, rows.start, &below[rows], above);
+            }
+            std::mem::swap(below, above);
+        }
+        // Width 12: index `1 << 12 | window`, stored at `window`.
+        for &(entry, len, code) in codewords {
+            let rows = TABLE_ENTRIES >> len..(2 * TABLE_ENTRIES) >> len;
+            spread(
+                entry,
+                len,
+                code,
+                rows.start,
+                &below[rows],
+                &mut self.entries,
+            );
         }
     }
 
-    /// The entry for the low [`MAX_CODE_BITS`] bits of `bits`.
-    #[inline(always)]
-    pub(crate) fn entry(&self, bits: u64) -> u64 {
-        self.entries[(bits & TABLE_MASK) as usize]
+    /// The entries, indexed by the next [`MAX_CODE_BITS`] bits.
+    pub(crate) fn entries(&self) -> &[u64; TABLE_ENTRIES] {
+        &self.entries
     }
+}
+
+/// Writes the entries of the windows that begin with the codeword of
+/// `entry` (`len` bits, `code`) followed by the windows of `rest`, rows
+/// `first_row..` of the level below: row `j`'s at index `j << len | code`
+/// of `to`, modulo the table's size (width 12 is stored without its
+/// marker bit). Consecutive rows, so the indices are `1 << len` apart.
+#[inline(always)]
+fn spread(
+    entry: u64,
+    len: u32,
+    code: usize,
+    first_row: usize,
+    rest: &[u64],
+    to: &mut [u64; TABLE_ENTRIES],
+) {
+    let mut index = first_row << len | code;
+    for &rest in rest {
+        to[index & TABLE_MASK as usize] = prepended(entry, rest);
+        index += 1 << len;
+    }
+}
+
+/// The entry of the codeword of `first` (an entry of one codeword)
+/// followed by those of `rest` (of at most three): `rest`'s symbols one
+/// slot up, its length and count plus `first`'s. The fields do not
+/// overlap, so adding them is or-ing them.
+#[inline(always)]
+fn prepended(first: u64, rest: u64) -> u64 {
+    let symbols = rest & MULTI_SLOT_SYMBOLS;
+    (symbols << 16) + (rest - symbols) + first
 }
 
 /// The symbols of a [`MultiSymbolTable`] entry as four 16-bit heads that
@@ -347,29 +429,6 @@ pub(crate) fn multi_length_and_count(entry: u64) -> (u32, usize) {
         (entry >> MULTI_LENGTH_SHIFT) as u32 & 0xF,
         (entry >> MULTI_COUNT_SHIFT) as usize,
     )
-}
-
-/// The entry of `window` as `width` bits wide, from `narrower`, its
-/// entry one bit narrower: plus the codeword that ends at bit `width`, if
-/// one does and there is room for it.
-#[inline(always)]
-fn widened(narrower: u64, window: usize, width: u32, single: &[u16; TABLE_ENTRIES]) -> u64 {
-    let (length, count) = multi_length_and_count(narrower);
-    // The bits after the entry's codewords, zero-filled above the window:
-    // a codeword that reaches past it is longer than the room left.
-    let next = single[window >> length & TABLE_MASK as usize];
-    let next_length = (next >> ENTRY_LENGTH_SHIFT) as u32;
-    let grows = count < MULTI_SYMBOLS && length + next_length == width;
-    let meta = (width as u64) << MULTI_LENGTH_SHIFT | (count as u64 + 1) << MULTI_COUNT_SHIFT;
-    // Without a branch: the grown entry is computed whatever (its symbol
-    // shifted into slot `count`, or nowhere when there is no room) and
-    // chosen by a mask.
-    let symbol = ((next & ENTRY_SYMBOL_MASK) as u64)
-        .checked_shl(16 * count as u32)
-        .unwrap_or(0);
-    let grown = narrower & !(MULTI_LENGTH | 7 << MULTI_COUNT_SHIFT) | symbol | meta;
-    let chosen = 0u64.wrapping_sub(grows as u64);
-    narrower ^ (grown ^ narrower) & chosen
 }
 
 #[cfg(test)]
@@ -412,7 +471,7 @@ mod tests {
             let lengths = limited_code_lengths(counts, MAX_CODE_BITS);
             let max_len = validate_lengths(&lengths).unwrap();
             let single = DecodeTable::new(&lengths, max_len);
-            multi.rebuild(&single);
+            multi.rebuild(&lengths);
             for window in 0..TABLE_ENTRIES as u64 {
                 let (mut symbols, mut used) = (Vec::new(), 0);
                 while symbols.len() < MULTI_SYMBOLS {
@@ -423,7 +482,7 @@ mod tests {
                     symbols.push(symbol as u16);
                     used += len;
                 }
-                let entry = multi.entry(window);
+                let entry = multi.entries()[window as usize];
                 let slots: [u16; MULTI_SYMBOLS] =
                     bytemuck::cast(multi_symbols(entry).to_ne_bytes());
                 let mut expected = [0u16; MULTI_SYMBOLS];
