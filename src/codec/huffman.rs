@@ -189,26 +189,52 @@ pub fn validate_lengths(lengths: &[u8; ALPHABET]) -> Result<u32, CodecError> {
 
 /// Canonical codewords, bit-reversed for LSB-first streams.
 pub(crate) fn canonical_codes(lengths: &[u8; ALPHABET]) -> [u32; ALPHABET] {
+    let mut codes = [0u32; ALPHABET];
+    for (symbol, _, code) in canonical_codewords(lengths) {
+        codes[symbol] = code;
+    }
+    codes
+}
+
+/// `(symbol, length, codeword)` of every symbol with a codeword, in symbol
+/// order; codewords bit-reversed for LSB-first streams.
+pub(crate) fn canonical_codewords(
+    lengths: &[u8; ALPHABET],
+) -> impl Iterator<Item = (usize, u32, u32)> + '_ {
     let mut count_per_length = [0u32; MAX_CODE_BITS as usize + 1];
-    for &len in lengths {
+    for (_, len) in used_symbols(lengths) {
         count_per_length[len as usize] += 1;
     }
-    count_per_length[0] = 0;
     let mut next_code = [0u32; MAX_CODE_BITS as usize + 1];
     let mut code = 0u32;
     for len in 1..=MAX_CODE_BITS as usize {
         code = (code + count_per_length[len - 1]) << 1;
         next_code[len] = code;
     }
-    let mut codes = [0u32; ALPHABET];
-    for (symbol, &len) in lengths.iter().enumerate() {
-        if len > 0 {
-            let code = next_code[len as usize];
-            next_code[len as usize] += 1;
-            codes[symbol] = code.reverse_bits() >> (32 - len as u32);
-        }
-    }
-    codes
+    used_symbols(lengths).map(move |(symbol, len)| {
+        let code = next_code[len as usize];
+        next_code[len as usize] += 1;
+        (symbol, len, code.reverse_bits() >> (32 - len))
+    })
+}
+
+/// The symbols with a codeword and their lengths, in order. A code uses a
+/// few dozen of the 512 symbols, in runs (neighbouring exponents), so
+/// eight lengths are tested at a time and the zero runs skipped: a branch
+/// per symbol mispredicts once per codeword.
+fn used_symbols(lengths: &[u8; ALPHABET]) -> impl Iterator<Item = (usize, u32)> + '_ {
+    let (groups, _) = lengths.as_chunks::<8>();
+    groups
+        .iter()
+        .enumerate()
+        .filter(|(_, group)| u64::from_ne_bytes(**group) != 0)
+        .flat_map(|(first, group)| {
+            group
+                .iter()
+                .enumerate()
+                .filter(|&(_, &len)| len != 0)
+                .map(move |(k, &len)| (8 * first + k, len as u32))
+        })
 }
 
 /// Entries of a CPU decode table: indexed by the next `MAX_CODE_BITS` bits.
@@ -228,15 +254,11 @@ pub struct DecodeTable {
 impl DecodeTable {
     /// Builds the table for lengths already checked by [`validate_lengths`].
     pub fn new(lengths: &[u8; ALPHABET], max_len: u32) -> Self {
-        let codes = canonical_codes(lengths);
         let mut entries = Box::new([0u16; TABLE_ENTRIES]);
         // Each codeword's entry at its own code, the one window below
         // `1 << len` that begins with it...
-        for (symbol, &len) in lengths.iter().enumerate() {
-            if len != 0 {
-                entries[codes[symbol] as usize] =
-                    symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT;
-            }
+        for (symbol, len, code) in canonical_codewords(lengths) {
+            entries[code as usize] = symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT;
         }
         // ...and the windows above by doubling: a window of `width + 1`
         // bits with its top bit set holds a codeword of its own (placed
@@ -316,15 +338,12 @@ impl MultiSymbolTable {
     /// above reads, 12 less a shortest codeword per level above.
     #[inline(always)]
     pub fn rebuild(&mut self, lengths: &[u8; ALPHABET]) {
-        let codes = canonical_codes(lengths);
         let mut codewords = [(0u64, 0u32, 0usize); ALPHABET];
         let mut used = 0;
-        for (symbol, &len) in lengths.iter().enumerate() {
-            if len != 0 {
-                let entry = multi_entry_of_one(symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT);
-                codewords[used] = (entry, len as u32, codes[symbol] as usize);
-                used += 1;
-            }
+        for (symbol, len, code) in canonical_codewords(lengths) {
+            let entry = multi_entry_of_one(symbol as u16 | (len as u16) << ENTRY_LENGTH_SHIFT);
+            codewords[used] = (entry, len, code as usize);
+            used += 1;
         }
         let codewords = &codewords[..used];
         let shortest = codewords.iter().map(|&(_, len, _)| len).min().unwrap_or(1);
