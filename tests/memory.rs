@@ -5,11 +5,12 @@
 
 mod common;
 
+use std::hash::Hasher;
 use std::io::Read;
 
 use ecfloat::codec::FloatKind;
 use ecfloat::container::write::{OutputTensor, SafetensorsWriter};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_64;
 
 const TENSORS: usize = 4;
 const TENSOR_BYTES: u64 = 512 << 20;
@@ -17,14 +18,14 @@ const PIECE_BYTES: usize = 32 << 20;
 
 fn file_hash(path: &std::path::Path) -> u64 {
     let mut file = std::fs::File::open(path).unwrap();
-    let mut hash = Xxh3::new();
+    let mut hash = XxHash3_64::new();
     let mut buffer = vec![0u8; 8 << 20];
     loop {
         let read = file.read(&mut buffer).unwrap();
         if read == 0 {
-            return hash.digest();
+            return hash.finish();
         }
-        hash.update(&buffer[..read]);
+        hash.write(&buffer[..read]);
     }
 }
 

@@ -9,13 +9,13 @@
 //! planes, not the whole model's, and every byte is written once. The
 //! header goes into its room last.
 
+use std::hash::Hasher;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
-
 use rayon::prelude::*;
+use twox_hash::XxHash3_64;
 
 use crate::codec::{self, EncodeOptions, EncodedTensor, FloatKind};
 use crate::error::{Error, Result};
@@ -151,8 +151,8 @@ fn compress_within(
 
     // The whole file's checksum, taken tensor by tensor as they stream past
     // (they cover the data section in order), so no pass maps it all.
-    let mut file_hash = Xxh3::new();
-    file_hash.update(&source.bytes()[..source.bytes().len() - source.data().len()]);
+    let mut file_hash = XxHash3_64::new();
+    file_hash.write(&source.bytes()[..source.bytes().len() - source.data().len()]);
     // Small tensors are encoded several at a time, in parallel; a large one
     // alone, in parallel blocks; then it is hashed and its source pages
     // released. A writer thread writes each batch while the next one is
@@ -202,7 +202,7 @@ fn compress_within(
                 })
                 .collect();
             for (_, tensor) in batch {
-                file_hash.update(&source.data()[tensor.range.clone()]);
+                file_hash.write(&source.data()[tensor.range.clone()]);
             }
             if let (Some((_, first)), Some((_, last))) = (batch.first(), batch.last()) {
                 source.release(first.range.start..last.range.end);
@@ -220,7 +220,7 @@ fn compress_within(
 
     let layout = layout_with(&|index| coded_lens[index]);
     let data_bytes: u64 = layout.iter().map(|t| t.len).sum();
-    let header = header_bytes(&file_metadata(&source, file_hash.digest()), &layout);
+    let header = header_bytes(&file_metadata(&source, file_hash.finish()), &layout);
     let header_len = match pad_header(&header, reserved_header.len()) {
         Some(padded) => {
             let file = out.file()?;
@@ -343,7 +343,7 @@ fn encode_tensor(
     let mut header = Vec::new();
     CodedHeader {
         params: encoded.params.clone(),
-        checksum: xxh3_64(bytes),
+        checksum: XxHash3_64::oneshot(bytes),
         index_len: encoded.index.len() as u64,
         head_len: encoded.head.len() as u64,
         rest_len: encoded.rest.len() as u64,

@@ -2,16 +2,16 @@
 //! tensor by tensor in the source's data order, checking every tensor's
 //! checksum and the whole file's.
 
+use std::hash::Hasher;
 use std::path::Path;
 use std::time::Instant;
-
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec::decode::decode_blocks;
 use crate::codec::{BlockIndex, EncodedView};
 use crate::error::{Error, Result};
 
 use rayon::prelude::*;
+use twox_hash::XxHash3_64;
 
 use super::Progress;
 use super::read::{CodedTensor, CompressedFile, Storage};
@@ -135,20 +135,20 @@ fn rebuild(
     let (to_decoder, written_buffers) = std::sync::mpsc::channel::<Vec<u8>>();
     let (decoded, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> Result<u64> {
-            let mut file_hash = Xxh3::new();
+            let mut file_hash = XxHash3_64::new();
             for piece in pieces {
                 let bytes = match &piece {
                     Piece::Stored(bytes) => bytes,
                     Piece::Decoded(buffer, len) | Piece::Recycled(buffer, len) => &buffer[..*len],
                 };
-                file_hash.update(bytes);
+                file_hash.write(bytes);
                 sink(bytes)?;
                 if let Piece::Recycled(buffer, _) = piece {
                     // The decoder may have finished and dropped its end.
                     let _ = to_decoder.send(buffer);
                 }
             }
-            Ok(file_hash.digest())
+            Ok(file_hash.finish())
         });
         let decoded = decode_pieces(
             file,
@@ -306,7 +306,7 @@ fn decode_in_windows(
 ) -> Result<()> {
     let view = file.view(coded);
     let mut walker = file.index_walker(name, coded)?;
-    let mut hash = Xxh3::new();
+    let mut hash = XxHash3_64::new();
     while let Some(window) = walker
         .next_window_of_bytes(super::BATCH_BYTES)
         .map_err(|e| Error::codec(file.path(), name, e))?
@@ -325,10 +325,10 @@ fn decode_in_windows(
         }
         decode(&window.view(&view), &window.index, &mut buffer[..len])
             .map_err(|e| e.in_tensor(file.path(), name))?;
-        hash.update(&buffer[..len]);
+        hash.write(&buffer[..len]);
         if !emit(buffer, len) {
             return Ok(());
         }
     }
-    coded.check_checksum(file.path(), name, hash.digest())
+    coded.check_checksum(file.path(), name, hash.finish())
 }

@@ -424,7 +424,7 @@ impl<'b> Model<'b> {
             self.backend
                 .download(buffer, offset, &mut bytes)
                 .map_err(|e| e.in_tensor(&tensor.file, &tensor.name))?;
-            let actual = xxhash_rust::xxh3::xxh3_64(&bytes);
+            let actual = twox_hash::XxHash3_64::oneshot(&bytes);
             if actual != expected {
                 return Err(Error::ChecksumMismatch {
                     path: tensor.file.clone(),
