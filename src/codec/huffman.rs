@@ -338,6 +338,17 @@ impl MultiSymbolTable {
     /// above reads, 12 less a shortest codeword per level above.
     #[inline(always)]
     pub fn rebuild(&mut self, lengths: &[u8; ALPHABET]) {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        self.rebuild_with(lengths, avx2);
+    }
+
+    /// [`rebuild`](Self::rebuild), computing four entries a vector where
+    /// `avx2` says the core can.
+    #[inline(always)]
+    fn rebuild_with(&mut self, lengths: &[u8; ALPHABET], avx2: bool) {
         let mut codewords = [(0u64, 0u32, 0usize); ALPHABET];
         let mut used = 0;
         for (symbol, len, code) in canonical_codewords(lengths) {
@@ -361,7 +372,7 @@ impl MultiSymbolTable {
             above[..limit].fill(0);
             for &(entry, len, code) in codewords {
                 let rows = 1..(limit >> len).max(1);
-                spread(entry, len, code, rows.start, &below[rows], above);
+                spread(avx2, entry, len, code, rows.start, &below[rows], above);
             }
             std::mem::swap(below, above);
         }
@@ -369,6 +380,7 @@ impl MultiSymbolTable {
         for &(entry, len, code) in codewords {
             let rows = TABLE_ENTRIES >> len..(2 * TABLE_ENTRIES) >> len;
             spread(
+                avx2,
                 entry,
                 len,
                 code,
@@ -390,8 +402,10 @@ impl MultiSymbolTable {
 /// `first_row..` of the level below: row `j`'s at index `j << len | code`
 /// of `to`, modulo the table's size (width 12 is stored without its
 /// marker bit). Consecutive rows, so the indices are `1 << len` apart.
+/// With `avx2` (the core has it), four entries are computed a vector.
 #[inline(always)]
 fn spread(
+    avx2: bool,
     entry: u64,
     len: u32,
     code: usize,
@@ -400,10 +414,51 @@ fn spread(
     to: &mut [u64; TABLE_ENTRIES],
 ) {
     let mut index = first_row << len | code;
+    let mut rest = rest;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        let (quads, tail) = rest.as_chunks::<4>();
+        // SAFETY: the core has AVX2.
+        index = unsafe { spread_quads(entry, len, index, quads, to) };
+        rest = tail;
+    }
+    let _ = avx2;
     for &rest in rest {
         to[index & TABLE_MASK as usize] = prepended(entry, rest);
         index += 1 << len;
     }
+}
+
+/// [`spread`] of whole quads of rows, each quad's four entries computed
+/// in one vector (the arithmetic of [`prepended`]), then stored one by
+/// one; returns the index after the last.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn spread_quads(
+    entry: u64,
+    len: u32,
+    mut index: usize,
+    quads: &[[u64; 4]],
+    to: &mut [u64; TABLE_ENTRIES],
+) -> usize {
+    use std::arch::x86_64::*;
+    let first = _mm256_set1_epi64x(entry as i64);
+    let slot_symbols = _mm256_set1_epi64x(MULTI_SLOT_SYMBOLS as i64);
+    for quad in quads {
+        // SAFETY: the 32 bytes loaded are the quad's.
+        let rest = unsafe { _mm256_loadu_si256(quad.as_ptr().cast()) };
+        let symbols = _mm256_and_si256(rest, slot_symbols);
+        let moved = _mm256_add_epi64(
+            _mm256_slli_epi64::<16>(symbols),
+            _mm256_sub_epi64(rest, symbols),
+        );
+        let entries: [u64; 4] = bytemuck::cast(_mm256_add_epi64(moved, first));
+        for entry in entries {
+            to[index & TABLE_MASK as usize] = entry;
+            index += 1 << len;
+        }
+    }
+    index
 }
 
 /// The entry of the codeword of `first` (an entry of one codeword)
@@ -454,9 +509,9 @@ pub(crate) fn multi_length_and_count(entry: u64) -> (u32, usize) {
 mod tests {
     use super::*;
 
-    /// Every entry of the multi-symbol table is the greedy decode of its
-    /// window with the one-symbol table: up to four codewords, each whole
-    /// within the 12 bits.
+    /// Every entry of the multi-symbol table, filled with vectors and
+    /// without, is the greedy decode of its window with the one-symbol
+    /// table: up to four codewords, each whole within the 12 bits.
     #[test]
     fn multi_symbol_entries_are_the_greedy_decode_of_their_window() {
         use rand::{Rng, SeedableRng};
@@ -490,28 +545,34 @@ mod tests {
             let lengths = limited_code_lengths(counts, MAX_CODE_BITS);
             let max_len = validate_lengths(&lengths).unwrap();
             let single = DecodeTable::new(&lengths, max_len);
-            multi.rebuild(&lengths);
-            for window in 0..TABLE_ENTRIES as u64 {
-                let (mut symbols, mut used) = (Vec::new(), 0);
-                while symbols.len() < MULTI_SYMBOLS {
-                    let (symbol, len) = single.lookup(window >> used);
-                    if used + len > MAX_CODE_BITS {
-                        break;
+            for avx2 in [false, true] {
+                #[cfg(target_arch = "x86_64")]
+                let avx2 = avx2 && std::arch::is_x86_feature_detected!("avx2");
+                #[cfg(not(target_arch = "x86_64"))]
+                let avx2 = avx2 && false;
+                multi.rebuild_with(&lengths, avx2);
+                for window in 0..TABLE_ENTRIES as u64 {
+                    let (mut symbols, mut used) = (Vec::new(), 0);
+                    while symbols.len() < MULTI_SYMBOLS {
+                        let (symbol, len) = single.lookup(window >> used);
+                        if used + len > MAX_CODE_BITS {
+                            break;
+                        }
+                        symbols.push(symbol as u16);
+                        used += len;
                     }
-                    symbols.push(symbol as u16);
-                    used += len;
+                    let entry = multi.entries()[window as usize];
+                    let slots: [u16; MULTI_SYMBOLS] =
+                        bytemuck::cast(multi_symbols(entry).to_ne_bytes());
+                    let mut expected = [0u16; MULTI_SYMBOLS];
+                    expected[..symbols.len()].copy_from_slice(&symbols);
+                    assert_eq!(slots, expected, "window {window:#05x}");
+                    assert_eq!(
+                        multi_length_and_count(entry),
+                        (used, symbols.len()),
+                        "window {window:#05x}"
+                    );
                 }
-                let entry = multi.entries()[window as usize];
-                let slots: [u16; MULTI_SYMBOLS] =
-                    bytemuck::cast(multi_symbols(entry).to_ne_bytes());
-                let mut expected = [0u16; MULTI_SYMBOLS];
-                expected[..symbols.len()].copy_from_slice(&symbols);
-                assert_eq!(slots, expected, "window {window:#05x}");
-                assert_eq!(
-                    multi_length_and_count(entry),
-                    (used, symbols.len()),
-                    "window {window:#05x}"
-                );
             }
         }
     }
