@@ -1,9 +1,10 @@
-//! AVX2 joins of FP32 elements, for the decoder build that runs on cores
-//! with AVX2 (chosen at run time, see `decode::decode_block`). Eight heads
-//! and the eight rests after them become eight elements: two 16-byte loads
-//! of the rest plane, a byte shuffle that puts each rest's bytes in its
-//! 32-bit lane, a shift per lane and a mask. The portable joins in
-//! [`super::decode`] decode the same bits; they stay the reference and
+//! AVX2 joins of heads and rest bits, for the decoder build that runs on
+//! cores with AVX2 (chosen at run time, see `decode::decode_block`). For
+//! FP32 and 16-bit elements, eight heads and the eight rests after them
+//! become eight elements: 16-byte loads of the rest plane, a byte shuffle
+//! that puts each rest's bytes in its 32-bit lane, a shift per lane and a
+//! mask; FP8 signs are spread bit by bit onto 32 bytes. The portable joins
+//! in [`super::decode`] decode the same bits; they stay the reference and
 //! finish the elements these leave.
 
 use std::arch::x86_64::*;
@@ -207,4 +208,46 @@ pub(crate) fn join_16bit_sign_first(heads: &[u16], rest: &[u8], out: &mut [u8]) 
         store(_mm256_permute4x64_epi64::<0b11_01_10_00>(packed), out);
     }
     steps * 16
+}
+
+/// Joins one-byte elements whose rest is the sign alone (seven head bits,
+/// exponent first: FP8) 32 at a time: the heads packed to bytes, each bit
+/// of four sign bytes spread onto the top bit of its element's byte.
+/// Returns how many elements it joined, a multiple of 32.
+#[target_feature(enable = "avx2")]
+pub(crate) fn join_byte_signs(heads: &[u16], rest: &[u8], out: &mut [u8]) -> usize {
+    let steps = (heads.len() / 32).min(out.len() / 32).min(rest.len() / 4);
+    let (head_steps, _) = heads.as_chunks::<32>();
+    let (sign_steps, _) = rest.as_chunks::<4>();
+    let (out_steps, _) = out.as_chunks_mut::<32>();
+    // Byte `k` of the 32 looks at sign byte `k / 8`, at bit `k % 8`.
+    let sign_byte_of_element = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let bit_of_element = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let top_bit = _mm256_set1_epi8(i8::MIN);
+    for ((heads, signs), out) in head_steps.iter().zip(sign_steps).zip(out_steps).take(steps) {
+        let [first, second] = bytemuck::cast_ref::<[u16; 32], [[u16; 16]; 2]>(heads);
+        // SAFETY: each load reads one 32-byte array.
+        let (first, second) = unsafe {
+            (
+                _mm256_loadu_si256(first.as_ptr().cast()),
+                _mm256_loadu_si256(second.as_ptr().cast()),
+            )
+        };
+        // Heads are below 128, so packing keeps them; it works within
+        // 128-bit halves, so the quarters are put back in element order.
+        let heads = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(first, second));
+        let signs = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(i32::from_le_bytes(*signs)),
+            sign_byte_of_element,
+        );
+        let negative = _mm256_cmpeq_epi8(_mm256_and_si256(signs, bit_of_element), bit_of_element);
+        store(
+            _mm256_or_si256(heads, _mm256_and_si256(negative, top_bit)),
+            out,
+        );
+    }
+    steps * 32
 }

@@ -1022,7 +1022,10 @@ fn join_block<const AVX2: bool>(
                 };
             }
         }
-        (1, 1, 0) if exponent_first => join_signs(heads, rest, out),
+        (1, 1, 0) if exponent_first => {
+            let joined = joined_with_avx2::<AVX2>(Avx2Join::ByteSigns, heads, rest, out);
+            join_signs(&heads[joined..], &rest[joined / 8..], &mut out[joined..]);
+        }
         (1, ..) => {
             if join_table
                 .as_ref()
@@ -1045,6 +1048,8 @@ enum Avx2Join {
     F32ExponentFirst,
     /// Sign first, nine head bits, 16-bit elements (BF16, FP16).
     SevenBitRests,
+    /// Exponent first, seven head bits, one-byte elements (FP8).
+    ByteSigns,
 }
 
 /// How many of the elements (a multiple of eight) the AVX2 form of `join`
@@ -1066,6 +1071,7 @@ fn joined_with_avx2<const AVX2: bool>(
                     super::avx2::join_f32_exponent_first(heads, rest, out)
                 }
                 Avx2Join::SevenBitRests => super::avx2::join_16bit_sign_first(heads, rest, out),
+                Avx2Join::ByteSigns => super::avx2::join_byte_signs(heads, rest, out),
             }
         };
     }
@@ -1453,7 +1459,7 @@ mod tests {
     /// and the portable one rebuild the same bytes.
     #[test]
     fn the_portable_decoder_and_the_dispatched_one_agree() {
-        let mut sign_first = 0;
+        let (mut sign_first, mut byte_signs) = (0, 0);
         for (seed, kind) in FloatKind::ALL.into_iter().enumerate() {
             for positive in [false, true] {
                 let mut bytes = synth::heavy_tailed_bytes(kind, (1 << 16) + 77, seed as u64);
@@ -1467,11 +1473,16 @@ mod tests {
                         .for_each(|b| *b &= 0x7F);
                 }
                 let tensor = encode(kind, &bytes, &EncodeOptions::default()).unwrap();
-                sign_first += usize::from(tensor.params.split.sign_in_head);
+                let split = tensor.params.split;
+                sign_first += usize::from(split.sign_in_head);
+                byte_signs += usize::from(
+                    kind.width_bytes() == 1 && !split.sign_in_head && split.stored_rest_bits() == 1,
+                );
                 agree(kind, &bytes, &tensor);
             }
         }
         assert!(sign_first >= 3, "only {sign_first} sign-first tensors");
+        assert!(byte_signs >= 1, "no FP8 tensor whose rest is its sign");
     }
 
     /// Decodes every block of `tensor` with the portable build and the
