@@ -4,6 +4,8 @@
 use std::any::Any;
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 use crate::codec::{self, BlockIndex, EncodedView, TensorParams};
 use crate::error::{Error, Result};
 
@@ -31,41 +33,71 @@ impl CpuBackend {
     /// against `out`'s length and the other jobs.
     pub fn decode_into_host(&self, jobs: &[DecodeJob], out: &mut [u8]) -> Result<()> {
         check_jobs(NAME, jobs, out.len() as u64, self.output_alignment())?;
-        for (number, job) in jobs.iter().enumerate() {
+        // Each job's part of `out`, cut in the order of the offsets. Cut
+        // again here, whatever `check_jobs` found, so that no plan can make
+        // this backend write outside `out` or two jobs share bytes.
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&number| jobs[number].offset);
+        let out_len = out.len() as u64;
+        let mut uncut = out;
+        let mut cut_to = 0u64;
+        let mut parts = Vec::with_capacity(jobs.len());
+        for number in order {
+            let job = &jobs[number];
             let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
-            // Checked again here, so that no plan can make this backend
-            // write outside `out`.
-            let out_len = out.len();
-            let out = usize::try_from(job.offset)
-                .ok()
-                .and_then(|start| {
-                    out.get_mut(start..start.checked_add(tensor.decoded_bytes() as usize)?)
-                })
-                .ok_or_else(|| {
-                    overrun_error(NAME, tensor.decoded_bytes(), job.offset, out_len as u64)
-                })?;
-            match tensor {
-                CpuTensor::Coded {
-                    params,
-                    head,
-                    rest,
-                    index_bytes,
-                    index,
-                } => {
-                    let view = EncodedView {
-                        params,
-                        head,
-                        rest,
-                        index: index_bytes,
-                    };
-                    let blocks = 0..index.blocks.len();
-                    codec::decode::decode_blocks(&view, index, blocks, out)
-                        .map_err(corrupt(number))?;
-                }
-                CpuTensor::Raw(raw) => out.copy_from_slice(raw),
-            }
+            let len = tensor.decoded_bytes();
+            let gap = job.offset.checked_sub(cut_to);
+            let fits = gap.is_some_and(|gap| {
+                gap.checked_add(len)
+                    .is_some_and(|end| end <= uncut.len() as u64)
+            });
+            let (Some(gap), true) = (gap, fits) else {
+                return Err(overrun_error(NAME, len, job.offset, out_len));
+            };
+            let (part, rest) =
+                std::mem::take(&mut uncut)[gap as usize..].split_at_mut(len as usize);
+            uncut = rest;
+            cut_to = job.offset + len;
+            parts.push((number, tensor, part));
         }
-        Ok(())
+        // All jobs at once, each tensor's blocks in parallel too: a model's
+        // small tensors (biases, norms, a block or two each) would
+        // otherwise leave all but one core idle. The error is the first
+        // job's, whatever the threads' timing.
+        parts
+            .into_par_iter()
+            .filter_map(|(number, tensor, out)| {
+                decode_tensor(tensor, out)
+                    .err()
+                    .map(|error| (number, error))
+            })
+            .min_by_key(|(number, _)| *number)
+            .map_or(Ok(()), |(number, error)| Err(corrupt(number)(error)))
+    }
+}
+
+/// Decodes one tensor into `out`, exactly its decoded bytes.
+fn decode_tensor(tensor: &CpuTensor, out: &mut [u8]) -> std::result::Result<(), codec::CodecError> {
+    match tensor {
+        CpuTensor::Coded {
+            params,
+            head,
+            rest,
+            index_bytes,
+            index,
+        } => {
+            let view = EncodedView {
+                params,
+                head,
+                rest,
+                index: index_bytes,
+            };
+            codec::decode::decode_blocks(&view, index, 0..index.blocks.len(), out)
+        }
+        CpuTensor::Raw(raw) => {
+            out.copy_from_slice(raw);
+            Ok(())
+        }
     }
 }
 
