@@ -25,9 +25,8 @@ use rayon::prelude::*;
 use super::bits::{FieldReader, load_le_u64_padded, peek_bits};
 use super::float::FieldSplit;
 use super::huffman::{
-    ALPHABET, DecodeTable, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS, MULTI_SYMBOLS,
-    MultiSymbolTable, TABLE_ENTRIES, TABLE_MASK, multi_entry_of_one, multi_length_and_count,
-    multi_symbols,
+    ALPHABET, DecodeTable, ENTRY_LENGTH_SHIFT, ENTRY_SYMBOL_MASK, MAX_CODE_BITS,
+    MULTI_STEP_COUNT_SHIFT, MULTI_SYMBOLS, MultiSymbolTable, TABLE_ENTRIES, TABLE_MASK, multi_step,
 };
 use super::index::{BlockIndex, BlockMode, ChunkException};
 use super::stats::{self, Histogram};
@@ -446,7 +445,7 @@ fn decode_coded_lanes(
     match multi {
         Some(multi) => decode_rounds(
             code,
-            multi.entries(),
+            &MultiEntries::of(multi),
             scratch,
             &mut marks,
             &mut position,
@@ -752,25 +751,40 @@ const ROUND_BITS: u64 = MAX_CODE_BITS as u64 * LOOKUPS_PER_ROUND as u64;
 /// 15 so that the bound is plain to the compiler.
 const ROUND_WINDOW: usize = 16 + MULTI_SYMBOLS - 1;
 
-/// What a lane's rounds look the next 12 bits up in: an entry of up to
-/// four symbols, as a [`MultiSymbolTable`] gives them. The one-symbol table
-/// gives one, and costs nothing to fill: short streams use it. Implemented
-/// on the bare entry arrays, so that their address is one register the
-/// rounds keep, not a field reloaded after every store of heads.
+/// What a lane's rounds look the next 12 bits up in: up to four symbols,
+/// as a [`MultiSymbolTable`] gives them, and the step that reads them
+/// (see [`multi_step`]). The one-symbol table gives one, and costs
+/// nothing to fill: short streams use it.
 trait RoundTable {
     /// Every entry holds exactly one symbol: a round stores one head per
     /// lookup, and reads no count.
     const ONE_SYMBOL: bool;
-    fn round_entry(&self, bits: u64) -> u64;
+    /// The symbols and the step for the low 12 bits of `bits`.
+    fn round_entry(&self, bits: u64) -> (u64, u64);
 }
 
-/// A [`MultiSymbolTable`]'s entries.
-impl RoundTable for [u64; TABLE_ENTRIES] {
+/// A [`MultiSymbolTable`]'s symbols and steps: their bare arrays, so that
+/// the rounds keep their addresses in registers instead of reloading a
+/// field after every store of heads.
+struct MultiEntries<'a> {
+    symbols: &'a [u64; TABLE_ENTRIES],
+    steps: &'a [u16; TABLE_ENTRIES],
+}
+
+impl<'a> MultiEntries<'a> {
+    fn of(table: &'a MultiSymbolTable) -> Self {
+        let (symbols, steps) = table.entries();
+        MultiEntries { symbols, steps }
+    }
+}
+
+impl RoundTable for MultiEntries<'_> {
     const ONE_SYMBOL: bool = false;
 
     #[inline(always)]
-    fn round_entry(&self, bits: u64) -> u64 {
-        self[(bits & TABLE_MASK) as usize]
+    fn round_entry(&self, bits: u64) -> (u64, u64) {
+        let index = (bits & TABLE_MASK) as usize;
+        (self.symbols[index], self.steps[index] as u64)
     }
 }
 
@@ -779,8 +793,13 @@ impl RoundTable for [u16; TABLE_ENTRIES] {
     const ONE_SYMBOL: bool = true;
 
     #[inline(always)]
-    fn round_entry(&self, bits: u64) -> u64 {
-        multi_entry_of_one(self[(bits & TABLE_MASK) as usize])
+    fn round_entry(&self, bits: u64) -> (u64, u64) {
+        let entry = self[(bits & TABLE_MASK) as usize];
+        let length = (entry >> ENTRY_LENGTH_SHIFT) as u32;
+        (
+            (entry & ENTRY_SYMBOL_MASK) as u64,
+            multi_step(length, 1) as u64,
+        )
     }
 }
 
@@ -833,30 +852,29 @@ impl LaneReader {
     ) {
         *start = RoundStart::new(self.position, self.written);
         let byte = (self.position / 8) as usize;
-        let word = u64::from_le_bytes(stream[byte..byte + 8].try_into().expect("eight bytes"))
+        let mut word = u64::from_le_bytes(stream[byte..byte + 8].try_into().expect("eight bytes"))
             >> (self.position % 8);
         let window: &mut [u16; ROUND_WINDOW] = (&mut out[self.written..][..ROUND_WINDOW])
             .try_into()
             .expect("a round's window");
-        let mut consumed = 0;
-        let mut at = 0;
+        // The lookups' steps summed: bits read in the low byte, heads
+        // written above.
+        let mut steps = 0u64;
         for lookup in 0..LOOKUPS_PER_ROUND {
-            let entry = table.round_entry(word >> consumed);
-            let (length, count) = multi_length_and_count(entry);
+            let (symbols, step) = table.round_entry(word);
             if T::ONE_SYMBOL {
-                window[lookup] = (entry & ENTRY_SYMBOL_MASK as u64) as u16;
-                at += 1;
+                window[lookup] = symbols as u16;
             } else {
-                let slots: [u16; MULTI_SYMBOLS] =
-                    bytemuck::cast(multi_symbols(entry).to_ne_bytes());
-                let offset = at & 15;
+                let slots: [u16; MULTI_SYMBOLS] = bytemuck::cast(symbols.to_ne_bytes());
+                let offset = (steps >> MULTI_STEP_COUNT_SHIFT) as usize & 15;
                 window[offset..offset + MULTI_SYMBOLS].copy_from_slice(&slots);
-                at += count;
             }
-            consumed += length;
+            steps += step;
+            // A shift reads the step's low six bits: its length.
+            word = word.wrapping_shr(step as u32);
         }
-        self.position += consumed as u64;
-        self.written += at;
+        self.position += steps & 0xFF;
+        self.written += (steps >> MULTI_STEP_COUNT_SHIFT) as usize;
     }
 }
 

@@ -306,7 +306,13 @@ const MULTI_COUNT_SHIFT: u32 = 61;
 /// three or four. The greedy decode of the window, so a decoder that
 /// follows it reads exactly the codewords a one-symbol table would.
 pub struct MultiSymbolTable {
+    /// The symbols, four 16-bit slots that one native store writes in
+    /// order (see [`multi_symbols`]).
     entries: Box<[u64; TABLE_ENTRIES]>,
+    /// Each entry's step: its total code length in the low byte, its
+    /// symbol count above (see [`multi_step`]). A table of its own, so
+    /// that a decoder shifts its bits by a step straight from a load.
+    steps: Box<[u16; TABLE_ENTRIES]>,
     /// The entries of narrower windows with fewer codewords, that the
     /// entries are built from (see [`MultiSymbolTable::rebuild`]).
     fewer: [Box<[u64; TABLE_ENTRIES]>; 2],
@@ -316,6 +322,7 @@ impl Default for MultiSymbolTable {
     fn default() -> Self {
         MultiSymbolTable {
             entries: Box::new([0; TABLE_ENTRIES]),
+            steps: Box::new([0; TABLE_ENTRIES]),
             fewer: [Box::new([0; TABLE_ENTRIES]), Box::new([0; TABLE_ENTRIES])],
         }
     }
@@ -389,11 +396,19 @@ impl MultiSymbolTable {
                 &mut self.entries,
             );
         }
+        // The built entries carry their length and count among the
+        // symbols' spare bits; the decoder wants them apart.
+        for (entry, step) in self.entries.iter_mut().zip(self.steps.iter_mut()) {
+            let (length, count) = multi_length_and_count(*entry);
+            *step = multi_step(length, count);
+            *entry = multi_symbols(*entry);
+        }
     }
 
-    /// The entries, indexed by the next [`MAX_CODE_BITS`] bits.
-    pub(crate) fn entries(&self) -> &[u64; TABLE_ENTRIES] {
-        &self.entries
+    /// The symbols and the steps, indexed by the next [`MAX_CODE_BITS`]
+    /// bits.
+    pub(crate) fn entries(&self) -> (&[u64; TABLE_ENTRIES], &[u16; TABLE_ENTRIES]) {
+        (&self.entries, &self.steps)
     }
 }
 
@@ -495,8 +510,19 @@ pub(crate) fn multi_entry_of_one(entry: u16) -> u64 {
     entry as u64 | 1 << MULTI_COUNT_SHIFT
 }
 
+/// A [`MultiSymbolTable`] step: `length` bits read, `count` symbols
+/// written. Shifting a 64-bit word by a step (which reads its low six
+/// bits) shifts it by the length; summing steps sums both.
+#[inline(always)]
+pub(crate) fn multi_step(length: u32, count: usize) -> u16 {
+    length as u16 | (count as u16) << MULTI_STEP_COUNT_SHIFT
+}
+
+/// Where a step's symbol count starts.
+pub(crate) const MULTI_STEP_COUNT_SHIFT: u32 = 8;
+
 /// The total code length and the symbol count of a [`MultiSymbolTable`]
-/// entry.
+/// entry as it is built.
 #[inline(always)]
 pub(crate) fn multi_length_and_count(entry: u64) -> (u32, usize) {
     (
@@ -561,15 +587,15 @@ mod tests {
                         symbols.push(symbol as u16);
                         used += len;
                     }
-                    let entry = multi.entries()[window as usize];
+                    let (entries, steps) = multi.entries();
                     let slots: [u16; MULTI_SYMBOLS] =
-                        bytemuck::cast(multi_symbols(entry).to_ne_bytes());
+                        bytemuck::cast(entries[window as usize].to_ne_bytes());
                     let mut expected = [0u16; MULTI_SYMBOLS];
                     expected[..symbols.len()].copy_from_slice(&symbols);
                     assert_eq!(slots, expected, "window {window:#05x}");
                     assert_eq!(
-                        multi_length_and_count(entry),
-                        (used, symbols.len()),
+                        steps[window as usize],
+                        multi_step(used, symbols.len()),
                         "window {window:#05x}"
                     );
                 }
