@@ -220,8 +220,8 @@ pub(crate) fn canonical_codewords(
 
 /// The symbols with a codeword and their lengths, in order. A code uses a
 /// few dozen of the 512 symbols, in runs (neighbouring exponents), so
-/// eight lengths are tested at a time and the zero runs skipped: a branch
-/// per symbol mispredicts once per codeword.
+/// eight lengths are tested at a time and the zero runs skipped, where a
+/// branch on every symbol mispredicts about once per codeword.
 fn used_symbols(lengths: &[u8; ALPHABET]) -> impl Iterator<Item = (usize, u32)> + '_ {
     let (groups, _) = lengths.as_chunks::<8>();
     groups
@@ -293,9 +293,10 @@ impl DecodeTable {
 pub const MULTI_SYMBOLS: usize = 4;
 /// A [`MultiSymbolTable`] entry holds its symbols in four 16-bit slots,
 /// slot `k` at bits `16k..16k + 16`; each symbol takes a slot's low 9
-/// bits. The spare bits above hold the entry's total code length (bits
-/// 9..13 of the first slot) and its symbol count (the last slot's top 3
-/// bits, so that one shift reads it).
+/// bits. While the table is built, the spare bits above hold the entry's
+/// total code length (bits 9..13 of the first slot) and its symbol count
+/// (the last slot's top 3 bits); the finished table keeps those apart, as
+/// steps.
 const MULTI_SLOT_SYMBOLS: u64 = 0x01FF_01FF_01FF_01FF;
 const MULTI_LENGTH_SHIFT: u32 = MAX_HEAD_BITS;
 const MULTI_COUNT_SHIFT: u32 = 61;
