@@ -46,16 +46,18 @@ impl CpuBackend {
             let job = &jobs[number];
             let tensor = downcast::<CpuTensor>(NAME, job.tensor.as_any())?;
             let len = tensor.decoded_bytes();
-            let gap = job.offset.checked_sub(cut_to);
-            let fits = gap.is_some_and(|gap| {
-                gap.checked_add(len)
-                    .is_some_and(|end| end <= uncut.len() as u64)
-            });
-            let (Some(gap), true) = (gap, fits) else {
+            let cut = job
+                .offset
+                .checked_sub(cut_to)
+                .and_then(|gap| usize::try_from(gap).ok())
+                .and_then(|gap| {
+                    std::mem::take(&mut uncut)
+                        .get_mut(gap..)?
+                        .split_at_mut_checked(usize::try_from(len).ok()?)
+                });
+            let Some((part, rest)) = cut else {
                 return Err(overrun_error(NAME, len, job.offset, out_len));
             };
-            let (part, rest) =
-                std::mem::take(&mut uncut)[gap as usize..].split_at_mut(len as usize);
             uncut = rest;
             cut_to = job.offset + len;
             parts.push((number, tensor, part));
