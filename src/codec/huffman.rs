@@ -430,14 +430,16 @@ fn spread(
     to: &mut [u64; TABLE_ENTRIES],
 ) {
     let mut index = first_row << len | code;
-    let mut rest = rest;
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
+    let rest = if avx2 {
         let (quads, tail) = rest.as_chunks::<4>();
         // SAFETY: the core has AVX2.
         index = unsafe { spread_quads(entry, len, index, quads, to) };
-        rest = tail;
-    }
+        tail
+    } else {
+        rest
+    };
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = avx2;
     for &rest in rest {
         to[index & TABLE_MASK as usize] = prepended(entry, rest);
@@ -491,7 +493,7 @@ fn prepended(first: u64, rest: u64) -> u64 {
 /// one native store of the word writes in order; slots past its count
 /// are zero.
 #[inline(always)]
-pub(crate) fn multi_symbols(entry: u64) -> u64 {
+fn multi_symbols(entry: u64) -> u64 {
     let symbols = entry & MULTI_SLOT_SYMBOLS;
     if cfg!(target_endian = "little") {
         symbols
@@ -506,7 +508,7 @@ pub(crate) fn multi_symbols(entry: u64) -> u64 {
 /// entry gives: its symbol and length already lie where a multi-symbol
 /// entry's first slot holds them.
 #[inline(always)]
-pub(crate) fn multi_entry_of_one(entry: u16) -> u64 {
+fn multi_entry_of_one(entry: u16) -> u64 {
     const { assert!(ENTRY_LENGTH_SHIFT == MULTI_LENGTH_SHIFT) };
     entry as u64 | 1 << MULTI_COUNT_SHIFT
 }
@@ -525,7 +527,7 @@ pub(crate) const MULTI_STEP_COUNT_SHIFT: u32 = 8;
 /// The total code length and the symbol count of a [`MultiSymbolTable`]
 /// entry as it is built.
 #[inline(always)]
-pub(crate) fn multi_length_and_count(entry: u64) -> (u32, usize) {
+fn multi_length_and_count(entry: u64) -> (u32, usize) {
     (
         (entry >> MULTI_LENGTH_SHIFT) as u32 & 0xF,
         (entry >> MULTI_COUNT_SHIFT) as usize,
